@@ -1,0 +1,15 @@
+"""OmegaConf resolvers the configs rely on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def register_resolvers() -> None:
+    """`${project_root:}` is the folder holding conf/, so runs land in the same place whatever the cwd."""
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))

@@ -1,0 +1,1 @@
+"""Where interactions come from and how they become training and evaluation batches."""

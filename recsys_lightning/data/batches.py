@@ -1,0 +1,78 @@
+"""Batches built by tensor indexing: shuffled training pairs and fixed full-ranking chunks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from recsys_lightning.data.sparse import UserItemCSR
+
+
+class EpochBatchSampler(Sampler[Tensor]):
+    """Yields index batches of a permutation that depends only on (seed, epoch).
+
+    Lightning calls `set_epoch` before each epoch, so a resumed run replays the same order.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int) -> None:
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.randperm(self.num_samples, generator=generator).split(self.batch_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+
+class PositivePairs(Dataset):
+    """Training (user, positive item) pairs; indexed with a whole batch of indices at once."""
+
+    def __init__(self, users: Tensor, items: Tensor) -> None:
+        self.users = users
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, index: Tensor) -> dict[str, Tensor]:
+        return {"users": self.users[index], "items": self.items[index]}
+
+
+class RankingChunks(Dataset):
+    """Evaluation users in chunks, each with the items to hide from its ranking and the held-out items.
+
+    Built once: the chunks are the same every epoch, so only the scoring is repeated.
+    """
+
+    def __init__(self, heldout: UserItemCSR, exclude: UserItemCSR, chunk_size: int) -> None:
+        users = torch.nonzero(heldout.counts() > 0).flatten()
+        self.chunks = []
+        for chunk_users in users.split(chunk_size):
+            exclude_rows, exclude_items = exclude.coordinates(chunk_users)
+            heldout_rows, heldout_items = heldout.coordinates(chunk_users)
+            self.chunks.append(
+                {
+                    "users": chunk_users,
+                    "exclude_rows": exclude_rows,
+                    "exclude_items": exclude_items,
+                    "heldout_rows": heldout_rows,
+                    "heldout_items": heldout_items,
+                }
+            )
+        self.num_users = len(users)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return self.chunks[index]

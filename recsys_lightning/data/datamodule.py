@@ -1,0 +1,120 @@
+"""The LightningDataModule every data source shares: load -> interactions -> split -> batches."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from recsys_lightning.data.batches import EpochBatchSampler, PositivePairs, RankingChunks
+from recsys_lightning.data.interactions import ITEM, Interactions
+from recsys_lightning.data.sparse import UserItemCSR
+from recsys_lightning.data.split import Split, split_interactions
+from recsys_lightning.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedInteractions:
+    """What a source hands over: raw rows (user_id, item_id, rating, timestamp), item metadata, provenance."""
+
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    source: str
+
+
+class InteractionDataModule(pl.LightningDataModule, ABC):
+    """Subclasses only say where rows come from (`load`); splitting and batching are shared.
+
+    After `setup`, `num_users`, `num_items`, `train_positives` (a `UserItemCSR`) and `item_info`
+    describe the data to whoever builds the model and the sampler.
+    """
+
+    def __init__(
+        self,
+        split: str = "ratio",
+        split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
+        min_rating: float | None = None,
+        batch_size: int = 4096,
+        eval_chunk_size: int = 1024,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.split_kind = split
+        self.split_ratios = tuple(split_ratios)
+        self.min_rating = min_rating
+        self.batch_size = batch_size
+        self.eval_chunk_size = eval_chunk_size
+        self.seed = seed
+        self.interactions: Interactions | None = None
+
+    @abstractmethod
+    def load(self) -> LoadedInteractions:
+        """Read (or fetch) the raw interactions of this source."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.interactions is not None:
+            return
+        loaded = self.load()
+        self.source = loaded.source
+        self.interactions = Interactions.from_frame(loaded.interactions, self.min_rating)
+        self.split = split_interactions(self.interactions, self.split_kind, self.split_ratios, self.seed)
+        self.item_info = self._index_item_info(loaded.items)
+
+        self.train_positives = self._csr(self.split.train)
+        self.valid_positives = self._csr(self.split.valid)
+        self.test_positives = self._csr(self.split.test)
+        full_users = torch.nonzero(self.train_positives.counts() >= self.num_items).flatten()
+        if len(full_users):
+            raw = self.interactions.user_ids[full_users[0].item()]
+            raise DataError(f"user {raw!r} interacted with every item, so no negative exists: remove that user")
+        self._log_summary()
+
+    @property
+    def num_users(self) -> int:
+        return self.interactions.num_users
+
+    @property
+    def num_items(self) -> int:
+        return self.interactions.num_items
+
+    def train_dataloader(self) -> DataLoader:
+        pairs = PositivePairs(torch.from_numpy(self.interactions.users[self.split.train]),
+                              torch.from_numpy(self.interactions.items[self.split.train]))  # fmt: skip
+        batches = EpochBatchSampler(len(pairs), self.batch_size, self.seed)
+        return DataLoader(pairs, sampler=batches, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(RankingChunks(self.valid_positives, self.train_positives, self.eval_chunk_size), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        seen = self.train_positives.union(self.valid_positives)
+        return DataLoader(RankingChunks(self.test_positives, seen, self.eval_chunk_size), batch_size=None)
+
+    def _csr(self, rows) -> UserItemCSR:
+        return UserItemCSR.from_pairs(
+            torch.from_numpy(self.interactions.users[rows]),
+            torch.from_numpy(self.interactions.items[rows]),
+            self.num_users,
+            self.num_items,
+        )
+
+    def _index_item_info(self, items: pd.DataFrame) -> pd.DataFrame:
+        """Item metadata (titles, genres) in item-index order, empty where a source has none."""
+        index = pd.Index(self.interactions.item_ids, name=ITEM)
+        return items.drop_duplicates(ITEM).set_index(ITEM).reindex(index).reset_index()
+
+    def _log_summary(self) -> None:
+        split: Split = self.split
+        log.info(
+            "%s: %d users, %d items, %d interactions -> train %d / valid %d / test %d (%s split)",
+            self.source, self.num_users, self.num_items, len(self.interactions),
+            len(split.train), len(split.valid), len(split.test), self.split_kind,
+        )  # fmt: skip

@@ -1,0 +1,68 @@
+"""Raw interaction rows -> implicit-feedback interactions with contiguous indices."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from recsys_lightning.errors import DataError
+
+log = logging.getLogger(__name__)
+
+USER, ITEM, RATING, TIMESTAMP = "user_id", "item_id", "rating", "timestamp"
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """Positive (user, item) events indexed 0..num_users-1 and 0..num_items-1.
+
+    Models and metrics only ever see indices; `user_ids[u]` and `item_ids[i]` give back the raw ids
+    for anything shown to a person or written to a file.
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray
+    timestamps: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, min_rating: float | None = None) -> Interactions:
+        """Drop repeated (user, item) pairs keeping the latest, keep rows rated at least `min_rating`
+        (all rows when None), and map raw ids to indices in sorted raw-id order.
+
+        Deduplicating first means a re-rating replaces the earlier opinion before the threshold applies.
+        """
+        frame = frame.sort_values(TIMESTAMP, kind="stable")
+        deduplicated = frame.drop_duplicates([USER, ITEM], keep="last")
+        if len(deduplicated) < len(frame):
+            log.warning("dropped %d repeated (user, item) rows, keeping the latest of each", len(frame) - len(deduplicated))
+        if min_rating is not None:
+            deduplicated = deduplicated[deduplicated[RATING] >= min_rating]
+        if deduplicated.empty:
+            raise DataError(f"no interaction has rating >= {min_rating}: lower data.min_rating or set it to null")
+        users, user_ids = pd.factorize(deduplicated[USER], sort=True)
+        items, item_ids = pd.factorize(deduplicated[ITEM], sort=True)
+        return cls(
+            users=users.astype(np.int64),
+            items=items.astype(np.int64),
+            ratings=deduplicated[RATING].to_numpy(np.float32),
+            timestamps=deduplicated[TIMESTAMP].to_numpy(np.float64),
+            user_ids=np.asarray(user_ids),
+            item_ids=np.asarray(item_ids),
+        )

@@ -1,0 +1,57 @@
+"""Per-user item sets as CSR tensors: the one structure samplers and ranking masks share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class UserItemCSR:
+    """Row u holds user u's items, sorted: `indices[indptr[u]:indptr[u + 1]]`."""
+
+    indptr: Tensor
+    indices: Tensor
+    num_items: int
+
+    @classmethod
+    def from_pairs(cls, users: Tensor, items: Tensor, num_users: int, num_items: int) -> UserItemCSR:
+        """Build from (user, item) pairs; duplicate pairs must already be removed."""
+        order = torch.argsort(users * num_items + items)
+        counts = torch.bincount(users, minlength=num_users)
+        indptr = torch.zeros(num_users + 1, dtype=torch.long)
+        indptr[1:] = torch.cumsum(counts, 0)
+        return cls(indptr=indptr, indices=items[order].long(), num_items=num_items)
+
+    @property
+    def num_users(self) -> int:
+        return len(self.indptr) - 1
+
+    def counts(self, users: Tensor | None = None) -> Tensor:
+        """Number of items of each user (of all users when `users` is None)."""
+        lengths = self.indptr[1:] - self.indptr[:-1]
+        return lengths if users is None else lengths[users]
+
+    def coordinates(self, users: Tensor) -> tuple[Tensor, Tensor]:
+        """(row, item) coordinates of the items of `users`, where row is the position in `users`.
+
+        Lets a caller mark a [len(users), num_items] block with one indexed assignment.
+        """
+        counts = self.counts(users)
+        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
+        starts = torch.repeat_interleave(self.indptr[users] - torch.cumsum(counts, 0) + counts, counts)
+        return rows, self.indices[starts + torch.arange(len(rows), device=users.device)]
+
+    def union(self, other: UserItemCSR) -> UserItemCSR:
+        """Row-wise union of two disjoint item sets (train and valid items to exclude at test)."""
+        users = torch.arange(self.num_users)
+        self_rows, self_items = self.coordinates(users)
+        other_rows, other_items = other.coordinates(users)
+        return UserItemCSR.from_pairs(
+            torch.cat([self_rows, other_rows]), torch.cat([self_items, other_items]), self.num_users, self.num_items
+        )
+
+    def to(self, device: torch.device | str) -> UserItemCSR:
+        return UserItemCSR(self.indptr.to(device), self.indices.to(device), self.num_items)

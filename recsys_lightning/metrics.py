@@ -1,0 +1,73 @@
+"""Top-K ranking metrics over a full ranking of the catalogue, as torchmetrics states that sum under DDP."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+METRIC_NAMES = ("recall", "ndcg", "hit_rate", "precision", "mrr")
+
+
+def per_user_metrics(hits: Tensor, num_relevant: Tensor, ks: Sequence[int]) -> Tensor:
+    """[len(METRIC_NAMES), len(ks), B] metric values for each user.
+
+    `hits` [B, >= max(ks)] marks which of a user's ranked items are held out, best first;
+    `num_relevant` [B] counts the user's held-out items (at least one).
+
+    - recall@K = hits in top K / |held-out|
+    - ndcg@K = DCG@K / IDCG@K, gains 1/log2(rank + 1), IDCG over min(K, |held-out|) hits
+    - hit_rate@K = 1 if any hit in top K
+    - precision@K = hits in top K / K
+    - mrr@K = 1 / rank of the first hit in top K, 0 if none
+    """
+    max_k = max(ks)
+    hits = torch.nn.functional.pad(hits[:, :max_k].to(torch.float64), (0, max_k - min(max_k, hits.shape[1])))
+    num_relevant = num_relevant.to(torch.float64)
+    discounts = 1.0 / torch.log2(torch.arange(2, max_k + 2, device=hits.device, dtype=torch.float64))
+    hit_counts = hits.cumsum(1)
+    dcg = (hits * discounts).cumsum(1)
+    ideal_dcg = discounts.cumsum(0)
+    ranks = torch.arange(1, max_k + 1, device=hits.device, dtype=torch.float64)
+    first_hit_rank = torch.where(hits > 0, ranks, torch.inf).min(1).values
+
+    values = []
+    for k in ks:
+        hits_at_k = hit_counts[:, k - 1]
+        ideal_at_k = ideal_dcg[(num_relevant.clamp(max=k) - 1).long()]
+        reciprocal_rank = torch.where(first_hit_rank <= k, 1.0 / first_hit_rank, 0.0)
+        values.append(
+            torch.stack([hits_at_k / num_relevant, dcg[:, k - 1] / ideal_at_k, (hits_at_k > 0).double(), hits_at_k / k, reciprocal_rank])
+        )
+    return torch.stack(values, 1)
+
+
+class RankingMetrics(Metric):
+    """Recall, NDCG, HitRate, Precision and MRR at each K, averaged over evaluated users.
+
+    States are per-metric sums and a user count, so `compute` after a DDP sync is exact.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, ks: Sequence[int] = (10, 20)) -> None:
+        super().__init__()
+        self.ks = tuple(sorted(set(int(k) for k in ks)))
+        self.add_state("totals", torch.zeros(len(METRIC_NAMES), len(self.ks), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("num_users", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    @property
+    def max_k(self) -> int:
+        return self.ks[-1]
+
+    def update(self, hits: Tensor, num_relevant: Tensor) -> None:
+        self.totals += per_user_metrics(hits, num_relevant, self.ks).sum(-1)
+        self.num_users += len(num_relevant)
+
+    def compute(self) -> dict[str, Tensor]:
+        means = self.totals / self.num_users.clamp(min=1)
+        return {f"{name}@{k}": means[m, j] for m, name in enumerate(METRIC_NAMES) for j, k in enumerate(self.ks)}

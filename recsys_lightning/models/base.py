@@ -1,0 +1,38 @@
+"""The scoring contract every model implements; training and evaluation only talk to it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from torch import Tensor, nn
+
+
+class Recommender(nn.Module, ABC):
+    """Scores users against items: pairs for training, the whole catalogue for ranking."""
+
+    def __init__(self, num_users: int, num_items: int) -> None:
+        super().__init__()
+        self.num_users = num_users
+        self.num_items = num_items
+
+    @abstractmethod
+    def score_with_penalty(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        """Training call: scores of `users` [B] against `items` [B] or [B, N] (shaped like `items`), and
+        the squared norm of the parameter rows they touched, per example.
+
+        One call, so the embedding rows are gathered once for both. Regularising only the rows in the
+        batch (as in the BPR paper) keeps rare items from being shrunk by steps they take no part in.
+        """
+
+    @abstractmethod
+    def score_all(self, users: Tensor) -> Tensor:
+        """Scores of `users` [B] against every item: [B, num_items], equal to `score` on the same pairs."""
+
+    def score(self, users: Tensor, items: Tensor) -> Tensor:
+        """Scores of `users` [B] against `items` [B] or [B, N]."""
+        return self.score_with_penalty(users, items)[0]
+
+
+def gather_rows(table: Tensor, index: Tensor) -> Tensor:
+    """`table[index]` for any index shape; `index_select` backpropagates faster than `nn.Embedding` on CPU."""
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])

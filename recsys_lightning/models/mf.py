@@ -1,0 +1,38 @@
+"""Matrix factorisation with optional user and item biases."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from recsys_lightning.models.base import Recommender, gather_rows
+
+
+class MatrixFactorization(Recommender):
+    """score(u, i) = <p_u, q_i> + b_u + b_i."""
+
+    def __init__(self, num_users: int, num_items: int, dim: int = 64, bias: bool = True, init_std: float = 0.1) -> None:
+        super().__init__(num_users, num_items)
+        self.user_factors = nn.Parameter(torch.randn(num_users, dim) * init_std)
+        self.item_factors = nn.Parameter(torch.randn(num_items, dim) * init_std)
+        self.user_bias = nn.Parameter(torch.zeros(num_users)) if bias else None
+        self.item_bias = nn.Parameter(torch.zeros(num_items)) if bias else None
+
+    def score_with_penalty(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        user_vectors = gather_rows(self.user_factors, users)
+        item_vectors = gather_rows(self.item_factors, items)
+        penalty = user_vectors.square().sum() + item_vectors.square().sum()
+        if items.dim() > users.dim():
+            user_vectors = user_vectors.unsqueeze(-2)  # one user row against N items
+        scores = (user_vectors * item_vectors).sum(-1)
+        if self.item_bias is not None:
+            user_bias, item_bias = gather_rows(self.user_bias, users), gather_rows(self.item_bias, items)
+            scores = scores + item_bias + (user_bias.unsqueeze(-1) if items.dim() > users.dim() else user_bias)
+            penalty = penalty + user_bias.square().sum() + item_bias.square().sum()
+        return scores, penalty / len(users)
+
+    def score_all(self, users: Tensor) -> Tensor:
+        scores = gather_rows(self.user_factors, users) @ self.item_factors.T
+        if self.item_bias is not None:
+            scores = scores + self.item_bias + gather_rows(self.user_bias, users).unsqueeze(-1)
+        return scores
