@@ -45,6 +45,7 @@ class PositivePairs(Dataset):
         return len(self.users)
 
     def __getitem__(self, index: Tensor) -> dict[str, Tensor]:
+        index = index.to(self.users.device)
         return {"users": self.users[index], "items": self.items[index]}
 
 

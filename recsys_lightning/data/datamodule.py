@@ -86,8 +86,10 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         return self.interactions.num_items
 
     def train_dataloader(self) -> DataLoader:
-        pairs = PositivePairs(torch.from_numpy(self.interactions.users[self.split.train]),
-                              torch.from_numpy(self.interactions.items[self.split.train]))  # fmt: skip
+        """Training pairs live on the training device, so each batch is one indexing op there."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        users = torch.from_numpy(self.interactions.users[self.split.train]).to(device)
+        pairs = PositivePairs(users, torch.from_numpy(self.interactions.items[self.split.train]).to(device))
         batches = EpochBatchSampler(len(pairs), self.batch_size, self.seed)
         return DataLoader(pairs, sampler=batches, batch_size=None)
 
