@@ -86,7 +86,7 @@ def validation_seconds(cfg, datamodule, repeats: int) -> tuple[list[float], list
         for _ in range(repeats):
             start = time.perf_counter()
             for batch in chunks:
-                module._rank(batch, module.val_metrics)
+                module._rank(module.model.score_all(batch["users"]), batch, module.val_metrics)
             module.val_metrics.compute()
             module.val_metrics.reset()
             bare.append(time.perf_counter() - start)
@@ -107,7 +107,7 @@ def main() -> None:
 
     register_resolvers()
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.run_dir=/tmp/recsys_bench", *args.overrides])
+        cfg = compose("config", overrides=["paths.run_dir=/tmp/recsys_bench", "run_name=bench", *args.overrides])
     pl.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")

@@ -10,6 +10,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def register_resolvers() -> None:
-    """`${project_root:}` is the folder holding conf/, so runs land in the same place whatever the cwd."""
+    """`${project_root:}` is the folder holding conf/, so runs land in the same place whatever the cwd;
+    `${prefixed:value}` is `_value`, or nothing when value is empty (for optional name parts)."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("prefixed"):
+        OmegaConf.register_new_resolver("prefixed", lambda value: f"_{value}" if value else "")

@@ -1,25 +1,135 @@
-"""Training objectives over a positive score and its sampled negatives' scores."""
+"""Training objectives over a positive's score and its candidates' scores."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class RankingLoss(nn.Module):
-    """A loss over `positive_scores` [B] and `negative_scores` [B, N].
+@dataclass
+class ScoredCandidates:
+    """One training batch as a loss sees it.
 
-    `l2` weighs the model's penalty on the batch's embeddings; it lives here because it is part of
-    the objective a user tunes together with the loss.
+    `negative_valid` is False where a negative is in fact one of the user's positives (in-batch
+    negatives can be); `*_log_q` are log sampling probabilities for the log-Q correction;
+    `ratings` are explicit targets for regression losses.
     """
+
+    positive: Tensor
+    negative: Tensor
+    negative_valid: Tensor | None = None
+    positive_log_q: Tensor | None = None
+    negative_log_q: Tensor | None = None
+    ratings: Tensor | None = None
+
+
+class RankingLoss(nn.Module):
+    """Base of all losses. `l2` weighs the model's penalty on the batch's embeddings: it is tuned with the loss.
+
+    `rejected_samplers` names sampler classes (by class name) this loss cannot train with, and
+    `rejection_reason` says why; the entry point checks this before any data is loaded.
+    """
+
+    rejected_samplers: tuple[str, ...] = ()
+    rejection_reason: str = ""
+    predicts_ratings = False
+    full_catalogue = False
+    pointwise = False
 
     def __init__(self, l2: float = 0.0) -> None:
         super().__init__()
         self.l2 = l2
 
+    def forward(self, batch: ScoredCandidates) -> Tensor:
+        raise NotImplementedError
+
+
+def _masked_mean(values: Tensor, valid: Tensor | None) -> Tensor:
+    if valid is None:
+        return values.mean()
+    return (values * valid).sum() / valid.sum().clamp(min=1)
+
 
 class BPRLoss(RankingLoss):
     """Bayesian Personalised Ranking (Rendle et al. 2009): -log sigmoid(s_pos - s_neg), mean over negatives."""
 
-    def forward(self, positive_scores: Tensor, negative_scores: Tensor) -> Tensor:
-        return -F.logsigmoid(positive_scores.unsqueeze(-1) - negative_scores).mean()
+    def forward(self, batch: ScoredCandidates) -> Tensor:
+        return _masked_mean(-F.logsigmoid(batch.positive.unsqueeze(-1) - batch.negative), batch.negative_valid)
+
+
+class BCELoss(RankingLoss):
+    """Pointwise log loss: every (user, positive) is labelled 1 and every (user, sampled negative) 0.
+
+    In-batch negatives are rejected: they are drawn in proportion to popularity, and a pointwise
+    label 0 on them, with nothing to correct that, pushes popular items down for everyone.
+    """
+
+    rejected_samplers = ("InBatchSampler",)
+    rejection_reason = "in-batch negatives are popularity-biased and pointwise BCE has no correction for that"
+    pointwise = True
+
+    def forward(self, batch: ScoredCandidates) -> Tensor:
+        positive = F.binary_cross_entropy_with_logits(batch.positive, torch.ones_like(batch.positive), reduction="none")
+        negative = F.binary_cross_entropy_with_logits(batch.negative, torch.zeros_like(batch.negative), reduction="none")
+        valid = batch.negative_valid
+        count = len(positive) + (negative.numel() if valid is None else valid.sum())
+        return (positive.sum() + (negative.sum() if valid is None else (negative * valid).sum())) / count
+
+
+class SampledSoftmaxLoss(RankingLoss):
+    """Cross-entropy of the positive against its sampled candidates (Jean et al. 2015).
+
+    With `log_q_correction`, each candidate's logit is lowered by the log of its sampling probability
+    (Yi et al. 2019, "Sampling-bias-corrected neural modeling"), which makes in-batch and popularity
+    negatives estimate the full softmax instead of over-penalising popular items.
+    """
+
+    def __init__(self, l2: float = 0.0, temperature: float = 1.0, log_q_correction: bool = True) -> None:
+        super().__init__(l2)
+        self.temperature = temperature
+        self.log_q_correction = log_q_correction
+
+    def forward(self, batch: ScoredCandidates) -> Tensor:
+        logits = torch.cat([batch.positive.unsqueeze(-1), batch.negative], -1) / self.temperature
+        if self.log_q_correction and batch.negative_log_q is not None:
+            logits = logits - torch.cat([batch.positive_log_q.unsqueeze(-1), batch.negative_log_q], -1)
+        if batch.negative_valid is not None:
+            keep = torch.cat([torch.ones_like(batch.negative_valid[:, :1]), batch.negative_valid], -1)
+            logits = logits.masked_fill(~keep, -torch.inf)
+        return -torch.log_softmax(logits, -1)[:, 0].mean()
+
+
+class FullSoftmaxLoss(RankingLoss):
+    """Softmax over the whole catalogue: the positive against every item the user has not trained on.
+
+    Exact where sampled softmax estimates; it costs one `score_all` per batch, which is cheap while
+    the catalogue is small (thousands of items). The sampler is not used.
+    """
+
+    full_catalogue = True
+
+    def __init__(self, l2: float = 0.0, temperature: float = 1.0) -> None:
+        super().__init__(l2)
+        self.temperature = temperature
+
+    def forward(self, batch: ScoredCandidates) -> Tensor:
+        # `negative` holds the scores of every item, with the user's other training positives at -inf.
+        logits = batch.negative / self.temperature
+        return (torch.logsumexp(logits, -1) - batch.positive / self.temperature).mean()
+
+
+class MSELoss(RankingLoss):
+    """Explicit-rating regression, the classic rating-prediction MF: (score - rating)^2.
+
+    Negatives are not used, so only the cheapest sampler is accepted.
+    """
+
+    rejected_samplers = ("PopularitySampler", "InBatchSampler", "HardNegativeSampler")
+    rejection_reason = "rating regression uses no negatives"
+    predicts_ratings = True
+
+    def forward(self, batch: ScoredCandidates) -> Tensor:
+        return F.mse_loss(batch.positive, batch.ratings)

@@ -71,3 +71,35 @@ class RankingMetrics(Metric):
     def compute(self) -> dict[str, Tensor]:
         means = self.totals / self.num_users.clamp(min=1)
         return {f"{name}@{k}": means[m, j] for m, name in enumerate(METRIC_NAMES) for j, k in enumerate(self.ks)}
+
+
+class CatalogueMetrics(Metric):
+    """Beyond accuracy: coverage@K (share of items in at least one user's top K) and novelty@K (mean
+    self-information -log2 p(i) of recommended items, p(i) = share of users who have item i in train).
+
+    States are per-item recommendation counts and sums, so they too are exact after a DDP sync.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, ks: Sequence[int], num_items: int) -> None:
+        super().__init__()
+        self.ks = tuple(sorted(set(int(k) for k in ks)))
+        self.add_state("recommended", torch.zeros(len(self.ks), num_items, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("self_information", torch.zeros(len(self.ks), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("slots", torch.zeros(len(self.ks), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, top_items: Tensor, item_self_information: Tensor) -> None:
+        for j, k in enumerate(self.ks):
+            items = top_items[:, :k].reshape(-1)
+            self.recommended[j] += torch.bincount(items, minlength=self.recommended.shape[1])
+            self.self_information[j] += item_self_information[items].double().sum()
+            self.slots[j] += items.numel()
+
+    def compute(self) -> dict[str, Tensor]:
+        values = {}
+        for j, k in enumerate(self.ks):
+            values[f"coverage@{k}"] = (self.recommended[j] > 0).double().mean()
+            values[f"novelty@{k}"] = self.self_information[j] / self.slots[j].clamp(min=1)
+        return values

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
+from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError
 
-from recsys_lightning.metrics import RankingMetrics
+from recsys_lightning.losses import RankingLoss, ScoredCandidates
+from recsys_lightning.metrics import CatalogueMetrics, RankingMetrics
 from recsys_lightning.models.base import Recommender
 from recsys_lightning.ranking import hits, top_k_unseen
+from recsys_lightning.samplers import NegativeSampler
 
 
 class RecommenderModule(pl.LightningModule):
@@ -36,52 +42,141 @@ class RecommenderModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.model: Recommender = instantiate(model, num_users=num_users, num_items=num_items)
-        self.loss = instantiate(loss)
-        self.sampler = instantiate(sampler)
+        self.loss: RankingLoss = instantiate(loss)
+        self.sampler: NegativeSampler = instantiate(sampler)
         self.val_metrics = RankingMetrics(ks)
         self.test_metrics = RankingMetrics(ks)
+        self.test_catalogue = CatalogueMetrics(ks, num_items)
+        self.val_bce, self.val_accuracy = MeanMetric(), MeanMetric()
+        self.val_rmse, self.val_mae = MeanSquaredError(squared=False), MeanAbsoluteError()
+        self._val_errors: list[Tensor] = []
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        counts = datamodule.train_positives.counts_per_item().double()
+        # Self-information -log2 p(i) with p(i) the share of users holding item i; unseen items count as one user.
+        self.register_buffer("item_self_information", -torch.log2(counts.clamp(min=1) / self.model.num_users), persistent=False)
 
     def on_fit_start(self) -> None:
         self.sampler.bind(self.trainer.datamodule.train_positives.to(self.device))
 
     def on_train_epoch_start(self) -> None:
         self.sampler.reseed(self.hparams.seed * 1_000_003 + self.current_epoch + 1)
+        self._epoch_start, self._epoch_samples = time.perf_counter(), 0
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         users, positives = batch["users"], batch["items"]
-        negatives = self.sampler.sample(users, positives, self.model)
-        items = torch.cat([positives.unsqueeze(1), negatives], 1)
-        scores, penalty = self.model.score_with_penalty(users, items)
-        loss = self.loss(scores[:, 0], scores[:, 1:]) + self.loss.l2 * penalty
+        if self.loss.full_catalogue:
+            candidates, penalty = self._score_catalogue(users, positives)
+        else:
+            candidates, penalty = self._score_sampled(users, positives, batch.get("ratings"))
+        loss = self.loss(candidates) + self.loss.l2 * penalty
+        self._epoch_samples += len(users)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(users))
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        self.log("train/samples_per_second", self._epoch_samples / (time.perf_counter() - self._epoch_start))
+
+    def _score_sampled(self, users: Tensor, positives: Tensor, ratings: Tensor | None) -> tuple[ScoredCandidates, Tensor]:
+        negatives = self.sampler.sample(users, positives, self.model)
+        items = torch.cat([positives.unsqueeze(1), negatives], 1)
+        scores, penalty = self.model.score_with_penalty(users, items)
+        log_q = self.sampler.log_probability(items)
+        candidates = ScoredCandidates(
+            positive=scores[:, 0],
+            negative=scores[:, 1:],
+            negative_valid=self.sampler.valid_negatives(users, negatives),
+            positive_log_q=None if log_q is None else log_q[:, 0],
+            negative_log_q=None if log_q is None else log_q[:, 1:],
+            ratings=ratings,
+        )
+        return candidates, penalty
+
+    def _score_catalogue(self, users: Tensor, positives: Tensor) -> tuple[ScoredCandidates, Tensor]:
+        """Every item is a candidate; the user's other training positives are hidden from the softmax."""
+        positive_scores, penalty = self.model.score_with_penalty(users, positives)
+        scores = self.model.score_all(users)
+        rows, items = self.trainer.datamodule.train_positives.to(users.device).coordinates(users)
+        scores = scores.index_put((rows, items), torch.tensor(-torch.inf, device=scores.device))
+        scores = scores.scatter(1, positives.unsqueeze(1), positive_scores.unsqueeze(1))
+        return ScoredCandidates(positive=positive_scores, negative=scores), penalty
+
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._rank(batch, self.val_metrics)
+        scores = self.model.score_all(batch["users"])
+        if self.loss.predicts_ratings:
+            self._update_rating_errors(scores, batch)
+        if self.loss.pointwise:
+            self._update_pointwise(scores, batch)
+        self._rank(scores, batch, self.val_metrics)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._rank(batch, self.test_metrics)
+        scores = self.model.score_all(batch["users"])
+        top_items = self._rank(scores, batch, self.test_metrics)
+        self.test_catalogue.update(top_items, self.item_self_information)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_ranking("val", self.val_metrics)
+        values = self._computed("val", self.val_metrics)
+        if self.loss.predicts_ratings:
+            values |= {"val/rmse": self.val_rmse.compute(), "val/mae": self.val_mae.compute()}
+            self._log_error_histogram()
+        if self.val_bce.update_count:
+            values |= {"val/bce": self.val_bce.compute(), "val/accuracy": self.val_accuracy.compute()}
+        for metric in (self.val_rmse, self.val_mae, self.val_bce, self.val_accuracy):
+            metric.reset()
+        # Re-validating the best checkpoint after fit must not add a point to the training curves.
+        self.log_dict(values, logger=self.trainer.state.fn == "fit")
 
     def on_test_epoch_end(self) -> None:
-        self._log_ranking("test", self.test_metrics)
+        values = self._computed("test", self.test_metrics) | self._computed("test", self.test_catalogue)
+        self.log_dict(values)
 
-    def _rank(self, batch: dict[str, Tensor], metrics: RankingMetrics) -> None:
-        """Score a chunk of users against every item with one call, hide their known items, take top-K."""
-        scores = self.model.score_all(batch["users"])
+    def _rank(self, scores: Tensor, batch: dict[str, Tensor], metrics: RankingMetrics) -> Tensor:
+        """Hide each user's known items, take the top K of the chunk's scores, count held-out hits."""
         top_items = top_k_unseen(scores, batch["exclude_rows"], batch["exclude_items"], metrics.max_k)
         chunk_hits = hits(top_items, batch["heldout_rows"], batch["heldout_items"], self.model.num_items)
         num_relevant = torch.bincount(batch["heldout_rows"], minlength=len(batch["users"]))
         metrics.update(chunk_hits, num_relevant)
+        return top_items
 
-    def _log_ranking(self, stage: str, metrics: RankingMetrics) -> None:
-        values = {f"{stage}/{name}": value.float() for name, value in metrics.compute().items()}
-        # Re-validating the best checkpoint after fit must not add a point to the training curves.
-        to_logger = stage != "val" or self.trainer.state.fn == "fit"
-        self.log_dict(values, logger=to_logger)
-        metrics.reset()
+    def _update_rating_errors(self, scores: Tensor, batch: dict[str, Tensor]) -> None:
+        predicted = scores[batch["heldout_rows"], batch["heldout_items"]]
+        self.val_rmse.update(predicted, batch["heldout_ratings"])
+        self.val_mae.update(predicted, batch["heldout_ratings"])
+        self._val_errors.append((predicted - batch["heldout_ratings"]).detach().cpu())
+
+    def _update_pointwise(self, scores: Tensor, batch: dict[str, Tensor]) -> None:
+        """BCE and accuracy on held-out positives plus as many uniform negatives from the unseen items.
+
+        The negatives come from a fixed-seed stream, so every validation epoch judges the same pairs.
+        """
+        rows, items = batch["heldout_rows"], batch["heldout_items"]
+        allowed = torch.ones_like(scores, dtype=torch.bool)
+        allowed[batch["exclude_rows"], batch["exclude_items"]] = False
+        allowed[rows, items] = False
+        generator = torch.Generator(device=scores.device).manual_seed(self.hparams.seed + len(batch["users"]))
+        counts = torch.bincount(rows, minlength=len(scores))
+        drawn = torch.multinomial(allowed.float(), int(counts.max()), replacement=True, generator=generator)
+        position_in_row = torch.arange(len(rows), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
+        logits = torch.cat([scores[rows, items], scores[rows, drawn[rows, position_in_row]]])
+        labels = torch.cat([torch.ones_like(rows), torch.zeros_like(rows)]).float()
+        self.val_bce.update(F.binary_cross_entropy_with_logits(logits, labels), weight=len(labels))
+        self.val_accuracy.update(((logits > 0).float() == labels).float().mean(), weight=len(labels))
+
+    def _log_error_histogram(self) -> None:
+        errors = torch.cat(self._val_errors) if self._val_errors else torch.zeros(0)
+        self._val_errors.clear()
+        if self.trainer.state.fn != "fit" or not len(errors):
+            return
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_histogram("val/rating_error", errors, self.global_step)
+
+    @staticmethod
+    def _computed(stage: str, metric) -> dict[str, Tensor]:
+        values = {f"{stage}/{name}": value.float() for name, value in metric.compute().items()}
+        metric.reset()
+        return values
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer)(self.parameters())

@@ -10,18 +10,21 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from recsys_lightning.config import register_resolvers
+from recsys_lightning.config import PROJECT_ROOT, register_resolvers
 from recsys_lightning.data.datamodule import InteractionDataModule
-from recsys_lightning.errors import RecsysError
+from recsys_lightning.errors import ConfigError, RecsysError
 from recsys_lightning.module import RecommenderModule
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,7 @@ register_resolvers()
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, early-stop, test the best checkpoint, and return the flat metrics written to metrics.json."""
+    check_loss_and_sampler(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.run_dir)
 
@@ -50,7 +54,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values() if logger]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
+    fit_start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    train_seconds = time.perf_counter() - fit_start
     best_checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt_path = best_checkpoint or None
     metrics: dict[str, Any] = {}
@@ -59,6 +65,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.run_test:
         metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0])
     metrics["best_epoch"] = _checkpoint_epoch(best_checkpoint) if best_checkpoint else trainer.current_epoch - 1
+    metrics["train_seconds"] = round(train_seconds, 2)
     metrics["data_source"] = datamodule.source
 
     for logger in trainer.loggers:
@@ -69,13 +76,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def check_loss_and_sampler(cfg: DictConfig) -> None:
+    """Fail at once, before any data is loaded, on a loss that cannot train with the chosen sampler."""
+    loss_class = get_class(cfg.loss._target_)
+    sampler_class = cfg.sampler._target_.rsplit(".", 1)[-1]
+    if sampler_class not in loss_class.rejected_samplers:
+        return
+    options = {path.stem: OmegaConf.load(path).get("_target_", "") for path in sorted((PROJECT_ROOT / "conf" / "sampler").glob("*.yaml"))}
+    valid = [name for name, target in options.items() if target.rsplit(".", 1)[-1] not in loss_class.rejected_samplers]
+    raise ConfigError(
+        f"{loss_class.__name__} cannot train with {sampler_class}: {loss_class.rejection_reason}; "
+        f"with this loss use sampler={' or sampler='.join(valid)}"
+    )
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra wrapper: a user error becomes one line on stderr and exit code 1; returns the sweep objective."""
+    """Hydra wrapper: a user error becomes one line on stderr and exit code 1; returns the sweep objective.
+
+    In a multirun, a failing run leaves error.txt in its folder and returns NaN, so the sweep goes on
+    and its summary lists the failure.
+    """
     try:
         metrics = train(cfg)
-    except RecsysError as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            user_error = isinstance(error, RecsysError)
+            message = str(error) if user_error else f"{type(error).__name__}: {error}"
+            log.error("run failed: %s", message, exc_info=not user_error)
+            (Path(cfg.paths.run_dir) / "error.txt").write_text(message + "\n")
+            return float("nan")
+        if not isinstance(error, RecsysError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

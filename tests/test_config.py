@@ -23,7 +23,7 @@ OPTIONS = [
 def composed(*overrides: str, run_dir: Path):
     register_resolvers()
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=[f"paths.run_dir={run_dir}", *overrides])
+        return compose("config", overrides=[f"paths.run_dir={run_dir}", "run_name=test", *overrides])
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from recsys_lightning.data.sparse import UserItemCSR
-from recsys_lightning.samplers import UniformSampler
+from recsys_lightning.samplers import HardNegativeSampler, InBatchSampler, PopularitySampler, UniformSampler
 
 
 def positives(num_users=50, num_items=80, seed=0) -> UserItemCSR:
@@ -17,20 +17,28 @@ def positives(num_users=50, num_items=80, seed=0) -> UserItemCSR:
     return UserItemCSR.from_pairs(torch.cat(users), torch.cat(items), num_users, num_items)
 
 
-def bound_sampler(csr: UserItemCSR, num_negatives=3, seed=0) -> UniformSampler:
-    sampler = UniformSampler(num_negatives=num_negatives)
+def bound_sampler(csr: UserItemCSR, num_negatives=3, seed=0, kind=UniformSampler, **options):
+    sampler = kind(num_negatives=num_negatives, **options)
     sampler.bind(csr)
     sampler.reseed(seed)
     return sampler
 
 
-def test_sampler_never_returns_training_positive():
+class ItemIndexModel:
+    """Scores an item by its index, so the hardest negative is the largest index."""
+
+    def score(self, users, items):
+        return items.float()
+
+
+@pytest.mark.parametrize("kind", [UniformSampler, PopularitySampler, HardNegativeSampler])
+def test_sampler_never_returns_training_positive(kind):
     csr = positives()
     known = {(u, i) for u in range(csr.num_users) for i in csr.indices[csr.indptr[u] : csr.indptr[u + 1]].tolist()}
-    sampler = bound_sampler(csr, num_negatives=5)
+    sampler = bound_sampler(csr, num_negatives=5, kind=kind)
     for _ in range(200):
         users = torch.randint(0, csr.num_users, (256,))
-        negatives = sampler.sample(users, users, model=None)
+        negatives = sampler.sample(users, users, model=ItemIndexModel())
         assert negatives.shape == (256, 5)
         assert ((negatives >= 0) & (negatives < csr.num_items)).all()
         pairs = zip(users.repeat_interleave(5).tolist(), negatives.flatten().tolist())
@@ -72,3 +80,62 @@ def test_same_seed_same_negatives_and_new_seed_new_ones():
 def test_num_negatives_must_be_positive():
     with pytest.raises(ValueError, match="num_negatives"):
         UniformSampler(num_negatives=0)
+
+
+def test_popularity_negatives_follow_count_to_the_alpha():
+    csr = positives(num_users=60, num_items=40, seed=2)
+    sampler = bound_sampler(csr, num_negatives=200, kind=PopularitySampler, alpha=0.75)
+    user = 1  # holds no positives, so every item is allowed
+    draws = sampler.sample(torch.full((500,), user), None, None).flatten()
+    weights = csr.counts_per_item().double().pow(0.75)
+    expected = weights / weights.sum() * len(draws)
+    observed = torch.bincount(draws, minlength=csr.num_items).double()
+    used = expected > 5
+    chi_square = ((observed[used] - expected[used]) ** 2 / expected[used]).sum().item()
+    degrees = int(used.sum()) - 1
+    assert chi_square < degrees + 5 * (2 * degrees) ** 0.5
+    # And it is not uniform: most and least popular items are drawn in the ratio of their weights.
+    top, bottom = weights.argmax(), weights.argmin()
+    assert (observed[top] / observed[bottom]).item() == pytest.approx((weights[top] / weights[bottom]).item(), rel=0.15)
+    assert (weights[top] / weights[bottom]).item() > 2
+
+
+def test_popularity_sampler_falls_back_when_positives_hold_most_mass():
+    csr = positives()
+    free_item = (set(range(csr.num_items)) - set(csr.indices[: csr.indptr[1]].tolist())).pop()
+    sampler = bound_sampler(csr, kind=PopularitySampler, max_rounds=2)
+    assert (sampler.sample(torch.zeros(50, dtype=torch.long), None, None) == free_item).all()
+
+
+def test_in_batch_negatives_are_other_positives_of_the_batch_with_hits_flagged():
+    csr = positives()
+    sampler = bound_sampler(csr, num_negatives=7, kind=InBatchSampler)
+    users = torch.randint(0, csr.num_users, (64,))
+    items = torch.randint(0, csr.num_items, (64,))
+    negatives = sampler.sample(users, items, None)
+    assert set(negatives.flatten().tolist()) <= set(items.tolist())
+    own = items.unsqueeze(1).expand_as(negatives)
+    assert not ((negatives == own) & (torch.arange(64).unsqueeze(1) == torch.arange(64).unsqueeze(1))).all()
+    valid = sampler.valid_negatives(users, negatives)
+    for row in range(64):
+        for col in range(7):
+            item = negatives[row, col].item()
+            user_items = csr.indices[csr.indptr[users[row]] : csr.indptr[users[row] + 1]].tolist()
+            assert valid[row, col].item() == (item not in user_items)
+
+
+def test_in_batch_never_pairs_an_example_with_its_own_position():
+    sampler = bound_sampler(positives(), num_negatives=5, kind=InBatchSampler)
+    positions = torch.arange(10)
+    # Items equal positions, so a negative equal to the row index would be the example's own positive.
+    negatives = sampler.sample(torch.zeros(10, dtype=torch.long), positions, None)
+    assert (negatives != positions.unsqueeze(1)).all()
+
+
+def test_hard_sampler_keeps_the_best_scored_candidate():
+    csr = positives()
+    users = torch.randint(2, csr.num_users, (400,))
+    hard = bound_sampler(csr, num_negatives=2, kind=HardNegativeSampler, candidates=8).sample(users, None, ItemIndexModel())
+    uniform = bound_sampler(csr, num_negatives=2).sample(users, None, None)
+    # The max of 8 uniform draws sits near the top of the catalogue; one draw sits near the middle.
+    assert hard.double().mean() > uniform.double().mean() + 0.25 * csr.num_items

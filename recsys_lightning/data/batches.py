@@ -35,18 +35,19 @@ class EpochBatchSampler(Sampler[Tensor]):
 
 
 class PositivePairs(Dataset):
-    """Training (user, positive item) pairs; indexed with a whole batch of indices at once."""
+    """Training (user, positive item, rating) triples; indexed with a whole batch of indices at once."""
 
-    def __init__(self, users: Tensor, items: Tensor) -> None:
+    def __init__(self, users: Tensor, items: Tensor, ratings: Tensor) -> None:
         self.users = users
         self.items = items
+        self.ratings = ratings
 
     def __len__(self) -> int:
         return len(self.users)
 
     def __getitem__(self, index: Tensor) -> dict[str, Tensor]:
         index = index.to(self.users.device)
-        return {"users": self.users[index], "items": self.items[index]}
+        return {"users": self.users[index], "items": self.items[index], "ratings": self.ratings[index]}
 
 
 class RankingChunks(Dataset):
@@ -68,6 +69,7 @@ class RankingChunks(Dataset):
                     "exclude_items": exclude_items,
                     "heldout_rows": heldout_rows,
                     "heldout_items": heldout_items,
+                    "heldout_ratings": heldout.values_of(chunk_users),
                 }
             )
         self.num_users = len(users)

@@ -88,8 +88,9 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
     def train_dataloader(self) -> DataLoader:
         """Training pairs live on the training device, so each batch is one indexing op there."""
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        users = torch.from_numpy(self.interactions.users[self.split.train]).to(device)
-        pairs = PositivePairs(users, torch.from_numpy(self.interactions.items[self.split.train]).to(device))
+        rows = self.split.train
+        pairs = PositivePairs(*(torch.from_numpy(column[rows]).to(device) for column in
+                                (self.interactions.users, self.interactions.items, self.interactions.ratings)))  # fmt: skip
         batches = EpochBatchSampler(len(pairs), self.batch_size, self.seed)
         return DataLoader(pairs, sampler=batches, batch_size=None)
 
@@ -106,6 +107,7 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
             torch.from_numpy(self.interactions.items[rows]),
             self.num_users,
             self.num_items,
+            values=torch.from_numpy(self.interactions.ratings[rows]),
         )
 
     def _index_item_info(self, items: pd.DataFrame) -> pd.DataFrame:

@@ -15,15 +15,18 @@ class UserItemCSR:
     indptr: Tensor
     indices: Tensor
     num_items: int
+    values: Tensor | None = None
 
     @classmethod
-    def from_pairs(cls, users: Tensor, items: Tensor, num_users: int, num_items: int) -> UserItemCSR:
-        """Build from (user, item) pairs; duplicate pairs must already be removed."""
+    def from_pairs(
+        cls, users: Tensor, items: Tensor, num_users: int, num_items: int, values: Tensor | None = None
+    ) -> UserItemCSR:
+        """Build from (user, item) pairs, with an optional value (a rating) each; pairs must be unique."""
         order = torch.argsort(users * num_items + items)
         counts = torch.bincount(users, minlength=num_users)
         indptr = torch.zeros(num_users + 1, dtype=torch.long)
         indptr[1:] = torch.cumsum(counts, 0)
-        return cls(indptr=indptr, indices=items[order].long(), num_items=num_items)
+        return cls(indptr, items[order].long(), num_items, None if values is None else values[order])
 
     @property
     def num_users(self) -> int:
@@ -34,15 +37,27 @@ class UserItemCSR:
         lengths = self.indptr[1:] - self.indptr[:-1]
         return lengths if users is None else lengths[users]
 
+    def counts_per_item(self) -> Tensor:
+        """Number of users holding each item."""
+        return torch.bincount(self.indices, minlength=self.num_items)
+
     def coordinates(self, users: Tensor) -> tuple[Tensor, Tensor]:
         """(row, item) coordinates of the items of `users`, where row is the position in `users`.
 
         Lets a caller mark a [len(users), num_items] block with one indexed assignment.
         """
+        rows, positions = self._entries(users)
+        return rows, self.indices[positions]
+
+    def values_of(self, users: Tensor) -> Tensor:
+        """The values of the entries `coordinates(users)` lists, in the same order."""
+        return self.values[self._entries(users)[1]]
+
+    def _entries(self, users: Tensor) -> tuple[Tensor, Tensor]:
         counts = self.counts(users)
         rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
         starts = torch.repeat_interleave(self.indptr[users] - torch.cumsum(counts, 0) + counts, counts)
-        return rows, self.indices[starts + torch.arange(len(rows), device=users.device)]
+        return rows, starts + torch.arange(len(rows), device=users.device)
 
     def union(self, other: UserItemCSR) -> UserItemCSR:
         """Row-wise union of two disjoint item sets (train and valid items to exclude at test)."""
@@ -54,4 +69,5 @@ class UserItemCSR:
         )
 
     def to(self, device: torch.device | str) -> UserItemCSR:
-        return UserItemCSR(self.indptr.to(device), self.indices.to(device), self.num_items)
+        values = None if self.values is None else self.values.to(device)
+        return UserItemCSR(self.indptr.to(device), self.indices.to(device), self.num_items, values)

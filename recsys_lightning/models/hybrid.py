@@ -1,0 +1,34 @@
+"""Dot product plus an MLP over the same embeddings: linear taste plus non-linear interactions."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from recsys_lightning.models.base import Recommender, gather_rows
+from recsys_lightning.models.mlp import PairMLP
+
+
+class HybridMF(Recommender):
+    """score(u, i) = <p_u, q_i> + MLP([p_u; q_i]), with p and q shared by both terms."""
+
+    def __init__(self, num_users: int, num_items: int, dim: int = 64, hidden: Sequence[int] = (64, 32),
+                 dropout: float = 0.0, init_std: float = 0.1) -> None:  # fmt: skip
+        super().__init__(num_users, num_items)
+        self.user_factors = nn.Parameter(torch.randn(num_users, dim) * init_std)
+        self.item_factors = nn.Parameter(torch.randn(num_items, dim) * init_std)
+        self.mlp = PairMLP(dim, dim, hidden, dropout)
+
+    def score_with_penalty(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        user_vectors = gather_rows(self.user_factors, users)
+        item_vectors = gather_rows(self.item_factors, items)
+        penalty = (user_vectors.square().sum() + item_vectors.square().sum()) / len(users)
+        broadcast_users = user_vectors.unsqueeze(-2) if items.dim() > users.dim() else user_vectors
+        scores = (broadcast_users * item_vectors).sum(-1) + self.mlp(user_vectors, item_vectors)
+        return scores, penalty
+
+    def score_all(self, users: Tensor) -> Tensor:
+        user_vectors = gather_rows(self.user_factors, users)
+        return user_vectors @ self.item_factors.T + self.mlp.score_all(user_vectors, self.item_factors)

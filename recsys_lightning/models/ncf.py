@@ -1,0 +1,43 @@
+"""NeuMF (He et al. 2017, "Neural Collaborative Filtering"): a GMF path and an MLP path, fused linearly."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from recsys_lightning.models.base import Recommender, gather_rows
+from recsys_lightning.models.mlp import PairMLP
+
+
+class NeuMF(Recommender):
+    """score(u, i) = h^T [p_u * q_i ; MLP([p'_u; q'_i])] + b, as logits (no sigmoid inside).
+
+    The GMF and MLP paths have their own embeddings. The output layer over the concatenation is
+    linear, so it is kept as h_gmf (a vector here) plus the MLP's last Linear: the same function, and
+    the GMF term of full ranking becomes one matmul, (p_u * h_gmf) @ Q^T.
+    """
+
+    def __init__(self, num_users: int, num_items: int, gmf_dim: int = 32, mlp_dim: int = 32,
+                 hidden: Sequence[int] = (64, 32, 16), dropout: float = 0.0, init_std: float = 0.1) -> None:  # fmt: skip
+        super().__init__(num_users, num_items)
+        self.user_gmf = nn.Parameter(torch.randn(num_users, gmf_dim) * init_std)
+        self.item_gmf = nn.Parameter(torch.randn(num_items, gmf_dim) * init_std)
+        self.user_mlp = nn.Parameter(torch.randn(num_users, mlp_dim) * init_std)
+        self.item_mlp = nn.Parameter(torch.randn(num_items, mlp_dim) * init_std)
+        self.gmf_output = nn.Parameter(torch.ones(gmf_dim))
+        self.mlp = PairMLP(mlp_dim, mlp_dim, hidden, dropout)
+
+    def score_with_penalty(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        user_gmf, item_gmf = gather_rows(self.user_gmf, users), gather_rows(self.item_gmf, items)
+        user_mlp, item_mlp = gather_rows(self.user_mlp, users), gather_rows(self.item_mlp, items)
+        penalty = sum(v.square().sum() for v in (user_gmf, item_gmf, user_mlp, item_mlp)) / len(users)
+        weighted_user = user_gmf * self.gmf_output
+        if items.dim() > users.dim():
+            weighted_user = weighted_user.unsqueeze(-2)
+        return (weighted_user * item_gmf).sum(-1) + self.mlp(user_mlp, item_mlp), penalty
+
+    def score_all(self, users: Tensor) -> Tensor:
+        gmf = (gather_rows(self.user_gmf, users) * self.gmf_output) @ self.item_gmf.T
+        return gmf + self.mlp.score_all(gather_rows(self.user_mlp, users), self.item_mlp)

@@ -1,0 +1,65 @@
+"""Hydra callback that tabulates a multirun: one row per run, best validation NDCG@10 first."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+SORT_BY = "val/ndcg@10"
+COLUMNS = ["run", "overrides", "val/ndcg@10", "val/recall@10", "test/ndcg@10", "test/recall@10", "test/hit_rate@10",
+           "test/mrr@10", "test/coverage@10", "test/novelty@10", "best_epoch", "train_seconds", "error"]  # fmt: skip
+
+
+def summarise_sweep(sweep_dir: Path) -> pd.DataFrame:
+    """Read every job folder under `sweep_dir` (metrics.json or error.txt) into one sorted table."""
+    rows: list[dict[str, Any]] = []
+    for hydra_dir in sorted(sweep_dir.glob("*/.hydra"), key=lambda path: _job_number(path.parent)):
+        run_dir = hydra_dir.parent
+        overrides = OmegaConf.load(hydra_dir / "overrides.yaml") if (hydra_dir / "overrides.yaml").is_file() else []
+        row: dict[str, Any] = {"run": run_dir.name, "overrides": " ".join(overrides)}
+        if (run_dir / "metrics.json").is_file():
+            row.update(json.loads((run_dir / "metrics.json").read_text()))
+        elif (run_dir / "error.txt").is_file():
+            row["error"] = (run_dir / "error.txt").read_text().strip()
+        else:
+            row["error"] = "no metrics.json: the run did not finish"
+        rows.append(row)
+    table = pd.DataFrame(rows).reindex(columns=COLUMNS).astype({"best_epoch": "Int64"})
+    return table.sort_values(SORT_BY, ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    shown = table.dropna(axis=1, how="all")
+    cell = lambda value: "" if pd.isna(value) else (f"{value:.4f}" if isinstance(value, float) else str(value))  # noqa: E731
+    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+class SweepSummary(Callback):
+    """Writes summary.csv and summary.md in the sweep folder and prints the table; exits 1 if a run failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        table = summarise_sweep(sweep_dir)
+        table.to_csv(sweep_dir / "summary.csv", index=False)
+        markdown = to_markdown(table)
+        (sweep_dir / "summary.md").write_text(markdown)
+        print(f"\nSweep summary ({sweep_dir / 'summary.md'}):\n{markdown}")
+        failed = int(table["error"].notna().sum())
+        if failed:
+            log.error("%d of %d runs failed; see the error column", failed, len(table))
+            raise SystemExit(1)
+
+
+def _job_number(run_dir: Path) -> int:
+    head = run_dir.name.split("_", 1)[0]
+    return int(head) if head.isdigit() else -1

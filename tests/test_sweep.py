@@ -1,0 +1,51 @@
+"""A tiny multirun through the real entry point: one folder per run, a summary, failures as rows."""
+
+import subprocess
+import sys
+
+import pandas as pd
+
+from recsys_lightning.sweep import summarise_sweep, to_markdown
+
+from test_train_e2e import ROOT
+
+
+def test_multirun_writes_sorted_summary_with_failed_run_as_row(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "recsys_lightning.train", "-m", "loss=bpr,bce", "sampler=uniform,in_batch",
+         "trainer.max_epochs=1", "trainer.limit_train_batches=3", "callbacks.progress_bar.refresh_rate=0",
+         f"paths.output_dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]  # one run cannot work, so the sweep reports failure
+    sweep_dir = next(tmp_path.glob("multiruns/*/*"))
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == [
+        "0_mf-bpr-uniform_trainer.limit_train_batches=3,trainer.max_epochs=1",
+        "1_mf-bpr-in_batch_trainer.limit_train_batches=3,trainer.max_epochs=1",
+        "2_mf-bce-uniform_trainer.limit_train_batches=3,trainer.max_epochs=1",
+        "3_mf-bce-in_batch_trainer.limit_train_batches=3,trainer.max_epochs=1",
+    ]
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert len(summary) == 4
+    finished = summary[summary["error"].isna()]
+    assert len(finished) == 3
+    assert finished["val/ndcg@10"].is_monotonic_decreasing
+    assert (finished["test/ndcg@10"] > 0).all() and (finished["train_seconds"] > 0).all()
+    failed = summary[summary["error"].notna()]
+    assert failed["run"].tolist() == ["3_mf-bce-in_batch_trainer.limit_train_batches=3,trainer.max_epochs=1"]
+    assert "use sampler=hard or sampler=popularity or sampler=uniform" in failed["error"].item()
+    assert summary.index[summary["error"].notna()].tolist() == [3]  # failures sort last
+    assert (sweep_dir / "summary.md").read_text() == to_markdown(summarise_sweep(sweep_dir))
+    assert "Sweep summary" in result.stdout
+
+
+def test_impossible_combination_fails_before_any_data_is_loaded(tmp_path):
+    empty_data_dir = tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, "-m", "recsys_lightning.train", "loss=bce", "sampler=in_batch",
+         f"paths.data_dir={empty_data_dir}", f"paths.output_dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: BCELoss cannot train with InBatchSampler")
+    assert not empty_data_dir.exists()
