@@ -42,7 +42,7 @@ def build_module(cfg, datamodule) -> RecommenderModule:
 
 
 def bare_epochs(cfg, datamodule, epochs: int) -> list[float]:
-    """The same training step as RecommenderModule.training_step, without Lightning."""
+    """The same training step as RecommenderModule.training_step (its scoring, loss and Adam), without Lightning."""
     module = build_module(cfg, datamodule)
     module.sampler.bind(datamodule.train_positives)
     optimizer = instantiate(cfg.optimizer)(module.parameters())
@@ -53,11 +53,11 @@ def bare_epochs(cfg, datamodule, epochs: int) -> list[float]:
         loader.sampler.set_epoch(epoch)
         module.sampler.reseed(epoch)
         for batch in loader:
-            users, positives = batch["users"], batch["items"]
-            negatives = module.sampler.sample(users, positives, module.model)
-            items = torch.cat([positives.unsqueeze(1), negatives], 1)
-            scores, penalty = module.model.score_with_penalty(users, items)
-            loss = module.loss(scores[:, 0], scores[:, 1:]) + module.loss.l2 * penalty
+            if module.loss.full_catalogue:
+                candidates, penalty = module._score_catalogue(batch["users"], batch["items"])
+            else:
+                candidates, penalty = module._score_sampled(batch["users"], batch["items"], batch["ratings"])
+            loss = module.loss(candidates) + module.loss.l2 * penalty
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

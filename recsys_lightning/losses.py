@@ -116,8 +116,9 @@ class FullSoftmaxLoss(RankingLoss):
         self.temperature = temperature
 
     def forward(self, batch: ScoredCandidates) -> Tensor:
-        # `negative` holds the scores of every item, with the user's other training positives at -inf.
-        logits = batch.negative / self.temperature
+        # `negative` holds the scores of every item, the positive's included, the user's other
+        # training positives at -inf. Skipping a division by 1 saves two passes over [B, num_items].
+        logits = batch.negative if self.temperature == 1.0 else batch.negative / self.temperature
         return (torch.logsumexp(logits, -1) - batch.positive / self.temperature).mean()
 
 

@@ -97,9 +97,9 @@ class RecommenderModule(pl.LightningModule):
         """Every item is a candidate; the user's other training positives are hidden from the softmax."""
         positive_scores, penalty = self.model.score_with_penalty(users, positives)
         scores = self.model.score_all(users)
-        rows, items = self.trainer.datamodule.train_positives.to(users.device).coordinates(users)
-        scores = scores.index_put((rows, items), torch.tensor(-torch.inf, device=scores.device))
-        scores = scores.scatter(1, positives.unsqueeze(1), positive_scores.unsqueeze(1))
+        rows, items = self.sampler.training_positives_of(users)
+        others = items != positives[rows]
+        scores = scores.index_put((rows[others], items[others]), torch.tensor(-torch.inf, device=scores.device))
         return ScoredCandidates(positive=positive_scores, negative=scores), penalty
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -107,7 +107,7 @@ class RecommenderModule(pl.LightningModule):
         if self.loss.predicts_ratings:
             self._update_rating_errors(scores, batch)
         if self.loss.pointwise:
-            self._update_pointwise(scores, batch)
+            self._update_pointwise(scores, batch, batch_idx)
         self._rank(scores, batch, self.val_metrics)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -145,7 +145,7 @@ class RecommenderModule(pl.LightningModule):
         self.val_mae.update(predicted, batch["heldout_ratings"])
         self._val_errors.append((predicted - batch["heldout_ratings"]).detach().cpu())
 
-    def _update_pointwise(self, scores: Tensor, batch: dict[str, Tensor]) -> None:
+    def _update_pointwise(self, scores: Tensor, batch: dict[str, Tensor], batch_idx: int) -> None:
         """BCE and accuracy on held-out positives plus as many uniform negatives from the unseen items.
 
         The negatives come from a fixed-seed stream, so every validation epoch judges the same pairs.
@@ -154,7 +154,7 @@ class RecommenderModule(pl.LightningModule):
         allowed = torch.ones_like(scores, dtype=torch.bool)
         allowed[batch["exclude_rows"], batch["exclude_items"]] = False
         allowed[rows, items] = False
-        generator = torch.Generator(device=scores.device).manual_seed(self.hparams.seed + len(batch["users"]))
+        generator = torch.Generator(device=scores.device).manual_seed(self.hparams.seed * 1_000_003 + batch_idx)
         counts = torch.bincount(rows, minlength=len(scores))
         drawn = torch.multinomial(allowed.float(), int(counts.max()), replacement=True, generator=generator)
         position_in_row = torch.arange(len(rows), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]

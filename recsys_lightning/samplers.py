@@ -62,6 +62,10 @@ class NegativeSampler(nn.Module, ABC):
         """False where a negative is one of the user's training positives; None if that cannot happen."""
         return None
 
+    def training_positives_of(self, users: Tensor) -> tuple[Tensor, Tensor]:
+        """(row, item) coordinates of the training positives of `users`, row being the position in `users`."""
+        return UserItemCSR(self.indptr, self.positive_keys % self.num_items, self.num_items).coordinates(users)
+
     def is_training_positive(self, users: Tensor, items: Tensor) -> Tensor:
         keys = users.reshape(-1, *[1] * (items.dim() - users.dim())) * self.num_items + items
         position = torch.searchsorted(self.positive_keys, keys).clamp(max=len(self.positive_keys) - 1)

@@ -66,6 +66,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0])
     metrics["best_epoch"] = _checkpoint_epoch(best_checkpoint) if best_checkpoint else trainer.current_epoch - 1
     metrics["train_seconds"] = round(train_seconds, 2)
+    metrics["epochs"] = trainer.current_epoch
     metrics["data_source"] = datamodule.source
 
     for logger in trainer.loggers:

@@ -62,7 +62,8 @@ def test_scheduler_options_reach_the_optimizer(scheduler, expected, tmp_path):
         assert configured["optimizer"].param_groups[0]["lr"] == cfg.optimizer.lr
 
 
-def test_experiment_preset_overrides_defaults(tmp_path):
-    cfg = composed("experiment=ml100k_mf", run_dir=tmp_path)
-    assert cfg.sampler.num_negatives == 4
-    assert cfg.optimizer.lr == pytest.approx(5e-3)
+def test_experiment_presets_override_defaults(tmp_path):
+    mf = composed("experiment=ml100k_mf", run_dir=tmp_path)
+    assert mf.loss._target_.endswith("FullSoftmaxLoss") and mf.loss.l2 == pytest.approx(0.1)
+    ncf = composed("experiment=ml100k_ncf", run_dir=tmp_path)
+    assert ncf.model._target_.endswith("NeuMF") and list(ncf.model.hidden) == [32, 16]

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from recsys_lightning.metrics import METRIC_NAMES, RankingMetrics, per_user_metrics
+from recsys_lightning.metrics import METRIC_NAMES, CatalogueMetrics, RankingMetrics, per_user_metrics
 from recsys_lightning.ranking import hits, top_k_unseen
 
 
@@ -104,3 +104,14 @@ def test_states_sum_so_chunked_updates_equal_one_update():
         chunked.update(found[rows], relevant[rows])
     for name, value in whole.compute().items():
         assert chunked.compute()[name].item() == pytest.approx(value.item(), abs=1e-12)
+
+
+def test_coverage_and_novelty_on_hand_computed_case():
+    # Two users, four items with self-information 1, 2, 3, 4 bits; top-2 lists [0, 1] and [0, 2].
+    metric = CatalogueMetrics(ks=(1, 2), num_items=4)
+    metric.update(torch.tensor([[0, 1], [0, 2]]), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    values = {name: value.item() for name, value in metric.compute().items()}
+    assert values["coverage@1"] == pytest.approx(1 / 4)
+    assert values["coverage@2"] == pytest.approx(3 / 4)
+    assert values["novelty@1"] == pytest.approx(1.0)
+    assert values["novelty@2"] == pytest.approx((1 + 2 + 1 + 3) / 4)

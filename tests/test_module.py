@@ -1,5 +1,7 @@
 """The LightningModule trained on small in-memory data: it learns, it is reproducible, it reloads."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
@@ -66,3 +68,46 @@ def test_checkpoint_rebuilds_module_without_pickled_objects(tmp_path):
     restored = RecommenderModule.load_from_checkpoint(path)
     users = torch.arange(5)
     assert torch.equal(restored.model.score_all(users), module.model.score_all(users))
+
+
+def fit_with_loss(tmp_path, loss_target, epochs=2):
+    pl.seed_everything(0, verbose=False)
+    datamodule = FrameDataModule(planted_frame().assign(rating=lambda f: (f.item_id % 5 + 1).astype("float32")), batch_size=256)
+    datamodule.setup("fit")
+    config = dict(MODULE_CONFIG, loss={"_target_": loss_target, "l2": 1e-4})
+    module = RecommenderModule(datamodule.num_users, datamodule.num_items, **config)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, datamodule=datamodule)
+    return trainer, module, datamodule
+
+
+def test_mse_validation_reports_rmse_and_mae_of_held_out_ratings(tmp_path):
+    trainer, module, datamodule = fit_with_loss(tmp_path, "recsys_lightning.losses.MSELoss")
+    users = torch.from_numpy(datamodule.interactions.users[datamodule.split.valid])
+    items = torch.from_numpy(datamodule.interactions.items[datamodule.split.valid])
+    ratings = torch.from_numpy(datamodule.interactions.ratings[datamodule.split.valid])
+    with torch.no_grad():
+        errors = module.model.score(users, items) - ratings
+    assert trainer.callback_metrics["val/rmse"].item() == pytest.approx(errors.square().mean().sqrt().item(), rel=1e-4)
+    assert trainer.callback_metrics["val/mae"].item() == pytest.approx(errors.abs().mean().item(), rel=1e-4)
+
+
+def test_bce_validation_scores_held_out_positives_against_unseen_negatives(tmp_path):
+    module = RecommenderModule(3, 5, **dict(MODULE_CONFIG, loss={"_target_": "recsys_lightning.losses.BCELoss"}))
+    batch = {
+        "users": torch.tensor([0, 1]),
+        "exclude_rows": torch.tensor([0, 1]), "exclude_items": torch.tensor([4, 0]),
+        "heldout_rows": torch.tensor([0, 0, 1]), "heldout_items": torch.tensor([1, 2, 3]),
+    }  # fmt: skip
+    confident = torch.full((2, 5), -10.0)
+    confident[batch["heldout_rows"], batch["heldout_items"]] = 10.0
+    # Excluded items score high: if one were drawn as a negative, accuracy would drop below 1.
+    confident[batch["exclude_rows"], batch["exclude_items"]] = 50.0
+    module._update_pointwise(confident, batch, batch_idx=0)
+    assert module.val_accuracy.compute().item() == 1.0
+    assert module.val_bce.compute().item() == pytest.approx(math.log1p(math.exp(-10.0)), rel=1e-2)  # float32
+    module.val_bce.reset(), module.val_accuracy.reset()
+    module._update_pointwise(-confident.clamp(max=10.0), batch, batch_idx=0)
+    assert module.val_accuracy.compute().item() == 0.0
+    assert module.val_bce.compute().item() == pytest.approx(10.0, rel=1e-3)

@@ -1,9 +1,12 @@
 """A tiny multirun through the real entry point: one folder per run, a summary, failures as rows."""
 
+import json
 import subprocess
 import sys
 
 import pandas as pd
+import pytest
+from omegaconf import OmegaConf
 
 from recsys_lightning.sweep import summarise_sweep, to_markdown
 
@@ -49,3 +52,18 @@ def test_impossible_combination_fails_before_any_data_is_loaded(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: BCELoss cannot train with InBatchSampler")
     assert not empty_data_dir.exists()
+
+
+def test_optuna_search_maximises_the_returned_validation_metric(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "recsys_lightning.train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+         "hydra.sweeper.sampler.n_startup_trials=2", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+         "callbacks.progress_bar.refresh_rate=0", f"paths.output_dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    sweep_dir = next(tmp_path.glob("multiruns/*/*"))
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    trial_values = [json.loads(path.read_text())["val/ndcg@10"] for path in sweep_dir.glob("*/metrics.json")]
+    assert len(trial_values) == 2
+    assert best.best_value == pytest.approx(max(trial_values))

@@ -33,6 +33,10 @@ class LoadedInteractions:
 class InteractionDataModule(pl.LightningDataModule, ABC):
     """Subclasses only say where rows come from (`load`); splitting and batching are shared.
 
+    Training batches are (user, positive item, rating) dicts; negatives are drawn per batch, on the
+    device, by the module's sampler. Evaluation batches are chunks of users with the items to hide
+    and the held-out items (and ratings) of each.
+
     After `setup`, `num_users`, `num_items`, `train_positives` (a `UserItemCSR`) and `item_info`
     describe the data to whoever builds the model and the sampler.
     """

@@ -15,11 +15,11 @@ class HybridMF(Recommender):
     """score(u, i) = <p_u, q_i> + MLP([p_u; q_i]), with p and q shared by both terms."""
 
     def __init__(self, num_users: int, num_items: int, dim: int = 64, hidden: Sequence[int] = (64, 32),
-                 dropout: float = 0.0, init_std: float = 0.1) -> None:  # fmt: skip
+                 dropout: float = 0.0, init_std: float = 0.1, zero_init_mlp: bool = True) -> None:  # fmt: skip
         super().__init__(num_users, num_items)
         self.user_factors = nn.Parameter(torch.randn(num_users, dim) * init_std)
         self.item_factors = nn.Parameter(torch.randn(num_items, dim) * init_std)
-        self.mlp = PairMLP(dim, dim, hidden, dropout)
+        self.mlp = PairMLP(dim, dim, hidden, dropout, zero_init_output=zero_init_mlp)
 
     def score_with_penalty(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
         user_vectors = gather_rows(self.user_factors, users)

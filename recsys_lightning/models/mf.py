@@ -32,7 +32,10 @@ class MatrixFactorization(Recommender):
         return scores, penalty / len(users)
 
     def score_all(self, users: Tensor) -> Tensor:
-        scores = gather_rows(self.user_factors, users) @ self.item_factors.T
+        user_vectors, item_vectors = gather_rows(self.user_factors, users), self.item_factors
         if self.item_bias is not None:
-            scores = scores + self.item_bias + gather_rows(self.user_bias, users).unsqueeze(-1)
-        return scores
+            # [p_u, b_u, 1] . [q_i, 1, b_i] = <p_u, q_i> + b_u + b_i: the biases ride in the one GEMM
+            # instead of two more passes over the [B, num_items] result.
+            user_vectors = torch.cat([user_vectors, gather_rows(self.user_bias, users).unsqueeze(1), torch.ones_like(user_vectors[:, :1])], 1)
+            item_vectors = torch.cat([item_vectors, torch.ones_like(item_vectors[:, :1]), self.item_bias.unsqueeze(1)], 1)
+        return user_vectors @ item_vectors.T

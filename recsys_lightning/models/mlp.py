@@ -13,10 +13,13 @@ class PairMLP(nn.Module):
 
     The first layer W [u; i] + b is split into W_u u + W_i i + b, so ranking a chunk of users against
     every item adds a [C, 1, H] and a [1, I, H] term instead of building a [C, I, 2D] input.
+    Ranking runs in user slices of at most `max_ranking_activations` first-layer activations: the
+    default (1 MiB of floats) stays in cache and ran 4x faster on CPU than 128 MiB slices.
+    `zero_init_output` starts the MLP at 0, so a model that adds it to a dot product starts as plain MF.
     """
 
     def __init__(self, user_dim: int, item_dim: int, hidden: Sequence[int] = (64, 32), dropout: float = 0.0,
-                 max_ranking_activations: int = 2**25) -> None:  # fmt: skip
+                 zero_init_output: bool = False, max_ranking_activations: int = 2**18) -> None:  # fmt: skip
         super().__init__()
         if not hidden:
             raise ValueError("model.hidden needs at least one layer size")
@@ -25,8 +28,11 @@ class PairMLP(nn.Module):
         layers: list[nn.Module] = [nn.ReLU(), nn.Dropout(dropout)]
         for width_in, width_out in zip(hidden[:-1], hidden[1:]):
             layers += [nn.Linear(width_in, width_out), nn.ReLU(), nn.Dropout(dropout)]
-        layers.append(nn.Linear(hidden[-1], 1))
-        self.tower = nn.Sequential(*layers)
+        output = nn.Linear(hidden[-1], 1)
+        if zero_init_output:
+            nn.init.zeros_(output.weight)
+            nn.init.zeros_(output.bias)
+        self.tower = nn.Sequential(*layers, output)
         self.first_width = hidden[0]
         self.max_ranking_activations = max_ranking_activations
 

@@ -16,18 +16,20 @@ class NeuMF(Recommender):
 
     The GMF and MLP paths have their own embeddings. The output layer over the concatenation is
     linear, so it is kept as h_gmf (a vector here) plus the MLP's last Linear: the same function, and
-    the GMF term of full ranking becomes one matmul, (p_u * h_gmf) @ Q^T.
+    the GMF term of full ranking becomes one matmul, (p_u * h_gmf) @ Q^T. `zero_init_mlp` starts the
+    MLP path at zero, a cheap stand-in for the paper's GMF pre-training.
     """
 
     def __init__(self, num_users: int, num_items: int, gmf_dim: int = 32, mlp_dim: int = 32,
-                 hidden: Sequence[int] = (64, 32, 16), dropout: float = 0.0, init_std: float = 0.1) -> None:  # fmt: skip
+                 hidden: Sequence[int] = (64, 32, 16), dropout: float = 0.0, init_std: float = 0.1,
+                 zero_init_mlp: bool = True) -> None:  # fmt: skip
         super().__init__(num_users, num_items)
         self.user_gmf = nn.Parameter(torch.randn(num_users, gmf_dim) * init_std)
         self.item_gmf = nn.Parameter(torch.randn(num_items, gmf_dim) * init_std)
         self.user_mlp = nn.Parameter(torch.randn(num_users, mlp_dim) * init_std)
         self.item_mlp = nn.Parameter(torch.randn(num_items, mlp_dim) * init_std)
         self.gmf_output = nn.Parameter(torch.ones(gmf_dim))
-        self.mlp = PairMLP(mlp_dim, mlp_dim, hidden, dropout)
+        self.mlp = PairMLP(mlp_dim, mlp_dim, hidden, dropout, zero_init_output=zero_init_mlp)
 
     def score_with_penalty(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
         user_gmf, item_gmf = gather_rows(self.user_gmf, users), gather_rows(self.item_gmf, items)
