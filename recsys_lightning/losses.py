@@ -15,7 +15,8 @@ class ScoredCandidates:
 
     `negative_valid` is False where a negative is in fact one of the user's positives (in-batch
     negatives can be); `*_log_q` are log sampling probabilities for the log-Q correction;
-    `ratings` are explicit targets for regression losses.
+    `ratings` are explicit targets for regression losses; `labelled_negative` scores pairs the data
+    marks as negatives (target 0), which pointwise losses train on as label 0.
     """
 
     positive: Tensor
@@ -24,6 +25,7 @@ class ScoredCandidates:
     positive_log_q: Tensor | None = None
     negative_log_q: Tensor | None = None
     ratings: Tensor | None = None
+    labelled_negative: Tensor | None = None
 
 
 class RankingLoss(nn.Module):
@@ -72,11 +74,16 @@ class BCELoss(RankingLoss):
     pointwise = True
 
     def forward(self, batch: ScoredCandidates) -> Tensor:
-        positive = F.binary_cross_entropy_with_logits(batch.positive, torch.ones_like(batch.positive), reduction="none")
+        positive = F.binary_cross_entropy_with_logits(batch.positive, torch.ones_like(batch.positive), reduction="sum")
         negative = F.binary_cross_entropy_with_logits(batch.negative, torch.zeros_like(batch.negative), reduction="none")
         valid = batch.negative_valid
-        count = len(positive) + (negative.numel() if valid is None else valid.sum())
-        return (positive.sum() + (negative.sum() if valid is None else (negative * valid).sum())) / count
+        total = positive + (negative.sum() if valid is None else (negative * valid).sum())
+        count = len(batch.positive) + (negative.numel() if valid is None else valid.sum())
+        if batch.labelled_negative is not None:
+            labelled = batch.labelled_negative
+            total = total + F.binary_cross_entropy_with_logits(labelled, torch.zeros_like(labelled), reduction="sum")
+            count = count + labelled.numel()
+        return total / count
 
 
 class SampledSoftmaxLoss(RankingLoss):

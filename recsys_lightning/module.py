@@ -50,6 +50,7 @@ class RecommenderModule(pl.LightningModule):
         self.val_bce, self.val_accuracy = MeanMetric(), MeanMetric()
         self.val_rmse, self.val_mae = MeanSquaredError(squared=False), MeanAbsoluteError()
         self._val_errors: list[Tensor] = []
+        self.register_buffer("explicit_negatives", None, persistent=False)
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -58,7 +59,11 @@ class RecommenderModule(pl.LightningModule):
         self.register_buffer("item_self_information", -torch.log2(counts.clamp(min=1) / self.model.num_users), persistent=False)
 
     def on_fit_start(self) -> None:
-        self.sampler.bind(self.trainer.datamodule.train_positives.to(self.device))
+        datamodule = self.trainer.datamodule
+        self.sampler.bind(datamodule.train_positives.to(self.device))
+        explicit = getattr(datamodule, "explicit_negatives", None)
+        use_explicit = self.loss.pointwise and explicit is not None and len(explicit) > 0
+        self.explicit_negatives = explicit.to(self.device) if use_explicit else None
 
     def on_train_epoch_start(self) -> None:
         self.sampler.reseed(self.hparams.seed * 1_000_003 + self.current_epoch + 1)
@@ -83,6 +88,11 @@ class RecommenderModule(pl.LightningModule):
         items = torch.cat([positives.unsqueeze(1), negatives], 1)
         scores, penalty = self.model.score_with_penalty(users, items)
         log_q = self.sampler.log_probability(items)
+        labelled_negative = None
+        if self.explicit_negatives is not None:  # as many explicit negatives as positives, drawn at random
+            drawn = torch.randint(len(self.explicit_negatives), (len(users),), generator=self.sampler.generator, device=users.device)
+            pairs = self.explicit_negatives[drawn]
+            labelled_negative = self.model.score(pairs[:, 0], pairs[:, 1])
         candidates = ScoredCandidates(
             positive=scores[:, 0],
             negative=scores[:, 1:],
@@ -90,6 +100,7 @@ class RecommenderModule(pl.LightningModule):
             positive_log_q=None if log_q is None else log_q[:, 0],
             negative_log_q=None if log_q is None else log_q[:, 1:],
             ratings=ratings,
+            labelled_negative=labelled_negative,
         )
         return candidates, penalty
 

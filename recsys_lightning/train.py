@@ -62,7 +62,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics.update({name: value.item() for name, value in trainer.callback_metrics.items() if name.startswith("val/")})
-    if cfg.run_test:
+    if cfg.run_test and datamodule.has_test:
         metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0])
     metrics["best_epoch"] = _checkpoint_epoch(best_checkpoint) if best_checkpoint else trainer.current_epoch - 1
     metrics["train_seconds"] = round(train_seconds, 2)

@@ -7,15 +7,16 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
 from recsys_lightning.data.batches import EpochBatchSampler, PositivePairs, RankingChunks
-from recsys_lightning.data.interactions import ITEM, Interactions
+from recsys_lightning.data.interactions import ITEM, TARGET, USER, Interactions
 from recsys_lightning.data.sparse import UserItemCSR
-from recsys_lightning.data.split import Split, split_interactions
+from recsys_lightning.data.split import Split, split_by_parts, split_interactions
 from recsys_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,16 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
             return
         loaded = self.load()
         self.source = loaded.source
-        self.interactions = Interactions.from_frame(loaded.interactions, self.min_rating)
-        self.split = split_interactions(self.interactions, self.split_kind, self.split_ratios, self.seed)
+        frame = loaded.interactions
+        explicit_negatives = frame[frame[TARGET] == 0] if TARGET in frame else frame.iloc[:0]
+        self.interactions = Interactions.from_frame(frame[frame[TARGET] == 1] if TARGET in frame else frame, self.min_rating)
+        if self.interactions.parts is not None:
+            self.split = split_by_parts(self.interactions)
+        else:
+            self.split = split_interactions(self.interactions, self.split_kind, self.split_ratios, self.seed)
+        if len(self.split.valid) == 0:
+            raise DataError(f"{self.source}: no validation interaction is left; validation needs users and items seen in train")
+        self.explicit_negatives = self._index_pairs(explicit_negatives)
         self.item_info = self._index_item_info(loaded.items)
 
         self.train_positives = self._csr(self.split.train)
@@ -80,6 +89,10 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
             raw = self.interactions.user_ids[full_users[0].item()]
             raise DataError(f"user {raw!r} interacted with every item, so no negative exists: remove that user")
         self._log_summary()
+
+    @property
+    def has_test(self) -> bool:
+        return len(self.split.test) > 0
 
     @property
     def num_users(self) -> int:
@@ -113,6 +126,13 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
             self.num_items,
             values=torch.from_numpy(self.interactions.ratings[rows]),
         )
+
+    def _index_pairs(self, frame: pd.DataFrame) -> torch.Tensor:
+        """[N, 2] (user, item) indices of rows whose ids the interactions know; others are dropped."""
+        users = pd.Index(self.interactions.user_ids).get_indexer(frame[USER].astype(self.interactions.user_ids.dtype))
+        items = pd.Index(self.interactions.item_ids).get_indexer(frame[ITEM].astype(self.interactions.item_ids.dtype))
+        known = (users >= 0) & (items >= 0)
+        return torch.from_numpy(np.stack([users[known], items[known]], 1).astype(np.int64))
 
     def _index_item_info(self, items: pd.DataFrame) -> pd.DataFrame:
         """Item metadata (titles, genres) in item-index order, empty where a source has none."""

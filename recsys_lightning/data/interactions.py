@@ -13,6 +13,8 @@ from recsys_lightning.errors import DataError
 log = logging.getLogger(__name__)
 
 USER, ITEM, RATING, TIMESTAMP = "user_id", "item_id", "rating", "timestamp"
+TARGET = "target"  # optional: 1 positive, 0 explicit negative
+PART = "part"  # optional: 0 train, 1 valid, 2 test, for data that comes already split
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Interactions:
     timestamps: np.ndarray
     user_ids: np.ndarray
     item_ids: np.ndarray
+    parts: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
@@ -49,7 +52,7 @@ class Interactions:
         Deduplicating first means a re-rating replaces the earlier opinion before the threshold applies.
         """
         frame = frame.sort_values(TIMESTAMP, kind="stable")
-        deduplicated = frame.drop_duplicates([USER, ITEM], keep="last")
+        deduplicated = frame.drop_duplicates([USER, ITEM, PART] if PART in frame else [USER, ITEM], keep="last")
         if len(deduplicated) < len(frame):
             log.warning("dropped %d repeated (user, item) rows, keeping the latest of each", len(frame) - len(deduplicated))
         if min_rating is not None:
@@ -65,4 +68,5 @@ class Interactions:
             timestamps=deduplicated[TIMESTAMP].to_numpy(np.float64),
             user_ids=np.asarray(user_ids),
             item_ids=np.asarray(item_ids),
+            parts=deduplicated[PART].to_numpy(np.int8) if PART in deduplicated else None,
         )

@@ -81,3 +81,24 @@ def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
         )
     train_share, valid_share, test_share = (float(r) for r in ratios)
     return train_share, valid_share, test_share
+
+
+def split_by_parts(interactions: Interactions) -> Split:
+    """Use a given train/valid/test assignment as it is, leaving out valid and test rows whose user or
+    item never occurs in train: the model has nothing to rank them with."""
+    parts = interactions.parts
+    train = np.flatnonzero(parts == 0)
+    seen_users = np.zeros(interactions.num_users, dtype=bool)
+    seen_items = np.zeros(interactions.num_items, dtype=bool)
+    seen_users[interactions.users[train]] = True
+    seen_items[interactions.items[train]] = True
+    known = seen_users[interactions.users] & seen_items[interactions.items]
+    unseen = int(((parts > 0) & ~known).sum())
+    if unseen:
+        log.warning("%d valid/test rows have a user or item absent from train; they are left out of evaluation", unseen)
+    return Split(
+        train=train,
+        valid=np.flatnonzero((parts == 1) & known),
+        test=np.flatnonzero((parts == 2) & known),
+        train_only_users=0,
+    )
