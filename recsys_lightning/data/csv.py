@@ -97,6 +97,8 @@ def _read(path: Path, **read_csv_args) -> pd.DataFrame:
         ) from error
     except (EOFError, zlib.error, OSError) as error:
         raise DataError(f"{path}: cannot be decompressed or read ({error}); the archive may be corrupt or truncated") from error
+    except pd.errors.EmptyDataError as error:
+        raise DataError(f"{path}: no header line found; the first line must name the columns (e.g. userId,itemId)") from error
     except pd.errors.ParserError as error:
         detail = str(error).strip().splitlines()[-1]
         raise DataError(f"{path}: {detail}; check data.sep and quoting") from error
