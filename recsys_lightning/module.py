@@ -68,6 +68,7 @@ class RecommenderModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.sampler.reseed(self.hparams.seed * 1_000_003 + self.current_epoch + 1)
         self._epoch_start, self._epoch_samples = time.perf_counter(), 0
+        self._epoch_loss_sum = torch.zeros((), device=self.device)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         users, positives = batch["users"], batch["items"]
@@ -76,12 +77,15 @@ class RecommenderModule(pl.LightningModule):
         else:
             candidates, penalty = self._score_sampled(users, positives, batch.get("ratings"))
         loss = self.loss(candidates) + self.loss.l2 * penalty
+        # Summed here and logged once per epoch: a `self.log` per step costs more than a small step.
+        self._epoch_loss_sum += loss.detach() * len(users)
         self._epoch_samples += len(users)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(users))
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/samples_per_second", self._epoch_samples / (time.perf_counter() - self._epoch_start))
+        seconds = time.perf_counter() - self._epoch_start
+        self.log("train/loss", self._epoch_loss_sum / max(self._epoch_samples, 1), prog_bar=True)
+        self.log("train/samples_per_second", self._epoch_samples / seconds)
 
     def _score_sampled(self, users: Tensor, positives: Tensor, ratings: Tensor | None) -> tuple[ScoredCandidates, Tensor]:
         negatives = self.sampler.sample(users, positives, self.model)

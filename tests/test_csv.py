@@ -92,6 +92,7 @@ BAD_INPUTS = {
     "wrong_separator": ("userId;itemId\n1;2\n", "only one column found ('userId;itemId')"),
     "corrupt_gzip": (b"\x1f\x8b\x08\x00garbage-not-deflate", "cannot be decompressed or read"),
     "not_utf8": ("userId,itemId\nJos\xe9,1\n".encode("latin-1"), "not utf-8 text"),
+    "only_negatives": ("userId,itemId,target\n1,2,0\n1,3,0\n", "every row has target 0"),  # found by hypothesis
 }
 
 

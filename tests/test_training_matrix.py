@@ -23,10 +23,16 @@ LOSSES = {
 
 
 class EpochLosses(pl.Callback):
+    """The module logs an epoch's train/loss in its own epoch-end hook, which runs after callbacks'."""
+
     def __init__(self) -> None:
         self.values = []
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if "train/loss" in trainer.callback_metrics:
+            self.values.append(trainer.callback_metrics["train/loss"].item())
+
+    def on_fit_end(self, trainer, pl_module) -> None:
         self.values.append(trainer.callback_metrics["train/loss"].item())
 
 

@@ -71,7 +71,13 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         self.source = loaded.source
         frame = loaded.interactions
         explicit_negatives = frame[frame[TARGET] == 0] if TARGET in frame else frame.iloc[:0]
-        self.interactions = Interactions.from_frame(frame[frame[TARGET] == 1] if TARGET in frame else frame, self.min_rating)
+        positives = frame[frame[TARGET] == 1] if TARGET in frame else frame
+        if positives.empty:
+            raise DataError(f"{self.source}: every row has target 0, so there is no positive to learn from; check the target column")
+        try:
+            self.interactions = Interactions.from_frame(positives, self.min_rating)
+        except DataError as error:
+            raise DataError(f"{self.source}: {error}") from error
         if self.interactions.parts is not None:
             self.split = split_by_parts(self.interactions)
         else:

@@ -58,6 +58,8 @@ class Interactions:
         if min_rating is not None:
             deduplicated = deduplicated[deduplicated[RATING] >= min_rating]
         if deduplicated.empty:
+            if min_rating is None:
+                raise DataError("there are no positive interactions to learn from")
             raise DataError(f"no interaction has rating >= {min_rating}: lower data.min_rating or set it to null")
         users, user_ids = pd.factorize(deduplicated[USER], sort=True)
         items, item_ids = pd.factorize(deduplicated[ITEM], sort=True)
