@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -118,11 +119,20 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         return DataLoader(pairs, sampler=batches, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(RankingChunks(self.valid_positives, self.train_positives, self.eval_chunk_size), batch_size=None)
+        return DataLoader(self._valid_chunks, batch_size=None)
 
     def test_dataloader(self) -> DataLoader:
+        return DataLoader(self._test_chunks, batch_size=None)
+
+    @functools.cached_property
+    def _valid_chunks(self) -> RankingChunks:
+        """Built once: fit, validate and test all reuse them (seconds at 20M interactions)."""
+        return RankingChunks(self.valid_positives, self.train_positives, self.eval_chunk_size)
+
+    @functools.cached_property
+    def _test_chunks(self) -> RankingChunks:
         seen = self.train_positives.union(self.valid_positives)
-        return DataLoader(RankingChunks(self.test_positives, seen, self.eval_chunk_size), batch_size=None)
+        return RankingChunks(self.test_positives, seen, self.eval_chunk_size)
 
     def _csr(self, rows) -> UserItemCSR:
         return UserItemCSR.from_pairs(
