@@ -38,6 +38,7 @@ class NegativeSampler(nn.Module, ABC):
             torch.arange(train_positives.num_users, device=train_positives.indptr.device), train_positives.counts()
         )
         self.register_buffer("indptr", train_positives.indptr, persistent=False)
+        self.register_buffer("positive_items", train_positives.indices, persistent=False)
         # user * num_items + item, sorted because CSR rows are sorted: membership is one searchsorted.
         self.register_buffer("positive_keys", rows * self.num_items + train_positives.indices, persistent=False)
         rank_in_row = torch.arange(len(rows), device=rows.device) - self.indptr[rows]
@@ -64,7 +65,7 @@ class NegativeSampler(nn.Module, ABC):
 
     def training_positives_of(self, users: Tensor) -> tuple[Tensor, Tensor]:
         """(row, item) coordinates of the training positives of `users`, row being the position in `users`."""
-        return UserItemCSR(self.indptr, self.positive_keys % self.num_items, self.num_items).coordinates(users)
+        return UserItemCSR(self.indptr, self.positive_items, self.num_items).coordinates(users)
 
     def is_training_positive(self, users: Tensor, items: Tensor) -> Tensor:
         keys = users.reshape(-1, *[1] * (items.dim() - users.dim())) * self.num_items + items

@@ -71,7 +71,7 @@ def read_interactions(
     for column in (user_col, item_col):
         missing = frame[column].isna().to_numpy()
         if missing.any():
-            line = int(np.argmax(missing)) + 2
+            line = _first_line(missing)
             raise DataError(f"{path}: line {line}: empty {column!r}; every row needs a user and an item id (remove or fill it)")
     result = pd.DataFrame({USER: frame[user_col], ITEM: frame[item_col]})
     result[RATING] = _numeric(frame, present[RATING], path).astype(np.float32) if RATING in present else np.float32(1.0)
@@ -80,7 +80,7 @@ def read_interactions(
         target = _numeric(frame, present[TARGET], path)
         outside = ~np.isin(target, (0, 1))
         if outside.any():
-            line = int(np.argmax(outside)) + 2
+            line = _first_line(outside)
             raw = frame[present[TARGET]].iloc[line - 2]
             raise DataError(f"{path}: line {line}: {present[TARGET]!r} is {raw}; targets must be 0 or 1")
         result[TARGET] = target.astype(np.int8)
@@ -106,11 +106,16 @@ def _read(path: Path, **read_csv_args) -> pd.DataFrame:
         raise DataError(f"{path}: {error}") from error
 
 
+def _first_line(bad_rows: np.ndarray) -> int:
+    """File line of the first flagged data row: rows count from 0, and line 1 is the header."""
+    return int(np.argmax(bad_rows)) + 2
+
+
 def _numeric(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     values = pd.to_numeric(frame[column], errors="coerce")
     bad = (values.isna() & frame[column].notna()).to_numpy() | frame[column].isna().to_numpy()
     if bad.any():
-        line = int(np.argmax(bad)) + 2
+        line = _first_line(bad)
         raise DataError(f"{path}: line {line}: {column!r} is {frame[column].iloc[line - 2]!r}, not a number; fix or remove that row")
     return values.to_numpy(np.float64)
 
@@ -122,7 +127,7 @@ def _timestamps(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     parsed = pd.to_datetime(frame[column], errors="coerce", utc=True)
     bad = parsed.isna().to_numpy()
     if bad.any():
-        line = int(np.argmax(bad)) + 2
+        line = _first_line(bad)
         raise DataError(f"{path}: line {line}: {column!r} is {frame[column].iloc[line - 2]!r}, neither a number nor a date")
     return (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
 
