@@ -32,6 +32,15 @@ class Recommender(nn.Module, ABC):
         """Scores of `users` [B] against `items` [B] or [B, N]."""
         return self.score_with_penalty(users, items)[0]
 
+    @abstractmethod
+    def embedding_tables(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Named (user table, item table) pairs, the default for similarity and the projector first."""
+
+    def inner_product_form(self, users: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(queries [B, D], item vectors [num_items, D]) with queries @ items.T == score_all(users),
+        for models whose score is an inner product (so a vector index can serve them); else None."""
+        return None
+
 
 def gather_rows(table: Tensor, index: Tensor) -> Tensor:
     """`table[index]` for any index shape; `index_select` backpropagates faster than `nn.Embedding` on CPU."""

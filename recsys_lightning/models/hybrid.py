@@ -32,3 +32,6 @@ class HybridMF(Recommender):
     def score_all(self, users: Tensor) -> Tensor:
         user_vectors = gather_rows(self.user_factors, users)
         return user_vectors @ self.item_factors.T + self.mlp.score_all(user_vectors, self.item_factors)
+
+    def embedding_tables(self) -> dict[str, tuple[Tensor, Tensor]]:
+        return {"factors": (self.user_factors, self.item_factors)}

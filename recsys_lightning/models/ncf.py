@@ -43,3 +43,8 @@ class NeuMF(Recommender):
     def score_all(self, users: Tensor) -> Tensor:
         gmf = (gather_rows(self.user_gmf, users) * self.gmf_output) @ self.item_gmf.T
         return gmf + self.mlp.score_all(gather_rows(self.user_mlp, users), self.item_mlp)
+
+    def embedding_tables(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """GMF first: its dot-product geometry is what cosine similarity measures; the MLP
+        embeddings only mean something through the MLP."""
+        return {"gmf": (self.user_gmf, self.item_gmf), "mlp": (self.user_mlp, self.item_mlp)}
