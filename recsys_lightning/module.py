@@ -18,6 +18,8 @@ from recsys_lightning.metrics import CatalogueMetrics, RankingMetrics
 from recsys_lightning.models.base import Recommender
 from recsys_lightning.ranking import hits, top_k_unseen
 from recsys_lightning.samplers import NegativeSampler
+from recsys_lightning.serving.catalogue import Catalogue
+from recsys_lightning.serving.checkpoint import CATALOGUE_KEY
 
 
 class RecommenderModule(pl.LightningModule):
@@ -25,6 +27,8 @@ class RecommenderModule(pl.LightningModule):
 
     Taking configs rather than objects lets `save_hyperparameters` record plain data, so
     `RecommenderModule.load_from_checkpoint(path)` rebuilds the same model with no pickled objects.
+    Each checkpoint also carries the data's `Catalogue` (ids, seen items, popularity, titles), so
+    serving needs nothing but the checkpoint.
     """
 
     def __init__(
@@ -54,9 +58,13 @@ class RecommenderModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
+        self.catalogue = Catalogue.from_datamodule(datamodule)
         counts = datamodule.train_positives.counts_per_item().double()
         # Self-information -log2 p(i) with p(i) the share of users holding item i; unseen items count as one user.
         self.register_buffer("item_self_information", -torch.log2(counts.clamp(min=1) / self.model.num_users), persistent=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CATALOGUE_KEY] = self.catalogue.to_state()
 
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule

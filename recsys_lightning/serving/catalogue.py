@@ -1,0 +1,140 @@
+"""What serving needs besides the weights: raw ids, what each user has seen, popularity, titles.
+
+It travels inside every checkpoint as tensors, strings and lists only, so a checkpoint loads with
+`torch.load(weights_only=True)` and answers requests without the training data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from recsys_lightning.data.sparse import UserItemCSR
+
+PARTS = ("train", "valid", "test")
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Indices <-> raw ids, each user's seen items tagged by split part, training popularity, titles.
+
+    `seen.values` holds the part of each entry (0 train, 1 valid, 2 test), so serving can hide
+    everything a user has seen, or, to reproduce the test metrics, only train and valid items.
+    """
+
+    user_ids: pd.Index
+    item_ids: pd.Index
+    seen: UserItemCSR
+    popularity: Tensor
+    titles: list[str] | None
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    @classmethod
+    def from_datamodule(cls, datamodule) -> Catalogue:
+        """Built from a set-up `InteractionDataModule`."""
+        interactions = datamodule.interactions
+        parts = (datamodule.train_positives, datamodule.valid_positives, datamodule.test_positives)
+        all_users = torch.arange(interactions.num_users)
+        rows, items, codes = [], [], []
+        for code, part in enumerate(parts):
+            part_rows, part_items = part.coordinates(all_users)
+            rows.append(part_rows)
+            items.append(part_items)
+            codes.append(torch.full_like(part_rows, code, dtype=torch.int8))
+        seen = UserItemCSR.from_pairs(torch.cat(rows), torch.cat(items), interactions.num_users, interactions.num_items,
+                                      values=torch.cat(codes))  # fmt: skip
+        titles = None
+        info = getattr(datamodule, "item_info", None)
+        if info is not None and "title" in info and info["title"].notna().any():
+            titles = info["title"].fillna("").astype(str).tolist()
+        return cls(
+            user_ids=pd.Index(interactions.user_ids),
+            item_ids=pd.Index(interactions.item_ids),
+            seen=seen,
+            popularity=datamodule.train_positives.counts_per_item(),
+            titles=titles,
+        )
+
+    def user_index(self, raw_id: Any) -> int | None:
+        """Index of a raw user id, or None when the id is unknown."""
+        return _lookup(self.user_ids, raw_id)
+
+    def item_index(self, raw_id: Any) -> int | None:
+        """Index of a raw item id, or None when the id is unknown."""
+        return _lookup(self.item_ids, raw_id)
+
+    def seen_in(self, parts: Iterable[str]) -> UserItemCSR:
+        """Each user's items from the given parts (names from PARTS)."""
+        codes = [_part_code(part) for part in parts]
+        users = torch.arange(self.num_users)
+        rows, items = self.seen.coordinates(users)
+        keep = torch.isin(self.seen.values, torch.tensor(codes, dtype=self.seen.values.dtype))
+        return UserItemCSR.from_pairs(rows[keep], items[keep], self.num_users, self.num_items)
+
+    def title_of(self, items: Sequence[int]) -> list[str]:
+        return [self.titles[i] for i in items] if self.titles else [""] * len(items)
+
+    def to_state(self) -> dict[str, Any]:
+        """Tensors, strings and lists only: what `torch.load(weights_only=True)` accepts."""
+        return {
+            "version": STATE_VERSION,
+            "user_ids": _ids_to_state(self.user_ids),
+            "item_ids": _ids_to_state(self.item_ids),
+            "seen_indptr": self.seen.indptr,
+            "seen_items": self.seen.indices.to(torch.int32),
+            "seen_parts": self.seen.values,
+            "popularity": self.popularity,
+            "titles": self.titles,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Catalogue:
+        user_ids, item_ids = _ids_from_state(state["user_ids"]), _ids_from_state(state["item_ids"])
+        seen = UserItemCSR(state["seen_indptr"], state["seen_items"].long(), len(item_ids), state["seen_parts"])
+        return cls(user_ids, item_ids, seen, state["popularity"], state["titles"])
+
+
+def _part_code(part: str) -> int:
+    if part not in PARTS:
+        raise ValueError(f"{part!r} is not a split part: use {', '.join(PARTS)}")
+    return PARTS.index(part)
+
+
+def _ids_to_state(ids: pd.Index) -> Tensor | list[str]:
+    """Integer ids as one int64 tensor (compact); anything else as strings."""
+    values = np.asarray(ids)
+    if values.dtype == object and len(values) and all(isinstance(v, (int, np.integer)) for v in values):
+        values = values.astype(np.int64)
+    if np.issubdtype(values.dtype, np.integer):
+        return torch.from_numpy(values.astype(np.int64))
+    return [str(value) for value in values]
+
+
+def _ids_from_state(state: Tensor | list[str]) -> pd.Index:
+    return pd.Index(state.numpy()) if isinstance(state, Tensor) else pd.Index(state, dtype=object)
+
+
+def _lookup(ids: pd.Index, raw_id: Any) -> int | None:
+    """Raw ids from a command line arrive as int or str whatever the data's type: compare like with like."""
+    if not pd.api.types.is_integer_dtype(ids.dtype):
+        key: Any = str(raw_id)
+    else:
+        try:
+            key = int(raw_id)
+        except (TypeError, ValueError):
+            return None
+    position = ids.get_indexer([key])[0]
+    return None if position < 0 else int(position)
