@@ -1,0 +1,227 @@
+"""Entry point: answers from a trained run's checkpoint, with no training data needed.
+
+    python -m recsys_lightning.recommend run_dir=outputs/runs/<run> user_id=42 k=10
+    python -m recsys_lightning.recommend run_dir=outputs/runs/<run> item_id=1          # similar items
+    python -m recsys_lightning.recommend run_dir=outputs/runs/<run> similar_users=42 k=5
+    python -m recsys_lightning.recommend run_dir=outputs/runs/<run> users=all output=recs.csv
+    python -m recsys_lightning.recommend run_dir=outputs/runs/<run> user_id=42 index=faiss
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+import hydra
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, ListConfig
+from tqdm import tqdm
+
+from recsys_lightning.config import register_resolvers
+from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
+from recsys_lightning.serving.catalogue import PARTS, Catalogue
+from recsys_lightning.serving.checkpoint import TrainedRun, find_checkpoint, load_trained
+from recsys_lightning.serving.service import UNKNOWN, Neighbours, RecommendationService, Recommendations
+from recsys_lightning.serving.vector_index import ItemVectorIndex
+
+log = logging.getLogger(__name__)
+register_resolvers()
+
+ACTIONS = ("user_id", "item_id", "similar_users", "users")
+CSV_COLUMNS = ["user_id", "rank", "item_id", "score", "source"]
+
+
+def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
+    """Run the one request `cfg` asks for and write its answer to `out` (or to cfg.output)."""
+    chosen = [action for action in ACTIONS if cfg.get(action) is not None]
+    if len(chosen) != 1:
+        raise ConfigError(f"ask one thing per call: set exactly one of {', '.join(ACTIONS)} (got {', '.join(chosen) or 'none'})")
+    if cfg.k < 1:
+        raise ConfigError(f"k={cfg.k}: ask for at least one item")
+    unknown_parts = [part for part in cfg.exclude if part not in PARTS]
+    if unknown_parts:
+        raise ConfigError(f"exclude={list(cfg.exclude)}: {unknown_parts[0]!r} is not a split part; use a subset of {list(PARTS)}")
+    run = load_trained(find_checkpoint(cfg.run_dir, cfg.checkpoint), _device(cfg.device))
+    service = RecommendationService(run, exclude=list(cfg.exclude), min_history=cfg.min_history,
+                                    chunk_size=cfg.chunk_size, index=_vector_index(cfg, run))  # fmt: skip
+    log.info("serving %s from %s", run.model_name, run.checkpoint_path)
+    action = chosen[0]
+    if action == "user_id":
+        print(_recommendation_table(service, cfg.user_id, cfg.k), file=out)
+    elif action == "item_id":
+        print(_neighbour_table(service, "item", cfg.item_id, cfg.k, cfg.embedding), file=out)
+    elif action == "similar_users":
+        print(_neighbour_table(service, "user", cfg.similar_users, cfg.k, cfg.embedding), file=out)
+    else:
+        export_recommendations(service, _requested_users(cfg.users), cfg.k, cfg.output, out)
+
+
+def export_recommendations(service: RecommendationService, raw_users: list[Any] | None, k: int,
+                           output: str | None, out: TextIO = sys.stdout) -> None:  # fmt: skip
+    """CSV of every requested user's top k (all users when `raw_users` is None), a chunk at a time.
+
+    A file output is written beside its target and renamed at the end: an interrupted export never
+    leaves a half-written file in its place.
+    """
+    catalogue = service.catalogue
+    if raw_users is None:
+        raw_users = list(catalogue.user_ids)
+        users = torch.arange(catalogue.num_users)
+    else:
+        users = torch.tensor([_index_or_unknown(catalogue.user_index(raw)) for raw in raw_users], dtype=torch.long)
+    users = users.to(catalogue.popularity.device)
+    raw_user_ids = np.asarray(raw_users, dtype=object)
+    chunks = service.recommend_in_chunks(users, k)
+    progress = tqdm(chunks, total=-(-len(users) // service.chunk_size), desc="recommend", unit="chunk", file=sys.stderr)
+    if output is None:
+        _write_csv(progress, raw_user_ids, catalogue, out)
+        return
+    target = Path(output)
+    if not target.parent.is_dir():
+        raise ConfigError(f"output={output}: folder {target.parent} does not exist; create it or pick another path")
+    with tempfile.NamedTemporaryFile("w", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False) as handle:
+        try:
+            rows = _write_csv(progress, raw_user_ids, catalogue, handle)
+        except BaseException:
+            os.unlink(handle.name)
+            raise
+    os.replace(handle.name, target)
+    log.info("wrote %d rows for %d users to %s", rows, len(users), target)
+
+
+def _write_csv(chunks, raw_user_ids: np.ndarray, catalogue: Catalogue, handle: TextIO) -> int:
+    """One DataFrame per chunk, built by array indexing; returns the number of rows written."""
+    rows, start = 0, 0
+    handle.write(",".join(CSV_COLUMNS) + "\n")
+    for chunk in chunks:
+        frame = _frame(chunk, raw_user_ids[start:start + len(chunk.users)], catalogue)
+        frame.to_csv(handle, header=False, index=False)
+        rows += len(frame)
+        start += len(chunk.users)
+    return rows
+
+
+def _frame(chunk: Recommendations, raw_user_ids: np.ndarray, catalogue: Catalogue) -> pd.DataFrame:
+    num_users, k = chunk.items.shape
+    scores = chunk.scores.cpu().numpy().reshape(-1)
+    found = np.isfinite(scores)
+    fallback = np.repeat(chunk.fallback.cpu().numpy(), k)[found]
+    return pd.DataFrame(
+        {
+            "user_id": np.repeat(raw_user_ids, k)[found],
+            "rank": np.tile(np.arange(1, k + 1), num_users)[found],
+            "item_id": catalogue.item_ids[chunk.items.cpu().numpy().reshape(-1)[found]],
+            "score": scores[found],
+            "source": np.where(fallback, "popularity", "model"),
+        }
+    )
+
+
+def _recommendation_table(service: RecommendationService, raw_user: Any, k: int) -> str:
+    catalogue = service.catalogue
+    index = catalogue.user_index(raw_user)
+    users = torch.tensor([_index_or_unknown(index)], device=catalogue.popularity.device)
+    answer = service.recommend(users, k)
+    frame = _frame(answer, np.array([raw_user], dtype=object), catalogue)
+    frame.insert(3, "title", catalogue.title_of(answer.items[0, : len(frame)].tolist()))
+    if index is None:
+        heading = f"user {raw_user} is unknown to this run: the {len(frame)} most popular items (source=popularity)"
+    elif bool(answer.fallback[0]):
+        history = int(service.history[index])
+        heading = (f"user {raw_user} has {history} training interactions (< min_history={service.min_history}): "
+                   f"the {len(frame)} most popular unseen items (source=popularity)")  # fmt: skip
+    else:
+        heading = f"top {len(frame)} unseen items for user {raw_user} ({service.run.model_name}, scores are the model's)"
+    return heading + "\n" + frame.drop(columns="user_id").to_string(index=False)
+
+
+def _neighbour_table(service: RecommendationService, kind: str, raw_id: Any, k: int, embedding: str | None) -> str:
+    catalogue = service.catalogue
+    index = catalogue.item_index(raw_id) if kind == "item" else catalogue.user_index(raw_id)
+    if index is None:
+        ids = catalogue.item_ids if kind == "item" else catalogue.user_ids
+        raise ConfigError(f"{kind} id {raw_id} is not in this run's data ({len(ids)} {kind}s, ids such as {ids[0]}, {ids[-1]}); "
+                          f"similar {kind}s need the id of a {kind} the model was trained on")  # fmt: skip
+    try:
+        found: Neighbours = service.similar_items(index, k, embedding) if kind == "item" else service.similar_users(index, k, embedding)
+    except KeyError as error:
+        raise ConfigError(error.args[0]) from error
+    neighbours = found.indices.cpu().numpy()
+    frame = pd.DataFrame({"rank": np.arange(1, len(neighbours) + 1)})
+    if kind == "item":
+        frame["item_id"] = catalogue.item_ids[neighbours]
+        frame["title"] = catalogue.title_of(neighbours.tolist())
+        subject = f"item {raw_id}" + (f" ({catalogue.title_of([index])[0]})" if catalogue.titles else "")
+    else:
+        frame["user_id"] = catalogue.user_ids[neighbours]
+        frame["history"] = service.history[found.indices].cpu().numpy()
+        subject = f"user {raw_id}"
+    frame["similarity"] = found.similarities.cpu().numpy()
+    heading = f"{kind}s most similar to {subject}: cosine similarity of the {service.run.model_name} '{found.embedding}' {kind} embeddings"
+    return heading + "\n" + frame.to_string(index=False)
+
+
+def _vector_index(cfg: DictConfig, run: TrainedRun) -> ItemVectorIndex | None:
+    """Build the index, or load it from faiss.path when it was built there from this very checkpoint."""
+    if cfg.index == "model":
+        return None
+    if cfg.index != "faiss":
+        raise ConfigError(f"index={cfg.index!r}: use model or faiss")
+    form = run.model.inner_product_form(torch.zeros(1, dtype=torch.long, device=run.catalogue.popularity.device))
+    if form is None:
+        raise ConfigError(f"index=faiss serves inner-product models (mf); {run.model_name} scores with an MLP, use index=model")
+    settings = {"checkpoint": str(run.checkpoint_path.resolve()), "checkpoint_mtime_ns": run.checkpoint_path.stat().st_mtime_ns,
+                "kind": cfg.faiss.kind, "nlist": cfg.faiss.nlist}  # fmt: skip
+    path = Path(cfg.faiss.path) if cfg.faiss.path else None
+    built_from = path.with_name(path.name + ".json") if path else None
+    if path and path.is_file() and built_from.is_file() and json.loads(built_from.read_text()) == settings:
+        log.info("loaded the %s index from %s", cfg.faiss.kind, path)
+        return ItemVectorIndex.load(path, cfg.faiss.nprobe)
+    index = ItemVectorIndex.build(form[1], cfg.faiss.kind, cfg.faiss.nlist, cfg.faiss.nprobe)
+    if path:
+        index.save(path)
+        pd.DataFrame({"row": np.arange(run.catalogue.num_items), "item_id": run.catalogue.item_ids}).to_csv(
+            path.with_name(path.name + ".items.csv"), index=False
+        )
+        built_from.write_text(json.dumps(settings))
+        log.info("wrote the %s index of %d items to %s", cfg.faiss.kind, index.num_items, path)
+    return index
+
+
+def _requested_users(users: Any) -> list[Any] | None:
+    if users == "all":
+        return None
+    if isinstance(users, (list, ListConfig)):
+        return list(users)
+    raise ConfigError(f"users={users!r}: use users=all or a list of user ids, e.g. users=[1,2,3]")
+
+
+def _index_or_unknown(index: int | None) -> int:
+    return UNKNOWN if index is None else index
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: no CUDA device here; use device=cpu")
+    return torch.device(name)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="recommend")
+def main(cfg: DictConfig) -> None:
+    try:
+        serve(cfg)
+    except RecsysError as error:
+        exit_with_message(error)
+
+
+if __name__ == "__main__":
+    main()

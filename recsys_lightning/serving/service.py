@@ -1,0 +1,138 @@
+"""Top-K recommendations, similar items and similar users, from a trained run.
+
+Users are answered in chunks: one `score_all` (or one vector-index search) and one `topk` per chunk,
+so memory stays at chunk x num_items whatever the number of users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from recsys_lightning.data.sparse import UserItemCSR
+from recsys_lightning.ranking import hits, top_k_unseen
+from recsys_lightning.serving.catalogue import PARTS
+from recsys_lightning.serving.checkpoint import TrainedRun
+from recsys_lightning.serving.vector_index import ItemVectorIndex
+
+UNKNOWN = -1
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """Per requested user: `items` and `scores` [B, k] (score -inf where fewer than k items were left),
+    and `fallback` [B], True where the popularity ranking answered instead of the model."""
+
+    users: Tensor
+    items: Tensor
+    scores: Tensor
+    fallback: Tensor
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    indices: Tensor
+    similarities: Tensor
+    embedding: str
+
+
+class RecommendationService:
+    """Answers requests against one trained run.
+
+    `exclude` names the split parts whose items a user is never shown again: all of them when serving,
+    train and valid to reproduce the test ranking. Users with fewer than `min_history` training
+    interactions, and unknown users, get the most popular items they have not seen.
+    """
+
+    def __init__(self, run: TrainedRun, exclude: Sequence[str] = PARTS, min_history: int = 1,
+                 chunk_size: int = 1024, index: ItemVectorIndex | None = None) -> None:  # fmt: skip
+        self.run = run
+        self.model = run.model
+        self.catalogue = run.catalogue
+        self.excluded: UserItemCSR = self.catalogue.seen_in(exclude)
+        self.history = self.catalogue.seen_in(["train"]).counts()
+        self.min_history = min_history
+        self.chunk_size = chunk_size
+        self.index = index
+
+    def recommend(self, users: Tensor, k: int) -> Recommendations:
+        """`users` are indices, UNKNOWN (-1) for ids the run never saw."""
+        known = users >= 0
+        fallback = ~known
+        fallback[known] = self.history[users[known]] < self.min_history
+        device = self.catalogue.popularity.device
+        items = torch.zeros(len(users), k, dtype=torch.long, device=device)
+        scores = torch.full((len(users), k), -torch.inf, device=device)
+        personal = torch.nonzero(~fallback).flatten()
+        if len(personal):
+            items[personal], scores[personal] = self._top_k(users[personal], k)
+        popular = torch.nonzero(fallback).flatten()
+        if len(popular):
+            items[popular], scores[popular] = self._popular_unseen(users[popular], k)
+        return Recommendations(users, items, scores, fallback)
+
+    def recommend_in_chunks(self, users: Tensor, k: int) -> Iterator[Recommendations]:
+        for chunk in users.split(self.chunk_size):
+            yield self.recommend(chunk, k)
+
+    @torch.no_grad()
+    def _top_k(self, users: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """The model's own ranking of unseen items, or the vector index's, which matches it for MF."""
+        exclude_rows, exclude_items = self.excluded.coordinates(users)
+        if self.index is None:
+            scores = self.model.score_all(users)
+            top = top_k_unseen(scores, exclude_rows, exclude_items, k)
+            return _padded(top, scores.gather(1, top), k)
+        queries, _ = self.model.inner_product_form(users)
+        # Over-fetch by the most items any user in the chunk has seen: after dropping them, k remain.
+        fetch = min(k + int(self.excluded.counts(users).max()), self.catalogue.num_items)
+        candidate_scores, candidates = self.index.search(queries, fetch)
+        seen = hits(candidates.clamp(min=0), exclude_rows, exclude_items, self.catalogue.num_items)
+        candidate_scores = candidate_scores.masked_fill(seen | (candidates < 0), -torch.inf)
+        best_scores, positions = candidate_scores.topk(min(k, fetch), dim=1)
+        return _padded(candidates.gather(1, positions), best_scores, k)
+
+    def _popular_unseen(self, users: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Training popularity (number of users) as the score; unknown users have seen nothing."""
+        scores = self.catalogue.popularity.float().expand(len(users), -1).clone()
+        known = torch.nonzero(users >= 0).flatten()
+        rows, items = self.excluded.coordinates(users[known])
+        top = top_k_unseen(scores, known[rows], items, k)
+        return _padded(top, scores.gather(1, top), k)
+
+    @torch.no_grad()
+    def similar_items(self, item: int, k: int, embedding: str | None = None) -> Neighbours:
+        name, (_, items) = self._table(embedding)
+        return _cosine_neighbours(items, item, k, name)
+
+    @torch.no_grad()
+    def similar_users(self, user: int, k: int, embedding: str | None = None) -> Neighbours:
+        name, (users, _) = self._table(embedding)
+        return _cosine_neighbours(users, user, k, name)
+
+    def _table(self, embedding: str | None) -> tuple[str, tuple[Tensor, Tensor]]:
+        tables = self.model.embedding_tables()
+        name = embedding or next(iter(tables))
+        if name not in tables:
+            raise KeyError(f"embedding={name!r}: {self.run.model_name} has {', '.join(tables)}")
+        return name, tables[name]
+
+
+def _cosine_neighbours(table: Tensor, row: int, k: int, name: str) -> Neighbours:
+    normalised = F.normalize(table, dim=1)
+    similarities = normalised @ normalised[row]
+    similarities[row] = -torch.inf  # never one's own neighbour
+    best = similarities.topk(min(k, len(table) - 1))
+    return Neighbours(best.indices, best.values, name)
+
+
+def _padded(items: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Widen to k columns when the catalogue is smaller than k; the padding scores -inf."""
+    missing = k - items.shape[1]
+    if missing <= 0:
+        return items, scores
+    return F.pad(items, (0, missing)), F.pad(scores, (0, missing), value=-torch.inf)
