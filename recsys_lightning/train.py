@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,11 +20,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from recsys_lightning.config import PROJECT_ROOT, register_resolvers
 from recsys_lightning.data.datamodule import InteractionDataModule
-from recsys_lightning.errors import ConfigError, RecsysError
+from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
 from recsys_lightning.module import RecommenderModule
+from recsys_lightning.projector import log_item_embeddings
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -68,10 +69,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics["train_seconds"] = round(train_seconds, 2)
     metrics["epochs"] = trainer.current_epoch
     metrics["data_source"] = datamodule.source
+    metrics["best_checkpoint"] = os.path.relpath(best_checkpoint, run_dir) if best_checkpoint else None
 
     for logger in trainer.loggers:
         final = {f"final/{name}": value for name, value in metrics.items() if isinstance(value, (int, float))}
         logger.log_hyperparams(_plain(cfg), metrics=final)
+        if isinstance(logger, TensorBoardLogger) and cfg.projector.max_items > 0 and trainer.is_global_zero:
+            # The module holds the best checkpoint's weights here: validate and test loaded them.
+            log_item_embeddings(logger.experiment, module.model, module.catalogue, cfg.projector.max_items, trainer.global_step)
     _write_json_atomically(run_dir / "metrics.json", metrics)
     log.info("metrics: %s", json.dumps(metrics, indent=None))
     return metrics
@@ -107,10 +112,9 @@ def main(cfg: DictConfig) -> float | None:
             log.error("run failed: %s", message, exc_info=not user_error)
             (Path(cfg.paths.run_dir) / "error.txt").write_text(message + "\n")
             return float("nan")
-        if not isinstance(error, RecsysError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if not isinstance(error, RecsysError):
             raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        exit_with_message(error)
     objective = cfg.get("optimized_metric")
     return metrics.get(objective) if objective else None
 

@@ -1,0 +1,32 @@
+"""Item embeddings in TensorBoard's projector, labelled with ids, titles and popularity."""
+
+from __future__ import annotations
+
+import torch
+
+from recsys_lightning.models.base import Recommender
+from recsys_lightning.serving.catalogue import Catalogue
+
+METADATA_HEADER = ["item_id", "title", "popularity"]
+
+
+def log_item_embeddings(writer, model: Recommender, catalogue: Catalogue, max_items: int, step: int) -> None:
+    """Log the `max_items` most popular items' vectors of the model's first embedding table.
+
+    Capped because the projector loads everything into the browser: a few thousand points stay
+    interactive, a million do not.
+    """
+    name, (_, item_table) = next(iter(model.embedding_tables().items()))
+    order = torch.argsort(catalogue.popularity.cpu(), descending=True, stable=True)[:max_items]
+    titles = catalogue.title_of(order.tolist())
+    metadata = [
+        [_cell(catalogue.item_ids[item]), _cell(title), str(int(catalogue.popularity[item]))]
+        for item, title in zip(order.tolist(), titles)
+    ]
+    writer.add_embedding(item_table.detach().cpu()[order], metadata=metadata, metadata_header=METADATA_HEADER,
+                         tag=f"items_{name}", global_step=step)  # fmt: skip
+
+
+def _cell(value) -> str:
+    """The metadata file is tab-separated, one row per line."""
+    return str(value).replace("\t", " ").replace("\n", " ") or "-"
