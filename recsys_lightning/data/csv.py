@@ -106,6 +106,20 @@ def _read(path: Path, **read_csv_args) -> pd.DataFrame:
         raise DataError(f"{path}: {error}") from error
 
 
+def read_item_titles(path: str | Path, *, item_col: str, title_col: str, sep: str | None = None, encoding: str = "utf-8") -> pd.DataFrame:
+    """Item metadata file -> columns item_id, title; titles label recommendations and the projector."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; point data.items_path at a file with columns {item_col!r} and {title_col!r}, or set it to null")
+    sep = sep or infer_separator(path)
+    found = list(_read(path, sep=sep, encoding=encoding, nrows=0).columns)
+    for key, column in (("data.item_col", item_col), ("data.title_col", title_col)):
+        if column not in found:
+            raise DataError(f"{path}: no column {column!r}; columns found: {', '.join(found)}. Set {key} to the right one")
+    frame = _read(path, sep=sep, encoding=encoding, usecols=[item_col, title_col], dtype=str, keep_default_na=False)
+    return pd.DataFrame({ITEM: frame[item_col], "title": frame[title_col]})
+
+
 def _first_line(bad_rows: np.ndarray) -> int:
     """File line of the first flagged data row: rows count from 0, and line 1 is the header."""
     return int(np.argmax(bad_rows)) + 2
@@ -172,6 +186,8 @@ class CsvDataModule(InteractionDataModule):
         target_col: str | None = "target",
         min_user_interactions: int = 0,
         min_item_interactions: int = 0,
+        items_path: str | None = None,
+        title_col: str = "title",
         **split_and_batching,
     ) -> None:
         super().__init__(**split_and_batching)
@@ -184,6 +200,8 @@ class CsvDataModule(InteractionDataModule):
                                  target_col=target_col, sep=sep, encoding=encoding)  # fmt: skip
         self.min_user_interactions = min_user_interactions
         self.min_item_interactions = min_item_interactions
+        self.items_path = items_path
+        self.title_col = title_col
 
     def load(self) -> LoadedInteractions:
         parts = {name: read_interactions(path, **self.read_options) for name, path in self.paths.items() if path}
@@ -197,4 +215,8 @@ class CsvDataModule(InteractionDataModule):
         for column in (USER, ITEM):  # categories of different files merge into one
             frame[column] = frame[column].astype("category") if frame[column].dtype != "category" else frame[column]
         source = ", ".join(f"{name}={path}" for name, path in self.paths.items() if path)
-        return LoadedInteractions(frame, pd.DataFrame({ITEM: pd.Series([], dtype=object), "title": []}), source=f"csv:{source}")
+        items = pd.DataFrame({ITEM: pd.Series([], dtype=object), "title": []})
+        if self.items_path:
+            items = read_item_titles(self.items_path, item_col=self.read_options["item_col"], title_col=self.title_col,
+                                     sep=self.read_options["sep"], encoding=self.read_options["encoding"])  # fmt: skip
+        return LoadedInteractions(frame, items, source=f"csv:{source}")
