@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -37,3 +42,27 @@ class FrameDataModule(InteractionDataModule):
 @pytest.fixture
 def small_frame() -> pd.DataFrame:
     return random_interactions(num_users=40, num_items=60, per_user=15)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_module(module: str, *overrides: str) -> subprocess.CompletedProcess:
+    """`python -m <module> overrides...` from the project root, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def movielens_run(tmp_path_factory) -> Path:
+    """One short MF/BPR run on real ML-100K through the training entry point, shared by the tests
+    that read its outputs (metrics, checkpoints, serving, evaluation)."""
+    output_dir = tmp_path_factory.mktemp("movielens_run")
+    result = run_module("recsys_lightning.train", "trainer.max_epochs=3", "callbacks.progress_bar.refresh_rate=0",
+                        f"paths.output_dir={output_dir}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dirs = [path.parent for path in output_dir.glob("runs/*/*/.hydra")]
+    assert len(run_dirs) == 1, run_dirs
+    return run_dirs[0]

@@ -12,7 +12,7 @@ import pytest
 from recsys_lightning.data.csv import CsvDataModule, infer_separator, read_interactions
 from recsys_lightning.errors import DataError
 
-from test_train_e2e import ROOT
+from conftest import ROOT
 
 GOOD = "userId,itemId,rating,timestamp\n" + "".join(
     f"u{u},i{(u * 7 + k) % 30},{1 + (u + k) % 5},{1000 + k}\n" for u in range(20) for k in range(12)
@@ -106,6 +106,19 @@ def test_bad_input_raises_data_error_naming_file_and_problem(case, tmp_path):
         CsvDataModule(path=str(path)).setup()
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_item_titles_come_from_an_items_file(tmp_path):
+    from recsys_lightning.serving.catalogue import Catalogue
+
+    items = write(tmp_path / "items.tsv", "itemId\tname\n" + "".join(f"i{i}\tFilm {i}, part 2\n" for i in range(0, 30, 2)))
+    datamodule = CsvDataModule(path=str(write(tmp_path / "g.csv", GOOD)), items_path=str(items), title_col="name")
+    datamodule.setup()
+    catalogue = Catalogue.from_datamodule(datamodule)
+    assert catalogue.titles[catalogue.item_index("i4")] == "Film 4, part 2"
+    assert catalogue.titles[catalogue.item_index("i5")] == ""  # not in the items file
+    with pytest.raises(DataError, match="items.tsv: no column 'title'"):
+        CsvDataModule(path=str(tmp_path / "g.csv"), items_path=str(items)).setup()
 
 
 def test_every_user_filtered_by_k_core_is_an_error(tmp_path):

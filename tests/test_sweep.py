@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from recsys_lightning.sweep import summarise_sweep, to_markdown
 
-from test_train_e2e import ROOT
+from conftest import ROOT
 
 
 def test_multirun_writes_sorted_summary_with_failed_run_as_row(tmp_path):

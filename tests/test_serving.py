@@ -1,0 +1,261 @@
+"""Serving a trained ML-100K run: a safe checkpoint, answers equal to the model's own ranking (and to
+the test metrics), cold start, FAISS, evaluate, the projector."""
+
+import io
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from recsys_lightning.config import PROJECT_ROOT, register_resolvers
+from recsys_lightning.errors import ConfigError
+from recsys_lightning.evaluate import compare_with_recorded, evaluate
+from recsys_lightning.recommend import serve
+from recsys_lightning.serving.catalogue import Catalogue
+from recsys_lightning.serving.checkpoint import find_checkpoint, load_checkpoint, load_trained
+from recsys_lightning.serving.service import UNKNOWN, RecommendationService
+from recsys_lightning.serving.vector_index import ItemVectorIndex
+
+from conftest import run_module
+
+register_resolvers()
+TOY_STORY = 1
+
+
+@pytest.fixture(scope="module")
+def served(movielens_run):
+    return load_trained(find_checkpoint(movielens_run))
+
+
+def recommend_cli(run_dir, *overrides):
+    return run_module("recsys_lightning.recommend", f"run_dir={run_dir}", *overrides)
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """Rows of a printed table: the lines after the heading and the column names, split on spaces."""
+    return [line.split() for line in stdout.strip().splitlines()[2:]]
+
+
+def run_data(run_dir):
+    datamodule = instantiate(OmegaConf.load(run_dir / ".hydra" / "config.yaml").data)
+    datamodule.setup("test")
+    return datamodule
+
+
+def test_checkpoint_loads_with_weights_only_and_carries_the_catalogue(movielens_run, served):
+    checkpoint = torch.load(find_checkpoint(movielens_run), weights_only=True)
+    catalogue = Catalogue.from_state(checkpoint["catalogue"])
+    assert (catalogue.num_users, catalogue.num_items) == (943, 1682)
+    assert catalogue.titles[catalogue.item_index(TOY_STORY)] == "Toy Story (1995)"
+    assert int(catalogue.seen.counts().sum()) == 100_000
+    assert sorted(torch.unique(catalogue.seen.values).tolist()) == [0, 1, 2]
+    assert int(catalogue.popularity.sum()) == int((catalogue.seen.values == 0).sum())
+    assert catalogue.user_index(42) == catalogue.user_index("42") == 41
+    assert catalogue.user_index(10**9) is None and catalogue.user_index("x") is None
+
+
+def test_a_checkpoint_holding_pickled_objects_is_refused(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": ConfigError("any object that is not plain data")}, path)
+    with pytest.raises(ConfigError, match="refused"):
+        load_checkpoint(path)
+
+
+def test_recommend_one_user_shows_titles_and_the_models_own_scores(movielens_run, served):
+    result = recommend_cli(movielens_run, "user_id=42", "k=5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "rank  item_id" in result.stdout and "title" in result.stdout
+    rows = table_rows(result.stdout)
+    assert [int(row[0]) for row in rows] == [1, 2, 3, 4, 5]
+    assert all(row[-1] == "model" for row in rows)
+    items = torch.tensor([served.catalogue.item_index(int(row[1])) for row in rows])
+    printed = torch.tensor([float(row[-2]) for row in rows])
+    user = served.catalogue.user_index(42)
+    with torch.no_grad():
+        own = served.model.score(torch.full((5,), user), items)
+    torch.testing.assert_close(printed, own, atol=1e-5, rtol=0)
+    seen = set(served.catalogue.seen.indices[served.catalogue.seen.indptr[user]:served.catalogue.seen.indptr[user + 1]].tolist())
+    assert not seen & set(items.tolist())
+    title = served.catalogue.title_of([items[0].item()])[0]
+    assert title in result.stdout
+
+
+def test_exported_csv_reproduces_the_test_ndcg_of_metrics_json(movielens_run, tmp_path):
+    output = tmp_path / "recs.csv"
+    result = recommend_cli(movielens_run, "users=all", "k=10", "exclude=[train,valid]", f"output={output}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    recommendations = pd.read_csv(output)
+    assert list(recommendations.columns) == ["user_id", "rank", "item_id", "score", "source"]
+    assert len(recommendations) == 943 * 10 and (recommendations["source"] == "model").all()
+    assert (recommendations.groupby("user_id")["score"].diff().dropna() <= 0).all()
+
+    datamodule = run_data(movielens_run)
+    interactions, test_rows = datamodule.interactions, datamodule.split.test
+    held_out = pd.DataFrame({"user_id": interactions.user_ids[interactions.users[test_rows]],
+                             "item_id": interactions.item_ids[interactions.items[test_rows]]})  # fmt: skip
+    metrics = json.loads((movielens_run / "metrics.json").read_text())
+    assert independent_ndcg(recommendations, held_out, k=10) == pytest.approx(metrics["test/ndcg@10"], abs=1e-6)
+
+
+def independent_ndcg(recommendations: pd.DataFrame, held_out: pd.DataFrame, k: int) -> float:
+    """Textbook NDCG@k, binary relevance, averaged over users with held-out items; no library code."""
+    relevant = held_out.groupby("user_id")["item_id"].apply(set).to_dict()
+    total = 0.0
+    for user, items in relevant.items():
+        ranked = recommendations[recommendations["user_id"] == user].sort_values("rank")["item_id"].tolist()[:k]
+        dcg = sum(1 / math.log2(rank + 2) for rank, item in enumerate(ranked) if item in items)
+        ideal = sum(1 / math.log2(rank + 2) for rank in range(min(len(items), k)))
+        total += dcg / ideal
+    return total / len(relevant)
+
+
+def test_exact_faiss_ranks_every_user_like_the_model(served):
+    users = torch.arange(served.catalogue.num_users)
+    by_model = RecommendationService(served).recommend(users, 10)
+    item_vectors = served.model.inner_product_form(users[:1])[1]
+    by_faiss = RecommendationService(served, index=ItemVectorIndex.build(item_vectors, "flat")).recommend(users, 10)
+    assert torch.equal(by_faiss.items, by_model.items)
+    torch.testing.assert_close(by_faiss.scores, by_model.scores, atol=1e-5, rtol=0)
+    # IVF visiting every list is exhaustive, so it must agree too.
+    ivf = ItemVectorIndex.build(item_vectors, "ivf", nlist=16, nprobe=16)
+    assert torch.equal(RecommendationService(served, index=ivf).recommend(users, 10).items, by_model.items)
+
+
+def test_faiss_through_the_entry_point_and_saved_index(movielens_run, tmp_path):
+    saved = tmp_path / "items.faiss"
+    built = recommend_cli(movielens_run, "user_id=42", "index=faiss", f"faiss.path={saved}")
+    by_model = recommend_cli(movielens_run, "user_id=42")
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert "wrote the flat index" in built.stderr
+    assert [row[1] for row in table_rows(built.stdout)] == [row[1] for row in table_rows(by_model.stdout)]
+    assert ItemVectorIndex.load(saved).num_items == 1682
+    assert pd.read_csv(f"{saved}.items.csv")["item_id"].tolist()[:3] == [1, 2, 3]
+    reused = recommend_cli(movielens_run, "user_id=42", "index=faiss", f"faiss.path={saved}")
+    assert "loaded the flat index" in reused.stderr and reused.stdout == built.stdout
+    other_settings = recommend_cli(movielens_run, "user_id=42", "index=faiss", "faiss.kind=ivf", "faiss.nlist=8", f"faiss.path={saved}")
+    assert "wrote the ivf index" in other_settings.stderr
+
+
+def test_unknown_users_and_short_histories_get_popular_unseen_items(served):
+    catalogue = served.catalogue
+    most_popular = torch.argsort(catalogue.popularity, descending=True, stable=True)[:5]
+    unknown = RecommendationService(served).recommend(torch.tensor([UNKNOWN]), 5)
+    assert unknown.fallback.tolist() == [True]
+    assert torch.equal(unknown.items[0], most_popular)
+    assert unknown.scores[0].tolist() == catalogue.popularity[most_popular].float().tolist()
+
+    user = catalogue.user_index(1)
+    short = RecommendationService(served, min_history=10**6).recommend(torch.tensor([user]), 5)
+    seen = set(catalogue.seen.indices[catalogue.seen.indptr[user]:catalogue.seen.indptr[user + 1]].tolist())
+    expected = [item for item in torch.argsort(catalogue.popularity, descending=True, stable=True).tolist() if item not in seen][:5]
+    assert short.fallback.tolist() == [True] and short.items[0].tolist() == expected
+
+
+def test_cold_start_through_the_entry_point_is_flagged(movielens_run, tmp_path):
+    unknown = recommend_cli(movielens_run, "user_id=999999", "k=3")
+    assert unknown.returncode == 0, unknown.stderr[-2000:]
+    assert "unknown" in unknown.stdout and [row[-1] for row in table_rows(unknown.stdout)] == ["popularity"] * 3
+    output = tmp_path / "batch.csv"
+    batch = recommend_cli(movielens_run, "users=[1,999999]", "k=3", f"output={output}")
+    assert batch.returncode == 0, batch.stderr[-2000:]
+    sources = pd.read_csv(output).groupby("user_id")["source"].unique()
+    assert list(sources[1]) == ["model"] and list(sources[999999]) == ["popularity"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["item_id=999999"], "error: item id 999999 is not in this run's data"),
+        (["similar_users=999999"], "error: user id 999999 is not in this run's data"),
+        (["user_id=1", "item_id=1"], "error: ask one thing per call"),
+        (["user_id=1", "exclude=[train,holdout]"], "error: exclude=['train', 'holdout']: 'holdout' is not a split part"),
+        (["user_id=1", "checkpoint=nowhere.ckpt"], "error: "),
+    ],
+)
+def test_bad_requests_exit_1_with_one_line(movielens_run, overrides, message):
+    result = recommend_cli(movielens_run, *overrides)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_similar_items_are_the_nearest_by_cosine_and_exclude_the_item(served):
+    item = served.catalogue.item_index(TOY_STORY)
+    found = RecommendationService(served).similar_items(item, 10)
+    assert found.embedding == "factors" and item not in found.indices.tolist()
+    table = served.model.item_factors.detach()
+    brute = torch.stack([torch.cosine_similarity(table[item], table[other], dim=0) for other in range(len(table))])
+    brute[item] = -math.inf
+    torch.testing.assert_close(found.similarities, brute.topk(10).values, atol=1e-5, rtol=0)
+    assert torch.equal(found.indices, brute.topk(10).indices)
+
+
+def test_similar_items_and_users_through_the_entry_point(movielens_run):
+    items = recommend_cli(movielens_run, "item_id=1", "k=4")
+    assert items.returncode == 0 and "Toy Story (1995)" in items.stdout.splitlines()[0]
+    assert len(table_rows(items.stdout)) == 4
+    users = recommend_cli(movielens_run, "similar_users=42", "k=3")
+    assert users.returncode == 0 and [int(row[0]) for row in table_rows(users.stdout)] == [1, 2, 3]
+    assert "42" not in [row[1] for row in table_rows(users.stdout)]
+
+
+def test_ncf_says_which_embedding_and_refuses_faiss(tmp_path):
+    from test_module import MODULE_CONFIG, planted_frame  # a small NCF trained for one epoch
+
+    import pytorch_lightning as pl
+
+    from conftest import FrameDataModule
+    from recsys_lightning.module import RecommenderModule
+
+    datamodule = FrameDataModule(planted_frame(), batch_size=256)
+    datamodule.setup("fit")
+    config = dict(MODULE_CONFIG, model={"_target_": "recsys_lightning.models.NeuMF", "gmf_dim": 8, "mlp_dim": 8, "hidden": [8]})
+    module = RecommenderModule(datamodule.num_users, datamodule.num_items, **config)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, limit_val_batches=0, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, datamodule=datamodule)
+    trainer.save_checkpoint(tmp_path / "ncf.ckpt")
+
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        base = [f"run_dir={tmp_path}", f"checkpoint={tmp_path / 'ncf.ckpt'}"]
+        out = io.StringIO()
+        serve(compose("recommend", overrides=[*base, "item_id=3"]), out)
+        assert "'gmf' item embeddings" in out.getvalue()
+        out = io.StringIO()
+        serve(compose("recommend", overrides=[*base, "item_id=3", "embedding=mlp"]), out)
+        assert "'mlp' item embeddings" in out.getvalue()
+        with pytest.raises(ConfigError, match="index=faiss serves inner-product models"):
+            serve(compose("recommend", overrides=[*base, "user_id=1", "index=faiss"]), io.StringIO())
+        with pytest.raises(ConfigError, match="has gmf, mlp"):
+            serve(compose("recommend", overrides=[*base, "item_id=3", "embedding=other"]), io.StringIO())
+
+
+@pytest.mark.parametrize("split, prefix", [("test", "test/"), ("valid", "val/")])
+def test_evaluate_reproduces_metrics_json(movielens_run, split, prefix):
+    evaluated = evaluate(movielens_run, split=split, accelerator="cpu")
+    assert {"ndcg@10", "recall@10"} <= {name.removeprefix(prefix) for name in evaluated}
+    table = compare_with_recorded(evaluated, movielens_run, tolerance=1e-6)
+    assert table["equal"].all(), table
+
+
+def test_evaluate_entry_point_prints_the_comparison(movielens_run):
+    result = run_module("recsys_lightning.evaluate", f"run_dir={movielens_run}", "accelerator=cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test/ndcg@10" in result.stdout and "metrics equal metrics.json" in result.stdout
+
+
+def test_projector_gets_item_embeddings_labelled_with_titles(movielens_run):
+    assert (movielens_run / "projector_config.pbtxt").is_file()
+    metadata = list(movielens_run.glob("**/metadata.tsv"))
+    assert len(metadata) == 1
+    rows = pd.read_csv(metadata[0], sep="\t")
+    assert list(rows.columns) == ["item_id", "title", "popularity"]
+    assert len(rows) == 1682 and "Toy Story (1995)" in set(rows["title"])
+    assert np.all(np.diff(rows["popularity"].to_numpy()) <= 0)
