@@ -14,24 +14,35 @@ from recsys_lightning.data.sparse import UserItemCSR
 class EpochBatchSampler(Sampler[Tensor]):
     """Yields index batches of a permutation that depends only on (seed, epoch).
 
-    Lightning calls `set_epoch` before each epoch, so a resumed run replays the same order.
+    Lightning calls `set_epoch` before each epoch, so a resumed run replays the same order. Under DDP
+    each of `num_replicas` processes takes every num_replicas-th index of the same permutation: the
+    shards are disjoint and equally long (the last num_samples % num_replicas indices of each epoch's
+    permutation are left out, never duplicated), so every process runs the same number of steps.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int) -> None:
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, num_replicas: int = 1) -> None:
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
+        self.rank = rank
+        self.num_replicas = num_replicas
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def shard_size(self) -> int:
+        return self.num_samples // self.num_replicas
+
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        yield from torch.randperm(self.num_samples, generator=generator).split(self.batch_size)
+        permutation = torch.randperm(self.num_samples, generator=generator)
+        shard = permutation[self.rank : self.shard_size * self.num_replicas : self.num_replicas]
+        yield from shard.split(self.batch_size)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return math.ceil(self.shard_size / self.batch_size)
 
 
 class PositivePairs(Dataset):
@@ -56,8 +67,8 @@ class RankingChunks(Dataset):
     Built once: the chunks are the same every epoch, so only the scoring is repeated.
     """
 
-    def __init__(self, heldout: UserItemCSR, exclude: UserItemCSR, chunk_size: int) -> None:
-        users = torch.nonzero(heldout.counts() > 0).flatten()
+    def __init__(self, heldout: UserItemCSR, exclude: UserItemCSR, chunk_size: int, rank: int = 0, num_replicas: int = 1) -> None:
+        users = torch.nonzero(heldout.counts() > 0).flatten()[rank::num_replicas]  # one shard per DDP process
         self.chunks = []
         for chunk_users in users.split(chunk_size):
             exclude_rows, exclude_items = exclude.coordinates(chunk_users)

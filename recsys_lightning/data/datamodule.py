@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         min_rating: float | None = None,
         batch_size: int = 4096,
         eval_chunk_size: int = 1024,
+        eval_max_scores: int = 2**27,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -58,8 +58,10 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         self.min_rating = min_rating
         self.batch_size = batch_size
         self.eval_chunk_size = eval_chunk_size
+        self.eval_max_scores = eval_max_scores
         self.seed = seed
         self.interactions: Interactions | None = None
+        self._chunks: dict[tuple[str, int, int], RankingChunks] = {}
 
     @abstractmethod
     def load(self) -> LoadedInteractions:
@@ -110,29 +112,42 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         return self.interactions.num_items
 
     def train_dataloader(self) -> DataLoader:
-        """Training pairs live on the training device, so each batch is one indexing op there."""
+        """Training pairs live on the training device, so each batch is one indexing op there.
+
+        `batch_size` is per process: under DDP a step sees batch_size x world_size pairs.
+        """
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         rows = self.split.train
         pairs = PositivePairs(*(torch.from_numpy(column[rows]).to(device) for column in
                                 (self.interactions.users, self.interactions.items, self.interactions.ratings)))  # fmt: skip
-        batches = EpochBatchSampler(len(pairs), self.batch_size, self.seed)
+        batches = EpochBatchSampler(len(pairs), self.batch_size, self.seed, *self._shard())
         return DataLoader(pairs, sampler=batches, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._valid_chunks, batch_size=None)
+        return DataLoader(self._ranking_chunks("valid", *self._shard()), batch_size=None)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self._test_chunks, batch_size=None)
+        return DataLoader(self._ranking_chunks("test", *self._shard()), batch_size=None)
 
-    @functools.cached_property
-    def _valid_chunks(self) -> RankingChunks:
-        """Built once: fit, validate and test all reuse them (seconds at 20M interactions)."""
-        return RankingChunks(self.valid_positives, self.train_positives, self.eval_chunk_size)
+    def _shard(self) -> tuple[int, int]:
+        """(rank, number of processes): each DDP process trains and evaluates its own disjoint share."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
 
-    @functools.cached_property
-    def _test_chunks(self) -> RankingChunks:
-        seen = self.train_positives.union(self.valid_positives)
-        return RankingChunks(self.test_positives, seen, self.eval_chunk_size)
+    def _ranking_chunks(self, part: str, rank: int, num_replicas: int) -> RankingChunks:
+        """Built once per part: fit, validate and test reuse them (seconds at 20M interactions).
+
+        Chunks hold at most `eval_max_scores` scores (chunk x num_items), so a million-item catalogue
+        gets smaller chunks instead of gigabytes of scores.
+        """
+        key = (part, rank, num_replicas)
+        if key not in self._chunks:
+            chunk_size = max(1, min(self.eval_chunk_size, self.eval_max_scores // self.num_items))
+            heldout, seen = (self.valid_positives, self.train_positives) if part == "valid" else (
+                self.test_positives, self.train_positives.union(self.valid_positives))  # fmt: skip
+            self._chunks[key] = RankingChunks(heldout, seen, chunk_size, rank, num_replicas)
+        return self._chunks[key]
 
     def _csr(self, rows) -> UserItemCSR:
         return UserItemCSR.from_pairs(
