@@ -16,6 +16,10 @@ class ConfigError(RecsysError):
     """A configuration value or combination cannot work."""
 
 
+class TrainingDiverged(RecsysError):
+    """The loss became NaN or infinite; the message names where and what to change."""
+
+
 def exit_with_message(error: RecsysError) -> None:
     """One line on stderr and exit code 1, unless HYDRA_FULL_ERROR=1 asks for the traceback."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -13,6 +13,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError
 
+from recsys_lightning.errors import TrainingDiverged
 from recsys_lightning.losses import RankingLoss, ScoredCandidates
 from recsys_lightning.metrics import CatalogueMetrics, RankingMetrics
 from recsys_lightning.models.base import Recommender
@@ -20,6 +21,8 @@ from recsys_lightning.ranking import hits, top_k_unseen
 from recsys_lightning.samplers import NegativeSampler
 from recsys_lightning.serving.catalogue import Catalogue
 from recsys_lightning.serving.checkpoint import CATALOGUE_KEY
+
+NONFINITE_CHECK_EVERY = 50  # training steps between checks of the loss (one host sync each)
 
 
 class RecommenderModule(pl.LightningModule):
@@ -74,9 +77,15 @@ class RecommenderModule(pl.LightningModule):
         self.explicit_negatives = explicit.to(self.device) if use_explicit else None
 
     def on_train_epoch_start(self) -> None:
-        self.sampler.reseed(self.hparams.seed * 1_000_003 + self.current_epoch + 1)
+        # Everything random in an epoch (negatives, dropout) derives from (seed, rank, epoch) alone, so
+        # a run resumed at an epoch boundary replays exactly what the uninterrupted run did.
+        epoch_seed = self.hparams.seed * 1_000_003 + (self.global_rank << 32) + self.current_epoch + 1
+        self.sampler.reseed(epoch_seed)
+        torch.manual_seed(epoch_seed)
         self._epoch_start, self._epoch_samples = time.perf_counter(), 0
         self._epoch_loss_sum = torch.zeros((), device=self.device)
+        self._first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._first_bad_loss = torch.zeros((), device=self.device)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         users, positives = batch["users"], batch["items"]
@@ -88,12 +97,34 @@ class RecommenderModule(pl.LightningModule):
         # Summed here and logged once per epoch: a `self.log` per step costs more than a small step.
         self._epoch_loss_sum += loss.detach() * len(users)
         self._epoch_samples += len(users)
+        # Recorded on the device (no host sync per step) and checked every few steps.
+        first_bad = (self._first_bad_step < 0) & ~torch.isfinite(loss.detach())
+        self._first_bad_step = torch.where(first_bad, batch_idx, self._first_bad_step)
+        self._first_bad_loss = torch.where(first_bad, loss.detach(), self._first_bad_loss)
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        last_of_epoch = batch_idx + 1 == self.trainer.num_training_batches
+        if ((batch_idx + 1) % NONFINITE_CHECK_EVERY == 0 or last_of_epoch) and self._first_bad_step >= 0:
+            self._stop_on_nonfinite_loss(batch_idx)
+
+    def _stop_on_nonfinite_loss(self, batch_idx: int) -> None:
+        """Raise before this epoch's validation, so no checkpoint of the broken weights is written."""
+        callback = self.trainer.checkpoint_callback
+        kept = callback.last_model_path or callback.best_model_path if callback else ""
+        bad_batch = int(self._first_bad_step)
+        global_step = self.global_step - 1 - (batch_idx - bad_batch)  # global_step already counts this batch
+        raise TrainingDiverged(
+            f"the loss became {self._first_bad_loss.item()} at epoch {self.current_epoch}, batch {bad_batch} "
+            f"(global step {global_step}); training stopped"
+            + (f" and the last good checkpoint {kept} is kept" if kept else " before any checkpoint was written")
+            + ". Lower optimizer.lr, set trainer.gradient_clip_val (e.g. 1.0) or raise loss.l2"
+        )
 
     def on_train_epoch_end(self) -> None:
         seconds = time.perf_counter() - self._epoch_start
-        self.log("train/loss", self._epoch_loss_sum / max(self._epoch_samples, 1), prog_bar=True)
-        self.log("train/samples_per_second", self._epoch_samples / seconds)
+        self.log("train/loss", self._epoch_loss_sum / max(self._epoch_samples, 1), prog_bar=True, sync_dist=True)
+        self.log("train/samples_per_second", self._epoch_samples / seconds, sync_dist=True)
 
     def _score_sampled(self, users: Tensor, positives: Tensor, ratings: Tensor | None) -> tuple[ScoredCandidates, Tensor]:
         negatives = self.sampler.sample(users, positives, self.model)
@@ -148,11 +179,11 @@ class RecommenderModule(pl.LightningModule):
         for metric in (self.val_rmse, self.val_mae, self.val_bce, self.val_accuracy):
             metric.reset()
         # Re-validating the best checkpoint after fit must not add a point to the training curves.
-        self.log_dict(values, logger=self.trainer.state.fn == "fit")
+        self.log_dict(values, logger=self.trainer.state.fn == "fit", sync_dist=True)  # equal on every rank already
 
     def on_test_epoch_end(self) -> None:
         values = self._computed("test", self.test_metrics) | self._computed("test", self.test_catalogue)
-        self.log_dict(values)
+        self.log_dict(values, sync_dist=True)
 
     def _rank(self, scores: Tensor, batch: dict[str, Tensor], metrics: RankingMetrics) -> Tensor:
         """Hide each user's known items, take the top K of the chunk's scores, count held-out hits."""

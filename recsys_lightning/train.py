@@ -77,8 +77,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(logger, TensorBoardLogger) and cfg.projector.max_items > 0 and trainer.is_global_zero:
             # The module holds the best checkpoint's weights here: validate and test loaded them.
             log_item_embeddings(logger.experiment, module.model, module.catalogue, cfg.projector.max_items, trainer.global_step)
-    _write_json_atomically(run_dir / "metrics.json", metrics)
-    log.info("metrics: %s", json.dumps(metrics, indent=None))
+    if trainer.is_global_zero:
+        _write_json_atomically(run_dir / "metrics.json", metrics)
+        log.info("metrics: %s", json.dumps(metrics, indent=None))
     return metrics
 
 
