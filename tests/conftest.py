@@ -47,12 +47,13 @@ def small_frame() -> pd.DataFrame:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_module(module: str, *overrides: str) -> subprocess.CompletedProcess:
-    """`python -m <module> overrides...` from the project root, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
-    )  # fmt: skip
+def run_module(module: str, *overrides: str, fault_injection: bool = False) -> subprocess.CompletedProcess:
+    """`python -m <module> overrides...` from the project root, as a user runs it; with
+    `fault_injection` the callbacks of tests/fault_injection.py can be added from the command line."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    if fault_injection:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", module, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,32 @@
+"""Callbacks that break a training run on purpose, added from the command line in tests:
+`+callbacks.kill._target_=fault_injection.KillAt` with `PYTHONPATH=tests`."""
+
+import os
+import signal
+
+import pytorch_lightning as pl
+import torch
+
+
+class KillAt(pl.Callback):
+    """SIGKILL the process at the start of one batch: no handler, no cleanup, as an OOM killer does."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PoisonWeightsAt(pl.Callback):
+    """Fill every model weight with NaN at the start of one batch, so the loss goes NaN there."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            with torch.no_grad():
+                for parameter in module.model.parameters():
+                    parameter.fill_(float("nan"))
