@@ -13,7 +13,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError
 
-from recsys_lightning.errors import TrainingDiverged
+from recsys_lightning.errors import ConfigError, TrainingDiverged
 from recsys_lightning.losses import RankingLoss, ScoredCandidates
 from recsys_lightning.metrics import CatalogueMetrics, RankingMetrics
 from recsys_lightning.models.base import Recommender
@@ -233,9 +233,25 @@ class RecommenderModule(pl.LightningModule):
         return values
 
     def configure_optimizers(self) -> Any:
+        self._check_sparse_optimizer()
         optimizer = instantiate(self.hparams.optimizer)(self.parameters())
         if not self.hparams.scheduler:
             return optimizer
         lightning_options = dict(self.hparams.scheduler)
         scheduler = instantiate(lightning_options.pop("scheduler"))(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **lightning_options}}
+
+    def _check_sparse_optimizer(self) -> None:
+        """SparseAdam fails on its first step, deep in torch, if any gradient is dense: say why up front."""
+        if not self.hparams.optimizer["_target_"].endswith("SparseAdam"):
+            return
+        row_tables = {id(table) for table in self.model.row_tables()}
+        dense = [name for name, parameter in self.named_parameters() if id(parameter) not in row_tables]
+        model_name = type(self.model).__name__
+        if dense:
+            raise ConfigError(f"optimizer=sparse_adam needs every parameter to be an embedding table, but {model_name} also has "
+                              f"{dense[0]} (and {len(dense) - 1} more); use optimizer=sparse_adagrad")  # fmt: skip
+        if not self.model.sparse_gradients:
+            raise ConfigError("optimizer=sparse_adam needs model.sparse_gradients=true")
+        if self.loss.full_catalogue:
+            raise ConfigError("optimizer=sparse_adam cannot train loss=full_softmax: it reads the whole item table (dense gradient)")

@@ -111,3 +111,54 @@ def test_bce_validation_scores_held_out_positives_against_unseen_negatives(tmp_p
     module._update_pointwise(-confident.clamp(max=10.0), batch, batch_idx=0)
     assert module.val_accuracy.compute().item() == 0.0
     assert module.val_bce.compute().item() == pytest.approx(10.0, rel=1e-3)
+
+
+SPARSE_ADAM = {"_target_": "torch.optim.SparseAdam", "_partial_": True, "lr": 0.05}
+
+
+def test_sparse_gradients_touch_only_the_batch_rows_and_score_the_same():
+    torch.manual_seed(0)
+    config = dict(MODULE_CONFIG, model={**MODULE_CONFIG["model"], "sparse_gradients": True}, optimizer=SPARSE_ADAM)
+    module = RecommenderModule(50, 80, **config)
+    dense = RecommenderModule(50, 80, **MODULE_CONFIG)
+    dense.load_state_dict(module.state_dict())
+    users, items = torch.tensor([1, 2, 2]), torch.tensor([[3, 4], [5, 6], [7, 3]])
+    torch.testing.assert_close(module.model.score(users, items), dense.model.score(users, items))
+
+    before = {name: value.clone() for name, value in module.model.named_parameters()}
+    scores, penalty = module.model.score_with_penalty(users, items)
+    (scores.sum() + penalty).backward()
+    assert all(parameter.grad.is_sparse for parameter in module.model.parameters())
+    module.configure_optimizers().step()
+    item_factors = module.model.item_factors.detach()
+    touched = torch.zeros(80, dtype=torch.bool)
+    touched[items.flatten()] = True
+    assert torch.equal(item_factors[~touched], before["item_factors"][~touched])
+    assert not torch.equal(item_factors[touched], before["item_factors"][touched])
+
+
+def test_sparse_adam_learns_the_planted_structure(tmp_path):
+    config = dict(MODULE_CONFIG, model={**MODULE_CONFIG["model"], "sparse_gradients": True}, optimizer=SPARSE_ADAM)
+    pl.seed_everything(0, verbose=False)
+    datamodule = FrameDataModule(planted_frame(), batch_size=256)
+    datamodule.setup("fit")
+    module = RecommenderModule(datamodule.num_users, datamodule.num_items, **config)
+    trainer = pl.Trainer(max_epochs=15, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/recall@10"] > 0.25
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"_target_": "recsys_lightning.models.NeuMF", "hidden": [8], "sparse_gradients": True}, "use optimizer=sparse_adagrad"),
+        ({"_target_": "recsys_lightning.models.MatrixFactorization", "dim": 8}, "needs model.sparse_gradients=true"),
+    ],
+)
+def test_sparse_adam_refuses_what_it_cannot_train(model, message):
+    from recsys_lightning.errors import ConfigError
+
+    module = RecommenderModule(10, 20, **dict(MODULE_CONFIG, model=model, optimizer=SPARSE_ADAM))
+    with pytest.raises(ConfigError, match=message):
+        module.configure_optimizers()

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
 class Recommender(nn.Module, ABC):
     """Scores users against items: pairs for training, the whole catalogue for ranking."""
 
-    def __init__(self, num_users: int, num_items: int) -> None:
+    def __init__(self, num_users: int, num_items: int, sparse_gradients: bool = False) -> None:
         super().__init__()
         self.num_users = num_users
         self.num_items = num_items
+        self.sparse_gradients = sparse_gradients
+
+    def rows(self, table: Tensor, index: Tensor) -> Tensor:
+        """`table[index]`, with a sparse gradient when `sparse_gradients` is set."""
+        return gather_rows(table, index, self.sparse_gradients)
+
+    @abstractmethod
+    def row_tables(self) -> list[nn.Parameter]:
+        """Parameters only ever read by row during training (embeddings, biases): the ones that get
+        sparse gradients, so a sparse optimizer's cost per step follows the batch, not the catalogue."""
 
     @abstractmethod
     def score_with_penalty(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
@@ -42,6 +53,9 @@ class Recommender(nn.Module, ABC):
         return None
 
 
-def gather_rows(table: Tensor, index: Tensor) -> Tensor:
-    """`table[index]` for any index shape; `index_select` backpropagates faster than `nn.Embedding` on CPU."""
+def gather_rows(table: Tensor, index: Tensor, sparse: bool = False) -> Tensor:
+    """`table[index]` for any index shape; `index_select` backpropagates faster than `nn.Embedding` on
+    CPU, `F.embedding(sparse=True)` gives a sparse gradient that touches only the gathered rows."""
+    if sparse:
+        return F.embedding(index, table, sparse=True)
     return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])

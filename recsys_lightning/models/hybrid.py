@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from recsys_lightning.models.base import Recommender, gather_rows
+from recsys_lightning.models.base import Recommender
 from recsys_lightning.models.mlp import PairMLP
 
 
@@ -15,23 +15,26 @@ class HybridMF(Recommender):
     """score(u, i) = <p_u, q_i> + MLP([p_u; q_i]), with p and q shared by both terms."""
 
     def __init__(self, num_users: int, num_items: int, dim: int = 64, hidden: Sequence[int] = (64, 32),
-                 dropout: float = 0.0, init_std: float = 0.1, zero_init_mlp: bool = True) -> None:  # fmt: skip
-        super().__init__(num_users, num_items)
+                 dropout: float = 0.0, init_std: float = 0.1, zero_init_mlp: bool = True, sparse_gradients: bool = False) -> None:  # fmt: skip
+        super().__init__(num_users, num_items, sparse_gradients)
         self.user_factors = nn.Parameter(torch.randn(num_users, dim) * init_std)
         self.item_factors = nn.Parameter(torch.randn(num_items, dim) * init_std)
         self.mlp = PairMLP(dim, dim, hidden, dropout, zero_init_output=zero_init_mlp)
 
     def score_with_penalty(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
-        user_vectors = gather_rows(self.user_factors, users)
-        item_vectors = gather_rows(self.item_factors, items)
+        user_vectors = self.rows(self.user_factors, users)
+        item_vectors = self.rows(self.item_factors, items)
         penalty = (user_vectors.square().sum() + item_vectors.square().sum()) / len(users)
         broadcast_users = user_vectors.unsqueeze(-2) if items.dim() > users.dim() else user_vectors
         scores = (broadcast_users * item_vectors).sum(-1) + self.mlp(user_vectors, item_vectors)
         return scores, penalty
 
     def score_all(self, users: Tensor) -> Tensor:
-        user_vectors = gather_rows(self.user_factors, users)
+        user_vectors = self.rows(self.user_factors, users)
         return user_vectors @ self.item_factors.T + self.mlp.score_all(user_vectors, self.item_factors)
 
     def embedding_tables(self) -> dict[str, tuple[Tensor, Tensor]]:
         return {"factors": (self.user_factors, self.item_factors)}
+
+    def row_tables(self) -> list[nn.Parameter]:
+        return [self.user_factors, self.item_factors]

@@ -5,28 +5,32 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from recsys_lightning.models.base import Recommender, gather_rows
+from recsys_lightning.models.base import Recommender
 
 
 class MatrixFactorization(Recommender):
-    """score(u, i) = <p_u, q_i> + b_u + b_i."""
+    """score(u, i) = <p_u, q_i> + b_u + b_i.
 
-    def __init__(self, num_users: int, num_items: int, dim: int = 64, bias: bool = True, init_std: float = 0.1) -> None:
-        super().__init__(num_users, num_items)
+    Biases are one-column tables ([n, 1]) so they are gathered like embeddings, sparse gradients included.
+    """
+
+    def __init__(self, num_users: int, num_items: int, dim: int = 64, bias: bool = True, init_std: float = 0.1,
+                 sparse_gradients: bool = False) -> None:  # fmt: skip
+        super().__init__(num_users, num_items, sparse_gradients)
         self.user_factors = nn.Parameter(torch.randn(num_users, dim) * init_std)
         self.item_factors = nn.Parameter(torch.randn(num_items, dim) * init_std)
-        self.user_bias = nn.Parameter(torch.zeros(num_users)) if bias else None
-        self.item_bias = nn.Parameter(torch.zeros(num_items)) if bias else None
+        self.user_bias = nn.Parameter(torch.zeros(num_users, 1)) if bias else None
+        self.item_bias = nn.Parameter(torch.zeros(num_items, 1)) if bias else None
 
     def score_with_penalty(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
-        user_vectors = gather_rows(self.user_factors, users)
-        item_vectors = gather_rows(self.item_factors, items)
+        user_vectors = self.rows(self.user_factors, users)
+        item_vectors = self.rows(self.item_factors, items)
         penalty = user_vectors.square().sum() + item_vectors.square().sum()
         if items.dim() > users.dim():
             user_vectors = user_vectors.unsqueeze(-2)  # one user row against N items
         scores = (user_vectors * item_vectors).sum(-1)
         if self.item_bias is not None:
-            user_bias, item_bias = gather_rows(self.user_bias, users), gather_rows(self.item_bias, items)
+            user_bias, item_bias = self.rows(self.user_bias, users).squeeze(-1), self.rows(self.item_bias, items).squeeze(-1)
             scores = scores + item_bias + (user_bias.unsqueeze(-1) if items.dim() > users.dim() else user_bias)
             penalty = penalty + user_bias.square().sum() + item_bias.square().sum()
         return scores, penalty / len(users)
@@ -38,13 +42,16 @@ class MatrixFactorization(Recommender):
     def inner_product_form(self, users: Tensor) -> tuple[Tensor, Tensor]:
         """[p_u, b_u, 1] . [q_i, 1, b_i] = <p_u, q_i> + b_u + b_i: the biases ride in the one GEMM
         (instead of two more passes over a [B, num_items] result), and in a vector index."""
-        user_vectors, item_vectors = gather_rows(self.user_factors, users), self.item_factors
+        user_vectors, item_vectors = self.rows(self.user_factors, users), self.item_factors
         if self.item_bias is None:
             return user_vectors, item_vectors
         ones = torch.ones_like(user_vectors[:, :1])
-        queries = torch.cat([user_vectors, gather_rows(self.user_bias, users).unsqueeze(1), ones], 1)
-        item_vectors = torch.cat([item_vectors, torch.ones_like(item_vectors[:, :1]), self.item_bias.unsqueeze(1)], 1)
+        queries = torch.cat([user_vectors, self.rows(self.user_bias, users), ones], 1)
+        item_vectors = torch.cat([item_vectors, torch.ones_like(item_vectors[:, :1]), self.item_bias], 1)
         return queries, item_vectors
 
     def embedding_tables(self) -> dict[str, tuple[Tensor, Tensor]]:
         return {"factors": (self.user_factors, self.item_factors)}
+
+    def row_tables(self) -> list[nn.Parameter]:
+        return [table for table in (self.user_factors, self.item_factors, self.user_bias, self.item_bias) if table is not None]
