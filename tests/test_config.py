@@ -67,3 +67,19 @@ def test_experiment_presets_override_defaults(tmp_path):
     assert mf.loss._target_.endswith("FullSoftmaxLoss") and mf.loss.l2 == pytest.approx(0.1)
     ncf = composed("experiment=ml100k_ncf", run_dir=tmp_path)
     assert ncf.model._target_.endswith("NeuMF") and list(ncf.model.hidden) == [32, 16]
+
+
+def test_slurm_launcher_preset_composes_on_the_submitit_plugin(tmp_path):
+    register_resolvers()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.run_dir={tmp_path}", "run_name=test", "hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.timeout_min, launcher.tasks_per_node, launcher.array_parallelism) == (240, 1, 16)
+
+
+@pytest.mark.parametrize("model", ["mf", "hybrid", "ncf"])
+def test_sparse_optimizers_turn_on_sparse_gradients(model, tmp_path):
+    cfg = composed(f"model={model}", "optimizer=sparse_adagrad", run_dir=tmp_path)
+    assert cfg.model.sparse_gradients is True and cfg.optimizer._target_ == "torch.optim.Adagrad"
+    assert composed(f"model={model}", run_dir=tmp_path).model.sparse_gradients is False
