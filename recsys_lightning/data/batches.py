@@ -71,6 +71,7 @@ class RankingChunks(Dataset):
         users = torch.nonzero(heldout.counts() > 0).flatten()[rank::num_replicas]  # one shard per DDP process
         self.chunks = []
         for chunk_users in users.split(chunk_size):
+            chunk_users = chunk_users.clone()  # its own storage, not a view pinning all users
             exclude_rows, exclude_items = exclude.coordinates(chunk_users)
             heldout_rows, heldout_items = heldout.coordinates(chunk_users)
             self.chunks.append(

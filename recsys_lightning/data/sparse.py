@@ -34,8 +34,9 @@ class UserItemCSR:
 
     def counts(self, users: Tensor | None = None) -> Tensor:
         """Number of items of each user (of all users when `users` is None)."""
-        lengths = self.indptr[1:] - self.indptr[:-1]
-        return lengths if users is None else lengths[users]
+        if users is None:
+            return self.indptr[1:] - self.indptr[:-1]
+        return self.indptr[users + 1] - self.indptr[users]  # O(len(users)): called once per chunk
 
     def counts_per_item(self) -> Tensor:
         """Number of users holding each item."""
