@@ -58,10 +58,12 @@ class RecommenderModule(pl.LightningModule):
         self.val_rmse, self.val_mae = MeanSquaredError(squared=False), MeanAbsoluteError()
         self._val_errors: list[Tensor] = []
         self.register_buffer("explicit_negatives", None, persistent=False)
+        self.catalogue: Catalogue | None = None  # from the DataModule at setup, saved in every checkpoint
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
-        self.catalogue = Catalogue.from_datamodule(datamodule)
+        if self.catalogue is None:  # setup runs for fit, validate and test alike
+            self.catalogue = Catalogue.from_datamodule(datamodule)
         counts = datamodule.train_positives.counts_per_item().double()
         # Self-information -log2 p(i) with p(i) the share of users holding item i; unseen items count as one user.
         self.register_buffer("item_self_information", -torch.log2(counts.clamp(min=1) / self.model.num_users), persistent=False)
