@@ -174,8 +174,8 @@ def _vector_index(cfg: DictConfig, run: TrainedRun) -> ItemVectorIndex | None:
         return None
     if cfg.index != "faiss":
         raise ConfigError(f"index={cfg.index!r}: use model or faiss")
-    form = run.model.inner_product_form(torch.zeros(1, dtype=torch.long, device=run.catalogue.popularity.device))
-    if form is None:
+    item_vectors = run.model.item_vectors()
+    if item_vectors is None:
         raise ConfigError(f"index=faiss serves inner-product models (mf); {run.model_name} scores with an MLP, use index=model")
     settings = {"checkpoint": str(run.checkpoint_path.resolve()), "checkpoint_mtime_ns": run.checkpoint_path.stat().st_mtime_ns,
                 "kind": cfg.faiss.kind, "nlist": cfg.faiss.nlist}  # fmt: skip
@@ -184,7 +184,7 @@ def _vector_index(cfg: DictConfig, run: TrainedRun) -> ItemVectorIndex | None:
     if path and path.is_file() and built_from.is_file() and json.loads(built_from.read_text()) == settings:
         log.info("loaded the %s index from %s", cfg.faiss.kind, path)
         return ItemVectorIndex.load(path, cfg.faiss.nprobe)
-    index = ItemVectorIndex.build(form[1], cfg.faiss.kind, cfg.faiss.nlist, cfg.faiss.nprobe)
+    index = ItemVectorIndex.build(item_vectors, cfg.faiss.kind, cfg.faiss.nlist, cfg.faiss.nprobe)
     if path:
         index.save(path)
         pd.DataFrame({"row": np.arange(run.catalogue.num_items), "item_id": run.catalogue.item_ids}).to_csv(

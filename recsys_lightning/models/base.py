@@ -47,10 +47,14 @@ class Recommender(nn.Module, ABC):
     def embedding_tables(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Named (user table, item table) pairs, the default for similarity and the projector first."""
 
-    def inner_product_form(self, users: Tensor) -> tuple[Tensor, Tensor] | None:
-        """(queries [B, D], item vectors [num_items, D]) with queries @ items.T == score_all(users),
-        for models whose score is an inner product (so a vector index can serve them); else None."""
+    def item_vectors(self) -> Tensor | None:
+        """[num_items, D] vectors with query_vectors(users) @ item_vectors().T == score_all(users), for
+        models whose score is an inner product (so a vector index can serve them); else None."""
         return None
+
+    def query_vectors(self, users: Tensor) -> Tensor:
+        """[B, D] query vectors of `users`, the counterpart of `item_vectors`."""
+        raise NotImplementedError(f"{type(self).__name__} does not score by an inner product")
 
 
 def gather_rows(table: Tensor, index: Tensor, sparse: bool = False) -> Tensor:

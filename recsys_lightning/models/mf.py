@@ -36,19 +36,20 @@ class MatrixFactorization(Recommender):
         return scores, penalty / len(users)
 
     def score_all(self, users: Tensor) -> Tensor:
-        queries, item_vectors = self.inner_product_form(users)
-        return queries @ item_vectors.T
+        return self.query_vectors(users) @ self.item_vectors().T
 
-    def inner_product_form(self, users: Tensor) -> tuple[Tensor, Tensor]:
-        """[p_u, b_u, 1] . [q_i, 1, b_i] = <p_u, q_i> + b_u + b_i: the biases ride in the one GEMM
-        (instead of two more passes over a [B, num_items] result), and in a vector index."""
-        user_vectors, item_vectors = self.rows(self.user_factors, users), self.item_factors
+    # [p_u, b_u, 1] . [q_i, 1, b_i] = <p_u, q_i> + b_u + b_i: the biases ride in the one GEMM (instead of
+    # two more passes over a [B, num_items] result), and in a vector index.
+    def query_vectors(self, users: Tensor) -> Tensor:
+        user_vectors = self.rows(self.user_factors, users)
+        if self.user_bias is None:
+            return user_vectors
+        return torch.cat([user_vectors, self.rows(self.user_bias, users), torch.ones_like(user_vectors[:, :1])], 1)
+
+    def item_vectors(self) -> Tensor:
         if self.item_bias is None:
-            return user_vectors, item_vectors
-        ones = torch.ones_like(user_vectors[:, :1])
-        queries = torch.cat([user_vectors, self.rows(self.user_bias, users), ones], 1)
-        item_vectors = torch.cat([item_vectors, torch.ones_like(item_vectors[:, :1]), self.item_bias], 1)
-        return queries, item_vectors
+            return self.item_factors
+        return torch.cat([self.item_factors, torch.ones_like(self.item_bias), self.item_bias], 1)
 
     def embedding_tables(self) -> dict[str, tuple[Tensor, Tensor]]:
         return {"factors": (self.user_factors, self.item_factors)}

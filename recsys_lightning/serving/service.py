@@ -87,7 +87,7 @@ class RecommendationService:
             scores = self.model.score_all(users)
             top = top_k_unseen(scores, exclude_rows, exclude_items, k)
             return _padded(top, scores.gather(1, top), k)
-        queries, _ = self.model.inner_product_form(users)
+        queries = self.model.query_vectors(users)
         # Over-fetch by the most items any user in the chunk has seen: after dropping them, k remain.
         fetch = min(k + int(self.excluded.counts(users).max()), self.catalogue.num_items)
         candidate_scores, candidates = self.index.search(queries, fetch)

@@ -1,7 +1,7 @@
 """Item vectors in a FAISS inner-product index: exact (flat) or inverted-file (IVF) for large catalogues.
 
 Row i of the index is item index i. Only models whose score is an inner product can be served this
-way; MF's biases are folded into the vectors (`Recommender.inner_product_form`), so the index ranks
+way; MF's biases are folded into the vectors (`Recommender.item_vectors`), so the index ranks
 exactly as the model does.
 """
 
