@@ -147,6 +147,12 @@ def entry_point_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     cases["test_file_all_unseen"] = (
         [f"data.train_path={good}", f"data.valid_path={unseen_test}"], "no validation interaction is left",
     )  # fmt: skip
+    cases["test_file_is_train_file"] = (
+        [f"data.train_path={good}", f"data.valid_path={unseen_test}", f"data.test_path={tmp_path}/../{tmp_path.name}/good.csv"],
+        "data.test_path and data.train_path are the same file",
+    )  # fmt: skip
+    infinite = write(tmp_path / "infinite.csv", GOOD + "u1,i2,inf,5\n")
+    cases["infinite_rating"] = ([f"data.path={infinite}"], "line 242: 'rating' is inf, not a finite number")
     return cases
 
 

@@ -1,32 +1,54 @@
 """Interactions from the user's own CSV/TSV files, with errors that name the file, the line or column,
 and what to do.
 
-Reading is pandas' C parser with explicit dtypes; ids are read as categories, so string or integer
-ids of any size cost one small code per row, and the raw ids are kept for output.
+Reading is pandas' C parser in chunks. Ids are read as text and kept verbatim (`007`, `7` and `+7` are
+three ids), each chunk's ids become category codes so 20M rows cost one small code per row, and the
+ids are stored as integers only when every one of them is the exact decimal form of an int64.
 """
 
 from __future__ import annotations
 
 import logging
+import lzma
+import os
+import zipfile
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
-from recsys_lightning.data.interactions import ITEM, PART, RATING, TARGET, TIMESTAMP, USER
-from recsys_lightning.errors import DataError
+from recsys_lightning.data.interactions import ITEM, PART, QUOTE_LIMIT, RATING, TARGET, TIMESTAMP, USER, cut, quote
+from recsys_lightning.data.split import check_overlap_action
+from recsys_lightning.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zip", ".zst"}
+OPTIONAL_DECOMPRESSORS = {".zst": "zstandard"}  # pandas needs these packages for these suffixes
+CHUNK_ROWS = 1 << 20  # rows parsed at once: bounds the memory the ids' text takes before it becomes codes
+CANONICAL_INT = r"0|-?[1-9][0-9]{0,18}"  # the only spellings str(int(s)) gives back unchanged
 
 
 def infer_separator(path: Path) -> str:
     """Tab for .tsv/.tab (also compressed, e.g. .tsv.gz), comma otherwise."""
     suffixes = [s for s in path.suffixes if s.lower() not in COMPRESSION_SUFFIXES]
     return "\t" if suffixes and suffixes[-1].lower() in {".tsv", ".tab"} else ","
+
+
+def check_encoding(encoding: str) -> None:
+    """A text encoding Python knows, or ConfigError before any file is opened."""
+    try:
+        "".encode(encoding)  # also rejects codecs that are not text encodings (base64, rot13)
+    except (LookupError, TypeError) as error:
+        raise ConfigError(
+            f"data.encoding={quote(encoding)} is not a text encoding Python knows; use one such as "
+            "utf-8, utf-8-sig, latin-1, cp1252 or utf-16"
+        ) from error
 
 
 def read_interactions(
@@ -43,107 +65,201 @@ def read_interactions(
     """Read one interaction file into columns user_id, item_id, rating, timestamp (and target if present).
 
     User and item columns must exist; rating, timestamp and target are used when the file has them.
+    Ids come back as categories whose categories are the raw text of the file.
     Every problem a user can cause raises DataError with the file and the line or column.
     """
     path = Path(path)
+    check_encoding(encoding)
     if not path.is_file():
         raise DataError(f"{path}: file not found; point data.path (or data.train_path/valid_path/test_path) at an existing file")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty; it needs a header line and one interaction per line")
     sep = sep or infer_separator(path)
-    header = _read(path, sep=sep, encoding=encoding, nrows=0)
-    found = list(header.columns)
+    found = _header(path, sep, encoding)
     if len(found) == 1:
         raise DataError(
-            f"{path}: only one column found ({found[0]!r}) with separator {sep!r}; "
+            f"{path}: only one column found ({quote(found[0])}) with separator {sep!r}; "
             "set data.sep to the file's separator (e.g. data.sep=';' or data.sep='\\t')"
         )
     for key, column in (("data.user_col", user_col), ("data.item_col", item_col)):
         if column not in found:
-            raise DataError(f"{path}: no column {column!r}; columns found: {', '.join(found)}. Set {key} to the right one")
+            raise DataError(f"{path}: no column {column!r}; columns found: {_column_list(found)}. Set {key} to the right one")
     optional = {RATING: rating_col, TIMESTAMP: timestamp_col, TARGET: target_col}
-    present = {name: column for name, column in optional.items() if column and column in found}
-    dtypes = {user_col: "category", item_col: "category"}
-    frame = _read(path, sep=sep, encoding=encoding, usecols=[user_col, item_col, *present.values()], dtype=dtypes)
-    if frame.empty:
+    columns = {USER: user_col, ITEM: item_col, **{name: column for name, column in optional.items() if column and column in found}}
+    reader = _ChunkReader(path, columns)
+    chunks = [reader.parse(chunk, first_row) for first_row, chunk in _chunks(path, sep, encoding, columns) if len(chunk)]
+    if not chunks:
         raise DataError(f"{path}: has a header but no rows; add interactions below the header")
+    merged = {name: union_categoricals([chunk[name] for chunk in chunks], sort_categories=True) for name in (USER, ITEM)}
+    joined = {name: np.concatenate([chunk[name] for chunk in chunks]) for name in columns.keys() - {USER, ITEM}}
+    rows = len(merged[USER])
+    merged[RATING] = joined.get(RATING, np.ones(rows, dtype=np.float32))
+    merged[TIMESTAMP] = joined.get(TIMESTAMP, np.arange(rows, dtype=np.float64))
+    if TARGET in joined:
+        merged[TARGET] = joined[TARGET]
+    return pd.DataFrame(merged)
 
-    for column in (user_col, item_col):
-        missing = frame[column].isna().to_numpy()
-        if missing.any():
-            line = _first_line(missing)
-            raise DataError(f"{path}: line {line}: empty {column!r}; every row needs a user and an item id (remove or fill it)")
-    result = pd.DataFrame({USER: frame[user_col], ITEM: frame[item_col]})
-    result[RATING] = _numeric(frame, present[RATING], path).astype(np.float32) if RATING in present else np.float32(1.0)
-    result[TIMESTAMP] = _timestamps(frame, present[TIMESTAMP], path) if TIMESTAMP in present else np.arange(len(frame), dtype=np.float64)
-    if TARGET in present:
-        target = _numeric(frame, present[TARGET], path)
-        outside = ~np.isin(target, (0, 1))
+
+class _ChunkReader:
+    """Checks and converts one chunk of rows at a time, vectorised, naming the file's line of the first
+    bad row; remembers whether the file's first timestamp was a number or a date, for every later chunk."""
+
+    def __init__(self, path: Path, columns: dict[str, str]) -> None:
+        self.path = path
+        self.columns = columns
+        self.timestamp_kind: str | None = None
+
+    def parse(self, chunk: pd.DataFrame, first_row: int) -> dict[str, pd.Categorical | np.ndarray]:
+        first_line = first_row + 2  # line 1 is the header
+        user_col, item_col = self.columns[USER], self.columns[ITEM]
+        # Checks compare each distinct id once (its category), not every row.
+        users, items = pd.Categorical(chunk[user_col]), pd.Categorical(chunk[item_col])
+        header_again = _rows_with(users, user_col) & _rows_with(items, item_col)
+        if header_again.any():
+            raise DataError(f"{self.path}: line {first_line + _first(header_again)} repeats the header; remove it "
+                            "(were two files joined?)")  # fmt: skip
+        for column, ids in ((user_col, users), (item_col, items)):
+            empty = (ids.codes < 0) | _rows_with(ids, "")  # a short row leaves a missing cell
+            if empty.any():
+                raise DataError(f"{self.path}: line {first_line + _first(empty)}: empty {column!r}; "
+                                "every row needs a user and an item id (remove or fill it)")  # fmt: skip
+        parsed: dict[str, pd.Categorical | np.ndarray] = {USER: users, ITEM: items}
+        if RATING in self.columns:
+            parsed[RATING] = self._finite(chunk[self.columns[RATING]], first_line, np.float32)
+        if TIMESTAMP in self.columns:
+            parsed[TIMESTAMP] = self._timestamps(chunk[self.columns[TIMESTAMP]], first_line)
+        if TARGET in self.columns:
+            parsed[TARGET] = self._targets(chunk[self.columns[TARGET]], first_line)
+        return parsed
+
+    def _finite(self, values: pd.Series, first_line: int, dtype: type = np.float64) -> np.ndarray:
+        """Numbers that are finite in `dtype` (ratings are float32, where 1e39 is as infinite as 1e400)."""
+        wide = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
+        with np.errstate(over="ignore"):
+            numbers = wide.astype(dtype)
+        bad = ~np.isfinite(numbers)
+        if bad.any():
+            row = _first(bad)
+            problem = ("not a number" if np.isnan(wide[row]) else "not a finite number" if np.isinf(wide[row])
+                       else f"beyond the range of {np.dtype(dtype).name} (about ±{np.finfo(dtype).max:.1e})")  # fmt: skip
+            raise DataError(f"{self.path}: line {first_line + row}: {values.name!r} is {quote(values.iloc[row])}, "
+                            f"{problem}; fix or remove that row")  # fmt: skip
+        return numbers
+
+    def _targets(self, values: pd.Series, first_line: int) -> np.ndarray:
+        numbers = self._finite(values, first_line)
+        outside = ~np.isin(numbers, (0, 1))
         if outside.any():
-            line = _first_line(outside)
-            raw = frame[present[TARGET]].iloc[line - 2]
-            raise DataError(f"{path}: line {line}: {present[TARGET]!r} is {raw}; targets must be 0 or 1")
-        result[TARGET] = target.astype(np.int8)
-    return result
+            row = _first(outside)
+            raise DataError(f"{self.path}: line {first_line + row}: {values.name!r} is {quote(values.iloc[row])}; "
+                            "targets must be 0 or 1")  # fmt: skip
+        return numbers.astype(np.int8)
+
+    def _timestamps(self, values: pd.Series, first_line: int) -> np.ndarray:
+        """Numbers as they are; date strings (ISO and the like) as seconds since the epoch. The first
+        row decides which of the two the column holds, so a stray cell is named, not the first row."""
+        if self.timestamp_kind is None:
+            first = pd.to_numeric(values.iloc[:1], errors="coerce").to_numpy(np.float64)
+            self.timestamp_kind = "numbers" if pd.api.types.is_numeric_dtype(values) or not np.isnan(first).all() else "dates"
+        if self.timestamp_kind == "numbers":
+            return self._finite(values, first_line)
+        parsed = pd.to_datetime(values, errors="coerce", utc=True)
+        bad = parsed.isna().to_numpy()
+        if bad.any():
+            row = _first(bad)
+            raise DataError(f"{self.path}: line {first_line + row}: {values.name!r} is {quote(values.iloc[row])}, "
+                            "not a date (years 1-9999, written like the first row's, e.g. 2024-01-31 or "
+                            "2024-01-31T10:00:00); fix or remove that row")  # fmt: skip
+        # Whatever resolution pandas picked, microseconds hold every date it can parse without overflow.
+        microseconds = parsed.dt.tz_convert(None).to_numpy().astype("datetime64[us]").astype(np.int64)
+        return microseconds / 1e6
 
 
-def _read(path: Path, **read_csv_args) -> pd.DataFrame:
+def _header(path: Path, sep: str, encoding: str) -> list[str]:
+    with _read_errors(path, encoding):
+        return [str(column) for column in pd.read_csv(path, sep=sep, encoding=encoding, nrows=0, compression="infer").columns]
+
+
+def _chunks(path: Path, sep: str, encoding: str, columns: dict[str, str]) -> Iterator[tuple[int, pd.DataFrame]]:
+    """(first row number, rows) per chunk; ids as text, nothing read as missing (an id `NA` is an id)."""
+    text_columns = {columns[USER]: str, columns[ITEM]: str}
+    with _read_errors(path, encoding):
+        with pd.read_csv(path, sep=sep, encoding=encoding, usecols=list(dict.fromkeys(columns.values())), dtype=text_columns,
+                         keep_default_na=False, skip_blank_lines=False, compression="infer", chunksize=CHUNK_ROWS) as reader:  # fmt: skip
+            first_row = 0
+            for chunk in reader:
+                yield first_row, chunk
+                first_row += len(chunk)
+
+
+@contextmanager
+def _read_errors(path: Path, encoding: str) -> Iterator[None]:
+    """pandas' and the decompressors' exceptions for a file that is not what it claims -> one-line DataError."""
     try:
-        return pd.read_csv(path, compression="infer", skip_blank_lines=False, **read_csv_args)
+        yield
     except UnicodeDecodeError as error:
         raise DataError(
-            f"{path}: not {read_csv_args.get('encoding', 'utf-8')} text (byte {error.object[error.start:error.start + 1]!r} "
+            f"{path}: not {encoding} text (byte {error.object[error.start:error.start + 1]!r} "
             f"at offset {error.start}); re-save it as UTF-8 or set data.encoding (e.g. data.encoding=latin-1)"
         ) from error
-    except (EOFError, zlib.error, OSError) as error:
-        raise DataError(f"{path}: cannot be decompressed or read ({error}); the archive may be corrupt or truncated") from error
+    except ImportError as error:
+        package = OPTIONAL_DECOMPRESSORS.get(path.suffix.lower(), getattr(error, "name", None) or "the missing package")
+        raise DataError(f"{path}: reading {path.suffix} files needs the {package} package: pip install {package} "
+                        "(or decompress the file first)") from error  # fmt: skip
+    except (EOFError, zlib.error, OSError, lzma.LZMAError, zipfile.BadZipFile) as error:
+        raise DataError(f"{path}: cannot be decompressed or read ({cut(str(error))}); the archive may be corrupt or truncated") from error
     except pd.errors.EmptyDataError as error:
         raise DataError(f"{path}: no header line found; the first line must name the columns (e.g. userId,itemId)") from error
     except pd.errors.ParserError as error:
-        detail = str(error).strip().splitlines()[-1]
-        raise DataError(f"{path}: {detail}; check data.sep and quoting") from error
-    except ValueError as error:  # pandas reports unparseable dtypes and bad usecols as ValueError
-        raise DataError(f"{path}: {error}") from error
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        raise DataError(f"{path}: {cut(detail)}; check data.sep and quoting") from error
+    except ValueError as error:  # pandas reports unparseable dtypes, bad usecols and odd zip archives as ValueError
+        raise DataError(f"{path}: {cut(str(error))}") from error
 
 
 def read_item_titles(path: str | Path, *, item_col: str, title_col: str, sep: str | None = None, encoding: str = "utf-8") -> pd.DataFrame:
-    """Item metadata file -> columns item_id, title; titles label recommendations and the projector."""
+    """Item metadata file -> columns item_id, title (raw text both); titles label recommendations and the projector."""
     path = Path(path)
+    check_encoding(encoding)
     if not path.is_file():
         raise DataError(f"{path}: file not found; point data.items_path at a file with columns {item_col!r} and {title_col!r}, or set it to null")
     sep = sep or infer_separator(path)
-    found = list(_read(path, sep=sep, encoding=encoding, nrows=0).columns)
+    found = _header(path, sep, encoding)
     for key, column in (("data.item_col", item_col), ("data.title_col", title_col)):
         if column not in found:
-            raise DataError(f"{path}: no column {column!r}; columns found: {', '.join(found)}. Set {key} to the right one")
-    frame = _read(path, sep=sep, encoding=encoding, usecols=[item_col, title_col], dtype=str, keep_default_na=False)
+            raise DataError(f"{path}: no column {column!r}; columns found: {_column_list(found)}. Set {key} to the right one")
+    with _read_errors(path, encoding):
+        frame = pd.read_csv(path, sep=sep, encoding=encoding, usecols=[item_col, title_col], dtype=str, keep_default_na=False,
+                            compression="infer")  # fmt: skip
     return pd.DataFrame({ITEM: frame[item_col], "title": frame[title_col]})
 
 
-def _first_line(bad_rows: np.ndarray) -> int:
-    """File line of the first flagged data row: rows count from 0, and line 1 is the header."""
-    return int(np.argmax(bad_rows)) + 2
+def integer_ids_if_exact(ids: pd.Series) -> pd.Series:
+    """Categorical raw ids -> int64 categories (sorted) when every id round-trips: str(int(s)) == s within
+    int64; otherwise the raw text unchanged. `7` and `-3` qualify; `007`, `+7`, ` 7`, `7.0` keep all ids text."""
+    text = ids.cat.categories
+    if not len(text) or not np.asarray(text.str.fullmatch(CANONICAL_INT), dtype=bool).all():
+        return ids
+    numbers = pd.to_numeric(text)
+    if numbers.dtype != np.int64 or not (pd.Index(numbers).astype(str) == text).all():
+        return ids  # beyond int64
+    return ids.cat.rename_categories(numbers).cat.reorder_categories(np.sort(numbers))
 
 
-def _numeric(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
-    values = pd.to_numeric(frame[column], errors="coerce")
-    bad = (values.isna() & frame[column].notna()).to_numpy() | frame[column].isna().to_numpy()
-    if bad.any():
-        line = _first_line(bad)
-        raise DataError(f"{path}: line {line}: {column!r} is {frame[column].iloc[line - 2]!r}, not a number; fix or remove that row")
-    return values.to_numpy(np.float64)
+def _column_list(found: list[str]) -> str:
+    return cut(", ".join(cut(column, 40) for column in found[:20]) + (", ..." if len(found) > 20 else ""), 2 * QUOTE_LIMIT)
 
 
-def _timestamps(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
-    """Numbers as they are; date strings (ISO and the like) as seconds since the epoch."""
-    if pd.api.types.is_numeric_dtype(frame[column]):
-        return _numeric(frame, column, path)
-    parsed = pd.to_datetime(frame[column], errors="coerce", utc=True)
-    bad = parsed.isna().to_numpy()
-    if bad.any():
-        line = _first_line(bad)
-        raise DataError(f"{path}: line {line}: {column!r} is {frame[column].iloc[line - 2]!r}, neither a number nor a date")
-    return (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
+def _rows_with(ids: pd.Categorical, value: str) -> np.ndarray:
+    """Rows whose id is exactly `value`."""
+    if value not in ids.categories:
+        return np.zeros(len(ids), dtype=bool)
+    return ids.codes == ids.categories.get_loc(value)
+
+
+def _first(flags: np.ndarray) -> int:
+    """Row of the first flagged entry."""
+    return int(np.argmax(flags))
 
 
 def k_core(frame: pd.DataFrame, min_user: int, min_item: int, path: str) -> pd.DataFrame:
@@ -188,6 +304,7 @@ class CsvDataModule(InteractionDataModule):
         min_item_interactions: int = 0,
         items_path: str | None = None,
         title_col: str = "title",
+        on_overlap: str = "drop",
         **split_and_batching,
     ) -> None:
         super().__init__(**split_and_batching)
@@ -195,6 +312,8 @@ class CsvDataModule(InteractionDataModule):
             raise DataError("set either data.path (one file to split) or data.train_path and data.valid_path (pre-split files)")
         if train_path is not None and valid_path is None:
             raise DataError("data.train_path needs data.valid_path too (data.test_path is optional)")
+        check_encoding(encoding)
+        self.on_overlap = check_overlap_action(on_overlap)
         self.paths = {"train": train_path, "valid": valid_path, "test": test_path} if path is None else {"all": path}
         self.read_options = dict(user_col=user_col, item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col,
                                  target_col=target_col, sep=sep, encoding=encoding)  # fmt: skip
@@ -204,19 +323,62 @@ class CsvDataModule(InteractionDataModule):
         self.title_col = title_col
 
     def load(self) -> LoadedInteractions:
-        parts = {name: read_interactions(path, **self.read_options) for name, path in self.paths.items() if path}
-        first = next(iter(self.paths.values()))
-        parts[next(iter(parts))] = k_core(next(iter(parts.values())), self.min_user_interactions, self.min_item_interactions, first)
-        if len(parts) > 1:
-            for code, name in enumerate(("train", "valid", "test")):
-                if name in parts:
-                    parts[name] = parts[name].assign(**{PART: np.int8(code)})
-        frame = pd.concat(parts.values(), ignore_index=True) if len(parts) > 1 else parts["all"]
-        for column in (USER, ITEM):  # categories of different files merge into one
-            frame[column] = frame[column].astype("category") if frame[column].dtype != "category" else frame[column]
-        source = ", ".join(f"{name}={path}" for name, path in self.paths.items() if path)
+        given = {name: path for name, path in self.paths.items() if path}
+        _check_distinct_files(given)
+        parts = {}
+        for name, path in given.items():
+            parts[name] = read_interactions(path, **self.read_options)
+            log.info("read %d rows from %s", len(parts[name]), path)
+        first = next(iter(parts))
+        parts[first] = k_core(parts[first], self.min_user_interactions, self.min_item_interactions, given[first])
+        frame = _combine(parts)
+        for column in (USER, ITEM):
+            frame[column] = integer_ids_if_exact(frame[column])
+        source = ", ".join(f"{name}={path}" for name, path in given.items())
         items = pd.DataFrame({ITEM: pd.Series([], dtype=object), "title": []})
         if self.items_path:
             items = read_item_titles(self.items_path, item_col=self.read_options["item_col"], title_col=self.title_col,
                                      sep=self.read_options["sep"], encoding=self.read_options["encoding"])  # fmt: skip
+            items = _with_interaction_ids(items, frame[ITEM])
         return LoadedInteractions(frame, items, source=f"csv:{source}")
+
+
+def _check_distinct_files(given: dict[str, str]) -> None:
+    """Held-out files that are the train file (or each other), under any spelling or link, would evaluate
+    the model on what it trained on."""
+    names = list(given)
+    for position, name in enumerate(names):
+        for other in names[position + 1:]:
+            first, second = given[name], given[other]
+            if os.path.exists(first) and os.path.exists(second) and os.path.samefile(first, second):
+                raise ConfigError(
+                    f"data.{other}_path and data.{name}_path are the same file ({cut(str(Path(first).resolve()), 2 * QUOTE_LIMIT)}); "
+                    "held-out interactions need their own file (or set data.path alone to split one file)"
+                )
+
+
+def _combine(parts: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One frame; pre-split parts tagged in PART, their ids unified over the raw text, so `7` in train
+    and `7` in test are one id and `07` another."""
+    if len(parts) == 1:
+        frame = next(iter(parts.values()))
+        return frame.assign(**{column: frame[column].cat.remove_unused_categories() for column in (USER, ITEM)})
+    codes = {"train": 0, "valid": 1, "test": 2}
+    frame = pd.concat([part.drop(columns=[USER, ITEM]).assign(**{PART: np.int8(codes[name])}) for name, part in parts.items()],
+                      ignore_index=True)  # fmt: skip
+    for column in (USER, ITEM):
+        frame[column] = union_categoricals([part[column].cat.remove_unused_categories() for part in parts.values()], sort_categories=True)
+    if TARGET in frame:  # a file without a target column holds positives only
+        frame[TARGET] = frame[TARGET].fillna(1).astype(np.int8)
+    return frame
+
+
+def _with_interaction_ids(items: pd.DataFrame, item_ids: pd.Series) -> pd.DataFrame:
+    """Items-file rows keyed like the interactions: an id matches only the same raw text, so with
+    integer ids `7` matches item 7 and `007` matches nothing."""
+    categories = item_ids.cat.categories
+    if not pd.api.types.is_integer_dtype(categories.dtype):
+        return items
+    position = pd.Index(categories.astype(str)).get_indexer(items[ITEM])
+    known = position >= 0
+    return pd.DataFrame({ITEM: categories[position[known]], "title": items["title"].to_numpy()[known]})

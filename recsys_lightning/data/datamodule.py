@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from recsys_lightning.data.batches import EpochBatchSampler, PositivePairs, RankingChunks
-from recsys_lightning.data.interactions import ITEM, TARGET, USER, Interactions
+from recsys_lightning.data.interactions import ITEM, TARGET, USER, Interactions, quote
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.split import Split, split_by_parts, split_interactions
 from recsys_lightning.errors import DataError
@@ -41,6 +41,8 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
     After `setup`, `num_users`, `num_items`, `train_positives` (a `UserItemCSR`) and `item_info`
     describe the data to whoever builds the model and the sampler.
     """
+
+    on_overlap = "drop"  # sources with pre-split parts: held-out pairs seen before are dropped or an error
 
     def __init__(
         self,
@@ -82,11 +84,15 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         except DataError as error:
             raise DataError(f"{self.source}: {error}") from error
         if self.interactions.parts is not None:
-            self.split = split_by_parts(self.interactions)
+            try:
+                self.split = split_by_parts(self.interactions, self.on_overlap)
+            except DataError as error:
+                raise DataError(f"{self.source}: {error}") from error
         else:
             self.split = split_interactions(self.interactions, self.split_kind, self.split_ratios, self.seed)
         if len(self.split.valid) == 0:
-            raise DataError(f"{self.source}: no validation interaction is left; validation needs users and items seen in train")
+            raise DataError(f"{self.source}: no validation interaction is left{self._left_out_note('valid')}; "
+                            "validation needs new (user, item) pairs of users and items seen in train")
         self.explicit_negatives = self._index_pairs(explicit_negatives)
         self.item_info = self._index_item_info(loaded.items)
 
@@ -96,7 +102,7 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         full_users = torch.nonzero(self.train_positives.counts() >= self.num_items).flatten()
         if len(full_users):
             raw = self.interactions.user_ids[full_users[0].item()]
-            raise DataError(f"user {raw!r} interacted with every item, so no negative exists: remove that user")
+            raise DataError(f"user {quote(raw)} interacted with every item, so no negative exists: remove that user")
         self._log_summary()
 
     @property
@@ -159,9 +165,10 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         )
 
     def _index_pairs(self, frame: pd.DataFrame) -> torch.Tensor:
-        """[N, 2] (user, item) indices of rows whose ids the interactions know; others are dropped."""
-        users = pd.Index(self.interactions.user_ids).get_indexer(frame[USER].astype(self.interactions.user_ids.dtype))
-        items = pd.Index(self.interactions.item_ids).get_indexer(frame[ITEM].astype(self.interactions.item_ids.dtype))
+        """[N, 2] (user, item) indices of rows whose ids the interactions know; others are dropped.
+        Ids match exactly, never coerced: with text ids `7` is not `007`, with integer ids `7` is not 7.0."""
+        users = _positions(self.interactions.user_ids, frame[USER])
+        items = _positions(self.interactions.item_ids, frame[ITEM])
         known = (users >= 0) & (items >= 0)
         return torch.from_numpy(np.stack([users[known], items[known]], 1).astype(np.int64))
 
@@ -172,8 +179,28 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
 
     def _log_summary(self) -> None:
         split: Split = self.split
-        log.info(
-            "%s: %d users, %d items, %d interactions -> train %d / valid %d / test %d (%s split)",
-            self.source, self.num_users, self.num_items, len(self.interactions),
-            len(split.train), len(split.valid), len(split.test), self.split_kind,
-        )  # fmt: skip
+        sizes = f"train {len(split.train)} / valid {len(split.valid)} / test {len(split.test)}"
+        if self.interactions.parts is None:
+            log.info("%s: %d users, %d items, %d interactions -> %s (%s split)",
+                     self.source, self.num_users, self.num_items, len(self.interactions), sizes, self.split_kind)  # fmt: skip
+            return
+        given = np.bincount(self.interactions.parts, minlength=3)
+        log.info("%s: %d users, %d items; pre-split files give train %d / valid %d / test %d interactions%s%s -> %s",
+                 self.source, self.num_users, self.num_items, *given,
+                 self._left_out_note("valid"), self._left_out_note("test"), sizes)  # fmt: skip
+
+    def _left_out_note(self, part: str) -> str:
+        """'; left out of valid: 3 with a user or item absent from train, ...' or '' when nothing was."""
+        reasons = {"unseen": "with a user or item absent from train", "in train": "already in train", "in valid": "already in valid"}
+        counts = self.split.left_out.get(part, {})
+        listed = [f"{count} {reasons[reason]}" for reason, count in counts.items() if count]
+        return f"; left out of {part}: {', '.join(listed)}" if listed else ""
+
+
+def _positions(ids: np.ndarray, raw: pd.Series) -> np.ndarray:
+    """Index of each raw id in `ids`, -1 where absent; categorical columns are looked up once per category."""
+    index = pd.Index(ids)
+    if isinstance(raw.dtype, pd.CategoricalDtype):
+        found = np.append(index.get_indexer(raw.cat.categories), -1)  # code -1 (missing) -> -1
+        return found[raw.cat.codes.to_numpy()]
+    return index.get_indexer(raw)

@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from recsys_lightning.data.interactions import Interactions
-from recsys_lightning.errors import ConfigError
+from recsys_lightning.data.interactions import Interactions, quote
+from recsys_lightning.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 SPLIT_KINDS = ("ratio", "leave_one_out", "temporal")
+OVERLAP_ACTIONS = ("drop", "error")  # what pre-split held-out pairs that were seen before get
 
 
 @dataclass(frozen=True)
 class Split:
-    """Row indices into the interactions for each part, plus how many users could only train."""
+    """Row indices into the interactions for each part, plus how many users could only train, and for
+    given parts, how many rows each held-out part left out and why."""
 
     train: np.ndarray
     valid: np.ndarray
     test: np.ndarray
     train_only_users: int
+    left_out: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 def split_interactions(
@@ -83,22 +86,56 @@ def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
     return train_share, valid_share, test_share
 
 
-def split_by_parts(interactions: Interactions) -> Split:
-    """Use a given train/valid/test assignment as it is, leaving out valid and test rows whose user or
-    item never occurs in train: the model has nothing to rank them with."""
-    parts = interactions.parts
-    train = np.flatnonzero(parts == 0)
+def check_overlap_action(on_overlap: str) -> str:
+    if on_overlap not in OVERLAP_ACTIONS:
+        raise ConfigError(f"data.on_overlap={on_overlap!r}: use drop (leave such pairs out of evaluation, with a warning) or error")
+    return on_overlap
+
+
+def split_by_parts(interactions: Interactions, on_overlap: str = "drop") -> Split:
+    """Use a given train/valid/test assignment as it is, leaving out held-out rows the model cannot be
+    fairly ranked on: a user or item absent from train (nothing to rank them with), a (user, item) pair
+    already in train, or a test pair already in valid (seen items are hidden from the ranking, so such a
+    pair could never be a hit). The valid copy of a pair in both valid and test stays; the test one goes.
+    With `on_overlap="error"` any such overlap is a DataError instead.
+    """
+    check_overlap_action(on_overlap)
+    parts, users, items = interactions.parts, interactions.users, interactions.items
+    train = parts == 0
     seen_users = np.zeros(interactions.num_users, dtype=bool)
     seen_items = np.zeros(interactions.num_items, dtype=bool)
-    seen_users[interactions.users[train]] = True
-    seen_items[interactions.items[train]] = True
-    known = seen_users[interactions.users] & seen_items[interactions.items]
-    unseen = int(((parts > 0) & ~known).sum())
-    if unseen:
-        log.warning("%d valid/test rows have a user or item absent from train; they are left out of evaluation", unseen)
-    return Split(
-        train=train,
-        valid=np.flatnonzero((parts == 1) & known),
-        test=np.flatnonzero((parts == 2) & known),
-        train_only_users=0,
-    )
+    seen_users[users[train]] = True
+    seen_items[items[train]] = True
+    unseen = (parts > 0) & ~(seen_users[users] & seen_items[items])
+    pairs = users * np.int64(interactions.num_items) + items
+    in_train = (parts > 0) & ~unseen & np.isin(pairs, pairs[train])
+    valid = (parts == 1) & ~unseen & ~in_train
+    in_valid = (parts == 2) & ~unseen & ~in_train & np.isin(pairs, pairs[valid])
+    test = (parts == 2) & ~unseen & ~in_train & ~in_valid
+    left_out = {
+        name: {"unseen": int((unseen & (parts == code)).sum()), "in train": int((in_train & (parts == code)).sum())}
+        for code, name in ((1, "valid"), (2, "test"))
+    }
+    left_out["test"]["in valid"] = int(in_valid.sum())
+    _report_overlap(interactions, left_out, in_train | in_valid, on_overlap)
+    if unseen.any():
+        log.warning("%d valid/test rows have a user or item absent from train; they are left out of evaluation (valid %d, test %d)",
+                    int(unseen.sum()), left_out["valid"]["unseen"], left_out["test"]["unseen"])  # fmt: skip
+    return Split(train=np.flatnonzero(train), valid=np.flatnonzero(valid), test=np.flatnonzero(test), train_only_users=0,
+                 left_out=left_out)  # fmt: skip
+
+
+def _report_overlap(interactions: Interactions, left_out: Mapping[str, Mapping[str, int]], overlap: np.ndarray, on_overlap: str) -> None:
+    """One warning (or, with on_overlap=error, one DataError with an example pair) for held-out pairs seen before."""
+    if not overlap.any():
+        return
+    counts = (f"valid {left_out['valid']['in train']} and test {left_out['test']['in train']} (user, item) pairs also in train, "
+              f"test {left_out['test']['in valid']} also in valid")  # fmt: skip
+    if on_overlap == "error":
+        rows = np.flatnonzero(overlap)
+        row = int(rows[np.argmin(interactions.parts[rows])])  # a valid example first, as a file would be read
+        user, item = interactions.user_ids[interactions.users[row]], interactions.item_ids[interactions.items[row]]
+        raise DataError(f"{counts} (e.g. user {quote(user)}, item {quote(item)}); held-out pairs must be new: "
+                        "remove them from the valid/test files, or set data.on_overlap=drop to leave them out of evaluation")  # fmt: skip
+    log.warning("%s: they are left out of evaluation (a seen item is never ranked, so they would count as misses); "
+                "data.on_overlap=error makes this an error", counts)

@@ -6,6 +6,7 @@ It travels inside every checkpoint as tensors, strings and lists only, so a chec
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -18,6 +19,8 @@ from recsys_lightning.data.sparse import UserItemCSR
 
 PARTS = ("train", "valid", "test")
 STATE_VERSION = 1
+INT64 = np.iinfo(np.int64)
+CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]{0,18}")  # the one spelling of an int64: no sign, zeros or spaces
 
 
 @dataclass(frozen=True)
@@ -114,12 +117,16 @@ def _part_code(part: str) -> int:
 
 
 def _ids_to_state(ids: pd.Index) -> Tensor | list[str]:
-    """Integer ids as one int64 tensor (compact); anything else as strings."""
+    """Integer ids as one int64 tensor (compact) when every one fits; anything else (text, 30-digit
+    numbers) as strings, which serving then compares as text."""
     values = np.asarray(ids)
-    if values.dtype == object and len(values) and all(isinstance(v, (int, np.integer)) for v in values):
-        values = values.astype(np.int64)
-    if np.issubdtype(values.dtype, np.integer):
+    if values.dtype.kind == "i" or (values.dtype.kind == "u" and (not len(values) or values.max() <= INT64.max)):
         return torch.from_numpy(values.astype(np.int64))
+    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) == "integer":
+        try:
+            return torch.from_numpy(values.astype(np.int64))
+        except OverflowError:
+            pass
     return [str(value) for value in values]
 
 
@@ -128,13 +135,25 @@ def _ids_from_state(state: Tensor | list[str]) -> pd.Index:
 
 
 def _lookup(ids: pd.Index, raw_id: Any) -> int | None:
-    """Raw ids from a command line arrive as int or str whatever the data's type: compare like with like."""
-    if not pd.api.types.is_integer_dtype(ids.dtype):
-        key: Any = str(raw_id)
-    else:
-        try:
-            key = int(raw_id)
-        except (TypeError, ValueError):
+    """Raw ids from a command line arrive as int or str whatever the data's type; nothing is coerced.
+
+    Integer ids accept an int or the exact decimal text of one (`7`, not `07`, `+7`, ` 7` or `7.0`);
+    text ids accept text as is and an int as its decimal text (Hydra reads `user_id=42` as 42).
+    Floats and booleans are never ids: `1.9` and `true` are unknown, not users 1 and 1.
+    """
+    if isinstance(raw_id, (bool, np.bool_)) or not isinstance(raw_id, (int, np.integer, str)):
+        return None
+    if pd.api.types.is_integer_dtype(ids.dtype):
+        if isinstance(raw_id, str) and not CANONICAL_INT.fullmatch(raw_id):
             return None
+        key: Any = int(raw_id)
+        if not INT64.min <= key <= INT64.max:
+            return None
+    elif isinstance(raw_id, str):
+        key = raw_id
+    elif abs(raw_id) < 10**4000:  # beyond, str() of an int raises (Python's digit limit)
+        key = str(int(raw_id))
+    else:
+        return None
     position = ids.get_indexer([key])[0]
     return None if position < 0 else int(position)
