@@ -1,0 +1,468 @@
+"""Checks of a composed config, run once before any data is loaded, so a bad value is one line that
+names the key and the accepted range, never a traceback from torch or Lightning after an epoch.
+
+Each entry point has a table of rules, key -> accepted values; a key its config does not have (say
+model.gmf_dim with model=mf, or a dropped callback) is skipped. Checks across keys follow the
+table: monitors against the metrics eval.ks makes, loss against sampler, folders against files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.utils import get_class
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from recsys_lightning.config import PROJECT_ROOT
+from recsys_lightning.data.split import SPLIT_KINDS
+from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
+from recsys_lightning.metrics import METRIC_NAMES
+from recsys_lightning.serving.catalogue import PARTS
+
+MAX_SHOWN = 80  # characters of a bad value quoted in a message
+_ABSENT = object()
+
+
+class Rule:
+    """The values one key accepts: `accepts` decides, `str(rule)` tells the user what would do."""
+
+    def accepts(self, value: Any) -> bool:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Number(Rule):
+    """A finite int or float, never a bool (`integer`: ints only), within [low, high]; an `open_` side
+    excludes its bound."""
+
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+    open_low: bool = False
+    open_high: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = self.low is None or value > self.low or (value == self.low and not self.open_low)
+        below = self.high is None or value < self.high or (value == self.high and not self.open_high)
+        return above and below
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            return f"{kind} in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.open_low else '>='} {self.low}"
+        if self.high is not None:
+            return f"{kind} {'<' if self.open_high else '<='} {self.high}"
+        return "an integer" if self.integer else "a finite number"
+
+
+def integer(low: int | None = None, high: int | None = None) -> Number:
+    return Number(low, high, integer=True)
+
+
+@dataclass(frozen=True)
+class Choice(Rule):
+    """One of the given values, compared with their type (so true is not 1)."""
+
+    options: tuple[Any, ...]
+
+    def accepts(self, value: Any) -> bool:
+        return any(type(value) is type(option) and value == option for option in self.options)
+
+    def __str__(self) -> str:
+        shown = ", ".join(_shown(option) for option in self.options)
+        return shown if len(self.options) == 1 else f"one of {shown}"
+
+
+@dataclass(frozen=True)
+class Pattern(Rule):
+    """A string matching `regex` as a whole; `description` is what the user reads."""
+
+    regex: str
+    description: str
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and re.fullmatch(self.regex, value) is not None
+
+    def __str__(self) -> str:
+        return self.description
+
+
+@dataclass(frozen=True)
+class ListOf(Rule):
+    """A list of at least `min_length` entries, each accepted by `entry`."""
+
+    entry: Rule
+    min_length: int
+    example: str
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, list) and len(value) >= self.min_length and all(self.entry.accepts(item) for item in value)
+
+    def __str__(self) -> str:
+        return f"a {'non-empty ' if self.min_length else ''}list, each entry {self.entry}, e.g. {self.example}"
+
+
+@dataclass(frozen=True)
+class AnyOf(Rule):
+    rules: tuple[Rule, ...]
+
+    def accepts(self, value: Any) -> bool:
+        return any(rule.accepts(value) for rule in self.rules)
+
+    def __str__(self) -> str:
+        return " or ".join(str(rule) for rule in self.rules)
+
+
+@dataclass(frozen=True)
+class Kind(Rule):
+    """Any value of the given Python types (never a bool unless bool is one of them)."""
+
+    types: tuple[type, ...]
+    description: str
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, self.types) and (bool in self.types or not isinstance(value, bool))
+
+    def __str__(self) -> str:
+        return self.description
+
+
+class Encoding(Rule):
+    def accepts(self, value: Any) -> bool:
+        try:
+            # str.encode accepts text encodings only: codecs.lookup would also take base64 or rot13.
+            return isinstance(value, str) and "".encode(value) is not None
+        except LookupError:
+            return False
+
+    def __str__(self) -> str:
+        return "a text encoding Python knows (utf-8, latin-1, cp1252, utf-16, ...)"
+
+
+class Shares(Rule):
+    """Train, valid and test shares of a ratio or temporal split."""
+
+    def accepts(self, value: Any) -> bool:
+        numbers = isinstance(value, list) and len(value) == 3 and all(Number(0, open_low=True).accepts(share) for share in value)
+        return numbers and abs(sum(value) - 1.0) <= 1e-6
+
+    def __str__(self) -> str:
+        return "three positive numbers (train, valid, test) summing to 1, e.g. [0.8,0.1,0.1]"
+
+
+NULL = Kind((type(None),), "null")
+FLAG = Kind((bool,), "true or false")
+TEXT = Pattern(r"(?s).+", "a non-empty string")
+MODE = Choice(("min", "max"))
+POSITIVE = Number(0, open_low=True)
+NON_NEGATIVE = Number(0)
+SCALAR_ID = Kind((str, int, float, bool), "a single id")
+# A Lightning batch limit: a count of batches (int) or a share of them (float); null = all.
+BATCH_LIMIT = AnyOf((integer(1), Number(0, 1, open_low=True), NULL))
+
+
+def optional(rule: Rule) -> Rule:
+    return AnyOf((rule, NULL))
+
+
+TRAINING_RULES: dict[str, Rule] = {
+    # conf/config.yaml
+    "seed": integer(0, 2**32 - 1),  # numpy's seed range
+    "eval.ks": ListOf(integer(1), 1, "[10,20]"),
+    "projector.max_items": integer(0),
+    "run_test": FLAG,
+    "optimized_metric": optional(TEXT),
+    # conf/data
+    "data.split": Choice(SPLIT_KINDS),
+    "data.split_ratios": Shares(),
+    "data.batch_size": integer(1),
+    "data.eval_chunk_size": integer(1),
+    "data.eval_max_scores": integer(1),
+    "data.min_rating": optional(Number()),
+    "data.min_user_interactions": integer(0),
+    "data.min_item_interactions": integer(0),
+    "data.encoding": Encoding(),
+    "data.on_overlap": Choice(("drop", "error")),
+    "data.sep": optional(TEXT),
+    "data.download_timeout": POSITIVE,
+    "data.num_users": integer(1),
+    "data.num_items": integer(1),
+    "data.num_interactions": integer(1),
+    "data.num_clusters": integer(1),
+    "data.popularity_exponent": Number(),
+    "data.user_activity_exponent": Number(),
+    "data.affinity": Number(0, 1),
+    # conf/model
+    "model.dim": integer(1),
+    "model.gmf_dim": integer(1),
+    "model.mlp_dim": integer(1),
+    "model.hidden": ListOf(integer(1), 1, "[64,32]"),
+    "model.dropout": Number(0, 1, open_high=True),
+    "model.init_std": POSITIVE,
+    "model.bias": FLAG,
+    "model.zero_init_mlp": FLAG,
+    "model.sparse_gradients": FLAG,
+    # conf/loss, conf/sampler
+    "loss.l2": NON_NEGATIVE,
+    "loss.temperature": POSITIVE,
+    "loss.log_q_correction": FLAG,
+    "sampler.num_negatives": integer(1),
+    "sampler.candidates": integer(1),
+    "sampler.alpha": NON_NEGATIVE,  # count^alpha: a negative power of an unseen item's 0 count is inf
+    "sampler.max_rounds": integer(0),
+    # conf/optimizer, conf/scheduler
+    "optimizer.lr": POSITIVE,
+    "optimizer.weight_decay": NON_NEGATIVE,
+    "optimizer.initial_accumulator_value": NON_NEGATIVE,
+    "optimizer.fused": optional(FLAG),
+    "scheduler.interval": Choice(("epoch", "step")),
+    "scheduler.scheduler.mode": MODE,
+    "scheduler.scheduler.factor": Number(0, 1, open_low=True, open_high=True),
+    "scheduler.scheduler.patience": integer(0),
+    "scheduler.scheduler.T_max": integer(1),
+    # conf/trainer
+    "trainer.max_epochs": integer(1),
+    "trainer.accelerator": Choice(("auto", "cpu", "gpu", "cuda", "mps", "tpu")),
+    "trainer.devices": AnyOf((integer(1), Choice((-1, "auto")), ListOf(integer(0), 1, "[0,1]"))),
+    "trainer.num_nodes": integer(1),
+    "trainer.check_val_every_n_epoch": integer(1),
+    "trainer.num_sanity_val_steps": integer(-1),
+    "trainer.limit_train_batches": BATCH_LIMIT,
+    "trainer.limit_val_batches": BATCH_LIMIT,
+    "trainer.log_every_n_steps": integer(1),
+    "trainer.deterministic": AnyOf((FLAG, Choice(("warn",)))),
+    "trainer.gradient_clip_val": optional(NON_NEGATIVE),
+    "trainer.gradient_clip_algorithm": Choice(("norm", "value")),
+    # conf/callbacks
+    "callbacks.early_stopping.patience": integer(0),
+    "callbacks.early_stopping.mode": MODE,
+    "callbacks.model_checkpoint.mode": MODE,
+    "callbacks.model_checkpoint.save_top_k": integer(-1),
+    "callbacks.progress_bar.refresh_rate": integer(0),
+}
+
+SERVING_RULES: dict[str, Rule] = {
+    "checkpoint": TEXT,
+    "user_id": optional(SCALAR_ID),
+    "item_id": optional(SCALAR_ID),
+    "similar_users": optional(SCALAR_ID),
+    "users": AnyOf((Choice(("all",)), ListOf(SCALAR_ID, 1, "[1,2,3]"), NULL)),
+    "output": optional(TEXT),
+    "k": integer(1),
+    "exclude": ListOf(Choice(PARTS), 0, "[train,valid]"),
+    "min_history": integer(0),
+    "embedding": optional(TEXT),
+    "chunk_size": integer(1),
+    "device": Pattern(r"cpu|auto|cuda(:\d+)?", "cpu, cuda, cuda:<index> or auto"),
+}
+
+EVALUATE_RULES: dict[str, Rule] = {
+    "checkpoint": TEXT,
+    "split": Choice(("test", "valid")),
+    "accelerator": Choice(("auto", "cpu", "gpu", "cuda")),
+    "tolerance": NON_NEGATIVE,
+}
+
+LOWER_IS_BETTER = ("train/loss", "val/rmse", "val/mae", "val/bce")
+
+
+def check_training_config(cfg: DictConfig) -> None:
+    """Everything `train` can check without data: the entry point calls it first."""
+    check_rules(cfg, TRAINING_RULES)
+    check_monitors(cfg)
+    check_loss_and_sampler(cfg)
+    _check_cuda_available("trainer.accelerator", cfg.trainer.accelerator)
+    _check_trainer_devices(cfg)
+    for key in ("paths.data_dir", "paths.run_dir"):
+        check_folder_path(key, _value(cfg, key))
+
+
+def check_serving_config(cfg: DictConfig) -> None:
+    """`recommend`'s arguments, checked before the checkpoint is loaded or anything is computed."""
+    check_run_dir_given(cfg)
+    check_rules(cfg, SERVING_RULES)
+    _check_cuda_available("device", cfg.device)
+    if cfg.output is not None:
+        if cfg.users is None:
+            raise ConfigError(f"output={_shown(cfg.output)} is written only in batch mode: add users=all or users=[<ids>], or drop output")
+        _check_output_file(str(cfg.output))
+
+
+def check_evaluate_config(cfg: DictConfig) -> None:
+    """`evaluate`'s arguments, checked before any data or checkpoint is read."""
+    check_run_dir_given(cfg)
+    check_rules(cfg, EVALUATE_RULES)
+    _check_cuda_available("accelerator", cfg.accelerator)
+
+
+def check_run_dir_given(cfg: DictConfig) -> None:
+    """`run_dir: ???` otherwise ends in OmegaConf's MissingMandatoryValue traceback at first use."""
+    if OmegaConf.is_missing(cfg, "run_dir") or not cfg.run_dir:
+        raise ConfigError("run_dir is not set: set run_dir=<a training run folder>, e.g. run_dir=outputs/runs/<date>/<time>_<name>")
+
+
+def check_rules(cfg: DictConfig, rules: dict[str, Rule]) -> None:
+    for key, rule in rules.items():
+        value = _value(cfg, key)
+        if value is not _ABSENT and not rule.accepts(value):
+            raise ConfigError(f"{key}={_shown(value)}: must be {rule}")
+
+
+def logged_metrics(cfg: DictConfig) -> list[str]:
+    """Names the module logs during fit with this config (module.py): what a monitor may name."""
+    loss_class = get_class(cfg.loss._target_)
+    names = [f"val/{metric}@{k}" for metric in METRIC_NAMES for k in cfg.eval.ks] + ["train/loss"]
+    if loss_class.predicts_ratings:
+        names += ["val/rmse", "val/mae"]
+    if loss_class.pointwise:
+        names += ["val/bce", "val/accuracy"]
+    return names
+
+
+def check_monitors(cfg: DictConfig) -> None:
+    """Every monitor (callbacks, plateau scheduler, optimized_metric) must name a metric this run makes,
+    watched in the right direction. Keys naming the same missing metric are reported together."""
+    logged = logged_metrics(cfg)
+    # optimized_metric is read from metrics.json: validation and test figures, no training loss.
+    test_names = [f"test/{metric}@{k}" for metric in (*METRIC_NAMES, "coverage", "novelty") for k in cfg.eval.ks] if cfg.run_test else []
+    recorded = [name for name in logged if name != "train/loss"] + test_names
+    monitors = [(f"callbacks.{name}.monitor", f"callbacks.{name}.mode", logged) for name, callback in cfg.callbacks.items()
+                if callback and callback.get("monitor") is not None]  # fmt: skip
+    if cfg.get("scheduler") and "monitor" in cfg.scheduler:
+        monitors.append(("scheduler.monitor", "scheduler.scheduler.mode", logged))
+    if cfg.get("optimized_metric"):
+        monitors.append(("optimized_metric", None, recorded))
+    missing: dict[str, tuple[list[str], list[str]]] = {}
+    for key, mode_key, valid in monitors:
+        name = _value(cfg, key)
+        if name not in valid:
+            missing.setdefault(str(name), ([], valid))[0].append(key)
+        elif mode_key and name in LOWER_IS_BETTER and _value(cfg, mode_key) == "max":
+            raise ConfigError(f"{mode_key}=max, but {key}={name} is better when lower: set {mode_key}=min")
+    for name, (keys, valid) in missing.items():
+        names = "names" if len(keys) == 1 else "name"
+        raise ConfigError(f"{', '.join(keys)}={_shown(name)} {names} no metric this run logs: {_advice(name, valid, list(cfg.eval.ks))}")
+
+
+def _advice(name: str, valid: list[str], ks: list[int]) -> str:
+    cut_off = re.fullmatch(r"(val|test)/(\w+)@(\d+)", name)
+    if cut_off and any(option.startswith(f"{cut_off.group(1)}/{cut_off.group(2)}@") for option in valid):
+        stage, metric, k = cut_off.groups()
+        return f"eval.ks={_shown(ks)} has no {k}; add {k} to eval.ks or use {stage}/{metric}@{ks[0]}"
+    closest = difflib.get_close_matches(name, valid, n=1)
+    others = "".join(f", {option}" for option in valid if "@" not in option)
+    return (f"did you mean {closest[0]}? " if closest else "") + f"logged are val/<{'|'.join(METRIC_NAMES)}>@K for K in eval.ks{others}"
+
+
+def check_loss_and_sampler(cfg: DictConfig) -> None:
+    """Fail at once, before any data is loaded, on a loss that cannot train with the chosen sampler."""
+    loss_class = get_class(cfg.loss._target_)
+    sampler_class = cfg.sampler._target_.rsplit(".", 1)[-1]
+    if sampler_class not in loss_class.rejected_samplers:
+        return
+    options = {path.stem: OmegaConf.load(path).get("_target_", "") for path in sorted((PROJECT_ROOT / "conf" / "sampler").glob("*.yaml"))}
+    valid = [name for name, target in options.items() if target.rsplit(".", 1)[-1] not in loss_class.rejected_samplers]
+    raise ConfigError(
+        f"{loss_class.__name__} cannot train with {sampler_class}: {loss_class.rejection_reason}; "
+        f"with this loss use sampler={' or sampler='.join(valid)}"
+    )
+
+
+def check_folder_path(key: str, path: Any) -> None:
+    """A folder the run creates or reads: nothing on its path may be a file (mkdir would fail later)."""
+    blocking = _first_existing(Path(str(path)))
+    if not blocking.is_dir():
+        where = "is a file" if blocking == Path(str(path)) else f"cannot be created: {_shown(str(blocking))} is a file"
+        raise ConfigError(f"{key}={_shown(str(path))} {where}; point it at a folder (or a path that does not exist yet)")
+
+
+class RunFolderCheck(Callback):
+    """Hydra creates the run (or sweep) folder before the task starts, so a file in its place ends in
+    Hydra's own traceback: check the path first and exit with one line."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        HydraConfig.instance().set_config(config)  # run_name reads ${hydra:runtime.choices...}; run_job sets it too
+        try:
+            check_folder_path(key, _value(config, key))
+        except RecsysError as error:
+            exit_with_message(error)
+
+
+def _check_output_file(output: str) -> None:
+    target = Path(output)
+    if target.is_dir():
+        raise ConfigError(f"output={_shown(output)} is a folder; give a file path, e.g. output={_shown(str(target / 'recs.csv'))}")
+    if not target.parent.is_dir():
+        problem = "is not a folder" if target.parent.exists() else "does not exist"
+        raise ConfigError(f"output={_shown(output)}: folder {_shown(str(target.parent))} {problem}; create it or pick another path")
+
+
+def _check_cuda_available(key: str, device: Any) -> None:
+    """A CUDA device asked for (cuda, cuda:<index>, gpu) must exist here: torch and Lightning fail only
+    later, after the data is loaded."""
+    if not (isinstance(device, str) and device.split(":")[0] in ("cuda", "gpu")):
+        return
+    available = _cuda_devices()
+    if available == 0:
+        raise ConfigError(f"{key}={device}: no CUDA device is visible here; use {key}=cpu (or auto)")
+    if ":" in device and int(device.split(":")[1]) >= available:
+        raise ConfigError(f"{key}={device}: only {available} CUDA device(s) here, cuda:0 to cuda:{available - 1}")
+
+
+def _check_trainer_devices(cfg: DictConfig) -> None:
+    """On CUDA, Lightning fails after the data is loaded when trainer.devices asks for more GPUs than exist."""
+    accelerator, devices = cfg.trainer.accelerator, _value(cfg, "trainer.devices")
+    available = _cuda_devices()
+    if accelerator not in ("gpu", "cuda") and not (accelerator == "auto" and available):
+        return
+    wanted = max(devices) + 1 if isinstance(devices, list) else devices if isinstance(devices, int) else 1
+    if wanted > available:
+        raise ConfigError(f"trainer.devices={_shown(devices)}: only {available} CUDA device(s) here; lower it or use trainer.accelerator=cpu")
+
+
+def _cuda_devices() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _first_existing(path: Path) -> Path:
+    return next(candidate for candidate in (path, *path.parents) if candidate.exists() or candidate == candidate.parent)
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    """The resolved, plain value of `key`, or _ABSENT when the config has no such key."""
+    try:
+        value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        raise ConfigError(f"{key} is not set: give it a value, {key}=<value>") from error
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{key}: {_shown(str(error).splitlines()[0], 200)}") from error
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def _shown(value: Any, limit: int = MAX_SHOWN) -> str:
+    """A value as a user types it on the command line, cut to `limit` characters."""
+    text = {True: "true", False: "false", None: "null"}.get(value, value) if isinstance(value, (bool, type(None))) else value
+    text = str(text).replace("'", "").replace(" ", "") if isinstance(text, list) else str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
