@@ -9,11 +9,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,11 +22,14 @@ from omegaconf import DictConfig, ListConfig
 from tqdm import tqdm
 
 from recsys_lightning.config import register_resolvers
-from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
-from recsys_lightning.serving.catalogue import PARTS, Catalogue
+from recsys_lightning.atomic import atomic_file
+from recsys_lightning.data.interactions import quote
+from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, sigterm_raises
+from recsys_lightning.serving.catalogue import Catalogue
 from recsys_lightning.serving.checkpoint import TrainedRun, find_checkpoint, load_trained
 from recsys_lightning.serving.service import UNKNOWN, Neighbours, RecommendationService, Recommendations
-from recsys_lightning.serving.vector_index import ItemVectorIndex
+from recsys_lightning.serving.vector_index import ItemVectorIndex, open_or_build
+from recsys_lightning.validation import check_serving_config
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -39,15 +39,14 @@ CSV_COLUMNS = ["user_id", "rank", "item_id", "score", "source"]
 
 
 def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
-    """Run the one request `cfg` asks for and write its answer to `out` (or to cfg.output)."""
+    """Run the one request `cfg` asks for and write its answer to `out` (or to cfg.output).
+
+    Every argument is checked before the checkpoint is loaded, so a typo costs no export.
+    """
+    check_serving_config(cfg)
     chosen = [action for action in ACTIONS if cfg.get(action) is not None]
     if len(chosen) != 1:
         raise ConfigError(f"ask one thing per call: set exactly one of {', '.join(ACTIONS)} (got {', '.join(chosen) or 'none'})")
-    if cfg.k < 1:
-        raise ConfigError(f"k={cfg.k}: ask for at least one item")
-    unknown_parts = [part for part in cfg.exclude if part not in PARTS]
-    if unknown_parts:
-        raise ConfigError(f"exclude={list(cfg.exclude)}: {unknown_parts[0]!r} is not a split part; use a subset of {list(PARTS)}")
     run = load_trained(find_checkpoint(cfg.run_dir, cfg.checkpoint), _device(cfg.device))
     service = RecommendationService(run, exclude=list(cfg.exclude), min_history=cfg.min_history,
                                     chunk_size=cfg.chunk_size, index=_vector_index(cfg, run))  # fmt: skip
@@ -84,15 +83,8 @@ def export_recommendations(service: RecommendationService, raw_users: list[Any] 
         _write_csv(progress, raw_user_ids, catalogue, out)
         return
     target = Path(output)
-    if not target.parent.is_dir():
-        raise ConfigError(f"output={output}: folder {target.parent} does not exist; create it or pick another path")
-    with tempfile.NamedTemporaryFile("w", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False) as handle:
-        try:
-            rows = _write_csv(progress, raw_user_ids, catalogue, handle)
-        except BaseException:
-            os.unlink(handle.name)
-            raise
-    os.replace(handle.name, target)
+    with atomic_file(target) as handle:
+        rows = _write_csv(progress, raw_user_ids, catalogue, handle)
     log.info("wrote %d rows for %d users to %s", rows, len(users), target)
 
 
@@ -147,7 +139,7 @@ def _neighbour_table(service: RecommendationService, kind: str, raw_id: Any, k: 
     index = catalogue.item_index(raw_id) if kind == "item" else catalogue.user_index(raw_id)
     if index is None:
         ids = catalogue.item_ids if kind == "item" else catalogue.user_ids
-        raise ConfigError(f"{kind} id {raw_id} is not in this run's data ({len(ids)} {kind}s, ids such as {ids[0]}, {ids[-1]}); "
+        raise ConfigError(f"{kind} id {quote(raw_id)} is not in this run's data ({len(ids)} {kind}s, ids such as {quote(ids[0])}, {quote(ids[-1])}); "
                           f"similar {kind}s need the id of a {kind} the model was trained on")  # fmt: skip
     try:
         found: Neighbours = service.similar_items(index, k, embedding) if kind == "item" else service.similar_users(index, k, embedding)
@@ -169,7 +161,8 @@ def _neighbour_table(service: RecommendationService, kind: str, raw_id: Any, k: 
 
 
 def _vector_index(cfg: DictConfig, run: TrainedRun) -> ItemVectorIndex | None:
-    """Build the index, or load it from faiss.path when it was built there from this very checkpoint."""
+    """None to score with the model, else a FAISS index of the run's item vectors, kept in faiss.path
+    when it is set and reused only while it holds these very vectors (see `open_or_build`)."""
     if cfg.index == "model":
         return None
     if cfg.index != "faiss":
@@ -177,30 +170,14 @@ def _vector_index(cfg: DictConfig, run: TrainedRun) -> ItemVectorIndex | None:
     item_vectors = run.model.item_vectors()
     if item_vectors is None:
         raise ConfigError(f"index=faiss serves inner-product models (mf); {run.model_name} scores with an MLP, use index=model")
-    settings = {"checkpoint": str(run.checkpoint_path.resolve()), "checkpoint_mtime_ns": run.checkpoint_path.stat().st_mtime_ns,
-                "kind": cfg.faiss.kind, "nlist": cfg.faiss.nlist}  # fmt: skip
-    path = Path(cfg.faiss.path) if cfg.faiss.path else None
-    built_from = path.with_name(path.name + ".json") if path else None
-    if path and path.is_file() and built_from.is_file() and json.loads(built_from.read_text()) == settings:
-        log.info("loaded the %s index from %s", cfg.faiss.kind, path)
-        return ItemVectorIndex.load(path, cfg.faiss.nprobe)
-    index = ItemVectorIndex.build(item_vectors, cfg.faiss.kind, cfg.faiss.nlist, cfg.faiss.nprobe)
-    if path:
-        index.save(path)
-        pd.DataFrame({"row": np.arange(run.catalogue.num_items), "item_id": run.catalogue.item_ids}).to_csv(
-            path.with_name(path.name + ".items.csv"), index=False
-        )
-        built_from.write_text(json.dumps(settings))
-        log.info("wrote the %s index of %d items to %s", cfg.faiss.kind, index.num_items, path)
-    return index
+    settings = cfg.faiss
+    return open_or_build(item_vectors, settings.path or None, settings.kind, settings.nlist, settings.nprobe,
+                         item_ids=run.catalogue.item_ids)  # fmt: skip
 
 
-def _requested_users(users: Any) -> list[Any] | None:
-    if users == "all":
-        return None
-    if isinstance(users, (list, ListConfig)):
-        return list(users)
-    raise ConfigError(f"users={users!r}: use users=all or a list of user ids, e.g. users=[1,2,3]")
+def _requested_users(users: str | ListConfig) -> list[Any] | None:
+    """None for `all`, else the list of raw ids (check_serving_config accepted one of the two)."""
+    return None if users == "all" else list(users)
 
 
 def _index_or_unknown(index: int | None) -> int:
@@ -208,17 +185,17 @@ def _index_or_unknown(index: int | None) -> int:
 
 
 def _device(name: str) -> torch.device:
+    """`auto` is CUDA when there is one; other names were checked by check_serving_config."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name}: no CUDA device here; use device=cpu")
     return torch.device(name)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="recommend")
 def main(cfg: DictConfig) -> None:
     try:
-        serve(cfg)
+        with sigterm_raises("recommend stopped by SIGTERM; no output file was written or changed"):
+            serve(cfg)
     except RecsysError as error:
         exit_with_message(error)
 

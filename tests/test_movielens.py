@@ -1,17 +1,25 @@
-"""MovieLens source resolution on small generated fixtures: local layouts, zip download, PyPI wheel."""
+"""MovieLens source resolution on small generated fixtures (local layouts, zip download, PyPI wheel),
+and the checks that refuse a damaged local copy of the real ML-100K."""
 
 import hashlib
+import os
 import shutil
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from recsys_lightning.data.movielens import GENRES, RECBOLE_DATASET_PREFIX, ExpectedCounts, resolve_movielens
+from recsys_lightning.data.movielens import (
+    GENRES, ML100K, RECBOLE_DATASET_PREFIX, ExpectedContent, ratings_sha256, resolve_movielens,
+)  # fmt: skip
 from recsys_lightning.errors import DataError
 
 RATINGS = [(1, 10, 5, 881250949), (1, 20, 3, 881250950), (2, 10, 4, 881250951), (3, 30, 1, 881250952)]
-FIXTURE_COUNTS = ExpectedCounts(interactions=4, users=3, items=3)
+FIXTURE_COUNTS = ExpectedContent(
+    interactions=4, users=3, items=3,
+    ratings_sha256=ratings_sha256(pd.DataFrame(RATINGS, columns=["user_id", "item_id", "rating", "timestamp"])),
+)  # fmt: skip
 UNREACHABLE = "http://127.0.0.1:9/ml-100k.zip"  # discard port: connection refused at once
 
 
@@ -131,3 +139,139 @@ def test_wrong_content_is_rejected_with_counts(tmp_path):
     grouplens_files(tmp_path / "ml-100k")
     with pytest.raises(DataError, match=r"found 4 interactions, 3 users, 3 items; ML-100K has 100,000"):
         resolve_movielens(tmp_path, url=UNREACHABLE)
+
+
+def test_fixture_digest_is_the_same_in_both_layouts_and_changes_with_one_rating(tmp_path):
+    grouplens_files(tmp_path / "a" / "ml-100k")
+    recbole_files(tmp_path / "b" / "ml-100k")
+    for data_dir in (tmp_path / "a", tmp_path / "b"):
+        assert ratings_sha256(resolve_movielens(data_dir, url=UNREACHABLE, expected=FIXTURE_COUNTS).interactions) == (
+            FIXTURE_COUNTS.ratings_sha256
+        )
+    edited = tmp_path / "a" / "ml-100k" / "u.data"
+    edited.write_text(edited.read_text().replace("\t5\t", "\t4\t", 1))
+    with pytest.raises(DataError, match="does not match MovieLens-100K"):
+        resolve_movielens(tmp_path / "a", url=UNREACHABLE, expected=FIXTURE_COUNTS)
+
+
+# ---- the real ML-100K: a damaged local copy is refused with one line that says what to do ----
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def real_recbole_copy() -> Path:
+    """The project's ML-100K folder (fetched once, as training does, when it is not there yet)."""
+    resolve_movielens(ROOT / "data")
+    folder = ROOT / "data" / "ml-100k"
+    assert (folder / "ml-100k.inter").is_file(), "these tests need the RecBole layout the PyPI wheel provides"
+    return folder
+
+
+def copy_recbole(real: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "ml-100k"
+    folder.mkdir(parents=True)
+    for name in ("ml-100k.inter", "ml-100k.item"):
+        shutil.copy(real / name, folder / name)
+    return folder
+
+
+def as_grouplens(real: Path, tmp_path: Path) -> Path:
+    """The same data in the GroupLens layout: u.data is ml-100k.inter without its header, u.item has
+    the year inside the title and one 0/1 flag per genre."""
+    folder = tmp_path / "ml-100k"
+    folder.mkdir(parents=True)
+    (folder / "u.data").write_bytes((real / "ml-100k.inter").read_bytes().split(b"\n", 1)[1])
+    items = pd.read_csv(real / "ml-100k.item", sep="\t", dtype=str, keep_default_na=False)
+    items.columns = [c.split(":")[0] for c in items.columns]
+    title = items["movie_title"].where(items["release_year"] == "", items["movie_title"] + " (" + items["release_year"] + ")")
+    flags = pd.DataFrame({g: items["class"].str.split().apply(lambda tokens, g=g: int(g in tokens)) for g in GENRES})
+    u_item = pd.concat([items["item_id"], title, pd.Series("01-Jan-1995", index=items.index), pd.Series("", index=items.index),
+                        pd.Series("http://x", index=items.index), flags], axis=1)  # fmt: skip
+    (folder / "u.item").write_bytes(u_item.to_csv(sep="|", header=False, index=False).encode("latin-1"))
+    return folder
+
+
+def assert_refused(folder: Path, message: str, named: str) -> None:
+    with pytest.raises(DataError) as caught:
+        resolve_movielens(folder.parent, url=UNREACHABLE)
+    text = str(caught.value)
+    assert "\n" not in text and len(text) < 400, text
+    assert text.startswith(str(folder / named) if named else str(folder)), text
+    assert message in text, text
+    assert text.endswith(f"delete {folder} to fetch a fresh copy"), text
+
+
+def test_real_copy_loads_in_both_layouts_with_the_recorded_digest(real_recbole_copy, tmp_path):
+    recbole = resolve_movielens(copy_recbole(real_recbole_copy, tmp_path / "r").parent, url=UNREACHABLE)
+    grouplens = resolve_movielens(as_grouplens(real_recbole_copy, tmp_path / "g").parent, url=UNREACHABLE)
+    assert (recbole.source, grouplens.source) == ("recbole-local", "grouplens-local")
+    for loaded in (recbole, grouplens):
+        assert ratings_sha256(loaded.interactions) == ML100K.ratings_sha256
+        assert loaded.interactions.iloc[0].tolist() == [196, 242, 3.0, 881250949]
+    assert grouplens.items.to_dict("list") == recbole.items.to_dict("list")
+
+
+def edit_first_rating(data: bytes) -> bytes:
+    return data.replace(b"196\t242\t3\t881250949", b"196\t242\t4\t881250949", 1)
+
+
+INTER_DAMAGE = {
+    # name: (edit of ml-100k.inter's bytes, part of the message)
+    "one_rating_edited": (edit_first_rating, "does not match MovieLens-100K (sha256 of its sorted ratings"),
+    "timestamp_cut_short": (lambda data: data[:-4] + b"\n", "does not match MovieLens-100K"),
+    "cut_mid_line": (lambda data: data[: data.rindex(b"\t")], "data row 100,000: a cell is empty or not finite"),
+    "last_line_dropped": (lambda data: data[: data.rstrip().rindex(b"\n") + 1], "found 99,999 interactions"),
+    "nul_bytes": (lambda data: data[:500] + b"\0\0\0" + data[500:], "cannot be read as MovieLens-100K (could not convert"),
+    "latin1_byte": (lambda data: data[:500] + b"\xe9" + data[500:], "cannot be read as MovieLens-100K ('utf-8' codec"),
+    "word_in_a_cell": (lambda data: data.replace(b"\t881250949", b"\tyesterday", 1), "could not convert string to float"),
+    "fractional_timestamp": (lambda data: data.replace(b"\t881250949", b"\t881250949.5", 1), "data row 1: a cell is empty or not finite, or an id or timestamp is not whole"),
+    "infinite_rating": (lambda data: data.replace(b"\t3\t881250949", b"\tinf\t881250949", 1), "data row 1: a cell is empty or not finite"),
+    "extra_cell_first_row": (lambda data: data.replace(b"\t881250949\n", b"\t881250949\t7\n", 1), "more cells than the header"),
+    "extra_cell_later_row": (lambda data: data.replace(b"\t891717742\n", b"\t891717742\t7\n", 1), "Expected 4 fields in line 3"),
+    "empty_file": (lambda data: b"", "No columns to parse"),
+    "renamed_column": (lambda data: data.replace(b"rating:float", b"score:float", 1), "(no rating column)"),
+}
+
+
+@pytest.mark.parametrize("damage", list(INTER_DAMAGE))
+def test_damaged_recbole_ratings_are_refused_in_one_line(real_recbole_copy, tmp_path, damage):
+    edit, message = INTER_DAMAGE[damage]
+    folder = copy_recbole(real_recbole_copy, tmp_path)
+    ratings = folder / "ml-100k.inter"
+    ratings.write_bytes(edit(ratings.read_bytes()))
+    assert_refused(folder, message, "" if damage == "last_line_dropped" else "ml-100k.inter")
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "message"),
+    [
+        ("u.data", edit_first_rating, "does not match MovieLens-100K"),
+        ("u.data", lambda data: data[: data.rindex(b"\t")], "data row 100,000: a cell is empty"),
+        ("u.item", lambda data: data[: data.rindex(b"|")], "Integer column has NA values"),
+        ("u.item", lambda data: data.replace(b"\n2|", b"\n1|", 1), "lists 1,682 rows with 1,681 distinct item ids"),
+    ],
+    ids=["rating_edited", "ratings_cut_mid_line", "items_cut_mid_line", "duplicate_item_id"],
+)
+def test_damaged_grouplens_files_are_refused_in_one_line(real_recbole_copy, tmp_path, name, edit, message):
+    folder = as_grouplens(real_recbole_copy, tmp_path)
+    (folder / name).write_bytes(edit((folder / name).read_bytes()))
+    assert_refused(folder, message, name)
+
+
+def test_recbole_item_file_with_a_bad_id_is_refused(real_recbole_copy, tmp_path):
+    folder = copy_recbole(real_recbole_copy, tmp_path)
+    items = folder / "ml-100k.item"
+    items.write_bytes(items.read_bytes().replace(b"\n2\tGoldenEye", b"\ntwo\tGoldenEye", 1))
+    assert_refused(folder, "cannot be read as MovieLens-100K", "ml-100k.item")
+
+
+def test_verifying_the_real_copy_is_cheap(real_recbole_copy, tmp_path):
+    data_dir = copy_recbole(real_recbole_copy, tmp_path).parent
+    resolve_movielens(data_dir, url=UNREACHABLE)  # warm the page cache and imports
+    times = []
+    for _ in range(3):
+        start = os.times().elapsed
+        resolve_movielens(data_dir, url=UNREACHABLE)
+        times.append(os.times().elapsed - start)
+    assert min(times) < 0.5, times  # read + parse + digest; the digest alone is a few hundredths

@@ -174,7 +174,7 @@ def test_cold_start_through_the_entry_point_is_flagged(movielens_run, tmp_path):
         (["item_id=999999"], "error: item id 999999 is not in this run's data"),
         (["similar_users=999999"], "error: user id 999999 is not in this run's data"),
         (["user_id=1", "item_id=1"], "error: ask one thing per call"),
-        (["user_id=1", "exclude=[train,holdout]"], "error: exclude=['train', 'holdout']: 'holdout' is not a split part"),
+        (["user_id=1", "exclude=[train,holdout]"], "error: exclude=[train,holdout]: must be a list, each entry one of train, valid, test"),
         (["user_id=1", "checkpoint=nowhere.ckpt"], "error: "),
     ],
 )
@@ -259,3 +259,28 @@ def test_projector_gets_item_embeddings_labelled_with_titles(movielens_run):
     assert list(rows.columns) == ["item_id", "title", "popularity"]
     assert len(rows) == 1682 and "Toy Story (1995)" in set(rows["title"])
     assert np.all(np.diff(rows["popularity"].to_numpy()) <= 0)
+
+
+def test_sigterm_during_an_export_exits_143_and_leaves_no_file(movielens_run, tmp_path):
+    """SIGTERM (docker stop, a job's time limit) mid-export: no recs.csv, no hidden temporary file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    output = tmp_path / "recs.csv"
+    command = [sys.executable, "-m", "recsys_lightning.recommend", f"run_dir={movielens_run}", "users=all", "chunk_size=1",
+               f"output={output}"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".recs.csv.*.tmp")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-2000:]
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
+        "error: recommend stopped by SIGTERM; no output file was written or changed"]
+    assert list(tmp_path.iterdir()) == []

@@ -15,17 +15,20 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+import warnings
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
 from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER
-from recsys_lightning.errors import DataError
+from recsys_lightning.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +45,30 @@ GENRES = (
 
 
 @dataclass(frozen=True)
-class ExpectedCounts:
+class ExpectedContent:
+    """What a genuine copy holds. The counts give a readable message for a wrong dataset; the digest
+    catches a truncated or edited copy that keeps them (see `ratings_sha256`)."""
+
     interactions: int
     users: int
     items: int
+    ratings_sha256: str
 
 
-ML100K_COUNTS = ExpectedCounts(interactions=100_000, users=943, items=1_682)
+# The digest of the 100,000 ratings in the recbole==1.2.1 wheel's ml-100k.inter (file sha256
+# 4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff), the rows of GroupLens' u.data in
+# another layout; hashing sorted values instead of bytes lets both layouts share one digest.
+ML100K = ExpectedContent(
+    interactions=100_000, users=943, items=1_682,
+    ratings_sha256="d8864484853ca1053766a43f96887c517412b7d2c9e2495c7d01fb44b890e650",
+)  # fmt: skip
+
+RATING_COLUMNS = (USER, ITEM, RATING, TIMESTAMP)
+# What pandas raises on a file that is not the table it should be: ParserError, EmptyDataError and
+# UnicodeDecodeError are ValueErrors; a missing column is a KeyError; casts add TypeError and OverflowError.
+# ParserWarning (a row longer than the header, whose extra cells index_col=False drops) is made an error.
+UNREADABLE = (ValueError, KeyError, TypeError, OverflowError, pd.errors.ParserWarning)
+WHOLE_LIMIT = 2**53  # ids and timestamps beyond this are not exact in the float64 they are parsed as
 
 PipDownload = Callable[[str, Path], None]
 
@@ -60,13 +80,13 @@ def resolve_movielens(
     wheel: str = RECBOLE_WHEEL,
     wheel_sha256: str = RECBOLE_WHEEL_SHA256,
     timeout: float = 10.0,
-    expected: ExpectedCounts = ML100K_COUNTS,
+    expected: ExpectedContent = ML100K,
     pip_download: PipDownload | None = None,
 ) -> LoadedInteractions:
     """Return ML-100K from the first source that has it, verified against `expected`."""
     data_dir = Path(data_dir)
     dataset_dir = data_dir / DATASET_DIR
-    loaded = _read_local(dataset_dir)
+    loaded = _read_local(dataset_dir, expected)
     if loaded is None:
         try:
             _download_grouplens_zip(url, data_dir, timeout)
@@ -75,65 +95,137 @@ def resolve_movielens(
             log.warning("GroupLens unreachable (%s); taking ML-100K from the PyPI wheel %s", error, wheel)
             _extract_from_wheel(wheel, wheel_sha256, data_dir, pip_download or _pip_download)
             source = "pypi-recbole-wheel"
-        loaded = _read_local(dataset_dir)
+        loaded = _read_local(dataset_dir, expected)
         if loaded is None:
             raise DataError(f"{dataset_dir}: the downloaded archive held no ML-100K files; delete the folder and retry")
         loaded = LoadedInteractions(loaded.interactions, loaded.items, source)
-    _verify(loaded.interactions, expected, dataset_dir)
     log.info("MovieLens-100K from %s (%s)", loaded.source, dataset_dir)
     return loaded
 
 
-def _read_local(dataset_dir: Path) -> LoadedInteractions | None:
-    if (dataset_dir / "u.data").is_file() and (dataset_dir / "u.item").is_file():
-        return LoadedInteractions(*_read_grouplens(dataset_dir), source="grouplens-local")
-    if (dataset_dir / "ml-100k.inter").is_file() and (dataset_dir / "ml-100k.item").is_file():
-        return LoadedInteractions(*_read_recbole(dataset_dir), source="recbole-local")
-    return None
+def ratings_sha256(interactions: pd.DataFrame) -> str:
+    """sha256 of the (user, item, rating, timestamp) rows in sorted order, each column at a fixed width.
+
+    It depends on the ratings only, not on the file's layout, order or number formatting, so the
+    GroupLens u.data and RecBole's ml-100k.inter of the same data give the same digest.
+    """
+    order = np.lexsort([interactions[column].to_numpy() for column in reversed(RATING_COLUMNS)])
+    digest = hashlib.sha256()
+    for column, dtype in zip(RATING_COLUMNS, ("<i8", "<i8", "<f8", "<i8")):
+        digest.update(interactions[column].to_numpy()[order].astype(dtype).tobytes())
+    return digest.hexdigest()
 
 
-def _read_grouplens(dataset_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    interactions = _read_table(
-        dataset_dir / "u.data", sep="\t", header=None, names=[USER, ITEM, RATING, TIMESTAMP],
-        dtype={USER: "int64", ITEM: "int64", RATING: "float32", TIMESTAMP: "int64"},
-    )  # fmt: skip
-    items = _read_table(
-        dataset_dir / "u.item", sep="|", header=None, encoding="latin-1",
-        names=[ITEM, "title", "release_date", "video_release_date", "imdb_url", *GENRES],
-    )  # fmt: skip
+def _read_local(dataset_dir: Path, expected: ExpectedContent) -> LoadedInteractions | None:
+    grouplens = dataset_dir / "u.data", dataset_dir / "u.item"
+    recbole = dataset_dir / "ml-100k.inter", dataset_dir / "ml-100k.item"
+    if all(path.is_file() for path in grouplens):
+        loaded = LoadedInteractions(*_read_grouplens(*grouplens), source="grouplens-local")
+        ratings_path, items_path = grouplens
+    elif all(path.is_file() for path in recbole):
+        loaded = LoadedInteractions(*_read_recbole(*recbole), source="recbole-local")
+        ratings_path, items_path = recbole
+    else:
+        return None
+    _verify(loaded, expected, ratings_path, items_path)
+    return loaded
+
+
+def _read_grouplens(ratings_path: Path, items_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    interactions = _read_ratings(ratings_path, header=None, names=list(RATING_COLUMNS))
+    with _unreadable_as_data_error(items_path):
+        # Integer genre flags make a line cut short (missing flags) a parse error instead of NaN flags.
+        items = pd.read_csv(
+            items_path, sep="|", header=None, encoding="latin-1", index_col=False,
+            names=[ITEM, "title", "release_date", "video_release_date", "imdb_url", *GENRES],
+            dtype={ITEM: "int64", **dict.fromkeys(GENRES, "int8")},
+        )  # fmt: skip
     flags = items[list(GENRES)].to_numpy(bool)
     genres = ["|".join(g for g, on in zip(GENRES, row) if on) for row in flags]  # 1,682 rows, once per load
-    return interactions, pd.DataFrame({ITEM: items[ITEM].astype("int64"), "title": items["title"], "genres": genres})
+    return interactions, pd.DataFrame({ITEM: items[ITEM], "title": items["title"], "genres": genres})
 
 
-def _read_recbole(dataset_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _read_recbole(ratings_path: Path, items_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """RecBole atomic files name columns `name:type`; titles carry no year, so it is added back."""
-    interactions = _read_table(dataset_dir / "ml-100k.inter", sep="\t")
-    interactions.columns = [c.split(":")[0] for c in interactions.columns]
-    interactions = interactions[[USER, ITEM, RATING, TIMESTAMP]].astype(
-        {USER: "int64", ITEM: "int64", RATING: "float32", TIMESTAMP: "int64"}
-    )
-    items = _read_table(dataset_dir / "ml-100k.item", sep="\t", dtype=str, keep_default_na=False)
-    items.columns = [c.split(":")[0] for c in items.columns]
-    title = items["movie_title"].where(items["release_year"] == "", items["movie_title"] + " (" + items["release_year"] + ")")
-    genres = items["class"].str.split().str.join("|")
-    return interactions, pd.DataFrame({ITEM: items[ITEM].astype("int64"), "title": title, "genres": genres})
+    interactions = _read_ratings(ratings_path, header=0)
+    with _unreadable_as_data_error(items_path):
+        items = pd.read_csv(items_path, sep="\t", dtype=str, keep_default_na=False, index_col=False)
+        items.columns = [str(c).split(":")[0] for c in items.columns]
+        item_ids = items[ITEM].astype("int64")
+        title = items["movie_title"].where(items["release_year"] == "", items["movie_title"] + " (" + items["release_year"] + ")")
+        genres = items["class"].str.split().str.join("|")
+    return interactions, pd.DataFrame({ITEM: item_ids, "title": title, "genres": genres})
 
 
-def _read_table(path: Path, **read_csv_args) -> pd.DataFrame:
+def _read_ratings(path: Path, **read_csv_args) -> pd.DataFrame:
+    """Ratings as (int64 user, int64 item, float32 rating, int64 timestamp) rows.
+
+    Cells are parsed as float64 first and checked before the integer cast, which would silently
+    truncate a fraction and fail on the NaN that a line cut short leaves.
+    """
+    with _unreadable_as_data_error(path):
+        frame = pd.read_csv(path, sep="\t", dtype="float64", index_col=False, **read_csv_args)
+    frame.columns = [str(c).split(":")[0] for c in frame.columns]
+    missing = [column for column in RATING_COLUMNS if column not in frame.columns]
+    if missing:
+        raise _unreadable(path, f"no {', '.join(missing)} column")
+    values = frame[list(RATING_COLUMNS)].to_numpy()
+    whole = values[:, [0, 1, 3]]
+    valid = np.isfinite(values).all(axis=1) & ((np.abs(whole) < WHOLE_LIMIT) & (whole == np.floor(whole))).all(axis=1)
+    if not valid.all():
+        row = int(np.flatnonzero(~valid)[0]) + 1
+        raise _unreadable(path, f"data row {row:,}: a cell is empty or not finite, or an id or timestamp is not whole")
+    return pd.DataFrame(
+        {USER: whole[:, 0].astype("int64"), ITEM: whole[:, 1].astype("int64"),
+         RATING: values[:, 2].astype("float32"), TIMESTAMP: whole[:, 2].astype("int64")}
+    )  # fmt: skip
+
+
+@contextmanager
+def _unreadable_as_data_error(path: Path) -> Iterator[None]:
+    """Any parse failure of a local MovieLens file becomes one line that says what to do."""
     try:
-        return pd.read_csv(path, **read_csv_args)
-    except (ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot be read as MovieLens ({error}); delete it to download a fresh copy") from error
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            yield
+    except UNREADABLE as error:
+        if isinstance(error, KeyError):
+            detail = f"no {error.args[0]} column"
+        elif isinstance(error, pd.errors.ParserWarning):
+            detail = "a row has more cells than the header"
+        else:
+            detail = first_line(error)
+        raise _unreadable(path, detail) from error
 
 
-def _verify(interactions: pd.DataFrame, expected: ExpectedCounts, dataset_dir: Path) -> None:
-    found = ExpectedCounts(len(interactions), interactions[USER].nunique(), interactions[ITEM].nunique())
-    if found != expected:
+def _unreadable(path: Path, detail: str) -> DataError:
+    return DataError(f"{path}: cannot be read as MovieLens-100K ({detail}); delete {path.parent} to fetch a fresh copy")
+
+
+def _verify(loaded: LoadedInteractions, expected: ExpectedContent, ratings_path: Path, items_path: Path) -> None:
+    """Counts first (they say what is wrong in words), then the ratings digest.
+
+    The item file only supplies titles and genres, never a rating, so it is checked by its count
+    and by parsing; the digest is what guards the numbers that training and metrics see.
+    """
+    interactions, folder = loaded.interactions, ratings_path.parent
+    found = (len(interactions), interactions[USER].nunique(), interactions[ITEM].nunique())
+    if found != (expected.interactions, expected.users, expected.items):
         raise DataError(
-            f"{dataset_dir}: found {found.interactions:,} interactions, {found.users:,} users, {found.items:,} items; "
-            f"ML-100K has {expected.interactions:,}, {expected.users:,}, {expected.items:,}. "
-            "Delete the folder to download a fresh copy"
+            f"{folder}: found {found[0]:,} interactions, {found[1]:,} users, {found[2]:,} items; "
+            f"ML-100K has {expected.interactions:,}, {expected.users:,}, {expected.items:,}; delete {folder} to fetch a fresh copy"
+        )
+    listed = loaded.items[ITEM]
+    if len(listed) != expected.items or listed.nunique() != expected.items:
+        raise DataError(
+            f"{items_path}: lists {len(listed):,} rows with {listed.nunique():,} distinct item ids; ML-100K has "
+            f"{expected.items:,}; delete {folder} to fetch a fresh copy"
+        )
+    digest = ratings_sha256(interactions)
+    if digest != expected.ratings_sha256:
+        raise DataError(
+            f"{ratings_path}: does not match MovieLens-100K (sha256 of its sorted ratings {digest[:16]}..., "
+            f"expected {expected.ratings_sha256[:16]}...); delete {folder} to fetch a fresh copy"
         )
 
 

@@ -1,0 +1,245 @@
+"""A FAISS index file is reused only when it provably holds the vectors being served: another run's
+index at the same path, a damaged file or sidecar, or changed settings make it rebuilt, never served."""
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from recsys_lightning.config import PROJECT_ROOT, register_resolvers
+from recsys_lightning.errors import ConfigError
+from recsys_lightning.recommend import serve
+from recsys_lightning.serving import vector_index
+from recsys_lightning.serving.vector_index import ItemVectorIndex, check_settings, open_or_build
+
+pytest.importorskip("faiss")
+register_resolvers()
+
+
+def vectors(num_items: int = 50, dim: int = 8, seed: int = 0) -> torch.Tensor:
+    return torch.randn(num_items, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def exact_top(item_vectors: torch.Tensor, queries: torch.Tensor, k: int = 5) -> torch.Tensor:
+    return torch.topk(queries @ item_vectors.T, k).indices
+
+
+def sidecar(path) -> dict:
+    return json.loads((path.parent / f"{path.name}.json").read_text())
+
+
+def rebuilt(caplog, path, item_vectors, **settings) -> ItemVectorIndex:
+    """open_or_build that must have built (and written) the index, not loaded it."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=vector_index.__name__):
+        index = open_or_build(item_vectors, path, **settings)
+    assert any("wrote the" in message for message in caplog.messages), caplog.messages
+    assert not any("loaded the" in message for message in caplog.messages), caplog.messages
+    return index
+
+
+def test_another_runs_index_of_the_same_width_is_rebuilt_and_serves_this_runs_items(tmp_path, caplog):
+    path = tmp_path / "items.faiss"
+    run_a, run_b, queries = vectors(seed=0), vectors(seed=1), vectors(num_items=7, seed=2)
+    open_or_build(run_a, path)
+    index = rebuilt(caplog, path, run_b)
+    assert "built from other item vectors or settings (vectors_sha256 differ)" in caplog.text
+    assert torch.equal(index.search(queries, 5)[1], exact_top(run_b, queries))
+    assert torch.equal(ItemVectorIndex.load(path).search(queries, 5)[1], exact_top(run_b, queries))
+    assert sidecar(path)["vectors_sha256"] == hashlib.sha256(run_b.numpy().tobytes()).hexdigest()
+
+
+def test_another_item_count_is_rebuilt(tmp_path, caplog):
+    path = tmp_path / "items.faiss"
+    open_or_build(vectors(num_items=50), path)
+    index = rebuilt(caplog, path, vectors(num_items=60))
+    assert index.num_items == 60 and "num_items, vectors_sha256 differ" in caplog.text
+    assert (sidecar(path)["num_items"], sidecar(path)["dim"]) == (60, 8)
+
+
+def test_the_same_vectors_and_settings_reuse_the_file_untouched(tmp_path, caplog):
+    path = tmp_path / "items.faiss"
+    item_vectors, queries = vectors(), vectors(num_items=3, seed=5)
+    open_or_build(item_vectors, path, kind="ivf", nlist=4, nprobe=4)
+    written = path.stat().st_mtime_ns, path.stat().st_ino
+    with caplog.at_level(logging.INFO, logger=vector_index.__name__):
+        index = open_or_build(item_vectors.clone(), path, kind="ivf", nlist=4, nprobe=4)
+    assert "loaded the ivf index" in caplog.text and "rebuild" not in caplog.text
+    assert (path.stat().st_mtime_ns, path.stat().st_ino) == written
+    assert index.index.nprobe == 4 and torch.equal(index.search(queries, 5)[1], exact_top(item_vectors, queries))
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "changed"),
+    [({"kind": "flat"}, {"kind": "ivf", "nlist": 4}, "kind, nlist, seed"), ({"kind": "ivf", "nlist": 4}, {"kind": "ivf", "nlist": 5}, "nlist")],
+    ids=["kind", "nlist"],
+)
+def test_other_settings_are_rebuilt(tmp_path, caplog, first, second, changed):
+    path = tmp_path / "items.faiss"
+    open_or_build(vectors(), path, **first)
+    rebuilt(caplog, path, vectors(), **second)
+    assert f"({changed} differ)" in caplog.text
+
+
+def test_a_garbage_or_replaced_index_file_is_rebuilt(tmp_path, caplog):
+    path = tmp_path / "items.faiss"
+    item_vectors, queries = vectors(), vectors(num_items=4, seed=3)
+    open_or_build(item_vectors, path)
+    path.write_bytes(b"garbage" * 100)
+    index = rebuilt(caplog, path, item_vectors)
+    assert "items.faiss changed since items.faiss.json was written" in caplog.text
+    assert torch.equal(index.search(queries, 5)[1], exact_top(item_vectors, queries))
+    # Another run's index copied over the file (same width) is caught by the file's own hash too.
+    open_or_build(vectors(seed=9), tmp_path / "other.faiss")
+    path.write_bytes((tmp_path / "other.faiss").read_bytes())
+    rebuilt(caplog, path, item_vectors)
+    assert torch.equal(ItemVectorIndex.load(path).search(queries, 5)[1], exact_top(item_vectors, queries))
+
+
+def test_an_index_faiss_cannot_parse_is_rebuilt_even_with_a_matching_sidecar(tmp_path, caplog):
+    path = tmp_path / "items.faiss"
+    open_or_build(vectors(), path)
+    path.write_bytes(b"garbage" * 100)
+    recorded = {**sidecar(path), "index_sha256": hashlib.sha256(b"garbage" * 100).hexdigest()}
+    (tmp_path / "items.faiss.json").write_text(json.dumps(recorded))
+    rebuilt(caplog, path, vectors())
+    assert "cannot read the index (Error in" in caplog.text and "not recognized" in caplog.text
+
+
+def test_an_index_of_another_size_is_rebuilt_even_when_its_sidecar_claims_otherwise(tmp_path, caplog):
+    path, other = tmp_path / "items.faiss", tmp_path / "small.faiss"
+    open_or_build(vectors(num_items=50), path)
+    open_or_build(vectors(num_items=40), other)
+    path.write_bytes(other.read_bytes())
+    forged = {**sidecar(path), "index_sha256": sidecar(other)["index_sha256"]}
+    (tmp_path / "items.faiss.json").write_text(json.dumps(forged))
+    assert rebuilt(caplog, path, vectors(num_items=50)).num_items == 50
+    assert "holds 40 vectors of width 8, not 50 of width 8" in caplog.text
+
+
+@pytest.mark.parametrize("content", [None, b"", b"{not json", b"\xff\xfe\x00", b"[1, 2]", b'{"format": 1}'],
+                         ids=["missing", "empty", "not_json", "not_utf8", "not_an_object", "incomplete"])  # fmt: skip
+def test_a_missing_or_garbage_sidecar_means_rebuilding(tmp_path, caplog, content):
+    path = tmp_path / "items.faiss"
+    open_or_build(vectors(), path)
+    json_path = tmp_path / "items.faiss.json"
+    json_path.unlink() if content is None else json_path.write_bytes(content)
+    rebuilt(caplog, path, vectors())
+    assert "rebuilding the index" in caplog.text
+    assert sidecar(path)["num_items"] == 50
+
+
+def test_written_files_are_normal_files_and_leave_no_temporaries(tmp_path):
+    path = tmp_path / "items.faiss"
+    old_umask = os.umask(0o022)
+    try:
+        open_or_build(vectors(), path, item_ids=np.array([f"item-{i}" for i in range(50)], dtype=object))
+    finally:
+        os.umask(old_umask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["items.faiss", "items.faiss.items.csv", "items.faiss.json"]
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {"0o644"}
+    assert (tmp_path / "items.faiss.items.csv").read_text().splitlines()[:2] == ["row,item_id", "0,item-0"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "items.faiss"
+    open_or_build(vectors(seed=0), path)
+    before = path.read_bytes()
+
+    def disk_full(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(ConfigError, match=r"^faiss.path: cannot write .*items.faiss \(No space left on device\); pick another path$"):
+        open_or_build(vectors(seed=1), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["items.faiss", "items.faiss.json"]
+
+
+def test_a_path_in_a_missing_folder_or_a_folder_is_one_line(tmp_path):
+    missing = tmp_path / "no-such-folder" / "items.faiss"
+    with pytest.raises(ConfigError, match=rf"^faiss.path={missing}: folder {missing.parent} does not exist; create it"):
+        open_or_build(vectors(), missing)
+    with pytest.raises(ConfigError, match=rf"^faiss.path={tmp_path}: is a folder; give a file path"):
+        open_or_build(vectors(), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"nprobe": 0}, "faiss.nprobe=0: must be an integer >= 1"),
+        ({"nprobe": -3}, "faiss.nprobe=-3: must be an integer >= 1"),
+        ({"nprobe": "many"}, "faiss.nprobe='many': must be an integer >= 1"),
+        ({"nprobe": True}, "faiss.nprobe=True: must be an integer >= 1"),
+        ({"kind": "ivf", "nlist": 0}, "faiss.nlist=0: must be an integer from 1 to 50 (the number of items)"),
+        ({"kind": "ivf", "nlist": 51}, "faiss.nlist=51: must be an integer from 1 to 50"),
+        ({"kind": "ivf", "nlist": 2.5}, "faiss.nlist=2.5: must be an integer from 1 to 50"),
+        ({"kind": "hnsw"}, "faiss.kind='hnsw': use one of flat, ivf"),
+        ({"kind": "x" * 500}, "faiss.kind='xxxx"),
+    ],
+)
+def test_bad_settings_name_the_key_before_anything_is_built(tmp_path, settings, message):
+    with pytest.raises(ConfigError) as caught:
+        open_or_build(vectors(), tmp_path / "items.faiss", **settings)
+    assert str(caught.value).startswith(message) and len(str(caught.value)) < 300, str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ConfigError, match="^faiss"):
+        ItemVectorIndex.build(vectors(), **{"kind": "flat", **settings})
+
+
+def test_the_default_nlist_is_valid_for_every_catalogue_size():
+    for num_items in (1, 2, 39, 40, 1682, 10**6):
+        check_settings(num_items, "ivf", vector_index._nlist(None, num_items), 16)
+
+
+def train_mf(folder, seed):
+    """A tiny MF checkpoint, one epoch on planted data: a stand-in for a training run."""
+    import pytorch_lightning as pl
+
+    from conftest import FrameDataModule
+    from recsys_lightning.module import RecommenderModule
+    from test_module import MODULE_CONFIG, planted_frame
+
+    pl.seed_everything(seed, verbose=False)
+    datamodule = FrameDataModule(planted_frame(), batch_size=256, seed=seed)
+    datamodule.setup("fit")
+    module = RecommenderModule(datamodule.num_users, datamodule.num_items, seed=seed, **MODULE_CONFIG)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, limit_val_batches=0, default_root_dir=folder)  # fmt: skip
+    trainer.fit(module, datamodule=datamodule)
+    trainer.save_checkpoint(folder / "model.ckpt")
+    return folder
+
+
+def test_recommend_with_another_runs_index_at_faiss_path_serves_this_run(tmp_path):
+    """Run B's checkpoint replaces run A's at the same path with A's mtime (cp -p, rsync -a, a restored
+    backup): path and mtime, all the old check looked at, are the same, the vectors are not."""
+    run_a, run_b = train_mf(tmp_path / "a", seed=0), train_mf(tmp_path / "b", seed=1)
+    saved = tmp_path / "shared.faiss"
+
+    def answer(run, *overrides):
+        """The ranked item ids of user 3's answer (scores differ between FAISS and torch in the last digit)."""
+        out = io.StringIO()
+        serve(compose("recommend", overrides=[f"run_dir={run}", f"checkpoint={run / 'model.ckpt'}", "user_id=3", *overrides]), out)
+        return [line.split()[1] for line in out.getvalue().strip().splitlines()[2:]]
+
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        by_model_a = answer(run_a)
+        assert answer(run_a, "index=faiss", f"faiss.path={saved}") == by_model_a
+        a_written = (run_a / "model.ckpt").stat()
+        shutil.copyfile(run_b / "model.ckpt", run_a / "model.ckpt")
+        os.utime(run_a / "model.ckpt", ns=(a_written.st_atime_ns, a_written.st_mtime_ns))
+        by_model_b = answer(run_a)
+        assert by_model_b != by_model_a
+        assert answer(run_a, "index=faiss", f"faiss.path={saved}") == by_model_b
+        with pytest.raises(ConfigError, match="^faiss.nprobe=0: "):
+            answer(run_b, "index=faiss", "faiss.nprobe=0")
+        with pytest.raises(ConfigError, match=r"^faiss.nlist=1000: must be an integer from 1 to 100 \(the number of items\)"):
+            answer(run_b, "index=faiss", "faiss.kind=ivf", "faiss.nlist=1000")
