@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 
-from recsys_lightning.errors import ConfigError
+from recsys_lightning.errors import ConfigError, first_line
 from recsys_lightning.models.base import Recommender
-from recsys_lightning.serving.catalogue import Catalogue
+from recsys_lightning.safe_config import checked_module_hyper_parameters
+from recsys_lightning.serving.catalogue import STATE_VERSION, Catalogue
 
 CATALOGUE_KEY = "catalogue"
 
@@ -29,7 +30,7 @@ class TrainedRun:
 
     @property
     def model_name(self) -> str:
-        return self.hyper_parameters["model"]["_target_"].rsplit(".", 1)[-1]
+        return str(self.hyper_parameters["model"]["_target_"]).rsplit(".", 1)[-1]
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
@@ -52,24 +53,64 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """`torch.load(weights_only=True)`: tensors and plain containers only, so a checkpoint cannot run code."""
+    """`torch.load(weights_only=True)`: tensors and plain containers only, so loading cannot run code.
+
+    What comes back is still untrusted: it is a mapping with a `state_dict` of tensors, and nothing
+    in it is built before `checked_module_hyper_parameters` or `checked_component` has passed it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{path}: empty file (0 bytes), not a checkpoint; it was cut off while being written")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ConfigError(f"{path}: refused, it holds pickled objects beyond tensors and plain data ({str(error).splitlines()[0]})") from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ConfigError(f"{path}: not a readable checkpoint ({str(error).splitlines()[0]})") from error
+        raise ConfigError(f"{path}: refused, it holds pickled objects beyond tensors and plain data ({first_line(error)})") from error
+    except Exception as error:  # torch reports truncated or foreign files as RuntimeError, EOFError, ValueError, ...
+        raise ConfigError(f"{path}: not a readable checkpoint, it may be truncated ({first_line(error)})") from error
+    state_dict = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise ConfigError(f"{path}: not a training checkpoint of this project (no state_dict of tensors)")
+    return checkpoint
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedRun:
+    """The model and catalogue of a checkpoint; its recorded config is checked before anything is built."""
     checkpoint = load_checkpoint(path, device)
     if CATALOGUE_KEY not in checkpoint:
         raise ConfigError(f"{path}: has no serving catalogue (it predates recommend); retrain the run to serve it")
-    hyper_parameters = checkpoint["hyper_parameters"]
+    hyper_parameters = checked_module_hyper_parameters(checkpoint.get("hyper_parameters"), str(path))
+    catalogue = catalogue_from_checkpoint(checkpoint[CATALOGUE_KEY], path)
+    if (catalogue.num_users, catalogue.num_items) != (hyper_parameters["num_users"], hyper_parameters["num_items"]):
+        raise ConfigError(f"{path}: its catalogue ({catalogue.num_users} users x {catalogue.num_items} items) does not match "
+                          f"its model ({hyper_parameters['num_users']} x {hyper_parameters['num_items']}); the file was altered")  # fmt: skip
     model: Recommender = instantiate(hyper_parameters["model"], num_users=hyper_parameters["num_users"],
                                      num_items=hyper_parameters["num_items"])  # fmt: skip
     prefix = "model."
     weights = {name[len(prefix):]: value for name, value in checkpoint["state_dict"].items() if name.startswith(prefix)}
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise ConfigError(f"{path}: its weights do not fit its model config ({first_line(error)})") from error
     model.to(device).eval()
-    return TrainedRun(model, Catalogue.from_state(checkpoint[CATALOGUE_KEY]), hyper_parameters, Path(path))
+    return TrainedRun(model, catalogue, hyper_parameters, Path(path))
+
+
+def catalogue_from_checkpoint(state: Any, path: str | Path) -> Catalogue:
+    """The serving catalogue, refused with one line when it is from another version or malformed."""
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        found = state.get("version") if isinstance(state, dict) else type(state).__name__
+        raise ConfigError(f"{path}: its serving catalogue is version {found!r:.40}, this code reads version {STATE_VERSION}; "
+                          "retrain the run with this version")  # fmt: skip
+    try:
+        catalogue = Catalogue.from_state(state)
+        consistent = (len(catalogue.seen.indptr) == catalogue.num_users + 1 and len(catalogue.popularity) == catalogue.num_items
+                      and int(catalogue.seen.indptr[-1]) == len(catalogue.seen.indices)
+                      and (len(catalogue.seen.indices) == 0 or 0 <= int(catalogue.seen.indices.min()) <= int(catalogue.seen.indices.max()) < catalogue.num_items)
+                      and (catalogue.titles is None or len(catalogue.titles) == catalogue.num_items))  # fmt: skip
+    except Exception as error:  # a crafted catalogue can fail anywhere in from_state
+        raise ConfigError(f"{path}: its serving catalogue is malformed ({type(error).__name__}: {first_line(error)})") from error
+    if not consistent:
+        raise ConfigError(f"{path}: its serving catalogue is inconsistent (index sizes disagree); the file was altered")
+    return catalogue

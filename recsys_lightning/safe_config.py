@@ -1,0 +1,128 @@
+"""Configs read back from disk (a checkpoint's hyper-parameters, a run's `.hydra/config.yaml`) are
+untrusted: `hydra.utils.instantiate` would build any `_target_` they name, at any depth.
+
+Before such a config is built, `checked_component` holds it to what the project itself offers: the
+top-level `_target_` must be one that a YAML file of the matching group under `conf/` names (so adding
+a model is still a class plus a YAML file), and every argument must be a scalar or a list of scalars.
+A nested mapping, a Hydra directive (`_args_`, `_recursive_`, ...) or an interpolation is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any, Mapping
+
+from omegaconf import OmegaConf
+
+from recsys_lightning.config import PROJECT_ROOT
+from recsys_lightning.errors import ConfigError
+
+TARGET, PARTIAL = "_target_", "_partial_"
+SCALARS = (str, int, float, bool, type(None))
+MAX_LIST_DEPTH = 2  # e.g. a list of hidden sizes, or split ratios
+QUOTE_LIMIT = 80
+
+
+@lru_cache(maxsize=None)
+def offered_targets(group: str) -> frozenset[str]:
+    """Every `_target_` named anywhere in `conf/<group>/*.yaml`: the classes the project offers there."""
+    targets: set[str] = set()
+    for path in (PROJECT_ROOT / "conf" / group).glob("*.yaml"):
+        targets |= _targets_in(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    return frozenset(targets)
+
+
+def _targets_in(node: Any) -> set[str]:
+    if isinstance(node, Mapping):
+        found = {node[TARGET]} if isinstance(node.get(TARGET), str) else set()
+        return found.union(*(_targets_in(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_targets_in(value) for value in node))
+    return set()
+
+
+def checked_component(group: str, node: Any, source: str) -> dict[str, Any]:
+    """A plain copy of `node` that is safe to instantiate, or a ConfigError naming `source` and the key.
+
+    `group` is the config group whose YAML files say which targets are allowed (model, loss, ...).
+    """
+    where = f"{source}: {group}"
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"{where} is {_quote(node)}, not a mapping with a _target_; refusing to build it")
+    target = node.get(TARGET)
+    allowed = offered_targets(group)
+    if target not in allowed:
+        raise ConfigError(f"{where}._target_ is {_quote(target)}, which no conf/{group}/*.yaml offers "
+                          f"({', '.join(sorted(allowed))}); refusing to build it")  # fmt: skip
+    checked: dict[str, Any] = {TARGET: target}
+    for key, value in node.items():
+        if key == TARGET:
+            continue
+        if not isinstance(key, str) or key.startswith("_") and key != PARTIAL:
+            raise ConfigError(f"{where} has the key {_quote(key)}; only plain argument names (and _partial_) are accepted")
+        if key == PARTIAL and not isinstance(value, bool):
+            raise ConfigError(f"{where}._partial_ is {_quote(value)}, not true or false")
+        checked[key] = checked_value(value, f"{where}.{key}")
+    return checked
+
+
+def checked_value(value: Any, where: str, depth: int = 0) -> Any:
+    """A scalar or a (shallow) list of scalars; never a mapping, an object or an interpolation."""
+    if isinstance(value, (list, tuple)) and depth < MAX_LIST_DEPTH:
+        return [checked_value(element, f"{where}[{position}]", depth + 1) for position, element in enumerate(value)]
+    if isinstance(value, Mapping):
+        nested = " carrying a _target_" if TARGET in value else ""
+        raise ConfigError(f"{where} is a nested mapping{nested}; arguments read from disk must be numbers, strings or lists")
+    if not isinstance(value, SCALARS):
+        raise ConfigError(f"{where} is a {type(value).__name__}; arguments read from disk must be numbers, strings or lists")
+    if isinstance(value, str) and "${" in value:
+        raise ConfigError(f"{where} is the interpolation {_quote(value)}; a recorded config must hold resolved values")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} is {value}; a recorded config must hold finite numbers")
+    return value
+
+
+def checked_int(value: Any, where: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where} is {_quote(value)}, not an integer >= {minimum}")
+    return value
+
+
+def _quote(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= QUOTE_LIMIT else text[: QUOTE_LIMIT - 3] + "..."
+
+
+MODULE_COMPONENTS = ("model", "loss", "sampler", "optimizer")
+MODULE_KEYS = frozenset({"num_users", "num_items", *MODULE_COMPONENTS, "scheduler", "ks", "seed"})
+
+
+def checked_module_hyper_parameters(hyper_parameters: Any, source: str) -> dict[str, Any]:
+    """A checkpoint's `hyper_parameters`, checked key by key, ready for `RecommenderModule(**...)`."""
+    if not isinstance(hyper_parameters, Mapping):
+        raise ConfigError(f"{source}: hyper_parameters is {_quote(hyper_parameters)}, not a mapping; not a checkpoint of this project")
+    unknown = sorted(str(key) for key in hyper_parameters if key not in MODULE_KEYS)
+    if unknown:
+        raise ConfigError(f"{source}: hyper_parameters has unknown keys ({', '.join(_quote(key) for key in unknown[:5])}); "
+                          "not a checkpoint of this version of the project")  # fmt: skip
+    checked: dict[str, Any] = {
+        "num_users": checked_int(hyper_parameters.get("num_users"), f"{source}: num_users", minimum=1),
+        "num_items": checked_int(hyper_parameters.get("num_items"), f"{source}: num_items", minimum=1),
+        "seed": checked_int(hyper_parameters.get("seed", 0), f"{source}: seed"),
+    }
+    for group in MODULE_COMPONENTS:
+        checked[group] = checked_component(group, hyper_parameters.get(group), source)
+    ks = hyper_parameters.get("ks", [10, 20])
+    if not isinstance(ks, (list, tuple)) or not ks:
+        raise ConfigError(f"{source}: ks is {_quote(ks)}, not a list of cut-offs")
+    checked["ks"] = [checked_int(k, f"{source}: ks", minimum=1) for k in ks]
+    scheduler = checked["scheduler"] = hyper_parameters.get("scheduler")
+    if scheduler is not None:
+        if not isinstance(scheduler, Mapping):
+            raise ConfigError(f"{source}: scheduler is {_quote(scheduler)}, not a mapping")
+        checked["scheduler"] = {
+            key: checked_component("scheduler", value, source) if key == "scheduler" else checked_value(value, f"{source}: scheduler.{key}")
+            for key, value in scheduler.items()
+        }  # fmt: skip
+    return checked

@@ -1,0 +1,182 @@
+"""Checkpoints and run folders are untrusted input: a crafted one must never run code, through any
+entry point (recommend, evaluate, resume), and is refused with one line."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+
+from recsys_lightning.config import PROJECT_ROOT, register_resolvers
+from recsys_lightning.errors import ConfigError
+from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters, offered_targets
+from recsys_lightning.serving.checkpoint import find_checkpoint
+
+from conftest import run_module
+
+register_resolvers()
+
+
+class TouchOnLoad:
+    """Unpickling this creates `marker`: the stand-in for any code a pickle can run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture
+def marker(tmp_path) -> Path:
+    return tmp_path / "code-ran"
+
+
+@pytest.fixture
+def payload(tmp_path, marker) -> Path:
+    """A full pickle that runs code when loaded with weights_only=False."""
+    path = tmp_path / "payload.pt"
+    torch.save(TouchOnLoad(marker), path)
+    return path
+
+
+def crafted_run(movielens_run: Path, tmp_path: Path, edit) -> Path:
+    """A copy of a real run folder whose best checkpoint went through `edit(checkpoint)`."""
+    run_dir = tmp_path / "crafted_run"
+    shutil.copytree(movielens_run, run_dir, ignore=shutil.ignore_patterns("events.out.*", "0*"))
+    path = find_checkpoint(run_dir)
+    checkpoint = torch.load(path, weights_only=True)
+    edit(checkpoint)
+    torch.save(checkpoint, path)
+    return run_dir
+
+
+def one_error_line(result) -> str:
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    return errors[0]
+
+
+def nested_torch_load(payload: Path) -> dict:
+    return {"_target_": "torch.load", "f": str(payload), "weights_only": False}
+
+
+EDITS = {
+    "nested target in a model argument": lambda p: lambda ckpt: ckpt["hyper_parameters"]["model"].update(bias=nested_torch_load(p)),
+    "top-level target swapped": lambda p: lambda ckpt: ckpt["hyper_parameters"].update(model=nested_torch_load(p)),
+    "hydra _args_ directive": lambda p: lambda ckpt: ckpt["hyper_parameters"]["model"].update(_args_=[nested_torch_load(p)]),
+    "nested target in a list": lambda p: lambda ckpt: ckpt["hyper_parameters"]["model"].update(dim=[nested_torch_load(p)]),
+    "nested target in the loss": lambda p: lambda ckpt: ckpt["hyper_parameters"]["loss"].update(l2=nested_torch_load(p)),
+    "nested target in the scheduler": lambda p: lambda ckpt: ckpt["hyper_parameters"].update(
+        scheduler={"scheduler": nested_torch_load(p), "interval": "epoch"}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_crafted_checkpoint_runs_no_code_in_recommend_or_evaluate(movielens_run, tmp_path, payload, marker, edit):
+    run_dir = crafted_run(movielens_run, tmp_path, EDITS[edit](payload))
+    for module, overrides in (("recsys_lightning.recommend", ["user_id=1"]), ("recsys_lightning.evaluate", [])):
+        line = one_error_line(run_module(module, f"run_dir={run_dir}", *overrides))
+        assert "refusing to build it" in line or "arguments read from disk" in line or "only plain argument names" in line, line
+        assert not marker.exists(), f"{module} ran code from the checkpoint ({edit})"
+
+
+def test_checkpoint_with_a_pickled_object_is_refused_for_serving_and_resume(movielens_run, tmp_path, payload, marker):
+    run_dir = crafted_run(movielens_run, tmp_path, lambda ckpt: ckpt.update(extra=TouchOnLoad(marker)))
+    assert not marker.exists()
+    line = one_error_line(run_module("recsys_lightning.recommend", f"run_dir={run_dir}", "user_id=1"))
+    assert "refused, it holds pickled objects" in line
+    resumed = run_module("recsys_lightning.train", "trainer.max_epochs=4", f"hydra.run.dir={run_dir}",
+                         f"ckpt_path={find_checkpoint(run_dir)}", "callbacks.progress_bar.refresh_rate=0")  # fmt: skip
+    assert "refused, it holds pickled objects" in one_error_line(resumed)
+    resumed = run_module("recsys_lightning.train", "trainer.max_epochs=4", f"hydra.run.dir={tmp_path / 'fresh'}",
+                         f"ckpt_path={payload}", "callbacks.progress_bar.refresh_rate=0")  # fmt: skip
+    assert "refused, it holds pickled objects" in one_error_line(resumed)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", ["data argument", "data target", "list element"])
+def test_crafted_run_config_runs_no_code_in_evaluate(movielens_run, tmp_path, payload, marker, where):
+    run_dir = crafted_run(movielens_run, tmp_path, lambda ckpt: None)
+    config_path = run_dir / ".hydra" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    if where == "data argument":
+        config["data"]["min_rating"] = nested_torch_load(payload)
+    elif where == "data target":
+        config["data"] = nested_torch_load(payload)
+    else:
+        config["data"]["split_ratios"] = [0.8, nested_torch_load(payload), 0.1]
+    config_path.write_text(yaml.safe_dump(config))
+    line = one_error_line(run_module("recsys_lightning.evaluate", f"run_dir={run_dir}"))
+    assert str(config_path) in line
+    assert not marker.exists()
+
+
+def test_malformed_checkpoints_are_one_line_errors(movielens_run, tmp_path):
+    run_dir = crafted_run(movielens_run, tmp_path, lambda ckpt: None)
+    path = find_checkpoint(run_dir)
+    cases = {
+        "empty file (0 bytes)": b"",
+        "not a readable checkpoint": path.read_bytes()[:5000],
+        "no state_dict of tensors": None,
+    }
+    for expected, content in cases.items():
+        if content is None:
+            torch.save(torch.zeros(3), path)
+        else:
+            path.write_bytes(content)
+        for module in ("recsys_lightning.recommend", "recsys_lightning.evaluate"):
+            overrides = ["user_id=1"] if module.endswith("recommend") else []
+            assert expected in one_error_line(run_module(module, f"run_dir={run_dir}", *overrides)), (module, expected)
+
+
+def test_catalogue_of_another_version_is_refused(movielens_run, tmp_path):
+    run_dir = crafted_run(movielens_run, tmp_path, lambda ckpt: ckpt["catalogue"].update(version=99))
+    line = one_error_line(run_module("recsys_lightning.recommend", f"run_dir={run_dir}", "user_id=1"))
+    assert "version 99" in line and "retrain" in line
+
+
+def compose_config(*overrides: str):
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=["paths.run_dir=.", "run_name=x", *overrides])
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (PROJECT_ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["model", "loss", "sampler", "optimizer", "data", "scheduler"])
+def test_every_option_the_configs_offer_passes_the_check(group):
+    from omegaconf import OmegaConf
+
+    for option in options(group):
+        cfg = compose_config(f"{group}={option}")
+        node = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) else None
+        if group == "scheduler":
+            if node:
+                checked_component("scheduler", node["scheduler"], "test")
+        elif group != "data" or option != "csv":  # csv needs a path to resolve nothing else
+            assert checked_component(group, node, "test") == node
+
+
+def test_hyper_parameters_check_names_the_key_and_keeps_valid_values():
+    hyper_parameters = {"num_users": 3, "num_items": 4, "model": {"_target_": "recsys_lightning.models.MatrixFactorization", "dim": 8},
+                        "loss": {"_target_": "recsys_lightning.losses.BPRLoss", "l2": 0.01},
+                        "sampler": {"_target_": "recsys_lightning.samplers.UniformSampler", "num_negatives": 1},
+                        "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01}, "scheduler": None,
+                        "ks": [10], "seed": 1}  # fmt: skip
+    assert checked_module_hyper_parameters(hyper_parameters, "x.ckpt") == hyper_parameters
+    for key, value, message in (
+        ("num_users", True, "num_users is True, not an integer"),
+        ("optimizer", {"_target_": "os.system", "command": "true"}, "optimizer._target_ is 'os.system'"),
+        ("ks", [10, "${oc.env:HOME}"], "ks is '${oc.env:HOME}'"),
+        ("model", {"_target_": "recsys_lightning.models.MatrixFactorization", "_recursive_": True}, "'_recursive_'"),
+        ("evil", 1, "unknown keys ('evil')"),
+    ):
+        with pytest.raises(ConfigError, match="x.ckpt") as error:
+            checked_module_hyper_parameters({**hyper_parameters, key: value}, "x.ckpt")
+        assert message in str(error.value), str(error.value)
+    assert "torch.load" not in offered_targets("model") and "recsys_lightning.models.NeuMF" in offered_targets("model")
