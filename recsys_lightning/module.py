@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Sequence
 
@@ -112,8 +113,8 @@ class RecommenderModule(pl.LightningModule):
 
     def _stop_on_nonfinite_loss(self, batch_idx: int) -> None:
         """Raise before this epoch's validation, so no checkpoint of the broken weights is written."""
-        callback = self.trainer.checkpoint_callback
-        kept = callback.last_model_path or callback.best_model_path if callback else ""
+        written = [callback.last_model_path or callback.best_model_path for callback in self.trainer.checkpoint_callbacks]
+        kept = max((path for path in written if path and os.path.exists(path)), key=os.path.getmtime, default="")
         bad_batch = int(self._first_bad_step)
         global_step = self.global_step - 1 - (batch_idx - bad_batch)  # global_step already counts this batch
         raise TrainingDiverged(

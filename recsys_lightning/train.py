@@ -8,36 +8,55 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from recsys_lightning.config import PROJECT_ROOT, register_resolvers
+from recsys_lightning.atomic import atomic_file
+from recsys_lightning.callbacks import TrainingTime
+from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.datamodule import InteractionDataModule
-from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
+from recsys_lightning.errors import ConfigError, RecsysError, RunInterrupted, exit_with_message
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.projector import log_item_embeddings
+from recsys_lightning.run_folder import LAST, RunFolder
+from recsys_lightning.serving.checkpoint import load_checkpoint
+from recsys_lightning.validation import check_training_config
 
 log = logging.getLogger(__name__)
 register_resolvers()
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train, early-stop, test the best checkpoint, and return the flat metrics written to metrics.json."""
-    check_loss_and_sampler(cfg)
-    pl.seed_everything(cfg.seed, workers=True)
-    run_dir = Path(cfg.paths.run_dir)
+    """Train, early-stop, test the best checkpoint, and return the flat metrics written to metrics.json.
 
+    The run folder is claimed first: a fresh run refuses a folder that holds another run's results,
+    and no two processes train into one folder at once.
+    """
+    check_training_config(cfg)
+    run_folder = RunFolder(cfg.paths.run_dir)
+    resuming = cfg.get("ckpt_path") is not None
+    if rank_zero_only.rank == 0:  # DDP ranks > 0 write into the folder rank 0 holds
+        run_folder.claim(resuming)
+    try:
+        return _train(cfg, run_folder)
+    finally:
+        run_folder.release()
+
+
+def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
+    resume_from = run_folder.resume_checkpoint(str(cfg.ckpt_path)) if cfg.get("ckpt_path") is not None else None
+    pl.seed_everything(cfg.seed, workers=True)
     datamodule: InteractionDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # the model's size depends on the data
     module = RecommenderModule(
@@ -51,25 +70,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ks=list(cfg.eval.ks),
         seed=cfg.seed,
     )
+    if resume_from is not None:
+        _check_resume_fits(resume_from, module)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback]
     loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values() if logger]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     fit_start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    train_seconds = time.perf_counter() - fit_start
-    best_checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    ckpt_path = best_checkpoint or None
-    metrics: dict[str, Any] = {}
-    trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
-    metrics.update({name: value.item() for name, value in trainer.callback_metrics.items() if name.startswith("val/")})
-    if cfg.run_test and datamodule.has_test:
-        metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0])
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        # Read now: validating a checkpoint below restores the callbacks' state saved with it.
+        clock = next((callback for callback in callbacks if isinstance(callback, TrainingTime)), None)
+        train_seconds = clock.seconds if clock else time.perf_counter() - fit_start
+        best_checkpoint = _best_checkpoint(trainer, run_folder)
+        metrics: dict[str, Any] = {}
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best_checkpoint, verbose=False, weights_only=True)
+        metrics.update({name: value.item() for name, value in trainer.callback_metrics.items() if name.startswith("val/")})
+        if cfg.run_test and datamodule.has_test:
+            metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best_checkpoint, verbose=False, weights_only=True)[0])
+    except SIGTERMException as stop:
+        raise RunInterrupted(_how_to_resume(trainer, run_folder)) from stop
     metrics["best_epoch"] = _checkpoint_epoch(best_checkpoint) if best_checkpoint else trainer.current_epoch - 1
     metrics["train_seconds"] = round(train_seconds, 2)
     metrics["epochs"] = trainer.current_epoch
     metrics["data_source"] = datamodule.source
-    metrics["best_checkpoint"] = os.path.relpath(best_checkpoint, run_dir) if best_checkpoint else None
+    metrics["best_checkpoint"] = os.path.relpath(best_checkpoint, run_folder.path) if best_checkpoint else None
 
     for logger in trainer.loggers:
         final = {f"final/{name}": value for name, value in metrics.items() if isinstance(value, (int, float))}
@@ -78,23 +103,45 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             # The module holds the best checkpoint's weights here: validate and test loaded them.
             log_item_embeddings(logger.experiment, module.model, module.catalogue, cfg.projector.max_items, trainer.global_step)
     if trainer.is_global_zero:
-        _write_json_atomically(run_dir / "metrics.json", metrics)
+        with atomic_file(run_folder.path / "metrics.json") as handle:
+            json.dump(metrics, handle, indent=2, sort_keys=True)
         log.info("metrics: %s", json.dumps(metrics, indent=None))
     return metrics
 
 
-def check_loss_and_sampler(cfg: DictConfig) -> None:
-    """Fail at once, before any data is loaded, on a loss that cannot train with the chosen sampler."""
-    loss_class = get_class(cfg.loss._target_)
-    sampler_class = cfg.sampler._target_.rsplit(".", 1)[-1]
-    if sampler_class not in loss_class.rejected_samplers:
-        return
-    options = {path.stem: OmegaConf.load(path).get("_target_", "") for path in sorted((PROJECT_ROOT / "conf" / "sampler").glob("*.yaml"))}
-    valid = [name for name, target in options.items() if target.rsplit(".", 1)[-1] not in loss_class.rejected_samplers]
-    raise ConfigError(
-        f"{loss_class.__name__} cannot train with {sampler_class}: {loss_class.rejection_reason}; "
-        f"with this loss use sampler={' or sampler='.join(valid)}"
-    )
+def _check_resume_fits(path: Path, module: RecommenderModule) -> None:
+    """A checkpoint of another model size or data set fails here with one line, not deep in torch."""
+    saved = load_checkpoint(path)["state_dict"]
+    expected = module.state_dict()
+    for name, tensor in expected.items():
+        if name not in saved or saved[name].shape != tensor.shape:
+            found = tuple(saved[name].shape) if name in saved else "nothing"
+            raise ConfigError(f"ckpt_path={path}: it was trained with another model or data ({name} is {found}, this run needs "
+                              f"{tuple(tensor.shape)}); resume with that run's overrides, or drop ckpt_path to start fresh")  # fmt: skip
+    unknown = sorted(set(saved) - set(expected))
+    if unknown:
+        raise ConfigError(f"ckpt_path={path}: it holds weights this model lacks ({unknown[0]}); resume with that run's model overrides")
+
+
+def _best_checkpoint(trainer: pl.Trainer, run_folder: RunFolder) -> str | None:
+    """The monitored best, which must be a checkpoint of this folder (a resumed checkpoint's record could name any file)."""
+    callback = trainer.checkpoint_callback
+    best = callback.best_model_path if callback else ""
+    if not best:
+        return None
+    if Path(best).resolve().parent != run_folder.checkpoints.resolve():
+        raise ConfigError(f"the best checkpoint on record, {best[:200]}, is outside {run_folder.checkpoints}; "
+                          "the resumed checkpoint came from another folder: resume from a checkpoint of this run")  # fmt: skip
+    return best
+
+
+def _how_to_resume(trainer: pl.Trainer, run_folder: RunFolder) -> str:
+    last = run_folder.checkpoints / f"{LAST}.ckpt"
+    where = f"at epoch {trainer.current_epoch}" if trainer.state.fn == "fit" else "after training, while testing"
+    if not last.is_file():
+        return f"stopped by SIGTERM {where}, before any checkpoint was written; run the command again to start over"
+    return (f"stopped by SIGTERM {where}; {last} holds the last finished epoch: resume with the same command "
+            f"plus hydra.run.dir={run_folder.path} ckpt_path=last")  # fmt: skip
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -107,7 +154,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except Exception as error:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(error, RunInterrupted):
             user_error = isinstance(error, RecsysError)
             message = str(error) if user_error else f"{type(error).__name__}: {error}"
             log.error("run failed: %s", message, exc_info=not user_error)
@@ -126,15 +173,7 @@ def _plain(node: Any) -> Any:
 
 
 def _checkpoint_epoch(path: str) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-
-
-def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written metrics.json."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-    os.replace(handle.name, path)
+    return int(load_checkpoint(path)["epoch"])
 
 
 if __name__ == "__main__":

@@ -30,3 +30,14 @@ class PoisonWeightsAt(pl.Callback):
             with torch.no_grad():
                 for parameter in module.model.parameters():
                     parameter.fill_(float("nan"))
+
+
+class TermAt(pl.Callback):
+    """SIGTERM the process at the start of one batch, as `kill`, a SLURM time limit or `docker stop` do."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)

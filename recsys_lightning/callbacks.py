@@ -1,0 +1,34 @@
+"""Lightning callbacks of our own, listed in conf/callbacks/default.yaml."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+
+
+class TrainingTime(pl.Callback):
+    """Seconds spent in `fit`, summed over every resume: the total travels in each checkpoint."""
+
+    def __init__(self) -> None:
+        self.before_this_process = 0.0
+        self.started: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        running = time.perf_counter() - self.started if self.started is not None else 0.0
+        return self.before_this_process + running
+
+    def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.before_this_process, self.started = self.seconds, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        seconds = state_dict.get("seconds", 0.0)
+        self.before_this_process = float(seconds) if isinstance(seconds, (int, float)) else 0.0

@@ -1,0 +1,164 @@
+"""One run per folder, honest exits, crash-safe checkpoints, and run records that say what happened,
+through the real entry point on small synthetic data."""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from recsys_lightning.atomic import atomic_file
+from recsys_lightning.checkpoint_io import AtomicCheckpointIO
+from recsys_lightning.errors import ConfigError
+from recsys_lightning.run_folder import RunFolder
+
+from conftest import ROOT, run_module
+
+SMALL_RUN = ["data=synthetic", "data.num_users=300", "data.num_items=200", "data.num_interactions=6000", "data.batch_size=512",
+             "trainer.max_epochs=3", "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0", "projector.max_items=0"]  # fmt: skip
+
+
+def train(run_dir, *overrides, fault_injection=False):
+    return run_module("recsys_lightning.train", *SMALL_RUN, f"hydra.run.dir={run_dir}", *overrides, fault_injection=fault_injection)
+
+
+def error_lines(result) -> list[str]:
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def checkpoint_epoch(path) -> int:
+    return torch.load(path, weights_only=True)["epoch"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    result = train(run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_and_changes_nothing(finished_run):
+    before = {path: path.stat().st_mtime_ns for path in finished_run.rglob("*") if path.is_file() and path.suffix in (".ckpt", ".json")}
+    result = train(finished_run)
+    assert result.returncode == 1
+    (line,) = error_lines(result)
+    assert "already holds a run (metrics.json, checkpoints/" in line and "ckpt_path=last" in line
+    after = {path: path.stat().st_mtime_ns for path in finished_run.rglob("*") if path.is_file() and path.suffix in (".ckpt", ".json")}
+    assert after == before
+
+
+def test_a_second_process_cannot_train_into_a_folder_being_trained(tmp_path):
+    holder = RunFolder(tmp_path / "busy")
+    holder.claim(resuming=False)
+    try:
+        result = train(tmp_path / "busy")
+        assert result.returncode == 1
+        (line,) = error_lines(result)
+        assert f"pid {os.getpid()} is training into this folder right now" in line
+        with pytest.raises(ConfigError, match="training into this folder"):
+            RunFolder(tmp_path / "busy").claim(resuming=True)
+    finally:
+        holder.release()
+    RunFolder(tmp_path / "busy").claim(resuming=False)  # released: free again (and this process's lock ends with it)
+
+
+def test_files_written_atomically_get_normal_permissions(finished_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [finished_run / "metrics.json", *(finished_run / "checkpoints").glob("*.ckpt")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    assert not [path for path in finished_run.rglob(".*.tmp")]
+
+
+def test_an_interrupted_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1}, target)
+    with pytest.raises(Exception):
+        AtomicCheckpointIO().save_checkpoint({"epoch": 2, "unpicklable": lambda: None}, target)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_file(tmp_path / "metrics.json") as handle:
+            handle.write("{")
+            raise KeyboardInterrupt
+    assert torch.load(target, weights_only=True) == {"epoch": 1}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_sigterm_exits_143_with_how_to_resume_and_the_resumed_run_finishes(tmp_path):
+    run_dir = tmp_path / "run"
+    result = train(run_dir, "+callbacks.term._target_=fault_injection.TermAt", "+callbacks.term.epoch=1",
+                   "+callbacks.term.batch=3", fault_injection=True)  # fmt: skip
+    assert result.returncode == 143, result.stderr[-3000:]
+    (line,) = error_lines(result)
+    assert "stopped by SIGTERM at epoch 1" in line and f"hydra.run.dir={run_dir} ckpt_path=last" in line
+    assert not (run_dir / "metrics.json").exists()
+    assert checkpoint_epoch(run_dir / "checkpoints" / "last.ckpt") == 0
+    resumed = train(run_dir, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_it_did_not_improve(tmp_path):
+    """With lr=1e-12 (float32 weights cannot move) no epoch after the first improves: last.ckpt must still follow every epoch."""
+    run_dir = tmp_path / "run"
+    killed = train(run_dir, "optimizer.lr=1e-12", "trainer.max_epochs=5", "+callbacks.kill._target_=fault_injection.KillAt",
+                   "+callbacks.kill.epoch=3", "+callbacks.kill.batch=2", fault_injection=True)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    assert [path.name for path in sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))] == ["epoch000.ckpt"]
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2
+    seconds_before_kill = next(state["seconds"] for name, state in last["callbacks"].items() if "TrainingTime" in name)
+    resumed = train(run_dir, "optimizer.lr=1e-12", "trainer.max_epochs=5", "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 5 and metrics["best_epoch"] == 0
+    assert metrics["train_seconds"] > seconds_before_kill > 0  # the total over both processes, not the resumed part
+
+
+def test_a_truncated_last_checkpoint_names_the_newest_readable_one(finished_run, tmp_path):
+    run_dir = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(finished_run), str(run_dir)], check=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:4096])  # what a full disk left behind before writes were atomic
+    (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
+    result = train(run_dir, "ckpt_path=last")
+    assert result.returncode == 1
+    (line,) = error_lines(result)
+    assert "not a readable checkpoint, it may be truncated" in line and f"resume with ckpt_path={best}" in line
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.dim=16"], "trained with another model or data (model.user_factors is (300, 64), this run needs (300, 16))"),
+        (["data.num_items=150"], "trained with another model or data"),
+        (["ckpt_path=nowhere.ckpt"], "nowhere.ckpt does not exist"),
+    ],
+)
+def test_resuming_from_an_incompatible_or_missing_checkpoint_is_one_line(finished_run, tmp_path, overrides, expected):
+    run_dir = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(finished_run), str(run_dir)], check=True)
+    result = train(run_dir, *(["ckpt_path=last"] if not any(o.startswith("ckpt_path") for o in overrides) else []), *overrides)
+    assert result.returncode == 1
+    (line,) = error_lines(result)
+    assert expected in line, line
+
+
+def test_evaluate_finds_relative_data_paths_from_another_folder(tmp_path):
+    """A CSV run trained with a relative data.path is evaluated from the project root."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    rows = ["userId,itemId"] + [f"{user},{(user * 7 + step) % 40}" for user in range(30) for step in range(12)]
+    (workdir / "interactions.csv").write_text("\n".join(rows) + "\n")
+    command = [sys.executable, "-m", "recsys_lightning.train", "data=csv", "data.path=interactions.csv", "trainer.max_epochs=1",
+               "callbacks.progress_bar.refresh_rate=0", "projector.max_items=0", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    trained = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    evaluated = run_module("recsys_lightning.evaluate", f"run_dir={tmp_path / 'run'}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "metrics equal metrics.json" in evaluated.stdout
