@@ -27,6 +27,7 @@ from recsys_lightning.data.split import SPLIT_KINDS
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
 from recsys_lightning.metrics import METRIC_NAMES
 from recsys_lightning.serving.catalogue import PARTS
+from recsys_lightning.serving.vector_index import KINDS
 
 MAX_SHOWN = 80  # characters of a bad value quoted in a message
 _ABSENT = object()
@@ -269,6 +270,11 @@ SERVING_RULES: dict[str, Rule] = {
     "embedding": optional(TEXT),
     "chunk_size": integer(1),
     "device": Pattern(r"cpu|auto|cuda(:\d+)?", "cpu, cuda, cuda:<index> or auto"),
+    "index": Choice(("model", "faiss")),
+    "faiss.kind": Choice(KINDS),
+    "faiss.nlist": optional(integer(1)),  # at most the item count: open_or_build checks that, knowing it
+    "faiss.nprobe": integer(1),
+    "faiss.path": optional(TEXT),
 }
 
 EVALUATE_RULES: dict[str, Rule] = {

@@ -8,15 +8,29 @@ import pytorch_lightning as pl
 import torch
 
 
-class KillAt(pl.Callback):
-    """SIGKILL the process at the start of one batch: no handler, no cleanup, as an OOM killer does."""
+class SignalAt(pl.Callback):
+    """Send the signal `sent` to this process at the start of one batch."""
+
+    sent: signal.Signals
 
     def __init__(self, epoch: int, batch: int) -> None:
         self.epoch, self.batch = epoch, batch
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), self.sent)
+
+
+class KillAt(SignalAt):
+    """SIGKILL: no handler, no cleanup, as an OOM killer does."""
+
+    sent = signal.SIGKILL
+
+
+class TermAt(SignalAt):
+    """SIGTERM, as `kill`, a SLURM time limit or `docker stop` do."""
+
+    sent = signal.SIGTERM
 
 
 class PoisonWeightsAt(pl.Callback):
@@ -31,13 +45,3 @@ class PoisonWeightsAt(pl.Callback):
                 for parameter in module.model.parameters():
                     parameter.fill_(float("nan"))
 
-
-class TermAt(pl.Callback):
-    """SIGTERM the process at the start of one batch, as `kill`, a SLURM time limit or `docker stop` do."""
-
-    def __init__(self, epoch: int, batch: int) -> None:
-        self.epoch, self.batch = epoch, batch
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            os.kill(os.getpid(), signal.SIGTERM)
