@@ -115,6 +115,25 @@ def test_validation_emptied_by_overlap_says_so(tmp_path, train_file):
         CsvDataModule(train_path=str(train_file), valid_path=str(valid)).setup()
 
 
+def test_a_test_file_with_nothing_left_to_test_is_an_error_saying_why(tmp_path, train_file):
+    """A test file that lies in train under another name (a gzip copy escapes the same-file check) would
+    otherwise end in "test 0" and a run without test metrics."""
+    valid = write(tmp_path / "valid.csv", pairs([("u0", "i7"), ("u1", "i0")]))
+    copy = write(tmp_path / "test.csv.gz", gzip.compress(train_file.read_bytes()))
+    mixed = write(tmp_path / "mixed.csv", pairs([TRAIN[0], TRAIN[0], TRAIN[5], ("ghost", "i1"), ("u0", "i7")]))
+    expected = {copy: "all 36 test pairs also occur in train",
+                mixed: "of 5 test rows, 1 dropped before splitting (target 0, below data.min_rating, or repeated), "
+                       "1 have a user or item absent from train, 2 also occur in train, 1 also occur in valid"}  # fmt: skip
+    for test, why in expected.items():
+        with pytest.raises(DataError) as raised:
+            CsvDataModule(train_path=str(train_file), valid_path=str(valid), test_path=str(test)).setup()
+        assert str(raised.value) == (f"csv:train={train_file}, valid={valid}, test={test}: no test interaction is left: {why}; "
+                                     "test needs new (user, item) pairs of users and items seen in train: fix the test file or leave it out")
+    without_test = CsvDataModule(train_path=str(train_file), valid_path=str(valid))
+    without_test.setup()
+    assert not without_test.has_test and len(without_test.split.valid) == 2
+
+
 @pytest.mark.parametrize("value, problem", [("inf", "is inf, not a finite number"), ("-inf", "is -inf, not a finite number"),
                                             ("1e400", "is inf, not a finite number"), ("nan", "is 'nan', not a number"),
                                             ("NaN", "is 'NaN', not a number"), ("", "is '', not a number"),

@@ -31,6 +31,11 @@ def exact_top(item_vectors: torch.Tensor, queries: torch.Tensor, k: int = 5) -> 
     return torch.topk(queries @ item_vectors.T, k).indices
 
 
+def write_bytes(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
 def sidecar(path) -> dict:
     return json.loads((path.parent / f"{path.name}.json").read_text())
 
@@ -124,16 +129,110 @@ def test_an_index_of_another_size_is_rebuilt_even_when_its_sidecar_claims_otherw
     assert "holds 40 vectors of width 8, not 50 of width 8" in caplog.text
 
 
-@pytest.mark.parametrize("content", [None, b"", b"{not json", b"\xff\xfe\x00", b"[1, 2]", b'{"format": 1}'],
-                         ids=["missing", "empty", "not_json", "not_utf8", "not_an_object", "incomplete"])  # fmt: skip
-def test_a_missing_or_garbage_sidecar_means_rebuilding(tmp_path, caplog, content):
+SIDECAR_CONTENT = {"missing": None, "empty": b"", "not_json": b"{not json", "not_utf8": b"\xff\xfe\x00", "not_an_object": b"[1, 2]",
+                   "incomplete": b'{"format": 1}', "a_folder": "folder"}  # fmt: skip
+
+
+@pytest.mark.parametrize("content", SIDECAR_CONTENT.values(), ids=SIDECAR_CONTENT.keys())
+def test_an_index_file_without_a_sidecar_of_ours_is_refused_and_left_untouched(tmp_path, content):
+    """Without a readable sidecar of ours, nothing says the file is an index this project wrote."""
     path = tmp_path / "items.faiss"
     open_or_build(vectors(), path)
     json_path = tmp_path / "items.faiss.json"
-    json_path.unlink() if content is None else json_path.write_bytes(content)
-    rebuilt(caplog, path, vectors())
-    assert "rebuilding the index" in caplog.text
-    assert sidecar(path)["num_items"] == 50
+    json_path.unlink()
+    if content == "folder":
+        json_path.mkdir()
+    elif content is not None:
+        json_path.write_bytes(content)
+    before = path.read_bytes()
+    with pytest.raises(ConfigError) as refused:
+        open_or_build(vectors(), path)
+    message = str(refused.value)
+    assert message.startswith(f"faiss.path={path}: refusing to overwrite items.faiss") and "\n" not in message, message
+    assert message.endswith("; remove or move those files, or pick another path"), message
+    why = {None: "(no items.faiss.json beside it)", b"[1, 2]": "(items.faiss.json is not an index record this project wrote)",
+           b'{"format": 1}': "(items.faiss.json is not an index record", "folder": "(cannot read items.faiss.json: Is a directory)",
+           b"{not json": "(cannot read items.faiss.json: Expecting property name"}.get(content, "(cannot read items.faiss.json: ")  # fmt: skip
+    assert why in message, message
+    assert path.read_bytes() == before
+
+
+def test_a_file_that_is_not_an_index_is_never_overwritten(tmp_path):
+    """A mistyped faiss.path (a user's file, a checkpoint) or a stray companion file is refused, not replaced."""
+    precious = write_bytes(tmp_path / "precious.txt", b"years of notes\n")
+    with pytest.raises(ConfigError, match=rf"^faiss.path={precious}: refusing to overwrite precious.txt: not an index this project "
+                                          r"wrote \(no precious.txt.json beside it\); remove or move those files"):  # fmt: skip
+        open_or_build(vectors(), precious)
+    # Only a companion exists: the sidecar (a user's JSON) or, when item ids are written, the items table.
+    own_json = write_bytes(tmp_path / "notes.json", b'{"mine": true}')
+    with pytest.raises(ConfigError, match=r"refusing to overwrite notes.json: not an index this project wrote \(notes.json is not an index"):
+        open_or_build(vectors(), tmp_path / "notes")
+    table = write_bytes(tmp_path / "ids.items.csv", b"id\n1\n")
+    open_or_build(vectors(), tmp_path / "ids")  # no item ids: the table is not written, so not in the way
+    (tmp_path / "ids").unlink(), (tmp_path / "ids.json").unlink()
+    with pytest.raises(ConfigError, match=r"refusing to overwrite ids.items.csv: not an index this project wrote \(no ids.json"):
+        open_or_build(vectors(), tmp_path / "ids", item_ids=np.arange(50))
+    assert (precious.read_bytes(), own_json.read_bytes(), table.read_bytes()) == (b"years of notes\n", b'{"mine": true}', b"id\n1\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.items.csv", "notes.json", "precious.txt"]
+    os.mkfifo(tmp_path / "pipe")  # reading it would block forever
+    with pytest.raises(ConfigError, match=r"faiss.path=.*pipe: is not a regular file \(a device, pipe or socket\); pick another path$"):
+        open_or_build(vectors(), tmp_path / "pipe")
+
+
+def test_our_sidecar_beside_a_missing_or_stale_index_means_rebuilding(tmp_path, caplog):
+    path = tmp_path / "items.faiss"
+    open_or_build(vectors(seed=0), path, item_ids=np.arange(50))
+    path.unlink()  # a cleaned-up index: the sidecar and items table are ours, so they may be replaced
+    rebuilt(caplog, path, vectors(seed=0), item_ids=np.arange(50))
+    older = {**sidecar(path), "format": 0}  # an older format of ours
+    (tmp_path / "items.faiss.json").write_text(json.dumps(older))
+    rebuilt(caplog, path, vectors(seed=0))
+    assert "(format differ); rebuilding the index" in caplog.text and sidecar(path)["format"] == vector_index.SIDECAR_FORMAT
+
+
+def swapped_in(tmp_path, path, other_vectors, **settings):
+    """Another run's index copied over `path`, with its hash edited into `path`'s own sidecar."""
+    other = tmp_path / "other.faiss"
+    open_or_build(other_vectors, other, **settings)
+    path.write_bytes(other.read_bytes())
+    (tmp_path / "items.faiss.json").write_text(json.dumps({**sidecar(path), "index_sha256": sidecar(other)["index_sha256"]}))
+
+
+@pytest.mark.parametrize("settings", [{"kind": "flat"}, {"kind": "ivf", "nlist": 4}], ids=["flat", "ivf"])
+def test_an_index_swapped_in_with_a_forged_sidecar_is_caught_by_its_vectors(tmp_path, caplog, settings):
+    path, queries = tmp_path / "items.faiss", vectors(num_items=6, seed=4)
+    mine = vectors(seed=0)
+    open_or_build(mine, path, **settings)
+    swapped_in(tmp_path, path, vectors(seed=1), **settings)
+    index = rebuilt(caplog, path, mine, **settings)
+    assert "items.faiss holds other item vectors than this run's, though items.faiss.json says otherwise; rebuilding" in caplog.text
+    assert torch.equal(index.search(queries, 5)[1], exact_top(mine, queries))
+    assert torch.equal(ItemVectorIndex.load(path, nprobe=4).search(queries, 5)[1], exact_top(mine, queries))
+    with caplog.at_level(logging.INFO, logger=vector_index.__name__):
+        open_or_build(mine, path, **settings)  # the true pair passes the same check
+    assert "loaded the" in caplog.messages[-1]
+
+
+def test_the_same_vectors_in_another_kind_of_index_are_rebuilt(tmp_path, caplog):
+    """Equal vectors are not enough: an L2 index ranks them otherwise, an IVF of other lists or a flat one
+    is not what the settings ask for."""
+    import faiss
+
+    path, mine = tmp_path / "items.faiss", vectors()
+    open_or_build(mine, path)
+    l2 = faiss.IndexFlatL2(8)
+    l2.add(mine.numpy())
+    path.write_bytes(faiss.serialize_index(l2).tobytes())
+    (tmp_path / "items.faiss.json").write_text(json.dumps({**sidecar(path), "index_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))
+    rebuilt(caplog, path, mine)
+    assert "holds an index that does not rank by inner product" in caplog.text
+    open_or_build(mine, path, kind="ivf", nlist=4)
+    swapped_in(tmp_path, path, mine, kind="ivf", nlist=5)
+    rebuilt(caplog, path, mine, kind="ivf", nlist=4)
+    assert "holds an IVF index of 5 lists, not 4" in caplog.text
+    swapped_in(tmp_path, path, mine)
+    rebuilt(caplog, path, mine, kind="ivf", nlist=4)
+    assert "holds an index of type IndexFlatIP, not ivf" in caplog.text
 
 
 def test_written_files_are_normal_files_and_leave_no_temporaries(tmp_path):
@@ -148,19 +247,30 @@ def test_written_files_are_normal_files_and_leave_no_temporaries(tmp_path):
     assert (tmp_path / "items.faiss.items.csv").read_text().splitlines()[:2] == ["row,item_id", "0,item-0"]
 
 
-def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary(tmp_path, monkeypatch):
+def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary(tmp_path, monkeypatch, caplog):
     path = tmp_path / "items.faiss"
     open_or_build(vectors(seed=0), path)
     before = path.read_bytes()
 
-    def disk_full(source, target):
-        raise OSError(28, "No space left on device")
+    replace = os.replace
 
-    monkeypatch.setattr(os, "replace", disk_full)
+    def disk_full_for_the_index(source, target):
+        if target == path:
+            raise OSError(28, "No space left on device")
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", disk_full_for_the_index)
     with pytest.raises(ConfigError, match=r"^faiss.path: cannot write .*items.faiss \(No space left on device\); pick another path$"):
         open_or_build(vectors(seed=1), path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["items.faiss", "items.faiss.json"]
+    # The sidecar, written first, now names the index that never arrived: the old one is rebuilt, not served or refused.
+    monkeypatch.setattr(os, "replace", replace)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=vector_index.__name__):
+        open_or_build(vectors(seed=1), path)
+    assert "items.faiss changed since items.faiss.json was written; rebuilding" in caplog.text
+    assert torch.equal(ItemVectorIndex.load(path).search(vectors(3, seed=7), 5)[1], exact_top(vectors(seed=1), vectors(3, seed=7)))
 
 
 def test_a_path_in_a_missing_folder_or_a_folder_is_one_line(tmp_path):
@@ -241,5 +351,9 @@ def test_recommend_with_another_runs_index_at_faiss_path_serves_this_run(tmp_pat
         assert answer(run_a, "index=faiss", f"faiss.path={saved}") == by_model_b
         with pytest.raises(ConfigError, match="^faiss.nprobe=0: "):
             answer(run_b, "index=faiss", "faiss.nprobe=0")
+        checkpoint = (run_b / "model.ckpt").read_bytes()
+        with pytest.raises(ConfigError, match=r"^faiss.path=.*model.ckpt: refusing to overwrite model.ckpt: not an index this project wrote"):
+            answer(run_b, "index=faiss", f"faiss.path={run_b / 'model.ckpt'}")
+        assert (run_b / "model.ckpt").read_bytes() == checkpoint
         with pytest.raises(ConfigError, match=r"^faiss.nlist=1000: must be an integer from 1 to 100 \(the number of items\)"):
             answer(run_b, "index=faiss", "faiss.kind=ivf", "faiss.nlist=1000")

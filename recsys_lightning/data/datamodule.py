@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from recsys_lightning.data.batches import EpochBatchSampler, PositivePairs, RankingChunks
-from recsys_lightning.data.interactions import ITEM, TARGET, USER, Interactions, quote
+from recsys_lightning.data.interactions import ITEM, PART, TARGET, USER, Interactions, quote
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.split import Split, split_by_parts, split_interactions
 from recsys_lightning.errors import DataError
@@ -93,6 +93,10 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         if len(self.split.valid) == 0:
             raise DataError(f"{self.source}: no validation interaction is left{self._left_out_note('valid')}; "
                             "validation needs new (user, item) pairs of users and items seen in train")
+        test_rows = int((frame[PART] == 2).sum()) if PART in frame else 0  # 2: test
+        if test_rows and len(self.split.test) == 0:  # a given test file that tests nothing is a mistake, not "test 0"
+            raise DataError(f"{self.source}: no test interaction is left: {self._why_no_test(test_rows)}; test needs new "
+                            "(user, item) pairs of users and items seen in train: fix the test file or leave it out")  # fmt: skip
         self.explicit_negatives = self._index_pairs(explicit_negatives)
         self.item_info = self._index_item_info(loaded.items)
 
@@ -188,6 +192,17 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         log.info("%s: %d users, %d items; pre-split files give train %d / valid %d / test %d interactions%s%s -> %s",
                  self.source, self.num_users, self.num_items, *given,
                  self._left_out_note("valid"), self._left_out_note("test"), sizes)  # fmt: skip
+
+    def _why_no_test(self, test_rows: int) -> str:
+        """'all 720 test pairs also occur in train', or each reason counted when there are several."""
+        phrases = {"unseen": "have a user or item absent from train", "in train": "also occur in train", "in valid": "also occur in valid"}
+        counts = {reason: count for reason, count in self.split.left_out["test"].items() if count}
+        dropped = test_rows - int(np.count_nonzero(self.interactions.parts == 2))
+        if not dropped and len(counts) == 1:
+            ((reason, count),) = counts.items()
+            return f"all {count} test pairs {phrases[reason]}"
+        reasons = [f"{dropped} dropped before splitting (target 0, below data.min_rating, or repeated)"] if dropped else []
+        return f"of {test_rows} test rows, " + ", ".join(reasons + [f"{count} {phrases[reason]}" for reason, count in counts.items()])
 
     def _left_out_note(self, part: str) -> str:
         """'; left out of valid: 3 with a user or item absent from train, ...' or '' when nothing was."""

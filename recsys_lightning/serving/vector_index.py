@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -99,48 +100,75 @@ def open_or_build(item_vectors: Tensor, path: str | Path | None, kind: str = "fl
 
     A file is reused only when its sidecar `<path>.json` records these very vectors (count, width,
     sha256 of their float32 bytes) and settings, the file's own sha256 is the recorded one, and the
-    loaded index has the expected size; a path and a date say nothing about what a file holds, and
-    another run's index of the same width would serve the wrong items. Otherwise the index is built
-    and written, with `<path>.items.csv` (row i -> raw item id) when `item_ids` are given.
+    loaded index holds exactly these vectors, ranked by inner product; a path and a date say nothing
+    about what a file holds, and another run's index of the same width would serve the wrong items.
+    Otherwise the index is built and written, with `<path>.items.csv` (row i -> raw item id) when
+    `item_ids` are given; existing files are replaced only when a sidecar of ours says they are ours.
     """
     vectors = _float32(item_vectors)
     check_settings(len(vectors), kind, nlist, nprobe)
     if path is None:
         return ItemVectorIndex.build(item_vectors, kind, nlist, nprobe, seed)
     path = _writable_file(Path(path))
+    items_csv = _beside(path, ".items.csv")
+    recorded = _our_record(path, [path, _beside(path, ".json"), *([items_csv] if item_ids is not None else [])])
     built_from = {
         "format": SIDECAR_FORMAT, "num_items": len(vectors), "dim": vectors.shape[1], "kind": kind,
         "nlist": _nlist(nlist, len(vectors)) if kind == "ivf" else None, "seed": seed if kind == "ivf" else None,
         "vectors_sha256": hashlib.sha256(vectors).hexdigest(),
     }  # fmt: skip
-    reused = _reuse(path, built_from, nprobe)
+    reused = _reuse(path, recorded, built_from, vectors, nprobe) if recorded is not None else None
     if reused is not None:
         log.info("loaded the %s index from %s", kind, path)
         return reused
     index = ItemVectorIndex.build(item_vectors, kind, nlist, nprobe, seed)
     serialized = import_faiss().serialize_index(index.index)
-    _write_atomically(path, serialized)
-    if item_ids is not None:
-        rows = pd.DataFrame({"row": np.arange(len(item_ids)), "item_id": item_ids})
-        _write_atomically(_beside(path, ".items.csv"), rows.to_csv(index=False).encode())
-    # The sidecar goes last: until it names the new file's hash, the file is never reused.
+    # The sidecar goes first and the index last: the index is reused only when its hash is the
+    # sidecar's, so files left by a run cut off between the writes are rebuilt (being ours), never served.
     sidecar = {**built_from, "index_sha256": hashlib.sha256(serialized).hexdigest()}
     _write_atomically(_beside(path, ".json"), json.dumps(sidecar, indent=1).encode())
+    if item_ids is not None:
+        rows = pd.DataFrame({"row": np.arange(len(item_ids)), "item_id": item_ids})
+        _write_atomically(items_csv, rows.to_csv(index=False).encode())
+    _write_atomically(path, serialized)
     log.info("wrote the %s index of %d items to %s", kind, index.num_items, path)
     return index
 
 
-def _reuse(path: Path, built_from: dict[str, Any], nprobe: int) -> ItemVectorIndex | None:
-    """The index in `path` when it is provably the one `built_from` describes, else None (and why, logged)."""
-    if not path.is_file():
+def _our_record(path: Path, targets: list[Path]) -> dict[str, Any] | None:
+    """The record in `<path>.json` when it is ours, None when none of `targets` (the files a build
+    writes) exists yet; else a ConfigError. A file with no sidecar of ours beside it may be anything
+    (a checkpoint, a user's data behind a mistyped faiss.path), so it is refused, never overwritten."""
+    existing = [target for target in targets if os.path.lexists(target)]
+    if not existing:
         return None
     sidecar = _beside(path, ".json")
     try:
         recorded = json.loads(sidecar.read_bytes())
-        if not isinstance(recorded, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        log.warning("faiss.path=%s: cannot read %s (%s); rebuilding the index", _shown(path), sidecar.name, first_line(error))
+        if _is_our_record(recorded):
+            return recorded
+        why = f"{sidecar.name} is not an index record this project wrote"
+    except FileNotFoundError:
+        why = f"no {sidecar.name} beside it"
+    except OSError as error:
+        why = f"cannot read {sidecar.name}: {error.strerror or first_line(error)}"
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        why = f"cannot read {sidecar.name}: {first_line(error)}"
+    names = _cut(", ".join(target.name for target in existing))
+    raise ConfigError(f"faiss.path={_shown(path)}: refusing to overwrite {names}: not an index this project wrote ({why}); "
+                      "remove or move those files, or pick another path")  # fmt: skip
+
+
+def _is_our_record(recorded: Any) -> bool:
+    """Keys every sidecar format has had: an older format is still ours (and rebuilt), a stranger's JSON is not."""
+    return (isinstance(recorded, dict) and _is_int(recorded.get("format"))
+            and all(isinstance(recorded.get(key), str) for key in ("vectors_sha256", "index_sha256")))  # fmt: skip
+
+
+def _reuse(path: Path, recorded: dict[str, Any], built_from: dict[str, Any], vectors: np.ndarray,
+           nprobe: int) -> ItemVectorIndex | None:  # fmt: skip
+    """The index in `path` when it is provably the one `built_from` describes, else None (and why, logged)."""
+    if not path.is_file():
         return None
     changed = [key for key, value in built_from.items() if recorded.get(key) != value]
     if changed:
@@ -155,13 +183,41 @@ def _reuse(path: Path, built_from: dict[str, Any], nprobe: int) -> ItemVectorInd
         log.warning("faiss.path=%s: cannot read the index (%s); rebuilding the index", _shown(path), first_line(error))
         return None
     if loaded is None:
-        log.warning("faiss.path=%s changed since %s was written; rebuilding the index", _shown(path), sidecar.name)
+        log.warning("faiss.path=%s changed since %s was written; rebuilding the index", _shown(path), _beside(path, ".json").name)
         return None
     if (loaded.num_items, loaded.index.d) != (built_from["num_items"], built_from["dim"]):
         log.warning("faiss.path=%s holds %d vectors of width %d, not %d of width %d; rebuilding the index", _shown(path),
                     loaded.num_items, loaded.index.d, built_from["num_items"], built_from["dim"])  # fmt: skip
         return None
+    mismatch = _content_mismatch(loaded.index, vectors, built_from)
+    if mismatch is not None:
+        log.warning("faiss.path=%s holds %s, though %s says otherwise; rebuilding the index",
+                    _shown(path), mismatch, _beside(path, ".json").name)  # fmt: skip
+        return None
     return loaded
+
+
+def _content_mismatch(index: Any, vectors: np.ndarray, built_from: dict[str, Any]) -> str | None:
+    """What in `index` differs from an inner-product index of `vectors` of the recorded kind, or None.
+
+    Hashes only tie the file to its sidecar, and both can be swapped together (another run's pair,
+    the hash edited in): the index's own vectors are the proof. One bulk copy, no per-item loop.
+    """
+    faiss = import_faiss()
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return "an index that does not rank by inner product"
+    expected = faiss.IndexIVF if built_from["kind"] == "ivf" else faiss.IndexFlat
+    if not isinstance(index, expected):
+        return f"an index of type {type(index).__name__}, not {built_from['kind']}"
+    if built_from["kind"] == "ivf":
+        if index.nlist != built_from["nlist"]:
+            return f"an IVF index of {index.nlist} lists, not {built_from['nlist']}"
+        index.make_direct_map()  # reconstructing by row needs it
+    try:
+        stored = index.reconstruct_n(0, index.ntotal)
+    except RuntimeError as error:  # vectors stored in a form that cannot be read back
+        return f"an index whose vectors cannot be read back ({first_line(error)})"
+    return None if np.array_equal(stored, vectors) else "other item vectors than this run's"
 
 
 def _writable_file(path: Path) -> Path:
@@ -169,6 +225,8 @@ def _writable_file(path: Path) -> Path:
         raise ConfigError(f"faiss.path={_shown(path)}: is a folder; give a file path such as {_shown(path / 'items.faiss')}")
     if not path.parent.is_dir():
         raise ConfigError(f"faiss.path={_shown(path)}: folder {_shown(path.parent)} does not exist; create it or pick another path")
+    if path.exists() and not path.is_file():  # reading a pipe would block; replacing a device node loses it
+        raise ConfigError(f"faiss.path={_shown(path)}: is not a regular file (a device, pipe or socket); pick another path")
     return path
 
 
@@ -194,7 +252,10 @@ def _is_int(value: Any) -> bool:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
+    return _cut(repr(value) if isinstance(value, str) else str(value))
+
+
+def _cut(text: str) -> str:
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
