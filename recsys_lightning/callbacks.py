@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import pytorch_lightning as pl
+
+from recsys_lightning.errors import ConfigError
 
 
 class TrainingTime(pl.Callback):
@@ -30,5 +33,8 @@ class TrainingTime(pl.Callback):
         return {"seconds": self.seconds}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        seconds = state_dict.get("seconds", 0.0)
-        self.before_this_process = float(seconds) if isinstance(seconds, (int, float)) else 0.0
+        seconds = state_dict.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
+            raise ConfigError(f"the resumed checkpoint records {str(seconds)[:40]} training seconds, not a finite number >= 0; "
+                              "the file was altered, resume from another checkpoint")  # fmt: skip
+        self.before_this_process = float(seconds)

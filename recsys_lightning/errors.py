@@ -26,9 +26,13 @@ class TrainingDiverged(RecsysError):
 
 
 class RunInterrupted(RecsysError):
-    """SIGTERM (kill, a scheduler's time limit, docker stop) ended the run; the message says how to resume."""
+    """A signal (SIGTERM from kill, a scheduler's time limit or docker stop; SIGINT from Ctrl-C) ended
+    the run; the message says how to resume. The exit code is the shell's for that signal (143, 130)."""
 
-    exit_code = 128 + 15  # what a shell reports for a process ended by SIGTERM
+    def __init__(self, message: str, signal_number: int = signal.SIGTERM) -> None:
+        super().__init__(message)
+        self.signal_name = signal.Signals(signal_number).name
+        self.exit_code = 128 + int(signal_number)
 
 
 def exit_with_message(error: RecsysError) -> None:
@@ -47,15 +51,17 @@ def first_line(error: BaseException, limit: int = 200) -> str:
 
 
 @contextmanager
-def sigterm_raises(message: str) -> Iterator[None]:
-    """Within the block, SIGTERM raises RunInterrupted(message) instead of ending the process at once,
-    so `finally` blocks run and temporary files are removed; the entry point then exits 143."""
+def interruptions_raise(message: str) -> Iterator[None]:
+    """Within the block, SIGTERM and Ctrl-C raise RunInterrupted(message) instead of ending the process
+    at once or with a traceback, so `finally` blocks run and temporary files are removed."""
 
     def interrupt(signum: int, frame: object) -> None:
-        raise RunInterrupted(message)
+        raise RunInterrupted(message, signum)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
+    except KeyboardInterrupt as error:
+        raise RunInterrupted(message, signal.SIGINT) from error
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.atomic import atomic_file
 from recsys_lightning.data.interactions import quote
-from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, sigterm_raises
+from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, interruptions_raise
 from recsys_lightning.serving.catalogue import Catalogue
 from recsys_lightning.serving.checkpoint import TrainedRun, find_checkpoint, load_trained
 from recsys_lightning.serving.service import UNKNOWN, Neighbours, RecommendationService, Recommendations
@@ -194,7 +194,7 @@ def _device(name: str) -> torch.device:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="recommend")
 def main(cfg: DictConfig) -> None:
     try:
-        with sigterm_raises("recommend stopped by SIGTERM; no output file was written or changed"):
+        with interruptions_raise("recommend was interrupted; no output file was written or changed"):
             serve(cfg)
     except RecsysError as error:
         exit_with_message(error)

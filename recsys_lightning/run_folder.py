@@ -7,14 +7,28 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from recsys_lightning.errors import ConfigError, first_line
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, first_line
+from recsys_lightning.resume import check_resumable
 from recsys_lightning.serving.checkpoint import load_checkpoint
+from recsys_lightning.validation import check_folder_path, config_value
 
 LOCK_NAME = ".run.lock"
+# Where launchers put a process's global rank (Lightning reads the same variables, in this order).
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last"
+
+
+def is_rank_zero() -> bool:
+    """True in the process that owns the run folder: the only one, or global rank 0 under DDP."""
+    rank = next((os.environ[name] for name in RANK_VARIABLES if name in os.environ), "0")
+    return rank.strip() in ("", "0")
 
 
 class RunFolder:
@@ -66,20 +80,42 @@ class RunFolder:
         found += sorted(self.checkpoints.glob("*.ckpt")) if self.checkpoints.is_dir() else []
         return [str(path.relative_to(self.path)) for path in found[:4]] + ([f"{len(found) - 4} more"] if len(found) > 4 else [])
 
-    def resume_checkpoint(self, ckpt_path: str) -> Path:
-        """`last` (this folder's checkpoints/last.ckpt) or a path, checked to load as plain data.
+    def resumes_in_place(self, ckpt_path: str | None) -> bool:
+        """Whether `ckpt_path` continues this folder's own run (`last`, or one of its checkpoints).
 
-        A damaged checkpoint (a crash or a full disk mid-write) is refused with the readable ones listed.
+        A checkpoint from elsewhere starts this folder's history, so the folder must be free like a fresh run's.
         """
+        if ckpt_path is None:
+            return False
+        return ckpt_path == LAST or Path(ckpt_path).expanduser().resolve().parent == self.checkpoints.resolve()
+
+    def existing_checkpoint(self, ckpt_path: str) -> Path:
+        """The file `ckpt_path` names (`last`: this folder's checkpoints/last.ckpt); an error if there is none."""
         path = self.checkpoints / f"{LAST}.ckpt" if ckpt_path == LAST else Path(ckpt_path).expanduser()
         if not path.is_file():
             hint = "; nothing to resume here, drop ckpt_path to start fresh" if ckpt_path == LAST else ""
             raise ConfigError(f"ckpt_path={ckpt_path}: {path} does not exist{hint}{self._readable_hint(path)}")
+        return path
+
+    def check_free(self, resuming: bool) -> None:
+        """`claim` and let go at once: used before Hydra writes `.hydra/` into the folder, so a refused
+        run leaves the folder's record of the earlier run as it was."""
+        self.claim(resuming)
+        self.release()
+
+    def resume_checkpoint(self, ckpt_path: str) -> tuple[Path, dict[str, Any]]:
+        """`last` (this folder's checkpoints/last.ckpt) or a path, loaded as plain data and checked to be
+        a resumable training checkpoint whose records name no file outside its own folder.
+
+        A damaged checkpoint (a crash or a full disk mid-write) is refused with the readable ones listed.
+        """
+        path = self.existing_checkpoint(ckpt_path)
         try:
-            load_checkpoint(path)
+            checkpoint = load_checkpoint(path)
+            check_resumable(checkpoint, path)
         except ConfigError as error:
             raise ConfigError(f"ckpt_path={ckpt_path}: {first_line(error, 300)}{self._readable_hint(path)}") from error
-        return path.resolve()
+        return path.resolve(), checkpoint
 
     def _readable_hint(self, damaged: Path) -> str:
         """The newest checkpoint of this folder that loads, if any, as a ready-to-use override."""
@@ -88,8 +124,39 @@ class RunFolder:
             if candidate.resolve() == damaged.resolve():
                 continue
             try:
-                epoch = load_checkpoint(candidate).get("epoch")
+                checkpoint = load_checkpoint(candidate)
+                check_resumable(checkpoint, candidate)
             except ConfigError:
                 continue
+            epoch = checkpoint["epoch"]
             return f"; the newest readable checkpoint here is {candidate} (epoch {epoch}): resume with ckpt_path={candidate}"
         return ""
+
+
+class RunFolderCheck(Callback):
+    """Checks that run before Hydra makes the run folder and writes `.hydra/` into it (listed in
+    conf/hydra/default.yaml): a file in the folder's place would end in Hydra's own traceback, and a
+    refused run must leave the record of the run already in the folder as it was."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+        if is_rank_zero():
+            folder = RunFolder(config_value(config, "hydra.run.dir"))
+            ckpt_path = config.get("ckpt_path")
+            try:
+                if ckpt_path is not None:
+                    folder.existing_checkpoint(str(ckpt_path))
+                folder.check_free(resuming=folder.resumes_in_place(ckpt_path))
+            except RecsysError as error:
+                exit_with_message(error)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        HydraConfig.instance().set_config(config)  # run_name reads ${hydra:runtime.choices...}; run_job sets it too
+        try:
+            check_folder_path(key, config_value(config, key))
+        except RecsysError as error:
+            exit_with_message(error)

@@ -9,16 +9,22 @@ A nested mapping, a Hydra directive (`_args_`, `_recursive_`, ...) or an interpo
 
 from __future__ import annotations
 
+import inspect
 import math
 from functools import lru_cache
 from typing import Any, Mapping
 
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from recsys_lightning.config import PROJECT_ROOT
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.validation import TRAINING_RULES
 
 TARGET, PARTIAL = "_target_", "_partial_"
+PARTIAL_GROUPS = ("optimizer", "scheduler")  # the module supplies their first argument (parameters, optimizer)
+# Arguments the code that builds a group's object passes itself; a recorded config must not name them.
+SUPPLIED = {"model": frozenset({"num_users", "num_items"}), "optimizer": frozenset({"params"}), "scheduler": frozenset({"optimizer"})}
 SCALARS = (str, int, float, bool, type(None))
 MAX_LIST_DEPTH = 2  # e.g. a list of hidden sizes, or split ratios
 QUOTE_LIMIT = 80
@@ -55,16 +61,47 @@ def checked_component(group: str, node: Any, source: str) -> dict[str, Any]:
     if target not in allowed:
         raise ConfigError(f"{where}._target_ is {_quote(target)}, which no conf/{group}/*.yaml offers "
                           f"({', '.join(sorted(allowed))}); refusing to build it")  # fmt: skip
+    partial = group in PARTIAL_GROUPS
+    if node.get(PARTIAL, False) is not partial:
+        raise ConfigError(f"{where}._partial_ is {_quote(node.get(PARTIAL))}; a {group} config is built "
+                          f"{'partially (_partial_: true)' if partial else 'whole (no _partial_)'}; refusing to build it")  # fmt: skip
+    accepted = argument_names(target)
+    if accepted is not None:
+        accepted -= SUPPLIED.get(group, frozenset())
     checked: dict[str, Any] = {TARGET: target}
     for key, value in node.items():
-        if key == TARGET:
+        if key in (TARGET, PARTIAL):
+            checked[key] = value
             continue
-        if not isinstance(key, str) or key.startswith("_") and key != PARTIAL:
-            raise ConfigError(f"{where} has the key {_quote(key)}; only plain argument names (and _partial_) are accepted")
-        if key == PARTIAL and not isinstance(value, bool):
-            raise ConfigError(f"{where}._partial_ is {_quote(value)}, not true or false")
+        if not isinstance(key, str) or key.startswith("_") or (accepted is not None and key not in accepted):
+            raise ConfigError(f"{where} has the key {_quote(key)}, which {target} does not take; refusing to build it")
         checked[key] = checked_value(value, f"{where}.{key}")
+    _check_ranges(group, checked, where)
     return checked
+
+
+def argument_names(target: str) -> frozenset[str] | None:
+    """Keyword arguments `target`'s constructor takes, following `**kwargs` up the class hierarchy;
+    None when some constructor takes any keyword (nothing to check names against)."""
+    names: set[str] = set()
+    for klass in get_class(target).__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return frozenset(names)
+    return None
+
+
+def _check_ranges(group: str, checked: dict[str, Any], where: str) -> None:
+    """The same ranges a training config must respect (validation.TRAINING_RULES), e.g. model.dim >= 1."""
+    prefix = f"{group}."
+    rules = {key: rule for key, rule in TRAINING_RULES.items() if key.startswith(prefix)}
+    for key, rule in rules.items():
+        value = checked.get(key[len(prefix):], rule)
+        if value is not rule and not rule.accepts(value):
+            raise ConfigError(f"{where}.{key[len(prefix):]}={_quote(value)}: must be {rule}; refusing to build it")
 
 
 def checked_value(value: Any, where: str, depth: int = 0) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from recsys_lightning.atomic import atomic_file
 from recsys_lightning.callbacks import TrainingTime
@@ -29,7 +29,8 @@ from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, RunInterrupted, exit_with_message
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.projector import log_item_embeddings
-from recsys_lightning.run_folder import LAST, RunFolder
+from recsys_lightning.resume import check_resume_fits
+from recsys_lightning.run_folder import LAST, RunFolder, is_rank_zero
 from recsys_lightning.serving.checkpoint import load_checkpoint
 from recsys_lightning.validation import check_training_config
 
@@ -45,9 +46,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     check_training_config(cfg)
     run_folder = RunFolder(cfg.paths.run_dir)
-    resuming = cfg.get("ckpt_path") is not None
-    if rank_zero_only.rank == 0:  # DDP ranks > 0 write into the folder rank 0 holds
-        run_folder.claim(resuming)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None:
+        run_folder.existing_checkpoint(str(ckpt_path))
+    if is_rank_zero():  # DDP ranks > 0 write into the folder rank 0 holds
+        run_folder.claim(resuming=run_folder.resumes_in_place(ckpt_path))
     try:
         return _train(cfg, run_folder)
     finally:
@@ -55,7 +58,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
-    resume_from = run_folder.resume_checkpoint(str(cfg.ckpt_path)) if cfg.get("ckpt_path") is not None else None
+    resume_from, resume_state = run_folder.resume_checkpoint(str(cfg.ckpt_path)) if cfg.get("ckpt_path") is not None else (None, None)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule: InteractionDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # the model's size depends on the data
@@ -71,7 +74,8 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
         seed=cfg.seed,
     )
     if resume_from is not None:
-        _check_resume_fits(resume_from, module)
+        check_resume_fits(resume_state, resume_from, module, datamodule)
+        del resume_state  # Lightning loads it again, on every rank's device
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback]
     loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values() if logger]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -82,14 +86,18 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
         # Read now: validating a checkpoint below restores the callbacks' state saved with it.
         clock = next((callback for callback in callbacks if isinstance(callback, TrainingTime)), None)
         train_seconds = clock.seconds if clock else time.perf_counter() - fit_start
-        best_checkpoint = _best_checkpoint(trainer, run_folder)
+        best_checkpoint = _best_checkpoint(trainer, run_folder, resume_from)
         metrics: dict[str, Any] = {}
         trainer.validate(module, datamodule=datamodule, ckpt_path=best_checkpoint, verbose=False, weights_only=True)
         metrics.update({name: value.item() for name, value in trainer.callback_metrics.items() if name.startswith("val/")})
         if cfg.run_test and datamodule.has_test:
             metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best_checkpoint, verbose=False, weights_only=True)[0])
     except SIGTERMException as stop:
-        raise RunInterrupted(_how_to_resume(trainer, run_folder)) from stop
+        raise RunInterrupted(_how_to_resume(trainer, run_folder, "SIGTERM")) from stop
+    except SystemExit as stop:  # Lightning ends a Ctrl-C with sys.exit(1) after its graceful shutdown
+        if not trainer.interrupted:
+            raise
+        raise RunInterrupted(_how_to_resume(trainer, run_folder, "Ctrl-C (SIGINT)"), signal.SIGINT) from stop
     metrics["best_epoch"] = _checkpoint_epoch(best_checkpoint) if best_checkpoint else trainer.current_epoch - 1
     metrics["train_seconds"] = round(train_seconds, 2)
     metrics["epochs"] = trainer.current_epoch
@@ -109,38 +117,25 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
     return metrics
 
 
-def _check_resume_fits(path: Path, module: RecommenderModule) -> None:
-    """A checkpoint of another model size or data set fails here with one line, not deep in torch."""
-    saved = load_checkpoint(path)["state_dict"]
-    expected = module.state_dict()
-    for name, tensor in expected.items():
-        if name not in saved or saved[name].shape != tensor.shape:
-            found = tuple(saved[name].shape) if name in saved else "nothing"
-            raise ConfigError(f"ckpt_path={path}: it was trained with another model or data ({name} is {found}, this run needs "
-                              f"{tuple(tensor.shape)}); resume with that run's overrides, or drop ckpt_path to start fresh")  # fmt: skip
-    unknown = sorted(set(saved) - set(expected))
-    if unknown:
-        raise ConfigError(f"ckpt_path={path}: it holds weights this model lacks ({unknown[0]}); resume with that run's model overrides")
-
-
-def _best_checkpoint(trainer: pl.Trainer, run_folder: RunFolder) -> str | None:
-    """The monitored best, which must be a checkpoint of this folder (a resumed checkpoint's record could name any file)."""
+def _best_checkpoint(trainer: pl.Trainer, run_folder: RunFolder, resumed_from: Path | None) -> str | None:
+    """The monitored best: a checkpoint of this folder, or of the folder this run resumed from."""
     callback = trainer.checkpoint_callback
     best = callback.best_model_path if callback else ""
     if not best:
         return None
-    if Path(best).resolve().parent != run_folder.checkpoints.resolve():
+    allowed = {run_folder.checkpoints.resolve()} | ({resumed_from.parent} if resumed_from else set())
+    if Path(best).resolve().parent not in allowed:
         raise ConfigError(f"the best checkpoint on record, {best[:200]}, is outside {run_folder.checkpoints}; "
-                          "the resumed checkpoint came from another folder: resume from a checkpoint of this run")  # fmt: skip
+                          "resume from a checkpoint of this run")  # fmt: skip
     return best
 
 
-def _how_to_resume(trainer: pl.Trainer, run_folder: RunFolder) -> str:
+def _how_to_resume(trainer: pl.Trainer, run_folder: RunFolder, stopped_by: str) -> str:
     last = run_folder.checkpoints / f"{LAST}.ckpt"
     where = f"at epoch {trainer.current_epoch}" if trainer.state.fn == "fit" else "after training, while testing"
     if not last.is_file():
-        return f"stopped by SIGTERM {where}, before any checkpoint was written; run the command again to start over"
-    return (f"stopped by SIGTERM {where}; {last} holds the last finished epoch: resume with the same command "
+        return f"stopped by {stopped_by} {where}, before any checkpoint was written; run the command again to start over"
+    return (f"stopped by {stopped_by} {where}; {last} holds the last finished epoch: resume with the same command "
             f"plus hydra.run.dir={run_folder.path} ckpt_path=last")  # fmt: skip
 
 
@@ -163,6 +158,8 @@ def main(cfg: DictConfig) -> float | None:
         if not isinstance(error, RecsysError):
             raise
         exit_with_message(error)
+    except KeyboardInterrupt:  # Ctrl-C outside fit (while data loads); inside fit Lightning handles it
+        exit_with_message(RunInterrupted("interrupted by Ctrl-C (SIGINT) before training began; no checkpoint was written", signal.SIGINT))
     objective = cfg.get("optimized_metric")
     return metrics.get(objective) if objective else None
 

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -29,6 +27,7 @@ from recsys_lightning.metrics import METRIC_NAMES
 from recsys_lightning.serving.catalogue import PARTS
 from recsys_lightning.serving.vector_index import KINDS
 
+MAX_WIDTH = 2**16
 MAX_SHOWN = 80  # characters of a bad value quoted in a message
 _ABSENT = object()
 
@@ -209,10 +208,11 @@ TRAINING_RULES: dict[str, Rule] = {
     "data.user_activity_exponent": Number(),
     "data.affinity": Number(0, 1),
     # conf/model
-    "model.dim": integer(1),
-    "model.gmf_dim": integer(1),
-    "model.mlp_dim": integer(1),
-    "model.hidden": ListOf(integer(1), 1, "[64,32]"),
+    # Widths up to 2^16: far beyond any useful embedding, and a crafted checkpoint cannot ask for terabytes.
+    "model.dim": integer(1, MAX_WIDTH),
+    "model.gmf_dim": integer(1, MAX_WIDTH),
+    "model.mlp_dim": integer(1, MAX_WIDTH),
+    "model.hidden": ListOf(integer(1, MAX_WIDTH), 1, "[64,32]"),
     "model.dropout": Number(0, 1, open_high=True),
     "model.init_std": POSITIVE,
     "model.bias": FLAG,
@@ -295,7 +295,7 @@ def check_training_config(cfg: DictConfig) -> None:
     _check_cuda_available("trainer.accelerator", cfg.trainer.accelerator)
     _check_trainer_devices(cfg)
     for key in ("paths.data_dir", "paths.run_dir"):
-        check_folder_path(key, _value(cfg, key))
+        check_folder_path(key, config_value(cfg, key))
 
 
 def check_serving_config(cfg: DictConfig) -> None:
@@ -324,7 +324,7 @@ def check_run_dir_given(cfg: DictConfig) -> None:
 
 def check_rules(cfg: DictConfig, rules: dict[str, Rule]) -> None:
     for key, rule in rules.items():
-        value = _value(cfg, key)
+        value = config_value(cfg, key)
         if value is not _ABSENT and not rule.accepts(value):
             raise ConfigError(f"{key}={_shown(value)}: must be {rule}")
 
@@ -355,10 +355,10 @@ def check_monitors(cfg: DictConfig) -> None:
         monitors.append(("optimized_metric", None, recorded))
     missing: dict[str, tuple[list[str], list[str]]] = {}
     for key, mode_key, valid in monitors:
-        name = _value(cfg, key)
+        name = config_value(cfg, key)
         if name not in valid:
             missing.setdefault(str(name), ([], valid))[0].append(key)
-        elif mode_key and name in LOWER_IS_BETTER and _value(cfg, mode_key) == "max":
+        elif mode_key and name in LOWER_IS_BETTER and config_value(cfg, mode_key) == "max":
             raise ConfigError(f"{mode_key}=max, but {key}={name} is better when lower: set {mode_key}=min")
     for name, (keys, valid) in missing.items():
         names = "names" if len(keys) == 1 else "name"
@@ -397,25 +397,6 @@ def check_folder_path(key: str, path: Any) -> None:
         raise ConfigError(f"{key}={_shown(str(path))} {where}; point it at a folder (or a path that does not exist yet)")
 
 
-class RunFolderCheck(Callback):
-    """Hydra creates the run (or sweep) folder before the task starts, so a file in its place ends in
-    Hydra's own traceback: check the path first and exit with one line."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config, "hydra.run.dir")
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config, "hydra.sweep.dir")
-
-    @staticmethod
-    def _check(config: DictConfig, key: str) -> None:
-        HydraConfig.instance().set_config(config)  # run_name reads ${hydra:runtime.choices...}; run_job sets it too
-        try:
-            check_folder_path(key, _value(config, key))
-        except RecsysError as error:
-            exit_with_message(error)
-
-
 def _check_output_file(output: str) -> None:
     target = Path(output)
     if target.is_dir():
@@ -426,8 +407,13 @@ def _check_output_file(output: str) -> None:
 
 
 def _check_cuda_available(key: str, device: Any) -> None:
-    """A CUDA device asked for (cuda, cuda:<index>, gpu) must exist here: torch and Lightning fail only
-    later, after the data is loaded."""
+    """A device asked for (cuda, cuda:<index>, gpu; mps, tpu) must exist here: torch and Lightning fail
+    only later, after the data is loaded (for tpu, in a many-line Hydra error about torch_xla)."""
+    if device in ("mps", "tpu"):
+        missing = _missing_backend(device)
+        if missing:
+            raise ConfigError(f"{key}={device}: {missing}; use {key}=cpu or auto")
+        return
     if not (isinstance(device, str) and device.split(":")[0] in ("cuda", "gpu")):
         return
     available = _cuda_devices()
@@ -437,9 +423,19 @@ def _check_cuda_available(key: str, device: Any) -> None:
         raise ConfigError(f"{key}={device}: only {available} CUDA device(s) here, cuda:0 to cuda:{available - 1}")
 
 
+def _missing_backend(accelerator: str) -> str:
+    """Why Lightning's mps or tpu accelerator cannot run here, '' when it can (as far as can be told
+    without starting it: a TPU also needs the machine to have one)."""
+    import importlib.util
+
+    if accelerator == "mps":
+        return "" if torch.backends.mps.is_available() else "Apple's MPS backend is not available here (macOS on Apple silicon only)"
+    return "" if importlib.util.find_spec("torch_xla") is not None else "a TPU needs torch_xla, which is not installed here"
+
+
 def _check_trainer_devices(cfg: DictConfig) -> None:
     """On CUDA, Lightning fails after the data is loaded when trainer.devices asks for more GPUs than exist."""
-    accelerator, devices = cfg.trainer.accelerator, _value(cfg, "trainer.devices")
+    accelerator, devices = cfg.trainer.accelerator, config_value(cfg, "trainer.devices")
     available = _cuda_devices()
     if accelerator not in ("gpu", "cuda") and not (accelerator == "auto" and available):
         return
@@ -456,7 +452,7 @@ def _first_existing(path: Path) -> Path:
     return next(candidate for candidate in (path, *path.parents) if candidate.exists() or candidate == candidate.parent)
 
 
-def _value(cfg: DictConfig, key: str) -> Any:
+def config_value(cfg: DictConfig, key: str) -> Any:
     """The resolved, plain value of `key`, or _ABSENT when the config has no such key."""
     try:
         value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)

@@ -45,3 +45,9 @@ class PoisonWeightsAt(pl.Callback):
                 for parameter in module.model.parameters():
                     parameter.fill_(float("nan"))
 
+
+
+class InterruptAt(SignalAt):
+    """SIGINT, as Ctrl-C in a terminal does."""
+
+    sent = signal.SIGINT

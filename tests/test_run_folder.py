@@ -162,3 +162,110 @@ def test_evaluate_finds_relative_data_paths_from_another_folder(tmp_path):
     evaluated = run_module("recsys_lightning.evaluate", f"run_dir={tmp_path / 'run'}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "metrics equal metrics.json" in evaluated.stdout
+
+
+def copy_run(finished_run, tmp_path, name="run"):
+    run_dir = tmp_path / name
+    subprocess.run(["cp", "-r", str(finished_run), str(run_dir)], check=True)
+    return run_dir
+
+
+def edit_checkpoint(path, edit):
+    checkpoint = torch.load(path, weights_only=True)
+    edit(checkpoint)
+    torch.save(checkpoint, path)
+
+
+def model_checkpoint_states(checkpoint):
+    return [state for name, state in checkpoint["callbacks"].items() if name.startswith("ModelCheckpoint")]
+
+
+@pytest.mark.parametrize("field", ["best_model_path", "last_model_path", "best_k_models", "dirpath"])
+def test_a_checkpoint_whose_records_name_files_elsewhere_is_refused_and_deletes_nothing(finished_run, tmp_path, field):
+    """Lightning deletes a ModelCheckpoint's previous file by the path's text: `<dir>/../../victim` must never reach it."""
+    run_dir = copy_run(finished_run, tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+
+    def point_outside(checkpoint):
+        for state in model_checkpoint_states(checkpoint):
+            outside = f"{state['dirpath']}/../../victim.txt"
+            if field == "best_k_models":
+                state["best_k_models"] = {outside: torch.tensor(1.0)}
+            elif field == "dirpath":
+                state["dirpath"], state["best_model_path"] = str(tmp_path), str(victim)
+            else:
+                state[field] = outside
+
+    edit_checkpoint(run_dir / "checkpoints" / "last.ckpt", point_outside)
+    result = train(run_dir, "trainer.max_epochs=5", "ckpt_path=last")
+    assert result.returncode == 1
+    (line,) = error_lines(result)
+    assert "records name files outside their checkpoint folder" in line
+    assert victim.read_text() == "precious"
+
+
+def test_a_refused_run_leaves_the_earlier_runs_hydra_record_as_it_was(finished_run):
+    before = {path.name: path.read_bytes() for path in (finished_run / ".hydra").iterdir()}
+    for overrides in (["seed=9"], ["seed=9", "ckpt_path=/nowhere/else.ckpt"]):
+        assert train(finished_run, *overrides).returncode == 1
+    assert {path.name: path.read_bytes() for path in (finished_run / ".hydra").iterdir()} == before
+
+
+def test_resuming_into_a_run_folder_from_another_folders_checkpoint_is_refused(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    result = train(run_dir, "trainer.max_epochs=5", f"ckpt_path={finished_run / 'checkpoints' / 'last.ckpt'}")
+    assert result.returncode == 1
+    (line,) = error_lines(result)
+    assert "already holds a run" in line
+
+
+def test_resuming_from_another_folders_checkpoint_into_a_fresh_folder_continues_it(finished_run, tmp_path):
+    result = train(tmp_path / "continued", "trainer.max_epochs=4", f"ckpt_path={finished_run / 'checkpoints' / 'last.ckpt'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "continued" / "metrics.json").read_text())["epochs"] == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["data.seed=5"], "it was trained on other data (its users, items or training pairs differ"),
+        (["optimizer=sparse_adagrad"], "it was trained with another optimizer than this run's Adagrad"),
+        (["scheduler=cosine"], "it was trained without a learning-rate scheduler, unlike this run"),
+    ],
+)
+def test_resuming_with_other_data_of_the_same_size_or_another_optimizer_is_one_line(finished_run, tmp_path, overrides, expected):
+    run_dir = copy_run(finished_run, tmp_path)
+    result = train(run_dir, "trainer.max_epochs=5", "ckpt_path=last", *overrides)
+    assert result.returncode == 1
+    (line,) = error_lines(result)
+    assert expected in line, line
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda ckpt: ckpt.pop("loops"), "not a resumable training checkpoint (its 'loops' is missing"),
+        (lambda ckpt: [ckpt.pop(key) for key in list(ckpt) if key != "state_dict"], "not a resumable training checkpoint"),
+        (lambda ckpt: [state.update(seconds=float("-inf")) for name, state in ckpt["callbacks"].items() if "TrainingTime" in name],
+         "records -inf training seconds"),
+    ],
+    ids=["no loops", "weights only", "negative infinite seconds"],
+)
+def test_a_checkpoint_lightning_cannot_resume_is_one_line(finished_run, tmp_path, edit, expected):
+    run_dir = copy_run(finished_run, tmp_path)
+    edit_checkpoint(run_dir / "checkpoints" / "last.ckpt", edit)
+    result = train(run_dir, "trainer.max_epochs=5", "ckpt_path=last")
+    assert result.returncode == 1
+    (line,) = error_lines(result)
+    assert expected in line, line
+
+
+def test_ctrl_c_exits_130_with_how_to_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    result = train(run_dir, "+callbacks.stop._target_=fault_injection.InterruptAt", "+callbacks.stop.epoch=1",
+                   "+callbacks.stop.batch=3", fault_injection=True)  # fmt: skip
+    assert result.returncode == 130, result.stderr[-3000:]
+    (line,) = error_lines(result)
+    assert "stopped by Ctrl-C (SIGINT) at epoch 1" in line and "ckpt_path=last" in line
+    assert not (run_dir / "metrics.json").exists()

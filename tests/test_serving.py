@@ -261,8 +261,9 @@ def test_projector_gets_item_embeddings_labelled_with_titles(movielens_run):
     assert np.all(np.diff(rows["popularity"].to_numpy()) <= 0)
 
 
-def test_sigterm_during_an_export_exits_143_and_leaves_no_file(movielens_run, tmp_path):
-    """SIGTERM (docker stop, a job's time limit) mid-export: no recs.csv, no hidden temporary file."""
+@pytest.mark.parametrize(("sent", "exit_code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_an_interrupted_export_exits_with_the_signals_code_and_leaves_no_file(movielens_run, tmp_path, sent, exit_code):
+    """SIGTERM (docker stop, a job's time limit) or Ctrl-C mid-export: no recs.csv, no hidden temporary file."""
     import os
     import signal
     import subprocess
@@ -278,9 +279,9 @@ def test_sigterm_during_an_export_exits_143_and_leaves_no_file(movielens_run, tm
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".recs.csv.*.tmp")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(getattr(signal, sent))
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 143, stderr[-2000:]
+    assert process.returncode == exit_code, stderr[-2000:]
     assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
-        "error: recommend stopped by SIGTERM; no output file was written or changed"]
+        "error: recommend was interrupted; no output file was written or changed"]
     assert list(tmp_path.iterdir()) == []

@@ -175,8 +175,31 @@ def test_hyper_parameters_check_names_the_key_and_keeps_valid_values():
         ("ks", [10, "${oc.env:HOME}"], "ks is '${oc.env:HOME}'"),
         ("model", {"_target_": "recsys_lightning.models.MatrixFactorization", "_recursive_": True}, "'_recursive_'"),
         ("evil", 1, "unknown keys ('evil')"),
+        ("model", {"_target_": "recsys_lightning.models.MatrixFactorization", "_partial_": True}, "model._partial_ is True"),
+        ("model", {"_target_": "recsys_lightning.models.MatrixFactorization", "num_users": 5}, "'num_users', which"),
+        ("model", {"_target_": "recsys_lightning.models.MatrixFactorization", "evil_arg": 1}, "'evil_arg', which"),
+        ("model", {"_target_": "recsys_lightning.models.MatrixFactorization", "dim": 10**12}, "dim=1000000000000: must be"),
+        ("model", {"_target_": "recsys_lightning.models.MatrixFactorization", "dim": "64"}, "dim='64': must be"),
+        ("optimizer", {"_target_": "torch.optim.Adam", "lr": 0.01}, "optimizer._partial_ is None"),
+        ("optimizer", {"_target_": "torch.optim.Adam", "_partial_": True, "lr": -1.0}, "lr=-1.0: must be"),
     ):
         with pytest.raises(ConfigError, match="x.ckpt") as error:
             checked_module_hyper_parameters({**hyper_parameters, key: value}, "x.ckpt")
         assert message in str(error.value), str(error.value)
     assert "torch.load" not in offered_targets("model") and "recsys_lightning.models.NeuMF" in offered_targets("model")
+
+
+def test_recorded_data_configs_are_held_to_the_training_rules():
+    data = {"_target_": "recsys_lightning.data.csv.CsvDataModule", "path": "x.csv", "batch_size": 64}
+    assert checked_component("data", data, "config.yaml") == data
+    for key, value, message in (("_partial_", True, "data._partial_ is True"), ("batch_size", 0, "batch_size=0: must be"),
+                                ("load_everything", True, "'load_everything', which")):  # fmt: skip
+        with pytest.raises(ConfigError, match="config.yaml") as error:
+            checked_component("data", {**data, key: value}, "config.yaml")
+        assert message in str(error.value), str(error.value)
+
+
+def test_a_checkpoint_with_non_finite_weights_is_not_served(movielens_run, tmp_path):
+    run_dir = crafted_run(movielens_run, tmp_path, lambda ckpt: ckpt["state_dict"]["model.item_factors"].fill_(float("nan")))
+    line = one_error_line(run_module("recsys_lightning.recommend", f"run_dir={run_dir}", "user_id=1"))
+    assert "model.item_factors holds NaN or infinite values" in line

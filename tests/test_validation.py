@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import itertools
+import sys
+import types
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -101,12 +104,13 @@ def _flat_keys(node, prefix=""):
 # --- one bad value, one line naming the key and what is accepted -------------------------------------
 
 BAD_VALUES = [
-    (["model.dim=0"], "model.dim=0: must be an integer >= 1"),
-    (["model.dim=-8"], "model.dim=-8: must be an integer >= 1"),
-    (["model.dim=12.5"], "model.dim=12.5: must be an integer >= 1"),
-    (["model=ncf", "model.gmf_dim=0"], "model.gmf_dim=0: must be an integer >= 1"),
-    (["model=ncf", "model.mlp_dim=abc"], "model.mlp_dim=abc: must be an integer >= 1"),
-    (["model=hybrid", "model.hidden=[64,0]"], "model.hidden=[64,0]: must be a non-empty list, each entry an integer >= 1"),
+    (["model.dim=0"], "model.dim=0: must be an integer in [1, 65536]"),
+    (["model.dim=-8"], "model.dim=-8: must be an integer in [1, 65536]"),
+    (["model.dim=12.5"], "model.dim=12.5: must be an integer in [1, 65536]"),
+    (["model.dim=100000"], "model.dim=100000: must be an integer in [1, 65536]"),
+    (["model=ncf", "model.gmf_dim=0"], "model.gmf_dim=0: must be an integer in [1, 65536]"),
+    (["model=ncf", "model.mlp_dim=abc"], "model.mlp_dim=abc: must be an integer in [1, 65536]"),
+    (["model=hybrid", "model.hidden=[64,0]"], "model.hidden=[64,0]: must be a non-empty list, each entry an integer in [1, 65536]"),
     (["model=ncf", "model.hidden=[]"], "model.hidden=[]: must be a non-empty list"),
     (["model=hybrid", "model.dropout=1.0"], "model.dropout=1.0: must be a number in [0, 1)"),
     (["model=ncf", "model.dropout=-0.1"], "model.dropout=-0.1: must be a number in [0, 1)"),
@@ -244,6 +248,26 @@ def test_gpu_accelerator_without_cuda_is_refused(no_cuda):
     check_training_config(training("trainer=ddp"))  # auto falls back to CPU processes
 
 
+@pytest.mark.parametrize(("accelerator", "why"), [
+    ("mps", "Apple's MPS backend is not available here (macOS on Apple silicon only)"),
+    ("tpu", "a TPU needs torch_xla, which is not installed here"),
+])  # fmt: skip
+def test_mps_or_tpu_that_is_not_available_is_refused_up_front(monkeypatch, accelerator, why):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "torch_xla", None)  # as if not installed: find_spec answers None
+    assert refused(check_training_config, training(f"trainer.accelerator={accelerator}")) == (
+        f"trainer.accelerator={accelerator}: {why}; use trainer.accelerator=cpu or auto")
+
+
+def test_mps_or_tpu_that_is_available_passes(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    torch_xla = types.ModuleType("torch_xla")
+    torch_xla.__spec__ = importlib.machinery.ModuleSpec("torch_xla", None)
+    monkeypatch.setitem(sys.modules, "torch_xla", torch_xla)  # as if installed
+    for accelerator in ("mps", "tpu"):
+        check_training_config(training(f"trainer.accelerator={accelerator}"))
+
+
 def test_more_gpus_than_exist_is_refused(one_cuda_device):
     assert refused(check_training_config, training("trainer=ddp")).startswith("trainer.devices=2: only 1 CUDA device(s) here")
     assert refused(check_training_config, training("trainer=gpu", "trainer.devices=[1]")).startswith("trainer.devices=[1]: only 1")
@@ -322,7 +346,7 @@ def test_bad_evaluate_argument_is_one_line_naming_it(overrides, message):
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("model.dim=0", "error: model.dim=0: must be an integer >= 1"),
+    ("model.dim=0", "error: model.dim=0: must be an integer in [1, 65536]"),
     ("trainer.max_epochs=0", "error: trainer.max_epochs=0: must be an integer >= 1"),
 ])  # fmt: skip
 def test_train_refuses_a_bad_value_before_training(override, message, tmp_path):

@@ -45,6 +45,8 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
         recorded = json.loads(metrics_path.read_text()).get("best_checkpoint") if metrics_path.is_file() else None
         candidates = [run_dir / recorded] if recorded else sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))
     else:
+        if not Path(which).is_file():
+            raise ConfigError(f"checkpoint={which}: no such file; use best, last or the path of a .ckpt file")
         candidates = [Path(which)]
     if len(candidates) != 1 or not candidates[0].is_file():
         found = ", ".join(str(path) for path in candidates) or "none"
@@ -66,9 +68,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ConfigError(f"{path}: refused, it holds pickled objects beyond tensors and plain data ({first_line(error)})") from error
+        raise ConfigError(f"{path}: refused, it holds pickled objects beyond tensors and plain data, or is not a checkpoint at all "
+                          f"({first_line(error, 120)})") from error  # fmt: skip
     except Exception as error:  # torch reports truncated or foreign files as RuntimeError, EOFError, ValueError, ...
-        raise ConfigError(f"{path}: not a readable checkpoint, it may be truncated ({first_line(error)})") from error
+        raise ConfigError(f"{path}: not a readable checkpoint, it may be truncated ({first_line(error, 120)})") from error
     state_dict = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
         raise ConfigError(f"{path}: not a training checkpoint of this project (no state_dict of tensors)")
@@ -93,6 +96,9 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
         model.load_state_dict(weights)
     except RuntimeError as error:
         raise ConfigError(f"{path}: its weights do not fit its model config ({first_line(error)})") from error
+    broken = next((name for name, value in weights.items() if value.is_floating_point() and not torch.isfinite(value).all()), None)
+    if broken is not None:
+        raise ConfigError(f"{path}: its weight model.{broken} holds NaN or infinite values; serve another checkpoint of the run")
     model.to(device).eval()
     return TrainedRun(model, catalogue, hyper_parameters, Path(path))
 
