@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from recsys_lightning.config import PROJECT_ROOT, register_resolvers
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters, offered_targets
-from recsys_lightning.serving.checkpoint import find_checkpoint
+from recsys_lightning.evaluate import evaluate
+from recsys_lightning.serving.checkpoint import find_checkpoint, load_trained
 
 from conftest import run_module
 
@@ -75,13 +76,29 @@ EDITS = {
 }  # fmt: skip
 
 
+def refused_in_process(run_dir: Path) -> list[str]:
+    """What recommend's and evaluate's own functions say about a run folder: each must refuse it."""
+    messages = []
+    for request in (lambda: load_trained(find_checkpoint(run_dir)), lambda: evaluate(run_dir, accelerator="cpu")):
+        with pytest.raises(ConfigError) as error:
+            request()
+        messages.append(str(error.value))
+    return messages
+
+
 @pytest.mark.parametrize("edit", list(EDITS))
 def test_crafted_checkpoint_runs_no_code_in_recommend_or_evaluate(movielens_run, tmp_path, payload, marker, edit):
     run_dir = crafted_run(movielens_run, tmp_path, EDITS[edit](payload))
+    for message in refused_in_process(run_dir):
+        assert "refusing to build it" in message or "arguments read from disk" in message, message
+    assert not marker.exists(), f"code from the checkpoint ran ({edit})"
+
+
+def test_crafted_checkpoint_is_one_line_through_both_entry_points(movielens_run, tmp_path, payload, marker):
+    run_dir = crafted_run(movielens_run, tmp_path, EDITS["nested target in a model argument"](payload))
     for module, overrides in (("recsys_lightning.recommend", ["user_id=1"]), ("recsys_lightning.evaluate", [])):
-        line = one_error_line(run_module(module, f"run_dir={run_dir}", *overrides))
-        assert "refusing to build it" in line or "arguments read from disk" in line or "only plain argument names" in line, line
-        assert not marker.exists(), f"{module} ran code from the checkpoint ({edit})"
+        assert "nested mapping carrying a _target_" in one_error_line(run_module(module, f"run_dir={run_dir}", *overrides))
+    assert not marker.exists()
 
 
 def test_checkpoint_with_a_pickled_object_is_refused_for_serving_and_resume(movielens_run, tmp_path, payload, marker):
@@ -115,7 +132,7 @@ def test_crafted_run_config_runs_no_code_in_evaluate(movielens_run, tmp_path, pa
     assert not marker.exists()
 
 
-def test_malformed_checkpoints_are_one_line_errors(movielens_run, tmp_path):
+def test_malformed_checkpoints_are_refused_with_a_reason(movielens_run, tmp_path):
     run_dir = crafted_run(movielens_run, tmp_path, lambda ckpt: None)
     path = find_checkpoint(run_dir)
     cases = {
@@ -128,9 +145,10 @@ def test_malformed_checkpoints_are_one_line_errors(movielens_run, tmp_path):
             torch.save(torch.zeros(3), path)
         else:
             path.write_bytes(content)
-        for module in ("recsys_lightning.recommend", "recsys_lightning.evaluate"):
-            overrides = ["user_id=1"] if module.endswith("recommend") else []
-            assert expected in one_error_line(run_module(module, f"run_dir={run_dir}", *overrides)), (module, expected)
+        for message in refused_in_process(run_dir):
+            assert expected in message, (expected, message)
+    line = one_error_line(run_module("recsys_lightning.recommend", f"run_dir={run_dir}", "user_id=1"))
+    assert "no state_dict of tensors" in line
 
 
 def test_catalogue_of_another_version_is_refused(movielens_run, tmp_path):
