@@ -9,7 +9,6 @@ training, so the figures must equal the run's metrics.json; the table shows both
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -19,6 +18,7 @@ from typing import Any, TextIO
 import hydra
 import pandas as pd
 import pytorch_lightning as pl
+import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,9 +26,11 @@ from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, first_line
 from recsys_lightning.module import RecommenderModule
+from recsys_lightning.resume import _same_training_data
 from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters
+from recsys_lightning.serving.checkpoint import (BEST_CHECKPOINT_KEY, CATALOGUE_KEY, catalogue_from_checkpoint, find_checkpoint,
+                                                 load_checkpoint, read_run_metrics)  # fmt: skip
 from recsys_lightning.validation import TRAINING_RULES, check_evaluate_config, check_rules
-from recsys_lightning.serving.checkpoint import find_checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -36,6 +38,14 @@ register_resolvers()
 SPLITS = ("test", "valid")
 # Data config keys that name files or folders (csv and movielens); relative ones resolve from the training cwd.
 DATA_PATH_KEYS = ("path", "train_path", "valid_path", "test_path", "items_path", "data_dir")
+RUN_YAML_LIMIT = 1 << 20  # bytes; Hydra's config.yaml and hydra.yaml are a few KiB
+MOVIELENS_TARGET = "recsys_lightning.data.movielens.MovieLensDataModule"
+METRICS_REMEDY = "evaluate compares with it: restore the file, or retrain the run"
+
+
+class MetricsDiffer(RecsysError):
+    """The checkpoint metrics.json names no longer scores what metrics.json records: the data, the
+    code or a file of the run changed since training, so one of the two cannot be trusted."""
 
 
 def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test", accelerator: str = "auto") -> dict[str, float]:
@@ -46,12 +56,19 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
     path = find_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path)
     hyper_parameters = checked_module_hyper_parameters(state.get("hyper_parameters"), str(path))
+    if CATALOGUE_KEY not in state:
+        raise ConfigError(f"{path}: carries no record of the data it was trained on (no catalogue; it predates this version), "
+                          "so evaluate cannot tell its data from another's; retrain the run to evaluate it")  # fmt: skip
+    catalogue = catalogue_from_checkpoint(state[CATALOGUE_KEY], path)
     datamodule: InteractionDataModule = instantiate(recorded_data_config(run_dir))
     datamodule.setup("test")
     trained_shape = (hyper_parameters["num_users"], hyper_parameters["num_items"])
     if trained_shape != (datamodule.num_users, datamodule.num_items):
         raise ConfigError(f"{path}: trained on {trained_shape[0]} users x {trained_shape[1]} items, but the run's data now has "
                           f"{datamodule.num_users} x {datamodule.num_items}; the data changed since training")  # fmt: skip
+    if not _same_training_data(catalogue, datamodule):
+        raise ConfigError(f"{path}: trained on other data than {run_dir}/.hydra/config.yaml rebuilds (same sizes, but its users, "
+                          "items or training pairs differ); evaluate a checkpoint with the run folder it came from")  # fmt: skip
     if split == "test" and not datamodule.has_test:
         raise ConfigError(f"{run_dir}: the run's split has no test part; use split=valid")
     module = RecommenderModule(**hyper_parameters)
@@ -71,13 +88,15 @@ def recorded_data_config(run_dir: Path) -> dict[str, Any]:
     """The run's data config from `.hydra/config.yaml`, resolved and checked like a checkpoint's.
 
     Relative data paths are taken from the folder training ran in (`.hydra/hydra.yaml` records it),
-    so evaluate works from any working directory.
+    so evaluate works from any working directory. The folder is untrusted, so MovieLens is built
+    with download=False: a recorded data_dir is read, never created or written to.
     """
     config_path = run_dir / ".hydra" / "config.yaml"
     if not config_path.is_file():
         raise ConfigError(f"{config_path}: missing; evaluate needs the run's config to rebuild its data split")
+    recorded = read_run_yaml(config_path)
     try:
-        data = OmegaConf.to_container(OmegaConf.load(config_path).data, resolve=True)
+        data = OmegaConf.to_container(recorded.data, resolve=True)
     except Exception as error:  # YAML syntax, a missing key, an interpolation that cannot resolve
         raise ConfigError(f"{config_path}: cannot read its data config ({first_line(error)}); the run folder is damaged") from error
     data = checked_component("data", data, str(config_path))
@@ -89,45 +108,83 @@ def recorded_data_config(run_dir: Path) -> dict[str, Any]:
     for key in DATA_PATH_KEYS:
         if isinstance(data.get(key), str) and training_cwd is not None:
             data[key] = str(training_cwd / Path(data[key]).expanduser())
+    if data.get("_target_") == MOVIELENS_TARGET:
+        data["download"] = False
     return data
 
 
-def _training_cwd(run_dir: Path) -> Path | None:
+def read_run_yaml(path: Path) -> DictConfig:
+    """A run folder's YAML file as a DictConfig, or one line naming the file.
+
+    Hydra writes plain YAML; a file over 1 MiB or one with anchors or aliases was not written by it,
+    and aliases nested in aliases ("billion laughs") expand exponentially. The token scan that finds
+    them takes linear time and builds nothing.
+    """
+    if not path.is_file() or path.stat().st_size > RUN_YAML_LIMIT:
+        raise ConfigError(f"{path}: not a regular file of at most 1 MiB, so not a config Hydra wrote; the run folder is damaged")
     try:
-        cwd = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.cwd
-    except Exception:  # an older or edited run folder: relative paths then resolve from here
+        text = path.read_text(encoding="utf-8")
+        if any(isinstance(token, (yaml.AnchorToken, yaml.AliasToken)) for token in yaml.scan(text, Loader=yaml.SafeLoader)):
+            raise ConfigError(f"{path}: holds YAML anchors or aliases, which Hydra never writes; refusing to expand them, "
+                              "the run folder was altered")  # fmt: skip
+        config = OmegaConf.create(text)
+    except ConfigError:
+        raise
+    except Exception as error:  # undecodable bytes, YAML syntax, nesting too deep, values OmegaConf cannot hold
+        raise ConfigError(f"{path}: cannot be read ({type(error).__name__}: {first_line(error, 120)}); the run folder is damaged") from error
+    if not isinstance(config, DictConfig):
+        raise ConfigError(f"{path}: holds a YAML {type(config).__name__}, not a mapping; the run folder is damaged")
+    return config
+
+
+def _training_cwd(run_dir: Path) -> Path | None:
+    path = run_dir / ".hydra" / "hydra.yaml"
+    if not path.exists():  # an older or edited run folder: relative paths then resolve from here
         return None
+    cwd = OmegaConf.select(read_run_yaml(path), "hydra.runtime.cwd", default=None, throw_on_resolution_failure=False)
     return Path(cwd) if isinstance(cwd, str) else None
 
 
 def compare_with_recorded(evaluated: dict[str, float], run_dir: str | Path, tolerance: float) -> pd.DataFrame:
     """One row per metric: evaluated, recorded in metrics.json (NaN if absent), and whether they agree."""
-    metrics_path = Path(run_dir) / "metrics.json"
-    recorded: dict[str, Any] = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    recorded = read_run_metrics(run_dir, remedy=METRICS_REMEDY)
     rows = []
     for name, value in evaluated.items():
-        before = recorded.get(name, math.nan)
+        before = recorded.get(name)
+        before = float(before) if isinstance(before, (int, float)) and not isinstance(before, bool) else math.nan
         rows.append({"metric": name, "evaluated": value, "metrics.json": before, "equal": abs(value - before) <= tolerance})
     return pd.DataFrame(rows)
 
 
 def report(table: pd.DataFrame, out: TextIO = sys.stdout) -> None:
     print(table.to_string(index=False, float_format=lambda value: f"{value:.6f}"), file=out)
+    print(f"all {len(table)} metrics equal metrics.json" if table["equal"].all() else differing_summary(table), file=out)
+
+
+def differing_summary(table: pd.DataFrame) -> str:
     differing = table[~table["equal"]]
-    if differing.empty:
-        print(f"all {len(table)} metrics equal metrics.json", file=out)
-    else:
-        print(f"{len(differing)} of {len(table)} metrics differ from metrics.json: {', '.join(differing['metric'])}", file=out)
+    return f"{len(differing)} of {len(table)} metrics differ from metrics.json: {', '.join(differing['metric'])}"[:300]
+
+
+def is_recorded_checkpoint(run_dir: str | Path, checkpoint: str) -> bool:
+    """Whether `checkpoint` is the file metrics.json's figures were computed from: only then must they agree."""
+    named = read_run_metrics(run_dir, remedy=METRICS_REMEDY).get(BEST_CHECKPOINT_KEY)
+    return bool(named) and find_checkpoint(run_dir, checkpoint).resolve() == (Path(run_dir) / named).resolve()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    """The comparison table; exit 1 when the checkpoint metrics.json names no longer gives its figures."""
     try:
         check_evaluate_config(cfg)
         evaluated = evaluate(cfg.run_dir, cfg.checkpoint, cfg.split, cfg.accelerator)
+        table = compare_with_recorded(evaluated, cfg.run_dir, cfg.tolerance)
+        report(table)
+        recorded = table[table["metrics.json"].notna()]  # a metric the run did not record cannot contradict it
+        if not recorded["equal"].all() and is_recorded_checkpoint(cfg.run_dir, cfg.checkpoint):
+            raise MetricsDiffer(differing_summary(recorded))
     except RecsysError as error:
         exit_with_message(error)
-    report(compare_with_recorded(evaluated, cfg.run_dir, cfg.tolerance))
 
 
 if __name__ == "__main__":

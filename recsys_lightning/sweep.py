@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,9 @@ from typing import Any
 import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from recsys_lightning.errors import ConfigError
+from recsys_lightning.serving.checkpoint import read_run_metrics
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,10 @@ def summarise_sweep(sweep_dir: Path) -> pd.DataFrame:
         overrides = OmegaConf.load(hydra_dir / "overrides.yaml") if (hydra_dir / "overrides.yaml").is_file() else []
         row: dict[str, Any] = {"run": run_dir.name, "overrides": " ".join(overrides)}
         if (run_dir / "metrics.json").is_file():
-            row.update(json.loads((run_dir / "metrics.json").read_text()))
+            try:
+                row.update(read_run_metrics(run_dir))
+            except ConfigError as error:
+                row["error"] = str(error)
         elif (run_dir / "error.txt").is_file():
             row["error"] = (run_dir / "error.txt").read_text().strip()
         else:

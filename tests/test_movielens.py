@@ -116,6 +116,22 @@ def test_unreachable_grouplens_falls_back_to_pypi_wheel_once(tmp_path):
     check_fixture(resolve_movielens(data_dir, url=UNREACHABLE, expected=FIXTURE_COUNTS), "recbole-local")
 
 
+def test_without_download_a_local_copy_is_read_and_nothing_is_fetched_or_created(tmp_path):
+    """evaluate takes data_dir from an untrusted run folder: it may read there, never create or write."""
+    recbole_files(tmp_path / "local" / "ml-100k")
+    loaded = resolve_movielens(tmp_path / "local", url=UNREACHABLE, expected=FIXTURE_COUNTS, download=False)
+    check_fixture(loaded, "recbole-local")
+    calls = []
+    archive = zipped(grouplens_files(tmp_path / "src"), tmp_path / "ml-100k.zip", "ml-100k/")
+    with pytest.raises(DataError) as refused:
+        resolve_movielens(tmp_path / "x" / "deep", url=archive.as_uri(), expected=FIXTURE_COUNTS,
+                          pip_download=copying_pip(archive, calls), download=False)  # fmt: skip
+    assert str(refused.value) == (f"{tmp_path / 'x' / 'deep' / 'ml-100k'}: no MovieLens-100K here; evaluate reads the run's data, "
+                                  "it does not fetch it: run training once (which fetches it) or fix data_dir in "
+                                  "<run>/.hydra/config.yaml")  # fmt: skip
+    assert not (tmp_path / "x").exists() and calls == []
+
+
 def test_wheel_with_wrong_hash_is_refused(tmp_path):
     wheel, _ = fake_wheel(tmp_path)
     with pytest.raises(DataError, match="sha256"):

@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
-from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER
+from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER, cut
 from recsys_lightning.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,19 @@ def resolve_movielens(
     timeout: float = 10.0,
     expected: ExpectedContent = ML100K,
     pip_download: PipDownload | None = None,
+    download: bool = True,
 ) -> LoadedInteractions:
-    """Return ML-100K from the first source that has it, verified against `expected`."""
+    """Return ML-100K from the first source that has it, verified against `expected`.
+
+    With `download=False` only the local copy is read and nothing is created on disk: evaluate takes
+    `data_dir` from a run folder's recorded config, an untrusted file that must not make it write.
+    """
     data_dir = Path(data_dir)
     dataset_dir = data_dir / DATASET_DIR
     loaded = _read_local(dataset_dir, expected)
+    if loaded is None and not download:
+        raise DataError(f"{cut(str(dataset_dir), 200)}: no MovieLens-100K here; evaluate reads the run's data, it does not fetch it: run training "
+                        "once (which fetches it) or fix data_dir in <run>/.hydra/config.yaml")  # fmt: skip
     if loaded is None:
         try:
             _download_grouplens_zip(url, data_dir, timeout)
@@ -315,6 +323,7 @@ class MovieLensDataModule(InteractionDataModule):
         recbole_wheel: str = RECBOLE_WHEEL,
         recbole_wheel_sha256: str = RECBOLE_WHEEL_SHA256,
         download_timeout: float = 10.0,
+        download: bool = True,
         **split_and_batching,
     ) -> None:
         super().__init__(**split_and_batching)
@@ -323,6 +332,7 @@ class MovieLensDataModule(InteractionDataModule):
         self.recbole_wheel = recbole_wheel
         self.recbole_wheel_sha256 = recbole_wheel_sha256
         self.download_timeout = download_timeout
+        self.download = download
 
     def load(self) -> LoadedInteractions:
         return resolve_movielens(
@@ -331,4 +341,5 @@ class MovieLensDataModule(InteractionDataModule):
             wheel=self.recbole_wheel,
             wheel_sha256=self.recbole_wheel_sha256,
             timeout=self.download_timeout,
+            download=self.download,
         )

@@ -17,6 +17,9 @@ from recsys_lightning.safe_config import checked_module_hyper_parameters
 from recsys_lightning.serving.catalogue import STATE_VERSION, Catalogue
 
 CATALOGUE_KEY = "catalogue"
+BEST_CHECKPOINT_KEY = "best_checkpoint"
+METRICS_LIMIT = 1 << 20  # bytes; a real metrics.json is about 1 KiB
+CHECKPOINT_REMEDY = "pass checkpoint=last or checkpoint=<path>"
 
 
 @dataclass(frozen=True)
@@ -41,17 +44,52 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     if which == "last":
         candidates = [run_dir / "checkpoints" / "last.ckpt"]
     elif which == "best":
-        metrics_path = run_dir / "metrics.json"
-        recorded = json.loads(metrics_path.read_text()).get("best_checkpoint") if metrics_path.is_file() else None
+        recorded = read_run_metrics(run_dir, remedy=CHECKPOINT_REMEDY).get(BEST_CHECKPOINT_KEY)
         candidates = [run_dir / recorded] if recorded else sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))
     else:
         if not Path(which).is_file():
-            raise ConfigError(f"checkpoint={which}: no such file; use best, last or the path of a .ckpt file")
+            problem = "is a folder, not a checkpoint file" if Path(which).is_dir() else "no such file"
+            raise ConfigError(f"checkpoint={str(which)[:200]}: {problem}; use best, last or the path of a .ckpt file")
         candidates = [Path(which)]
     if len(candidates) != 1 or not candidates[0].is_file():
         found = ", ".join(str(path) for path in candidates) or "none"
-        raise ConfigError(f"{run_dir}: cannot find the {which!r} checkpoint (found: {found}); pass checkpoint=last or checkpoint=<path>")
+        raise ConfigError(f"{run_dir}: cannot find the {which!r} checkpoint (found: {found:.200}); {CHECKPOINT_REMEDY}")
     return candidates[0]
+
+
+def read_run_metrics(run_dir: str | Path, remedy: str = "retrain the run or restore the file") -> dict[str, Any]:
+    """metrics.json as a dict ({} when the run has none), or one line naming the file and `remedy`.
+
+    The file is untrusted: it must be a JSON object of at most 1 MiB, and its `best_checkpoint`, if
+    present, a relative path to a file inside `<run_dir>/checkpoints/` (a crafted one could point
+    evaluate or recommend at any file on the machine).
+    """
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        return {}
+
+    def damaged(detail: str) -> ConfigError:
+        return ConfigError(f"{path}: metrics.json is damaged ({detail}); {remedy}")
+
+    if not path.is_file() or path.stat().st_size > METRICS_LIMIT:
+        raise damaged("not a regular file of at most 1 MiB")
+    try:
+        recorded = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # JSONDecodeError is a ValueError
+        raise damaged(f"not valid JSON: {first_line(error, 120)}") from error
+    if not isinstance(recorded, dict):
+        raise damaged(f"a JSON {type(recorded).__name__}, not an object")
+    best = recorded.get(BEST_CHECKPOINT_KEY)
+    if best is not None and not _names_a_checkpoint_inside(best, Path(run_dir)):
+        raise damaged(f"{BEST_CHECKPOINT_KEY} is {str(best)[:80]!r}, not the name of a file in checkpoints/")
+    return recorded
+
+
+def _names_a_checkpoint_inside(value: Any, run_dir: Path) -> bool:
+    if not isinstance(value, str) or not value or ".." in Path(value).parts or Path(value).is_absolute():
+        return False
+    folder = (run_dir / "checkpoints").resolve()
+    return Path(value).parts[0] == "checkpoints" and (run_dir / value).resolve().parent == folder
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
