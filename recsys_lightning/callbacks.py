@@ -17,6 +17,7 @@ class TrainingTime(pl.Callback):
     def __init__(self) -> None:
         self.before_this_process = 0.0
         self.started: float | None = None
+        self.training_began = False
 
     @property
     def seconds(self) -> float:
@@ -25,6 +26,11 @@ class TrainingTime(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.started = time.perf_counter()
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # Lightning restores a resumed checkpoint's loops, optimizer and callbacks before this hook:
+        # an error before it is a checkpoint that could not be restored.
+        self.training_began = True
 
     def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.before_this_process, self.started = self.seconds, None

@@ -1,4 +1,4 @@
-"""Lightning's checkpoint writer, made atomic (conf/trainer/default.yaml lists it as a plugin)."""
+"""Lightning's checkpoint reader and writer, made safe (conf/trainer/default.yaml lists it as a plugin)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from recsys_lightning.atomic import atomic_file
-
+from recsys_lightning.resume import CHECKPOINT_PATH_FIELDS
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, made atomic in the checkpoint's own folder.
+    """Writes atomically in the checkpoint's own folder; reads plain data only, from wherever the run
+    folder now is.
 
     Lightning's default writes the file elsewhere and moves it in, which on another filesystem is a
     copy that a full disk cuts short, leaving a truncated `last.ckpt` for the next resume.
@@ -23,3 +24,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path, "wb") as handle:
             torch.save(checkpoint, handle)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        return relocated(checkpoint, Path(path).parent)
+
+def relocated(checkpoint: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A run folder that was moved or copied still records its old checkpoint folder; Lightning then
+    forgets the best score and keeps stale files. Point the records at `folder` when the files they
+    name are all there."""
+    for name, state in (checkpoint.get("callbacks") or {}).items():
+        if not str(name).startswith("ModelCheckpoint") or not isinstance(state, dict) or not isinstance(state.get("dirpath"), str):
+            continue
+        if Path(state["dirpath"]) == folder:
+            continue
+        recorded = [state.get(field) for field in CHECKPOINT_PATH_FIELDS] + list(state.get("best_k_models") or {})
+        names = [Path(value).name for value in recorded if isinstance(value, str) and value]
+        if not names or not all((folder / name).is_file() for name in names):
+            continue
+        state["dirpath"] = str(folder)
+        for field in CHECKPOINT_PATH_FIELDS:
+            if isinstance(state.get(field), str) and state[field]:
+                state[field] = str(folder / Path(state[field]).name)
+        if isinstance(state.get("best_k_models"), dict):
+            state["best_k_models"] = {str(folder / Path(key).name): score for key, score in state["best_k_models"].items()}
+    return checkpoint

@@ -77,6 +77,11 @@ def export_recommendations(service: RecommendationService, raw_users: list[Any] 
         users = torch.tensor([_index_or_unknown(catalogue.user_index(raw)) for raw in raw_users], dtype=torch.long)
     users = users.to(catalogue.popularity.device)
     raw_user_ids = np.asarray(raw_users, dtype=object)
+    unknown = raw_user_ids[(users == UNKNOWN).cpu().numpy()]
+    if len(unknown):  # they still get rows (popular items), so a typo in an id would otherwise pass unseen
+        examples = ", ".join(quote(raw) for raw in pd.unique(unknown)[:3])
+        log.warning("%d of %d requested users are unknown to this run (e.g. %s): they get the most popular items (source=popularity)",
+                    len(unknown), len(raw_user_ids), examples)  # fmt: skip
     chunks = service.recommend_in_chunks(users, k)
     progress = tqdm(chunks, total=-(-len(users) // service.chunk_size), desc="recommend", unit="chunk", file=sys.stderr)
     if output is None:

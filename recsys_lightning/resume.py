@@ -14,9 +14,17 @@ from recsys_lightning.serving.checkpoint import CATALOGUE_KEY, catalogue_from_ch
 
 
 # What Lightning reads back when it resumes; a checkpoint without them fails deep inside Lightning.
+# Settings a checkpoint fixes: a resumed run must ask for the same ones.
+RESUMED_SETTINGS = ("model", "loss", "sampler", "optimizer", "scheduler", "ks", "seed")
 RESUME_KEYS = {"epoch": int, "global_step": int, "loops": dict, "callbacks": dict, "optimizer_states": list,
                "lr_schedulers": list, "pytorch-lightning_version": str}  # fmt: skip
 CHECKPOINT_PATH_FIELDS = ("best_model_path", "last_model_path", "kth_best_model_path")
+# The saved fields of Lightning's callbacks that it uses without checking.
+CALLBACK_STATE_TYPES = {
+    "EarlyStopping": {"wait_count": (int,), "stopped_epoch": (int,), "best_score": (torch.Tensor,), "patience": (int,)},
+    "ModelCheckpoint": {"best_model_score": (torch.Tensor, type(None)), "kth_value": (torch.Tensor, float, type(None)),
+                        "best_k_models": (dict,), "dirpath": (str,)},
+}  # fmt: skip
 
 
 def check_resumable(checkpoint: dict[str, Any], path: Path) -> None:
@@ -30,6 +38,7 @@ def check_resumable(checkpoint: dict[str, Any], path: Path) -> None:
             raise ConfigError(f"{path}: not a resumable training checkpoint (its {key!r} is missing or not a {kind.__name__}); "
                               "resume from a checkpoint this project wrote (checkpoints/last.ckpt or epochNNN.ckpt)")  # fmt: skip
     for name, state in checkpoint["callbacks"].items():
+        _check_state_types(str(name), state, path)
         if not str(name).startswith("ModelCheckpoint"):
             continue
         dirpath = state.get("dirpath") if isinstance(state, dict) else None
@@ -37,6 +46,28 @@ def check_resumable(checkpoint: dict[str, Any], path: Path) -> None:
         if not isinstance(dirpath, str) or not all(_is_file_in(value, dirpath) for value in recorded if value):
             raise ConfigError(f"{path}: its checkpoint records name files outside their checkpoint folder; "
                               "the file was altered, resume from another checkpoint")  # fmt: skip
+
+
+def _check_state_types(name: str, state: Any, path: Path) -> None:
+    """Lightning's own callbacks trust their saved state; a value of the wrong type fails mid-training."""
+    expected = next((fields for prefix, fields in CALLBACK_STATE_TYPES.items() if name.startswith(prefix)), None)
+    if expected is None:
+        return
+    bad = not isinstance(state, dict) or [field for field, kinds in expected.items() if field in state and not _is_kind(state[field], kinds)]
+    if isinstance(state, dict) and not bad and not all(isinstance(score, torch.Tensor) for score in (state.get("best_k_models") or {}).values()):
+        bad = ["best_k_models"]
+    if bad:
+        field = bad[0] if isinstance(bad, list) else "its state"
+        raise ConfigError(f"{path}: the saved state of {name.split('{')[0]} ({field}) has the wrong type; "
+                          "the file was altered, resume from another checkpoint")  # fmt: skip
+
+
+def _is_kind(value: Any, kinds: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int) and int in kinds:
+        return value >= 0
+    return isinstance(value, kinds)
 
 
 def _is_file_in(value: Any, folder: str) -> bool:
@@ -58,9 +89,13 @@ def check_resume_fits(checkpoint: dict[str, Any], path: Path, module: Any, datam
     unknown = sorted(set(saved) - set(expected))
     if unknown:
         raise ConfigError(f"ckpt_path={path}: it holds weights this model lacks ({unknown[0]}); resume with that run's model overrides")
-    if CATALOGUE_KEY in checkpoint and not _same_training_data(catalogue_from_checkpoint(checkpoint[CATALOGUE_KEY], path), datamodule):
+    if CATALOGUE_KEY not in checkpoint:
+        raise ConfigError(f"ckpt_path={path}: it carries no record of the data it was trained on; resume from a checkpoint "
+                          "this version of the project wrote")  # fmt: skip
+    if not _same_training_data(catalogue_from_checkpoint(checkpoint[CATALOGUE_KEY], path), datamodule):
         raise ConfigError(f"ckpt_path={path}: it was trained on other data (its users, items or training pairs differ from this "
                           "run's); resume with that run's data overrides, or drop ckpt_path to start fresh")  # fmt: skip
+    _check_same_settings(checkpoint, path, module)
     _check_same_optimizer(checkpoint, path, module)
 
 
@@ -80,14 +115,57 @@ def _check_same_optimizer(checkpoint: dict[str, Any], path: Path, module: Any) -
     wanted = _group_keys(optimizer.state_dict()["param_groups"])
     states = checkpoint["optimizer_states"]
     found = _group_keys(states[0].get("param_groups", [])) if len(states) == 1 and isinstance(states[0], dict) else None
+    if found == wanted and not _same_value_kinds(states[0]["param_groups"], optimizer.state_dict()["param_groups"]):
+        raise ConfigError(f"ckpt_path={path}: its optimizer settings have the wrong types (e.g. a learning rate that is not a "
+                          "number); the file was altered, resume from another checkpoint")  # fmt: skip
     if found != wanted:
         raise ConfigError(f"ckpt_path={path}: it was trained with another optimizer than this run's {type(optimizer).__name__}; "
                           "resume with that run's optimizer overrides, or drop ckpt_path to start fresh")  # fmt: skip
-    if len(checkpoint["lr_schedulers"]) != (1 if isinstance(configured, dict) else 0):
-        raise ConfigError(f"ckpt_path={path}: it was trained with{'out' if not checkpoint['lr_schedulers'] else ''} a learning-rate "
+    scheduler = configured["lr_scheduler"]["scheduler"] if isinstance(configured, dict) else None
+    saved = checkpoint["lr_schedulers"]
+    if len(saved) != (scheduler is not None):
+        raise ConfigError(f"ckpt_path={path}: it was trained with{'out' if not saved else ''} a learning-rate "
                           "scheduler, unlike this run; resume with that run's scheduler override")  # fmt: skip
+    if scheduler is not None and (not isinstance(saved[0], dict) or sorted(saved[0]) != sorted(scheduler.state_dict())):
+        raise ConfigError(f"ckpt_path={path}: it was trained with another learning-rate scheduler than this run's "
+                          f"{type(scheduler).__name__}; resume with that run's scheduler override")  # fmt: skip
+
+
+def _check_same_settings(checkpoint: dict[str, Any], path: Path, module: Any) -> None:
+    """Lightning restores the optimizer's learning rate and the rest from the checkpoint, so an override
+    given on resume would be recorded but silently not used: refuse it instead."""
+    recorded = checkpoint.get("hyper_parameters")
+    if not isinstance(recorded, dict):
+        return
+    changed = [key for key in RESUMED_SETTINGS if key in recorded and _flat(recorded[key], key) != _flat(module.hparams.get(key), key)]
+    if changed:
+        differences = sorted(set(_flat(recorded[changed[0]], changed[0]).items()) ^ set(_flat(module.hparams.get(changed[0]), changed[0]).items()))
+        shown = ", ".join(sorted({name for name, _ in differences}))[:200]
+        raise ConfigError(f"ckpt_path={path}: this run changes {shown}, which a resumed run cannot change (the checkpoint's "
+                          "values would be restored); resume with that run's overrides, or start a new run from scratch")  # fmt: skip
+
+
+def _flat(node: Any, prefix: str) -> dict[str, Any]:
+    """`{"model": {"dim": 64}}` -> `{"model.dim": 64}`: settings compared key by key."""
+    if isinstance(node, dict):
+        return {name: value for key, child in node.items() for name, value in _flat(child, f"{prefix}.{key}").items()}
+    return {prefix: tuple(node) if isinstance(node, list) else node}
 
 
 def _group_keys(param_groups: list[dict[str, Any]]) -> list[list[str]]:
     """An optimizer's hyper-parameter names per group, which tell its kind; `initial_lr` is a scheduler's."""
     return [sorted(key for key in group if key != "initial_lr") for group in param_groups]
+
+
+def _same_value_kinds(saved: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> bool:
+    """Each saved hyper-parameter has the kind of the fresh optimizer's (number, flag, tuple of numbers)."""
+    def kind(value: Any) -> str:
+        if isinstance(value, bool) or value is None:
+            return repr(value) if value is None else "flag"
+        if isinstance(value, (int, float)):
+            return "number"
+        if isinstance(value, (list, tuple)):
+            return "numbers" if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) else "list"
+        return type(value).__name__
+    return all(kind(group[key]) == kind(value) for group, reference in zip(saved, fresh) for key, value in reference.items()
+               if key not in ("params", "initial_lr") and key in group)  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,6 +20,8 @@ from recsys_lightning.serving.checkpoint import load_checkpoint
 from recsys_lightning.validation import check_folder_path, config_value
 
 LOCK_NAME = ".run.lock"
+HYDRA_RECORD = ".hydra"
+RECORD_BACKUP = "before-resume"
 # Where launchers put a process's global rank (Lightning reads the same variables, in this order).
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 CHECKPOINT_DIR = "checkpoints"
@@ -92,10 +95,35 @@ class RunFolder:
     def existing_checkpoint(self, ckpt_path: str) -> Path:
         """The file `ckpt_path` names (`last`: this folder's checkpoints/last.ckpt); an error if there is none."""
         path = self.checkpoints / f"{LAST}.ckpt" if ckpt_path == LAST else Path(ckpt_path).expanduser()
+        if ckpt_path.strip() == "":
+            raise ConfigError("ckpt_path is empty: give last, or the path of a .ckpt file, or drop ckpt_path to start fresh")
+        if path.exists() and not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            raise ConfigError(f"ckpt_path={ckpt_path}: {path} is {kind}; give the path of a .ckpt file (or last){self._readable_hint(path)}")
         if not path.is_file():
             hint = "; nothing to resume here, drop ckpt_path to start fresh" if ckpt_path == LAST else ""
             raise ConfigError(f"ckpt_path={ckpt_path}: {path} does not exist{hint}{self._readable_hint(path)}")
         return path
+
+    def back_up_record(self) -> None:
+        """Keep `.hydra/`'s files aside before Hydra rewrites them for a resume that may yet be refused."""
+        backup = self.path / HYDRA_RECORD / RECORD_BACKUP
+        for path in sorted((self.path / HYDRA_RECORD).glob("*.yaml")):
+            backup.mkdir(exist_ok=True)
+            shutil.copy2(path, backup / path.name)
+
+    def restore_record(self) -> None:
+        """Put back the files `back_up_record` kept: the refused resume leaves the record as it was."""
+        backup = self.path / HYDRA_RECORD / RECORD_BACKUP
+        if is_rank_zero() and backup.is_dir():
+            for path in backup.glob("*.yaml"):
+                os.replace(path, self.path / HYDRA_RECORD / path.name)
+            shutil.rmtree(backup, ignore_errors=True)
+
+    def drop_record_backup(self) -> None:
+        """The resume was accepted: the new record stands."""
+        if is_rank_zero():
+            shutil.rmtree(self.path / HYDRA_RECORD / RECORD_BACKUP, ignore_errors=True)
 
     def check_free(self, resuming: bool) -> None:
         """`claim` and let go at once: used before Hydra writes `.hydra/` into the folder, so a refused
@@ -146,12 +174,21 @@ class RunFolderCheck(Callback):
             try:
                 if ckpt_path is not None:
                     folder.existing_checkpoint(str(ckpt_path))
-                folder.check_free(resuming=folder.resumes_in_place(ckpt_path))
+                resuming = folder.resumes_in_place(ckpt_path)
+                folder.check_free(resuming=resuming)
             except RecsysError as error:
                 exit_with_message(error)
+            if resuming:
+                folder.back_up_record()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.sweep.dir")
+        sweep_dir = Path(config_value(config, "hydra.sweep.dir"))
+        earlier = sorted(path.parent.name for path in sweep_dir.glob("*/metrics.json"))
+        if earlier:
+            exit_with_message(ConfigError(f"hydra.sweep.dir={sweep_dir} already holds a sweep's runs ({', '.join(earlier[:3])}"
+                                          f"{', ...' if len(earlier) > 3 else ''}); give this sweep its own folder "
+                                          "(drop hydra.sweep.dir or pick a new one)"))  # fmt: skip
 
     @staticmethod
     def _check(config: DictConfig, key: str) -> None:

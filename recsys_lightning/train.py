@@ -26,7 +26,7 @@ from recsys_lightning.atomic import atomic_file
 from recsys_lightning.callbacks import TrainingTime
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.datamodule import InteractionDataModule
-from recsys_lightning.errors import ConfigError, RecsysError, RunInterrupted, exit_with_message
+from recsys_lightning.errors import ConfigError, RecsysError, RunInterrupted, exit_with_message, first_line
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.projector import log_item_embeddings
 from recsys_lightning.resume import check_resume_fits
@@ -53,38 +53,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         run_folder.claim(resuming=run_folder.resumes_in_place(ckpt_path))
     try:
         return _train(cfg, run_folder)
+    except MemoryError as error:  # e.g. data.num_users=100000000000: numpy cannot allocate the arrays
+        raise RecsysError(f"out of memory ({first_line(error, 120)}); lower the sizes in the config "
+                          "(data.num_users/num_items/num_interactions, model.dim, data.batch_size, data.eval_chunk_size)") from error  # fmt: skip
     finally:
         run_folder.release()
 
 
 def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
-    resume_from, resume_state = run_folder.resume_checkpoint(str(cfg.ckpt_path)) if cfg.get("ckpt_path") is not None else (None, None)
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule: InteractionDataModule = instantiate(cfg.data)
-    datamodule.setup("fit")  # the model's size depends on the data
-    module = RecommenderModule(
-        num_users=datamodule.num_users,
-        num_items=datamodule.num_items,
-        model=_plain(cfg.model),
-        loss=_plain(cfg.loss),
-        sampler=_plain(cfg.sampler),
-        optimizer=_plain(cfg.optimizer),
-        scheduler=_plain(cfg.get("scheduler")),
-        ks=list(cfg.eval.ks),
-        seed=cfg.seed,
-    )
-    if resume_from is not None:
-        check_resume_fits(resume_state, resume_from, module, datamodule)
-        del resume_state  # Lightning loads it again, on every rank's device
+    try:
+        datamodule, module, resume_from = _prepare(cfg, run_folder)
+    except BaseException:
+        run_folder.restore_record()  # a refused resume leaves the record of the run it refused to extend
+        raise
+    run_folder.drop_record_backup()
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback]
     loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values() if logger]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    clock = next((callback for callback in callbacks if isinstance(callback, TrainingTime)), None)
 
     fit_start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         # Read now: validating a checkpoint below restores the callbacks' state saved with it.
-        clock = next((callback for callback in callbacks if isinstance(callback, TrainingTime)), None)
         train_seconds = clock.seconds if clock else time.perf_counter() - fit_start
         best_checkpoint = _best_checkpoint(trainer, run_folder, resume_from)
         metrics: dict[str, Any] = {}
@@ -98,6 +89,13 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
         if not trainer.interrupted:
             raise
         raise RunInterrupted(_how_to_resume(trainer, run_folder, "Ctrl-C (SIGINT)"), signal.SIGINT) from stop
+    except Exception as error:
+        if resume_from is None or clock is None or clock.training_began or isinstance(error, RecsysError):
+            raise
+        # Restoring a checkpoint's loop, optimizer or callback state failed inside Lightning or torch.
+        raise ConfigError(f"ckpt_path={resume_from}: Lightning could not restore its state ({type(error).__name__}: "
+                          f"{first_line(error, 120)}); the file was altered or comes from another version, resume from "
+                          "another checkpoint")  from error  # fmt: skip
     metrics["best_epoch"] = _checkpoint_epoch(best_checkpoint) if best_checkpoint else trainer.current_epoch - 1
     metrics["train_seconds"] = round(train_seconds, 2)
     metrics["epochs"] = trainer.current_epoch
@@ -115,6 +113,28 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
             json.dump(metrics, handle, indent=2, sort_keys=True)
         log.info("metrics: %s", json.dumps(metrics, indent=None))
     return metrics
+
+
+def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataModule, RecommenderModule, Path | None]:
+    """Data and module, and the checkpoint to resume from once it was checked to fit them."""
+    resume_from, resume_state = run_folder.resume_checkpoint(str(cfg.ckpt_path)) if cfg.get("ckpt_path") is not None else (None, None)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule: InteractionDataModule = instantiate(cfg.data)
+    datamodule.setup("fit")  # the model's size depends on the data
+    module = RecommenderModule(
+        num_users=datamodule.num_users,
+        num_items=datamodule.num_items,
+        model=_plain(cfg.model),
+        loss=_plain(cfg.loss),
+        sampler=_plain(cfg.sampler),
+        optimizer=_plain(cfg.optimizer),
+        scheduler=_plain(cfg.get("scheduler")),
+        ks=list(cfg.eval.ks),
+        seed=cfg.seed,
+    )
+    if resume_from is not None:
+        check_resume_fits(resume_state, resume_from, module, datamodule)
+    return datamodule, module, resume_from
 
 
 def _best_checkpoint(trainer: pl.Trainer, run_folder: RunFolder, resumed_from: Path | None) -> str | None:

@@ -28,6 +28,7 @@ from recsys_lightning.serving.catalogue import PARTS
 from recsys_lightning.serving.vector_index import KINDS
 
 MAX_WIDTH = 2**16
+MAX_COUNT = 2**31 - 1
 MAX_SHOWN = 80  # characters of a bad value quoted in a message
 _ABSENT = object()
 
@@ -200,9 +201,10 @@ TRAINING_RULES: dict[str, Rule] = {
     "data.on_overlap": Choice(("drop", "error")),
     "data.sep": optional(TEXT),
     "data.download_timeout": POSITIVE,
-    "data.num_users": integer(1),
-    "data.num_items": integer(1),
-    "data.num_interactions": integer(1),
+    # Indices are int64 but counts beyond 2^31 users or items are a typo on any machine this runs on.
+    "data.num_users": integer(1, MAX_COUNT),
+    "data.num_items": integer(1, MAX_COUNT),
+    "data.num_interactions": integer(1, MAX_COUNT),
     "data.num_clusters": integer(1),
     "data.popularity_exponent": Number(),
     "data.user_activity_exponent": Number(),
@@ -398,12 +400,33 @@ def check_folder_path(key: str, path: Any) -> None:
 
 
 def _check_output_file(output: str) -> None:
+    """A file that exists is replaced only when it is an export of ours (its first line is our CSV
+    header): a slip such as output=<run>/checkpoints/last.ckpt must not destroy a checkpoint."""
     target = Path(output)
     if target.is_dir():
         raise ConfigError(f"output={_shown(output)} is a folder; give a file path, e.g. output={_shown(str(target / 'recs.csv'))}")
     if not target.parent.is_dir():
         problem = "is not a folder" if target.parent.exists() else "does not exist"
         raise ConfigError(f"output={_shown(output)}: folder {_shown(str(target.parent))} {problem}; create it or pick another path")
+    if (target.exists() or target.is_symlink()) and not _is_our_export(target):
+        raise ConfigError(f"output={_shown(output, 200)} exists and is not a recommendations CSV this project wrote; "
+                          "refusing to overwrite it: remove it or pick another path")  # fmt: skip
+
+
+def _is_our_export(path: Path) -> bool:
+    """A regular file whose first line is recommend's CSV header; only its first bytes are read, and a
+    FIFO or device (which could block or never end) is never opened."""
+    from recsys_lightning.recommend import CSV_COLUMNS  # recommend imports this module at load time
+
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(200)  # enough for the header line; never the whole of a large file
+    except OSError:
+        return False
+    first_line, newline, _ = head.partition(b"\n")
+    return bool(newline) and first_line.rstrip(b"\r") == ",".join(CSV_COLUMNS).encode()
 
 
 def _check_cuda_available(key: str, device: Any) -> None:

@@ -89,13 +89,14 @@ def test_an_interrupted_atomic_write_keeps_the_old_file_and_leaves_no_temporary(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["last.ckpt"]
 
 
-def test_sigterm_exits_143_with_how_to_resume_and_the_resumed_run_finishes(tmp_path):
+@pytest.mark.parametrize(("injected", "exit_code", "signal_name"), [("TermAt", 143, "SIGTERM"), ("InterruptAt", 130, "Ctrl-C (SIGINT)")])
+def test_a_signal_exits_with_its_code_and_how_to_resume_and_the_resumed_run_finishes(tmp_path, injected, exit_code, signal_name):
     run_dir = tmp_path / "run"
-    result = train(run_dir, "+callbacks.term._target_=fault_injection.TermAt", "+callbacks.term.epoch=1",
-                   "+callbacks.term.batch=3", fault_injection=True)  # fmt: skip
-    assert result.returncode == 143, result.stderr[-3000:]
+    result = train(run_dir, f"+callbacks.stop._target_=fault_injection.{injected}", "+callbacks.stop.epoch=1",
+                   "+callbacks.stop.batch=3", fault_injection=True)  # fmt: skip
+    assert result.returncode == exit_code, result.stderr[-3000:]
     (line,) = error_lines(result)
-    assert "stopped by SIGTERM at epoch 1" in line and f"hydra.run.dir={run_dir} ckpt_path=last" in line
+    assert f"stopped by {signal_name} at epoch 1" in line and f"hydra.run.dir={run_dir} ckpt_path=last" in line
     assert not (run_dir / "metrics.json").exists()
     assert checkpoint_epoch(run_dir / "checkpoints" / "last.ckpt") == 0
     resumed = train(run_dir, "ckpt_path=last")
@@ -230,11 +231,13 @@ def test_resuming_from_another_folders_checkpoint_into_a_fresh_folder_continues_
     ("overrides", "expected"),
     [
         (["data.seed=5"], "it was trained on other data (its users, items or training pairs differ"),
-        (["optimizer=sparse_adagrad"], "it was trained with another optimizer than this run's Adagrad"),
-        (["scheduler=cosine"], "it was trained without a learning-rate scheduler, unlike this run"),
+        (["optimizer=sparse_adagrad"], "this run changes model.sparse_gradients, which a resumed run cannot change"),
+        (["optimizer.lr=0.5"], "this run changes optimizer.lr, which a resumed run cannot change"),
+        (["loss=bce"], "this run changes loss._target_"),
+        (["scheduler=cosine"], "this run changes scheduler"),
     ],
 )
-def test_resuming_with_other_data_of_the_same_size_or_another_optimizer_is_one_line(finished_run, tmp_path, overrides, expected):
+def test_resuming_with_other_data_of_the_same_size_or_other_settings_is_one_line(finished_run, tmp_path, overrides, expected):
     run_dir = copy_run(finished_run, tmp_path)
     result = train(run_dir, "trainer.max_epochs=5", "ckpt_path=last", *overrides)
     assert result.returncode == 1
@@ -249,8 +252,16 @@ def test_resuming_with_other_data_of_the_same_size_or_another_optimizer_is_one_l
         (lambda ckpt: [ckpt.pop(key) for key in list(ckpt) if key != "state_dict"], "not a resumable training checkpoint"),
         (lambda ckpt: [state.update(seconds=float("-inf")) for name, state in ckpt["callbacks"].items() if "TrainingTime" in name],
          "records -inf training seconds"),
+        (lambda ckpt: ckpt["optimizer_states"][0]["param_groups"][0].pop("betas"), "trained with another optimizer than this run's Adam"),
+        (lambda ckpt: ckpt.pop("catalogue"), "carries no record of the data it was trained on"),
+        (lambda ckpt: [state.update(best_score="abc") for name, state in ckpt["callbacks"].items() if name.startswith("EarlyStopping")],
+         "the saved state of EarlyStopping (best_score) has the wrong type"),
+        (lambda ckpt: ckpt["loops"]["fit_loop"]["epoch_progress"]["current"].update(completed=10**18, processed=10**18,
+                                                                                     ready=10**18, started=10**18),
+         "Lightning could not restore its state"),
     ],
-    ids=["no loops", "weights only", "negative infinite seconds"],
+    ids=["no loops", "weights only", "negative infinite seconds", "other optimizer state", "no catalogue", "bad early-stopping state",
+         "absurd loop counters"],
 )
 def test_a_checkpoint_lightning_cannot_resume_is_one_line(finished_run, tmp_path, edit, expected):
     run_dir = copy_run(finished_run, tmp_path)
@@ -261,11 +272,41 @@ def test_a_checkpoint_lightning_cannot_resume_is_one_line(finished_run, tmp_path
     assert expected in line, line
 
 
-def test_ctrl_c_exits_130_with_how_to_resume(tmp_path):
-    run_dir = tmp_path / "run"
-    result = train(run_dir, "+callbacks.stop._target_=fault_injection.InterruptAt", "+callbacks.stop.epoch=1",
-                   "+callbacks.stop.batch=3", fault_injection=True)  # fmt: skip
-    assert result.returncode == 130, result.stderr[-3000:]
+
+def test_a_moved_run_folder_resumes_with_its_best_score(finished_run, tmp_path):
+    """Copied elsewhere, the run's checkpoint records name the old folder: the best so far must still count."""
+    run_dir = copy_run(finished_run, tmp_path, "moved")
+    result = train(run_dir, "ckpt_path=last", "trainer.max_epochs=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((run_dir / "checkpoints").glob("epoch*.ckpt"))) == 1  # save_top_k=1 still holds: the old best was tracked
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (run_dir / metrics["best_checkpoint"]).parent == run_dir / "checkpoints"
+
+
+def test_a_sweep_into_a_folder_holding_a_sweep_is_refused(tmp_path):
+    sweep = ["-m", *SMALL_RUN, "trainer.max_epochs=1", "model.dim=8,16", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    first = run_module("recsys_lightning.train", *sweep)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {path: path.read_bytes() for path in (tmp_path / "sweep").rglob("*.yaml")}
+    second = run_module("recsys_lightning.train", *sweep)
+    assert second.returncode == 1
+    (line,) = error_lines(second)
+    assert "already holds a sweep's runs" in line
+    assert {path: path.read_bytes() for path in (tmp_path / "sweep").rglob("*.yaml")} == before
+
+
+def test_a_refused_resume_restores_the_runs_hydra_record(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    before = {path.name: path.read_bytes() for path in (run_dir / ".hydra").glob("*.yaml")}
+    assert train(run_dir, "ckpt_path=last", "data.seed=7", "trainer.max_epochs=5").returncode == 1
+    assert {path.name: path.read_bytes() for path in (run_dir / ".hydra").glob("*.yaml")} == before
+    assert sorted(path.name for path in (run_dir / ".hydra").iterdir()) == sorted(before)
+
+
+@pytest.mark.parametrize(("ckpt_path", "expected"), [("checkpoints", "is a folder"), ("", "ckpt_path is empty")])
+def test_a_checkpoint_path_that_is_no_file_says_so(finished_run, tmp_path, ckpt_path, expected):
+    run_dir = copy_run(finished_run, tmp_path)
+    result = train(run_dir, f"ckpt_path={run_dir / ckpt_path if ckpt_path else ckpt_path}")
+    assert result.returncode == 1
     (line,) = error_lines(result)
-    assert "stopped by Ctrl-C (SIGINT) at epoch 1" in line and "ckpt_path=last" in line
-    assert not (run_dir / "metrics.json").exists()
+    assert expected in line, line

@@ -108,6 +108,7 @@ BAD_VALUES = [
     (["model.dim=-8"], "model.dim=-8: must be an integer in [1, 65536]"),
     (["model.dim=12.5"], "model.dim=12.5: must be an integer in [1, 65536]"),
     (["model.dim=100000"], "model.dim=100000: must be an integer in [1, 65536]"),
+    (["data=synthetic", "data.num_users=100000000000"], "data.num_users=100000000000: must be an integer in [1, 2147483647]"),
     (["model=ncf", "model.gmf_dim=0"], "model.gmf_dim=0: must be an integer in [1, 65536]"),
     (["model=ncf", "model.mlp_dim=abc"], "model.mlp_dim=abc: must be an integer in [1, 65536]"),
     (["model=hybrid", "model.hidden=[64,0]"], "model.hidden=[64,0]: must be a non-empty list, each entry an integer in [1, 65536]"),
