@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.serving.checkpoint import CATALOGUE_KEY, catalogue_from_checkpoint
@@ -131,18 +132,43 @@ def _check_same_optimizer(checkpoint: dict[str, Any], path: Path, module: Any) -
                           f"{type(scheduler).__name__}; resume with that run's scheduler override")  # fmt: skip
 
 
+def check_resume_callbacks(checkpoint: dict[str, Any], path: Path, callbacks: list[Any], max_epochs: int) -> None:
+    """Lightning restores early stopping's patience and the checkpoints' monitor from the checkpoint (or,
+    when a monitor or mode changed, silently starts them afresh): refuse such a change, and a
+    `trainer.max_epochs` the checkpoint has already reached."""
+    done = checkpoint["epoch"] + 1
+    if max_epochs <= done:
+        raise ConfigError(f"ckpt_path={path}: it already holds {done} epochs, so trainer.max_epochs={max_epochs} leaves nothing to "
+                          f"train; raise trainer.max_epochs above {done}")  # fmt: skip
+    saved = checkpoint["callbacks"]
+    for callback in callbacks:
+        if not isinstance(callback, (EarlyStopping, ModelCheckpoint)) or callback.state_key in saved:
+            if isinstance(callback, EarlyStopping) and saved.get(callback.state_key, {}).get("patience", callback.patience) != callback.patience:
+                raise ConfigError(f"ckpt_path={path}: this run changes callbacks.early_stopping.patience (the checkpoint's "
+                                  f"{saved[callback.state_key]['patience']} would be restored); resume with that run's patience")  # fmt: skip
+            continue
+        kind = "early stopping's" if isinstance(callback, EarlyStopping) else "a checkpoint callback's"
+        raise ConfigError(f"ckpt_path={path}: this run changes {kind} monitor or mode ({callback.monitor}); a resumed run "
+                          "would start it afresh: resume with that run's monitor and mode")  # fmt: skip
+
+
 def _check_same_settings(checkpoint: dict[str, Any], path: Path, module: Any) -> None:
     """Lightning restores the optimizer's learning rate and the rest from the checkpoint, so an override
     given on resume would be recorded but silently not used: refuse it instead."""
     recorded = checkpoint.get("hyper_parameters")
     if not isinstance(recorded, dict):
         return
-    changed = [key for key in RESUMED_SETTINGS if key in recorded and _flat(recorded[key], key) != _flat(module.hparams.get(key), key)]
+    changed = [key for key in RESUMED_SETTINGS if key in recorded and _flat(_canonical(recorded[key], key), key) != _flat(_canonical(module.hparams.get(key), key), key)]
     if changed:
         differences = sorted(set(_flat(recorded[changed[0]], changed[0]).items()) ^ set(_flat(module.hparams.get(changed[0]), changed[0]).items()))
         shown = ", ".join(sorted({name for name, _ in differences}))[:200]
         raise ConfigError(f"ckpt_path={path}: this run changes {shown}, which a resumed run cannot change (the checkpoint's "
                           "values would be restored); resume with that run's overrides, or start a new run from scratch")  # fmt: skip
+
+
+def _canonical(value: Any, key: str) -> Any:
+    """Cut-offs are a set: [20, 10] asks for the same metrics as [10, 20]."""
+    return sorted(set(value)) if key == "ks" and isinstance(value, (list, tuple)) else value
 
 
 def _flat(node: Any, prefix: str) -> dict[str, Any]:

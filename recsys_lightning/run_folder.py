@@ -108,9 +108,17 @@ class RunFolder:
     def back_up_record(self) -> None:
         """Keep `.hydra/`'s files aside before Hydra rewrites them for a resume that may yet be refused."""
         backup = self.path / HYDRA_RECORD / RECORD_BACKUP
-        for path in sorted((self.path / HYDRA_RECORD).glob("*.yaml")):
-            backup.mkdir(exist_ok=True)
-            shutil.copy2(path, backup / path.name)
+        try:
+            if backup.is_dir() and not backup.is_symlink():
+                shutil.rmtree(backup)  # left by a run that crashed between backup and restore
+            elif backup.exists() or backup.is_symlink():
+                backup.unlink()
+            for path in sorted((self.path / HYDRA_RECORD).glob("*.yaml")):
+                backup.mkdir(exist_ok=True)
+                shutil.copy2(path, backup / path.name)
+        except OSError as error:
+            raise ConfigError(f"{backup}: cannot keep the run's record aside before resuming ({first_line(error, 120)}); "
+                              "check the folder's permissions") from error  # fmt: skip
 
     def restore_record(self) -> None:
         """Put back the files `back_up_record` kept: the refused resume leaves the record as it was."""
@@ -179,12 +187,16 @@ class RunFolderCheck(Callback):
             except RecsysError as error:
                 exit_with_message(error)
             if resuming:
-                folder.back_up_record()
+                try:
+                    folder.back_up_record()
+                except RecsysError as error:
+                    exit_with_message(error)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.sweep.dir")
         sweep_dir = Path(config_value(config, "hydra.sweep.dir"))
-        earlier = sorted(path.parent.name for path in sweep_dir.glob("*/metrics.json"))
+        earlier = sorted({path.parent.name for path in sweep_dir.glob("*/metrics.json")} |
+                         {path.parent.parent.name for path in sweep_dir.glob("*/checkpoints/*.ckpt")})  # fmt: skip
         if earlier:
             exit_with_message(ConfigError(f"hydra.sweep.dir={sweep_dir} already holds a sweep's runs ({', '.join(earlier[:3])}"
                                           f"{', ...' if len(earlier) > 3 else ''}); give this sweep its own folder "

@@ -29,7 +29,7 @@ from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, RunInterrupted, exit_with_message, first_line
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.projector import log_item_embeddings
-from recsys_lightning.resume import check_resume_fits
+from recsys_lightning.resume import check_resume_callbacks, check_resume_fits
 from recsys_lightning.run_folder import LAST, RunFolder, is_rank_zero
 from recsys_lightning.serving.checkpoint import load_checkpoint
 from recsys_lightning.validation import check_training_config
@@ -62,12 +62,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
     try:
-        datamodule, module, resume_from = _prepare(cfg, run_folder)
+        datamodule, module, callbacks, resume_from = _prepare(cfg, run_folder)
     except BaseException:
         run_folder.restore_record()  # a refused resume leaves the record of the run it refused to extend
         raise
     run_folder.drop_record_backup()
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback]
     loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values() if logger]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     clock = next((callback for callback in callbacks if isinstance(callback, TrainingTime)), None)
@@ -115,8 +114,8 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
     return metrics
 
 
-def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataModule, RecommenderModule, Path | None]:
-    """Data and module, and the checkpoint to resume from once it was checked to fit them."""
+def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataModule, RecommenderModule, list[pl.Callback], Path | None]:
+    """Data, module and callbacks, and the checkpoint to resume from once it was checked to fit them."""
     resume_from, resume_state = run_folder.resume_checkpoint(str(cfg.ckpt_path)) if cfg.get("ckpt_path") is not None else (None, None)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule: InteractionDataModule = instantiate(cfg.data)
@@ -132,9 +131,11 @@ def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataMod
         ks=list(cfg.eval.ks),
         seed=cfg.seed,
     )
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback]
     if resume_from is not None:
         check_resume_fits(resume_state, resume_from, module, datamodule)
-    return datamodule, module, resume_from
+        check_resume_callbacks(resume_state, resume_from, callbacks, cfg.trainer.max_epochs)
+    return datamodule, module, callbacks, resume_from
 
 
 def _best_checkpoint(trainer: pl.Trainer, run_folder: RunFolder, resumed_from: Path | None) -> str | None:

@@ -235,6 +235,9 @@ def test_resuming_from_another_folders_checkpoint_into_a_fresh_folder_continues_
         (["optimizer.lr=0.5"], "this run changes optimizer.lr, which a resumed run cannot change"),
         (["loss=bce"], "this run changes loss._target_"),
         (["scheduler=cosine"], "this run changes scheduler"),
+        (["callbacks.early_stopping.patience=1"], "this run changes callbacks.early_stopping.patience (the checkpoint's 10"),
+        (["callbacks.early_stopping.monitor=val/recall@10"], "this run changes early stopping's monitor or mode (val/recall@10)"),
+        (["trainer.max_epochs=2"], "it already holds 3 epochs, so trainer.max_epochs=2 leaves nothing to train"),
     ],
 )
 def test_resuming_with_other_data_of_the_same_size_or_other_settings_is_one_line(finished_run, tmp_path, overrides, expected):
@@ -288,6 +291,8 @@ def test_a_sweep_into_a_folder_holding_a_sweep_is_refused(tmp_path):
     first = run_module("recsys_lightning.train", *sweep)
     assert first.returncode == 0, first.stderr[-3000:]
     before = {path: path.read_bytes() for path in (tmp_path / "sweep").rglob("*.yaml")}
+    for job in (tmp_path / "sweep").glob("*/metrics.json"):
+        job.unlink()  # jobs killed before they finished still hold their checkpoints
     second = run_module("recsys_lightning.train", *sweep)
     assert second.returncode == 1
     (line,) = error_lines(second)
@@ -295,10 +300,18 @@ def test_a_sweep_into_a_folder_holding_a_sweep_is_refused(tmp_path):
     assert {path: path.read_bytes() for path in (tmp_path / "sweep").rglob("*.yaml")} == before
 
 
-def test_a_refused_resume_restores_the_runs_hydra_record(finished_run, tmp_path):
+@pytest.mark.parametrize("left_over", [None, "file", "folder"])
+def test_a_refused_resume_restores_the_runs_hydra_record(finished_run, tmp_path, left_over):
     run_dir = copy_run(finished_run, tmp_path)
     before = {path.name: path.read_bytes() for path in (run_dir / ".hydra").glob("*.yaml")}
-    assert train(run_dir, "ckpt_path=last", "data.seed=7", "trainer.max_epochs=5").returncode == 1
+    stale = run_dir / ".hydra" / "before-resume"  # what a crash between backup and restore leaves
+    if left_over == "file":
+        stale.write_text("x")
+    elif left_over == "folder":
+        stale.mkdir()
+        (stale / "zz.yaml").write_text("stale: true\n")
+    result = train(run_dir, "ckpt_path=last", "data.seed=7", "trainer.max_epochs=5")
+    assert result.returncode == 1 and "trained on other data" in error_lines(result)[0]
     assert {path.name: path.read_bytes() for path in (run_dir / ".hydra").glob("*.yaml")} == before
     assert sorted(path.name for path in (run_dir / ".hydra").iterdir()) == sorted(before)
 
@@ -310,3 +323,9 @@ def test_a_checkpoint_path_that_is_no_file_says_so(finished_run, tmp_path, ckpt_
     assert result.returncode == 1
     (line,) = error_lines(result)
     assert expected in line, line
+
+
+def test_a_resume_may_reorder_eval_ks(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    result = train(run_dir, "ckpt_path=last", "trainer.max_epochs=4", "eval.ks=[20,10]")
+    assert result.returncode == 0, result.stderr[-3000:]
