@@ -7,6 +7,9 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
+QUOTE_LIMIT = 100  # characters of a raw value (an id, a cell, a path) that an error message shows
+
+
 class RecsysError(Exception):
     """Base class of every error whose message tells the user what to do."""
 
@@ -46,7 +49,16 @@ def exit_with_message(error: RecsysError) -> None:
 def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message, cut to `limit` characters; never fails on an empty one."""
     lines = str(error).strip().splitlines()
-    text = lines[0] if lines else type(error).__name__
+    return cut(lines[0] if lines else type(error).__name__, limit)
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """A raw id, cell or value as a message shows it: text quoted (so ` 7` and `7` differ), the rest plain, cut short."""
+    return cut(repr(value) if isinstance(value, str) else str(value), limit)
+
+
+def cut(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """At most `limit` characters: a message never echoes a whole hostile line."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

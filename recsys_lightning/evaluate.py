@@ -26,7 +26,7 @@ from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, first_line
 from recsys_lightning.module import RecommenderModule
-from recsys_lightning.resume import _same_training_data
+from recsys_lightning.resume import same_training_data
 from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters
 from recsys_lightning.serving.checkpoint import (BEST_CHECKPOINT_KEY, CATALOGUE_KEY, catalogue_from_checkpoint, find_checkpoint,
                                                  load_checkpoint, read_run_metrics)  # fmt: skip
@@ -66,7 +66,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
     if trained_shape != (datamodule.num_users, datamodule.num_items):
         raise ConfigError(f"{path}: trained on {trained_shape[0]} users x {trained_shape[1]} items, but the run's data now has "
                           f"{datamodule.num_users} x {datamodule.num_items}; the data changed since training")  # fmt: skip
-    if not _same_training_data(catalogue, datamodule):
+    if not same_training_data(catalogue, datamodule):
         raise ConfigError(f"{path}: trained on other data than {run_dir}/.hydra/config.yaml rebuilds (same sizes, but its users, "
                           "items or training pairs differ); evaluate a checkpoint with the run folder it came from")  # fmt: skip
     if split == "test" and not datamodule.has_test:

@@ -23,8 +23,7 @@ from tqdm import tqdm
 
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.atomic import atomic_file
-from recsys_lightning.data.interactions import quote
-from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, interruptions_raise
+from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, interruptions_raise, quote
 from recsys_lightning.serving.catalogue import Catalogue
 from recsys_lightning.serving.checkpoint import TrainedRun, find_checkpoint, load_trained
 from recsys_lightning.serving.service import UNKNOWN, Neighbours, RecommendationService, Recommendations

@@ -93,14 +93,14 @@ def check_resume_fits(checkpoint: dict[str, Any], path: Path, module: Any, datam
     if CATALOGUE_KEY not in checkpoint:
         raise ConfigError(f"ckpt_path={path}: it carries no record of the data it was trained on; resume from a checkpoint "
                           "this version of the project wrote")  # fmt: skip
-    if not _same_training_data(catalogue_from_checkpoint(checkpoint[CATALOGUE_KEY], path), datamodule):
+    if not same_training_data(catalogue_from_checkpoint(checkpoint[CATALOGUE_KEY], path), datamodule):
         raise ConfigError(f"ckpt_path={path}: it was trained on other data (its users, items or training pairs differ from this "
                           "run's); resume with that run's data overrides, or drop ckpt_path to start fresh")  # fmt: skip
     _check_same_settings(checkpoint, path, module)
     _check_same_optimizer(checkpoint, path, module)
 
 
-def _same_training_data(catalogue: Any, datamodule: Any) -> bool:
+def same_training_data(catalogue: Any, datamodule: Any) -> bool:
     interactions = datamodule.interactions
     if not (catalogue.user_ids.equals(pd.Index(interactions.user_ids)) and catalogue.item_ids.equals(pd.Index(interactions.item_ids))):
         return False

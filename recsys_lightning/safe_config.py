@@ -18,7 +18,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from recsys_lightning.config import PROJECT_ROOT
-from recsys_lightning.errors import ConfigError
+from recsys_lightning.errors import ConfigError, quote
 from recsys_lightning.validation import TRAINING_RULES
 
 TARGET, PARTIAL = "_target_", "_partial_"
@@ -27,7 +27,6 @@ PARTIAL_GROUPS = ("optimizer", "scheduler")  # the module supplies their first a
 SUPPLIED = {"model": frozenset({"num_users", "num_items"}), "optimizer": frozenset({"params"}), "scheduler": frozenset({"optimizer"})}
 SCALARS = (str, int, float, bool, type(None))
 MAX_LIST_DEPTH = 2  # e.g. a list of hidden sizes, or split ratios
-QUOTE_LIMIT = 80
 
 
 @lru_cache(maxsize=None)
@@ -55,15 +54,15 @@ def checked_component(group: str, node: Any, source: str) -> dict[str, Any]:
     """
     where = f"{source}: {group}"
     if not isinstance(node, Mapping):
-        raise ConfigError(f"{where} is {_quote(node)}, not a mapping with a _target_; refusing to build it")
+        raise ConfigError(f"{where} is {quote(node)}, not a mapping with a _target_; refusing to build it")
     target = node.get(TARGET)
     allowed = offered_targets(group)
     if target not in allowed:
-        raise ConfigError(f"{where}._target_ is {_quote(target)}, which no conf/{group}/*.yaml offers "
+        raise ConfigError(f"{where}._target_ is {quote(target)}, which no conf/{group}/*.yaml offers "
                           f"({', '.join(sorted(allowed))}); refusing to build it")  # fmt: skip
     partial = group in PARTIAL_GROUPS
     if node.get(PARTIAL, False) is not partial:
-        raise ConfigError(f"{where}._partial_ is {_quote(node.get(PARTIAL))}; a {group} config is built "
+        raise ConfigError(f"{where}._partial_ is {quote(node.get(PARTIAL))}; a {group} config is built "
                           f"{'partially (_partial_: true)' if partial else 'whole (no _partial_)'}; refusing to build it")  # fmt: skip
     accepted = argument_names(target)
     if accepted is not None:
@@ -74,7 +73,7 @@ def checked_component(group: str, node: Any, source: str) -> dict[str, Any]:
             checked[key] = value
             continue
         if not isinstance(key, str) or key.startswith("_") or (accepted is not None and key not in accepted):
-            raise ConfigError(f"{where} has the key {_quote(key)}, which {target} does not take; refusing to build it")
+            raise ConfigError(f"{where} has the key {quote(key)}, which {target} does not take; refusing to build it")
         checked[key] = checked_value(value, f"{where}.{key}")
     _check_ranges(group, checked, where)
     return checked
@@ -101,7 +100,7 @@ def _check_ranges(group: str, checked: dict[str, Any], where: str) -> None:
     for key, rule in rules.items():
         value = checked.get(key[len(prefix):], rule)
         if value is not rule and not rule.accepts(value):
-            raise ConfigError(f"{where}.{key[len(prefix):]}={_quote(value)}: must be {rule}; refusing to build it")
+            raise ConfigError(f"{where}.{key[len(prefix):]}={quote(value)}: must be {rule}; refusing to build it")
 
 
 def checked_value(value: Any, where: str, depth: int = 0) -> Any:
@@ -114,7 +113,7 @@ def checked_value(value: Any, where: str, depth: int = 0) -> Any:
     if not isinstance(value, SCALARS):
         raise ConfigError(f"{where} is a {type(value).__name__}; arguments read from disk must be numbers, strings or lists")
     if isinstance(value, str) and "${" in value:
-        raise ConfigError(f"{where} is the interpolation {_quote(value)}; a recorded config must hold resolved values")
+        raise ConfigError(f"{where} is the interpolation {quote(value)}; a recorded config must hold resolved values")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{where} is {value}; a recorded config must hold finite numbers")
     return value
@@ -122,13 +121,8 @@ def checked_value(value: Any, where: str, depth: int = 0) -> Any:
 
 def checked_int(value: Any, where: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{where} is {_quote(value)}, not an integer >= {minimum}")
+        raise ConfigError(f"{where} is {quote(value)}, not an integer >= {minimum}")
     return value
-
-
-def _quote(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= QUOTE_LIMIT else text[: QUOTE_LIMIT - 3] + "..."
 
 
 MODULE_COMPONENTS = ("model", "loss", "sampler", "optimizer")
@@ -138,10 +132,10 @@ MODULE_KEYS = frozenset({"num_users", "num_items", *MODULE_COMPONENTS, "schedule
 def checked_module_hyper_parameters(hyper_parameters: Any, source: str) -> dict[str, Any]:
     """A checkpoint's `hyper_parameters`, checked key by key, ready for `RecommenderModule(**...)`."""
     if not isinstance(hyper_parameters, Mapping):
-        raise ConfigError(f"{source}: hyper_parameters is {_quote(hyper_parameters)}, not a mapping; not a checkpoint of this project")
+        raise ConfigError(f"{source}: hyper_parameters is {quote(hyper_parameters)}, not a mapping; not a checkpoint of this project")
     unknown = sorted(str(key) for key in hyper_parameters if key not in MODULE_KEYS)
     if unknown:
-        raise ConfigError(f"{source}: hyper_parameters has unknown keys ({', '.join(_quote(key) for key in unknown[:5])}); "
+        raise ConfigError(f"{source}: hyper_parameters has unknown keys ({', '.join(quote(key) for key in unknown[:5])}); "
                           "not a checkpoint of this version of the project")  # fmt: skip
     checked: dict[str, Any] = {
         "num_users": checked_int(hyper_parameters.get("num_users"), f"{source}: num_users", minimum=1),
@@ -152,12 +146,12 @@ def checked_module_hyper_parameters(hyper_parameters: Any, source: str) -> dict[
         checked[group] = checked_component(group, hyper_parameters.get(group), source)
     ks = hyper_parameters.get("ks", [10, 20])
     if not isinstance(ks, (list, tuple)) or not ks:
-        raise ConfigError(f"{source}: ks is {_quote(ks)}, not a list of cut-offs")
+        raise ConfigError(f"{source}: ks is {quote(ks)}, not a list of cut-offs")
     checked["ks"] = [checked_int(k, f"{source}: ks", minimum=1) for k in ks]
     scheduler = checked["scheduler"] = hyper_parameters.get("scheduler")
     if scheduler is not None:
         if not isinstance(scheduler, Mapping):
-            raise ConfigError(f"{source}: scheduler is {_quote(scheduler)}, not a mapping")
+            raise ConfigError(f"{source}: scheduler is {quote(scheduler)}, not a mapping")
         checked["scheduler"] = {
             key: checked_component("scheduler", value, source) if key == "scheduler" else checked_value(value, f"{source}: scheduler.{key}")
             for key, value in scheduler.items()

@@ -22,9 +22,9 @@ import pandas as pd
 from pandas.api.types import union_categoricals
 
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
-from recsys_lightning.data.interactions import ITEM, PART, QUOTE_LIMIT, RATING, TARGET, TIMESTAMP, USER, cut, quote
+from recsys_lightning.data.interactions import ITEM, PART, RATING, TARGET, TIMESTAMP, USER
 from recsys_lightning.data.split import check_overlap_action
-from recsys_lightning.errors import ConfigError, DataError
+from recsys_lightning.errors import QUOTE_LIMIT, ConfigError, DataError, cut, quote
 
 log = logging.getLogger(__name__)
 

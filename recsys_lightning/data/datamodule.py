@@ -14,10 +14,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from recsys_lightning.data.batches import EpochBatchSampler, PositivePairs, RankingChunks
-from recsys_lightning.data.interactions import ITEM, PART, TARGET, USER, Interactions, quote
+from recsys_lightning.data.interactions import ITEM, PART, TARGET, USER, Interactions
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.split import Split, split_by_parts, split_interactions
-from recsys_lightning.errors import DataError
+from recsys_lightning.errors import DataError, quote
 
 log = logging.getLogger(__name__)
 

@@ -15,18 +15,6 @@ log = logging.getLogger(__name__)
 USER, ITEM, RATING, TIMESTAMP = "user_id", "item_id", "rating", "timestamp"
 TARGET = "target"  # optional: 1 positive, 0 explicit negative
 PART = "part"  # optional: 0 train, 1 valid, 2 test, for data that comes already split
-QUOTE_LIMIT = 100  # characters of a raw value (an id, a cell) that an error message shows
-
-
-def quote(value: object) -> str:
-    """A raw id or cell as a message shows it: text quoted (so ` 7` and `7` differ), numbers plain, cut short."""
-    return cut(repr(value) if isinstance(value, str) else str(value))
-
-
-def cut(text: str, limit: int = QUOTE_LIMIT) -> str:
-    """At most `limit` characters: a message never echoes a whole hostile line."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
 
 @dataclass(frozen=True)
 class Interactions:

@@ -27,8 +27,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
-from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER, cut
-from recsys_lightning.errors import DataError, first_line
+from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER
+from recsys_lightning.errors import DataError, cut, first_line
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from recsys_lightning.data.interactions import Interactions, quote
-from recsys_lightning.errors import ConfigError, DataError
+from recsys_lightning.data.interactions import Interactions
+from recsys_lightning.errors import ConfigError, DataError, quote
 
 log = logging.getLogger(__name__)
 

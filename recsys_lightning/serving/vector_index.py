@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from recsys_lightning.atomic import atomic_file
-from recsys_lightning.errors import ConfigError, first_line
+from recsys_lightning.errors import ConfigError, cut, first_line, quote
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def _our_record(path: Path, targets: list[Path]) -> dict[str, Any] | None:
         why = f"cannot read {sidecar.name}: {error.strerror or first_line(error)}"
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         why = f"cannot read {sidecar.name}: {first_line(error)}"
-    names = _cut(", ".join(target.name for target in existing))
+    names = cut(", ".join(target.name for target in existing), MAX_SHOWN)
     raise ConfigError(f"faiss.path={_shown(path)}: refusing to overwrite {names}: not an index this project wrote ({why}); "
                       "remove or move those files, or pick another path")  # fmt: skip
 
@@ -252,11 +252,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _shown(value: Any) -> str:
-    return _cut(repr(value) if isinstance(value, str) else str(value))
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+    return quote(value, MAX_SHOWN)
 
 
 def _float32(vectors: Tensor) -> np.ndarray:
