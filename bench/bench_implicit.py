@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 
 from recsys_lightning.config import PROJECT_ROOT, register_resolvers
 from recsys_lightning.metrics import RankingMetrics
-from recsys_lightning.ranking import hits, top_k_unseen
+from recsys_lightning.ranking import top_k_unseen
 from recsys_lightning.train import train
 
 ALS_GRID = {"regularization": [1.0, 5.0, 10.0, 20.0], "alpha": [1.0, 5.0], "iterations": [15]}
@@ -40,11 +40,9 @@ def score_factors(user_factors: np.ndarray, item_factors: np.ndarray, loader) ->
     """Rank with the project's own top-K, exclusion and metric code, as RecommenderModule does."""
     metrics = RankingMetrics((10, 20))
     users_table, items_table = torch.from_numpy(user_factors).float(), torch.from_numpy(item_factors).float()
-    for batch in loader:
-        scores = users_table[batch["users"]] @ items_table.T
-        top = top_k_unseen(scores, batch["exclude_rows"], batch["exclude_items"], metrics.max_k)
-        found = hits(top, batch["heldout_rows"], batch["heldout_items"], items_table.shape[0])
-        metrics.update(found, torch.bincount(batch["heldout_rows"], minlength=len(batch["users"])))
+    for chunk in loader:
+        top = top_k_unseen(users_table[chunk.users] @ items_table.T, chunk.exclude_rows, chunk.exclude_items, metrics.max_k)
+        metrics.update_ranked(top, chunk, items_table.shape[0])
     return {name: value.item() for name, value in metrics.compute().items()}
 
 

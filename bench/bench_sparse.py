@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from recsys_lightning.config import PROJECT_ROOT, register_resolvers
-from bench_training import build_module
+from recsys_lightning.build import build_module
 
 OPTIMIZERS = {"adam": "dense Adam (fused)", "sparse_adam": "SparseAdam"}
 
@@ -58,7 +58,7 @@ def one_case(args: argparse.Namespace) -> dict:
     datamodule.setup("fit")
     build_seconds, rss_data = time.perf_counter() - start, peak_rss_gb()
 
-    module = build_module(cfg, datamodule)
+    module = build_module(cfg, datamodule.training_data)
     timer = StepTimer(args.warmup)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, callbacks=[timer],
                          enable_progress_bar=False, enable_model_summary=False, limit_train_batches=args.warmup + args.steps,
@@ -74,8 +74,8 @@ def one_case(args: argparse.Namespace) -> dict:
     return {
         "items": args.items, "optimizer": args.optimizer, "build_s": build_seconds, "rss_data_gb": rss_data,
         "step_ms": 1000 * step, "epoch_s": step * steps_per_epoch, "steps_per_epoch": steps_per_epoch,
-        "rss_train_gb": rss_train, "eval_users_per_s": sum(len(c["users"]) for c in chunks) / eval_seconds,
-        "eval_chunk_users": len(chunks[0]["users"]), "parameters": sum(p.numel() for p in module.parameters()),
+        "rss_train_gb": rss_train, "eval_users_per_s": sum(len(c.users) for c in chunks) / eval_seconds,
+        "eval_chunk_users": len(chunks[0].users), "parameters": sum(p.numel() for p in module.parameters()),
     }  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from recsys_lightning.config import PROJECT_ROOT, register_resolvers
-from bench_training import build_module
+from recsys_lightning.build import build_module
 
 
 def peak_rss_gb() -> float:
@@ -41,7 +41,7 @@ def main() -> None:
     build_seconds = time.perf_counter() - start
     rss_after_data = peak_rss_gb()
 
-    module = build_module(cfg, datamodule)
+    module = build_module(cfg, datamodule.training_data)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
     start = time.perf_counter()

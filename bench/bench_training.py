@@ -15,10 +15,10 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from recsys_lightning.config import PROJECT_ROOT, register_resolvers
-from recsys_lightning.module import RecommenderModule
+from recsys_lightning.build import build_module
+from recsys_lightning.ranking import top_k_unseen
 
 
 class EpochTimer(pl.Callback):
@@ -32,18 +32,11 @@ class EpochTimer(pl.Callback):
         self.seconds.append(time.perf_counter() - self.start)
 
 
-def build_module(cfg, datamodule) -> RecommenderModule:
-    plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
-    return RecommenderModule(
-        datamodule.num_users, datamodule.num_items, plain(cfg.model), plain(cfg.loss), plain(cfg.sampler),
-        plain(cfg.optimizer), None, list(cfg.eval.ks), cfg.seed,
-    )  # fmt: skip
-
-
 def bare_epochs(cfg, datamodule, epochs: int) -> list[float]:
-    """The same training step as RecommenderModule.training_step (its scoring, loss and Adam), without Lightning."""
-    module = build_module(cfg, datamodule)
-    module.sampler.bind(datamodule.train_positives)
+    """The same training step as RecommenderModule.training_step (its `batch_loss` and Adam), without Lightning."""
+    module = build_module(cfg, datamodule.training_data)
+    module.setup("fit")
+    module.on_fit_start()
     optimizer = instantiate(cfg.optimizer)(module.parameters())
     loader = datamodule.train_dataloader()
     seconds = []
@@ -52,11 +45,7 @@ def bare_epochs(cfg, datamodule, epochs: int) -> list[float]:
         loader.sampler.set_epoch(epoch)
         module.sampler.reseed(epoch)
         for batch in loader:
-            if module.loss.full_catalogue:
-                candidates, penalty = module._score_catalogue(batch["users"], batch["items"])
-            else:
-                candidates, penalty = module._score_sampled(batch["users"], batch["items"], batch["ratings"])
-            loss = module.loss(candidates) + module.loss.l2 * penalty
+            loss = module.batch_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -72,20 +61,21 @@ def lightning_epochs(cfg, datamodule, epochs: int, progress_bar: bool) -> list[f
         max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=progress_bar, enable_model_summary=False, limit_val_batches=0, callbacks=callbacks,
     )  # fmt: skip
-    trainer.fit(build_module(cfg, datamodule), datamodule=datamodule)
+    trainer.fit(build_module(cfg, datamodule.training_data), datamodule=datamodule)
     return timer.seconds
 
 
 def validation_seconds(cfg, datamodule, repeats: int) -> tuple[list[float], list[float]]:
     """A full ranking pass over all validation users: the bare scoring loop, and Lightning's validate()."""
-    module = build_module(cfg, datamodule).eval()
+    module = build_module(cfg, datamodule.training_data).eval()
     chunks = list(datamodule.val_dataloader())
     bare = []
     with torch.inference_mode():
         for _ in range(repeats):
             start = time.perf_counter()
-            for batch in chunks:
-                module._rank(module.model.score_all(batch["users"]), batch, module.val_metrics)
+            for chunk in chunks:
+                top_items = top_k_unseen(module.model.score_all(chunk.users), chunk.exclude_rows, chunk.exclude_items, module.val_metrics.max_k)
+                module.val_metrics.update_ranked(top_items, chunk, module.model.num_items)
             module.val_metrics.compute()
             module.val_metrics.reset()
             bare.append(time.perf_counter() - start)

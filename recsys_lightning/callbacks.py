@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
-from recsys_lightning.errors import ConfigError
+from recsys_lightning.errors import ConfigError, TrainingDiverged
 
 
 class TrainingTime(pl.Callback):
@@ -44,3 +46,53 @@ class TrainingTime(pl.Callback):
             raise ConfigError(f"the resumed checkpoint records {str(seconds)[:40]} training seconds, not a finite number >= 0; "
                               "the file was altered, resume from another checkpoint")  # fmt: skip
         self.before_this_process = float(seconds)
+
+
+class NonFiniteLossGuard(pl.Callback):
+    """Stops training at a NaN or infinite loss, before that epoch's validation can checkpoint the
+    broken weights, naming the step and the last good checkpoint.
+
+    The first bad step is recorded on the device (no host sync per step) and read every
+    `check_every` steps and at the end of each epoch.
+    """
+
+    def __init__(self, check_every: int = 50) -> None:
+        self.check_every = check_every
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=module.device)
+        self.first_bad_loss = torch.zeros((), device=module.device)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
+        first_bad = (self.first_bad_step < 0) & ~torch.isfinite(loss)
+        self.first_bad_step = torch.where(first_bad, batch_idx, self.first_bad_step)
+        self.first_bad_loss = torch.where(first_bad, loss, self.first_bad_loss)
+        last_of_epoch = batch_idx + 1 == trainer.num_training_batches
+        if ((batch_idx + 1) % self.check_every == 0 or last_of_epoch) and self.first_bad_step >= 0:
+            self._stop(trainer, batch_idx)
+
+    def _stop(self, trainer: pl.Trainer, batch_idx: int) -> None:
+        written = [callback.last_model_path or callback.best_model_path for callback in trainer.checkpoint_callbacks]
+        kept = max((path for path in written if path and os.path.exists(path)), key=os.path.getmtime, default="")
+        bad_batch = int(self.first_bad_step)
+        global_step = trainer.global_step - 1 - (batch_idx - bad_batch)  # global_step already counts this batch
+        raise TrainingDiverged(
+            f"the loss became {self.first_bad_loss.item()} at epoch {trainer.current_epoch}, batch {bad_batch} "
+            f"(global step {global_step}); training stopped"
+            + (f" and the last good checkpoint {kept} is kept" if kept else " before any checkpoint was written")
+            + ". Lower optimizer.lr, set trainer.gradient_clip_val (e.g. 1.0) or raise loss.l2"
+        )
+
+
+class Throughput(pl.Callback):
+    """Logs `train/samples_per_second` once per epoch: training pairs over the epoch's wall time."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.started, self.samples = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.samples += len(batch)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        module.log("train/samples_per_second", self.samples / (time.perf_counter() - self.started), sync_dist=True)

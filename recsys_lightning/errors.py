@@ -24,6 +24,10 @@ class ConfigError(RecsysError):
     """A configuration value or combination cannot work."""
 
 
+class UnknownId(RecsysError):
+    """A raw user or item id that the trained run never saw; the message names it and shows valid ones."""
+
+
 class TrainingDiverged(RecsysError):
     """The loss became NaN or infinite; the message names where and what to change."""
 

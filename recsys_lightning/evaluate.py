@@ -22,14 +22,14 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from recsys_lightning.checkpoint_file import (BEST_CHECKPOINT_KEY, CATALOGUE_KEY, catalogue_from_checkpoint, find_checkpoint,
+                                              load_checkpoint, read_run_metrics)  # fmt: skip
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, first_line
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.resume import same_training_data
 from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters
-from recsys_lightning.serving.checkpoint import (BEST_CHECKPOINT_KEY, CATALOGUE_KEY, catalogue_from_checkpoint, find_checkpoint,
-                                                 load_checkpoint, read_run_metrics)  # fmt: skip
 from recsys_lightning.validation import TRAINING_RULES, check_evaluate_config, check_rules
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
                           "items or training pairs differ); evaluate a checkpoint with the run folder it came from")  # fmt: skip
     if split == "test" and not datamodule.has_test:
         raise ConfigError(f"{run_dir}: the run's split has no test part; use split=valid")
-    module = RecommenderModule(**hyper_parameters)
+    module = RecommenderModule(**hyper_parameters, data=datamodule.training_data)
     try:
         module.load_state_dict(state["state_dict"])
     except RuntimeError as error:

@@ -1,49 +1,72 @@
-"""Training objectives over a positive's score and its candidates' scores."""
+"""Training objectives over a positive's score and its candidates' scores.
+
+A loss says which candidates it scores against (`candidates`), which samplers it cannot train with
+(`sampler_conflict`), and which prediction metrics judge it at validation (`prediction_metrics`):
+the module and the config check read these, so a new loss is a class and a YAML file.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from recsys_lightning.metrics import PointwiseMetrics, PredictionMetric, RatingErrors
+from recsys_lightning.samplers import InBatchSampler, NegativeSampler, UniformSampler
 
 
 @dataclass
 class ScoredCandidates:
     """One training batch as a loss sees it.
 
-    `negative_valid` is False where a negative is in fact one of the user's positives (in-batch
-    negatives can be); `*_log_q` are log sampling probabilities for the log-Q correction;
-    `ratings` are explicit targets for regression losses; `labelled_negative` scores pairs the data
-    marks as negatives (target 0), which pointwise losses train on as label 0.
+    `negative` is None for losses that score no candidates (`Candidates.NONE`); `negative_valid` is
+    False where a negative is in fact one of the user's positives (in-batch negatives can be);
+    `*_log_q` are log sampling probabilities for the log-Q correction; `ratings` are explicit
+    targets for regression losses; `explicit_negative` scores pairs the data marks as negatives
+    (target 0), for losses with `uses_explicit_negatives`.
     """
 
     positive: Tensor
-    negative: Tensor
+    negative: Tensor | None = None
     negative_valid: Tensor | None = None
     positive_log_q: Tensor | None = None
     negative_log_q: Tensor | None = None
     ratings: Tensor | None = None
-    labelled_negative: Tensor | None = None
+    explicit_negative: Tensor | None = None
+
+
+class Candidates(Enum):
+    """What a positive is scored against in training."""
+
+    SAMPLED = "the sampler's negatives"
+    CATALOGUE = "every item the user has not trained on"
+    NONE = "nothing: the positive's own score is the prediction"
 
 
 class RankingLoss(nn.Module):
     """Base of all losses. `l2` weighs the model's penalty on the batch's embeddings: it is tuned with the loss.
 
-    `rejected_samplers` names sampler classes (by class name) this loss cannot train with, and
-    `rejection_reason` says why; the entry point checks this before any data is loaded.
+    `uses_explicit_negatives`: pairs the data marks as negatives (target 0) are trained on as label 0.
     """
 
-    rejected_samplers: tuple[str, ...] = ()
-    rejection_reason: str = ""
-    predicts_ratings = False
-    full_catalogue = False
-    pointwise = False
+    candidates = Candidates.SAMPLED
+    prediction_metrics: tuple[type[PredictionMetric], ...] = ()
+    uses_explicit_negatives = False
 
     def __init__(self, l2: float = 0.0) -> None:
         super().__init__()
         self.l2 = l2
+
+    @classmethod
+    def sampler_conflict(cls, sampler: type[NegativeSampler]) -> str | None:
+        """Why this loss cannot train with negatives from `sampler`, or None when it can.
+
+        Checked before any data is loaded, so a mismatch costs the user nothing.
+        """
+        return None
 
     def forward(self, batch: ScoredCandidates) -> Tensor:
         raise NotImplementedError
@@ -69,9 +92,14 @@ class BCELoss(RankingLoss):
     label 0 on them, with nothing to correct that, pushes popular items down for everyone.
     """
 
-    rejected_samplers = ("InBatchSampler",)
-    rejection_reason = "in-batch negatives are popularity-biased and pointwise BCE has no correction for that"
-    pointwise = True
+    prediction_metrics = (PointwiseMetrics,)
+    uses_explicit_negatives = True
+
+    @classmethod
+    def sampler_conflict(cls, sampler: type[NegativeSampler]) -> str | None:
+        if issubclass(sampler, InBatchSampler):
+            return "in-batch negatives are popularity-biased and pointwise BCE has no correction for that"
+        return None
 
     def forward(self, batch: ScoredCandidates) -> Tensor:
         positive = F.binary_cross_entropy_with_logits(batch.positive, torch.ones_like(batch.positive), reduction="sum")
@@ -79,8 +107,8 @@ class BCELoss(RankingLoss):
         valid = batch.negative_valid
         total = positive + (negative.sum() if valid is None else (negative * valid).sum())
         count = len(batch.positive) + (negative.numel() if valid is None else valid.sum())
-        if batch.labelled_negative is not None:
-            labelled = batch.labelled_negative
+        if batch.explicit_negative is not None:
+            labelled = batch.explicit_negative
             total = total + F.binary_cross_entropy_with_logits(labelled, torch.zeros_like(labelled), reduction="sum")
             count = count + labelled.numel()
         return total / count
@@ -113,10 +141,11 @@ class FullSoftmaxLoss(RankingLoss):
     """Softmax over the whole catalogue: the positive against every item the user has not trained on.
 
     Exact where sampled softmax estimates; it costs one `score_all` per batch, which is cheap while
-    the catalogue is small (thousands of items). The sampler is not used.
+    the catalogue is small (thousands of items). No negatives are drawn, so any sampler is accepted
+    and none is used.
     """
 
-    full_catalogue = True
+    candidates = Candidates.CATALOGUE
 
     def __init__(self, l2: float = 0.0, temperature: float = 1.0) -> None:
         super().__init__(l2)
@@ -132,12 +161,16 @@ class FullSoftmaxLoss(RankingLoss):
 class MSELoss(RankingLoss):
     """Explicit-rating regression, the classic rating-prediction MF: (score - rating)^2.
 
-    Negatives are not used, so only the cheapest sampler is accepted.
+    No negatives are drawn. Only the uniform sampler, the default, is accepted: choosing another
+    would suggest it changes something.
     """
 
-    rejected_samplers = ("PopularitySampler", "InBatchSampler", "HardNegativeSampler")
-    rejection_reason = "rating regression uses no negatives"
-    predicts_ratings = True
+    candidates = Candidates.NONE
+    prediction_metrics = (RatingErrors,)
+
+    @classmethod
+    def sampler_conflict(cls, sampler: type[NegativeSampler]) -> str | None:
+        return None if issubclass(sampler, UniformSampler) else "rating regression uses no negatives"
 
     def forward(self, batch: ScoredCandidates) -> Tensor:
         return F.mse_loss(batch.positive, batch.ratings)

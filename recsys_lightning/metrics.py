@@ -1,12 +1,18 @@
-"""Top-K ranking metrics over a full ranking of the catalogue, as torchmetrics states that sum under DDP."""
+"""Validation and test metrics as torchmetrics states that sum under DDP: top-K ranking metrics over
+a full ranking of the catalogue, beyond-accuracy catalogue metrics, and the metrics of what a loss
+predicts (ratings, click probabilities)."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
+
+from recsys_lightning.data.batches import RankingChunk
+from recsys_lightning.ranking import hits
 
 METRIC_NAMES = ("recall", "ndcg", "hit_rate", "precision", "mrr")
 
@@ -68,6 +74,11 @@ class RankingMetrics(Metric):
         self.totals += per_user_metrics(hits, num_relevant, self.ks).sum(-1)
         self.num_users += len(num_relevant)
 
+    def update_ranked(self, top_items: Tensor, chunk: RankingChunk, num_items: int) -> None:
+        """Count the chunk's held-out items among each user's ranked `top_items` [B, >= max_k]."""
+        found = hits(top_items, chunk.heldout_rows, chunk.heldout_items, num_items)
+        self.update(found, torch.bincount(chunk.heldout_rows, minlength=len(chunk.users)))
+
     def compute(self) -> dict[str, Tensor]:
         means = self.totals / self.num_users.clamp(min=1)
         return {f"{name}@{k}": means[m, j] for m, name in enumerate(METRIC_NAMES) for j, k in enumerate(self.ks)}
@@ -103,3 +114,87 @@ class CatalogueMetrics(Metric):
             values[f"coverage@{k}"] = (self.recommended[j] > 0).double().mean()
             values[f"novelty@{k}"] = self.self_information[j] / self.slots[j].clamp(min=1)
         return values
+
+
+class PredictionMetric(Metric):
+    """Judges what a loss predicts beyond a ranking, on the held-out pairs of each validation chunk.
+
+    A loss lists the kinds it needs (`RankingLoss.prediction_metrics`); the module builds only those.
+    `names` are what `compute` returns, logged as `val/<name>`.
+    """
+
+    names: tuple[str, ...] = ()
+    full_state_update = False
+    is_differentiable = False
+
+    def update(self, scores: Tensor, chunk: RankingChunk, chunk_index: int) -> None:
+        """`scores` [B, num_items] of the chunk's users, read and never written."""
+        raise NotImplementedError
+
+    def histograms(self) -> dict[str, Tensor]:
+        """Distributions worth a TensorBoard histogram, by name; read before `reset`."""
+        return {}
+
+
+class RatingErrors(PredictionMetric):
+    """RMSE and MAE of the scores of held-out pairs against their ratings (losses that predict ratings)."""
+
+    names = ("rmse", "mae")
+    higher_is_better = False
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.add_state("squared_error", torch.zeros(()), dist_reduce_fx="sum")
+        self.add_state("absolute_error", torch.zeros(()), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("errors", [], dist_reduce_fx="cat")
+
+    def update(self, scores: Tensor, chunk: RankingChunk, chunk_index: int) -> None:
+        errors = scores[chunk.heldout_rows, chunk.heldout_items] - chunk.heldout_ratings
+        self.squared_error += errors.square().sum()
+        self.absolute_error += errors.abs().sum()
+        self.count += len(errors)
+        self.errors.append(errors.detach())
+
+    def compute(self) -> dict[str, Tensor]:
+        count = self.count.clamp(min=1)
+        return {"rmse": (self.squared_error / count).sqrt(), "mae": self.absolute_error / count}
+
+    def histograms(self) -> dict[str, Tensor]:
+        errors = self.errors if isinstance(self.errors, Tensor) else torch.cat(self.errors) if self.errors else torch.zeros(0)
+        return {"rating_error": errors.cpu()}
+
+
+class PointwiseMetrics(PredictionMetric):
+    """BCE and accuracy (logit > 0) on held-out positives plus as many uniform negatives from the
+    unseen items, for pointwise losses whose scores are click logits.
+
+    The negatives come from a fixed-seed stream per chunk, so every validation epoch judges the same pairs.
+    """
+
+    names = ("bce", "accuracy")
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.seed = seed
+        self.add_state("bce_sum", torch.zeros(()), dist_reduce_fx="sum")
+        self.add_state("correct", torch.zeros(()), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")
+
+    def update(self, scores: Tensor, chunk: RankingChunk, chunk_index: int) -> None:
+        rows, items = chunk.heldout_rows, chunk.heldout_items
+        allowed = torch.ones_like(scores, dtype=torch.bool)
+        allowed[chunk.exclude_rows, chunk.exclude_items] = False
+        allowed[rows, items] = False
+        generator = torch.Generator(device=scores.device).manual_seed(self.seed * 1_000_003 + chunk_index)
+        counts = torch.bincount(rows, minlength=len(scores))
+        drawn = torch.multinomial(allowed.float(), int(counts.max()), replacement=True, generator=generator)
+        position_in_row = torch.arange(len(rows), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
+        logits = torch.cat([scores[rows, items], scores[rows, drawn[rows, position_in_row]]])
+        labels = torch.cat([torch.ones_like(rows), torch.zeros_like(rows)]).float()
+        self.bce_sum += F.binary_cross_entropy_with_logits(logits, labels) * len(labels)
+        self.correct += ((logits > 0).float() == labels).float().mean() * len(labels)
+        self.count += len(labels)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"bce": self.bce_sum / self.count, "accuracy": self.correct / self.count}

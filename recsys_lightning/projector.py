@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.models.base import Recommender
-from recsys_lightning.serving.catalogue import Catalogue
 
 METADATA_HEADER = ["item_id", "title", "popularity"]
 

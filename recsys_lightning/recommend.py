@@ -21,20 +21,20 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from tqdm import tqdm
 
-from recsys_lightning.config import register_resolvers
 from recsys_lightning.atomic import atomic_file
+from recsys_lightning.checkpoint_file import find_checkpoint
+from recsys_lightning.config import register_resolvers
+from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, interruptions_raise, quote
-from recsys_lightning.serving.catalogue import Catalogue
-from recsys_lightning.serving.checkpoint import TrainedRun, find_checkpoint, load_trained
-from recsys_lightning.serving.service import UNKNOWN, Neighbours, RecommendationService, Recommendations
+from recsys_lightning.serving.arguments import CSV_COLUMNS, check_serving_config
+from recsys_lightning.serving.checkpoint import TrainedRun, load_trained
+from recsys_lightning.serving.service import UNKNOWN, RecommendationService, Recommendations
 from recsys_lightning.serving.vector_index import ItemVectorIndex, open_or_build
-from recsys_lightning.validation import check_serving_config
 
 log = logging.getLogger(__name__)
 register_resolvers()
 
 ACTIONS = ("user_id", "item_id", "similar_users", "users")
-CSV_COLUMNS = ["user_id", "rank", "item_id", "score", "source"]
 
 
 def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
@@ -71,10 +71,9 @@ def export_recommendations(service: RecommendationService, raw_users: list[Any] 
     catalogue = service.catalogue
     if raw_users is None:
         raw_users = list(catalogue.user_ids)
-        users = torch.arange(catalogue.num_users)
+        users = torch.arange(catalogue.num_users, device=catalogue.popularity.device)
     else:
-        users = torch.tensor([_index_or_unknown(catalogue.user_index(raw)) for raw in raw_users], dtype=torch.long)
-    users = users.to(catalogue.popularity.device)
+        users = service.user_indices(raw_users)
     raw_user_ids = np.asarray(raw_users, dtype=object)
     unknown = raw_user_ids[(users == UNKNOWN).cpu().numpy()]
     if len(unknown):  # they still get rows (popular items), so a typo in an id would otherwise pass unseen
@@ -122,12 +121,11 @@ def _frame(chunk: Recommendations, raw_user_ids: np.ndarray, catalogue: Catalogu
 
 def _recommendation_table(service: RecommendationService, raw_user: Any, k: int) -> str:
     catalogue = service.catalogue
-    index = catalogue.user_index(raw_user)
-    users = torch.tensor([_index_or_unknown(index)], device=catalogue.popularity.device)
-    answer = service.recommend(users, k)
+    answer = service.recommend_for([raw_user], k)
+    index = int(answer.users[0])
     frame = _frame(answer, np.array([raw_user], dtype=object), catalogue)
     frame.insert(3, "title", catalogue.title_of(answer.items[0, : len(frame)].tolist()))
-    if index is None:
+    if index == UNKNOWN:
         heading = f"user {raw_user} is unknown to this run: the {len(frame)} most popular items (source=popularity)"
     elif bool(answer.fallback[0]):
         history = int(service.history[index])
@@ -140,21 +138,13 @@ def _recommendation_table(service: RecommendationService, raw_user: Any, k: int)
 
 def _neighbour_table(service: RecommendationService, kind: str, raw_id: Any, k: int, embedding: str | None) -> str:
     catalogue = service.catalogue
-    index = catalogue.item_index(raw_id) if kind == "item" else catalogue.user_index(raw_id)
-    if index is None:
-        ids = catalogue.item_ids if kind == "item" else catalogue.user_ids
-        raise ConfigError(f"{kind} id {quote(raw_id)} is not in this run's data ({len(ids)} {kind}s, ids such as {quote(ids[0])}, {quote(ids[-1])}); "
-                          f"similar {kind}s need the id of a {kind} the model was trained on")  # fmt: skip
-    try:
-        found: Neighbours = service.similar_items(index, k, embedding) if kind == "item" else service.similar_users(index, k, embedding)
-    except KeyError as error:
-        raise ConfigError(error.args[0]) from error
+    found = service.similar_items_to(raw_id, k, embedding) if kind == "item" else service.similar_users_to(raw_id, k, embedding)
     neighbours = found.indices.cpu().numpy()
     frame = pd.DataFrame({"rank": np.arange(1, len(neighbours) + 1)})
     if kind == "item":
         frame["item_id"] = catalogue.item_ids[neighbours]
         frame["title"] = catalogue.title_of(neighbours.tolist())
-        subject = f"item {raw_id}" + (f" ({catalogue.title_of([index])[0]})" if catalogue.titles else "")
+        subject = f"item {raw_id}" + (f" ({catalogue.title_of([catalogue.item_index(raw_id)])[0]})" if catalogue.titles else "")
     else:
         frame["user_id"] = catalogue.user_ids[neighbours]
         frame["history"] = service.history[found.indices].cpu().numpy()
@@ -182,10 +172,6 @@ def _vector_index(cfg: DictConfig, run: TrainedRun) -> ItemVectorIndex | None:
 def _requested_users(users: str | ListConfig) -> list[Any] | None:
     """None for `all`, else the list of raw ids (check_serving_config accepted one of the two)."""
     return None if users == "all" else list(users)
-
-
-def _index_or_unknown(index: int | None) -> int:
-    return UNKNOWN if index is None else index
 
 
 def _device(name: str) -> torch.device:

@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
+from recsys_lightning.checkpoint_file import CATALOGUE_KEY, catalogue_from_checkpoint
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.serving.checkpoint import CATALOGUE_KEY, catalogue_from_checkpoint
 
 
 # What Lightning reads back when it resumes; a checkpoint without them fails deep inside Lightning.

@@ -10,8 +10,8 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from recsys_lightning.checkpoint_file import read_run_metrics
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.serving.checkpoint import read_run_metrics
 
 log = logging.getLogger(__name__)
 

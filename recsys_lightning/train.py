@@ -18,12 +18,14 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recsys_lightning.atomic import atomic_file
+from recsys_lightning.build import build_module, plain
 from recsys_lightning.callbacks import TrainingTime
+from recsys_lightning.checkpoint_file import load_checkpoint
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, RunInterrupted, exit_with_message, first_line
@@ -31,7 +33,6 @@ from recsys_lightning.module import RecommenderModule
 from recsys_lightning.projector import log_item_embeddings
 from recsys_lightning.resume import check_resume_callbacks, check_resume_fits
 from recsys_lightning.run_folder import LAST, RunFolder, is_rank_zero
-from recsys_lightning.serving.checkpoint import load_checkpoint
 from recsys_lightning.validation import check_training_config
 
 log = logging.getLogger(__name__)
@@ -103,10 +104,10 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
 
     for logger in trainer.loggers:
         final = {f"final/{name}": value for name, value in metrics.items() if isinstance(value, (int, float))}
-        logger.log_hyperparams(_plain(cfg), metrics=final)
+        logger.log_hyperparams(plain(cfg), metrics=final)
         if isinstance(logger, TensorBoardLogger) and cfg.projector.max_items > 0 and trainer.is_global_zero:
             # The module holds the best checkpoint's weights here: validate and test loaded them.
-            log_item_embeddings(logger.experiment, module.model, module.catalogue, cfg.projector.max_items, trainer.global_step)
+            log_item_embeddings(logger.experiment, module.model, module.data.catalogue, cfg.projector.max_items, trainer.global_step)
     if trainer.is_global_zero:
         with atomic_file(run_folder.path / "metrics.json") as handle:
             json.dump(metrics, handle, indent=2, sort_keys=True)
@@ -120,17 +121,7 @@ def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataMod
     pl.seed_everything(cfg.seed, workers=True)
     datamodule: InteractionDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # the model's size depends on the data
-    module = RecommenderModule(
-        num_users=datamodule.num_users,
-        num_items=datamodule.num_items,
-        model=_plain(cfg.model),
-        loss=_plain(cfg.loss),
-        sampler=_plain(cfg.sampler),
-        optimizer=_plain(cfg.optimizer),
-        scheduler=_plain(cfg.get("scheduler")),
-        ks=list(cfg.eval.ks),
-        seed=cfg.seed,
-    )
+    module = build_module(cfg, datamodule.training_data)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback]
     if resume_from is not None:
         check_resume_fits(resume_state, resume_from, module, datamodule)
@@ -183,11 +174,6 @@ def main(cfg: DictConfig) -> float | None:
         exit_with_message(RunInterrupted("interrupted by Ctrl-C (SIGINT) before training began; no checkpoint was written", signal.SIGINT))
     objective = cfg.get("optimized_metric")
     return metrics.get(objective) if objective else None
-
-
-def _plain(node: Any) -> Any:
-    """Resolved plain containers: safe to store in a checkpoint and to hand to TensorBoard."""
-    return None if node is None else OmegaConf.to_container(node, resolve=True)
 
 
 def _checkpoint_epoch(path: str) -> int:

@@ -1,9 +1,10 @@
 """Checks of a composed config, run once before any data is loaded, so a bad value is one line that
 names the key and the accepted range, never a traceback from torch or Lightning after an epoch.
 
-Each entry point has a table of rules, key -> accepted values; a key its config does not have (say
-model.gmf_dim with model=mf, or a dropped callback) is skipped. Checks across keys follow the
-table: monitors against the metrics eval.ks makes, loss against sampler, folders against files.
+Each entry point has a table of rules, key -> accepted values (recommend's is in serving/arguments.py,
+beside the serving facts it needs); a key its config does not have (say model.gmf_dim with model=mf,
+or a dropped callback) is skipped. Checks across keys follow the table: monitors against the metrics
+eval.ks makes, loss against sampler, folders against files.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from recsys_lightning.config import PROJECT_ROOT
 from recsys_lightning.data.split import SPLIT_KINDS
-from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
+from recsys_lightning.errors import ConfigError
 from recsys_lightning.metrics import METRIC_NAMES
-from recsys_lightning.serving.catalogue import PARTS
-from recsys_lightning.serving.vector_index import KINDS
 
 MAX_WIDTH = 2**16
 MAX_COUNT = 2**31 - 1
@@ -85,8 +84,8 @@ class Choice(Rule):
         return any(type(value) is type(option) and value == option for option in self.options)
 
     def __str__(self) -> str:
-        shown = ", ".join(_shown(option) for option in self.options)
-        return shown if len(self.options) == 1 else f"one of {shown}"
+        options = ", ".join(shown(option) for option in self.options)
+        return options if len(self.options) == 1 else f"one of {options}"
 
 
 @dataclass(frozen=True)
@@ -257,26 +256,7 @@ TRAINING_RULES: dict[str, Rule] = {
     "callbacks.model_checkpoint.mode": MODE,
     "callbacks.model_checkpoint.save_top_k": integer(-1),
     "callbacks.progress_bar.refresh_rate": integer(0),
-}
-
-SERVING_RULES: dict[str, Rule] = {
-    "checkpoint": TEXT,
-    "user_id": optional(SCALAR_ID),
-    "item_id": optional(SCALAR_ID),
-    "similar_users": optional(SCALAR_ID),
-    "users": AnyOf((Choice(("all",)), ListOf(SCALAR_ID, 1, "[1,2,3]"), NULL)),
-    "output": optional(TEXT),
-    "k": integer(1),
-    "exclude": ListOf(Choice(PARTS), 0, "[train,valid]"),
-    "min_history": integer(0),
-    "embedding": optional(TEXT),
-    "chunk_size": integer(1),
-    "device": Pattern(r"cpu|auto|cuda(:\d+)?", "cpu, cuda, cuda:<index> or auto"),
-    "index": Choice(("model", "faiss")),
-    "faiss.kind": Choice(KINDS),
-    "faiss.nlist": optional(integer(1)),  # at most the item count: open_or_build checks that, knowing it
-    "faiss.nprobe": integer(1),
-    "faiss.path": optional(TEXT),
+    "callbacks.nonfinite_loss_guard.check_every": integer(1),
 }
 
 EVALUATE_RULES: dict[str, Rule] = {
@@ -294,28 +274,17 @@ def check_training_config(cfg: DictConfig) -> None:
     check_rules(cfg, TRAINING_RULES)
     check_monitors(cfg)
     check_loss_and_sampler(cfg)
-    _check_cuda_available("trainer.accelerator", cfg.trainer.accelerator)
+    check_cuda_available("trainer.accelerator", cfg.trainer.accelerator)
     _check_trainer_devices(cfg)
     for key in ("paths.data_dir", "paths.run_dir"):
         check_folder_path(key, config_value(cfg, key))
-
-
-def check_serving_config(cfg: DictConfig) -> None:
-    """`recommend`'s arguments, checked before the checkpoint is loaded or anything is computed."""
-    check_run_dir_given(cfg)
-    check_rules(cfg, SERVING_RULES)
-    _check_cuda_available("device", cfg.device)
-    if cfg.output is not None:
-        if cfg.users is None:
-            raise ConfigError(f"output={_shown(cfg.output)} is written only in batch mode: add users=all or users=[<ids>], or drop output")
-        _check_output_file(str(cfg.output))
 
 
 def check_evaluate_config(cfg: DictConfig) -> None:
     """`evaluate`'s arguments, checked before any data or checkpoint is read."""
     check_run_dir_given(cfg)
     check_rules(cfg, EVALUATE_RULES)
-    _check_cuda_available("accelerator", cfg.accelerator)
+    check_cuda_available("accelerator", cfg.accelerator)
 
 
 def check_run_dir_given(cfg: DictConfig) -> None:
@@ -328,18 +297,14 @@ def check_rules(cfg: DictConfig, rules: dict[str, Rule]) -> None:
     for key, rule in rules.items():
         value = config_value(cfg, key)
         if value is not _ABSENT and not rule.accepts(value):
-            raise ConfigError(f"{key}={_shown(value)}: must be {rule}")
+            raise ConfigError(f"{key}={shown(value)}: must be {rule}")
 
 
 def logged_metrics(cfg: DictConfig) -> list[str]:
     """Names the module logs during fit with this config (module.py): what a monitor may name."""
     loss_class = get_class(cfg.loss._target_)
     names = [f"val/{metric}@{k}" for metric in METRIC_NAMES for k in cfg.eval.ks] + ["train/loss"]
-    if loss_class.predicts_ratings:
-        names += ["val/rmse", "val/mae"]
-    if loss_class.pointwise:
-        names += ["val/bce", "val/accuracy"]
-    return names
+    return names + [f"val/{name}" for kind in loss_class.prediction_metrics for name in kind.names]
 
 
 def check_monitors(cfg: DictConfig) -> None:
@@ -364,14 +329,14 @@ def check_monitors(cfg: DictConfig) -> None:
             raise ConfigError(f"{mode_key}=max, but {key}={name} is better when lower: set {mode_key}=min")
     for name, (keys, valid) in missing.items():
         names = "names" if len(keys) == 1 else "name"
-        raise ConfigError(f"{', '.join(keys)}={_shown(name)} {names} no metric this run logs: {_advice(name, valid, list(cfg.eval.ks))}")
+        raise ConfigError(f"{', '.join(keys)}={shown(name)} {names} no metric this run logs: {_advice(name, valid, list(cfg.eval.ks))}")
 
 
 def _advice(name: str, valid: list[str], ks: list[int]) -> str:
     cut_off = re.fullmatch(r"(val|test)/(\w+)@(\d+)", name)
     if cut_off and any(option.startswith(f"{cut_off.group(1)}/{cut_off.group(2)}@") for option in valid):
         stage, metric, k = cut_off.groups()
-        return f"eval.ks={_shown(ks)} has no {k}; add {k} to eval.ks or use {stage}/{metric}@{ks[0]}"
+        return f"eval.ks={shown(ks)} has no {k}; add {k} to eval.ks or use {stage}/{metric}@{ks[0]}"
     closest = difflib.get_close_matches(name, valid, n=1)
     others = "".join(f", {option}" for option in valid if "@" not in option)
     return (f"did you mean {closest[0]}? " if closest else "") + f"logged are val/<{'|'.join(METRIC_NAMES)}>@K for K in eval.ks{others}"
@@ -380,13 +345,14 @@ def _advice(name: str, valid: list[str], ks: list[int]) -> str:
 def check_loss_and_sampler(cfg: DictConfig) -> None:
     """Fail at once, before any data is loaded, on a loss that cannot train with the chosen sampler."""
     loss_class = get_class(cfg.loss._target_)
-    sampler_class = cfg.sampler._target_.rsplit(".", 1)[-1]
-    if sampler_class not in loss_class.rejected_samplers:
+    sampler_class = get_class(cfg.sampler._target_)
+    reason = loss_class.sampler_conflict(sampler_class)
+    if reason is None:
         return
-    options = {path.stem: OmegaConf.load(path).get("_target_", "") for path in sorted((PROJECT_ROOT / "conf" / "sampler").glob("*.yaml"))}
-    valid = [name for name, target in options.items() if target.rsplit(".", 1)[-1] not in loss_class.rejected_samplers]
+    options = {path.stem: OmegaConf.load(path).get("_target_") for path in sorted((PROJECT_ROOT / "conf" / "sampler").glob("[!_]*.yaml"))}
+    valid = [name for name, target in options.items() if target and loss_class.sampler_conflict(get_class(target)) is None]
     raise ConfigError(
-        f"{loss_class.__name__} cannot train with {sampler_class}: {loss_class.rejection_reason}; "
+        f"{loss_class.__name__} cannot train with {sampler_class.__name__}: {reason}; "
         f"with this loss use sampler={' or sampler='.join(valid)}"
     )
 
@@ -395,41 +361,11 @@ def check_folder_path(key: str, path: Any) -> None:
     """A folder the run creates or reads: nothing on its path may be a file (mkdir would fail later)."""
     blocking = _first_existing(Path(str(path)))
     if not blocking.is_dir():
-        where = "is a file" if blocking == Path(str(path)) else f"cannot be created: {_shown(str(blocking))} is a file"
-        raise ConfigError(f"{key}={_shown(str(path))} {where}; point it at a folder (or a path that does not exist yet)")
+        where = "is a file" if blocking == Path(str(path)) else f"cannot be created: {shown(str(blocking))} is a file"
+        raise ConfigError(f"{key}={shown(str(path))} {where}; point it at a folder (or a path that does not exist yet)")
 
 
-def _check_output_file(output: str) -> None:
-    """A file that exists is replaced only when it is an export of ours (its first line is our CSV
-    header): a slip such as output=<run>/checkpoints/last.ckpt must not destroy a checkpoint."""
-    target = Path(output)
-    if target.is_dir():
-        raise ConfigError(f"output={_shown(output)} is a folder; give a file path, e.g. output={_shown(str(target / 'recs.csv'))}")
-    if not target.parent.is_dir():
-        problem = "is not a folder" if target.parent.exists() else "does not exist"
-        raise ConfigError(f"output={_shown(output)}: folder {_shown(str(target.parent))} {problem}; create it or pick another path")
-    if (target.exists() or target.is_symlink()) and not _is_our_export(target):
-        raise ConfigError(f"output={_shown(output, 200)} exists and is not a recommendations CSV this project wrote; "
-                          "refusing to overwrite it: remove it or pick another path")  # fmt: skip
-
-
-def _is_our_export(path: Path) -> bool:
-    """A regular file whose first line is recommend's CSV header; only its first bytes are read, and a
-    FIFO or device (which could block or never end) is never opened."""
-    from recsys_lightning.recommend import CSV_COLUMNS  # recommend imports this module at load time
-
-    if not path.is_file():
-        return False
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(200)  # enough for the header line; never the whole of a large file
-    except OSError:
-        return False
-    first_line, newline, _ = head.partition(b"\n")
-    return bool(newline) and first_line.rstrip(b"\r") == ",".join(CSV_COLUMNS).encode()
-
-
-def _check_cuda_available(key: str, device: Any) -> None:
+def check_cuda_available(key: str, device: Any) -> None:
     """A device asked for (cuda, cuda:<index>, gpu; mps, tpu) must exist here: torch and Lightning fail
     only later, after the data is loaded (for tpu, in a many-line Hydra error about torch_xla)."""
     if device in ("mps", "tpu"):
@@ -464,7 +400,7 @@ def _check_trainer_devices(cfg: DictConfig) -> None:
         return
     wanted = max(devices) + 1 if isinstance(devices, list) else devices if isinstance(devices, int) else 1
     if wanted > available:
-        raise ConfigError(f"trainer.devices={_shown(devices)}: only {available} CUDA device(s) here; lower it or use trainer.accelerator=cpu")
+        raise ConfigError(f"trainer.devices={shown(devices)}: only {available} CUDA device(s) here; lower it or use trainer.accelerator=cpu")
 
 
 def _cuda_devices() -> int:
@@ -482,11 +418,11 @@ def config_value(cfg: DictConfig, key: str) -> Any:
     except MissingMandatoryValue as error:
         raise ConfigError(f"{key} is not set: give it a value, {key}=<value>") from error
     except OmegaConfBaseException as error:
-        raise ConfigError(f"{key}: {_shown(str(error).splitlines()[0], 200)}") from error
+        raise ConfigError(f"{key}: {shown(str(error).splitlines()[0], 200)}") from error
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
-def _shown(value: Any, limit: int = MAX_SHOWN) -> str:
+def shown(value: Any, limit: int = MAX_SHOWN) -> str:
     """A value as a user types it on the command line, cut to `limit` characters."""
     text = {True: "true", False: "false", None: "null"}.get(value, value) if isinstance(value, (bool, type(None))) else value
     text = str(text).replace("'", "").replace(" ", "") if isinstance(text, list) else str(text)

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.csv import CsvDataModule, infer_separator, read_interactions
 from recsys_lightning.errors import DataError
 
-from conftest import ROOT
+from helpers import ROOT
 
 GOOD = "userId,itemId,rating,timestamp\n" + "".join(
     f"u{u},i{(u * 7 + k) % 30},{1 + (u + k) % 5},{1000 + k}\n" for u in range(20) for k in range(12)
@@ -64,11 +65,11 @@ def test_target_zero_rows_are_explicit_negatives_never_positives(tmp_path):
     datamodule.setup()
     positives = set(datamodule.interactions.item_ids[datamodule.interactions.items])
     assert positives.isdisjoint({"i0", "i3", "i6", "i9"})
-    assert len(datamodule.explicit_negatives) == 0  # those items have no positive, so no index either
+    assert len(datamodule.training_data.explicit_negatives) == 0  # those items have no positive, so no index either
     rows = "".join(f"u{u},i{i},{int((u + i) % 3 != 0)}\n" for u in range(10) for i in range(12))
     datamodule = CsvDataModule(path=str(write(tmp_path / "t2.csv", "userId,itemId,target\n" + rows)))
     datamodule.setup()
-    negatives = datamodule.explicit_negatives.numpy()
+    negatives = datamodule.training_data.explicit_negatives.numpy()
     assert len(negatives) == 40 and ((negatives[:, 0] + negatives[:, 1]) >= 0).all()
 
 
@@ -109,12 +110,10 @@ def test_bad_input_raises_data_error_naming_file_and_problem(case, tmp_path):
 
 
 def test_item_titles_come_from_an_items_file(tmp_path):
-    from recsys_lightning.serving.catalogue import Catalogue
-
     items = write(tmp_path / "items.tsv", "itemId\tname\n" + "".join(f"i{i}\tFilm {i}, part 2\n" for i in range(0, 30, 2)))
     datamodule = CsvDataModule(path=str(write(tmp_path / "g.csv", GOOD)), items_path=str(items), title_col="name")
     datamodule.setup()
-    catalogue = Catalogue.from_datamodule(datamodule)
+    catalogue = datamodule.training_data.catalogue
     assert catalogue.titles[catalogue.item_index("i4")] == "Film 4, part 2"
     assert catalogue.titles[catalogue.item_index("i5")] == ""  # not in the items file
     with pytest.raises(DataError, match="items.tsv: no column 'title'"):

@@ -105,7 +105,7 @@ def test_a_held_out_file_without_a_target_column_holds_positives(tmp_path, train
     datamodule = CsvDataModule(train_path=str(train), valid_path=str(valid))
     datamodule.setup()
     assert len(datamodule.split.valid) == 2
-    ((user, item),) = datamodule.explicit_negatives.tolist()
+    ((user, item),) = datamodule.training_data.explicit_negatives.tolist()
     assert (datamodule.interactions.user_ids[user], datamodule.interactions.item_ids[item]) == ("u0", "i9")
 
 

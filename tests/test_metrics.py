@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from recsys_lightning.metrics import METRIC_NAMES, CatalogueMetrics, RankingMetrics, per_user_metrics
+from recsys_lightning.data.batches import RankingChunk
+from recsys_lightning.metrics import METRIC_NAMES, CatalogueMetrics, RankingMetrics, RatingErrors, per_user_metrics
 from recsys_lightning.ranking import hits, top_k_unseen
 
 
@@ -115,3 +116,32 @@ def test_coverage_and_novelty_on_hand_computed_case():
     assert values["coverage@2"] == pytest.approx(3 / 4)
     assert values["novelty@1"] == pytest.approx(1.0)
     assert values["novelty@2"] == pytest.approx((1 + 2 + 1 + 3) / 4)
+
+
+def chunk_of(heldout_rows, heldout_items, ratings, num_users):
+    return RankingChunk(torch.arange(num_users), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                        torch.tensor(heldout_rows), torch.tensor(heldout_items), torch.tensor(ratings))  # fmt: skip
+
+
+def test_rating_errors_on_hand_computed_case():
+    # Predictions 4, 2, 3.5 against ratings 3, 4, 3: errors 1, -2, 0.5.
+    scores = torch.tensor([[4.0, 0.0, 2.0], [0.0, 3.5, 0.0]])
+    metric = RatingErrors()
+    metric.update(scores, chunk_of([0, 0, 1], [0, 2, 1], [3.0, 4.0, 3.0], 2), chunk_index=0)
+    values = metric.compute()
+    assert values["rmse"].item() == pytest.approx(math.sqrt((1 + 4 + 0.25) / 3))
+    assert values["mae"].item() == pytest.approx((1 + 2 + 0.5) / 3)
+    assert metric.histograms()["rating_error"].tolist() == [1.0, -2.0, 0.5]
+
+
+def test_rating_errors_over_chunks_equal_the_reference_on_random_data():
+    generator = torch.Generator().manual_seed(0)
+    metric, errors = RatingErrors(), []
+    for chunk_index in range(4):
+        scores = torch.rand(6, 9, generator=generator) * 5
+        rows, items = torch.randint(0, 6, (12,), generator=generator), torch.randint(0, 9, (12,), generator=generator)
+        ratings = torch.randint(1, 6, (12,), generator=generator).float()
+        metric.update(scores, chunk_of(rows.tolist(), items.tolist(), ratings.tolist(), 6), chunk_index)
+        errors += [scores[row, item].item() - rating for row, item, rating in zip(rows.tolist(), items.tolist(), ratings.tolist())]
+    assert metric.compute()["rmse"].item() == pytest.approx(math.sqrt(sum(e * e for e in errors) / len(errors)), rel=1e-5)
+    assert metric.compute()["mae"].item() == pytest.approx(sum(abs(e) for e in errors) / len(errors), rel=1e-5)

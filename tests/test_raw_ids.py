@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from recsys_lightning.data import csv as csv_module
+from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.csv import CsvDataModule, integer_ids_if_exact
 from recsys_lightning.errors import DataError
-from recsys_lightning.serving.catalogue import Catalogue
 
-from conftest import FrameDataModule, run_module
+from helpers import FrameDataModule, run_module
 
 LOOKALIKE_USERS = ["007", "7", "+7", " 7", "NA", "null"]
 
@@ -37,7 +37,7 @@ def set_up(path: Path, **options) -> CsvDataModule:
 def round_trip(datamodule: CsvDataModule) -> Catalogue:
     """What serving sees: the catalogue as it comes back out of a checkpoint."""
     buffer = io.BytesIO()
-    torch.save(Catalogue.from_datamodule(datamodule).to_state(), buffer)
+    torch.save(datamodule.training_data.catalogue.to_state(), buffer)
     buffer.seek(0)
     return Catalogue.from_state(torch.load(buffer, weights_only=True))
 
@@ -69,7 +69,7 @@ def test_integer_ids_are_stored_as_int64_only_when_every_id_is_exact(tmp_path):
     datamodule = set_up(write(tmp_path / "n.csv", grid([1, 2, 10, 9, -3], range(5))))
     assert datamodule.interactions.user_ids.dtype == np.int64
     assert datamodule.interactions.user_ids.tolist() == [-3, 1, 2, 9, 10]  # numeric order, not text order
-    state = Catalogue.from_datamodule(datamodule).to_state()
+    state = datamodule.training_data.catalogue.to_state()
     assert isinstance(state["user_ids"], torch.Tensor) and state["user_ids"].dtype == torch.int64
     catalogue = round_trip(datamodule)
     assert catalogue.user_index(1) == catalogue.user_index("1") == 1
@@ -100,7 +100,7 @@ def test_thirty_digit_ids_survive_the_checkpoint(tmp_path):
                           "item_id": np.repeat(np.arange(5), 4), "rating": 1.0, "timestamp": np.arange(20.0)})  # fmt: skip
     source = FrameDataModule(frame, split="leave_one_out")
     source.setup()
-    state = Catalogue.from_datamodule(source).to_state()
+    state = source.training_data.catalogue.to_state()
     assert state["user_ids"] == [str(2**64 + k) for k in range(4)]
 
 
@@ -116,7 +116,7 @@ def test_pre_split_files_and_explicit_negatives_match_on_the_raw_text(tmp_path):
     assert sorted(interactions.user_ids) == ["007", "07", "7"]
     valid_users = interactions.user_ids[interactions.users[datamodule.split.valid]]
     assert sorted(valid_users) == ["007", "7"]
-    negatives = {(interactions.user_ids[u], interactions.item_ids[i]) for u, i in datamodule.explicit_negatives.tolist()}
+    negatives = {(interactions.user_ids[u], interactions.item_ids[i]) for u, i in datamodule.training_data.explicit_negatives.tolist()}
     assert negatives == {("007", "i1"), ("7", "i6")}
 
 
@@ -126,10 +126,10 @@ def test_items_file_titles_match_only_the_same_raw_id(tmp_path):
     items.write_text("itemId,title\n007,Bond\n7,Seven\n8.0,Eight as float\n10,Ten\n")
     datamodule = set_up(write(tmp_path / "n.csv", rows), items_path=str(items))
     assert datamodule.interactions.item_ids.dtype == np.int64
-    catalogue = Catalogue.from_datamodule(datamodule)
+    catalogue = datamodule.training_data.catalogue
     assert catalogue.title_of([catalogue.item_index(i) for i in (7, 8, 10)]) == ["Seven", "", "Ten"]
     datamodule = set_up(write(tmp_path / "s.csv", grid(range(5), ["007", "7", "8"])), items_path=str(items))
-    catalogue = Catalogue.from_datamodule(datamodule)
+    catalogue = datamodule.training_data.catalogue
     assert catalogue.title_of([catalogue.item_index(i) for i in ("007", "7", "8")]) == ["Bond", "Seven", ""]
 
 
@@ -143,14 +143,15 @@ def test_ids_and_line_numbers_hold_across_read_chunks(tmp_path, monkeypatch):
         set_up(write(tmp_path / "c2.csv", rows))
 
 
+@pytest.mark.slow
 def test_train_then_recommend_write_lookalike_ids_verbatim(tmp_path):
     """Through the real entry points: 007 and 7 train as two users and come out of recs.csv as written."""
     users = ["007", "7", "+7", "NA"] + [f"u{u}" for u in range(26)]
     rng = np.random.default_rng(0)
     rows = [(user, item) for user in users for item in rng.choice([f"{i:03d}" if i % 2 else str(i) for i in range(40)], 8, replace=False)]
     data = write(tmp_path / "lookalike.csv", rows)
-    result = run_module("recsys_lightning.train", "data=csv", f"data.path={data}", "data.split=leave_one_out", "trainer.max_epochs=1",
-                        "callbacks.progress_bar.refresh_rate=0", "projector.max_items=0", f"paths.output_dir={tmp_path / 'out'}")  # fmt: skip
+    result = run_module("recsys_lightning.train", "data=csv", f"data.path={data}", "data.split=leave_one_out", "debug=quick",
+                        f"paths.output_dir={tmp_path / 'out'}")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = [path.parent for path in (tmp_path / "out").glob("runs/*/*/.hydra")]
     recs = tmp_path / "recs.csv"

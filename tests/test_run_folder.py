@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from recsys_lightning.atomic import atomic_file
+from recsys_lightning.checkpoint_file import FORMAT_KEY
 from recsys_lightning.checkpoint_io import AtomicCheckpointIO
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.run_folder import RunFolder
 
-from conftest import ROOT, run_module
+from helpers import ROOT, run_module
 
 SMALL_RUN = ["data=synthetic", "data.num_users=300", "data.num_items=200", "data.num_interactions=6000", "data.batch_size=512",
              "trainer.max_epochs=3", "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0", "projector.max_items=0"]  # fmt: skip
@@ -43,6 +44,7 @@ def finished_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_and_changes_nothing(finished_run):
     before = {path: path.stat().st_mtime_ns for path in finished_run.rglob("*") if path.is_file() and path.suffix in (".ckpt", ".json")}
     result = train(finished_run)
@@ -53,6 +55,7 @@ def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_and_changes_nothing(
     assert after == before
 
 
+@pytest.mark.slow
 def test_a_second_process_cannot_train_into_a_folder_being_trained(tmp_path):
     holder = RunFolder(tmp_path / "busy")
     holder.claim(resuming=False)
@@ -68,6 +71,7 @@ def test_a_second_process_cannot_train_into_a_folder_being_trained(tmp_path):
     RunFolder(tmp_path / "busy").claim(resuming=False)  # released: free again (and this process's lock ends with it)
 
 
+@pytest.mark.slow
 def test_files_written_atomically_get_normal_permissions(finished_run):
     umask = os.umask(0)
     os.umask(umask)
@@ -89,6 +93,7 @@ def test_an_interrupted_atomic_write_keeps_the_old_file_and_leaves_no_temporary(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["last.ckpt"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("injected", "exit_code", "signal_name"), [("TermAt", 143, "SIGTERM"), ("InterruptAt", 130, "Ctrl-C (SIGINT)")])
 def test_a_signal_exits_with_its_code_and_how_to_resume_and_the_resumed_run_finishes(tmp_path, injected, exit_code, signal_name):
     run_dir = tmp_path / "run"
@@ -104,6 +109,7 @@ def test_a_signal_exits_with_its_code_and_how_to_resume_and_the_resumed_run_fini
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_last_checkpoint_is_the_last_epoch_even_when_it_did_not_improve(tmp_path):
     """With lr=1e-12 (float32 weights cannot move) no epoch after the first improves: last.ckpt must still follow every epoch."""
     run_dir = tmp_path / "run"
@@ -121,6 +127,7 @@ def test_last_checkpoint_is_the_last_epoch_even_when_it_did_not_improve(tmp_path
     assert metrics["train_seconds"] > seconds_before_kill > 0  # the total over both processes, not the resumed part
 
 
+@pytest.mark.slow
 def test_a_truncated_last_checkpoint_names_the_newest_readable_one(finished_run, tmp_path):
     run_dir = tmp_path / "run"
     subprocess.run(["cp", "-r", str(finished_run), str(run_dir)], check=True)
@@ -133,6 +140,7 @@ def test_a_truncated_last_checkpoint_names_the_newest_readable_one(finished_run,
     assert "not a readable checkpoint, it may be truncated" in line and f"resume with ckpt_path={best}" in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -150,14 +158,15 @@ def test_resuming_from_an_incompatible_or_missing_checkpoint_is_one_line(finishe
     assert expected in line, line
 
 
+@pytest.mark.slow
 def test_evaluate_finds_relative_data_paths_from_another_folder(tmp_path):
     """A CSV run trained with a relative data.path is evaluated from the project root."""
     workdir = tmp_path / "work"
     workdir.mkdir()
     rows = ["userId,itemId"] + [f"{user},{(user * 7 + step) % 40}" for user in range(30) for step in range(12)]
     (workdir / "interactions.csv").write_text("\n".join(rows) + "\n")
-    command = [sys.executable, "-m", "recsys_lightning.train", "data=csv", "data.path=interactions.csv", "trainer.max_epochs=1",
-               "callbacks.progress_bar.refresh_rate=0", "projector.max_items=0", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    command = [sys.executable, "-m", "recsys_lightning.train", "data=csv", "data.path=interactions.csv", "debug=quick",
+               f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
     trained = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert trained.returncode == 0, trained.stderr[-3000:]
     evaluated = run_module("recsys_lightning.evaluate", f"run_dir={tmp_path / 'run'}")
@@ -181,6 +190,7 @@ def model_checkpoint_states(checkpoint):
     return [state for name, state in checkpoint["callbacks"].items() if name.startswith("ModelCheckpoint")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field", ["best_model_path", "last_model_path", "best_k_models", "dirpath"])
 def test_a_checkpoint_whose_records_name_files_elsewhere_is_refused_and_deletes_nothing(finished_run, tmp_path, field):
     """Lightning deletes a ModelCheckpoint's previous file by the path's text: `<dir>/../../victim` must never reach it."""
@@ -206,6 +216,7 @@ def test_a_checkpoint_whose_records_name_files_elsewhere_is_refused_and_deletes_
     assert victim.read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_a_refused_run_leaves_the_earlier_runs_hydra_record_as_it_was(finished_run):
     before = {path.name: path.read_bytes() for path in (finished_run / ".hydra").iterdir()}
     for overrides in (["seed=9"], ["seed=9", "ckpt_path=/nowhere/else.ckpt"]):
@@ -213,6 +224,7 @@ def test_a_refused_run_leaves_the_earlier_runs_hydra_record_as_it_was(finished_r
     assert {path.name: path.read_bytes() for path in (finished_run / ".hydra").iterdir()} == before
 
 
+@pytest.mark.slow
 def test_resuming_into_a_run_folder_from_another_folders_checkpoint_is_refused(finished_run, tmp_path):
     run_dir = copy_run(finished_run, tmp_path)
     result = train(run_dir, "trainer.max_epochs=5", f"ckpt_path={finished_run / 'checkpoints' / 'last.ckpt'}")
@@ -221,12 +233,14 @@ def test_resuming_into_a_run_folder_from_another_folders_checkpoint_is_refused(f
     assert "already holds a run" in line
 
 
+@pytest.mark.slow
 def test_resuming_from_another_folders_checkpoint_into_a_fresh_folder_continues_it(finished_run, tmp_path):
     result = train(tmp_path / "continued", "trainer.max_epochs=4", f"ckpt_path={finished_run / 'checkpoints' / 'last.ckpt'}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "continued" / "metrics.json").read_text())["epochs"] == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -248,11 +262,12 @@ def test_resuming_with_other_data_of_the_same_size_or_other_settings_is_one_line
     assert expected in line, line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
         (lambda ckpt: ckpt.pop("loops"), "not a resumable training checkpoint (its 'loops' is missing"),
-        (lambda ckpt: [ckpt.pop(key) for key in list(ckpt) if key != "state_dict"], "not a resumable training checkpoint"),
+        (lambda ckpt: [ckpt.pop(key) for key in list(ckpt) if key not in ("state_dict", FORMAT_KEY)], "not a resumable training checkpoint"),
         (lambda ckpt: [state.update(seconds=float("-inf")) for name, state in ckpt["callbacks"].items() if "TrainingTime" in name],
          "records -inf training seconds"),
         (lambda ckpt: ckpt["optimizer_states"][0]["param_groups"][0].pop("betas"), "trained with another optimizer than this run's Adam"),
@@ -276,6 +291,7 @@ def test_a_checkpoint_lightning_cannot_resume_is_one_line(finished_run, tmp_path
 
 
 
+@pytest.mark.slow
 def test_a_moved_run_folder_resumes_with_its_best_score(finished_run, tmp_path):
     """Copied elsewhere, the run's checkpoint records name the old folder: the best so far must still count."""
     run_dir = copy_run(finished_run, tmp_path, "moved")
@@ -286,6 +302,7 @@ def test_a_moved_run_folder_resumes_with_its_best_score(finished_run, tmp_path):
     assert (run_dir / metrics["best_checkpoint"]).parent == run_dir / "checkpoints"
 
 
+@pytest.mark.slow
 def test_a_sweep_into_a_folder_holding_a_sweep_is_refused(tmp_path):
     sweep = ["-m", *SMALL_RUN, "trainer.max_epochs=1", "model.dim=8,16", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     first = run_module("recsys_lightning.train", *sweep)
@@ -300,6 +317,7 @@ def test_a_sweep_into_a_folder_holding_a_sweep_is_refused(tmp_path):
     assert {path: path.read_bytes() for path in (tmp_path / "sweep").rglob("*.yaml")} == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("left_over", [None, "file", "folder"])
 def test_a_refused_resume_restores_the_runs_hydra_record(finished_run, tmp_path, left_over):
     run_dir = copy_run(finished_run, tmp_path)
@@ -316,6 +334,7 @@ def test_a_refused_resume_restores_the_runs_hydra_record(finished_run, tmp_path,
     assert sorted(path.name for path in (run_dir / ".hydra").iterdir()) == sorted(before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("ckpt_path", "expected"), [("checkpoints", "is a folder"), ("", "ckpt_path is empty")])
 def test_a_checkpoint_path_that_is_no_file_says_so(finished_run, tmp_path, ckpt_path, expected):
     run_dir = copy_run(finished_run, tmp_path)
@@ -325,6 +344,7 @@ def test_a_checkpoint_path_that_is_no_file_says_so(finished_run, tmp_path, ckpt_
     assert expected in line, line
 
 
+@pytest.mark.slow
 def test_a_resume_may_reorder_eval_ks(finished_run, tmp_path):
     run_dir = copy_run(finished_run, tmp_path)
     result = train(run_dir, "ckpt_path=last", "trainer.max_epochs=4", "eval.ks=[20,10]")

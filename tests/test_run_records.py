@@ -9,17 +9,19 @@ import time
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from recsys_lightning.config import PROJECT_ROOT
+from recsys_lightning.checkpoint_file import find_checkpoint, read_run_metrics
 from recsys_lightning.errors import ConfigError, DataError
 from recsys_lightning.evaluate import compare_with_recorded, evaluate, is_recorded_checkpoint, read_run_yaml
-from recsys_lightning.recommend import CSV_COLUMNS, serve
-from recsys_lightning.serving.checkpoint import find_checkpoint, load_trained, read_run_metrics
-from recsys_lightning.validation import check_serving_config
+from recsys_lightning.recommend import serve
+from recsys_lightning.serving.arguments import CSV_COLUMNS, check_serving_config
+from recsys_lightning.serving.checkpoint import load_trained
 
-from conftest import run_module
+from helpers import compose_config, run_module, training_config
+
+# Every test here reads a run trained through the entry point (the `trained` fixture).
+pytestmark = pytest.mark.slow
 
 SMALL_RUN = ["data=synthetic", "data.num_users=200", "data.num_items=150", "data.num_interactions=4000", "trainer.max_epochs=2",
              "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0", "projector.max_items=0"]  # fmt: skip
@@ -48,8 +50,7 @@ def error_lines(result) -> list[str]:
 
 
 def serving_config(run_dir, *overrides):
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        return compose("recommend", overrides=[f"run_dir={run_dir}", *overrides])
+    return compose_config("recommend", f"run_dir={run_dir}", *overrides)
 
 
 # 1. recommend's output never replaces a file it did not write
@@ -250,7 +251,7 @@ def test_the_real_run_config_reads_back_whole(trained):
 
 def test_evaluate_never_creates_or_fetches_a_recorded_movielens_data_dir(run, tmp_path):
     config = OmegaConf.load(run / ".hydra" / "config.yaml")
-    movielens = OmegaConf.load(PROJECT_ROOT / "conf" / "data" / "movielens.yaml")
+    movielens = training_config("data=movielens").data
     movielens.data_dir, movielens.seed, movielens.grouplens_url = str(tmp_path / "x" / "deep"), 42, "http://127.0.0.1:9/none.zip"
     config.data = movielens
     OmegaConf.save(config, run / ".hydra" / "config.yaml")

@@ -11,7 +11,7 @@ import torch
 from recsys_lightning.data.batches import EpochBatchSampler
 from recsys_lightning.evaluate import compare_with_recorded, evaluate
 
-from conftest import run_module
+from helpers import run_module, training_config
 
 # Small synthetic data, a few quick epochs, bit-exact on CPU.
 SMALL_RUN = ["data=synthetic", "data.num_users=600", "data.num_items=400", "data.num_interactions=20000", "data.batch_size=512",
@@ -49,12 +49,14 @@ def test_batches_are_sharded_across_processes_without_duplicates():
     assert set(indices.tolist()) == set(alone[:1002].tolist())  # the same epoch permutation, split three ways
 
 
+@pytest.mark.slow
 def test_same_config_gives_identical_metrics_twice(tmp_path, uninterrupted):
     result = train(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert metrics_of(tmp_path) == uninterrupted
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_from_last_checkpoint_to_the_same_metrics(tmp_path, uninterrupted):
     killed = train(tmp_path, "+callbacks.kill._target_=fault_injection.KillAt", "+callbacks.kill.epoch=2",
                    "+callbacks.kill.batch=5", fault_injection=True)  # fmt: skip
@@ -69,6 +71,7 @@ def test_sigkilled_run_resumes_from_last_checkpoint_to_the_same_metrics(tmp_path
     assert metrics_of(tmp_path) == uninterrupted
 
 
+@pytest.mark.slow
 def test_two_process_ddp_metrics_equal_one_process_evaluation_of_the_same_model(tmp_path):
     result = train(tmp_path, "trainer=ddp", "trainer.devices=2", "trainer.max_epochs=2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -80,6 +83,7 @@ def test_two_process_ddp_metrics_equal_one_process_evaluation_of_the_same_model(
         assert len(table) >= 10 and table["equal"].all(), table
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
     result = train(tmp_path, "+callbacks.poison._target_=fault_injection.PoisonWeightsAt", "+callbacks.poison.epoch=1",
                    "+callbacks.poison.batch=3", fault_injection=True)  # fmt: skip
@@ -96,13 +100,8 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(t
 
 
 def test_gradient_clipping_is_a_trainer_key():
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from recsys_lightning.config import PROJECT_ROOT, register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.run_dir=.", "run_name=x", "trainer.gradient_clip_val=0.5"])
+    cfg = training_config("trainer.gradient_clip_val=0.5")
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     assert trainer.gradient_clip_val == 0.5 and trainer.gradient_clip_algorithm == "norm"

@@ -9,20 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from recsys_lightning.config import PROJECT_ROOT, register_resolvers
-from recsys_lightning.errors import ConfigError
+from recsys_lightning.checkpoint_file import FORMAT_KEY, FORMAT_VERSION, find_checkpoint, load_checkpoint
+from recsys_lightning.config import register_resolvers
+from recsys_lightning.data.catalogue import Catalogue
+from recsys_lightning.errors import ConfigError, UnknownId
 from recsys_lightning.evaluate import compare_with_recorded, evaluate
 from recsys_lightning.recommend import serve
-from recsys_lightning.serving.catalogue import Catalogue
-from recsys_lightning.serving.checkpoint import find_checkpoint, load_checkpoint, load_trained
+from recsys_lightning.serving.checkpoint import load_trained
 from recsys_lightning.serving.service import UNKNOWN, RecommendationService
 from recsys_lightning.serving.vector_index import ItemVectorIndex
 
-from conftest import run_module
+from helpers import compose_config, run_module
 
 register_resolvers()
 TOY_STORY = 1
@@ -48,8 +48,10 @@ def run_data(run_dir):
     return datamodule
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_with_weights_only_and_carries_the_catalogue(movielens_run, served):
     checkpoint = torch.load(find_checkpoint(movielens_run), weights_only=True)
+    assert checkpoint[FORMAT_KEY] == FORMAT_VERSION
     catalogue = Catalogue.from_state(checkpoint["catalogue"])
     assert (catalogue.num_users, catalogue.num_items) == (943, 1682)
     assert catalogue.titles[catalogue.item_index(TOY_STORY)] == "Toy Story (1995)"
@@ -67,6 +69,7 @@ def test_a_checkpoint_holding_pickled_objects_is_refused(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_recommend_one_user_shows_titles_and_the_models_own_scores(movielens_run, served):
     result = recommend_cli(movielens_run, "user_id=42", "k=5")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -86,6 +89,7 @@ def test_recommend_one_user_shows_titles_and_the_models_own_scores(movielens_run
     assert title in result.stdout
 
 
+@pytest.mark.slow
 def test_exported_csv_reproduces_the_test_ndcg_of_metrics_json(movielens_run, tmp_path):
     output = tmp_path / "recs.csv"
     result = recommend_cli(movielens_run, "users=all", "k=10", "exclude=[train,valid]", f"output={output}")
@@ -115,6 +119,7 @@ def independent_ndcg(recommendations: pd.DataFrame, held_out: pd.DataFrame, k: i
     return total / len(relevant)
 
 
+@pytest.mark.slow
 def test_exact_faiss_ranks_every_user_like_the_model(served):
     users = torch.arange(served.catalogue.num_users)
     by_model = RecommendationService(served).recommend(users, 10)
@@ -127,6 +132,7 @@ def test_exact_faiss_ranks_every_user_like_the_model(served):
     assert torch.equal(RecommendationService(served, index=ivf).recommend(users, 10).items, by_model.items)
 
 
+@pytest.mark.slow
 def test_faiss_through_the_entry_point_and_saved_index(movielens_run, tmp_path):
     saved = tmp_path / "items.faiss"
     built = recommend_cli(movielens_run, "user_id=42", "index=faiss", f"faiss.path={saved}")
@@ -142,6 +148,7 @@ def test_faiss_through_the_entry_point_and_saved_index(movielens_run, tmp_path):
     assert "wrote the ivf index" in other_settings.stderr
 
 
+@pytest.mark.slow
 def test_unknown_users_and_short_histories_get_popular_unseen_items(served):
     catalogue = served.catalogue
     most_popular = torch.argsort(catalogue.popularity, descending=True, stable=True)[:5]
@@ -157,6 +164,30 @@ def test_unknown_users_and_short_histories_get_popular_unseen_items(served):
     assert short.fallback.tolist() == [True] and short.items[0].tolist() == expected
 
 
+@pytest.mark.slow
+def test_the_service_answers_raw_ids_as_their_indices(served):
+    service = RecommendationService(served)
+    catalogue = served.catalogue
+    by_raw_id = service.recommend_for([1, "42", 999999], 5)
+    by_index = service.recommend(torch.tensor([catalogue.user_index(1), catalogue.user_index(42), UNKNOWN]), 5)
+    assert by_raw_id.users.tolist() == by_index.users.tolist() == [0, 41, UNKNOWN]
+    assert torch.equal(by_raw_id.items, by_index.items) and by_raw_id.fallback.tolist() == [False, False, True]
+    assert torch.equal(service.similar_items_to(TOY_STORY, 5).indices, service.similar_items(catalogue.item_index(TOY_STORY), 5).indices)
+    assert torch.equal(service.similar_users_to("42", 5).indices, service.similar_users(41, 5).indices)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, raw_id, shown", [("item", 999999, "999999"), ("user", "x" * 500, "'xxx"), ("user", 1.0, "1.0")])
+def test_similar_to_an_unknown_id_names_it_and_shows_valid_ones(served, kind, raw_id, shown):
+    service = RecommendationService(served)
+    with pytest.raises(UnknownId) as error:
+        service.similar_items_to(raw_id, 5) if kind == "item" else service.similar_users_to(raw_id, 5)
+    message = str(error.value)
+    assert message.startswith(f"{kind} id {shown}") and "is not in this run's data" in message and "ids such as 1, " in message
+    assert "\n" not in message and len(message) < 300
+
+
+@pytest.mark.slow
 def test_cold_start_through_the_entry_point_is_flagged(movielens_run, tmp_path):
     unknown = recommend_cli(movielens_run, "user_id=999999", "k=3")
     assert unknown.returncode == 0, unknown.stderr[-2000:]
@@ -168,6 +199,7 @@ def test_cold_start_through_the_entry_point_is_flagged(movielens_run, tmp_path):
     assert list(sources[1]) == ["model"] and list(sources[999999]) == ["popularity"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -186,6 +218,7 @@ def test_bad_requests_exit_1_with_one_line(movielens_run, overrides, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_similar_items_are_the_nearest_by_cosine_and_exclude_the_item(served):
     item = served.catalogue.item_index(TOY_STORY)
     found = RecommendationService(served).similar_items(item, 10)
@@ -197,6 +230,7 @@ def test_similar_items_are_the_nearest_by_cosine_and_exclude_the_item(served):
     assert torch.equal(found.indices, brute.topk(10).indices)
 
 
+@pytest.mark.slow
 def test_similar_items_and_users_through_the_entry_point(movielens_run):
     items = recommend_cli(movielens_run, "item_id=1", "k=4")
     assert items.returncode == 0 and "Toy Story (1995)" in items.stdout.splitlines()[0]
@@ -207,36 +241,34 @@ def test_similar_items_and_users_through_the_entry_point(movielens_run):
 
 
 def test_ncf_says_which_embedding_and_refuses_faiss(tmp_path):
-    from test_module import MODULE_CONFIG, planted_frame  # a small NCF trained for one epoch
-
     import pytorch_lightning as pl
 
-    from conftest import FrameDataModule
-    from recsys_lightning.module import RecommenderModule
+    from helpers import FrameDataModule, module_config, planted_frame  # a small NCF trained for one epoch
+    from recsys_lightning.build import build_module
 
     datamodule = FrameDataModule(planted_frame(), batch_size=256)
     datamodule.setup("fit")
-    config = dict(MODULE_CONFIG, model={"_target_": "recsys_lightning.models.NeuMF", "gmf_dim": 8, "mlp_dim": 8, "hidden": [8]})
-    module = RecommenderModule(datamodule.num_users, datamodule.num_items, **config)
+    config = module_config(model={"_target_": "recsys_lightning.models.NeuMF", "gmf_dim": 8, "mlp_dim": 8, "hidden": [8]})
+    module = build_module(config, datamodule.training_data)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, limit_val_batches=0, default_root_dir=tmp_path)  # fmt: skip
     trainer.fit(module, datamodule=datamodule)
     trainer.save_checkpoint(tmp_path / "ncf.ckpt")
 
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        base = [f"run_dir={tmp_path}", f"checkpoint={tmp_path / 'ncf.ckpt'}"]
-        out = io.StringIO()
-        serve(compose("recommend", overrides=[*base, "item_id=3"]), out)
-        assert "'gmf' item embeddings" in out.getvalue()
-        out = io.StringIO()
-        serve(compose("recommend", overrides=[*base, "item_id=3", "embedding=mlp"]), out)
-        assert "'mlp' item embeddings" in out.getvalue()
-        with pytest.raises(ConfigError, match="index=faiss serves inner-product models"):
-            serve(compose("recommend", overrides=[*base, "user_id=1", "index=faiss"]), io.StringIO())
-        with pytest.raises(ConfigError, match="has gmf, mlp"):
-            serve(compose("recommend", overrides=[*base, "item_id=3", "embedding=other"]), io.StringIO())
+    base = [f"run_dir={tmp_path}", f"checkpoint={tmp_path / 'ncf.ckpt'}"]
+    out = io.StringIO()
+    serve(compose_config("recommend", *base, "item_id=3"), out)
+    assert "'gmf' item embeddings" in out.getvalue()
+    out = io.StringIO()
+    serve(compose_config("recommend", *base, "item_id=3", "embedding=mlp"), out)
+    assert "'mlp' item embeddings" in out.getvalue()
+    with pytest.raises(ConfigError, match="index=faiss serves inner-product models"):
+        serve(compose_config("recommend", *base, "user_id=1", "index=faiss"), io.StringIO())
+    with pytest.raises(ConfigError, match="has gmf, mlp"):
+        serve(compose_config("recommend", *base, "item_id=3", "embedding=other"), io.StringIO())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split, prefix", [("test", "test/"), ("valid", "val/")])
 def test_evaluate_reproduces_metrics_json(movielens_run, split, prefix):
     evaluated = evaluate(movielens_run, split=split, accelerator="cpu")
@@ -245,12 +277,14 @@ def test_evaluate_reproduces_metrics_json(movielens_run, split, prefix):
     assert table["equal"].all(), table
 
 
+@pytest.mark.slow
 def test_evaluate_entry_point_prints_the_comparison(movielens_run):
     result = run_module("recsys_lightning.evaluate", f"run_dir={movielens_run}", "accelerator=cpu")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "test/ndcg@10" in result.stdout and "metrics equal metrics.json" in result.stdout
 
 
+@pytest.mark.slow
 def test_projector_gets_item_embeddings_labelled_with_titles(movielens_run):
     assert (movielens_run / "projector_config.pbtxt").is_file()
     metadata = list(movielens_run.glob("**/metadata.tsv"))
@@ -261,6 +295,7 @@ def test_projector_gets_item_embeddings_labelled_with_titles(movielens_run):
     assert np.all(np.diff(rows["popularity"].to_numpy()) <= 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sent", "exit_code"), [("SIGTERM", 143), ("SIGINT", 130)])
 def test_an_interrupted_export_exits_with_the_signals_code_and_leaves_no_file(movielens_run, tmp_path, sent, exit_code):
     """SIGTERM (docker stop, a job's time limit) or Ctrl-C mid-export: no recs.csv, no hidden temporary file."""
@@ -270,7 +305,7 @@ def test_an_interrupted_export_exits_with_the_signals_code_and_leaves_no_file(mo
     import sys
     import time
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     output = tmp_path / "recs.csv"
     command = [sys.executable, "-m", "recsys_lightning.recommend", f"run_dir={movielens_run}", "users=all", "chunk_size=1",

@@ -8,7 +8,7 @@ from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.split import split_interactions
 from recsys_lightning.errors import ConfigError, DataError
 
-from conftest import random_interactions
+from helpers import random_interactions
 
 
 @pytest.fixture

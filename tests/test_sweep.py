@@ -10,7 +10,10 @@ from omegaconf import OmegaConf
 
 from recsys_lightning.sweep import summarise_sweep, to_markdown
 
-from conftest import ROOT
+from helpers import ROOT
+
+# Every test here runs the training entry point in a subprocess.
+pytestmark = pytest.mark.slow
 
 
 def test_multirun_writes_sorted_summary_with_failed_run_as_row(tmp_path):
@@ -57,8 +60,7 @@ def test_impossible_combination_fails_before_any_data_is_loaded(tmp_path):
 def test_optuna_search_maximises_the_returned_validation_metric(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "recsys_lightning.train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-         "hydra.sweeper.sampler.n_startup_trials=2", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-         "callbacks.progress_bar.refresh_rate=0", f"paths.output_dir={tmp_path}"],
+         "hydra.sweeper.sampler.n_startup_trials=2", "debug=quick", f"paths.output_dir={tmp_path}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

@@ -7,9 +7,11 @@ import torch
 
 from recsys_lightning.data.synthetic import SyntheticDataModule, generate_interactions
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.build import build_module
 from recsys_lightning.metrics import RankingMetrics
-from recsys_lightning.module import RecommenderModule
-from recsys_lightning.ranking import hits, top_k_unseen
+from recsys_lightning.ranking import top_k_unseen
+
+from helpers import module_config
 
 
 def top_decile_share(frame, num_items):
@@ -34,13 +36,11 @@ def test_impossible_sizes_are_config_errors():
 
 def popularity_recall_at_10(datamodule) -> float:
     """Recall@10 of ranking every user's unseen items by training popularity, with our ranking code."""
-    counts = datamodule.train_positives.counts_per_item().float()
+    counts = datamodule.training_data.positives.item_counts.float()
     metric = RankingMetrics([10])
-    for batch in datamodule.test_dataloader():
-        scores = counts.expand(len(batch["users"]), -1).clone()
-        top = top_k_unseen(scores, batch["exclude_rows"], batch["exclude_items"], 10)
-        found = hits(top, batch["heldout_rows"], batch["heldout_items"], datamodule.num_items)
-        metric.update(found, torch.bincount(batch["heldout_rows"], minlength=len(batch["users"])))
+    for chunk in datamodule.test_dataloader():
+        top = top_k_unseen(counts.expand(len(chunk.users), -1).clone(), chunk.exclude_rows, chunk.exclude_items, 10)
+        metric.update_ranked(top, chunk, datamodule.num_items)
     return metric.compute()["recall@10"].item()
 
 
@@ -49,13 +49,11 @@ def test_mf_learns_planted_structure_far_beyond_popularity(tmp_path):
     datamodule = SyntheticDataModule(num_users=1500, num_items=800, num_interactions=60_000, num_clusters=8,
                                      batch_size=2048, seed=0)  # fmt: skip
     datamodule.setup("fit")
-    module = RecommenderModule(
-        datamodule.num_users, datamodule.num_items,
-        model={"_target_": "recsys_lightning.models.MatrixFactorization", "dim": 16},
+    config = module_config(
         loss={"_target_": "recsys_lightning.losses.BPRLoss", "l2": 1e-3},
-        sampler={"_target_": "recsys_lightning.samplers.UniformSampler", "num_negatives": 2},
-        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.02}, ks=[10],
-    )  # fmt: skip
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.02},
+    )
+    module = build_module(config, datamodule.training_data)
     trainer = pl.Trainer(max_epochs=8, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
     trainer.fit(module, datamodule=datamodule)

@@ -2,7 +2,12 @@
 
 import json
 
-from conftest import run_module
+import pytest
+
+from helpers import run_module
+
+# Every test here runs the training entry point in a subprocess.
+pytestmark = pytest.mark.slow
 
 
 def test_three_epochs_on_movielens_write_sane_metrics(movielens_run):
@@ -26,7 +31,7 @@ def test_three_epochs_on_movielens_write_sane_metrics(movielens_run):
 
 
 def test_bad_config_fails_in_one_line_and_writes_no_metrics(tmp_path):
-    result = run_module("recsys_lightning.train", "data.split=random", "trainer.max_epochs=1", f"paths.output_dir={tmp_path}")
+    result = run_module("recsys_lightning.train", "data.split=random", "debug=quick", f"paths.output_dir={tmp_path}")
     assert result.returncode == 1
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert error_lines == ["error: data.split=random: must be one of ratio, leave_one_out, temporal"]

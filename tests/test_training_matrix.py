@@ -3,10 +3,9 @@
 import pytorch_lightning as pl
 import pytest
 
-from recsys_lightning.module import RecommenderModule
+from recsys_lightning.build import build_module
 
-from conftest import FrameDataModule
-from test_module import planted_frame
+from helpers import FrameDataModule, module_config, planted_frame
 
 MODELS = {
     "mf": {"_target_": "recsys_lightning.models.MatrixFactorization", "dim": 8},
@@ -43,14 +42,13 @@ def test_training_loss_falls(model_name, loss_name, tmp_path):
     datamodule = FrameDataModule(planted_frame(), batch_size=128, seed=0)
     datamodule.setup("fit")
     loss_class, options = LOSSES[loss_name]
-    module = RecommenderModule(
-        datamodule.num_users, datamodule.num_items,
+    config = module_config(
         model=MODELS[model_name],
         loss={"_target_": f"recsys_lightning.losses.{loss_class}", "l2": 1e-4, **options},
         sampler={"_target_": "recsys_lightning.samplers.UniformSampler", "num_negatives": 4},
         optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01},
-        ks=[10],
-    )  # fmt: skip
+    )
+    module = build_module(config, datamodule.training_data)
     losses = EpochLosses()
     trainer = pl.Trainer(
         max_epochs=5, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,

@@ -7,15 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 
-from recsys_lightning.config import PROJECT_ROOT, register_resolvers
+from recsys_lightning.checkpoint_file import FORMAT_KEY, FORMAT_VERSION, find_checkpoint
+from recsys_lightning.config import register_resolvers
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters, offered_targets
 from recsys_lightning.evaluate import evaluate
-from recsys_lightning.serving.checkpoint import find_checkpoint, load_trained
+from recsys_lightning.run_folder import RunFolder
+from recsys_lightning.serving.checkpoint import load_trained
 
-from conftest import run_module
+from helpers import options, run_module, training_config
 
 register_resolvers()
 
@@ -86,6 +87,7 @@ def refused_in_process(run_dir: Path) -> list[str]:
     return messages
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit", list(EDITS))
 def test_crafted_checkpoint_runs_no_code_in_recommend_or_evaluate(movielens_run, tmp_path, payload, marker, edit):
     run_dir = crafted_run(movielens_run, tmp_path, EDITS[edit](payload))
@@ -94,6 +96,7 @@ def test_crafted_checkpoint_runs_no_code_in_recommend_or_evaluate(movielens_run,
     assert not marker.exists(), f"code from the checkpoint ran ({edit})"
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_is_one_line_through_both_entry_points(movielens_run, tmp_path, payload, marker):
     run_dir = crafted_run(movielens_run, tmp_path, EDITS["nested target in a model argument"](payload))
     for module, overrides in (("recsys_lightning.recommend", ["user_id=1"]), ("recsys_lightning.evaluate", [])):
@@ -101,6 +104,7 @@ def test_crafted_checkpoint_is_one_line_through_both_entry_points(movielens_run,
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_with_a_pickled_object_is_refused_for_serving_and_resume(movielens_run, tmp_path, payload, marker):
     run_dir = crafted_run(movielens_run, tmp_path, lambda ckpt: ckpt.update(extra=TouchOnLoad(marker)))
     assert not marker.exists()
@@ -115,6 +119,7 @@ def test_checkpoint_with_a_pickled_object_is_refused_for_serving_and_resume(movi
     assert not marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["data argument", "data target", "list element"])
 def test_crafted_run_config_runs_no_code_in_evaluate(movielens_run, tmp_path, payload, marker, where):
     run_dir = crafted_run(movielens_run, tmp_path, lambda ckpt: None)
@@ -132,6 +137,7 @@ def test_crafted_run_config_runs_no_code_in_evaluate(movielens_run, tmp_path, pa
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_malformed_checkpoints_are_refused_with_a_reason(movielens_run, tmp_path):
     run_dir = crafted_run(movielens_run, tmp_path, lambda ckpt: None)
     path = find_checkpoint(run_dir)
@@ -151,19 +157,42 @@ def test_malformed_checkpoints_are_refused_with_a_reason(movielens_run, tmp_path
     assert "no state_dict of tensors" in line
 
 
+FORMAT_EDITS = {
+    "no format marker": lambda ckpt: ckpt.pop(FORMAT_KEY),
+    f"format {FORMAT_VERSION + 1}": lambda ckpt: ckpt.update({FORMAT_KEY: FORMAT_VERSION + 1}),
+    f"format '{FORMAT_VERSION}'": lambda ckpt: ckpt.update({FORMAT_KEY: str(FORMAT_VERSION)}),  # text, not the int
+    "format True": lambda ckpt: ckpt.update({FORMAT_KEY: True}),  # True == 1 in Python: still not a format version
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("found", list(FORMAT_EDITS))
+def test_a_checkpoint_of_another_format_is_refused_by_recommend_evaluate_and_resume(movielens_run, tmp_path, found):
+    run_dir = crafted_run(movielens_run, tmp_path, FORMAT_EDITS[found])
+    path = find_checkpoint(run_dir)
+    expected = f"{path}: checkpoint has {found}, this code reads format {FORMAT_VERSION}; retrain the run or use the version"
+    for message in refused_in_process(run_dir):
+        assert message.startswith(expected), message
+    with pytest.raises(ConfigError) as resumed:
+        RunFolder(run_dir).resume_checkpoint(str(path))
+    assert str(resumed.value).startswith(f"ckpt_path={path}: {expected}"), str(resumed.value)
+    line = one_error_line(run_module("recsys_lightning.recommend", f"run_dir={run_dir}", "user_id=1"))
+    assert line == f"error: {expected} of recsys_lightning that wrote it"
+
+
+@pytest.mark.slow
+def test_a_checkpoint_without_the_format_marker_is_one_line_when_resumed(movielens_run, tmp_path):
+    run_dir = crafted_run(movielens_run, tmp_path, FORMAT_EDITS["no format marker"])
+    resumed = run_module("recsys_lightning.train", "trainer.max_epochs=4", f"hydra.run.dir={tmp_path / 'fresh'}",
+                         f"ckpt_path={find_checkpoint(run_dir)}", "callbacks.progress_bar.refresh_rate=0")  # fmt: skip
+    assert f"checkpoint has no format marker, this code reads format {FORMAT_VERSION}" in one_error_line(resumed)
+
+
+@pytest.mark.slow
 def test_catalogue_of_another_version_is_refused(movielens_run, tmp_path):
     run_dir = crafted_run(movielens_run, tmp_path, lambda ckpt: ckpt["catalogue"].update(version=99))
     line = one_error_line(run_module("recsys_lightning.recommend", f"run_dir={run_dir}", "user_id=1"))
     assert "version 99" in line and "retrain" in line
-
-
-def compose_config(*overrides: str):
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["paths.run_dir=.", "run_name=x", *overrides])
-
-
-def options(group: str) -> list[str]:
-    return sorted(path.stem for path in (PROJECT_ROOT / "conf" / group).glob("*.yaml"))
 
 
 @pytest.mark.parametrize("group", ["model", "loss", "sampler", "optimizer", "data", "scheduler"])
@@ -171,7 +200,7 @@ def test_every_option_the_configs_offer_passes_the_check(group):
     from omegaconf import OmegaConf
 
     for option in options(group):
-        cfg = compose_config(f"{group}={option}")
+        cfg = training_config(f"{group}={option}")
         node = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) else None
         if group == "scheduler":
             if node:
@@ -217,6 +246,7 @@ def test_recorded_data_configs_are_held_to_the_training_rules():
         assert message in str(error.value), str(error.value)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_non_finite_weights_is_not_served(movielens_run, tmp_path):
     run_dir = crafted_run(movielens_run, tmp_path, lambda ckpt: ckpt["state_dict"]["model.item_factors"].fill_(float("nan")))
     line = one_error_line(run_module("recsys_lightning.recommend", f"run_dir={run_dir}", "user_id=1"))

@@ -6,41 +6,24 @@ import importlib.machinery
 import itertools
 import sys
 import types
-from pathlib import Path
 
 import pytorch_lightning as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from recsys_lightning.config import PROJECT_ROOT, register_resolvers
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.module import RecommenderModule
+from recsys_lightning.build import build_module
 from recsys_lightning.recommend import serve
+from recsys_lightning.serving.arguments import check_serving_config
 from recsys_lightning.validation import (
     TRAINING_RULES,
     check_evaluate_config,
-    check_serving_config,
     check_training_config,
     logged_metrics,
 )
 
-from conftest import FrameDataModule, run_module
-
-CONF = PROJECT_ROOT / "conf"
-OPTIONS = [(group.name, option.stem) for group in sorted(CONF.iterdir()) if group.is_dir() and group.name != "hydra"
-           for option in sorted(group.glob("*.yaml"))]  # fmt: skip
-
-
-def composed(config_name: str, *overrides: str):
-    register_resolvers()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
-
-
-def training(*overrides: str, run_dir: Path | str = "."):
-    return composed("config", f"paths.run_dir={run_dir}", "run_name=x", *overrides)
+from helpers import FrameDataModule, all_options, compose_config, options, run_module, training_config
 
 
 def refused(check, cfg) -> str:
@@ -69,16 +52,16 @@ def one_cuda_device(monkeypatch):
 # --- every configuration that works today passes ---------------------------------------------------
 
 
-@pytest.mark.parametrize(("group", "option"), OPTIONS)
+@pytest.mark.parametrize(("group", "option"), all_options())
 def test_every_config_option_passes(group, option, monkeypatch):
     pretend_cuda_devices(monkeypatch, 2)  # trainer=gpu needs one, trainer=ddp two
-    check_training_config(training(f"{group}={option}"))
+    check_training_config(training_config(f"{group}={option}"))
 
 
 @pytest.mark.parametrize(("model", "loss", "sampler"), itertools.product(
-    *(sorted(path.stem for path in (CONF / group).glob("*.yaml")) for group in ("model", "loss", "sampler"))))  # fmt: skip
+    *(options(group) for group in ("model", "loss", "sampler"))))  # fmt: skip
 def test_every_model_loss_sampler_combination_passes_unless_the_loss_rejects_the_sampler(model, loss, sampler):
-    cfg = training(f"model={model}", f"loss={loss}", f"sampler={sampler}")
+    cfg = training_config(f"model={model}", f"loss={loss}", f"sampler={sampler}")
     rejected = (loss, sampler) in {("bce", "in_batch"), ("mse", "popularity"), ("mse", "in_batch"), ("mse", "hard")}
     if rejected:
         assert "cannot train with" in refused(check_training_config, cfg)
@@ -88,8 +71,8 @@ def test_every_model_loss_sampler_combination_passes_unless_the_loss_rejects_the
 
 def test_every_rule_names_a_key_some_config_has():
     keys = set()
-    for group, option in OPTIONS:
-        plain = OmegaConf.to_container(training(f"{group}={option}"), resolve=False)
+    for group, option in all_options():
+        plain = OmegaConf.to_container(training_config(f"{group}={option}"), resolve=False)
         keys |= set(_flat_keys(plain))
     assert set(TRAINING_RULES) - keys == set()
 
@@ -161,11 +144,11 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(("overrides", "message"), BAD_VALUES, ids=[" ".join(case[0]) for case in BAD_VALUES])
 def test_bad_value_is_one_line_naming_the_key_and_the_range(overrides, message):
-    assert refused(check_training_config, training(*overrides)).startswith(message)
+    assert refused(check_training_config, training_config(*overrides)).startswith(message)
 
 
 def test_long_bad_value_is_cut_in_the_message():
-    message = refused(check_training_config, training("data.split=" + "x" * 5000))
+    message = refused(check_training_config, training_config("data.split=" + "x" * 5000))
     assert message.startswith("data.split=xxx") and "...: must be one of" in message and len(message) < 200
 
 
@@ -173,26 +156,26 @@ def test_long_bad_value_is_cut_in_the_message():
 
 
 def test_monitor_without_its_k_in_eval_ks_names_every_key_and_the_fix():
-    message = refused(check_training_config, training("eval.ks=[20]"))
+    message = refused(check_training_config, training_config("eval.ks=[20]"))
     assert message == ("callbacks.early_stopping.monitor, callbacks.model_checkpoint.monitor, optimized_metric=val/ndcg@10 "
                        "name no metric this run logs: eval.ks=[20] has no 10; add 10 to eval.ks or use val/ndcg@20")  # fmt: skip
 
 
 def test_monitor_of_a_k_not_evaluated_is_refused():
-    message = refused(check_training_config, training("callbacks.early_stopping.monitor=val/ndcg@5"))
+    message = refused(check_training_config, training_config("callbacks.early_stopping.monitor=val/ndcg@5"))
     assert message.startswith("callbacks.early_stopping.monitor=val/ndcg@5 names no metric this run logs: eval.ks=[10,20] has no 5")
-    check_training_config(training("callbacks.early_stopping.monitor=val/ndcg@20"))
+    check_training_config(training_config("callbacks.early_stopping.monitor=val/ndcg@20"))
 
 
 def test_misspelt_monitor_gets_the_closest_logged_name():
-    message = refused(check_training_config, training("callbacks.model_checkpoint.monitor=val/ndgc@10"))
+    message = refused(check_training_config, training_config("callbacks.model_checkpoint.monitor=val/ndgc@10"))
     assert "did you mean val/ndcg@10?" in message
 
 
 @pytest.mark.parametrize(("loss", "monitor", "logged"), [("bpr", "val/rmse", False), ("mse", "val/rmse", True),
                                                          ("bpr", "val/bce", False), ("bce", "val/bce", True)])  # fmt: skip
 def test_rating_and_pointwise_metrics_are_monitorable_only_with_their_losses(loss, monitor, logged):
-    cfg = training(f"loss={loss}", f"callbacks.early_stopping.monitor={monitor}", "callbacks.early_stopping.mode=min")
+    cfg = training_config(f"loss={loss}", f"callbacks.early_stopping.monitor={monitor}", "callbacks.early_stopping.mode=min")
     if logged:
         check_training_config(cfg)
     else:
@@ -200,28 +183,29 @@ def test_rating_and_pointwise_metrics_are_monitorable_only_with_their_losses(los
 
 
 def test_lower_is_better_metric_watched_for_a_maximum_is_refused():
-    message = refused(check_training_config, training("loss=mse", "callbacks.early_stopping.monitor=val/rmse"))
+    message = refused(check_training_config, training_config("loss=mse", "callbacks.early_stopping.monitor=val/rmse"))
     assert message == ("callbacks.early_stopping.mode=max, but callbacks.early_stopping.monitor=val/rmse is better when lower: "
                        "set callbacks.early_stopping.mode=min")  # fmt: skip
 
 
 def test_plateau_scheduler_monitor_and_optimized_metric_are_checked_too():
-    assert refused(check_training_config, training("scheduler=plateau", "scheduler.monitor=val/mrr@5")).startswith("scheduler.monitor=")
-    assert refused(check_training_config, training("optimized_metric=test/ndcg@5")).startswith("optimized_metric=test/ndcg@5")
-    check_training_config(training("optimized_metric=test/ndcg@20"))
+    assert refused(check_training_config, training_config("scheduler=plateau", "scheduler.monitor=val/mrr@5")).startswith(
+        "scheduler.monitor="
+    )
+    assert refused(check_training_config, training_config("optimized_metric=test/ndcg@5")).startswith("optimized_metric=test/ndcg@5")
+    check_training_config(training_config("optimized_metric=test/ndcg@20"))
 
 
 def test_dropped_callbacks_are_not_checked():
-    check_training_config(training("~callbacks.early_stopping", "callbacks.model_checkpoint=null", "eval.ks=[10]"))
+    check_training_config(training_config("~callbacks.early_stopping", "callbacks.model_checkpoint=null", "eval.ks=[10]"))
 
 
 @pytest.mark.parametrize("loss", ["bpr", "mse", "bce"])
 def test_logged_metrics_are_the_names_the_module_logs(loss, small_frame, tmp_path):
-    cfg = training(f"loss={loss}", "eval.ks=[5,10]")
+    cfg = training_config(f"loss={loss}", "eval.ks=[5,10]")
     datamodule = FrameDataModule(small_frame, batch_size=256)
     datamodule.setup("fit")
-    plain = {part: OmegaConf.to_container(cfg[part], resolve=True) for part in ("model", "loss", "sampler", "optimizer")}
-    module = RecommenderModule(datamodule.num_users, datamodule.num_items, ks=[5, 10], **plain)
+    module = build_module(cfg, datamodule.training_data)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
     trainer.fit(module, datamodule=datamodule)
@@ -235,18 +219,18 @@ def test_logged_metrics_are_the_names_the_module_logs(loss, small_frame, tmp_pat
 def test_data_dir_or_run_dir_that_is_a_file_is_refused(tmp_path):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
-    assert refused(check_training_config, training(f"paths.data_dir={a_file}")) == (
+    assert refused(check_training_config, training_config(f"paths.data_dir={a_file}")) == (
         f"paths.data_dir={a_file} is a file; point it at a folder (or a path that does not exist yet)")
-    assert refused(check_training_config, training(f"paths.data_dir={a_file}/ml")) == (
+    assert refused(check_training_config, training_config(f"paths.data_dir={a_file}/ml")) == (
         f"paths.data_dir={a_file}/ml cannot be created: {a_file} is a file; point it at a folder (or a path that does not exist yet)")
-    assert refused(check_training_config, training(run_dir=a_file)).startswith(f"paths.run_dir={a_file} is a file")
-    check_training_config(training(f"paths.data_dir={tmp_path}/not/yet", run_dir=tmp_path / "new"))
+    assert refused(check_training_config, training_config(run_dir=a_file)).startswith(f"paths.run_dir={a_file} is a file")
+    check_training_config(training_config(f"paths.data_dir={tmp_path}/not/yet", run_dir=tmp_path / "new"))
 
 
 def test_gpu_accelerator_without_cuda_is_refused(no_cuda):
-    assert refused(check_training_config, training("trainer=gpu")) == (
+    assert refused(check_training_config, training_config("trainer=gpu")) == (
         "trainer.accelerator=gpu: no CUDA device is visible here; use trainer.accelerator=cpu (or auto)")
-    check_training_config(training("trainer=ddp"))  # auto falls back to CPU processes
+    check_training_config(training_config("trainer=ddp"))  # auto falls back to CPU processes
 
 
 @pytest.mark.parametrize(("accelerator", "why"), [
@@ -256,7 +240,7 @@ def test_gpu_accelerator_without_cuda_is_refused(no_cuda):
 def test_mps_or_tpu_that_is_not_available_is_refused_up_front(monkeypatch, accelerator, why):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     monkeypatch.setitem(sys.modules, "torch_xla", None)  # as if not installed: find_spec answers None
-    assert refused(check_training_config, training(f"trainer.accelerator={accelerator}")) == (
+    assert refused(check_training_config, training_config(f"trainer.accelerator={accelerator}")) == (
         f"trainer.accelerator={accelerator}: {why}; use trainer.accelerator=cpu or auto")
 
 
@@ -266,19 +250,19 @@ def test_mps_or_tpu_that_is_available_passes(monkeypatch):
     torch_xla.__spec__ = importlib.machinery.ModuleSpec("torch_xla", None)
     monkeypatch.setitem(sys.modules, "torch_xla", torch_xla)  # as if installed
     for accelerator in ("mps", "tpu"):
-        check_training_config(training(f"trainer.accelerator={accelerator}"))
+        check_training_config(training_config(f"trainer.accelerator={accelerator}"))
 
 
 def test_more_gpus_than_exist_is_refused(one_cuda_device):
-    assert refused(check_training_config, training("trainer=ddp")).startswith("trainer.devices=2: only 1 CUDA device(s) here")
-    assert refused(check_training_config, training("trainer=gpu", "trainer.devices=[1]")).startswith("trainer.devices=[1]: only 1")
+    assert refused(check_training_config, training_config("trainer=ddp")).startswith("trainer.devices=2: only 1 CUDA device(s) here")
+    assert refused(check_training_config, training_config("trainer=gpu", "trainer.devices=[1]")).startswith("trainer.devices=[1]: only 1")
 
 
 # --- serving and evaluate arguments ----------------------------------------------------------------------
 
 
 def serving(*overrides: str):
-    return composed("recommend", *overrides)
+    return compose_config("recommend", *overrides)
 
 
 BAD_SERVING = [
@@ -340,12 +324,13 @@ def test_output_problems_are_found_before_the_checkpoint_is_loaded(tmp_path):
     (["run_dir=r", "tolerance=nan"], "tolerance=nan: must be a number >= 0"),
 ])  # fmt: skip
 def test_bad_evaluate_argument_is_one_line_naming_it(overrides, message):
-    assert refused(check_evaluate_config, composed("evaluate", *overrides)).startswith(message)
+    assert refused(check_evaluate_config, compose_config("evaluate", *overrides)).startswith(message)
 
 
 # --- through the real entry points ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("override", "message"), [
     ("model.dim=0", "error: model.dim=0: must be an integer in [1, 65536]"),
     ("trainer.max_epochs=0", "error: trainer.max_epochs=0: must be an integer >= 1"),
@@ -357,6 +342,7 @@ def test_train_refuses_a_bad_value_before_training(override, message, tmp_path):
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_train_into_a_run_dir_that_is_a_file_is_one_line(tmp_path):
     a_file = tmp_path / "hostname"
     a_file.write_text("x")
@@ -365,6 +351,7 @@ def test_train_into_a_run_dir_that_is_a_file_is_one_line(tmp_path):
         1, f"error: hydra.run.dir={a_file} is a file; point it at a folder (or a path that does not exist yet)")
 
 
+@pytest.mark.slow
 def test_recommend_without_run_dir_is_one_line():
     result = run_module("recsys_lightning.recommend", "user_id=1")
     assert (result.returncode, result.stderr.strip()) == (

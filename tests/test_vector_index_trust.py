@@ -11,13 +11,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from recsys_lightning.config import PROJECT_ROOT, register_resolvers
+from recsys_lightning.config import register_resolvers
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.recommend import serve
 from recsys_lightning.serving import vector_index
 from recsys_lightning.serving.vector_index import ItemVectorIndex, check_settings, open_or_build
+
+from helpers import compose_config
 
 pytest.importorskip("faiss")
 register_resolvers()
@@ -313,14 +314,13 @@ def train_mf(folder, seed):
     """A tiny MF checkpoint, one epoch on planted data: a stand-in for a training run."""
     import pytorch_lightning as pl
 
-    from conftest import FrameDataModule
-    from recsys_lightning.module import RecommenderModule
-    from test_module import MODULE_CONFIG, planted_frame
+    from helpers import FrameDataModule, module_config, planted_frame
+    from recsys_lightning.build import build_module
 
     pl.seed_everything(seed, verbose=False)
     datamodule = FrameDataModule(planted_frame(), batch_size=256, seed=seed)
     datamodule.setup("fit")
-    module = RecommenderModule(datamodule.num_users, datamodule.num_items, seed=seed, **MODULE_CONFIG)
+    module = build_module(module_config(seed=seed), datamodule.training_data)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, limit_val_batches=0, default_root_dir=folder)  # fmt: skip
     trainer.fit(module, datamodule=datamodule)
@@ -337,23 +337,22 @@ def test_recommend_with_another_runs_index_at_faiss_path_serves_this_run(tmp_pat
     def answer(run, *overrides):
         """The ranked item ids of user 3's answer (scores differ between FAISS and torch in the last digit)."""
         out = io.StringIO()
-        serve(compose("recommend", overrides=[f"run_dir={run}", f"checkpoint={run / 'model.ckpt'}", "user_id=3", *overrides]), out)
+        serve(compose_config("recommend", f"run_dir={run}", f"checkpoint={run / 'model.ckpt'}", "user_id=3", *overrides), out)
         return [line.split()[1] for line in out.getvalue().strip().splitlines()[2:]]
 
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        by_model_a = answer(run_a)
-        assert answer(run_a, "index=faiss", f"faiss.path={saved}") == by_model_a
-        a_written = (run_a / "model.ckpt").stat()
-        shutil.copyfile(run_b / "model.ckpt", run_a / "model.ckpt")
-        os.utime(run_a / "model.ckpt", ns=(a_written.st_atime_ns, a_written.st_mtime_ns))
-        by_model_b = answer(run_a)
-        assert by_model_b != by_model_a
-        assert answer(run_a, "index=faiss", f"faiss.path={saved}") == by_model_b
-        with pytest.raises(ConfigError, match="^faiss.nprobe=0: "):
-            answer(run_b, "index=faiss", "faiss.nprobe=0")
-        checkpoint = (run_b / "model.ckpt").read_bytes()
-        with pytest.raises(ConfigError, match=r"^faiss.path=.*model.ckpt: refusing to overwrite model.ckpt: not an index this project wrote"):
-            answer(run_b, "index=faiss", f"faiss.path={run_b / 'model.ckpt'}")
-        assert (run_b / "model.ckpt").read_bytes() == checkpoint
-        with pytest.raises(ConfigError, match=r"^faiss.nlist=1000: must be an integer from 1 to 100 \(the number of items\)"):
-            answer(run_b, "index=faiss", "faiss.kind=ivf", "faiss.nlist=1000")
+    by_model_a = answer(run_a)
+    assert answer(run_a, "index=faiss", f"faiss.path={saved}") == by_model_a
+    a_written = (run_a / "model.ckpt").stat()
+    shutil.copyfile(run_b / "model.ckpt", run_a / "model.ckpt")
+    os.utime(run_a / "model.ckpt", ns=(a_written.st_atime_ns, a_written.st_mtime_ns))
+    by_model_b = answer(run_a)
+    assert by_model_b != by_model_a
+    assert answer(run_a, "index=faiss", f"faiss.path={saved}") == by_model_b
+    with pytest.raises(ConfigError, match="^faiss.nprobe=0: "):
+        answer(run_b, "index=faiss", "faiss.nprobe=0")
+    checkpoint = (run_b / "model.ckpt").read_bytes()
+    with pytest.raises(ConfigError, match=r"^faiss.path=.*model.ckpt: refusing to overwrite model.ckpt: not an index this project wrote"):
+        answer(run_b, "index=faiss", f"faiss.path={run_b / 'model.ckpt'}")
+    assert (run_b / "model.ckpt").read_bytes() == checkpoint
+    with pytest.raises(ConfigError, match=r"^faiss.nlist=1000: must be an integer from 1 to 100 \(the number of items\)"):
+        answer(run_b, "index=faiss", "faiss.kind=ivf", "faiss.nlist=1000")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -45,6 +46,34 @@ class EpochBatchSampler(Sampler[Tensor]):
         return math.ceil(self.shard_size / self.batch_size)
 
 
+@dataclass
+class TrainingBatch:
+    """Training (user, positive item, rating) triples; negatives are drawn by the module's sampler.
+
+    Not frozen: Lightning's device transfer rebuilds dataclass batches field by field.
+    """
+
+    users: Tensor
+    items: Tensor
+    ratings: Tensor
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass
+class RankingChunk:
+    """Evaluation users with, as (row, item) coordinates, the items to hide from their ranking and
+    the held-out items (and ratings) to find; row is the position in `users`."""
+
+    users: Tensor
+    exclude_rows: Tensor
+    exclude_items: Tensor
+    heldout_rows: Tensor
+    heldout_items: Tensor
+    heldout_ratings: Tensor
+
+
 class PositivePairs(Dataset):
     """Training (user, positive item, rating) triples; indexed with a whole batch of indices at once."""
 
@@ -56,9 +85,9 @@ class PositivePairs(Dataset):
     def __len__(self) -> int:
         return len(self.users)
 
-    def __getitem__(self, index: Tensor) -> dict[str, Tensor]:
+    def __getitem__(self, index: Tensor) -> TrainingBatch:
         index = index.to(self.users.device)
-        return {"users": self.users[index], "items": self.items[index], "ratings": self.ratings[index]}
+        return TrainingBatch(self.users[index], self.items[index], self.ratings[index])
 
 
 class RankingChunks(Dataset):
@@ -74,20 +103,12 @@ class RankingChunks(Dataset):
             chunk_users = chunk_users.clone()  # its own storage, not a view pinning all users
             exclude_rows, exclude_items = exclude.coordinates(chunk_users)
             heldout_rows, heldout_items = heldout.coordinates(chunk_users)
-            self.chunks.append(
-                {
-                    "users": chunk_users,
-                    "exclude_rows": exclude_rows,
-                    "exclude_items": exclude_items,
-                    "heldout_rows": heldout_rows,
-                    "heldout_items": heldout_items,
-                    "heldout_ratings": heldout.values_of(chunk_users),
-                }
-            )
+            chunk = RankingChunk(chunk_users, exclude_rows, exclude_items, heldout_rows, heldout_items, heldout.values_of(chunk_users))
+            self.chunks.append(chunk)
         self.num_users = len(users)
 
     def __len__(self) -> int:
         return len(self.chunks)
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
+    def __getitem__(self, index: int) -> RankingChunk:
         return self.chunks[index]

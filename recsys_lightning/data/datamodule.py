@@ -14,9 +14,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from recsys_lightning.data.batches import EpochBatchSampler, PositivePairs, RankingChunks
+from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.interactions import ITEM, PART, TARGET, USER, Interactions
+from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.split import Split, split_by_parts, split_interactions
+from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.errors import DataError, quote
 
 log = logging.getLogger(__name__)
@@ -34,12 +37,12 @@ class LoadedInteractions:
 class InteractionDataModule(pl.LightningDataModule, ABC):
     """Subclasses only say where rows come from (`load`); splitting and batching are shared.
 
-    Training batches are (user, positive item, rating) dicts; negatives are drawn per batch, on the
-    device, by the module's sampler. Evaluation batches are chunks of users with the items to hide
-    and the held-out items (and ratings) of each.
+    Training batches are `TrainingBatch`es of (user, positive item, rating); negatives are drawn per
+    batch, on the device, by the module's sampler. Evaluation batches are `RankingChunk`s: users
+    with the items to hide and the held-out items (and ratings) of each.
 
-    After `setup`, `num_users`, `num_items`, `train_positives` (a `UserItemCSR`) and `item_info`
-    describe the data to whoever builds the model and the sampler.
+    `setup` produces `training_data`, a frozen `TrainingData`: all that the module (and whoever
+    sizes the model) reads of the data.
     """
 
     on_overlap = "drop"  # sources with pre-split parts: held-out pairs seen before are dropped or an error
@@ -63,6 +66,7 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         self.eval_max_scores = eval_max_scores
         self.seed = seed
         self.interactions: Interactions | None = None
+        self.training_data: TrainingData | None = None
         self._chunks: dict[tuple[str, int, int], RankingChunks] = {}
 
     @abstractmethod
@@ -97,9 +101,6 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         if test_rows and len(self.split.test) == 0:  # a given test file that tests nothing is a mistake, not "test 0"
             raise DataError(f"{self.source}: no test interaction is left: {self._why_no_test(test_rows)}; test needs new "
                             "(user, item) pairs of users and items seen in train: fix the test file or leave it out")  # fmt: skip
-        self.explicit_negatives = self._index_pairs(explicit_negatives)
-        self.item_info = self._index_item_info(loaded.items)
-
         self.train_positives = self._csr(self.split.train)
         self.valid_positives = self._csr(self.split.valid)
         self.test_positives = self._csr(self.split.test)
@@ -107,6 +108,16 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         if len(full_users):
             raw = self.interactions.user_ids[full_users[0].item()]
             raise DataError(f"user {quote(raw)} interacted with every item, so no negative exists: remove that user")
+        item_info = self._index_item_info(loaded.items)
+        parts = (self.train_positives, self.valid_positives, self.test_positives)
+        self.training_data = TrainingData(
+            num_users=self.num_users,
+            num_items=self.num_items,
+            positives=TrainingPositives.from_csr(self.train_positives),
+            explicit_negatives=self._index_pairs(explicit_negatives),
+            item_info=item_info,
+            catalogue=Catalogue.from_parts(pd.Index(self.interactions.user_ids), pd.Index(self.interactions.item_ids), parts, item_info),
+        )
         self._log_summary()
 
     @property

@@ -1,1 +1,1 @@
-"""From a trained run to answers: load a checkpoint safely, recommend, find similar items and users."""
+"""From a trained run to answers: rebuild its model from the checkpoint, recommend, find similar items and users."""

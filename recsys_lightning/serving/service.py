@@ -1,4 +1,4 @@
-"""Top-K recommendations, similar items and similar users, from a trained run.
+"""Top-K recommendations, similar items and similar users, from a trained run, by raw id or by index.
 
 Users are answered in chunks: one `score_all` (or one vector-index search) and one `topk` per chunk,
 so memory stays at chunk x num_items whatever the number of users.
@@ -7,15 +7,16 @@ so memory stays at chunk x num_items whatever the number of users.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recsys_lightning.data.catalogue import PARTS
 from recsys_lightning.data.sparse import UserItemCSR
+from recsys_lightning.errors import ConfigError, UnknownId, quote
 from recsys_lightning.ranking import hits, top_k_unseen
-from recsys_lightning.serving.catalogue import PARTS
 from recsys_lightning.serving.checkpoint import TrainedRun
 from recsys_lightning.serving.vector_index import ItemVectorIndex
 
@@ -58,6 +59,17 @@ class RecommendationService:
         self.min_history = min_history
         self.chunk_size = chunk_size
         self.index = index
+
+    def user_indices(self, raw_user_ids: Sequence[Any]) -> Tensor:
+        """The catalogue index of each raw user id, UNKNOWN where the run never saw the id."""
+        found = [self.catalogue.user_index(raw_id) for raw_id in raw_user_ids]
+        indices = [UNKNOWN if index is None else index for index in found]
+        return torch.tensor(indices, dtype=torch.long, device=self.catalogue.popularity.device)
+
+    def recommend_for(self, raw_user_ids: Sequence[Any], k: int) -> Recommendations:
+        """Top k for raw user ids. An id the run never saw is not an error: it gets the most popular
+        items (its `users` entry is UNKNOWN, its `fallback` True), as a new user would."""
+        return self.recommend(self.user_indices(raw_user_ids), k)
 
     def recommend(self, users: Tensor, k: int) -> Recommendations:
         """`users` are indices, UNKNOWN (-1) for ids the run never saw."""
@@ -104,6 +116,23 @@ class RecommendationService:
         top = top_k_unseen(scores, known[rows], items, k)
         return _padded(top, scores.gather(1, top), k)
 
+    def similar_items_to(self, raw_item_id: Any, k: int, embedding: str | None = None) -> Neighbours:
+        """The k items nearest to a raw item id; UnknownId when the run never saw it."""
+        return self.similar_items(self._known_index("item", raw_item_id), k, embedding)
+
+    def similar_users_to(self, raw_user_id: Any, k: int, embedding: str | None = None) -> Neighbours:
+        """The k users nearest to a raw user id; UnknownId when the run never saw it."""
+        return self.similar_users(self._known_index("user", raw_user_id), k, embedding)
+
+    def _known_index(self, kind: str, raw_id: Any) -> int:
+        catalogue = self.catalogue
+        index = catalogue.item_index(raw_id) if kind == "item" else catalogue.user_index(raw_id)
+        if index is None:
+            ids = catalogue.item_ids if kind == "item" else catalogue.user_ids
+            raise UnknownId(f"{kind} id {quote(raw_id)} is not in this run's data ({len(ids)} {kind}s, ids such as {quote(ids[0])}, "
+                            f"{quote(ids[-1])}); similar {kind}s need the id of a {kind} the model was trained on")  # fmt: skip
+        return index
+
     @torch.no_grad()
     def similar_items(self, item: int, k: int, embedding: str | None = None) -> Neighbours:
         name, (_, items) = self._table(embedding)
@@ -118,7 +147,7 @@ class RecommendationService:
         tables = self.model.embedding_tables()
         name = embedding or next(iter(tables))
         if name not in tables:
-            raise KeyError(f"embedding={name!r}: {self.run.model_name} has {', '.join(tables)}")
+            raise ConfigError(f"embedding={name!r}: {self.run.model_name} has {', '.join(tables)}")
         return name, tables[name]
 
 

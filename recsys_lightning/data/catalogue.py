@@ -46,30 +46,21 @@ class Catalogue:
         return len(self.item_ids)
 
     @classmethod
-    def from_datamodule(cls, datamodule) -> Catalogue:
-        """Built from a set-up `InteractionDataModule`."""
-        interactions = datamodule.interactions
-        parts = (datamodule.train_positives, datamodule.valid_positives, datamodule.test_positives)
-        all_users = torch.arange(interactions.num_users)
+    def from_parts(cls, user_ids: pd.Index, item_ids: pd.Index, parts: Sequence[UserItemCSR], item_info: pd.DataFrame) -> Catalogue:
+        """Built from the train, valid and test positives (in PARTS order) and the item metadata."""
+        num_users, num_items = len(user_ids), len(item_ids)
+        all_users = torch.arange(num_users)
         rows, items, codes = [], [], []
         for code, part in enumerate(parts):
             part_rows, part_items = part.coordinates(all_users)
             rows.append(part_rows)
             items.append(part_items)
             codes.append(torch.full_like(part_rows, code, dtype=torch.int8))
-        seen = UserItemCSR.from_pairs(torch.cat(rows), torch.cat(items), interactions.num_users, interactions.num_items,
-                                      values=torch.cat(codes))  # fmt: skip
+        seen = UserItemCSR.from_pairs(torch.cat(rows), torch.cat(items), num_users, num_items, values=torch.cat(codes))
         titles = None
-        info = getattr(datamodule, "item_info", None)
-        if info is not None and "title" in info and info["title"].notna().any():
-            titles = info["title"].fillna("").astype(str).tolist()
-        return cls(
-            user_ids=pd.Index(interactions.user_ids),
-            item_ids=pd.Index(interactions.item_ids),
-            seen=seen,
-            popularity=datamodule.train_positives.counts_per_item(),
-            titles=titles,
-        )
+        if "title" in item_info and item_info["title"].notna().any():
+            titles = item_info["title"].fillna("").astype(str).tolist()
+        return cls(user_ids=user_ids, item_ids=item_ids, seen=seen, popularity=parts[0].counts_per_item(), titles=titles)
 
     def user_index(self, raw_id: Any) -> int | None:
         """Index of a raw user id, or None when the id is unknown."""

@@ -1,0 +1,74 @@
+"""The training positives as a lookup structure: who has which item, and uniform draws of what they have not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from recsys_lightning.data.sparse import UserItemCSR
+
+
+@dataclass(frozen=True)
+class TrainingPositives:
+    """Each user's training items with the sorted keys that make membership and exclusion vectorised.
+
+    One copy serves every consumer on the training device: samplers exclude positives from their
+    draws, the full softmax hides a user's other positives. `keys` are user * num_items + item, sorted
+    because CSR rows are sorted, so membership is one `searchsorted`.
+    """
+
+    csr: UserItemCSR
+    keys: Tensor
+    gap_keys: Tensor
+    item_counts: Tensor
+
+    @classmethod
+    def from_csr(cls, csr: UserItemCSR) -> TrainingPositives:
+        rows = torch.repeat_interleave(torch.arange(csr.num_users, device=csr.indptr.device), csr.counts())
+        keys = rows * csr.num_items + csr.indices
+        rank_in_row = torch.arange(len(rows), device=rows.device) - csr.indptr[rows]
+        return cls(csr, keys, keys - rank_in_row, torch.bincount(csr.indices, minlength=csr.num_items))
+
+    @property
+    def num_users(self) -> int:
+        return self.csr.num_users
+
+    @property
+    def num_items(self) -> int:
+        return self.csr.num_items
+
+    @property
+    def device(self) -> torch.device:
+        return self.keys.device
+
+    def to(self, device: torch.device | str) -> TrainingPositives:
+        return TrainingPositives(self.csr.to(device), self.keys.to(device), self.gap_keys.to(device), self.item_counts.to(device))
+
+    def coordinates(self, users: Tensor) -> tuple[Tensor, Tensor]:
+        """(row, item) coordinates of the positives of `users`, row being the position in `users`."""
+        return self.csr.coordinates(users)
+
+    def contains(self, users: Tensor, items: Tensor) -> Tensor:
+        """Whether each item of `items` [B] or [B, N] is a training positive of its row's user in `users` [B]."""
+        keys = users.reshape(-1, *[1] * (items.dim() - users.dim())) * self.num_items + items
+        position = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
+        return self.keys[position] == keys
+
+    def uniform_unseen(self, users: Tensor, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
+        """Items drawn uniformly from each user's non-positives, exactly and without rejection.
+
+        For a user with sorted positives p_0 < p_1 < ..., let q_j = p_j - j (non-positives before p_j).
+        The r-th non-positive item is r + #{j : q_j <= r}: one `searchsorted` over the keys
+        u * num_items + q_j, which are globally sorted. A uniform r in [0, num_items - n_u) thus maps
+        to a uniform negative. `shape` is the shape of draws per user.
+        """
+        indptr = self.csr.indptr
+        expand = (len(users),) + (1,) * len(shape)
+        num_candidates = (self.num_items - (indptr[users + 1] - indptr[users])).view(expand)
+        uniform = torch.rand((len(users), *shape), generator=generator, device=users.device, dtype=torch.float64)
+        rank = torch.minimum((uniform * num_candidates).long(), num_candidates - 1)
+        keys = users.view(expand) * self.num_items + rank
+        positives_before = torch.searchsorted(self.gap_keys, keys.reshape(len(users), -1), right=True).view_as(keys)
+        return rank + positives_before - indptr[users].view(expand)

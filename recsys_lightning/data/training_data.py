@@ -1,0 +1,33 @@
+"""The contract between data and training: what a set-up DataModule hands the LightningModule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from torch import Tensor
+
+from recsys_lightning.data.catalogue import Catalogue
+from recsys_lightning.data.positives import TrainingPositives
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Everything the module reads of the data, built once by `InteractionDataModule.setup`.
+
+    Typed and frozen so the module depends on these fields and nothing else of the DataModule;
+    evaluation chunks reach the module through the dataloaders instead, because they are sharded
+    per DDP process, which is only known once a trainer is attached.
+
+    - `positives`: the training positives index, on the CPU until the module moves it to its device
+    - `explicit_negatives`: [N, 2] (user, item) pairs the data marks as negatives (target 0)
+    - `item_info`: item metadata (titles, genres) in item-index order, empty where a source has none
+    - `catalogue`: raw ids, what each user saw in each part, popularity, titles: saved in checkpoints
+    """
+
+    num_users: int
+    num_items: int
+    positives: TrainingPositives
+    explicit_negatives: Tensor
+    item_info: pd.DataFrame
+    catalogue: Catalogue

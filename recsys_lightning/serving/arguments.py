@@ -1,0 +1,78 @@
+"""`recommend`'s arguments, checked before the checkpoint is loaded or anything is computed.
+
+They live beside serving, not in validation, because they need serving's own facts (the FAISS index
+kinds, the export's CSV header) and training must not import serving to check its own config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from recsys_lightning.data.catalogue import PARTS
+from recsys_lightning.errors import ConfigError
+from recsys_lightning.serving.vector_index import KINDS
+from recsys_lightning.validation import (NULL, SCALAR_ID, TEXT, AnyOf, Choice, ListOf, Pattern, Rule, check_cuda_available,
+                                         check_rules, check_run_dir_given, integer, optional, shown)  # fmt: skip
+
+CSV_COLUMNS = ["user_id", "rank", "item_id", "score", "source"]  # an export's header, by which output= knows our own files
+
+SERVING_RULES: dict[str, Rule] = {
+    "checkpoint": TEXT,
+    "user_id": optional(SCALAR_ID),
+    "item_id": optional(SCALAR_ID),
+    "similar_users": optional(SCALAR_ID),
+    "users": AnyOf((Choice(("all",)), ListOf(SCALAR_ID, 1, "[1,2,3]"), NULL)),
+    "output": optional(TEXT),
+    "k": integer(1),
+    "exclude": ListOf(Choice(PARTS), 0, "[train,valid]"),
+    "min_history": integer(0),
+    "embedding": optional(TEXT),
+    "chunk_size": integer(1),
+    "device": Pattern(r"cpu|auto|cuda(:\d+)?", "cpu, cuda, cuda:<index> or auto"),
+    "index": Choice(("model", "faiss")),
+    "faiss.kind": Choice(KINDS),
+    "faiss.nlist": optional(integer(1)),  # at most the item count: open_or_build checks that, knowing it
+    "faiss.nprobe": integer(1),
+    "faiss.path": optional(TEXT),
+}
+
+
+def check_serving_config(cfg: DictConfig) -> None:
+    """Every argument of `recommend`, so a typo costs no checkpoint load and no export."""
+    check_run_dir_given(cfg)
+    check_rules(cfg, SERVING_RULES)
+    check_cuda_available("device", cfg.device)
+    if cfg.output is not None:
+        if cfg.users is None:
+            raise ConfigError(f"output={shown(cfg.output)} is written only in batch mode: add users=all or users=[<ids>], or drop output")
+        _check_output_file(str(cfg.output))
+
+
+def _check_output_file(output: str) -> None:
+    """A file that exists is replaced only when it is an export of ours (its first line is our CSV
+    header): a slip such as output=<run>/checkpoints/last.ckpt must not destroy a checkpoint."""
+    target = Path(output)
+    if target.is_dir():
+        raise ConfigError(f"output={shown(output)} is a folder; give a file path, e.g. output={shown(str(target / 'recs.csv'))}")
+    if not target.parent.is_dir():
+        problem = "is not a folder" if target.parent.exists() else "does not exist"
+        raise ConfigError(f"output={shown(output)}: folder {shown(str(target.parent))} {problem}; create it or pick another path")
+    if (target.exists() or target.is_symlink()) and not _is_our_export(target):
+        raise ConfigError(f"output={shown(output, 200)} exists and is not a recommendations CSV this project wrote; "
+                          "refusing to overwrite it: remove it or pick another path")  # fmt: skip
+
+
+def _is_our_export(path: Path) -> bool:
+    """A regular file whose first line is recommend's CSV header; only its first bytes are read, and a
+    FIFO or device (which could block or never end) is never opened."""
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(200)  # enough for the header line; never the whole of a large file
+    except OSError:
+        return False
+    first_line, newline, _ = head.partition(b"\n")
+    return bool(newline) and first_line.rstrip(b"\r") == ",".join(CSV_COLUMNS).encode()

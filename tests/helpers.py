@@ -1,0 +1,113 @@
+"""What several test modules build on: small interaction data, a DataModule over it, composed configs,
+and the entry points run as a user runs them. Fixtures stay in conftest.py; this is plain code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from recsys_lightning.config import PROJECT_ROOT, register_resolvers
+from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
+from recsys_lightning.data.training_data import TrainingData
+
+ROOT = PROJECT_ROOT  # where the entry points run, as a user runs them
+CONF = ROOT / "conf"
+
+
+def random_interactions(num_users: int, num_items: int, per_user: int, seed: int = 0) -> pd.DataFrame:
+    """`per_user` distinct items per user with increasing timestamps and ratings 1-5."""
+    rng = np.random.default_rng(seed)
+    items = np.stack([rng.choice(num_items, per_user, replace=False) for _ in range(num_users)])
+    return pd.DataFrame(
+        {
+            "user_id": np.repeat(np.arange(num_users) + 100, per_user),
+            "item_id": items.reshape(-1) + 1000,
+            "rating": rng.integers(1, 6, num_users * per_user).astype(np.float32),
+            "timestamp": rng.permutation(num_users * per_user).astype(np.int64),
+        }
+    )
+
+
+def planted_frame(seed=0) -> pd.DataFrame:
+    """Two taste groups: users 0-29 pick items 0-49, users 30-59 pick items 50-99."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(60):
+        group = user // 30
+        for item in rng.choice(50, 20, replace=False) + 50 * group:
+            rows.append((user, item, 5.0, len(rows)))
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+
+
+class FrameDataModule(InteractionDataModule):
+    """A DataModule over a DataFrame held in memory."""
+
+    def __init__(self, frame: pd.DataFrame, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.frame = frame
+
+    def load(self) -> LoadedInteractions:
+        return LoadedInteractions(self.frame, pd.DataFrame({"item_id": [], "title": []}), source="memory")
+
+
+# A small MF/BPR module's config, in the shape of the composed config's parts build_module reads.
+MODULE_CONFIG = OmegaConf.create(dict(
+    model={"_target_": "recsys_lightning.models.MatrixFactorization", "dim": 16},
+    loss={"_target_": "recsys_lightning.losses.BPRLoss", "l2": 1e-4},
+    sampler={"_target_": "recsys_lightning.samplers.UniformSampler", "num_negatives": 2},
+    optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.05},
+    eval={"ks": [10]},
+    seed=0,
+))  # fmt: skip
+
+
+def module_config(**changes) -> DictConfig:
+    """MODULE_CONFIG with whole parts replaced, e.g. `loss={...}`."""
+    return OmegaConf.merge(MODULE_CONFIG, {part: None for part in changes}, changes)
+
+
+def planted_data() -> TrainingData:
+    """The TrainingData of `planted_frame`, split with the defaults."""
+    datamodule = FrameDataModule(planted_frame())
+    datamodule.setup("fit")
+    return datamodule.training_data
+
+
+def options(group: str) -> list[str]:
+    """The options a user can pick in `conf/<group>/`; `_`-prefixed files are parts they share."""
+    return sorted(path.stem for path in (CONF / group).glob("[!_]*.yaml"))
+
+
+def all_options() -> list[tuple[str, str]]:
+    """Every (group, option) a user can pick with `group=option` (Hydra's own settings aside)."""
+    groups = sorted(group.name for group in CONF.iterdir() if group.is_dir() and group.name != "hydra")
+    return [(group, option) for group in groups for option in options(group)]
+
+
+def compose_config(config_name: str, *overrides: str, return_hydra_config: bool = False) -> DictConfig:
+    """`conf/<config_name>.yaml` with `overrides`, composed as its entry point composes it."""
+    register_resolvers()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def training_config(*overrides: str, run_dir: Path | str = ".", return_hydra_config: bool = False) -> DictConfig:
+    """The training config outside a Hydra run: paths.run_dir and run_name read Hydra's runtime, which
+    only a run has, so they are given here."""
+    return compose_config("config", f"paths.run_dir={run_dir}", "run_name=test", *overrides, return_hydra_config=return_hydra_config)
+
+
+def run_module(module: str, *overrides: str, fault_injection: bool = False) -> subprocess.CompletedProcess:
+    """`python -m <module> overrides...` from the project root, as a user runs it; with
+    `fault_injection` the callbacks of tests/fault_injection.py can be added from the command line."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    if fault_injection:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", module, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
