@@ -26,9 +26,7 @@ def main() -> None:
     path = Path(args.folder) / f"bench_interactions_{args.rows}.csv"
     if not path.exists():
         frame = generate_interactions(138_000, 27_000, args.rows, seed=0)
-        frame = frame.assign(user_id="user" + frame.user_id.astype(str)).rename(
-            columns={"user_id": "userId", "item_id": "itemId"}
-        )
+        frame = frame.assign(user_id="user" + frame.user_id.astype(str)).rename(columns={"user_id": "userId", "item_id": "itemId"})
         start = time.perf_counter()
         frame.to_csv(path, index=False)
         print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - start:.1f} s")
@@ -38,8 +36,10 @@ def main() -> None:
     frame = read_interactions(path, user_col="userId", item_col="itemId")
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(f"read {len(frame):,} rows ({frame.user_id.nunique():,} string user ids) in {seconds:.1f} s, "
-          f"{len(frame) / seconds:,.0f} rows/s; peak RSS {peak:.2f} GB (before reading {baseline:.2f} GB)")  # fmt: skip
+    print(
+        f"read {len(frame):,} rows ({frame.user_id.nunique():,} string user ids) in {seconds:.1f} s, "
+        f"{len(frame) / seconds:,.0f} rows/s; peak RSS {peak:.2f} GB (before reading {baseline:.2f} GB)"
+    )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def single_query_ms(index: ItemVectorIndex, queries: torch.Tensor, k: int, count
     times = []
     for row in range(count):
         start = time.perf_counter()
-        index.search(queries[row:row + 1], k)
+        index.search(queries[row : row + 1], k)
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
@@ -69,8 +69,10 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64])
     args = parser.parse_args()
     faiss = import_faiss()
-    print(f"{args.items:,} items, dim {args.dim} (+2 for the folded biases), {args.queries} queries, k={args.k}, "
-          f"{torch.get_num_threads()} torch threads, {faiss.omp_get_max_threads()} faiss threads")  # fmt: skip
+    print(
+        f"{args.items:,} items, dim {args.dim} (+2 for the folded biases), {args.queries} queries, k={args.k}, "
+        f"{torch.get_num_threads()} torch threads, {faiss.omp_get_max_threads()} faiss threads"
+    )
     queries, items = mf_like_vectors(args.items, args.queries, args.dim, clusters=1024, seed=0)
 
     seconds, torch_top = timed(lambda: (queries @ items.T).topk(args.k, dim=1).indices, repeats=2)
@@ -79,20 +81,24 @@ def main() -> None:
     build, flat = timed(lambda: ItemVectorIndex.build(items, "flat"))
     seconds, (_, exact) = timed(lambda: flat.search(queries, args.k), repeats=2)
     exact_ms = 1000 * seconds / args.queries
-    print(f"flat (exact): build {build:.1f} s, {exact_ms:.3f} ms/query in a batch, "
-          f"{single_query_ms(flat, queries, args.k):.2f} ms single query, agrees with torch on "
-          f"{recall_against(torch_top, exact):.4f} of the top-{args.k}")  # fmt: skip
+    print(
+        f"flat (exact): build {build:.1f} s, {exact_ms:.3f} ms/query in a batch, "
+        f"{single_query_ms(flat, queries, args.k):.2f} ms single query, agrees with torch on "
+        f"{recall_against(torch_top, exact):.4f} of the top-{args.k}"
+    )
 
     build, ivf = timed(lambda: ItemVectorIndex.build(items, "ivf", nlist=args.nlist))
     print(f"ivf nlist={args.nlist}: build (k-means + add) {build:.1f} s")
-    print("| nprobe | recall@%d vs exact | ms/query (batch) | ms single query | speed-up vs flat (batch) |" % args.k)
+    print(f"| nprobe | recall@{args.k} vs exact | ms/query (batch) | ms single query | speed-up vs flat (batch) |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for nprobe in args.nprobe:
         ivf.index.nprobe = nprobe
         seconds, (_, found) = timed(lambda: ivf.search(queries, args.k), repeats=2)
         batch_ms = 1000 * seconds / args.queries
-        print(f"| {nprobe} | {recall_against(exact, found):.4f} | {batch_ms:.3f} | "
-              f"{single_query_ms(ivf, queries, args.k):.3f} | {exact_ms / batch_ms:.1f}x |")  # fmt: skip
+        print(
+            f"| {nprobe} | {recall_against(exact, found):.4f} | {batch_ms:.3f} | "
+            f"{single_query_ms(ivf, queries, args.k):.3f} | {exact_ms / batch_ms:.1f}x |"
+        )
 
 
 if __name__ == "__main__":

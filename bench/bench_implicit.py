@@ -80,24 +80,34 @@ def main() -> None:
     )
 
     results = [
-        best_implicit("implicit ALS", lambda p: AlternatingLeastSquares(factors=64, random_state=0, **p), ALS_GRID, train_matrix, datamodule),
-        best_implicit("implicit BPR", lambda p: BayesianPersonalizedRanking(factors=64, random_state=0, **p), BPR_GRID, train_matrix, datamodule),
-    ]  # fmt: skip
+        best_implicit(
+            "implicit ALS", lambda p: AlternatingLeastSquares(factors=64, random_state=0, **p), ALS_GRID, train_matrix, datamodule
+        ),
+        best_implicit(
+            "implicit BPR", lambda p: BayesianPersonalizedRanking(factors=64, random_state=0, **p), BPR_GRID, train_matrix, datamodule
+        ),
+    ]
     for preset in args.presets:
         run_dir = tempfile.mkdtemp(prefix=f"{preset}_", dir=scratch)
         metrics = train(compose_config(f"experiment={preset}", "callbacks.progress_bar.refresh_rate=0", run_dir=run_dir))
         seconds_to_best = metrics["train_seconds"] * (metrics["best_epoch"] + 1) / metrics["epochs"]
-        results.append({
-            "name": f"ours {preset}", "params": {"best_epoch": metrics["best_epoch"]}, "seconds": seconds_to_best,
-            "valid": {"ndcg@10": metrics["val/ndcg@10"]},
-            "test": {"ndcg@10": metrics["test/ndcg@10"], "recall@10": metrics["test/recall@10"]},
-        })  # fmt: skip
+        results.append(
+            {
+                "name": f"ours {preset}",
+                "params": {"best_epoch": metrics["best_epoch"]},
+                "seconds": seconds_to_best,
+                "valid": {"ndcg@10": metrics["val/ndcg@10"]},
+                "test": {"ndcg@10": metrics["test/ndcg@10"], "recall@10": metrics["test/recall@10"]},
+            }
+        )
 
     print(f"\nML-100K, {datamodule.split_kind} split {list(datamodule.split_ratios)}, seed {cfg.seed}; factors 64 for implicit")
     print(f"{'model':24s} {'val ndcg@10':>11s} {'test ndcg@10':>12s} {'test recall@10':>14s} {'s to best':>9s}  chosen")
     for row in results:
-        print(f"{row['name']:24s} {row['valid']['ndcg@10']:11.4f} {row['test']['ndcg@10']:12.4f} "
-              f"{row['test']['recall@10']:14.4f} {row['seconds']:9.1f}  {row['params']}")  # fmt: skip
+        print(
+            f"{row['name']:24s} {row['valid']['ndcg@10']:11.4f} {row['test']['ndcg@10']:12.4f} "
+            f"{row['test']['recall@10']:14.4f} {row['seconds']:9.1f}  {row['params']}"
+        )
     ours = max((r for r in results if r["name"].startswith("ours")), key=lambda r: r["test"]["ndcg@10"], default=None)
     theirs = max((r for r in results if r["name"].startswith("implicit")), key=lambda r: r["test"]["ndcg@10"])
     if ours:

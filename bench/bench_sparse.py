@@ -24,8 +24,8 @@ import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from recsys_lightning.config import PROJECT_ROOT, register_resolvers
 from recsys_lightning.build import build_module
+from recsys_lightning.config import PROJECT_ROOT, register_resolvers
 
 OPTIMIZERS = {"adam": "dense Adam (fused)", "sparse_adam": "SparseAdam"}
 
@@ -48,8 +48,15 @@ def peak_rss_gb() -> float:
 
 def one_case(args: argparse.Namespace) -> dict:
     register_resolvers()
-    overrides = [f"paths.run_dir={tempfile.mkdtemp()}", "run_name=bench", "data=synthetic", f"data.num_users={args.users}",
-                 f"data.num_items={args.items}", f"data.num_interactions={args.interactions}", f"optimizer={args.optimizer}"]  # fmt: skip
+    overrides = [
+        f"paths.run_dir={tempfile.mkdtemp()}",
+        "run_name=bench",
+        "data=synthetic",
+        f"data.num_users={args.users}",
+        f"data.num_items={args.items}",
+        f"data.num_interactions={args.interactions}",
+        f"optimizer={args.optimizer}",
+    ]
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     pl.seed_everything(cfg.seed, verbose=False)
@@ -60,9 +67,19 @@ def one_case(args: argparse.Namespace) -> dict:
 
     module = build_module(cfg, datamodule.training_data)
     timer = StepTimer(args.warmup)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, callbacks=[timer],
-                         enable_progress_bar=False, enable_model_summary=False, limit_train_batches=args.warmup + args.steps,
-                         limit_val_batches=args.eval_chunks, num_sanity_val_steps=0)  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[timer],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=args.warmup + args.steps,
+        limit_val_batches=args.eval_chunks,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, datamodule=datamodule)
     rss_train = peak_rss_gb()
     start = time.perf_counter()
@@ -72,11 +89,18 @@ def one_case(args: argparse.Namespace) -> dict:
     step = statistics.median(timer.seconds)
     steps_per_epoch = len(datamodule.train_dataloader())
     return {
-        "items": args.items, "optimizer": args.optimizer, "build_s": build_seconds, "rss_data_gb": rss_data,
-        "step_ms": 1000 * step, "epoch_s": step * steps_per_epoch, "steps_per_epoch": steps_per_epoch,
-        "rss_train_gb": rss_train, "eval_users_per_s": sum(len(c.users) for c in chunks) / eval_seconds,
-        "eval_chunk_users": len(chunks[0].users), "parameters": sum(p.numel() for p in module.parameters()),
-    }  # fmt: skip
+        "items": args.items,
+        "optimizer": args.optimizer,
+        "build_s": build_seconds,
+        "rss_data_gb": rss_data,
+        "step_ms": 1000 * step,
+        "epoch_s": step * steps_per_epoch,
+        "steps_per_epoch": steps_per_epoch,
+        "rss_train_gb": rss_train,
+        "eval_users_per_s": sum(len(c.users) for c in chunks) / eval_seconds,
+        "eval_chunk_users": len(chunks[0].users),
+        "parameters": sum(p.numel() for p in module.parameters()),
+    }
 
 
 def main() -> None:
@@ -96,21 +120,42 @@ def main() -> None:
         print(json.dumps(one_case(args)))
         return
 
-    print(f"MF/BPR, dim 64, batch 4096, {args.users:,} users, {args.interactions:,} interactions; "
-          f"median of {args.steps} steps after {args.warmup}")  # fmt: skip
+    print(
+        f"MF/BPR, dim 64, batch 4096, {args.users:,} users, {args.interactions:,} interactions; "
+        f"median of {args.steps} steps after {args.warmup}"
+    )
     print("| items | optimizer | parameters | ms/step | s/epoch (extrapolated) | peak RSS data / training | eval users/s (chunk) |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     results = {}
     for items in args.items:
         for optimizer in args.optimizers:
-            command = [sys.executable, __file__, "--one", "--optimizer", optimizer, "--items", str(items), "--users", str(args.users),
-                       "--interactions", str(args.interactions), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                       "--eval-chunks", str(args.eval_chunks)]  # fmt: skip
+            command = [
+                sys.executable,
+                __file__,
+                "--one",
+                "--optimizer",
+                optimizer,
+                "--items",
+                str(items),
+                "--users",
+                str(args.users),
+                "--interactions",
+                str(args.interactions),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--eval-chunks",
+                str(args.eval_chunks),
+            ]
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             r = results[items, optimizer] = json.loads(output.strip().splitlines()[-1])
-            print(f"| {items:,} | {OPTIMIZERS[optimizer]} | {r['parameters'] / 1e6:.0f}M | {r['step_ms']:.1f} | {r['epoch_s']:,.0f} "
-                  f"({r['steps_per_epoch']:,} steps) | {r['rss_data_gb']:.1f} / {r['rss_train_gb']:.1f} GB | "
-                  f"{r['eval_users_per_s']:,.0f} ({r['eval_chunk_users']}) |", flush=True)  # fmt: skip
+            print(
+                f"| {items:,} | {OPTIMIZERS[optimizer]} | {r['parameters'] / 1e6:.0f}M | {r['step_ms']:.1f} | {r['epoch_s']:,.0f} "
+                f"({r['steps_per_epoch']:,} steps) | {r['rss_data_gb']:.1f} / {r['rss_train_gb']:.1f} GB | "
+                f"{r['eval_users_per_s']:,.0f} ({r['eval_chunk_users']}) |",
+                flush=True,
+            )
     if len(args.items) == 2:
         small, large = args.items
         for optimizer in args.optimizers:

@@ -16,8 +16,8 @@ import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from recsys_lightning.config import PROJECT_ROOT, register_resolvers
 from recsys_lightning.build import build_module
+from recsys_lightning.config import PROJECT_ROOT, register_resolvers
 
 
 def peak_rss_gb() -> float:
@@ -42,8 +42,16 @@ def main() -> None:
     rss_after_data = peak_rss_gb()
 
     module = build_module(cfg, datamodule.training_data)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     epoch_seconds = time.perf_counter() - start
@@ -55,8 +63,10 @@ def main() -> None:
         validation_seconds = time.perf_counter() - start
 
     steps = len(datamodule.train_dataloader())
-    print(f"\n{datamodule.source}: {len(datamodule.interactions):,} distinct interactions, "
-          f"{len(datamodule.split.train):,} train pairs, batch {cfg.data.batch_size} ({steps} steps)")  # fmt: skip
+    print(
+        f"\n{datamodule.source}: {len(datamodule.interactions):,} distinct interactions, "
+        f"{len(datamodule.split.train):,} train pairs, batch {cfg.data.batch_size} ({steps} steps)"
+    )
     print(f"build data (generate, dedupe, split, CSR): {build_seconds:8.1f} s   peak RSS {rss_after_data:.2f} GB")
     print(f"one MF/BPR training epoch (Lightning):     {epoch_seconds:8.1f} s   {len(datamodule.split.train) / epoch_seconds:,.0f} pairs/s")
     print(f"full validation ({len(datamodule.val_dataloader().dataset.chunks)} user chunks):       {validation_seconds:8.1f} s")

@@ -16,8 +16,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from recsys_lightning.config import PROJECT_ROOT, register_resolvers
 from recsys_lightning.build import build_module
+from recsys_lightning.config import PROJECT_ROOT, register_resolvers
 from recsys_lightning.ranking import top_k_unseen
 
 
@@ -58,9 +58,16 @@ def lightning_epochs(cfg, datamodule, epochs: int, progress_bar: bool) -> list[f
     timer = EpochTimer()
     callbacks = [timer, instantiate(cfg.callbacks.progress_bar)] if progress_bar else [timer]
     trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=progress_bar, enable_model_summary=False, limit_val_batches=0, callbacks=callbacks,
-    )  # fmt: skip
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=callbacks,
+    )
     trainer.fit(build_module(cfg, datamodule.training_data), datamodule=datamodule)
     return timer.seconds
 
@@ -74,7 +81,9 @@ def validation_seconds(cfg, datamodule, repeats: int) -> tuple[list[float], list
         for _ in range(repeats):
             start = time.perf_counter()
             for chunk in chunks:
-                top_items = top_k_unseen(module.model.score_all(chunk.users), chunk.exclude_rows, chunk.exclude_items, module.val_metrics.max_k)
+                top_items = top_k_unseen(
+                    module.model.score_all(chunk.users), chunk.exclude_rows, chunk.exclude_items, module.val_metrics.max_k
+                )
                 module.val_metrics.update_ranked(top_items, chunk, module.model.num_items)
             module.val_metrics.compute()
             module.val_metrics.reset()
@@ -109,8 +118,10 @@ def main() -> None:
     bare_val, lightning_val = (best(v) for v in validation_seconds(cfg, datamodule, repeats=10))
 
     batches = len(datamodule.train_dataloader())
-    print(f"\nMF/BPR on {datamodule.source}: {len(datamodule.split.train):,} train pairs, batch {cfg.data.batch_size} "
-          f"({batches} steps/epoch), dim {cfg.model.dim}, {torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"\nMF/BPR on {datamodule.source}: {len(datamodule.split.train):,} train pairs, batch {cfg.data.batch_size} "
+        f"({batches} steps/epoch), dim {cfg.model.dim}, {torch.get_num_threads()} threads"
+    )
     print(f"{'what (best of the timed epochs)':42s} {'seconds':>9s}")
     print(f"{'epoch, bare PyTorch loop':42s} {bare:9.4f}")
     print(f"{'epoch, Lightning (no progress bar)':42s} {lightning:9.4f}")

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, Any, Iterator
-
+from typing import IO, Any
 
 
 @contextmanager

@@ -43,8 +43,10 @@ class TrainingTime(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         seconds = state_dict.get("seconds")
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
-            raise ConfigError(f"the resumed checkpoint records {str(seconds)[:40]} training seconds, not a finite number >= 0; "
-                              "the file was altered, resume from another checkpoint")  # fmt: skip
+            raise ConfigError(
+                f"the resumed checkpoint records {str(seconds)[:40]} training seconds, not a finite number >= 0; "
+                "the file was altered, resume from another checkpoint"
+            )
         self.before_this_process = float(seconds)
 
 

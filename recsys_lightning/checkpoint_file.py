@@ -93,8 +93,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ConfigError(f"{path}: refused, it holds pickled objects beyond tensors and plain data, or is not a checkpoint at all "
-                          f"({first_line(error, 120)})") from error  # fmt: skip
+        raise ConfigError(
+            f"{path}: refused, it holds pickled objects beyond tensors and plain data, or is not a checkpoint at all "
+            f"({first_line(error, 120)})"
+        ) from error
     except Exception as error:  # torch reports truncated or foreign files as RuntimeError, EOFError, ValueError, ...
         raise ConfigError(f"{path}: not a readable checkpoint, it may be truncated ({first_line(error, 120)})") from error
     foreign = ConfigError(f"{path}: not a training checkpoint of this project (no state_dict of tensors)")
@@ -113,22 +115,32 @@ def check_format(checkpoint: dict[str, Any], path: str | Path) -> None:
     if type(found) is int and found == FORMAT_VERSION:
         return
     shown = "no format marker" if FORMAT_KEY not in checkpoint else f"format {quote(found, 40)}"
-    raise ConfigError(f"{path}: checkpoint has {shown}, this code reads format {FORMAT_VERSION}; "
-                      "retrain the run or use the version of recsys_lightning that wrote it")  # fmt: skip
+    raise ConfigError(
+        f"{path}: checkpoint has {shown}, this code reads format {FORMAT_VERSION}; "
+        "retrain the run or use the version of recsys_lightning that wrote it"
+    )
 
 
 def catalogue_from_checkpoint(state: Any, path: str | Path) -> Catalogue:
     """The checkpoint's catalogue, refused with one line when it is from another version or malformed."""
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         found = state.get("version") if isinstance(state, dict) else type(state).__name__
-        raise ConfigError(f"{path}: its serving catalogue is version {found!r:.40}, this code reads version {STATE_VERSION}; "
-                          "retrain the run with this version")  # fmt: skip
+        raise ConfigError(
+            f"{path}: its serving catalogue is version {found!r:.40}, this code reads version {STATE_VERSION}; "
+            "retrain the run with this version"
+        )
     try:
         catalogue = Catalogue.from_state(state)
-        consistent = (len(catalogue.seen.indptr) == catalogue.num_users + 1 and len(catalogue.popularity) == catalogue.num_items
-                      and int(catalogue.seen.indptr[-1]) == len(catalogue.seen.indices)
-                      and (len(catalogue.seen.indices) == 0 or 0 <= int(catalogue.seen.indices.min()) <= int(catalogue.seen.indices.max()) < catalogue.num_items)
-                      and (catalogue.titles is None or len(catalogue.titles) == catalogue.num_items))  # fmt: skip
+        consistent = (
+            len(catalogue.seen.indptr) == catalogue.num_users + 1
+            and len(catalogue.popularity) == catalogue.num_items
+            and int(catalogue.seen.indptr[-1]) == len(catalogue.seen.indices)
+            and (
+                len(catalogue.seen.indices) == 0
+                or 0 <= int(catalogue.seen.indices.min()) <= int(catalogue.seen.indices.max()) < catalogue.num_items
+            )
+            and (catalogue.titles is None or len(catalogue.titles) == catalogue.num_items)
+        )
     except Exception as error:  # a crafted catalogue can fail anywhere in from_state
         raise ConfigError(f"{path}: its serving catalogue is malformed ({type(error).__name__}: {first_line(error)})") from error
     if not consistent:

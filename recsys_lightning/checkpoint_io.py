@@ -11,6 +11,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from recsys_lightning.atomic import atomic_file
 from recsys_lightning.resume import CHECKPOINT_PATH_FIELDS
 
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes atomically in the checkpoint's own folder; reads plain data only, from wherever the run
     folder now is.
@@ -28,6 +29,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=True)
         return relocated(checkpoint, Path(path).parent)
+
 
 def relocated(checkpoint: dict[str, Any], folder: Path) -> dict[str, Any]:
     """A run folder that was moved or copied still records its old checkpoint folder; Lightning then

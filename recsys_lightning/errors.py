@@ -3,9 +3,8 @@
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
-
 
 QUOTE_LIMIT = 100  # characters of a raw value (an id, a cell, a path) that an error message shows
 

@@ -22,8 +22,14 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from recsys_lightning.checkpoint_file import (BEST_CHECKPOINT_KEY, CATALOGUE_KEY, catalogue_from_checkpoint, find_checkpoint,
-                                              load_checkpoint, read_run_metrics)  # fmt: skip
+from recsys_lightning.checkpoint_file import (
+    BEST_CHECKPOINT_KEY,
+    CATALOGUE_KEY,
+    catalogue_from_checkpoint,
+    find_checkpoint,
+    load_checkpoint,
+    read_run_metrics,
+)
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, first_line
@@ -57,18 +63,24 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
     state = load_checkpoint(path)
     hyper_parameters = checked_module_hyper_parameters(state.get("hyper_parameters"), str(path))
     if CATALOGUE_KEY not in state:
-        raise ConfigError(f"{path}: carries no record of the data it was trained on (no catalogue; it predates this version), "
-                          "so evaluate cannot tell its data from another's; retrain the run to evaluate it")  # fmt: skip
+        raise ConfigError(
+            f"{path}: carries no record of the data it was trained on (no catalogue; it predates this version), "
+            "so evaluate cannot tell its data from another's; retrain the run to evaluate it"
+        )
     catalogue = catalogue_from_checkpoint(state[CATALOGUE_KEY], path)
     datamodule: InteractionDataModule = instantiate(recorded_data_config(run_dir))
     datamodule.setup("test")
     trained_shape = (hyper_parameters["num_users"], hyper_parameters["num_items"])
     if trained_shape != (datamodule.num_users, datamodule.num_items):
-        raise ConfigError(f"{path}: trained on {trained_shape[0]} users x {trained_shape[1]} items, but the run's data now has "
-                          f"{datamodule.num_users} x {datamodule.num_items}; the data changed since training")  # fmt: skip
+        raise ConfigError(
+            f"{path}: trained on {trained_shape[0]} users x {trained_shape[1]} items, but the run's data now has "
+            f"{datamodule.num_users} x {datamodule.num_items}; the data changed since training"
+        )
     if not same_training_data(catalogue, datamodule):
-        raise ConfigError(f"{path}: trained on other data than {run_dir}/.hydra/config.yaml rebuilds (same sizes, but its users, "
-                          "items or training pairs differ); evaluate a checkpoint with the run folder it came from")  # fmt: skip
+        raise ConfigError(
+            f"{path}: trained on other data than {run_dir}/.hydra/config.yaml rebuilds (same sizes, but its users, "
+            "items or training pairs differ); evaluate a checkpoint with the run folder it came from"
+        )
     if split == "test" and not datamodule.has_test:
         raise ConfigError(f"{run_dir}: the run's split has no test part; use split=valid")
     module = RecommenderModule(**hyper_parameters, data=datamodule.training_data)
@@ -76,8 +88,9 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
         module.load_state_dict(state["state_dict"])
     except RuntimeError as error:
         raise ConfigError(f"{path}: its weights do not fit its model config ({first_line(error)})") from error
-    trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
     run, prefix = (trainer.test, "test/") if split == "test" else (trainer.validate, "val/")
     run(module, datamodule=datamodule, verbose=False)
     # callback_metrics, as train.py records them: validation metrics reach no logger outside fit.
@@ -125,13 +138,16 @@ def read_run_yaml(path: Path) -> DictConfig:
     try:
         text = path.read_text(encoding="utf-8")
         if any(isinstance(token, (yaml.AnchorToken, yaml.AliasToken)) for token in yaml.scan(text, Loader=yaml.SafeLoader)):
-            raise ConfigError(f"{path}: holds YAML anchors or aliases, which Hydra never writes; refusing to expand them, "
-                              "the run folder was altered")  # fmt: skip
+            raise ConfigError(
+                f"{path}: holds YAML anchors or aliases, which Hydra never writes; refusing to expand them, the run folder was altered"
+            )
         config = OmegaConf.create(text)
     except ConfigError:
         raise
     except Exception as error:  # undecodable bytes, YAML syntax, nesting too deep, values OmegaConf cannot hold
-        raise ConfigError(f"{path}: cannot be read ({type(error).__name__}: {first_line(error, 120)}); the run folder is damaged") from error
+        raise ConfigError(
+            f"{path}: cannot be read ({type(error).__name__}: {first_line(error, 120)}); the run folder is damaged"
+        ) from error
     if not isinstance(config, DictConfig):
         raise ConfigError(f"{path}: holds a YAML {type(config).__name__}, not a mapping; the run folder is damaged")
     return config

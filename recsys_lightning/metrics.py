@@ -4,7 +4,7 @@ predicts (ratings, click probabilities)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -160,8 +161,10 @@ class RecommenderModule(pl.LightningModule):
         row_tables = {id(table) for table in self.model.row_tables()}
         dense = [name for name, parameter in self.named_parameters() if id(parameter) not in row_tables]
         if dense:
-            raise ConfigError(f"optimizer=sparse_adam needs every parameter to be an embedding table, but {type(self.model).__name__} "
-                              f"also has {dense[0]} (and {len(dense) - 1} more); use optimizer=sparse_adagrad")  # fmt: skip
+            raise ConfigError(
+                f"optimizer=sparse_adam needs every parameter to be an embedding table, but {type(self.model).__name__} "
+                f"also has {dense[0]} (and {len(dense) - 1} more); use optimizer=sparse_adagrad"
+            )
         if not self.model.sparse_gradients:
             raise ConfigError("optimizer=sparse_adam needs model.sparse_gradients=true")
         if self.loss.candidates is Candidates.CATALOGUE:

@@ -20,11 +20,11 @@ def log_item_embeddings(writer, model: Recommender, catalogue: Catalogue, max_it
     order = torch.argsort(catalogue.popularity.cpu(), descending=True, stable=True)[:max_items]
     titles = catalogue.title_of(order.tolist())
     metadata = [
-        [_cell(catalogue.item_ids[item]), _cell(title), str(int(catalogue.popularity[item]))]
-        for item, title in zip(order.tolist(), titles)
+        [_cell(catalogue.item_ids[item]), _cell(title), str(int(catalogue.popularity[item]))] for item, title in zip(order.tolist(), titles)
     ]
-    writer.add_embedding(item_table.detach().cpu()[order], metadata=metadata, metadata_header=METADATA_HEADER,
-                         tag=f"items_{name}", global_step=step)  # fmt: skip
+    writer.add_embedding(
+        item_table.detach().cpu()[order], metadata=metadata, metadata_header=METADATA_HEADER, tag=f"items_{name}", global_step=step
+    )
 
 
 def _cell(value) -> str:

@@ -1,10 +1,10 @@
 """Entry point: answers from a trained run's checkpoint, with no training data needed.
 
-    python -m recsys_lightning.recommend run_dir=outputs/runs/<run> user_id=42 k=10
-    python -m recsys_lightning.recommend run_dir=outputs/runs/<run> item_id=1          # similar items
-    python -m recsys_lightning.recommend run_dir=outputs/runs/<run> similar_users=42 k=5
-    python -m recsys_lightning.recommend run_dir=outputs/runs/<run> users=all output=recs.csv
-    python -m recsys_lightning.recommend run_dir=outputs/runs/<run> user_id=42 index=faiss
+python -m recsys_lightning.recommend run_dir=outputs/runs/<run> user_id=42 k=10
+python -m recsys_lightning.recommend run_dir=outputs/runs/<run> item_id=1          # similar items
+python -m recsys_lightning.recommend run_dir=outputs/runs/<run> similar_users=42 k=5
+python -m recsys_lightning.recommend run_dir=outputs/runs/<run> users=all output=recs.csv
+python -m recsys_lightning.recommend run_dir=outputs/runs/<run> user_id=42 index=faiss
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, interruptions_raise, quote
 from recsys_lightning.serving.arguments import CSV_COLUMNS, check_serving_config
 from recsys_lightning.serving.checkpoint import TrainedRun, load_trained
-from recsys_lightning.serving.service import UNKNOWN, RecommendationService, Recommendations
+from recsys_lightning.serving.service import UNKNOWN, Recommendations, RecommendationService
 from recsys_lightning.serving.vector_index import ItemVectorIndex, open_or_build
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,9 @@ def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
     if len(chosen) != 1:
         raise ConfigError(f"ask one thing per call: set exactly one of {', '.join(ACTIONS)} (got {', '.join(chosen) or 'none'})")
     run = load_trained(find_checkpoint(cfg.run_dir, cfg.checkpoint), _device(cfg.device))
-    service = RecommendationService(run, exclude=list(cfg.exclude), min_history=cfg.min_history,
-                                    chunk_size=cfg.chunk_size, index=_vector_index(cfg, run))  # fmt: skip
+    service = RecommendationService(
+        run, exclude=list(cfg.exclude), min_history=cfg.min_history, chunk_size=cfg.chunk_size, index=_vector_index(cfg, run)
+    )
     log.info("serving %s from %s", run.model_name, run.checkpoint_path)
     action = chosen[0]
     if action == "user_id":
@@ -61,8 +62,9 @@ def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
         export_recommendations(service, _requested_users(cfg.users), cfg.k, cfg.output, out)
 
 
-def export_recommendations(service: RecommendationService, raw_users: list[Any] | None, k: int,
-                           output: str | None, out: TextIO = sys.stdout) -> None:  # fmt: skip
+def export_recommendations(
+    service: RecommendationService, raw_users: list[Any] | None, k: int, output: str | None, out: TextIO = sys.stdout
+) -> None:
     """CSV of every requested user's top k (all users when `raw_users` is None), a chunk at a time.
 
     A file output is written beside its target and renamed at the end: an interrupted export never
@@ -78,8 +80,12 @@ def export_recommendations(service: RecommendationService, raw_users: list[Any] 
     unknown = raw_user_ids[(users == UNKNOWN).cpu().numpy()]
     if len(unknown):  # they still get rows (popular items), so a typo in an id would otherwise pass unseen
         examples = ", ".join(quote(raw) for raw in pd.unique(unknown)[:3])
-        log.warning("%d of %d requested users are unknown to this run (e.g. %s): they get the most popular items (source=popularity)",
-                    len(unknown), len(raw_user_ids), examples)  # fmt: skip
+        log.warning(
+            "%d of %d requested users are unknown to this run (e.g. %s): they get the most popular items (source=popularity)",
+            len(unknown),
+            len(raw_user_ids),
+            examples,
+        )
     chunks = service.recommend_in_chunks(users, k)
     progress = tqdm(chunks, total=-(-len(users) // service.chunk_size), desc="recommend", unit="chunk", file=sys.stderr)
     if output is None:
@@ -96,7 +102,7 @@ def _write_csv(chunks, raw_user_ids: np.ndarray, catalogue: Catalogue, handle: T
     rows, start = 0, 0
     handle.write(",".join(CSV_COLUMNS) + "\n")
     for chunk in chunks:
-        frame = _frame(chunk, raw_user_ids[start:start + len(chunk.users)], catalogue)
+        frame = _frame(chunk, raw_user_ids[start : start + len(chunk.users)], catalogue)
         frame.to_csv(handle, header=False, index=False)
         rows += len(frame)
         start += len(chunk.users)
@@ -129,8 +135,10 @@ def _recommendation_table(service: RecommendationService, raw_user: Any, k: int)
         heading = f"user {raw_user} is unknown to this run: the {len(frame)} most popular items (source=popularity)"
     elif bool(answer.fallback[0]):
         history = int(service.history[index])
-        heading = (f"user {raw_user} has {history} training interactions (< min_history={service.min_history}): "
-                   f"the {len(frame)} most popular unseen items (source=popularity)")  # fmt: skip
+        heading = (
+            f"user {raw_user} has {history} training interactions (< min_history={service.min_history}): "
+            f"the {len(frame)} most popular unseen items (source=popularity)"
+        )
     else:
         heading = f"top {len(frame)} unseen items for user {raw_user} ({service.run.model_name}, scores are the model's)"
     return heading + "\n" + frame.drop(columns="user_id").to_string(index=False)
@@ -165,8 +173,9 @@ def _vector_index(cfg: DictConfig, run: TrainedRun) -> ItemVectorIndex | None:
     if item_vectors is None:
         raise ConfigError(f"index=faiss serves inner-product models (mf); {run.model_name} scores with an MLP, use index=model")
     settings = cfg.faiss
-    return open_or_build(item_vectors, settings.path or None, settings.kind, settings.nlist, settings.nprobe,
-                         item_ids=run.catalogue.item_ids)  # fmt: skip
+    return open_or_build(
+        item_vectors, settings.path or None, settings.kind, settings.nlist, settings.nprobe, item_ids=run.catalogue.item_ids
+    )
 
 
 def _requested_users(users: str | ListConfig) -> list[Any] | None:

@@ -13,19 +13,29 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from recsys_lightning.checkpoint_file import CATALOGUE_KEY, catalogue_from_checkpoint
 from recsys_lightning.errors import ConfigError
 
-
 # What Lightning reads back when it resumes; a checkpoint without them fails deep inside Lightning.
 # Settings a checkpoint fixes: a resumed run must ask for the same ones.
 RESUMED_SETTINGS = ("model", "loss", "sampler", "optimizer", "scheduler", "ks", "seed")
-RESUME_KEYS = {"epoch": int, "global_step": int, "loops": dict, "callbacks": dict, "optimizer_states": list,
-               "lr_schedulers": list, "pytorch-lightning_version": str}  # fmt: skip
+RESUME_KEYS = {
+    "epoch": int,
+    "global_step": int,
+    "loops": dict,
+    "callbacks": dict,
+    "optimizer_states": list,
+    "lr_schedulers": list,
+    "pytorch-lightning_version": str,
+}
 CHECKPOINT_PATH_FIELDS = ("best_model_path", "last_model_path", "kth_best_model_path")
 # The saved fields of Lightning's callbacks that it uses without checking.
 CALLBACK_STATE_TYPES = {
     "EarlyStopping": {"wait_count": (int,), "stopped_epoch": (int,), "best_score": (torch.Tensor,), "patience": (int,)},
-    "ModelCheckpoint": {"best_model_score": (torch.Tensor, type(None)), "kth_value": (torch.Tensor, float, type(None)),
-                        "best_k_models": (dict,), "dirpath": (str,)},
-}  # fmt: skip
+    "ModelCheckpoint": {
+        "best_model_score": (torch.Tensor, type(None)),
+        "kth_value": (torch.Tensor, float, type(None)),
+        "best_k_models": (dict,),
+        "dirpath": (str,),
+    },
+}
 
 
 def check_resumable(checkpoint: dict[str, Any], path: Path) -> None:
@@ -36,8 +46,10 @@ def check_resumable(checkpoint: dict[str, Any], path: Path) -> None:
     """
     for key, kind in RESUME_KEYS.items():
         if not isinstance(checkpoint.get(key), kind) or isinstance(checkpoint.get(key), bool):
-            raise ConfigError(f"{path}: not a resumable training checkpoint (its {key!r} is missing or not a {kind.__name__}); "
-                              "resume from a checkpoint this project wrote (checkpoints/last.ckpt or epochNNN.ckpt)")  # fmt: skip
+            raise ConfigError(
+                f"{path}: not a resumable training checkpoint (its {key!r} is missing or not a {kind.__name__}); "
+                "resume from a checkpoint this project wrote (checkpoints/last.ckpt or epochNNN.ckpt)"
+            )
     for name, state in checkpoint["callbacks"].items():
         _check_state_types(str(name), state, path)
         if not str(name).startswith("ModelCheckpoint"):
@@ -45,8 +57,10 @@ def check_resumable(checkpoint: dict[str, Any], path: Path) -> None:
         dirpath = state.get("dirpath") if isinstance(state, dict) else None
         recorded = [state.get(field) for field in CHECKPOINT_PATH_FIELDS] + list(state.get("best_k_models") or {}) if dirpath else []
         if not isinstance(dirpath, str) or not all(_is_file_in(value, dirpath) for value in recorded if value):
-            raise ConfigError(f"{path}: its checkpoint records name files outside their checkpoint folder; "
-                              "the file was altered, resume from another checkpoint")  # fmt: skip
+            raise ConfigError(
+                f"{path}: its checkpoint records name files outside their checkpoint folder; "
+                "the file was altered, resume from another checkpoint"
+            )
 
 
 def _check_state_types(name: str, state: Any, path: Path) -> None:
@@ -54,13 +68,21 @@ def _check_state_types(name: str, state: Any, path: Path) -> None:
     expected = next((fields for prefix, fields in CALLBACK_STATE_TYPES.items() if name.startswith(prefix)), None)
     if expected is None:
         return
-    bad = not isinstance(state, dict) or [field for field, kinds in expected.items() if field in state and not _is_kind(state[field], kinds)]
-    if isinstance(state, dict) and not bad and not all(isinstance(score, torch.Tensor) for score in (state.get("best_k_models") or {}).values()):
+    bad = not isinstance(state, dict) or [
+        field for field, kinds in expected.items() if field in state and not _is_kind(state[field], kinds)
+    ]
+    if (
+        isinstance(state, dict)
+        and not bad
+        and not all(isinstance(score, torch.Tensor) for score in (state.get("best_k_models") or {}).values())
+    ):
         bad = ["best_k_models"]
     if bad:
         field = bad[0] if isinstance(bad, list) else "its state"
-        raise ConfigError(f"{path}: the saved state of {name.split('{')[0]} ({field}) has the wrong type; "
-                          "the file was altered, resume from another checkpoint")  # fmt: skip
+        raise ConfigError(
+            f"{path}: the saved state of {name.split('{')[0]} ({field}) has the wrong type; "
+            "the file was altered, resume from another checkpoint"
+        )
 
 
 def _is_kind(value: Any, kinds: tuple[type, ...]) -> bool:
@@ -85,17 +107,23 @@ def check_resume_fits(checkpoint: dict[str, Any], path: Path, module: Any, datam
     for name, tensor in expected.items():
         if name not in saved or saved[name].shape != tensor.shape:
             found = tuple(saved[name].shape) if name in saved else "nothing"
-            raise ConfigError(f"ckpt_path={path}: it was trained with another model or data ({name} is {found}, this run needs "
-                              f"{tuple(tensor.shape)}); resume with that run's overrides, or drop ckpt_path to start fresh")  # fmt: skip
+            raise ConfigError(
+                f"ckpt_path={path}: it was trained with another model or data ({name} is {found}, this run needs "
+                f"{tuple(tensor.shape)}); resume with that run's overrides, or drop ckpt_path to start fresh"
+            )
     unknown = sorted(set(saved) - set(expected))
     if unknown:
         raise ConfigError(f"ckpt_path={path}: it holds weights this model lacks ({unknown[0]}); resume with that run's model overrides")
     if CATALOGUE_KEY not in checkpoint:
-        raise ConfigError(f"ckpt_path={path}: it carries no record of the data it was trained on; resume from a checkpoint "
-                          "this version of the project wrote")  # fmt: skip
+        raise ConfigError(
+            f"ckpt_path={path}: it carries no record of the data it was trained on; resume from a checkpoint "
+            "this version of the project wrote"
+        )
     if not same_training_data(catalogue_from_checkpoint(checkpoint[CATALOGUE_KEY], path), datamodule):
-        raise ConfigError(f"ckpt_path={path}: it was trained on other data (its users, items or training pairs differ from this "
-                          "run's); resume with that run's data overrides, or drop ckpt_path to start fresh")  # fmt: skip
+        raise ConfigError(
+            f"ckpt_path={path}: it was trained on other data (its users, items or training pairs differ from this "
+            "run's); resume with that run's data overrides, or drop ckpt_path to start fresh"
+        )
     _check_same_settings(checkpoint, path, module)
     _check_same_optimizer(checkpoint, path, module)
 
@@ -117,19 +145,27 @@ def _check_same_optimizer(checkpoint: dict[str, Any], path: Path, module: Any) -
     states = checkpoint["optimizer_states"]
     found = _group_keys(states[0].get("param_groups", [])) if len(states) == 1 and isinstance(states[0], dict) else None
     if found == wanted and not _same_value_kinds(states[0]["param_groups"], optimizer.state_dict()["param_groups"]):
-        raise ConfigError(f"ckpt_path={path}: its optimizer settings have the wrong types (e.g. a learning rate that is not a "
-                          "number); the file was altered, resume from another checkpoint")  # fmt: skip
+        raise ConfigError(
+            f"ckpt_path={path}: its optimizer settings have the wrong types (e.g. a learning rate that is not a "
+            "number); the file was altered, resume from another checkpoint"
+        )
     if found != wanted:
-        raise ConfigError(f"ckpt_path={path}: it was trained with another optimizer than this run's {type(optimizer).__name__}; "
-                          "resume with that run's optimizer overrides, or drop ckpt_path to start fresh")  # fmt: skip
+        raise ConfigError(
+            f"ckpt_path={path}: it was trained with another optimizer than this run's {type(optimizer).__name__}; "
+            "resume with that run's optimizer overrides, or drop ckpt_path to start fresh"
+        )
     scheduler = configured["lr_scheduler"]["scheduler"] if isinstance(configured, dict) else None
     saved = checkpoint["lr_schedulers"]
     if len(saved) != (scheduler is not None):
-        raise ConfigError(f"ckpt_path={path}: it was trained with{'out' if not saved else ''} a learning-rate "
-                          "scheduler, unlike this run; resume with that run's scheduler override")  # fmt: skip
+        raise ConfigError(
+            f"ckpt_path={path}: it was trained with{'out' if not saved else ''} a learning-rate "
+            "scheduler, unlike this run; resume with that run's scheduler override"
+        )
     if scheduler is not None and (not isinstance(saved[0], dict) or sorted(saved[0]) != sorted(scheduler.state_dict())):
-        raise ConfigError(f"ckpt_path={path}: it was trained with another learning-rate scheduler than this run's "
-                          f"{type(scheduler).__name__}; resume with that run's scheduler override")  # fmt: skip
+        raise ConfigError(
+            f"ckpt_path={path}: it was trained with another learning-rate scheduler than this run's "
+            f"{type(scheduler).__name__}; resume with that run's scheduler override"
+        )
 
 
 def check_resume_callbacks(checkpoint: dict[str, Any], path: Path, callbacks: list[Any], max_epochs: int) -> None:
@@ -138,18 +174,27 @@ def check_resume_callbacks(checkpoint: dict[str, Any], path: Path, callbacks: li
     `trainer.max_epochs` the checkpoint has already reached."""
     done = checkpoint["epoch"] + 1
     if max_epochs <= done:
-        raise ConfigError(f"ckpt_path={path}: it already holds {done} epochs, so trainer.max_epochs={max_epochs} leaves nothing to "
-                          f"train; raise trainer.max_epochs above {done}")  # fmt: skip
+        raise ConfigError(
+            f"ckpt_path={path}: it already holds {done} epochs, so trainer.max_epochs={max_epochs} leaves nothing to "
+            f"train; raise trainer.max_epochs above {done}"
+        )
     saved = checkpoint["callbacks"]
     for callback in callbacks:
         if not isinstance(callback, (EarlyStopping, ModelCheckpoint)) or callback.state_key in saved:
-            if isinstance(callback, EarlyStopping) and saved.get(callback.state_key, {}).get("patience", callback.patience) != callback.patience:
-                raise ConfigError(f"ckpt_path={path}: this run changes callbacks.early_stopping.patience (the checkpoint's "
-                                  f"{saved[callback.state_key]['patience']} would be restored); resume with that run's patience")  # fmt: skip
+            if (
+                isinstance(callback, EarlyStopping)
+                and saved.get(callback.state_key, {}).get("patience", callback.patience) != callback.patience
+            ):
+                raise ConfigError(
+                    f"ckpt_path={path}: this run changes callbacks.early_stopping.patience (the checkpoint's "
+                    f"{saved[callback.state_key]['patience']} would be restored); resume with that run's patience"
+                )
             continue
         kind = "early stopping's" if isinstance(callback, EarlyStopping) else "a checkpoint callback's"
-        raise ConfigError(f"ckpt_path={path}: this run changes {kind} monitor or mode ({callback.monitor}); a resumed run "
-                          "would start it afresh: resume with that run's monitor and mode")  # fmt: skip
+        raise ConfigError(
+            f"ckpt_path={path}: this run changes {kind} monitor or mode ({callback.monitor}); a resumed run "
+            "would start it afresh: resume with that run's monitor and mode"
+        )
 
 
 def _check_same_settings(checkpoint: dict[str, Any], path: Path, module: Any) -> None:
@@ -158,12 +203,20 @@ def _check_same_settings(checkpoint: dict[str, Any], path: Path, module: Any) ->
     recorded = checkpoint.get("hyper_parameters")
     if not isinstance(recorded, dict):
         return
-    changed = [key for key in RESUMED_SETTINGS if key in recorded and _flat(_canonical(recorded[key], key), key) != _flat(_canonical(module.hparams.get(key), key), key)]
+    changed = [
+        key
+        for key in RESUMED_SETTINGS
+        if key in recorded and _flat(_canonical(recorded[key], key), key) != _flat(_canonical(module.hparams.get(key), key), key)
+    ]
     if changed:
-        differences = sorted(set(_flat(recorded[changed[0]], changed[0]).items()) ^ set(_flat(module.hparams.get(changed[0]), changed[0]).items()))
+        differences = sorted(
+            set(_flat(recorded[changed[0]], changed[0]).items()) ^ set(_flat(module.hparams.get(changed[0]), changed[0]).items())
+        )
         shown = ", ".join(sorted({name for name, _ in differences}))[:200]
-        raise ConfigError(f"ckpt_path={path}: this run changes {shown}, which a resumed run cannot change (the checkpoint's "
-                          "values would be restored); resume with that run's overrides, or start a new run from scratch")  # fmt: skip
+        raise ConfigError(
+            f"ckpt_path={path}: this run changes {shown}, which a resumed run cannot change (the checkpoint's "
+            "values would be restored); resume with that run's overrides, or start a new run from scratch"
+        )
 
 
 def _canonical(value: Any, key: str) -> Any:
@@ -185,6 +238,7 @@ def _group_keys(param_groups: list[dict[str, Any]]) -> list[list[str]]:
 
 def _same_value_kinds(saved: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> bool:
     """Each saved hyper-parameter has the kind of the fresh optimizer's (number, flag, tuple of numbers)."""
+
     def kind(value: Any) -> str:
         if isinstance(value, bool) or value is None:
             return repr(value) if value is None else "flag"
@@ -193,5 +247,10 @@ def _same_value_kinds(saved: list[dict[str, Any]], fresh: list[dict[str, Any]]) 
         if isinstance(value, (list, tuple)):
             return "numbers" if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) else "list"
         return type(value).__name__
-    return all(kind(group[key]) == kind(value) for group, reference in zip(saved, fresh) for key, value in reference.items()
-               if key not in ("params", "initial_lr") and key in group)  # fmt: skip
+
+    return all(
+        kind(group[key]) == kind(value)
+        for group, reference in zip(saved, fresh)
+        for key, value in reference.items()
+        if key not in ("params", "initial_lr") and key in group
+    )

@@ -57,8 +57,10 @@ class RunFolder:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise ConfigError(f"{self.path}: {holder} is training into this folder right now; wait for it, "
-                              "or give this run its own folder (drop hydra.run.dir or pick another)") from None  # fmt: skip
+            raise ConfigError(
+                f"{self.path}: {holder} is training into this folder right now; wait for it, "
+                "or give this run its own folder (drop hydra.run.dir or pick another)"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
@@ -68,8 +70,10 @@ class RunFolder:
             earlier = self.earlier_results()
             if earlier:
                 self.release()
-                raise ConfigError(f"{self.path}: already holds a run ({', '.join(earlier)}); resume it with ckpt_path=last, "
-                                  "or start fresh in another folder (drop hydra.run.dir or pick a new one)")  # fmt: skip
+                raise ConfigError(
+                    f"{self.path}: already holds a run ({', '.join(earlier)}); resume it with ckpt_path=last, "
+                    "or start fresh in another folder (drop hydra.run.dir or pick a new one)"
+                )
 
     def release(self) -> None:
         if self._lock is not None:
@@ -99,7 +103,9 @@ class RunFolder:
             raise ConfigError("ckpt_path is empty: give last, or the path of a .ckpt file, or drop ckpt_path to start fresh")
         if path.exists() and not path.is_file():
             kind = "a folder" if path.is_dir() else "not a regular file"
-            raise ConfigError(f"ckpt_path={ckpt_path}: {path} is {kind}; give the path of a .ckpt file (or last){self._readable_hint(path)}")
+            raise ConfigError(
+                f"ckpt_path={ckpt_path}: {path} is {kind}; give the path of a .ckpt file (or last){self._readable_hint(path)}"
+            )
         if not path.is_file():
             hint = "; nothing to resume here, drop ckpt_path to start fresh" if ckpt_path == LAST else ""
             raise ConfigError(f"ckpt_path={ckpt_path}: {path} does not exist{hint}{self._readable_hint(path)}")
@@ -117,8 +123,9 @@ class RunFolder:
                 backup.mkdir(exist_ok=True)
                 shutil.copy2(path, backup / path.name)
         except OSError as error:
-            raise ConfigError(f"{backup}: cannot keep the run's record aside before resuming ({first_line(error, 120)}); "
-                              "check the folder's permissions") from error  # fmt: skip
+            raise ConfigError(
+                f"{backup}: cannot keep the run's record aside before resuming ({first_line(error, 120)}); check the folder's permissions"
+            ) from error
 
     def restore_record(self) -> None:
         """Put back the files `back_up_record` kept: the refused resume leaves the record as it was."""
@@ -155,7 +162,11 @@ class RunFolder:
 
     def _readable_hint(self, damaged: Path) -> str:
         """The newest checkpoint of this folder that loads, if any, as a ready-to-use override."""
-        candidates = sorted(self.checkpoints.glob("*.ckpt"), key=lambda path: path.stat().st_mtime, reverse=True) if self.checkpoints.is_dir() else []
+        candidates = (
+            sorted(self.checkpoints.glob("*.ckpt"), key=lambda path: path.stat().st_mtime, reverse=True)
+            if self.checkpoints.is_dir()
+            else []
+        )
         for candidate in candidates:
             if candidate.resolve() == damaged.resolve():
                 continue
@@ -195,12 +206,18 @@ class RunFolderCheck(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.sweep.dir")
         sweep_dir = Path(config_value(config, "hydra.sweep.dir"))
-        earlier = sorted({path.parent.name for path in sweep_dir.glob("*/metrics.json")} |
-                         {path.parent.parent.name for path in sweep_dir.glob("*/checkpoints/*.ckpt")})  # fmt: skip
+        earlier = sorted(
+            {path.parent.name for path in sweep_dir.glob("*/metrics.json")}
+            | {path.parent.parent.name for path in sweep_dir.glob("*/checkpoints/*.ckpt")}
+        )
         if earlier:
-            exit_with_message(ConfigError(f"hydra.sweep.dir={sweep_dir} already holds a sweep's runs ({', '.join(earlier[:3])}"
-                                          f"{', ...' if len(earlier) > 3 else ''}); give this sweep its own folder "
-                                          "(drop hydra.sweep.dir or pick a new one)"))  # fmt: skip
+            exit_with_message(
+                ConfigError(
+                    f"hydra.sweep.dir={sweep_dir} already holds a sweep's runs ({', '.join(earlier[:3])}"
+                    f"{', ...' if len(earlier) > 3 else ''}); give this sweep its own folder "
+                    "(drop hydra.sweep.dir or pick a new one)"
+                )
+            )
 
     @staticmethod
     def _check(config: DictConfig, key: str) -> None:

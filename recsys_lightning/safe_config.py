@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import inspect
 import math
-from functools import lru_cache
-from typing import Any, Mapping
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
 
 from hydra.utils import get_class
 from omegaconf import OmegaConf
@@ -29,7 +30,7 @@ SCALARS = (str, int, float, bool, type(None))
 MAX_LIST_DEPTH = 2  # e.g. a list of hidden sizes, or split ratios
 
 
-@lru_cache(maxsize=None)
+@cache
 def offered_targets(group: str) -> frozenset[str]:
     """Every `_target_` named anywhere in the options of `conf/<group>/` (not the `_`-prefixed parts they
     share, such as data's `_split.yaml`): the classes the project offers there."""
@@ -59,12 +60,15 @@ def checked_component(group: str, node: Any, source: str) -> dict[str, Any]:
     target = node.get(TARGET)
     allowed = offered_targets(group)
     if target not in allowed:
-        raise ConfigError(f"{where}._target_ is {quote(target)}, which no conf/{group}/*.yaml offers "
-                          f"({', '.join(sorted(allowed))}); refusing to build it")  # fmt: skip
+        raise ConfigError(
+            f"{where}._target_ is {quote(target)}, which no conf/{group}/*.yaml offers ({', '.join(sorted(allowed))}); refusing to build it"
+        )
     partial = group in PARTIAL_GROUPS
     if node.get(PARTIAL, False) is not partial:
-        raise ConfigError(f"{where}._partial_ is {quote(node.get(PARTIAL))}; a {group} config is built "
-                          f"{'partially (_partial_: true)' if partial else 'whole (no _partial_)'}; refusing to build it")  # fmt: skip
+        raise ConfigError(
+            f"{where}._partial_ is {quote(node.get(PARTIAL))}; a {group} config is built "
+            f"{'partially (_partial_: true)' if partial else 'whole (no _partial_)'}; refusing to build it"
+        )
     accepted = argument_names(target)
     if accepted is not None:
         accepted -= SUPPLIED.get(group, frozenset())
@@ -99,9 +103,9 @@ def _check_ranges(group: str, checked: dict[str, Any], where: str) -> None:
     prefix = f"{group}."
     rules = {key: rule for key, rule in TRAINING_RULES.items() if key.startswith(prefix)}
     for key, rule in rules.items():
-        value = checked.get(key[len(prefix):], rule)
+        value = checked.get(key[len(prefix) :], rule)
         if value is not rule and not rule.accepts(value):
-            raise ConfigError(f"{where}.{key[len(prefix):]}={quote(value)}: must be {rule}; refusing to build it")
+            raise ConfigError(f"{where}.{key[len(prefix) :]}={quote(value)}: must be {rule}; refusing to build it")
 
 
 def checked_value(value: Any, where: str, depth: int = 0) -> Any:
@@ -136,8 +140,10 @@ def checked_module_hyper_parameters(hyper_parameters: Any, source: str) -> dict[
         raise ConfigError(f"{source}: hyper_parameters is {quote(hyper_parameters)}, not a mapping; not a checkpoint of this project")
     unknown = sorted(str(key) for key in hyper_parameters if key not in MODULE_KEYS)
     if unknown:
-        raise ConfigError(f"{source}: hyper_parameters has unknown keys ({', '.join(quote(key) for key in unknown[:5])}); "
-                          "not a checkpoint of this version of the project")  # fmt: skip
+        raise ConfigError(
+            f"{source}: hyper_parameters has unknown keys ({', '.join(quote(key) for key in unknown[:5])}); "
+            "not a checkpoint of this version of the project"
+        )
     checked: dict[str, Any] = {
         "num_users": checked_int(hyper_parameters.get("num_users"), f"{source}: num_users", minimum=1),
         "num_items": checked_int(hyper_parameters.get("num_items"), f"{source}: num_items", minimum=1),
@@ -156,5 +162,5 @@ def checked_module_hyper_parameters(hyper_parameters: Any, source: str) -> dict[
         checked["scheduler"] = {
             key: checked_component("scheduler", value, source) if key == "scheduler" else checked_value(value, f"{source}: scheduler.{key}")
             for key, value in scheduler.items()
-        }  # fmt: skip
+        }
     return checked

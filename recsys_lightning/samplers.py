@@ -101,8 +101,7 @@ class InBatchSampler(NegativeSampler):
 
     def sample(self, users: Tensor, positive_items: Tensor, model: Recommender) -> Tensor:
         batch_size = len(users)
-        offsets = torch.randint(1, max(batch_size, 2), (batch_size, self.num_negatives), generator=self.generator,
-                                device=users.device)  # fmt: skip
+        offsets = torch.randint(1, max(batch_size, 2), (batch_size, self.num_negatives), generator=self.generator, device=users.device)
         others = (torch.arange(batch_size, device=users.device).unsqueeze(1) + offsets) % batch_size
         return positive_items[others]
 

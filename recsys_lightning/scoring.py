@@ -33,8 +33,9 @@ def score_candidates(
     return _against_sampled(model, batch, sampler, explicit_negatives)
 
 
-def _against_sampled(model: Recommender, batch: TrainingBatch, sampler: NegativeSampler,
-                     explicit_negatives: Tensor | None) -> tuple[ScoredCandidates, Tensor]:  # fmt: skip
+def _against_sampled(
+    model: Recommender, batch: TrainingBatch, sampler: NegativeSampler, explicit_negatives: Tensor | None
+) -> tuple[ScoredCandidates, Tensor]:
     negatives = sampler.sample(batch.users, batch.items, model)
     items = torch.cat([batch.items.unsqueeze(1), negatives], 1)
     scores, penalty = model.score_with_penalty(batch.users, items)

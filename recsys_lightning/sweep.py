@@ -16,8 +16,21 @@ from recsys_lightning.errors import ConfigError
 log = logging.getLogger(__name__)
 
 SORT_BY = "val/ndcg@10"
-COLUMNS = ["run", "overrides", "val/ndcg@10", "val/recall@10", "test/ndcg@10", "test/recall@10", "test/hit_rate@10",
-           "test/mrr@10", "test/coverage@10", "test/novelty@10", "best_epoch", "train_seconds", "error"]  # fmt: skip
+COLUMNS = [
+    "run",
+    "overrides",
+    "val/ndcg@10",
+    "val/recall@10",
+    "test/ndcg@10",
+    "test/recall@10",
+    "test/hit_rate@10",
+    "test/mrr@10",
+    "test/coverage@10",
+    "test/novelty@10",
+    "best_epoch",
+    "train_seconds",
+    "error",
+]
 
 
 def summarise_sweep(sweep_dir: Path) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """Entry point: compose config -> build data, module, callbacks, loggers, trainer -> fit -> test -> metrics.json.
 
-    python -m recsys_lightning.train model.dim=128 trainer.max_epochs=50 seed=7
+python -m recsys_lightning.train model.dim=128 trainer.max_epochs=50 seed=7
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         return _train(cfg, run_folder)
     except MemoryError as error:  # e.g. data.num_users=100000000000: numpy cannot allocate the arrays
-        raise RecsysError(f"out of memory ({first_line(error, 120)}); lower the sizes in the config "
-                          "(data.num_users/num_items/num_interactions, model.dim, data.batch_size, data.eval_chunk_size)") from error  # fmt: skip
+        raise RecsysError(
+            f"out of memory ({first_line(error, 120)}); lower the sizes in the config "
+            "(data.num_users/num_items/num_interactions, model.dim, data.batch_size, data.eval_chunk_size)"
+        ) from error
     finally:
         run_folder.release()
 
@@ -93,9 +95,11 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
         if resume_from is None or clock is None or clock.training_began or isinstance(error, RecsysError):
             raise
         # Restoring a checkpoint's loop, optimizer or callback state failed inside Lightning or torch.
-        raise ConfigError(f"ckpt_path={resume_from}: Lightning could not restore its state ({type(error).__name__}: "
-                          f"{first_line(error, 120)}); the file was altered or comes from another version, resume from "
-                          "another checkpoint")  from error  # fmt: skip
+        raise ConfigError(
+            f"ckpt_path={resume_from}: Lightning could not restore its state ({type(error).__name__}: "
+            f"{first_line(error, 120)}); the file was altered or comes from another version, resume from "
+            "another checkpoint"
+        ) from error
     metrics["best_epoch"] = _checkpoint_epoch(best_checkpoint) if best_checkpoint else trainer.current_epoch - 1
     metrics["train_seconds"] = round(train_seconds, 2)
     metrics["epochs"] = trainer.current_epoch
@@ -137,8 +141,9 @@ def _best_checkpoint(trainer: pl.Trainer, run_folder: RunFolder, resumed_from: P
         return None
     allowed = {run_folder.checkpoints.resolve()} | ({resumed_from.parent} if resumed_from else set())
     if Path(best).resolve().parent not in allowed:
-        raise ConfigError(f"the best checkpoint on record, {best[:200]}, is outside {run_folder.checkpoints}; "
-                          "resume from a checkpoint of this run")  # fmt: skip
+        raise ConfigError(
+            f"the best checkpoint on record, {best[:200]}, is outside {run_folder.checkpoints}; resume from a checkpoint of this run"
+        )
     return best
 
 
@@ -147,8 +152,10 @@ def _how_to_resume(trainer: pl.Trainer, run_folder: RunFolder, stopped_by: str) 
     where = f"at epoch {trainer.current_epoch}" if trainer.state.fn == "fit" else "after training, while testing"
     if not last.is_file():
         return f"stopped by {stopped_by} {where}, before any checkpoint was written; run the command again to start over"
-    return (f"stopped by {stopped_by} {where}; {last} holds the last finished epoch: resume with the same command "
-            f"plus hydra.run.dir={run_folder.path} ckpt_path=last")  # fmt: skip
+    return (
+        f"stopped by {stopped_by} {where}; {last} holds the last finished epoch: resume with the same command "
+        f"plus hydra.run.dir={run_folder.path} ckpt_path=last"
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

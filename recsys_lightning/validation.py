@@ -314,8 +314,11 @@ def check_monitors(cfg: DictConfig) -> None:
     # optimized_metric is read from metrics.json: validation and test figures, no training loss.
     test_names = [f"test/{metric}@{k}" for metric in (*METRIC_NAMES, "coverage", "novelty") for k in cfg.eval.ks] if cfg.run_test else []
     recorded = [name for name in logged if name != "train/loss"] + test_names
-    monitors = [(f"callbacks.{name}.monitor", f"callbacks.{name}.mode", logged) for name, callback in cfg.callbacks.items()
-                if callback and callback.get("monitor") is not None]  # fmt: skip
+    monitors = [
+        (f"callbacks.{name}.monitor", f"callbacks.{name}.mode", logged)
+        for name, callback in cfg.callbacks.items()
+        if callback and callback.get("monitor") is not None
+    ]
     if cfg.get("scheduler") and "monitor" in cfg.scheduler:
         monitors.append(("scheduler.monitor", "scheduler.scheduler.mode", logged))
     if cfg.get("optimized_metric"):
@@ -400,7 +403,9 @@ def _check_trainer_devices(cfg: DictConfig) -> None:
         return
     wanted = max(devices) + 1 if isinstance(devices, list) else devices if isinstance(devices, int) else 1
     if wanted > available:
-        raise ConfigError(f"trainer.devices={shown(devices)}: only {available} CUDA device(s) here; lower it or use trainer.accelerator=cpu")
+        raise ConfigError(
+            f"trainer.devices={shown(devices)}: only {available} CUDA device(s) here; lower it or use trainer.accelerator=cpu"
+        )
 
 
 def _cuda_devices() -> int:

@@ -20,8 +20,9 @@ def movielens_run(tmp_path_factory) -> Path:
     """One short MF/BPR run on real ML-100K through the training entry point, shared by the tests
     that read its outputs (metrics, checkpoints, serving, evaluation)."""
     output_dir = tmp_path_factory.mktemp("movielens_run")
-    result = run_module("recsys_lightning.train", "trainer.max_epochs=3", "callbacks.progress_bar.refresh_rate=0",
-                        f"paths.output_dir={output_dir}")  # fmt: skip
+    result = run_module(
+        "recsys_lightning.train", "trainer.max_epochs=3", "callbacks.progress_bar.refresh_rate=0", f"paths.output_dir={output_dir}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dirs = [path.parent for path in output_dir.glob("runs/*/*/.hydra")]
     assert len(run_dirs) == 1, run_dirs

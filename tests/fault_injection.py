@@ -46,7 +46,6 @@ class PoisonWeightsAt(pl.Callback):
                     parameter.fill_(float("nan"))
 
 
-
 class InterruptAt(SignalAt):
     """SIGINT, as Ctrl-C in a terminal does."""
 

@@ -58,14 +58,16 @@ class FrameDataModule(InteractionDataModule):
 
 
 # A small MF/BPR module's config, in the shape of the composed config's parts build_module reads.
-MODULE_CONFIG = OmegaConf.create(dict(
-    model={"_target_": "recsys_lightning.models.MatrixFactorization", "dim": 16},
-    loss={"_target_": "recsys_lightning.losses.BPRLoss", "l2": 1e-4},
-    sampler={"_target_": "recsys_lightning.samplers.UniformSampler", "num_negatives": 2},
-    optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.05},
-    eval={"ks": [10]},
-    seed=0,
-))  # fmt: skip
+MODULE_CONFIG = OmegaConf.create(
+    dict(
+        model={"_target_": "recsys_lightning.models.MatrixFactorization", "dim": 16},
+        loss={"_target_": "recsys_lightning.losses.BPRLoss", "l2": 1e-4},
+        sampler={"_target_": "recsys_lightning.samplers.UniformSampler", "num_negatives": 2},
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.05},
+        eval={"ks": [10]},
+        seed=0,
+    )
+)
 
 
 def module_config(**changes) -> DictConfig:

@@ -5,11 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
-from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.csv import CsvDataModule, infer_separator, read_interactions
 from recsys_lightning.errors import DataError
 
@@ -76,8 +73,12 @@ def test_target_zero_rows_are_explicit_negatives_never_positives(tmp_path):
 def test_k_core_is_iterative(tmp_path):
     # u0 has 3 items; i2 is held only by u0. Dropping i2 (min_item 2) leaves u0 with 2 < 3: u0 goes too.
     rows = ["u0,i0", "u0,i1", "u0,i2"] + [f"u{u},i{i}" for u in range(1, 6) for i in (0, 1, 3)]
-    datamodule = CsvDataModule(path=str(write(tmp_path / "k.csv", "userId,itemId\n" + "\n".join(rows) + "\n")),
-                               min_user_interactions=3, min_item_interactions=2, split="leave_one_out")  # fmt: skip
+    datamodule = CsvDataModule(
+        path=str(write(tmp_path / "k.csv", "userId,itemId\n" + "\n".join(rows) + "\n")),
+        min_user_interactions=3,
+        min_item_interactions=2,
+        split="leave_one_out",
+    )
     datamodule.setup()
     assert "u0" not in set(datamodule.interactions.user_ids) and "i2" not in set(datamodule.interactions.item_ids)
 
@@ -144,12 +145,13 @@ def entry_point_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     unseen_test = write(tmp_path / "unseen.csv", "userId,itemId\nstranger,i1\n")
     cases["k_core_removes_all"] = ([f"data.path={good}", "data.min_user_interactions=99"], "removed every interaction")
     cases["test_file_all_unseen"] = (
-        [f"data.train_path={good}", f"data.valid_path={unseen_test}"], "no validation interaction is left",
-    )  # fmt: skip
+        [f"data.train_path={good}", f"data.valid_path={unseen_test}"],
+        "no validation interaction is left",
+    )
     cases["test_file_is_train_file"] = (
         [f"data.train_path={good}", f"data.valid_path={unseen_test}", f"data.test_path={tmp_path}/../{tmp_path.name}/good.csv"],
         "data.test_path and data.train_path are the same file",
-    )  # fmt: skip
+    )
     infinite = write(tmp_path / "infinite.csv", GOOD + "u1,i2,inf,5\n")
     cases["infinite_rating"] = ([f"data.path={infinite}"], "line 242: 'rating' is inf, not a finite number")
     return cases
@@ -165,7 +167,9 @@ def test_bad_inputs_through_the_entry_point_exit_1_with_one_line(tmp_path):
         for case, (overrides, _) in pending[:2]:
             output_dir = tmp_path / "outputs" / case
             command = [sys.executable, "-m", "recsys_lightning.train", "data=csv", *overrides, f"paths.output_dir={output_dir}"]
-            running.append((case, output_dir, subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+            running.append(
+                (case, output_dir, subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            )
         pending = pending[2:]
         for case, output_dir, process in running:
             _, stderr = process.communicate(timeout=300)

@@ -27,7 +27,9 @@ def csv_files(draw):
     separator = draw(st.sampled_from(SEPARATORS))
     rows = draw(st.lists(st.lists(cells, min_size=len(columns), max_size=len(columns) + 1), max_size=40))
     if draw(st.booleans()):  # and some should be valid interaction tables
-        rows = [[str(draw(st.integers(0, 6))) if c in ("userId", "itemId") else "1" for c in columns] for _ in range(draw(st.integers(0, 60)))]
+        rows = [
+            [str(draw(st.integers(0, 6))) if c in ("userId", "itemId") else "1" for c in columns] for _ in range(draw(st.integers(0, 60)))
+        ]
     text = separator.join(columns) + "\n" + "".join(separator.join(row) + "\n" for row in rows)
     encoding = draw(st.sampled_from(["utf-8", "latin-1", "gzip", "truncated-gzip"]))
     data = text.encode("latin-1", errors="replace") if encoding == "latin-1" else text.encode()

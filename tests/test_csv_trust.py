@@ -71,13 +71,21 @@ def test_held_out_pairs_seen_before_are_dropped_counted_and_reported_once(tmp_pa
     datamodule = CsvDataModule(**overlapping_files(tmp_path))
     with caplog.at_level(logging.INFO):
         datamodule.setup()
-    held_out = {part: sorted(zip(datamodule.interactions.user_ids[datamodule.interactions.users[rows]],
-                                 datamodule.interactions.item_ids[datamodule.interactions.items[rows]]))
-                for part, rows in (("valid", datamodule.split.valid), ("test", datamodule.split.test))}  # fmt: skip
+    held_out = {
+        part: sorted(
+            zip(
+                datamodule.interactions.user_ids[datamodule.interactions.users[rows]],
+                datamodule.interactions.item_ids[datamodule.interactions.items[rows]],
+            )
+        )
+        for part, rows in (("valid", datamodule.split.valid), ("test", datamodule.split.test))
+    }
     assert held_out == {"valid": [("u0", "i7"), ("u1", "i0")], "test": [("u2", "i0")]}
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING and "also in" in record.getMessage()]
-    assert warnings == ["valid 2 and test 1 (user, item) pairs also in train, test 1 also in valid: they are left out of evaluation "
-                        "(a seen item is never ranked, so they would count as misses); data.on_overlap=error makes this an error"]
+    assert warnings == [
+        "valid 2 and test 1 (user, item) pairs also in train, test 1 also in valid: they are left out of evaluation "
+        "(a seen item is never ranked, so they would count as misses); data.on_overlap=error makes this an error"
+    ]
     summary = [record.getMessage() for record in caplog.records if "pre-split files give" in record.getMessage()]
     assert len(summary) == 1 and "ratio split" not in summary[0]
     assert summary[0].endswith(
@@ -121,23 +129,35 @@ def test_a_test_file_with_nothing_left_to_test_is_an_error_saying_why(tmp_path, 
     valid = write(tmp_path / "valid.csv", pairs([("u0", "i7"), ("u1", "i0")]))
     copy = write(tmp_path / "test.csv.gz", gzip.compress(train_file.read_bytes()))
     mixed = write(tmp_path / "mixed.csv", pairs([TRAIN[0], TRAIN[0], TRAIN[5], ("ghost", "i1"), ("u0", "i7")]))
-    expected = {copy: "all 36 test pairs also occur in train",
-                mixed: "of 5 test rows, 1 dropped before splitting (target 0, below data.min_rating, or repeated), "
-                       "1 have a user or item absent from train, 2 also occur in train, 1 also occur in valid"}  # fmt: skip
+    expected = {
+        copy: "all 36 test pairs also occur in train",
+        mixed: "of 5 test rows, 1 dropped before splitting (target 0, below data.min_rating, or repeated), "
+        "1 have a user or item absent from train, 2 also occur in train, 1 also occur in valid",
+    }
     for test, why in expected.items():
         with pytest.raises(DataError) as raised:
             CsvDataModule(train_path=str(train_file), valid_path=str(valid), test_path=str(test)).setup()
-        assert str(raised.value) == (f"csv:train={train_file}, valid={valid}, test={test}: no test interaction is left: {why}; "
-                                     "test needs new (user, item) pairs of users and items seen in train: fix the test file or leave it out")
+        assert str(raised.value) == (
+            f"csv:train={train_file}, valid={valid}, test={test}: no test interaction is left: {why}; "
+            "test needs new (user, item) pairs of users and items seen in train: fix the test file or leave it out"
+        )
     without_test = CsvDataModule(train_path=str(train_file), valid_path=str(valid))
     without_test.setup()
     assert not without_test.has_test and len(without_test.split.valid) == 2
 
 
-@pytest.mark.parametrize("value, problem", [("inf", "is inf, not a finite number"), ("-inf", "is -inf, not a finite number"),
-                                            ("1e400", "is inf, not a finite number"), ("nan", "is 'nan', not a number"),
-                                            ("NaN", "is 'NaN', not a number"), ("", "is '', not a number"),
-                                            ("1e39", "is 1e+39, beyond the range of float32 (about ±3.4e+38)")])  # fmt: skip
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("inf", "is inf, not a finite number"),
+        ("-inf", "is -inf, not a finite number"),
+        ("1e400", "is inf, not a finite number"),
+        ("nan", "is 'nan', not a number"),
+        ("NaN", "is 'NaN', not a number"),
+        ("", "is '', not a number"),
+        ("1e39", "is 1e+39, beyond the range of float32 (about ±3.4e+38)"),
+    ],
+)
 def test_non_finite_ratings_are_errors_naming_the_line(tmp_path, value, problem):
     message = error_of(tmp_path, HEADER + GOOD_ROWS + f"u1,i2,{value},5\n")
     assert f"x.csv: line 242: 'rating' {problem}; fix or remove that row" in message
@@ -190,7 +210,9 @@ def test_corrupt_archives_are_one_line(tmp_path, name):
 def test_zst_without_zstandard_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "zstandard", None)  # as if not installed
     message = error_of(tmp_path, b"\x28\xb5\x2f\xfd" + b"\x00" * 20, name="x.csv.zst")
-    assert message.endswith("x.csv.zst: reading .zst files needs the zstandard package: pip install zstandard (or decompress the file first)")
+    assert message.endswith(
+        "x.csv.zst: reading .zst files needs the zstandard package: pip install zstandard (or decompress the file first)"
+    )
 
 
 @pytest.mark.parametrize("encoding", ["utf-9", "base64", ""])
@@ -210,8 +232,10 @@ def test_quoted_raw_values_are_cut_short(tmp_path):
 
 
 def test_na_and_null_are_ids_but_an_empty_cell_is_not(tmp_path):
-    datamodule = CsvDataModule(path=str(write(tmp_path / "na.csv", pairs([(user, f"i{i}") for user in ("NA", "null", "nan", "None")
-                                                                          for i in range(5)]))), split="leave_one_out")  # fmt: skip
+    datamodule = CsvDataModule(
+        path=str(write(tmp_path / "na.csv", pairs([(user, f"i{i}") for user in ("NA", "null", "nan", "None") for i in range(5)]))),
+        split="leave_one_out",
+    )
     datamodule.setup()
     assert sorted(datamodule.interactions.user_ids) == ["NA", "None", "nan", "null"]
     assert "line 3: empty 'itemId'" in error_of(tmp_path, "userId,itemId\nNA,i1\nnull,\n")

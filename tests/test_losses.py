@@ -28,7 +28,9 @@ def test_masked_negatives_do_not_count():
 def test_bce_is_pointwise_log_loss_over_positives_and_negatives():
     logits = torch.cat([POSITIVE, NEGATIVE.flatten()])
     labels = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
-    assert BCELoss()(ScoredCandidates(POSITIVE, NEGATIVE)).item() == pytest.approx(F.binary_cross_entropy_with_logits(logits, labels).item())
+    assert BCELoss()(ScoredCandidates(POSITIVE, NEGATIVE)).item() == pytest.approx(
+        F.binary_cross_entropy_with_logits(logits, labels).item()
+    )
 
 
 def test_sampled_softmax_subtracts_log_q_before_cross_entropy():

@@ -119,8 +119,14 @@ def test_coverage_and_novelty_on_hand_computed_case():
 
 
 def chunk_of(heldout_rows, heldout_items, ratings, num_users):
-    return RankingChunk(torch.arange(num_users), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                        torch.tensor(heldout_rows), torch.tensor(heldout_items), torch.tensor(ratings))  # fmt: skip
+    return RankingChunk(
+        torch.arange(num_users),
+        torch.zeros(0, dtype=torch.long),
+        torch.zeros(0, dtype=torch.long),
+        torch.tensor(heldout_rows),
+        torch.tensor(heldout_items),
+        torch.tensor(ratings),
+    )
 
 
 def test_rating_errors_on_hand_computed_case():

@@ -34,8 +34,9 @@ def model(request) -> Recommender:
     MLP outputs would otherwise hide a term that one scoring path leaves out."""
     option, changes = request.param
     torch.manual_seed(0)
-    built = instantiate(OmegaConf.merge(OmegaConf.load(CONF / "model" / f"{option}.yaml"), changes),
-                        num_users=NUM_USERS, num_items=NUM_ITEMS).eval()  # fmt: skip
+    built = instantiate(
+        OmegaConf.merge(OmegaConf.load(CONF / "model" / f"{option}.yaml"), changes), num_users=NUM_USERS, num_items=NUM_ITEMS
+    ).eval()
     with torch.no_grad():
         for parameter in built.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.1)

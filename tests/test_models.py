@@ -22,8 +22,12 @@ def test_penalty_is_squared_norm_of_touched_rows_per_example():
     model = MatrixFactorization(num_users=4, num_items=5, dim=3, bias=False)
     users, items = torch.tensor([0, 0]), torch.tensor([[1, 2], [1, 4]])
     _, penalty = model.score_with_penalty(users, items)
-    expected = (2 * model.user_factors[0].square().sum() + 2 * model.item_factors[1].square().sum()
-                + model.item_factors[2].square().sum() + model.item_factors[4].square().sum()) / 2  # fmt: skip
+    expected = (
+        2 * model.user_factors[0].square().sum()
+        + 2 * model.item_factors[1].square().sum()
+        + model.item_factors[2].square().sum()
+        + model.item_factors[4].square().sum()
+    ) / 2
     assert penalty.item() == pytest.approx(expected.item(), rel=1e-6)
 
 

@@ -2,8 +2,8 @@
 
 import math
 
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from recsys_lightning.build import build_module
@@ -14,15 +14,20 @@ from recsys_lightning.samplers import UniformSampler
 
 from helpers import MODULE_CONFIG, FrameDataModule, module_config, planted_data, planted_frame
 
+
 def fit(tmp_path, seed=0, epochs=15):
     pl.seed_everything(seed, verbose=False)
     datamodule = FrameDataModule(planted_frame(), batch_size=256, seed=seed)
     datamodule.setup("fit")
     module = build_module(module_config(seed=seed), datamodule.training_data)
     trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=datamodule)
     results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     return trainer, module, results
@@ -57,8 +62,15 @@ def fit_with_loss(tmp_path, loss_target, epochs=2):
     datamodule = FrameDataModule(planted_frame().assign(rating=lambda f: (f.item_id % 5 + 1).astype("float32")), batch_size=256)
     datamodule.setup("fit")
     module = build_module(module_config(loss={"_target_": loss_target, "l2": 1e-4}), datamodule.training_data)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=datamodule)
     return trainer, module, datamodule
 
@@ -77,9 +89,12 @@ def test_mse_validation_reports_rmse_and_mae_of_held_out_ratings(tmp_path):
 def test_bce_validation_scores_held_out_positives_against_unseen_negatives():
     chunk = RankingChunk(
         users=torch.tensor([0, 1]),
-        exclude_rows=torch.tensor([0, 1]), exclude_items=torch.tensor([4, 0]),
-        heldout_rows=torch.tensor([0, 0, 1]), heldout_items=torch.tensor([1, 2, 3]), heldout_ratings=torch.ones(3),
-    )  # fmt: skip
+        exclude_rows=torch.tensor([0, 1]),
+        exclude_items=torch.tensor([4, 0]),
+        heldout_rows=torch.tensor([0, 0, 1]),
+        heldout_items=torch.tensor([1, 2, 3]),
+        heldout_ratings=torch.ones(3),
+    )
     confident = torch.full((2, 5), -10.0)
     confident[chunk.heldout_rows, chunk.heldout_items] = 10.0
     # Excluded items score high: if one were drawn as a negative, accuracy would drop below 1.
@@ -125,8 +140,15 @@ def test_sparse_adam_learns_the_planted_structure(tmp_path):
     datamodule = FrameDataModule(planted_frame(), batch_size=256)
     datamodule.setup("fit")
     module = build_module(config, datamodule.training_data)
-    trainer = pl.Trainer(max_epochs=15, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=15,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=datamodule)
     assert trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/recall@10"] > 0.25
 

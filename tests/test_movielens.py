@@ -11,15 +11,22 @@ import pandas as pd
 import pytest
 
 from recsys_lightning.data.movielens import (
-    GENRES, ML100K, RECBOLE_DATASET_PREFIX, ExpectedContent, ratings_sha256, resolve_movielens,
-)  # fmt: skip
+    GENRES,
+    ML100K,
+    RECBOLE_DATASET_PREFIX,
+    ExpectedContent,
+    ratings_sha256,
+    resolve_movielens,
+)
 from recsys_lightning.errors import DataError
 
 RATINGS = [(1, 10, 5, 881250949), (1, 20, 3, 881250950), (2, 10, 4, 881250951), (3, 30, 1, 881250952)]
 FIXTURE_COUNTS = ExpectedContent(
-    interactions=4, users=3, items=3,
+    interactions=4,
+    users=3,
+    items=3,
     ratings_sha256=ratings_sha256(pd.DataFrame(RATINGS, columns=["user_id", "item_id", "rating", "timestamp"])),
-)  # fmt: skip
+)
 UNREACHABLE = "http://127.0.0.1:9/ml-100k.zip"  # discard port: connection refused at once
 
 
@@ -106,9 +113,13 @@ def test_unreachable_grouplens_falls_back_to_pypi_wheel_once(tmp_path):
     calls = []
     data_dir = tmp_path / "data"
     loaded = resolve_movielens(
-        data_dir, url=UNREACHABLE, wheel="recbole==1.2.1", wheel_sha256=sha256,
-        expected=FIXTURE_COUNTS, pip_download=copying_pip(wheel, calls),
-    )  # fmt: skip
+        data_dir,
+        url=UNREACHABLE,
+        wheel="recbole==1.2.1",
+        wheel_sha256=sha256,
+        expected=FIXTURE_COUNTS,
+        pip_download=copying_pip(wheel, calls),
+    )
     check_fixture(loaded, "pypi-recbole-wheel")
     assert calls == ["recbole==1.2.1"]
     assert sorted(p.name for p in (data_dir / "ml-100k").iterdir()) == ["ml-100k.inter", "ml-100k.item", "ml-100k.user"]
@@ -124,11 +135,14 @@ def test_without_download_a_local_copy_is_read_and_nothing_is_fetched_or_created
     calls = []
     archive = zipped(grouplens_files(tmp_path / "src"), tmp_path / "ml-100k.zip", "ml-100k/")
     with pytest.raises(DataError) as refused:
-        resolve_movielens(tmp_path / "x" / "deep", url=archive.as_uri(), expected=FIXTURE_COUNTS,
-                          pip_download=copying_pip(archive, calls), download=False)  # fmt: skip
-    assert str(refused.value) == (f"{tmp_path / 'x' / 'deep' / 'ml-100k'}: no MovieLens-100K here; evaluate reads the run's data, "
-                                  "it does not fetch it: run training once (which fetches it) or fix data_dir in "
-                                  "<run>/.hydra/config.yaml")  # fmt: skip
+        resolve_movielens(
+            tmp_path / "x" / "deep", url=archive.as_uri(), expected=FIXTURE_COUNTS, pip_download=copying_pip(archive, calls), download=False
+        )
+    assert str(refused.value) == (
+        f"{tmp_path / 'x' / 'deep' / 'ml-100k'}: no MovieLens-100K here; evaluate reads the run's data, "
+        "it does not fetch it: run training once (which fetches it) or fix data_dir in "
+        "<run>/.hydra/config.yaml"
+    )
     assert not (tmp_path / "x").exists() and calls == []
 
 
@@ -136,9 +150,12 @@ def test_wheel_with_wrong_hash_is_refused(tmp_path):
     wheel, _ = fake_wheel(tmp_path)
     with pytest.raises(DataError, match="sha256"):
         resolve_movielens(
-            tmp_path / "data", url=UNREACHABLE, wheel_sha256="0" * 64,
-            expected=FIXTURE_COUNTS, pip_download=copying_pip(wheel, []),
-        )  # fmt: skip
+            tmp_path / "data",
+            url=UNREACHABLE,
+            wheel_sha256="0" * 64,
+            expected=FIXTURE_COUNTS,
+            pip_download=copying_pip(wheel, []),
+        )
     assert not (tmp_path / "data" / "ml-100k").exists()
 
 
@@ -202,8 +219,17 @@ def as_grouplens(real: Path, tmp_path: Path) -> Path:
     items.columns = [c.split(":")[0] for c in items.columns]
     title = items["movie_title"].where(items["release_year"] == "", items["movie_title"] + " (" + items["release_year"] + ")")
     flags = pd.DataFrame({g: items["class"].str.split().apply(lambda tokens, g=g: int(g in tokens)) for g in GENRES})
-    u_item = pd.concat([items["item_id"], title, pd.Series("01-Jan-1995", index=items.index), pd.Series("", index=items.index),
-                        pd.Series("http://x", index=items.index), flags], axis=1)  # fmt: skip
+    u_item = pd.concat(
+        [
+            items["item_id"],
+            title,
+            pd.Series("01-Jan-1995", index=items.index),
+            pd.Series("", index=items.index),
+            pd.Series("http://x", index=items.index),
+            flags,
+        ],
+        axis=1,
+    )
     (folder / "u.item").write_bytes(u_item.to_csv(sep="|", header=False, index=False).encode("latin-1"))
     return folder
 
@@ -241,7 +267,10 @@ INTER_DAMAGE = {
     "nul_bytes": (lambda data: data[:500] + b"\0\0\0" + data[500:], "cannot be read as MovieLens-100K (could not convert"),
     "latin1_byte": (lambda data: data[:500] + b"\xe9" + data[500:], "cannot be read as MovieLens-100K ('utf-8' codec"),
     "word_in_a_cell": (lambda data: data.replace(b"\t881250949", b"\tyesterday", 1), "could not convert string to float"),
-    "fractional_timestamp": (lambda data: data.replace(b"\t881250949", b"\t881250949.5", 1), "data row 1: a cell is empty or not finite, or an id or timestamp is not whole"),
+    "fractional_timestamp": (
+        lambda data: data.replace(b"\t881250949", b"\t881250949.5", 1),
+        "data row 1: a cell is empty or not finite, or an id or timestamp is not whole",
+    ),
     "infinite_rating": (lambda data: data.replace(b"\t3\t881250949", b"\tinf\t881250949", 1), "data row 1: a cell is empty or not finite"),
     "extra_cell_first_row": (lambda data: data.replace(b"\t881250949\n", b"\t881250949\t7\n", 1), "more cells than the header"),
     "extra_cell_later_row": (lambda data: data.replace(b"\t891717742\n", b"\t891717742\t7\n", 1), "Expected 4 fields in line 3"),

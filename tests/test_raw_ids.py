@@ -96,8 +96,14 @@ def test_thirty_digit_ids_survive_the_checkpoint(tmp_path):
     assert catalogue.user_ids.tolist() == [str(user) for user in users]
     assert catalogue.user_index(users[3]) == catalogue.user_index(str(users[3])) == 3
     # Python ints beyond int64 from another source: strings in the state, not an OverflowError.
-    frame = pd.DataFrame({"user_id": pd.Series([2**64 + k for k in range(4)] * 5, dtype=object),
-                          "item_id": np.repeat(np.arange(5), 4), "rating": 1.0, "timestamp": np.arange(20.0)})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "user_id": pd.Series([2**64 + k for k in range(4)] * 5, dtype=object),
+            "item_id": np.repeat(np.arange(5), 4),
+            "rating": 1.0,
+            "timestamp": np.arange(20.0),
+        }
+    )
     source = FrameDataModule(frame, split="leave_one_out")
     source.setup()
     state = source.training_data.catalogue.to_state()
@@ -109,8 +115,9 @@ def test_pre_split_files_and_explicit_negatives_match_on_the_raw_text(tmp_path):
     train = [(user, f"i{item}", "1") for user, first in (("7", 0), ("007", 2)) for item in range(first, first + 6)]
     train += [("007", "i1", "0"), ("7", "i6", "0")]  # explicit negatives of two different users
     valid = [("7", "i7", "1"), ("007", "i0", "1"), ("07", "i1", "1")]  # 07 never trained: left out
-    datamodule = CsvDataModule(train_path=str(write(tmp_path / "train.csv", train, header)),
-                               valid_path=str(write(tmp_path / "valid.csv", valid, header)))  # fmt: skip
+    datamodule = CsvDataModule(
+        train_path=str(write(tmp_path / "train.csv", train, header)), valid_path=str(write(tmp_path / "valid.csv", valid, header))
+    )
     datamodule.setup()
     interactions = datamodule.interactions
     assert sorted(interactions.user_ids) == ["007", "07", "7"]
@@ -150,8 +157,14 @@ def test_train_then_recommend_write_lookalike_ids_verbatim(tmp_path):
     rng = np.random.default_rng(0)
     rows = [(user, item) for user in users for item in rng.choice([f"{i:03d}" if i % 2 else str(i) for i in range(40)], 8, replace=False)]
     data = write(tmp_path / "lookalike.csv", rows)
-    result = run_module("recsys_lightning.train", "data=csv", f"data.path={data}", "data.split=leave_one_out", "debug=quick",
-                        f"paths.output_dir={tmp_path / 'out'}")  # fmt: skip
+    result = run_module(
+        "recsys_lightning.train",
+        "data=csv",
+        f"data.path={data}",
+        "data.split=leave_one_out",
+        "debug=quick",
+        f"paths.output_dir={tmp_path / 'out'}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = [path.parent for path in (tmp_path / "out").glob("runs/*/*/.hydra")]
     recs = tmp_path / "recs.csv"

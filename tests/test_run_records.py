@@ -23,11 +23,20 @@ from helpers import compose_config, run_module, training_config
 # Every test here reads a run trained through the entry point (the `trained` fixture).
 pytestmark = pytest.mark.slow
 
-SMALL_RUN = ["data=synthetic", "data.num_users=200", "data.num_items=150", "data.num_interactions=4000", "trainer.max_epochs=2",
-             "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0", "projector.max_items=0"]  # fmt: skip
+SMALL_RUN = [
+    "data=synthetic",
+    "data.num_users=200",
+    "data.num_items=150",
+    "data.num_interactions=4000",
+    "trainer.max_epochs=2",
+    "trainer.accelerator=cpu",
+    "callbacks.progress_bar.refresh_rate=0",
+    "projector.max_items=0",
+]
 DAMAGED = "metrics.json is damaged"
 BILLION_LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
-    f"{chr(98 + level)}: &{chr(98 + level)} [{', '.join([f'*{chr(97 + level)}'] * 9)}]\n" for level in range(8))
+    f"{chr(98 + level)}: &{chr(98 + level)} [{', '.join([f'*{chr(97 + level)}'] * 9)}]\n" for level in range(8)
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +70,10 @@ def test_recommend_refuses_to_overwrite_a_checkpoint_with_csv(run):
     before = target.read_bytes()
     result = run_module("recsys_lightning.recommend", f"run_dir={run}", "users=all", "k=3", f"output={target}")
     assert result.returncode == 1
-    assert error_lines(result) == [f"error: output={target} exists and is not a recommendations CSV this project wrote; "
-                                   "refusing to overwrite it: remove it or pick another path"]  # fmt: skip
+    assert error_lines(result) == [
+        f"error: output={target} exists and is not a recommendations CSV this project wrote; "
+        "refusing to overwrite it: remove it or pick another path"
+    ]
     assert target.read_bytes() == before
 
 
@@ -106,7 +117,8 @@ def test_an_earlier_export_is_replaced_and_unknown_users_are_reported(run, caplo
     lines = output.read_text().splitlines()
     assert lines[0] == ",".join(CSV_COLUMNS) and len(lines) == 1 + 4 * 3 and "stale" not in output.read_text()
     assert [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING] == [
-        "2 of 4 requested users are unknown to this run (e.g. 99999, 'abc'): they get the most popular items (source=popularity)"]
+        "2 of 4 requested users are unknown to this run (e.g. 99999, 'abc'): they get the most popular items (source=popularity)"
+    ]
 
 
 def test_all_known_users_give_no_warning(run, caplog):
@@ -257,7 +269,9 @@ def test_evaluate_never_creates_or_fetches_a_recorded_movielens_data_dir(run, tm
     OmegaConf.save(config, run / ".hydra" / "config.yaml")
     with pytest.raises(DataError) as refused:
         evaluate(run, accelerator="cpu")
-    assert str(refused.value) == (f"{tmp_path / 'x' / 'deep' / 'ml-100k'}: no MovieLens-100K here; evaluate reads the run's data, "
-                                  "it does not fetch it: run training once (which fetches it) or fix data_dir in "
-                                  "<run>/.hydra/config.yaml")  # fmt: skip
+    assert str(refused.value) == (
+        f"{tmp_path / 'x' / 'deep' / 'ml-100k'}: no MovieLens-100K here; evaluate reads the run's data, "
+        "it does not fetch it: run training once (which fetches it) or fix data_dir in "
+        "<run>/.hydra/config.yaml"
+    )
     assert not (tmp_path / "x").exists()

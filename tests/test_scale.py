@@ -14,8 +14,17 @@ from recsys_lightning.evaluate import compare_with_recorded, evaluate
 from helpers import run_module, training_config
 
 # Small synthetic data, a few quick epochs, bit-exact on CPU.
-SMALL_RUN = ["data=synthetic", "data.num_users=600", "data.num_items=400", "data.num_interactions=20000", "data.batch_size=512",
-             "trainer.max_epochs=4", "trainer.accelerator=cpu", "trainer.deterministic=true", "callbacks.progress_bar.refresh_rate=0"]  # fmt: skip
+SMALL_RUN = [
+    "data=synthetic",
+    "data.num_users=600",
+    "data.num_items=400",
+    "data.num_interactions=20000",
+    "data.batch_size=512",
+    "trainer.max_epochs=4",
+    "trainer.accelerator=cpu",
+    "trainer.deterministic=true",
+    "callbacks.progress_bar.refresh_rate=0",
+]
 
 
 def train(output_dir: Path, *overrides: str, fault_injection: bool = False):
@@ -58,8 +67,13 @@ def test_same_config_gives_identical_metrics_twice(tmp_path, uninterrupted):
 
 @pytest.mark.slow
 def test_sigkilled_run_resumes_from_last_checkpoint_to_the_same_metrics(tmp_path, uninterrupted):
-    killed = train(tmp_path, "+callbacks.kill._target_=fault_injection.KillAt", "+callbacks.kill.epoch=2",
-                   "+callbacks.kill.batch=5", fault_injection=True)  # fmt: skip
+    killed = train(
+        tmp_path,
+        "+callbacks.kill._target_=fault_injection.KillAt",
+        "+callbacks.kill.epoch=2",
+        "+callbacks.kill.batch=5",
+        fault_injection=True,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run_dir = run_dir_of(tmp_path)
     assert not (run_dir / "metrics.json").exists()
@@ -85,8 +99,13 @@ def test_two_process_ddp_metrics_equal_one_process_evaluation_of_the_same_model(
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    result = train(tmp_path, "+callbacks.poison._target_=fault_injection.PoisonWeightsAt", "+callbacks.poison.epoch=1",
-                   "+callbacks.poison.batch=3", fault_injection=True)  # fmt: skip
+    result = train(
+        tmp_path,
+        "+callbacks.poison._target_=fault_injection.PoisonWeightsAt",
+        "+callbacks.poison.epoch=1",
+        "+callbacks.poison.batch=3",
+        fault_injection=True,
+    )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr

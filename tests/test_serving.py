@@ -83,7 +83,7 @@ def test_recommend_one_user_shows_titles_and_the_models_own_scores(movielens_run
     with torch.no_grad():
         own = served.model.score(torch.full((5,), user), items)
     torch.testing.assert_close(printed, own, atol=1e-5, rtol=0)
-    seen = set(served.catalogue.seen.indices[served.catalogue.seen.indptr[user]:served.catalogue.seen.indptr[user + 1]].tolist())
+    seen = set(served.catalogue.seen.indices[served.catalogue.seen.indptr[user] : served.catalogue.seen.indptr[user + 1]].tolist())
     assert not seen & set(items.tolist())
     title = served.catalogue.title_of([items[0].item()])[0]
     assert title in result.stdout
@@ -101,8 +101,9 @@ def test_exported_csv_reproduces_the_test_ndcg_of_metrics_json(movielens_run, tm
 
     datamodule = run_data(movielens_run)
     interactions, test_rows = datamodule.interactions, datamodule.split.test
-    held_out = pd.DataFrame({"user_id": interactions.user_ids[interactions.users[test_rows]],
-                             "item_id": interactions.item_ids[interactions.items[test_rows]]})  # fmt: skip
+    held_out = pd.DataFrame(
+        {"user_id": interactions.user_ids[interactions.users[test_rows]], "item_id": interactions.item_ids[interactions.items[test_rows]]}
+    )
     metrics = json.loads((movielens_run / "metrics.json").read_text())
     assert independent_ndcg(recommendations, held_out, k=10) == pytest.approx(metrics["test/ndcg@10"], abs=1e-6)
 
@@ -159,7 +160,7 @@ def test_unknown_users_and_short_histories_get_popular_unseen_items(served):
 
     user = catalogue.user_index(1)
     short = RecommendationService(served, min_history=10**6).recommend(torch.tensor([user]), 5)
-    seen = set(catalogue.seen.indices[catalogue.seen.indptr[user]:catalogue.seen.indptr[user + 1]].tolist())
+    seen = set(catalogue.seen.indices[catalogue.seen.indptr[user] : catalogue.seen.indptr[user + 1]].tolist())
     expected = [item for item in torch.argsort(catalogue.popularity, descending=True, stable=True).tolist() if item not in seen][:5]
     assert short.fallback.tolist() == [True] and short.items[0].tolist() == expected
 
@@ -243,15 +244,24 @@ def test_similar_items_and_users_through_the_entry_point(movielens_run):
 def test_ncf_says_which_embedding_and_refuses_faiss(tmp_path):
     import pytorch_lightning as pl
 
-    from helpers import FrameDataModule, module_config, planted_frame  # a small NCF trained for one epoch
     from recsys_lightning.build import build_module
+
+    from helpers import FrameDataModule, module_config, planted_frame  # a small NCF trained for one epoch
 
     datamodule = FrameDataModule(planted_frame(), batch_size=256)
     datamodule.setup("fit")
     config = module_config(model={"_target_": "recsys_lightning.models.NeuMF", "gmf_dim": 8, "mlp_dim": 8, "hidden": [8]})
     module = build_module(config, datamodule.training_data)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, limit_val_batches=0, default_root_dir=tmp_path)  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=datamodule)
     trainer.save_checkpoint(tmp_path / "ncf.ckpt")
 
@@ -299,7 +309,6 @@ def test_projector_gets_item_embeddings_labelled_with_titles(movielens_run):
 @pytest.mark.parametrize(("sent", "exit_code"), [("SIGTERM", 143), ("SIGINT", 130)])
 def test_an_interrupted_export_exits_with_the_signals_code_and_leaves_no_file(movielens_run, tmp_path, sent, exit_code):
     """SIGTERM (docker stop, a job's time limit) or Ctrl-C mid-export: no recs.csv, no hidden temporary file."""
-    import os
     import signal
     import subprocess
     import sys
@@ -308,8 +317,15 @@ def test_an_interrupted_export_exits_with_the_signals_code_and_leaves_no_file(mo
     from helpers import ROOT
 
     output = tmp_path / "recs.csv"
-    command = [sys.executable, "-m", "recsys_lightning.recommend", f"run_dir={movielens_run}", "users=all", "chunk_size=1",
-               f"output={output}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "recsys_lightning.recommend",
+        f"run_dir={movielens_run}",
+        "users=all",
+        "chunk_size=1",
+        f"output={output}",
+    ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".recs.csv.*.tmp")) and process.poll() is None and time.monotonic() < deadline:
@@ -318,5 +334,6 @@ def test_an_interrupted_export_exits_with_the_signals_code_and_leaves_no_file(mo
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == exit_code, stderr[-2000:]
     assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
-        "error: recommend was interrupted; no output file was written or changed"]
+        "error: recommend was interrupted; no output file was written or changed"
+    ]
     assert list(tmp_path.iterdir()) == []

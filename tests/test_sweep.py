@@ -18,11 +18,23 @@ pytestmark = pytest.mark.slow
 
 def test_multirun_writes_sorted_summary_with_failed_run_as_row(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "recsys_lightning.train", "-m", "loss=bpr,bce", "sampler=uniform,in_batch",
-         "trainer.max_epochs=1", "trainer.limit_train_batches=3", "callbacks.progress_bar.refresh_rate=0",
-         f"paths.output_dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "recsys_lightning.train",
+            "-m",
+            "loss=bpr,bce",
+            "sampler=uniform,in_batch",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=3",
+            "callbacks.progress_bar.refresh_rate=0",
+            f"paths.output_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 1, result.stderr[-2000:]  # one run cannot work, so the sweep reports failure
     sweep_dir = next(tmp_path.glob("multiruns/*/*"))
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == [
@@ -48,10 +60,20 @@ def test_multirun_writes_sorted_summary_with_failed_run_as_row(tmp_path):
 def test_impossible_combination_fails_before_any_data_is_loaded(tmp_path):
     empty_data_dir = tmp_path / "data"
     result = subprocess.run(
-        [sys.executable, "-m", "recsys_lightning.train", "loss=bce", "sampler=in_batch",
-         f"paths.data_dir={empty_data_dir}", f"paths.output_dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "recsys_lightning.train",
+            "loss=bce",
+            "sampler=in_batch",
+            f"paths.data_dir={empty_data_dir}",
+            f"paths.output_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: BCELoss cannot train with InBatchSampler")
     assert not empty_data_dir.exists()
@@ -59,10 +81,22 @@ def test_impossible_combination_fails_before_any_data_is_loaded(tmp_path):
 
 def test_optuna_search_maximises_the_returned_validation_metric(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "recsys_lightning.train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-         "hydra.sweeper.sampler.n_startup_trials=2", "debug=quick", f"paths.output_dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "recsys_lightning.train",
+            "-m",
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=2",
+            "debug=quick",
+            f"paths.output_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     sweep_dir = next(tmp_path.glob("multiruns/*/*"))
     best = OmegaConf.load(sweep_dir / "optimization_results.yaml")

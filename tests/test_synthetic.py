@@ -1,13 +1,12 @@
 """Synthetic data: reproducible, power-law popular, and with structure a model learns beyond popularity."""
 
 import numpy as np
-import pytorch_lightning as pl
 import pytest
-import torch
+import pytorch_lightning as pl
 
+from recsys_lightning.build import build_module
 from recsys_lightning.data.synthetic import SyntheticDataModule, generate_interactions
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.build import build_module
 from recsys_lightning.metrics import RankingMetrics
 from recsys_lightning.ranking import top_k_unseen
 
@@ -46,16 +45,22 @@ def popularity_recall_at_10(datamodule) -> float:
 
 def test_mf_learns_planted_structure_far_beyond_popularity(tmp_path):
     pl.seed_everything(0, verbose=False)
-    datamodule = SyntheticDataModule(num_users=1500, num_items=800, num_interactions=60_000, num_clusters=8,
-                                     batch_size=2048, seed=0)  # fmt: skip
+    datamodule = SyntheticDataModule(num_users=1500, num_items=800, num_interactions=60_000, num_clusters=8, batch_size=2048, seed=0)
     datamodule.setup("fit")
     config = module_config(
         loss={"_target_": "recsys_lightning.losses.BPRLoss", "l2": 1e-3},
         optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.02},
     )
     module = build_module(config, datamodule.training_data)
-    trainer = pl.Trainer(max_epochs=8, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=8,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=datamodule)
     learned = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/recall@10"]
     baseline = popularity_recall_at_10(datamodule)

@@ -1,7 +1,7 @@
 """Every model trains with every loss: a few epochs on small data, and the training loss falls."""
 
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 
 from recsys_lightning.build import build_module
 
@@ -51,8 +51,15 @@ def test_training_loss_falls(model_name, loss_name, tmp_path):
     module = build_module(config, datamodule.training_data)
     losses = EpochLosses()
     trainer = pl.Trainer(
-        max_epochs=5, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, limit_val_batches=0, callbacks=[losses], default_root_dir=tmp_path,
-    )  # fmt: skip
+        max_epochs=5,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        callbacks=[losses],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=datamodule)
     assert losses.values[-1] < 0.95 * losses.values[0], losses.values

@@ -11,9 +11,9 @@ import yaml
 from recsys_lightning.checkpoint_file import FORMAT_KEY, FORMAT_VERSION, find_checkpoint
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters, offered_targets
 from recsys_lightning.evaluate import evaluate
 from recsys_lightning.run_folder import RunFolder
+from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters, offered_targets
 from recsys_lightning.serving.checkpoint import load_trained
 
 from helpers import options, run_module, training_config
@@ -72,9 +72,10 @@ EDITS = {
     "hydra _args_ directive": lambda p: lambda ckpt: ckpt["hyper_parameters"]["model"].update(_args_=[nested_torch_load(p)]),
     "nested target in a list": lambda p: lambda ckpt: ckpt["hyper_parameters"]["model"].update(dim=[nested_torch_load(p)]),
     "nested target in the loss": lambda p: lambda ckpt: ckpt["hyper_parameters"]["loss"].update(l2=nested_torch_load(p)),
-    "nested target in the scheduler": lambda p: lambda ckpt: ckpt["hyper_parameters"].update(
-        scheduler={"scheduler": nested_torch_load(p), "interval": "epoch"}),
-}  # fmt: skip
+    "nested target in the scheduler": lambda p: (
+        lambda ckpt: ckpt["hyper_parameters"].update(scheduler={"scheduler": nested_torch_load(p), "interval": "epoch"})
+    ),
+}
 
 
 def refused_in_process(run_dir: Path) -> list[str]:
@@ -110,11 +111,21 @@ def test_checkpoint_with_a_pickled_object_is_refused_for_serving_and_resume(movi
     assert not marker.exists()
     line = one_error_line(run_module("recsys_lightning.recommend", f"run_dir={run_dir}", "user_id=1"))
     assert "refused, it holds pickled objects" in line
-    resumed = run_module("recsys_lightning.train", "trainer.max_epochs=4", f"hydra.run.dir={run_dir}",
-                         f"ckpt_path={find_checkpoint(run_dir)}", "callbacks.progress_bar.refresh_rate=0")  # fmt: skip
+    resumed = run_module(
+        "recsys_lightning.train",
+        "trainer.max_epochs=4",
+        f"hydra.run.dir={run_dir}",
+        f"ckpt_path={find_checkpoint(run_dir)}",
+        "callbacks.progress_bar.refresh_rate=0",
+    )
     assert "refused, it holds pickled objects" in one_error_line(resumed)
-    resumed = run_module("recsys_lightning.train", "trainer.max_epochs=4", f"hydra.run.dir={tmp_path / 'fresh'}",
-                         f"ckpt_path={payload}", "callbacks.progress_bar.refresh_rate=0")  # fmt: skip
+    resumed = run_module(
+        "recsys_lightning.train",
+        "trainer.max_epochs=4",
+        f"hydra.run.dir={tmp_path / 'fresh'}",
+        f"ckpt_path={payload}",
+        "callbacks.progress_bar.refresh_rate=0",
+    )
     assert "refused, it holds pickled objects" in one_error_line(resumed)
     assert not marker.exists()
 
@@ -183,8 +194,13 @@ def test_a_checkpoint_of_another_format_is_refused_by_recommend_evaluate_and_res
 @pytest.mark.slow
 def test_a_checkpoint_without_the_format_marker_is_one_line_when_resumed(movielens_run, tmp_path):
     run_dir = crafted_run(movielens_run, tmp_path, FORMAT_EDITS["no format marker"])
-    resumed = run_module("recsys_lightning.train", "trainer.max_epochs=4", f"hydra.run.dir={tmp_path / 'fresh'}",
-                         f"ckpt_path={find_checkpoint(run_dir)}", "callbacks.progress_bar.refresh_rate=0")  # fmt: skip
+    resumed = run_module(
+        "recsys_lightning.train",
+        "trainer.max_epochs=4",
+        f"hydra.run.dir={tmp_path / 'fresh'}",
+        f"ckpt_path={find_checkpoint(run_dir)}",
+        "callbacks.progress_bar.refresh_rate=0",
+    )
     assert f"checkpoint has no format marker, this code reads format {FORMAT_VERSION}" in one_error_line(resumed)
 
 
@@ -210,11 +226,17 @@ def test_every_option_the_configs_offer_passes_the_check(group):
 
 
 def test_hyper_parameters_check_names_the_key_and_keeps_valid_values():
-    hyper_parameters = {"num_users": 3, "num_items": 4, "model": {"_target_": "recsys_lightning.models.MatrixFactorization", "dim": 8},
-                        "loss": {"_target_": "recsys_lightning.losses.BPRLoss", "l2": 0.01},
-                        "sampler": {"_target_": "recsys_lightning.samplers.UniformSampler", "num_negatives": 1},
-                        "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01}, "scheduler": None,
-                        "ks": [10], "seed": 1}  # fmt: skip
+    hyper_parameters = {
+        "num_users": 3,
+        "num_items": 4,
+        "model": {"_target_": "recsys_lightning.models.MatrixFactorization", "dim": 8},
+        "loss": {"_target_": "recsys_lightning.losses.BPRLoss", "l2": 0.01},
+        "sampler": {"_target_": "recsys_lightning.samplers.UniformSampler", "num_negatives": 1},
+        "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01},
+        "scheduler": None,
+        "ks": [10],
+        "seed": 1,
+    }
     assert checked_module_hyper_parameters(hyper_parameters, "x.ckpt") == hyper_parameters
     for key, value, message in (
         ("num_users", True, "num_users is True, not an integer"),
@@ -239,8 +261,11 @@ def test_hyper_parameters_check_names_the_key_and_keeps_valid_values():
 def test_recorded_data_configs_are_held_to_the_training_rules():
     data = {"_target_": "recsys_lightning.data.csv.CsvDataModule", "path": "x.csv", "batch_size": 64}
     assert checked_component("data", data, "config.yaml") == data
-    for key, value, message in (("_partial_", True, "data._partial_ is True"), ("batch_size", 0, "batch_size=0: must be"),
-                                ("load_everything", True, "'load_everything', which")):  # fmt: skip
+    for key, value, message in (
+        ("_partial_", True, "data._partial_ is True"),
+        ("batch_size", 0, "batch_size=0: must be"),
+        ("load_everything", True, "'load_everything', which"),
+    ):
         with pytest.raises(ConfigError, match="config.yaml") as error:
             checked_component("data", {**data, key: value}, "config.yaml")
         assert message in str(error.value), str(error.value)

@@ -7,13 +7,13 @@ import itertools
 import sys
 import types
 
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from recsys_lightning.errors import ConfigError
 from recsys_lightning.build import build_module
+from recsys_lightning.errors import ConfigError
 from recsys_lightning.recommend import serve
 from recsys_lightning.serving.arguments import check_serving_config
 from recsys_lightning.validation import (
@@ -58,8 +58,7 @@ def test_every_config_option_passes(group, option, monkeypatch):
     check_training_config(training_config(f"{group}={option}"))
 
 
-@pytest.mark.parametrize(("model", "loss", "sampler"), itertools.product(
-    *(options(group) for group in ("model", "loss", "sampler"))))  # fmt: skip
+@pytest.mark.parametrize(("model", "loss", "sampler"), itertools.product(*(options(group) for group in ("model", "loss", "sampler"))))
 def test_every_model_loss_sampler_combination_passes_unless_the_loss_rejects_the_sampler(model, loss, sampler):
     cfg = training_config(f"model={model}", f"loss={loss}", f"sampler={sampler}")
     rejected = (loss, sampler) in {("bce", "in_batch"), ("mse", "popularity"), ("mse", "in_batch"), ("mse", "hard")}
@@ -157,8 +156,10 @@ def test_long_bad_value_is_cut_in_the_message():
 
 def test_monitor_without_its_k_in_eval_ks_names_every_key_and_the_fix():
     message = refused(check_training_config, training_config("eval.ks=[20]"))
-    assert message == ("callbacks.early_stopping.monitor, callbacks.model_checkpoint.monitor, optimized_metric=val/ndcg@10 "
-                       "name no metric this run logs: eval.ks=[20] has no 10; add 10 to eval.ks or use val/ndcg@20")  # fmt: skip
+    assert message == (
+        "callbacks.early_stopping.monitor, callbacks.model_checkpoint.monitor, optimized_metric=val/ndcg@10 "
+        "name no metric this run logs: eval.ks=[20] has no 10; add 10 to eval.ks or use val/ndcg@20"
+    )
 
 
 def test_monitor_of_a_k_not_evaluated_is_refused():
@@ -172,8 +173,10 @@ def test_misspelt_monitor_gets_the_closest_logged_name():
     assert "did you mean val/ndcg@10?" in message
 
 
-@pytest.mark.parametrize(("loss", "monitor", "logged"), [("bpr", "val/rmse", False), ("mse", "val/rmse", True),
-                                                         ("bpr", "val/bce", False), ("bce", "val/bce", True)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("loss", "monitor", "logged"),
+    [("bpr", "val/rmse", False), ("mse", "val/rmse", True), ("bpr", "val/bce", False), ("bce", "val/bce", True)],
+)
 def test_rating_and_pointwise_metrics_are_monitorable_only_with_their_losses(loss, monitor, logged):
     cfg = training_config(f"loss={loss}", f"callbacks.early_stopping.monitor={monitor}", "callbacks.early_stopping.mode=min")
     if logged:
@@ -184,8 +187,10 @@ def test_rating_and_pointwise_metrics_are_monitorable_only_with_their_losses(los
 
 def test_lower_is_better_metric_watched_for_a_maximum_is_refused():
     message = refused(check_training_config, training_config("loss=mse", "callbacks.early_stopping.monitor=val/rmse"))
-    assert message == ("callbacks.early_stopping.mode=max, but callbacks.early_stopping.monitor=val/rmse is better when lower: "
-                       "set callbacks.early_stopping.mode=min")  # fmt: skip
+    assert message == (
+        "callbacks.early_stopping.mode=max, but callbacks.early_stopping.monitor=val/rmse is better when lower: "
+        "set callbacks.early_stopping.mode=min"
+    )
 
 
 def test_plateau_scheduler_monitor_and_optimized_metric_are_checked_too():
@@ -206,8 +211,15 @@ def test_logged_metrics_are_the_names_the_module_logs(loss, small_frame, tmp_pat
     datamodule = FrameDataModule(small_frame, batch_size=256)
     datamodule.setup("fit")
     module = build_module(cfg, datamodule.training_data)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=datamodule)
     monitorable = {name for name in trainer.callback_metrics if name.startswith("val/") or name == "train/loss"}
     assert set(logged_metrics(cfg)) == monitorable
@@ -220,28 +232,35 @@ def test_data_dir_or_run_dir_that_is_a_file_is_refused(tmp_path):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
     assert refused(check_training_config, training_config(f"paths.data_dir={a_file}")) == (
-        f"paths.data_dir={a_file} is a file; point it at a folder (or a path that does not exist yet)")
+        f"paths.data_dir={a_file} is a file; point it at a folder (or a path that does not exist yet)"
+    )
     assert refused(check_training_config, training_config(f"paths.data_dir={a_file}/ml")) == (
-        f"paths.data_dir={a_file}/ml cannot be created: {a_file} is a file; point it at a folder (or a path that does not exist yet)")
+        f"paths.data_dir={a_file}/ml cannot be created: {a_file} is a file; point it at a folder (or a path that does not exist yet)"
+    )
     assert refused(check_training_config, training_config(run_dir=a_file)).startswith(f"paths.run_dir={a_file} is a file")
     check_training_config(training_config(f"paths.data_dir={tmp_path}/not/yet", run_dir=tmp_path / "new"))
 
 
 def test_gpu_accelerator_without_cuda_is_refused(no_cuda):
     assert refused(check_training_config, training_config("trainer=gpu")) == (
-        "trainer.accelerator=gpu: no CUDA device is visible here; use trainer.accelerator=cpu (or auto)")
+        "trainer.accelerator=gpu: no CUDA device is visible here; use trainer.accelerator=cpu (or auto)"
+    )
     check_training_config(training_config("trainer=ddp"))  # auto falls back to CPU processes
 
 
-@pytest.mark.parametrize(("accelerator", "why"), [
-    ("mps", "Apple's MPS backend is not available here (macOS on Apple silicon only)"),
-    ("tpu", "a TPU needs torch_xla, which is not installed here"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("accelerator", "why"),
+    [
+        ("mps", "Apple's MPS backend is not available here (macOS on Apple silicon only)"),
+        ("tpu", "a TPU needs torch_xla, which is not installed here"),
+    ],
+)
 def test_mps_or_tpu_that_is_not_available_is_refused_up_front(monkeypatch, accelerator, why):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     monkeypatch.setitem(sys.modules, "torch_xla", None)  # as if not installed: find_spec answers None
     assert refused(check_training_config, training_config(f"trainer.accelerator={accelerator}")) == (
-        f"trainer.accelerator={accelerator}: {why}; use trainer.accelerator=cpu or auto")
+        f"trainer.accelerator={accelerator}: {why}; use trainer.accelerator=cpu or auto"
+    )
 
 
 def test_mps_or_tpu_that_is_available_passes(monkeypatch):
@@ -300,7 +319,8 @@ def test_serving_on_cuda_needs_a_cuda_device(no_cuda):
 
 def test_serving_on_a_cuda_index_that_does_not_exist_is_refused(one_cuda_device):
     assert refused(check_serving_config, serving("run_dir=r", "user_id=1", "device=cuda:1")) == (
-        "device=cuda:1: only 1 CUDA device(s) here, cuda:0 to cuda:0")
+        "device=cuda:1: only 1 CUDA device(s) here, cuda:0 to cuda:0"
+    )
 
 
 def test_output_problems_are_found_before_the_checkpoint_is_loaded(tmp_path):
@@ -316,13 +336,16 @@ def test_output_problems_are_found_before_the_checkpoint_is_loaded(tmp_path):
         serve(serving(f"run_dir={empty_run}", "user_id=1", f"output={tmp_path}/recs.csv"))
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ([], "run_dir is not set: set run_dir=<a training run folder>"),
-    (["run_dir=r", "split=train"], "split=train: must be one of test, valid"),
-    (["run_dir=r", "accelerator=tpu"], "accelerator=tpu: must be one of auto, cpu, gpu, cuda"),
-    (["run_dir=r", "tolerance=-1"], "tolerance=-1: must be a number >= 0"),
-    (["run_dir=r", "tolerance=nan"], "tolerance=nan: must be a number >= 0"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([], "run_dir is not set: set run_dir=<a training run folder>"),
+        (["run_dir=r", "split=train"], "split=train: must be one of test, valid"),
+        (["run_dir=r", "accelerator=tpu"], "accelerator=tpu: must be one of auto, cpu, gpu, cuda"),
+        (["run_dir=r", "tolerance=-1"], "tolerance=-1: must be a number >= 0"),
+        (["run_dir=r", "tolerance=nan"], "tolerance=nan: must be a number >= 0"),
+    ],
+)
 def test_bad_evaluate_argument_is_one_line_naming_it(overrides, message):
     assert refused(check_evaluate_config, compose_config("evaluate", *overrides)).startswith(message)
 
@@ -331,10 +354,13 @@ def test_bad_evaluate_argument_is_one_line_naming_it(overrides, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("override", "message"), [
-    ("model.dim=0", "error: model.dim=0: must be an integer in [1, 65536]"),
-    ("trainer.max_epochs=0", "error: trainer.max_epochs=0: must be an integer >= 1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.dim=0", "error: model.dim=0: must be an integer in [1, 65536]"),
+        ("trainer.max_epochs=0", "error: trainer.max_epochs=0: must be an integer >= 1"),
+    ],
+)
 def test_train_refuses_a_bad_value_before_training(override, message, tmp_path):
     run_dir = tmp_path / "run"
     result = run_module("recsys_lightning.train", override, f"hydra.run.dir={run_dir}")
@@ -348,11 +374,15 @@ def test_train_into_a_run_dir_that_is_a_file_is_one_line(tmp_path):
     a_file.write_text("x")
     result = run_module("recsys_lightning.train", f"hydra.run.dir={a_file}")
     assert (result.returncode, result.stderr.strip()) == (
-        1, f"error: hydra.run.dir={a_file} is a file; point it at a folder (or a path that does not exist yet)")
+        1,
+        f"error: hydra.run.dir={a_file} is a file; point it at a folder (or a path that does not exist yet)",
+    )
 
 
 @pytest.mark.slow
 def test_recommend_without_run_dir_is_one_line():
     result = run_module("recsys_lightning.recommend", "user_id=1")
     assert (result.returncode, result.stderr.strip()) == (
-        1, "error: run_dir is not set: set run_dir=<a training run folder>, e.g. run_dir=outputs/runs/<date>/<time>_<name>")
+        1,
+        "error: run_dir is not set: set run_dir=<a training run folder>, e.g. run_dir=outputs/runs/<date>/<time>_<name>",
+    )

@@ -84,7 +84,10 @@ def test_the_same_vectors_and_settings_reuse_the_file_untouched(tmp_path, caplog
 
 @pytest.mark.parametrize(
     ("first", "second", "changed"),
-    [({"kind": "flat"}, {"kind": "ivf", "nlist": 4}, "kind, nlist, seed"), ({"kind": "ivf", "nlist": 4}, {"kind": "ivf", "nlist": 5}, "nlist")],
+    [
+        ({"kind": "flat"}, {"kind": "ivf", "nlist": 4}, "kind, nlist, seed"),
+        ({"kind": "ivf", "nlist": 4}, {"kind": "ivf", "nlist": 5}, "nlist"),
+    ],
     ids=["kind", "nlist"],
 )
 def test_other_settings_are_rebuilt(tmp_path, caplog, first, second, changed):
@@ -130,8 +133,15 @@ def test_an_index_of_another_size_is_rebuilt_even_when_its_sidecar_claims_otherw
     assert "holds 40 vectors of width 8, not 50 of width 8" in caplog.text
 
 
-SIDECAR_CONTENT = {"missing": None, "empty": b"", "not_json": b"{not json", "not_utf8": b"\xff\xfe\x00", "not_an_object": b"[1, 2]",
-                   "incomplete": b'{"format": 1}', "a_folder": "folder"}  # fmt: skip
+SIDECAR_CONTENT = {
+    "missing": None,
+    "empty": b"",
+    "not_json": b"{not json",
+    "not_utf8": b"\xff\xfe\x00",
+    "not_an_object": b"[1, 2]",
+    "incomplete": b'{"format": 1}',
+    "a_folder": "folder",
+}
 
 
 @pytest.mark.parametrize("content", SIDECAR_CONTENT.values(), ids=SIDECAR_CONTENT.keys())
@@ -151,9 +161,13 @@ def test_an_index_file_without_a_sidecar_of_ours_is_refused_and_left_untouched(t
     message = str(refused.value)
     assert message.startswith(f"faiss.path={path}: refusing to overwrite items.faiss") and "\n" not in message, message
     assert message.endswith("; remove or move those files, or pick another path"), message
-    why = {None: "(no items.faiss.json beside it)", b"[1, 2]": "(items.faiss.json is not an index record this project wrote)",
-           b'{"format": 1}': "(items.faiss.json is not an index record", "folder": "(cannot read items.faiss.json: Is a directory)",
-           b"{not json": "(cannot read items.faiss.json: Expecting property name"}.get(content, "(cannot read items.faiss.json: ")  # fmt: skip
+    why = {
+        None: "(no items.faiss.json beside it)",
+        b"[1, 2]": "(items.faiss.json is not an index record this project wrote)",
+        b'{"format": 1}': "(items.faiss.json is not an index record",
+        "folder": "(cannot read items.faiss.json: Is a directory)",
+        b"{not json": "(cannot read items.faiss.json: Expecting property name",
+    }.get(content, "(cannot read items.faiss.json: ")
     assert why in message, message
     assert path.read_bytes() == before
 
@@ -161,12 +175,17 @@ def test_an_index_file_without_a_sidecar_of_ours_is_refused_and_left_untouched(t
 def test_a_file_that_is_not_an_index_is_never_overwritten(tmp_path):
     """A mistyped faiss.path (a user's file, a checkpoint) or a stray companion file is refused, not replaced."""
     precious = write_bytes(tmp_path / "precious.txt", b"years of notes\n")
-    with pytest.raises(ConfigError, match=rf"^faiss.path={precious}: refusing to overwrite precious.txt: not an index this project "
-                                          r"wrote \(no precious.txt.json beside it\); remove or move those files"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=rf"^faiss.path={precious}: refusing to overwrite precious.txt: not an index this project "
+        r"wrote \(no precious.txt.json beside it\); remove or move those files",
+    ):
         open_or_build(vectors(), precious)
     # Only a companion exists: the sidecar (a user's JSON) or, when item ids are written, the items table.
     own_json = write_bytes(tmp_path / "notes.json", b'{"mine": true}')
-    with pytest.raises(ConfigError, match=r"refusing to overwrite notes.json: not an index this project wrote \(notes.json is not an index"):
+    with pytest.raises(
+        ConfigError, match=r"refusing to overwrite notes.json: not an index this project wrote \(notes.json is not an index"
+    ):
         open_or_build(vectors(), tmp_path / "notes")
     table = write_bytes(tmp_path / "ids.items.csv", b"id\n1\n")
     open_or_build(vectors(), tmp_path / "ids")  # no item ids: the table is not written, so not in the way
@@ -314,15 +333,24 @@ def train_mf(folder, seed):
     """A tiny MF checkpoint, one epoch on planted data: a stand-in for a training run."""
     import pytorch_lightning as pl
 
-    from helpers import FrameDataModule, module_config, planted_frame
     from recsys_lightning.build import build_module
+
+    from helpers import FrameDataModule, module_config, planted_frame
 
     pl.seed_everything(seed, verbose=False)
     datamodule = FrameDataModule(planted_frame(), batch_size=256, seed=seed)
     datamodule.setup("fit")
     module = build_module(module_config(seed=seed), datamodule.training_data)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, limit_val_batches=0, default_root_dir=folder)  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        default_root_dir=folder,
+    )
     trainer.fit(module, datamodule=datamodule)
     trainer.save_checkpoint(folder / "model.ckpt")
     return folder

@@ -7,8 +7,9 @@ It travels inside every checkpoint as tensors, strings and lists only, so a chec
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

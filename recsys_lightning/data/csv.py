@@ -13,9 +13,9 @@ import lzma
 import os
 import zipfile
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -116,13 +116,14 @@ class _ChunkReader:
         users, items = pd.Categorical(chunk[user_col]), pd.Categorical(chunk[item_col])
         header_again = _rows_with(users, user_col) & _rows_with(items, item_col)
         if header_again.any():
-            raise DataError(f"{self.path}: line {first_line + _first(header_again)} repeats the header; remove it "
-                            "(were two files joined?)")  # fmt: skip
+            raise DataError(f"{self.path}: line {first_line + _first(header_again)} repeats the header; remove it (were two files joined?)")
         for column, ids in ((user_col, users), (item_col, items)):
             empty = (ids.codes < 0) | _rows_with(ids, "")  # a short row leaves a missing cell
             if empty.any():
-                raise DataError(f"{self.path}: line {first_line + _first(empty)}: empty {column!r}; "
-                                "every row needs a user and an item id (remove or fill it)")  # fmt: skip
+                raise DataError(
+                    f"{self.path}: line {first_line + _first(empty)}: empty {column!r}; "
+                    "every row needs a user and an item id (remove or fill it)"
+                )
         parsed: dict[str, pd.Categorical | np.ndarray] = {USER: users, ITEM: items}
         if RATING in self.columns:
             parsed[RATING] = self._finite(chunk[self.columns[RATING]], first_line, np.float32)
@@ -140,10 +141,16 @@ class _ChunkReader:
         bad = ~np.isfinite(numbers)
         if bad.any():
             row = _first(bad)
-            problem = ("not a number" if np.isnan(wide[row]) else "not a finite number" if np.isinf(wide[row])
-                       else f"beyond the range of {np.dtype(dtype).name} (about ±{np.finfo(dtype).max:.1e})")  # fmt: skip
-            raise DataError(f"{self.path}: line {first_line + row}: {values.name!r} is {quote(values.iloc[row])}, "
-                            f"{problem}; fix or remove that row")  # fmt: skip
+            problem = (
+                "not a number"
+                if np.isnan(wide[row])
+                else "not a finite number"
+                if np.isinf(wide[row])
+                else f"beyond the range of {np.dtype(dtype).name} (about ±{np.finfo(dtype).max:.1e})"
+            )
+            raise DataError(
+                f"{self.path}: line {first_line + row}: {values.name!r} is {quote(values.iloc[row])}, {problem}; fix or remove that row"
+            )
         return numbers
 
     def _targets(self, values: pd.Series, first_line: int) -> np.ndarray:
@@ -151,8 +158,7 @@ class _ChunkReader:
         outside = ~np.isin(numbers, (0, 1))
         if outside.any():
             row = _first(outside)
-            raise DataError(f"{self.path}: line {first_line + row}: {values.name!r} is {quote(values.iloc[row])}; "
-                            "targets must be 0 or 1")  # fmt: skip
+            raise DataError(f"{self.path}: line {first_line + row}: {values.name!r} is {quote(values.iloc[row])}; targets must be 0 or 1")
         return numbers.astype(np.int8)
 
     def _timestamps(self, values: pd.Series, first_line: int) -> np.ndarray:
@@ -167,9 +173,11 @@ class _ChunkReader:
         bad = parsed.isna().to_numpy()
         if bad.any():
             row = _first(bad)
-            raise DataError(f"{self.path}: line {first_line + row}: {values.name!r} is {quote(values.iloc[row])}, "
-                            "not a date (years 1-9999, written like the first row's, e.g. 2024-01-31 or "
-                            "2024-01-31T10:00:00); fix or remove that row")  # fmt: skip
+            raise DataError(
+                f"{self.path}: line {first_line + row}: {values.name!r} is {quote(values.iloc[row])}, "
+                "not a date (years 1-9999, written like the first row's, e.g. 2024-01-31 or "
+                "2024-01-31T10:00:00); fix or remove that row"
+            )
         # Whatever resolution pandas picked, microseconds hold every date it can parse without overflow.
         microseconds = parsed.dt.tz_convert(None).to_numpy().astype("datetime64[us]").astype(np.int64)
         return microseconds / 1e6
@@ -184,8 +192,17 @@ def _chunks(path: Path, sep: str, encoding: str, columns: dict[str, str]) -> Ite
     """(first row number, rows) per chunk; ids as text, nothing read as missing (an id `NA` is an id)."""
     text_columns = {columns[USER]: str, columns[ITEM]: str}
     with _read_errors(path, encoding):
-        with pd.read_csv(path, sep=sep, encoding=encoding, usecols=list(dict.fromkeys(columns.values())), dtype=text_columns,
-                         keep_default_na=False, skip_blank_lines=False, compression="infer", chunksize=CHUNK_ROWS) as reader:  # fmt: skip
+        with pd.read_csv(
+            path,
+            sep=sep,
+            encoding=encoding,
+            usecols=list(dict.fromkeys(columns.values())),
+            dtype=text_columns,
+            keep_default_na=False,
+            skip_blank_lines=False,
+            compression="infer",
+            chunksize=CHUNK_ROWS,
+        ) as reader:
             first_row = 0
             for chunk in reader:
                 yield first_row, chunk
@@ -199,13 +216,14 @@ def _read_errors(path: Path, encoding: str) -> Iterator[None]:
         yield
     except UnicodeDecodeError as error:
         raise DataError(
-            f"{path}: not {encoding} text (byte {error.object[error.start:error.start + 1]!r} "
+            f"{path}: not {encoding} text (byte {error.object[error.start : error.start + 1]!r} "
             f"at offset {error.start}); re-save it as UTF-8 or set data.encoding (e.g. data.encoding=latin-1)"
         ) from error
     except ImportError as error:
         package = OPTIONAL_DECOMPRESSORS.get(path.suffix.lower(), getattr(error, "name", None) or "the missing package")
-        raise DataError(f"{path}: reading {path.suffix} files needs the {package} package: pip install {package} "
-                        "(or decompress the file first)") from error  # fmt: skip
+        raise DataError(
+            f"{path}: reading {path.suffix} files needs the {package} package: pip install {package} (or decompress the file first)"
+        ) from error
     except (EOFError, zlib.error, OSError, lzma.LZMAError, zipfile.BadZipFile) as error:
         raise DataError(f"{path}: cannot be decompressed or read ({cut(str(error))}); the archive may be corrupt or truncated") from error
     except pd.errors.EmptyDataError as error:
@@ -222,15 +240,18 @@ def read_item_titles(path: str | Path, *, item_col: str, title_col: str, sep: st
     path = Path(path)
     check_encoding(encoding)
     if not path.is_file():
-        raise DataError(f"{path}: file not found; point data.items_path at a file with columns {item_col!r} and {title_col!r}, or set it to null")
+        raise DataError(
+            f"{path}: file not found; point data.items_path at a file with columns {item_col!r} and {title_col!r}, or set it to null"
+        )
     sep = sep or infer_separator(path)
     found = _header(path, sep, encoding)
     for key, column in (("data.item_col", item_col), ("data.title_col", title_col)):
         if column not in found:
             raise DataError(f"{path}: no column {column!r}; columns found: {_column_list(found)}. Set {key} to the right one")
     with _read_errors(path, encoding):
-        frame = pd.read_csv(path, sep=sep, encoding=encoding, usecols=[item_col, title_col], dtype=str, keep_default_na=False,
-                            compression="infer")  # fmt: skip
+        frame = pd.read_csv(
+            path, sep=sep, encoding=encoding, usecols=[item_col, title_col], dtype=str, keep_default_na=False, compression="infer"
+        )
     return pd.DataFrame({ITEM: frame[item_col], "title": frame[title_col]})
 
 
@@ -315,8 +336,15 @@ class CsvDataModule(InteractionDataModule):
         check_encoding(encoding)
         self.on_overlap = check_overlap_action(on_overlap)
         self.paths = {"train": train_path, "valid": valid_path, "test": test_path} if path is None else {"all": path}
-        self.read_options = dict(user_col=user_col, item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col,
-                                 target_col=target_col, sep=sep, encoding=encoding)  # fmt: skip
+        self.read_options = dict(
+            user_col=user_col,
+            item_col=item_col,
+            rating_col=rating_col,
+            timestamp_col=timestamp_col,
+            target_col=target_col,
+            sep=sep,
+            encoding=encoding,
+        )
         self.min_user_interactions = min_user_interactions
         self.min_item_interactions = min_item_interactions
         self.items_path = items_path
@@ -337,8 +365,13 @@ class CsvDataModule(InteractionDataModule):
         source = ", ".join(f"{name}={path}" for name, path in given.items())
         items = pd.DataFrame({ITEM: pd.Series([], dtype=object), "title": []})
         if self.items_path:
-            items = read_item_titles(self.items_path, item_col=self.read_options["item_col"], title_col=self.title_col,
-                                     sep=self.read_options["sep"], encoding=self.read_options["encoding"])  # fmt: skip
+            items = read_item_titles(
+                self.items_path,
+                item_col=self.read_options["item_col"],
+                title_col=self.title_col,
+                sep=self.read_options["sep"],
+                encoding=self.read_options["encoding"],
+            )
             items = _with_interaction_ids(items, frame[ITEM])
         return LoadedInteractions(frame, items, source=f"csv:{source}")
 
@@ -348,7 +381,7 @@ def _check_distinct_files(given: dict[str, str]) -> None:
     the model on what it trained on."""
     names = list(given)
     for position, name in enumerate(names):
-        for other in names[position + 1:]:
+        for other in names[position + 1 :]:
             first, second = given[name], given[other]
             if os.path.exists(first) and os.path.exists(second) and os.path.samefile(first, second):
                 raise ConfigError(
@@ -364,8 +397,9 @@ def _combine(parts: dict[str, pd.DataFrame]) -> pd.DataFrame:
         frame = next(iter(parts.values()))
         return frame.assign(**{column: frame[column].cat.remove_unused_categories() for column in (USER, ITEM)})
     codes = {"train": 0, "valid": 1, "test": 2}
-    frame = pd.concat([part.drop(columns=[USER, ITEM]).assign(**{PART: np.int8(codes[name])}) for name, part in parts.items()],
-                      ignore_index=True)  # fmt: skip
+    frame = pd.concat(
+        [part.drop(columns=[USER, ITEM]).assign(**{PART: np.int8(codes[name])}) for name, part in parts.items()], ignore_index=True
+    )
     for column in (USER, ITEM):
         frame[column] = union_categoricals([part[column].cat.remove_unused_categories() for part in parts.values()], sort_categories=True)
     if TARGET in frame:  # a file without a target column holds positives only

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -95,12 +95,16 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         else:
             self.split = split_interactions(self.interactions, self.split_kind, self.split_ratios, self.seed)
         if len(self.split.valid) == 0:
-            raise DataError(f"{self.source}: no validation interaction is left{self._left_out_note('valid')}; "
-                            "validation needs new (user, item) pairs of users and items seen in train")
+            raise DataError(
+                f"{self.source}: no validation interaction is left{self._left_out_note('valid')}; "
+                "validation needs new (user, item) pairs of users and items seen in train"
+            )
         test_rows = int((frame[PART] == 2).sum()) if PART in frame else 0  # 2: test
         if test_rows and len(self.split.test) == 0:  # a given test file that tests nothing is a mistake, not "test 0"
-            raise DataError(f"{self.source}: no test interaction is left: {self._why_no_test(test_rows)}; test needs new "
-                            "(user, item) pairs of users and items seen in train: fix the test file or leave it out")  # fmt: skip
+            raise DataError(
+                f"{self.source}: no test interaction is left: {self._why_no_test(test_rows)}; test needs new "
+                "(user, item) pairs of users and items seen in train: fix the test file or leave it out"
+            )
         self.train_positives = self._csr(self.split.train)
         self.valid_positives = self._csr(self.split.valid)
         self.test_positives = self._csr(self.split.test)
@@ -139,8 +143,12 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         """
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         rows = self.split.train
-        pairs = PositivePairs(*(torch.from_numpy(column[rows]).to(device) for column in
-                                (self.interactions.users, self.interactions.items, self.interactions.ratings)))  # fmt: skip
+        pairs = PositivePairs(
+            *(
+                torch.from_numpy(column[rows]).to(device)
+                for column in (self.interactions.users, self.interactions.items, self.interactions.ratings)
+            )
+        )
         batches = EpochBatchSampler(len(pairs), self.batch_size, self.seed, *self._shard())
         return DataLoader(pairs, sampler=batches, batch_size=None)
 
@@ -165,8 +173,11 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         key = (part, rank, num_replicas)
         if key not in self._chunks:
             chunk_size = max(1, min(self.eval_chunk_size, self.eval_max_scores // self.num_items))
-            heldout, seen = (self.valid_positives, self.train_positives) if part == "valid" else (
-                self.test_positives, self.train_positives.union(self.valid_positives))  # fmt: skip
+            heldout, seen = (
+                (self.valid_positives, self.train_positives)
+                if part == "valid"
+                else (self.test_positives, self.train_positives.union(self.valid_positives))
+            )
             self._chunks[key] = RankingChunks(heldout, seen, chunk_size, rank, num_replicas)
         return self._chunks[key]
 
@@ -196,13 +207,27 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         split: Split = self.split
         sizes = f"train {len(split.train)} / valid {len(split.valid)} / test {len(split.test)}"
         if self.interactions.parts is None:
-            log.info("%s: %d users, %d items, %d interactions -> %s (%s split)",
-                     self.source, self.num_users, self.num_items, len(self.interactions), sizes, self.split_kind)  # fmt: skip
+            log.info(
+                "%s: %d users, %d items, %d interactions -> %s (%s split)",
+                self.source,
+                self.num_users,
+                self.num_items,
+                len(self.interactions),
+                sizes,
+                self.split_kind,
+            )
             return
         given = np.bincount(self.interactions.parts, minlength=3)
-        log.info("%s: %d users, %d items; pre-split files give train %d / valid %d / test %d interactions%s%s -> %s",
-                 self.source, self.num_users, self.num_items, *given,
-                 self._left_out_note("valid"), self._left_out_note("test"), sizes)  # fmt: skip
+        log.info(
+            "%s: %d users, %d items; pre-split files give train %d / valid %d / test %d interactions%s%s -> %s",
+            self.source,
+            self.num_users,
+            self.num_items,
+            *given,
+            self._left_out_note("valid"),
+            self._left_out_note("test"),
+            sizes,
+        )
 
     def _why_no_test(self, test_rows: int) -> str:
         """'all 720 test pairs also occur in train', or each reason counted when there are several."""

@@ -16,6 +16,7 @@ USER, ITEM, RATING, TIMESTAMP = "user_id", "item_id", "rating", "timestamp"
 TARGET = "target"  # optional: 1 positive, 0 explicit negative
 PART = "part"  # optional: 0 train, 1 valid, 2 test, for data that comes already split
 
+
 @dataclass(frozen=True)
 class Interactions:
     """Positive (user, item) events indexed 0..num_users-1 and 0..num_items-1.

@@ -17,10 +17,10 @@ import tempfile
 import urllib.request
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -39,9 +39,26 @@ RECBOLE_DATASET_PREFIX = "recbole/dataset_example/ml-100k/"
 DATASET_DIR = "ml-100k"
 
 GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 
 
 @dataclass(frozen=True)
@@ -59,9 +76,11 @@ class ExpectedContent:
 # 4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff), the rows of GroupLens' u.data in
 # another layout; hashing sorted values instead of bytes lets both layouts share one digest.
 ML100K = ExpectedContent(
-    interactions=100_000, users=943, items=1_682,
+    interactions=100_000,
+    users=943,
+    items=1_682,
     ratings_sha256="d8864484853ca1053766a43f96887c517412b7d2c9e2495c7d01fb44b890e650",
-)  # fmt: skip
+)
 
 RATING_COLUMNS = (USER, ITEM, RATING, TIMESTAMP)
 # What pandas raises on a file that is not the table it should be: ParserError, EmptyDataError and
@@ -93,8 +112,10 @@ def resolve_movielens(
     dataset_dir = data_dir / DATASET_DIR
     loaded = _read_local(dataset_dir, expected)
     if loaded is None and not download:
-        raise DataError(f"{cut(str(dataset_dir), 200)}: no MovieLens-100K here; evaluate reads the run's data, it does not fetch it: run training "
-                        "once (which fetches it) or fix data_dir in <run>/.hydra/config.yaml")  # fmt: skip
+        raise DataError(
+            f"{cut(str(dataset_dir), 200)}: no MovieLens-100K here; evaluate reads the run's data, it does not fetch it: run training "
+            "once (which fetches it) or fix data_dir in <run>/.hydra/config.yaml"
+        )
     if loaded is None:
         try:
             _download_grouplens_zip(url, data_dir, timeout)
@@ -144,10 +165,14 @@ def _read_grouplens(ratings_path: Path, items_path: Path) -> tuple[pd.DataFrame,
     with _unreadable_as_data_error(items_path):
         # Integer genre flags make a line cut short (missing flags) a parse error instead of NaN flags.
         items = pd.read_csv(
-            items_path, sep="|", header=None, encoding="latin-1", index_col=False,
+            items_path,
+            sep="|",
+            header=None,
+            encoding="latin-1",
+            index_col=False,
             names=[ITEM, "title", "release_date", "video_release_date", "imdb_url", *GENRES],
             dtype={ITEM: "int64", **dict.fromkeys(GENRES, "int8")},
-        )  # fmt: skip
+        )
     flags = items[list(GENRES)].to_numpy(bool)
     genres = ["|".join(g for g, on in zip(GENRES, row) if on) for row in flags]  # 1,682 rows, once per load
     return interactions, pd.DataFrame({ITEM: items[ITEM], "title": items["title"], "genres": genres})
@@ -184,9 +209,13 @@ def _read_ratings(path: Path, **read_csv_args) -> pd.DataFrame:
         row = int(np.flatnonzero(~valid)[0]) + 1
         raise _unreadable(path, f"data row {row:,}: a cell is empty or not finite, or an id or timestamp is not whole")
     return pd.DataFrame(
-        {USER: whole[:, 0].astype("int64"), ITEM: whole[:, 1].astype("int64"),
-         RATING: values[:, 2].astype("float32"), TIMESTAMP: whole[:, 2].astype("int64")}
-    )  # fmt: skip
+        {
+            USER: whole[:, 0].astype("int64"),
+            ITEM: whole[:, 1].astype("int64"),
+            RATING: values[:, 2].astype("float32"),
+            TIMESTAMP: whole[:, 2].astype("int64"),
+        }
+    )
 
 
 @contextmanager

@@ -18,9 +18,7 @@ class UserItemCSR:
     values: Tensor | None = None
 
     @classmethod
-    def from_pairs(
-        cls, users: Tensor, items: Tensor, num_users: int, num_items: int, values: Tensor | None = None
-    ) -> UserItemCSR:
+    def from_pairs(cls, users: Tensor, items: Tensor, num_users: int, num_items: int, values: Tensor | None = None) -> UserItemCSR:
         """Build from (user, item) pairs, with an optional value (a rating) each; pairs must be unique."""
         order = torch.argsort(users * num_items + items)
         counts = torch.bincount(users, minlength=num_users)

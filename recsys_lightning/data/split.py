@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -29,9 +29,7 @@ class Split:
     left_out: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
-def split_interactions(
-    interactions: Interactions, kind: str, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
-) -> Split:
+def split_interactions(interactions: Interactions, kind: str, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> Split:
     """Split each user's interactions into train, valid and test.
 
     - `ratio`: a seeded random share of each user's interactions per part.
@@ -79,8 +77,7 @@ def split_interactions(
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
     if len(ratios) != 3 or min(ratios) <= 0 or abs(sum(ratios) - 1.0) > 1e-6:
         raise ConfigError(
-            f"data.split_ratios={list(ratios)} must be three positive shares (train, valid, test) summing to 1, "
-            "for example [0.8,0.1,0.1]"
+            f"data.split_ratios={list(ratios)} must be three positive shares (train, valid, test) summing to 1, for example [0.8,0.1,0.1]"
         )
     train_share, valid_share, test_share = (float(r) for r in ratios)
     return train_share, valid_share, test_share
@@ -119,23 +116,33 @@ def split_by_parts(interactions: Interactions, on_overlap: str = "drop") -> Spli
     left_out["test"]["in valid"] = int(in_valid.sum())
     _report_overlap(interactions, left_out, in_train | in_valid, on_overlap)
     if unseen.any():
-        log.warning("%d valid/test rows have a user or item absent from train; they are left out of evaluation (valid %d, test %d)",
-                    int(unseen.sum()), left_out["valid"]["unseen"], left_out["test"]["unseen"])  # fmt: skip
-    return Split(train=np.flatnonzero(train), valid=np.flatnonzero(valid), test=np.flatnonzero(test), train_only_users=0,
-                 left_out=left_out)  # fmt: skip
+        log.warning(
+            "%d valid/test rows have a user or item absent from train; they are left out of evaluation (valid %d, test %d)",
+            int(unseen.sum()),
+            left_out["valid"]["unseen"],
+            left_out["test"]["unseen"],
+        )
+    return Split(train=np.flatnonzero(train), valid=np.flatnonzero(valid), test=np.flatnonzero(test), train_only_users=0, left_out=left_out)
 
 
 def _report_overlap(interactions: Interactions, left_out: Mapping[str, Mapping[str, int]], overlap: np.ndarray, on_overlap: str) -> None:
     """One warning (or, with on_overlap=error, one DataError with an example pair) for held-out pairs seen before."""
     if not overlap.any():
         return
-    counts = (f"valid {left_out['valid']['in train']} and test {left_out['test']['in train']} (user, item) pairs also in train, "
-              f"test {left_out['test']['in valid']} also in valid")  # fmt: skip
+    counts = (
+        f"valid {left_out['valid']['in train']} and test {left_out['test']['in train']} (user, item) pairs also in train, "
+        f"test {left_out['test']['in valid']} also in valid"
+    )
     if on_overlap == "error":
         rows = np.flatnonzero(overlap)
         row = int(rows[np.argmin(interactions.parts[rows])])  # a valid example first, as a file would be read
         user, item = interactions.user_ids[interactions.users[row]], interactions.item_ids[interactions.items[row]]
-        raise DataError(f"{counts} (e.g. user {quote(user)}, item {quote(item)}); held-out pairs must be new: "
-                        "remove them from the valid/test files, or set data.on_overlap=drop to leave them out of evaluation")  # fmt: skip
-    log.warning("%s: they are left out of evaluation (a seen item is never ranked, so they would count as misses); "
-                "data.on_overlap=error makes this an error", counts)
+        raise DataError(
+            f"{counts} (e.g. user {quote(user)}, item {quote(item)}); held-out pairs must be new: "
+            "remove them from the valid/test files, or set data.on_overlap=drop to leave them out of evaluation"
+        )
+    log.warning(
+        "%s: they are left out of evaluation (a seen item is never ranked, so they would count as misses); "
+        "data.on_overlap=error makes this an error",
+        counts,
+    )

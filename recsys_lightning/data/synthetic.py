@@ -22,11 +22,22 @@ log = logging.getLogger(__name__)
 
 
 def generate_interactions(
-    num_users: int, num_items: int, num_interactions: int, num_clusters: int = 16, popularity_exponent: float = 0.6,
-    user_activity_exponent: float = 0.5, affinity: float = 0.8, seed: int = 0, chunk_size: int = 2_000_000,
-) -> pd.DataFrame:  # fmt: skip
+    num_users: int,
+    num_items: int,
+    num_interactions: int,
+    num_clusters: int = 16,
+    popularity_exponent: float = 0.6,
+    user_activity_exponent: float = 0.5,
+    affinity: float = 0.8,
+    seed: int = 0,
+    chunk_size: int = 2_000_000,
+) -> pd.DataFrame:
     """`num_interactions` distinct (user_id, item_id) rows, rating 1, timestamp = draw order."""
-    if min(num_users, num_items, num_interactions, num_clusters) < 1 or not 0 <= affinity <= 1 or num_interactions > num_users * num_items // 2:
+    if (
+        min(num_users, num_items, num_interactions, num_clusters) < 1
+        or not 0 <= affinity <= 1
+        or num_interactions > num_users * num_items // 2
+    ):
         raise ConfigError(
             "data.num_users, num_items, num_interactions and num_clusters must be >= 1, affinity in [0, 1], "
             "and num_interactions at most half of num_users x num_items"
@@ -71,20 +82,35 @@ def generate_interactions(
         raise ConfigError(f"data.num_interactions={num_interactions:,} distinct pairs could not be drawn; lower it or raise num_items")
     keys = keys[:num_interactions]
     users, items = keys // num_items, keys % num_items
-    return pd.DataFrame({USER: users, ITEM: items, RATING: np.ones(len(users), np.float32),
-                         TIMESTAMP: np.arange(len(users), dtype=np.float64)})  # fmt: skip
+    return pd.DataFrame(
+        {USER: users, ITEM: items, RATING: np.ones(len(users), np.float32), TIMESTAMP: np.arange(len(users), dtype=np.float64)}
+    )
 
 
 class SyntheticDataModule(InteractionDataModule):
     """Reproducible synthetic data of any size; see `generate_interactions`."""
 
-    def __init__(self, num_users: int = 2000, num_items: int = 1000, num_interactions: int = 100_000, num_clusters: int = 16,
-                 popularity_exponent: float = 0.6, user_activity_exponent: float = 0.5, affinity: float = 0.8,
-                 **split_and_batching) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_users: int = 2000,
+        num_items: int = 1000,
+        num_interactions: int = 100_000,
+        num_clusters: int = 16,
+        popularity_exponent: float = 0.6,
+        user_activity_exponent: float = 0.5,
+        affinity: float = 0.8,
+        **split_and_batching,
+    ) -> None:
         super().__init__(**split_and_batching)
-        self.generator_options = dict(num_users=num_users, num_items=num_items, num_interactions=num_interactions,
-                                      num_clusters=num_clusters, popularity_exponent=popularity_exponent,
-                                      user_activity_exponent=user_activity_exponent, affinity=affinity)  # fmt: skip
+        self.generator_options = dict(
+            num_users=num_users,
+            num_items=num_items,
+            num_interactions=num_interactions,
+            num_clusters=num_clusters,
+            popularity_exponent=popularity_exponent,
+            user_activity_exponent=user_activity_exponent,
+            affinity=affinity,
+        )
 
     def load(self) -> LoadedInteractions:
         frame = generate_interactions(**self.generator_options, seed=self.seed)

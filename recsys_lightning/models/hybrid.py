@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -14,8 +14,17 @@ from recsys_lightning.models.mlp import PairMLP
 class HybridMF(Recommender):
     """score(u, i) = <p_u, q_i> + MLP([p_u; q_i]), with p and q shared by both terms."""
 
-    def __init__(self, num_users: int, num_items: int, dim: int = 64, hidden: Sequence[int] = (64, 32),
-                 dropout: float = 0.0, init_std: float = 0.1, zero_init_mlp: bool = True, sparse_gradients: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        dim: int = 64,
+        hidden: Sequence[int] = (64, 32),
+        dropout: float = 0.0,
+        init_std: float = 0.1,
+        zero_init_mlp: bool = True,
+        sparse_gradients: bool = False,
+    ) -> None:
         super().__init__(num_users, num_items, sparse_gradients)
         self.user_factors = nn.Parameter(torch.randn(num_users, dim) * init_std)
         self.item_factors = nn.Parameter(torch.randn(num_items, dim) * init_std)

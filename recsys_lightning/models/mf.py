@@ -14,8 +14,9 @@ class MatrixFactorization(Recommender):
     Biases are one-column tables ([n, 1]) so they are gathered like embeddings, sparse gradients included.
     """
 
-    def __init__(self, num_users: int, num_items: int, dim: int = 64, bias: bool = True, init_std: float = 0.1,
-                 sparse_gradients: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, num_users: int, num_items: int, dim: int = 64, bias: bool = True, init_std: float = 0.1, sparse_gradients: bool = False
+    ) -> None:
         super().__init__(num_users, num_items, sparse_gradients)
         self.user_factors = nn.Parameter(torch.randn(num_users, dim) * init_std)
         self.item_factors = nn.Parameter(torch.randn(num_items, dim) * init_std)

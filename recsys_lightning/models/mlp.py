@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -18,8 +18,15 @@ class PairMLP(nn.Module):
     `zero_init_output` starts the MLP at 0, so a model that adds it to a dot product starts as plain MF.
     """
 
-    def __init__(self, user_dim: int, item_dim: int, hidden: Sequence[int] = (64, 32), dropout: float = 0.0,
-                 zero_init_output: bool = False, max_ranking_activations: int = 2**18) -> None:  # fmt: skip
+    def __init__(
+        self,
+        user_dim: int,
+        item_dim: int,
+        hidden: Sequence[int] = (64, 32),
+        dropout: float = 0.0,
+        zero_init_output: bool = False,
+        max_ranking_activations: int = 2**18,
+    ) -> None:
         super().__init__()
         if not hidden:
             raise ValueError("model.hidden needs at least one layer size")

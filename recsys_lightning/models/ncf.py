@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,9 +20,18 @@ class NeuMF(Recommender):
     MLP path at zero, a cheap stand-in for the paper's GMF pre-training.
     """
 
-    def __init__(self, num_users: int, num_items: int, gmf_dim: int = 32, mlp_dim: int = 32,
-                 hidden: Sequence[int] = (64, 32, 16), dropout: float = 0.0, init_std: float = 0.1,
-                 zero_init_mlp: bool = True, sparse_gradients: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        gmf_dim: int = 32,
+        mlp_dim: int = 32,
+        hidden: Sequence[int] = (64, 32, 16),
+        dropout: float = 0.0,
+        init_std: float = 0.1,
+        zero_init_mlp: bool = True,
+        sparse_gradients: bool = False,
+    ) -> None:
         super().__init__(num_users, num_items, sparse_gradients)
         self.user_gmf = nn.Parameter(torch.randn(num_users, gmf_dim) * init_std)
         self.item_gmf = nn.Parameter(torch.randn(num_items, gmf_dim) * init_std)

@@ -13,8 +13,22 @@ from omegaconf import DictConfig
 from recsys_lightning.data.catalogue import PARTS
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.serving.vector_index import KINDS
-from recsys_lightning.validation import (NULL, SCALAR_ID, TEXT, AnyOf, Choice, ListOf, Pattern, Rule, check_cuda_available,
-                                         check_rules, check_run_dir_given, integer, optional, shown)  # fmt: skip
+from recsys_lightning.validation import (
+    NULL,
+    SCALAR_ID,
+    TEXT,
+    AnyOf,
+    Choice,
+    ListOf,
+    Pattern,
+    Rule,
+    check_cuda_available,
+    check_rules,
+    check_run_dir_given,
+    integer,
+    optional,
+    shown,
+)
 
 CSV_COLUMNS = ["user_id", "rank", "item_id", "score", "source"]  # an export's header, by which output= knows our own files
 
@@ -60,8 +74,10 @@ def _check_output_file(output: str) -> None:
         problem = "is not a folder" if target.parent.exists() else "does not exist"
         raise ConfigError(f"output={shown(output)}: folder {shown(str(target.parent))} {problem}; create it or pick another path")
     if (target.exists() or target.is_symlink()) and not _is_our_export(target):
-        raise ConfigError(f"output={shown(output, 200)} exists and is not a recommendations CSV this project wrote; "
-                          "refusing to overwrite it: remove it or pick another path")  # fmt: skip
+        raise ConfigError(
+            f"output={shown(output, 200)} exists and is not a recommendations CSV this project wrote; "
+            "refusing to overwrite it: remove it or pick another path"
+        )
 
 
 def _is_our_export(path: Path) -> bool:

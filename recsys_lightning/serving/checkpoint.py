@@ -38,12 +38,15 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     hyper_parameters = checked_module_hyper_parameters(checkpoint.get("hyper_parameters"), str(path))
     catalogue = catalogue_from_checkpoint(checkpoint[CATALOGUE_KEY], path)
     if (catalogue.num_users, catalogue.num_items) != (hyper_parameters["num_users"], hyper_parameters["num_items"]):
-        raise ConfigError(f"{path}: its catalogue ({catalogue.num_users} users x {catalogue.num_items} items) does not match "
-                          f"its model ({hyper_parameters['num_users']} x {hyper_parameters['num_items']}); the file was altered")  # fmt: skip
-    model: Recommender = instantiate(hyper_parameters["model"], num_users=hyper_parameters["num_users"],
-                                     num_items=hyper_parameters["num_items"])  # fmt: skip
+        raise ConfigError(
+            f"{path}: its catalogue ({catalogue.num_users} users x {catalogue.num_items} items) does not match "
+            f"its model ({hyper_parameters['num_users']} x {hyper_parameters['num_items']}); the file was altered"
+        )
+    model: Recommender = instantiate(
+        hyper_parameters["model"], num_users=hyper_parameters["num_users"], num_items=hyper_parameters["num_items"]
+    )
     prefix = "model."
-    weights = {name[len(prefix):]: value for name, value in checkpoint["state_dict"].items() if name.startswith(prefix)}
+    weights = {name[len(prefix) :]: value for name, value in checkpoint["state_dict"].items() if name.startswith(prefix)}
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:

@@ -6,8 +6,9 @@ so memory stays at chunk x num_items whatever the number of users.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +50,14 @@ class RecommendationService:
     interactions, and unknown users, get the most popular items they have not seen.
     """
 
-    def __init__(self, run: TrainedRun, exclude: Sequence[str] = PARTS, min_history: int = 1,
-                 chunk_size: int = 1024, index: ItemVectorIndex | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        run: TrainedRun,
+        exclude: Sequence[str] = PARTS,
+        min_history: int = 1,
+        chunk_size: int = 1024,
+        index: ItemVectorIndex | None = None,
+    ) -> None:
         self.run = run
         self.model = run.model
         self.catalogue = run.catalogue
@@ -129,8 +136,10 @@ class RecommendationService:
         index = catalogue.item_index(raw_id) if kind == "item" else catalogue.user_index(raw_id)
         if index is None:
             ids = catalogue.item_ids if kind == "item" else catalogue.user_ids
-            raise UnknownId(f"{kind} id {quote(raw_id)} is not in this run's data ({len(ids)} {kind}s, ids such as {quote(ids[0])}, "
-                            f"{quote(ids[-1])}); similar {kind}s need the id of a {kind} the model was trained on")  # fmt: skip
+            raise UnknownId(
+                f"{kind} id {quote(raw_id)} is not in this run's data ({len(ids)} {kind}s, ids such as {quote(ids[0])}, "
+                f"{quote(ids[-1])}); similar {kind}s need the id of a {kind} the model was trained on"
+            )
         return index
 
     @torch.no_grad()

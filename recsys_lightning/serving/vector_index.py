@@ -46,8 +46,10 @@ def check_settings(num_items: int, kind: str, nlist: int | None, nprobe: int) ->
     if not _is_int(nprobe) or nprobe < 1:
         raise ConfigError(f"faiss.nprobe={_shown(nprobe)}: must be an integer >= 1 (inverted lists visited per query)")
     if nlist is not None and (not _is_int(nlist) or not 1 <= nlist <= num_items):
-        raise ConfigError(f"faiss.nlist={_shown(nlist)}: must be an integer from 1 to {num_items:,} (the number of items), "
-                          "or null for about 4 sqrt(items)")  # fmt: skip
+        raise ConfigError(
+            f"faiss.nlist={_shown(nlist)}: must be an integer from 1 to {num_items:,} (the number of items), "
+            "or null for about 4 sqrt(items)"
+        )
 
 
 class ItemVectorIndex:
@@ -63,8 +65,7 @@ class ItemVectorIndex:
             index.nprobe = nprobe
 
     @classmethod
-    def build(cls, item_vectors: Tensor, kind: str = "flat", nlist: int | None = None, nprobe: int = 16,
-              seed: int = 0) -> ItemVectorIndex:  # fmt: skip
+    def build(cls, item_vectors: Tensor, kind: str = "flat", nlist: int | None = None, nprobe: int = 16, seed: int = 0) -> ItemVectorIndex:
         faiss = import_faiss()
         vectors = _float32(item_vectors)
         check_settings(len(vectors), kind, nlist, nprobe)
@@ -94,8 +95,15 @@ class ItemVectorIndex:
         return cls(import_faiss().read_index(str(path)), nprobe)
 
 
-def open_or_build(item_vectors: Tensor, path: str | Path | None, kind: str = "flat", nlist: int | None = None,
-                  nprobe: int = 16, seed: int = 0, item_ids: np.ndarray | None = None) -> ItemVectorIndex:  # fmt: skip
+def open_or_build(
+    item_vectors: Tensor,
+    path: str | Path | None,
+    kind: str = "flat",
+    nlist: int | None = None,
+    nprobe: int = 16,
+    seed: int = 0,
+    item_ids: np.ndarray | None = None,
+) -> ItemVectorIndex:
     """The index of `item_vectors`, kept in `path` (none: built in memory only).
 
     A file is reused only when its sidecar `<path>.json` records these very vectors (count, width,
@@ -113,10 +121,14 @@ def open_or_build(item_vectors: Tensor, path: str | Path | None, kind: str = "fl
     items_csv = _beside(path, ".items.csv")
     recorded = _our_record(path, [path, _beside(path, ".json"), *([items_csv] if item_ids is not None else [])])
     built_from = {
-        "format": SIDECAR_FORMAT, "num_items": len(vectors), "dim": vectors.shape[1], "kind": kind,
-        "nlist": _nlist(nlist, len(vectors)) if kind == "ivf" else None, "seed": seed if kind == "ivf" else None,
+        "format": SIDECAR_FORMAT,
+        "num_items": len(vectors),
+        "dim": vectors.shape[1],
+        "kind": kind,
+        "nlist": _nlist(nlist, len(vectors)) if kind == "ivf" else None,
+        "seed": seed if kind == "ivf" else None,
         "vectors_sha256": hashlib.sha256(vectors).hexdigest(),
-    }  # fmt: skip
+    }
     reused = _reuse(path, recorded, built_from, vectors, nprobe) if recorded is not None else None
     if reused is not None:
         log.info("loaded the %s index from %s", kind, path)
@@ -155,25 +167,32 @@ def _our_record(path: Path, targets: list[Path]) -> dict[str, Any] | None:
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         why = f"cannot read {sidecar.name}: {first_line(error)}"
     names = cut(", ".join(target.name for target in existing), MAX_SHOWN)
-    raise ConfigError(f"faiss.path={_shown(path)}: refusing to overwrite {names}: not an index this project wrote ({why}); "
-                      "remove or move those files, or pick another path")  # fmt: skip
+    raise ConfigError(
+        f"faiss.path={_shown(path)}: refusing to overwrite {names}: not an index this project wrote ({why}); "
+        "remove or move those files, or pick another path"
+    )
 
 
 def _is_our_record(recorded: Any) -> bool:
     """Keys every sidecar format has had: an older format is still ours (and rebuilt), a stranger's JSON is not."""
-    return (isinstance(recorded, dict) and _is_int(recorded.get("format"))
-            and all(isinstance(recorded.get(key), str) for key in ("vectors_sha256", "index_sha256")))  # fmt: skip
+    return (
+        isinstance(recorded, dict)
+        and _is_int(recorded.get("format"))
+        and all(isinstance(recorded.get(key), str) for key in ("vectors_sha256", "index_sha256"))
+    )
 
 
-def _reuse(path: Path, recorded: dict[str, Any], built_from: dict[str, Any], vectors: np.ndarray,
-           nprobe: int) -> ItemVectorIndex | None:  # fmt: skip
+def _reuse(path: Path, recorded: dict[str, Any], built_from: dict[str, Any], vectors: np.ndarray, nprobe: int) -> ItemVectorIndex | None:
     """The index in `path` when it is provably the one `built_from` describes, else None (and why, logged)."""
     if not path.is_file():
         return None
     changed = [key for key, value in built_from.items() if recorded.get(key) != value]
     if changed:
-        log.warning("faiss.path=%s was built from other item vectors or settings (%s differ); rebuilding the index",
-                    _shown(path), ", ".join(changed))  # fmt: skip
+        log.warning(
+            "faiss.path=%s was built from other item vectors or settings (%s differ); rebuilding the index",
+            _shown(path),
+            ", ".join(changed),
+        )
         return None
     try:
         with open(path, "rb") as handle:
@@ -186,13 +205,20 @@ def _reuse(path: Path, recorded: dict[str, Any], built_from: dict[str, Any], vec
         log.warning("faiss.path=%s changed since %s was written; rebuilding the index", _shown(path), _beside(path, ".json").name)
         return None
     if (loaded.num_items, loaded.index.d) != (built_from["num_items"], built_from["dim"]):
-        log.warning("faiss.path=%s holds %d vectors of width %d, not %d of width %d; rebuilding the index", _shown(path),
-                    loaded.num_items, loaded.index.d, built_from["num_items"], built_from["dim"])  # fmt: skip
+        log.warning(
+            "faiss.path=%s holds %d vectors of width %d, not %d of width %d; rebuilding the index",
+            _shown(path),
+            loaded.num_items,
+            loaded.index.d,
+            built_from["num_items"],
+            built_from["dim"],
+        )
         return None
     mismatch = _content_mismatch(loaded.index, vectors, built_from)
     if mismatch is not None:
-        log.warning("faiss.path=%s holds %s, though %s says otherwise; rebuilding the index",
-                    _shown(path), mismatch, _beside(path, ".json").name)  # fmt: skip
+        log.warning(
+            "faiss.path=%s holds %s, though %s says otherwise; rebuilding the index", _shown(path), mismatch, _beside(path, ".json").name
+        )
         return None
     return loaded
 
