@@ -127,8 +127,9 @@ class PredictionMetric(Metric):
     full_state_update = False
     is_differentiable = False
 
-    def update(self, scores: Tensor, chunk: RankingChunk, chunk_index: int) -> None:
-        """`scores` [B, num_items] of the chunk's users, read and never written."""
+    def update(self, scores: Tensor, chunk: RankingChunk, chunk_seed: int) -> None:
+        """`scores` [B, num_items] of the chunk's users, read and never written; `chunk_seed` is the
+        same for a chunk at every validation, so whatever is drawn judges the same pairs each time."""
         raise NotImplementedError
 
     def histograms(self) -> dict[str, Tensor]:
@@ -142,14 +143,14 @@ class RatingErrors(PredictionMetric):
     names = ("rmse", "mae")
     higher_is_better = False
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.add_state("squared_error", torch.zeros(()), dist_reduce_fx="sum")
         self.add_state("absolute_error", torch.zeros(()), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("errors", [], dist_reduce_fx="cat")
 
-    def update(self, scores: Tensor, chunk: RankingChunk, chunk_index: int) -> None:
+    def update(self, scores: Tensor, chunk: RankingChunk, chunk_seed: int) -> None:
         errors = scores[chunk.heldout_rows, chunk.heldout_items] - chunk.heldout_ratings
         self.squared_error += errors.square().sum()
         self.absolute_error += errors.abs().sum()
@@ -169,24 +170,23 @@ class PointwiseMetrics(PredictionMetric):
     """BCE and accuracy (logit > 0) on held-out positives plus as many uniform negatives from the
     unseen items, for pointwise losses whose scores are click logits.
 
-    The negatives come from a fixed-seed stream per chunk, so every validation epoch judges the same pairs.
+    The negatives come from the chunk's own seed, so every validation epoch judges the same pairs.
     """
 
     names = ("bce", "accuracy")
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.seed = seed
         self.add_state("bce_sum", torch.zeros(()), dist_reduce_fx="sum")
         self.add_state("correct", torch.zeros(()), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")
 
-    def update(self, scores: Tensor, chunk: RankingChunk, chunk_index: int) -> None:
+    def update(self, scores: Tensor, chunk: RankingChunk, chunk_seed: int) -> None:
         rows, items = chunk.heldout_rows, chunk.heldout_items
         allowed = torch.ones_like(scores, dtype=torch.bool)
         allowed[chunk.exclude_rows, chunk.exclude_items] = False
         allowed[rows, items] = False
-        generator = torch.Generator(device=scores.device).manual_seed(self.seed * 1_000_003 + chunk_index)
+        generator = torch.Generator(device=scores.device).manual_seed(chunk_seed)
         counts = torch.bincount(rows, minlength=len(scores))
         drawn = torch.multinomial(allowed.float(), int(counts.max()), replacement=True, generator=generator)
         position_in_row = torch.arange(len(rows), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]

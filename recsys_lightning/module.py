@@ -23,6 +23,7 @@ from recsys_lightning.models.base import Recommender
 from recsys_lightning.ranking import top_k_unseen
 from recsys_lightning.samplers import NegativeSampler
 from recsys_lightning.scoring import score_candidates
+from recsys_lightning.seeds import stream_seed
 
 
 class RecommenderModule(pl.LightningModule):
@@ -54,7 +55,7 @@ class RecommenderModule(pl.LightningModule):
         self.loss: RankingLoss = instantiate(loss)
         self.sampler: NegativeSampler = instantiate(sampler)
         self.val_metrics = RankingMetrics(ks)
-        self.val_predictions = nn.ModuleList([kind(seed=seed) for kind in self.loss.prediction_metrics])
+        self.val_predictions = nn.ModuleList([kind() for kind in self.loss.prediction_metrics])
         self.test_metrics = RankingMetrics(ks)
         self.test_catalogue = CatalogueMetrics(ks, num_items)
         self.positives: TrainingPositives | None = None
@@ -90,9 +91,9 @@ class RecommenderModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         # Everything random in an epoch (negatives, dropout) derives from (seed, rank, epoch) alone, so
         # a run resumed at an epoch boundary replays exactly what the uninterrupted run did.
-        epoch_seed = self.hparams.seed * 1_000_003 + (self.global_rank << 32) + self.current_epoch + 1
-        self.sampler.reseed(epoch_seed)
-        torch.manual_seed(epoch_seed)
+        seed, rank, epoch = self.hparams.seed, self.global_rank, self.current_epoch
+        self.sampler.reseed(stream_seed(seed, "negatives", rank, epoch))
+        torch.manual_seed(stream_seed(seed, "dropout", rank, epoch))
         self._epoch_loss_sum = torch.zeros((), device=self.device)
         self._epoch_samples = 0
 
@@ -110,8 +111,9 @@ class RecommenderModule(pl.LightningModule):
 
     def validation_step(self, chunk: RankingChunk, batch_idx: int) -> None:
         scores = self.model.score_all(chunk.users)
+        chunk_seed = stream_seed(self.hparams.seed, "validation", self.global_rank, batch_idx)
         for metric in self.val_predictions:  # before ranking: ranking overwrites the scores it hides
-            metric.update(scores, chunk, batch_idx)
+            metric.update(scores, chunk, chunk_seed)
         self._rank(scores, chunk, self.val_metrics)
 
     def test_step(self, chunk: RankingChunk, batch_idx: int) -> None:

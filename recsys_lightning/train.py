@@ -33,6 +33,7 @@ from recsys_lightning.module import RecommenderModule
 from recsys_lightning.projector import log_item_embeddings
 from recsys_lightning.resume import check_resume_callbacks, check_resume_fits
 from recsys_lightning.run_folder import LAST, RunFolder, is_rank_zero
+from recsys_lightning.seeds import stream_seed
 from recsys_lightning.validation import check_training_config
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
 def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataModule, RecommenderModule, list[pl.Callback], Path | None]:
     """Data, module and callbacks, and the checkpoint to resume from once it was checked to fit them."""
     resume_from, resume_state = run_folder.resume_checkpoint(str(cfg.ckpt_path)) if cfg.get("ckpt_path") is not None else (None, None)
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(stream_seed(cfg.seed, "init") % 2**32, workers=True)  # model initialisation
     datamodule: InteractionDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # the model's size depends on the data
     module = build_module(cfg, datamodule.training_data)

@@ -133,7 +133,7 @@ def test_rating_errors_on_hand_computed_case():
     # Predictions 4, 2, 3.5 against ratings 3, 4, 3: errors 1, -2, 0.5.
     scores = torch.tensor([[4.0, 0.0, 2.0], [0.0, 3.5, 0.0]])
     metric = RatingErrors()
-    metric.update(scores, chunk_of([0, 0, 1], [0, 2, 1], [3.0, 4.0, 3.0], 2), chunk_index=0)
+    metric.update(scores, chunk_of([0, 0, 1], [0, 2, 1], [3.0, 4.0, 3.0], 2), chunk_seed=0)
     values = metric.compute()
     assert values["rmse"].item() == pytest.approx(math.sqrt((1 + 4 + 0.25) / 3))
     assert values["mae"].item() == pytest.approx((1 + 2 + 0.5) / 3)
@@ -143,11 +143,11 @@ def test_rating_errors_on_hand_computed_case():
 def test_rating_errors_over_chunks_equal_the_reference_on_random_data():
     generator = torch.Generator().manual_seed(0)
     metric, errors = RatingErrors(), []
-    for chunk_index in range(4):
+    for chunk in range(4):
         scores = torch.rand(6, 9, generator=generator) * 5
         rows, items = torch.randint(0, 6, (12,), generator=generator), torch.randint(0, 9, (12,), generator=generator)
         ratings = torch.randint(1, 6, (12,), generator=generator).float()
-        metric.update(scores, chunk_of(rows.tolist(), items.tolist(), ratings.tolist(), 6), chunk_index)
+        metric.update(scores, chunk_of(rows.tolist(), items.tolist(), ratings.tolist(), 6), chunk_seed=chunk)
         errors += [scores[row, item].item() - rating for row, item, rating in zip(rows.tolist(), items.tolist(), ratings.tolist())]
     assert metric.compute()["rmse"].item() == pytest.approx(math.sqrt(sum(e * e for e in errors) / len(errors)), rel=1e-5)
     assert metric.compute()["mae"].item() == pytest.approx(sum(abs(e) for e in errors) / len(errors), rel=1e-5)

@@ -99,12 +99,12 @@ def test_bce_validation_scores_held_out_positives_against_unseen_negatives():
     confident[chunk.heldout_rows, chunk.heldout_items] = 10.0
     # Excluded items score high: if one were drawn as a negative, accuracy would drop below 1.
     confident[chunk.exclude_rows, chunk.exclude_items] = 50.0
-    metric = PointwiseMetrics(seed=0)
-    metric.update(confident, chunk, chunk_index=0)
+    metric = PointwiseMetrics()
+    metric.update(confident, chunk, chunk_seed=0)
     assert metric.compute()["accuracy"].item() == 1.0
     assert metric.compute()["bce"].item() == pytest.approx(math.log1p(math.exp(-10.0)), rel=1e-2)  # float32
     metric.reset()
-    metric.update(-confident.clamp(max=10.0), chunk, chunk_index=0)
+    metric.update(-confident.clamp(max=10.0), chunk, chunk_seed=0)
     assert metric.compute()["accuracy"].item() == 0.0
     assert metric.compute()["bce"].item() == pytest.approx(10.0, rel=1e-3)
 

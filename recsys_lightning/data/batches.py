@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from recsys_lightning.data.sparse import UserItemCSR
+from recsys_lightning.seeds import stream_seed
 
 
 class EpochBatchSampler(Sampler[Tensor]):
@@ -37,7 +38,7 @@ class EpochBatchSampler(Sampler[Tensor]):
         return self.num_samples // self.num_replicas
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, "batch_order", epoch=self.epoch))
         permutation = torch.randperm(self.num_samples, generator=generator)
         shard = permutation[self.rank : self.shard_size * self.num_replicas : self.num_replicas]
         yield from shard.split(self.batch_size)

@@ -10,6 +10,7 @@ import numpy as np
 
 from recsys_lightning.data.interactions import Interactions
 from recsys_lightning.errors import ConfigError, DataError, quote
+from recsys_lightning.seeds import stream_seed
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def split_interactions(interactions: Interactions, kind: str, ratios: Sequence[f
     if kind not in SPLIT_KINDS:
         raise ConfigError(f"data.split={kind!r} is not a split kind: use one of {', '.join(SPLIT_KINDS)}")
     users = interactions.users
-    tiebreak = np.random.default_rng(seed).random(len(users))
+    tiebreak = np.random.default_rng(stream_seed(seed, "split")).random(len(users))
     if kind == "ratio":
         order = np.lexsort((tiebreak, users))
     else:

@@ -17,6 +17,7 @@ import pandas as pd
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
 from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.seeds import stream_seed
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def generate_interactions(
             "data.num_users, num_items, num_interactions and num_clusters must be >= 1, affinity in [0, 1], "
             "and num_interactions at most half of num_users x num_items"
         )
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(stream_seed(seed, "synthetic"))
     item_cluster = rng.integers(0, num_clusters, num_items)
     item_weight = (rng.permutation(num_items) + 1.0) ** -popularity_exponent
     by_cluster = np.argsort(item_cluster, kind="stable")  # items grouped by cluster
