@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from recsys_lightning.build import build_module
 from recsys_lightning.config import PROJECT_ROOT, register_resolvers
 from recsys_lightning.ranking import top_k_unseen
+from recsys_lightning.seeds import stream_seed
 
 
 class EpochTimer(pl.Callback):
@@ -35,15 +36,14 @@ class EpochTimer(pl.Callback):
 def bare_epochs(cfg, datamodule, epochs: int) -> list[float]:
     """The same training step as RecommenderModule.training_step (its `batch_loss` and Adam), without Lightning."""
     module = build_module(cfg, datamodule.training_data)
-    module.setup("fit")
-    module.on_fit_start()
+    module.on_fit_start()  # binds the training positives, as Lightning's fit does
     optimizer = instantiate(cfg.optimizer)(module.parameters())
     loader = datamodule.train_dataloader()
     seconds = []
     for epoch in range(epochs):
         start = time.perf_counter()
         loader.sampler.set_epoch(epoch)
-        module.sampler.reseed(epoch)
+        module.sampler.reseed(stream_seed(cfg.seed, "negatives", 0, epoch))  # as on_train_epoch_start does
         for batch in loader:
             loss = module.batch_loss(batch)
             optimizer.zero_grad(set_to_none=True)

@@ -66,10 +66,12 @@ class NonFiniteLossGuard(pl.Callback):
         self.first_bad_loss = torch.zeros((), device=module.device)
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
-        first_bad = (self.first_bad_step < 0) & ~torch.isfinite(loss)
-        self.first_bad_step = torch.where(first_bad, batch_idx, self.first_bad_step)
-        self.first_bad_loss = torch.where(first_bad, loss, self.first_bad_loss)
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):  # None (or {}) when training_step skipped the batch: nothing to check
+            loss = loss.detach()
+            first_bad = (self.first_bad_step < 0) & ~torch.isfinite(loss)
+            self.first_bad_step = torch.where(first_bad, batch_idx, self.first_bad_step)
+            self.first_bad_loss = torch.where(first_bad, loss, self.first_bad_loss)
         last_of_epoch = batch_idx + 1 == trainer.num_training_batches
         if ((batch_idx + 1) % self.check_every == 0 or last_of_epoch) and self.first_bad_step >= 0:
             self._stop(trainer, batch_idx)

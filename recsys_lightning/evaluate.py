@@ -76,7 +76,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
             f"{path}: trained on {trained_shape[0]} users x {trained_shape[1]} items, but the run's data now has "
             f"{datamodule.num_users} x {datamodule.num_items}; the data changed since training"
         )
-    if not same_training_data(catalogue, datamodule):
+    if not same_training_data(catalogue, datamodule.training_data):
         raise ConfigError(
             f"{path}: trained on other data than {run_dir}/.hydra/config.yaml rebuilds (same sizes, but its users, "
             "items or training pairs differ); evaluate a checkpoint with the run folder it came from"

@@ -120,10 +120,12 @@ class PredictionMetric(Metric):
     """Judges what a loss predicts beyond a ranking, on the held-out pairs of each validation chunk.
 
     A loss lists the kinds it needs (`RankingLoss.prediction_metrics`); the module builds only those.
-    `names` are what `compute` returns, logged as `val/<name>`.
+    `names` are what `compute` returns, logged as `val/<name>`; `lower_is_better` are the ones a
+    monitor must watch with mode=min.
     """
 
     names: tuple[str, ...] = ()
+    lower_is_better: tuple[str, ...] = ()
     full_state_update = False
     is_differentiable = False
 
@@ -141,6 +143,7 @@ class RatingErrors(PredictionMetric):
     """RMSE and MAE of the scores of held-out pairs against their ratings (losses that predict ratings)."""
 
     names = ("rmse", "mae")
+    lower_is_better = ("rmse", "mae")
     higher_is_better = False
 
     def __init__(self) -> None:
@@ -174,6 +177,7 @@ class PointwiseMetrics(PredictionMetric):
     """
 
     names = ("bce", "accuracy")
+    lower_is_better = ("bce",)
 
     def __init__(self) -> None:
         super().__init__()

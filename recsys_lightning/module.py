@@ -71,6 +71,10 @@ class RecommenderModule(pl.LightningModule):
         self.register_buffer("item_self_information", -torch.log2(counts.clamp(min=1) / self.model.num_users), persistent=False)
 
     def on_fit_start(self) -> None:
+        self._bind_training_data()
+
+    def _bind_training_data(self) -> None:
+        """The training positives and explicit negatives on this module's device, lent to the sampler."""
         self.positives = self.data.positives.to(self.device)
         self.sampler.bind(self.positives)
         explicit = self.data.explicit_negatives
@@ -84,7 +88,12 @@ class RecommenderModule(pl.LightningModule):
     # -- training -------------------------------------------------------------------------------
 
     def batch_loss(self, batch: TrainingBatch) -> Tensor:
-        """The training objective of one batch: the loss over its scored candidates plus the weighted penalty."""
+        """The training objective of one batch: the loss over its scored candidates plus the weighted penalty.
+
+        Callable outside a Trainer too (benchmarks, tests): the training data is bound on first use.
+        """
+        if self.positives is None:
+            self._bind_training_data()
         scored, penalty = score_candidates(self.loss.candidates, self.model, batch, self.positives, self.sampler, self.explicit_negatives)
         return self.loss(scored) + self.loss.l2 * penalty
 

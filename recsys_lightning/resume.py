@@ -4,18 +4,22 @@ quietly mixes two data sets in one folder) when it cannot, so these checks run f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from recsys_lightning.checkpoint_file import CATALOGUE_KEY, catalogue_from_checkpoint
+from recsys_lightning.data.catalogue import Catalogue
+from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.errors import ConfigError
 
-# What Lightning reads back when it resumes; a checkpoint without them fails deep inside Lightning.
+if TYPE_CHECKING:
+    from recsys_lightning.module import RecommenderModule
+
 # Settings a checkpoint fixes: a resumed run must ask for the same ones.
 RESUMED_SETTINGS = ("model", "loss", "sampler", "optimizer", "scheduler", "ks", "seed")
+# What Lightning reads back when it resumes; a checkpoint without them fails deep inside Lightning.
 RESUME_KEYS = {
     "epoch": int,
     "global_step": int,
@@ -99,7 +103,7 @@ def _is_file_in(value: Any, folder: str) -> bool:
     return Path(value).parent == Path(folder) and Path(value).resolve().parent == Path(folder).resolve()
 
 
-def check_resume_fits(checkpoint: dict[str, Any], path: Path, module: Any, datamodule: Any) -> None:
+def check_resume_fits(checkpoint: dict[str, Any], path: Path, module: RecommenderModule) -> None:
     """The checkpoint was trained with this run's model shapes, data (same raw ids, same training
     pairs) and optimizer kind; otherwise one line saying what differs."""
     saved = checkpoint["state_dict"]
@@ -119,7 +123,7 @@ def check_resume_fits(checkpoint: dict[str, Any], path: Path, module: Any, datam
             f"ckpt_path={path}: it carries no record of the data it was trained on; resume from a checkpoint "
             "this version of the project wrote"
         )
-    if not same_training_data(catalogue_from_checkpoint(checkpoint[CATALOGUE_KEY], path), datamodule):
+    if not same_training_data(catalogue_from_checkpoint(checkpoint[CATALOGUE_KEY], path), module.data):
         raise ConfigError(
             f"ckpt_path={path}: it was trained on other data (its users, items or training pairs differ from this "
             "run's); resume with that run's data overrides, or drop ckpt_path to start fresh"
@@ -128,13 +132,13 @@ def check_resume_fits(checkpoint: dict[str, Any], path: Path, module: Any, datam
     _check_same_optimizer(checkpoint, path, module)
 
 
-def same_training_data(catalogue: Any, datamodule: Any) -> bool:
-    interactions = datamodule.interactions
-    if not (catalogue.user_ids.equals(pd.Index(interactions.user_ids)) and catalogue.item_ids.equals(pd.Index(interactions.item_ids))):
+def same_training_data(catalogue: Catalogue, data: TrainingData) -> bool:
+    """Whether a checkpoint's catalogue records the same users, items and training pairs as `data`."""
+    current = data.catalogue
+    if not (catalogue.user_ids.equals(current.user_ids) and catalogue.item_ids.equals(current.item_ids)):
         return False
-    trained = catalogue.seen_in(["train"])
-    current = datamodule.train_positives
-    return torch.equal(trained.indptr.long(), current.indptr.long()) and torch.equal(trained.indices.long(), current.indices.long())
+    trained, positives = catalogue.seen_in(["train"]), data.positives.csr
+    return torch.equal(trained.indptr.long(), positives.indptr.long()) and torch.equal(trained.indices.long(), positives.indices.long())
 
 
 def _check_same_optimizer(checkpoint: dict[str, Any], path: Path, module: Any) -> None:

@@ -129,7 +129,7 @@ def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataMod
     module = build_module(cfg, datamodule.training_data)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback]
     if resume_from is not None:
-        check_resume_fits(resume_state, resume_from, module, datamodule)
+        check_resume_fits(resume_state, resume_from, module)
         check_resume_callbacks(resume_state, resume_from, callbacks, cfg.trainer.max_epochs)
     return datamodule, module, callbacks, resume_from
 

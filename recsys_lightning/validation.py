@@ -266,8 +266,6 @@ EVALUATE_RULES: dict[str, Rule] = {
     "tolerance": NON_NEGATIVE,
 }
 
-LOWER_IS_BETTER = ("train/loss", "val/rmse", "val/mae", "val/bce")
-
 
 def check_training_config(cfg: DictConfig) -> None:
     """Everything `train` can check without data: the entry point calls it first."""
@@ -307,6 +305,12 @@ def logged_metrics(cfg: DictConfig) -> list[str]:
     return names + [f"val/{name}" for kind in loss_class.prediction_metrics for name in kind.names]
 
 
+def lower_is_better(cfg: DictConfig) -> list[str]:
+    """The logged metrics a monitor must watch with mode=min: the training loss and errors."""
+    loss_class = get_class(cfg.loss._target_)
+    return ["train/loss"] + [f"val/{name}" for kind in loss_class.prediction_metrics for name in kind.lower_is_better]
+
+
 def check_monitors(cfg: DictConfig) -> None:
     """Every monitor (callbacks, plateau scheduler, optimized_metric) must name a metric this run makes,
     watched in the right direction. Keys naming the same missing metric are reported together."""
@@ -328,7 +332,7 @@ def check_monitors(cfg: DictConfig) -> None:
         name = config_value(cfg, key)
         if name not in valid:
             missing.setdefault(str(name), ([], valid))[0].append(key)
-        elif mode_key and name in LOWER_IS_BETTER and config_value(cfg, mode_key) == "max":
+        elif mode_key and name in lower_is_better(cfg) and config_value(cfg, mode_key) == "max":
             raise ConfigError(f"{mode_key}=max, but {key}={name} is better when lower: set {mode_key}=min")
     for name, (keys, valid) in missing.items():
         names = "names" if len(keys) == 1 else "name"

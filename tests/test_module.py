@@ -177,10 +177,7 @@ class NoDrawing(UniformSampler):
 def test_batch_loss_draws_negatives_only_for_losses_that_use_them(loss, draws):
     data = planted_data()
     module = build_module(module_config(loss={"_target_": f"recsys_lightning.losses.{loss}"}), data)
-    module.setup("fit")
-    module.on_fit_start()
-    module.sampler = NoDrawing()
-    module.sampler.bind(module.positives)
+    module.sampler = NoDrawing()  # bound to the training positives on the first batch_loss
     batch = TrainingBatch(users=torch.tensor([0, 1, 2]), items=torch.tensor([3, 4, 5]), ratings=torch.tensor([5.0, 3.0, 1.0]))
     if draws:
         with pytest.raises(AssertionError, match="drew some"):

@@ -244,6 +244,7 @@ def test_hyper_parameters_check_names_the_key_and_keeps_valid_values():
         ("ks", [10, "${oc.env:HOME}"], "ks is '${oc.env:HOME}'"),
         ("model", {"_target_": "recsys_lightning.models.MatrixFactorization", "_recursive_": True}, "'_recursive_'"),
         ("evil", 1, "unknown keys ('evil')"),
+        ("data", {"_target_": "recsys_lightning.data.csv.CsvDataModule"}, "unknown keys ('data')"),  # the module's, never a checkpoint's
         ("model", {"_target_": "recsys_lightning.models.MatrixFactorization", "_partial_": True}, "model._partial_ is True"),
         ("model", {"_target_": "recsys_lightning.models.MatrixFactorization", "num_users": 5}, "'num_users', which"),
         ("model", {"_target_": "recsys_lightning.models.MatrixFactorization", "evil_arg": 1}, "'evil_arg', which"),

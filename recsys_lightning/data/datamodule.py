@@ -119,7 +119,6 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
             num_items=self.num_items,
             positives=TrainingPositives.from_csr(self.train_positives),
             explicit_negatives=self._index_pairs(explicit_negatives),
-            item_info=item_info,
             catalogue=Catalogue.from_parts(pd.Index(self.interactions.user_ids), pd.Index(self.interactions.item_ids), parts, item_info),
         )
         self._log_summary()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pandas as pd
 from torch import Tensor
 
 from recsys_lightning.data.catalogue import Catalogue
@@ -21,7 +20,6 @@ class TrainingData:
 
     - `positives`: the training positives index, on the CPU until the module moves it to its device
     - `explicit_negatives`: [N, 2] (user, item) pairs the data marks as negatives (target 0)
-    - `item_info`: item metadata (titles, genres) in item-index order, empty where a source has none
     - `catalogue`: raw ids, what each user saw in each part, popularity, titles: saved in checkpoints
     """
 
@@ -29,5 +27,4 @@ class TrainingData:
     num_items: int
     positives: TrainingPositives
     explicit_negatives: Tensor
-    item_info: pd.DataFrame
     catalogue: Catalogue
