@@ -157,6 +157,7 @@ def entry_point_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     return cases
 
 
+@pytest.mark.slow
 def test_bad_inputs_through_the_entry_point_exit_1_with_one_line(tmp_path):
     """Each bad input, run as a user would; the runs go two at a time (two cores)."""
     cases = entry_point_cases(tmp_path)
