@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -80,6 +81,11 @@ def planted_data() -> TrainingData:
     datamodule = FrameDataModule(planted_frame())
     datamodule.setup("fit")
     return datamodule.training_data
+
+
+def quiet_trainer(**options) -> pl.Trainer:
+    """A CPU Trainer without logger, progress bar or model summary: what the in-process tests run."""
+    return pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, **options)
 
 
 def options(group: str) -> list[str]:

@@ -12,7 +12,7 @@ from recsys_lightning.metrics import PointwiseMetrics
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.samplers import UniformSampler
 
-from helpers import MODULE_CONFIG, FrameDataModule, module_config, planted_data, planted_frame
+from helpers import MODULE_CONFIG, FrameDataModule, module_config, planted_data, planted_frame, quiet_trainer
 
 
 def fit(tmp_path, seed=0, epochs=15):
@@ -20,14 +20,7 @@ def fit(tmp_path, seed=0, epochs=15):
     datamodule = FrameDataModule(planted_frame(), batch_size=256, seed=seed)
     datamodule.setup("fit")
     module = build_module(module_config(seed=seed), datamodule.training_data)
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=epochs, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=datamodule)
     results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     return trainer, module, results
@@ -62,15 +55,7 @@ def fit_with_loss(tmp_path, loss_target, epochs=2):
     datamodule = FrameDataModule(planted_frame().assign(rating=lambda f: (f.item_id % 5 + 1).astype("float32")), batch_size=256)
     datamodule.setup("fit")
     module = build_module(module_config(loss={"_target_": loss_target, "l2": 1e-4}), datamodule.training_data)
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=epochs, enable_checkpointing=False, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=datamodule)
     return trainer, module, datamodule
 
@@ -140,15 +125,7 @@ def test_sparse_adam_learns_the_planted_structure(tmp_path):
     datamodule = FrameDataModule(planted_frame(), batch_size=256)
     datamodule.setup("fit")
     module = build_module(config, datamodule.training_data)
-    trainer = pl.Trainer(
-        max_epochs=15,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=15, enable_checkpointing=False, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=datamodule)
     assert trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/recall@10"] > 0.25
 

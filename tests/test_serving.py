@@ -22,7 +22,7 @@ from recsys_lightning.serving.checkpoint import load_trained
 from recsys_lightning.serving.service import UNKNOWN, RecommendationService
 from recsys_lightning.serving.vector_index import ItemVectorIndex
 
-from helpers import compose_config, run_module
+from helpers import compose_config, quiet_trainer, run_module
 
 register_resolvers()
 TOY_STORY = 1
@@ -242,7 +242,6 @@ def test_similar_items_and_users_through_the_entry_point(movielens_run):
 
 
 def test_ncf_says_which_embedding_and_refuses_faiss(tmp_path):
-    import pytorch_lightning as pl
 
     from recsys_lightning.build import build_module
 
@@ -252,16 +251,7 @@ def test_ncf_says_which_embedding_and_refuses_faiss(tmp_path):
     datamodule.setup("fit")
     config = module_config(model={"_target_": "recsys_lightning.models.NeuMF", "gmf_dim": 8, "mlp_dim": 8, "hidden": [8]})
     module = build_module(config, datamodule.training_data)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=False, limit_val_batches=0, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=datamodule)
     trainer.save_checkpoint(tmp_path / "ncf.ckpt")
 

@@ -10,7 +10,7 @@ from recsys_lightning.errors import ConfigError
 from recsys_lightning.metrics import RankingMetrics
 from recsys_lightning.ranking import top_k_unseen
 
-from helpers import module_config
+from helpers import module_config, quiet_trainer
 
 
 def top_decile_share(frame, num_items):
@@ -52,15 +52,7 @@ def test_mf_learns_planted_structure_far_beyond_popularity(tmp_path):
         optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.02},
     )
     module = build_module(config, datamodule.training_data)
-    trainer = pl.Trainer(
-        max_epochs=8,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=8, enable_checkpointing=False, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=datamodule)
     learned = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/recall@10"]
     baseline = popularity_recall_at_10(datamodule)

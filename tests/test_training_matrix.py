@@ -5,7 +5,7 @@ import pytorch_lightning as pl
 
 from recsys_lightning.build import build_module
 
-from helpers import FrameDataModule, module_config, planted_frame
+from helpers import FrameDataModule, module_config, planted_frame, quiet_trainer
 
 MODELS = {
     "mf": {"_target_": "recsys_lightning.models.MatrixFactorization", "dim": 8},
@@ -50,16 +50,6 @@ def test_training_loss_falls(model_name, loss_name, tmp_path):
     )
     module = build_module(config, datamodule.training_data)
     losses = EpochLosses()
-    trainer = pl.Trainer(
-        max_epochs=5,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        callbacks=[losses],
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=5, enable_checkpointing=False, limit_val_batches=0, callbacks=[losses], default_root_dir=tmp_path)
     trainer.fit(module, datamodule=datamodule)
     assert losses.values[-1] < 0.95 * losses.values[0], losses.values

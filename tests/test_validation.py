@@ -8,7 +8,6 @@ import sys
 import types
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
@@ -23,7 +22,7 @@ from recsys_lightning.validation import (
     logged_metrics,
 )
 
-from helpers import FrameDataModule, all_options, compose_config, options, run_module, training_config
+from helpers import FrameDataModule, all_options, compose_config, options, quiet_trainer, run_module, training_config
 
 
 def refused(check, cfg) -> str:
@@ -211,15 +210,7 @@ def test_logged_metrics_are_the_names_the_module_logs(loss, small_frame, tmp_pat
     datamodule = FrameDataModule(small_frame, batch_size=256)
     datamodule.setup("fit")
     module = build_module(cfg, datamodule.training_data)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=False, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=datamodule)
     monitorable = {name for name in trainer.callback_metrics if name.startswith("val/") or name == "train/loss"}
     assert set(logged_metrics(cfg)) == monitorable

@@ -18,7 +18,7 @@ from recsys_lightning.recommend import serve
 from recsys_lightning.serving import vector_index
 from recsys_lightning.serving.vector_index import ItemVectorIndex, check_settings, open_or_build
 
-from helpers import compose_config
+from helpers import compose_config, quiet_trainer
 
 pytest.importorskip("faiss")
 register_resolvers()
@@ -341,16 +341,7 @@ def train_mf(folder, seed):
     datamodule = FrameDataModule(planted_frame(), batch_size=256, seed=seed)
     datamodule.setup("fit")
     module = build_module(module_config(seed=seed), datamodule.training_data)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        default_root_dir=folder,
-    )
+    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=False, limit_val_batches=0, default_root_dir=folder)
     trainer.fit(module, datamodule=datamodule)
     trainer.save_checkpoint(folder / "model.ckpt")
     return folder
