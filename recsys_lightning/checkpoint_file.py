@@ -91,7 +91,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     if path.stat().st_size == 0:
         raise ConfigError(f"{path}: empty file (0 bytes), not a checkpoint; it was cut off while being written")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        # Sparse tensors (closed-form models keep the training matrix) are checked as they load: a crafted
+        # index out of range would otherwise read or write outside the tensor's memory later.
+        with torch.sparse.check_sparse_tensor_invariants():
+            checkpoint = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
         raise ConfigError(
             f"{path}: refused, it holds pickled objects beyond tensors and plain data, or is not a checkpoint at all "

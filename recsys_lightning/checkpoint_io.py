@@ -27,7 +27,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, handle)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        with torch.sparse.check_sparse_tensor_invariants():  # as checkpoint_file.load_checkpoint: sparse indices in range
+            checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=True)
         return relocated(checkpoint, Path(path).parent)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,11 +20,15 @@ from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.losses import Candidates, RankingLoss
 from recsys_lightning.metrics import CatalogueMetrics, PredictionMetric, RankingMetrics
-from recsys_lightning.models.base import Recommender
+from recsys_lightning.models.base import Recommender, build_recommender
+from recsys_lightning.models.closed_form import ClosedFormRecommender
 from recsys_lightning.ranking import top_k_unseen
 from recsys_lightning.samplers import NegativeSampler
 from recsys_lightning.scoring import score_candidates
 from recsys_lightning.seeds import stream_seed
+
+# A closed-form model has no optimizer by design (configure_optimizers returns None): nothing to warn about.
+warnings.filterwarnings("ignore", "`LightningModule.configure_optimizers` returned `None`")
 
 
 class RecommenderModule(pl.LightningModule):
@@ -51,21 +56,31 @@ class RecommenderModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["data"], logger=False)
         self.data = data
-        self.model: Recommender = instantiate(model, num_users=num_users, num_items=num_items)
+        self.model: Recommender = build_recommender(model, num_users, num_items)
+        # A closed-form model has no optimizer: its one training step fits it (`fit_closed_form`).
+        self.automatic_optimization = not isinstance(self.model, ClosedFormRecommender)
         self.loss: RankingLoss = instantiate(loss)
         self.sampler: NegativeSampler = instantiate(sampler)
         self.val_metrics = RankingMetrics(ks)
         self.val_predictions = nn.ModuleList([kind() for kind in self.loss.prediction_metrics])
         self.test_metrics = RankingMetrics(ks)
         self.test_catalogue = CatalogueMetrics(ks, num_items)
+        self.test_predictions = nn.ModuleList([kind() for kind in self.loss.prediction_metrics])
         self.positives: TrainingPositives | None = None
         self.explicit_negatives: Tensor | None = None
+        if data is not None and self.loss.predicts_ratings:  # before any training: a run without ratings is refused here
+            if data.ratings_missing:
+                loss_name = type(self.loss).__name__
+                raise ConfigError(f"{loss_name} predicts ratings, but {data.ratings_missing}, or train a ranking loss such as loss=bpr")
+            self.model.set_global_mean(data.mean_rating)  # a checkpoint's own value replaces it when one is loaded
 
     # -- data: what setup() produced, on this module's device ---------------------------------------
 
     def setup(self, stage: str) -> None:
         if self.data is None:
             raise ConfigError("RecommenderModule has no training data: build it with build_module(cfg, datamodule.training_data)")
+        if stage == "fit" and not self.automatic_optimization and self.trainer.world_size > 1:  # DDP refuses a model with no parameters
+            raise ConfigError(f"model {type(self.model).__name__} fits in closed form, in one process: train it without trainer=ddp")
         counts = self.data.positives.item_counts.double()
         # Self-information -log2 p(i) with p(i) the share of users holding item i; unseen items count as one user.
         self.register_buffer("item_self_information", -torch.log2(counts.clamp(min=1) / self.model.num_users), persistent=False)
@@ -106,12 +121,20 @@ class RecommenderModule(pl.LightningModule):
         self._epoch_loss_sum = torch.zeros((), device=self.device)
         self._epoch_samples = 0
 
-    def training_step(self, batch: TrainingBatch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: TrainingBatch, batch_idx: int) -> Tensor | None:
+        if not self.automatic_optimization:
+            return self.fit_closed_form()
         loss = self.batch_loss(batch)
         # Summed here and logged once per epoch: a `self.log` per step costs more than a small step.
         self._epoch_loss_sum += loss.detach() * len(batch)
         self._epoch_samples += len(batch)
         return loss
+
+    def fit_closed_form(self) -> None:
+        """Fit a closed-form model from every training positive, as one step; training stops after this epoch's validation."""
+        self.model.fit(self.positives.csr.binary_matrix())
+        self.optimizers().step()  # a no-op that counts the fit as a step: Lightning checkpoints nothing before one
+        self.trainer.should_stop = True
 
     def on_train_epoch_end(self) -> None:
         self.log("train/loss", self._epoch_loss_sum / max(self._epoch_samples, 1), prog_bar=True, sync_dist=True)
@@ -126,7 +149,11 @@ class RecommenderModule(pl.LightningModule):
         self._rank(scores, chunk, self.val_metrics)
 
     def test_step(self, chunk: RankingChunk, batch_idx: int) -> None:
-        top_items = self._rank(self.model.score_all(chunk.users), chunk, self.test_metrics)
+        scores = self.model.score_all(chunk.users)
+        chunk_seed = stream_seed(self.hparams.seed, "test", self.global_rank, batch_idx)
+        for metric in self.test_predictions:  # before ranking, as in validation_step
+            metric.update(scores, chunk, chunk_seed)
+        top_items = self._rank(scores, chunk, self.test_metrics)
         self.test_catalogue.update(top_items, self.item_self_information)
 
     def _rank(self, scores: Tensor, chunk: RankingChunk, metrics: RankingMetrics) -> Tensor:
@@ -144,7 +171,10 @@ class RecommenderModule(pl.LightningModule):
         self.log_dict(values, logger=self.trainer.state.fn == "fit", sync_dist=True)  # equal on every rank already
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(_computed("test", self.test_metrics) | _computed("test", self.test_catalogue), sync_dist=True)
+        values = _computed("test", self.test_metrics) | _computed("test", self.test_catalogue)
+        for metric in self.test_predictions:
+            values |= _computed("test", metric)
+        self.log_dict(values, sync_dist=True)
 
     def _log_histograms(self, metric: PredictionMetric) -> None:
         if self.trainer.state.fn != "fit":
@@ -157,6 +187,8 @@ class RecommenderModule(pl.LightningModule):
     # -- optimisation -------------------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
+        if not self.automatic_optimization:
+            return None  # a closed-form model has no parameters to optimise
         self._check_sparse_optimizer()
         optimizer = instantiate(self.hparams.optimizer)(self.parameters())
         if not self.hparams.scheduler:

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.models.base import Recommender
 
 METADATA_HEADER = ["item_id", "title", "popularity"]
+log = logging.getLogger(__name__)
 
 
 def log_item_embeddings(writer, model: Recommender, catalogue: Catalogue, max_items: int, step: int) -> None:
     """Log the `max_items` most popular items' vectors of the model's first embedding table.
 
     Capped because the projector loads everything into the browser: a few thousand points stay
-    interactive, a million do not.
+    interactive, a million do not. A model without embeddings (popularity, itemknn, ease) has nothing to show.
     """
-    name, (_, item_table) = next(iter(model.embedding_tables().items()))
+    tables = model.embedding_tables()
+    if not tables:
+        log.info("projector: %s has no item embeddings, nothing to export", type(model).__name__)
+        return
+    name, (_, item_table) = next(iter(tables.items()))
     order = torch.argsort(catalogue.popularity.cpu(), descending=True, stable=True)[:max_items]
     titles = catalogue.title_of(order.tolist())
     metadata = [

@@ -28,7 +28,7 @@ from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, interruptions_raise, quote
 from recsys_lightning.serving.arguments import CSV_COLUMNS, check_serving_config
 from recsys_lightning.serving.checkpoint import TrainedRun, load_trained
-from recsys_lightning.serving.service import UNKNOWN, Recommendations, RecommendationService
+from recsys_lightning.serving.service import ITEM_ITEM, UNKNOWN, Recommendations, RecommendationService
 from recsys_lightning.serving.vector_index import ItemVectorIndex, open_or_build
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,11 @@ def _neighbour_table(service: RecommendationService, kind: str, raw_id: Any, k: 
         frame["history"] = service.history[found.indices].cpu().numpy()
         subject = f"user {raw_id}"
     frame["similarity"] = found.similarities.cpu().numpy()
-    heading = f"{kind}s most similar to {subject}: cosine similarity of the {service.run.model_name} '{found.embedding}' {kind} embeddings"
+    if found.embedding == ITEM_ITEM:
+        measure = f"the {service.run.model_name} item-item weights from it"
+    else:
+        measure = f"cosine similarity of the {service.run.model_name} '{found.embedding}' {kind} embeddings"
+    heading = f"{kind}s most similar to {subject}: {measure}"
     return heading + "\n" + frame.to_string(index=False)
 
 
@@ -171,7 +175,7 @@ def _vector_index(cfg: DictConfig, run: TrainedRun) -> ItemVectorIndex | None:
         raise ConfigError(f"index={cfg.index!r}: use model or faiss")
     item_vectors = run.model.item_vectors()
     if item_vectors is None:
-        raise ConfigError(f"index=faiss serves inner-product models (mf); {run.model_name} scores with an MLP, use index=model")
+        raise ConfigError(f"index=faiss serves inner-product models (mf, popularity); {run.model_name} is not one, use index=model")
     settings = cfg.faiss
     return open_or_build(
         item_vectors, settings.path or None, settings.kind, settings.nlist, settings.nprobe, item_ids=run.catalogue.item_ids

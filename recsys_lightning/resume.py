@@ -144,6 +144,8 @@ def same_training_data(catalogue: Catalogue, data: TrainingData) -> bool:
 def _check_same_optimizer(checkpoint: dict[str, Any], path: Path, module: Any) -> None:
     """Optimizer state of another kind (Adam's moments for Adagrad) fails inside torch with a KeyError."""
     configured = module.configure_optimizers()
+    if configured is None:  # a closed-form model: no optimizer, no state to match
+        return
     optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
     wanted = _group_keys(optimizer.state_dict()["param_groups"])
     states = checkpoint["optimizer_states"]

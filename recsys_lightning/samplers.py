@@ -1,11 +1,14 @@
 """Negative samplers: for each positive (user, item), items the user is assumed not to like.
 
 Every sampler draws a whole batch's negatives in one vectorised call; none loops over examples.
+Per-example samplers draw [B, num_negatives] items; pool samplers draw one `SharedPool` that every
+example of the batch is scored against, so the batch costs one [users, D] x [D, pool] matmul.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -15,6 +18,23 @@ from recsys_lightning.data.positives import TrainingPositives
 
 if TYPE_CHECKING:
     from recsys_lightning.models.base import Recommender
+
+
+@dataclass(frozen=True)
+class SharedPool:
+    """Distinct items [N] every example of a batch is scored against, and how often each was drawn.
+
+    Drawn items are kept once with their count rather than repeated: a softmax adds log(count) to
+    the item's logit, a mean weighs it by count, the same sums at a fraction of the columns.
+    """
+
+    items: Tensor
+    counts: Tensor
+
+    @classmethod
+    def of(cls, draws: Tensor) -> SharedPool:
+        items, counts = torch.unique(draws, return_counts=True)
+        return cls(items, counts)
 
 
 class NegativeSampler(ABC):
@@ -39,15 +59,13 @@ class NegativeSampler(ABC):
         self.generator = torch.Generator(device=self.positives.device).manual_seed(seed)
 
     @abstractmethod
-    def sample(self, users: Tensor, positive_items: Tensor, model: Recommender) -> Tensor:
-        """Negatives [B, num_negatives] for the batch's `users` [B] and their `positive_items` [B]."""
+    def sample(self, users: Tensor, positive_items: Tensor, model: Recommender) -> Tensor | SharedPool:
+        """Negatives for the batch's `users` [B] and their `positive_items` [B]: [B, num_negatives] items,
+        never a training positive of the row's user, or one `SharedPool` for the whole batch, which may
+        hold any user's positives (the scoring masks those hits)."""
 
     def log_probability(self, items: Tensor) -> Tensor | None:
         """Log probability that a draw is `items`, for log-Q correction; None where it is uniform."""
-        return None
-
-    def valid_negatives(self, users: Tensor, negatives: Tensor) -> Tensor | None:
-        """False where a negative is one of the user's training positives; None if that cannot happen."""
         return None
 
 
@@ -92,26 +110,50 @@ class PopularitySampler(NegativeSampler):
 
 
 class InBatchSampler(NegativeSampler):
-    """The batch's other positives serve as negatives: `num_negatives` of them per example.
+    """The batch's positives are the pool every example is scored against.
 
-    Items then appear in proportion to their training frequency, which `log_probability` reports
-    for log-Q correction; a drawn item that the user has in train is flagged by `valid_negatives`
-    so the loss masks it (an accidental hit), rather than redrawn.
+    Items then appear in proportion to their training frequency, which `log_probability` reports for
+    log-Q correction. The pool holds each example's own positive and, often, other positives of the
+    same user (accidental hits): the scoring masks them rather than the sampler redrawing. The pool's
+    size is the batch's (`data.batch_size`), so there is no `num_negatives` to set.
     """
 
-    def sample(self, users: Tensor, positive_items: Tensor, model: Recommender) -> Tensor:
-        batch_size = len(users)
-        offsets = torch.randint(1, max(batch_size, 2), (batch_size, self.num_negatives), generator=self.generator, device=users.device)
-        others = (torch.arange(batch_size, device=users.device).unsqueeze(1) + offsets) % batch_size
-        return positive_items[others]
+    def __init__(self) -> None:
+        super().__init__()
+
+    def sample(self, users: Tensor, positive_items: Tensor, model: Recommender) -> SharedPool:
+        return SharedPool.of(positive_items)
 
     def log_probability(self, items: Tensor) -> Tensor:
         counts = self.positives.item_counts
         frequency = counts.double() / counts.sum()
         return frequency.clamp(min=1e-12).log()[items].float()
 
-    def valid_negatives(self, users: Tensor, negatives: Tensor) -> Tensor:
-        return ~self.positives.contains(users, negatives)
+
+class SharedPoolSampler(NegativeSampler):
+    """One pool of `num_negatives` items per batch, drawn with probability proportional to count^alpha
+    (alpha 0: uniform), shared by every example of the batch.
+
+    Sampled softmax over a shared pool (Bengio and Senecal 2008; Yi et al. 2019) sees hundreds of
+    negatives per example for the price of one matmul, where per-example negatives cost a gather of
+    [B, N, D]. `log_probability` feeds the log-Q correction; draws that hit a user's positives are
+    masked by the scoring.
+    """
+
+    def __init__(self, num_negatives: int = 256, alpha: float = 0.0) -> None:
+        super().__init__(num_negatives)
+        self.alpha = alpha
+
+    def bind(self, positives: TrainingPositives) -> None:
+        super().bind(positives)
+        weights = positives.item_counts.double().pow(self.alpha)  # 0^0 = 1: unseen items too, when uniform
+        self.probabilities = weights / weights.sum()
+
+    def sample(self, users: Tensor, positive_items: Tensor, model: Recommender) -> SharedPool:
+        return SharedPool.of(torch.multinomial(self.probabilities, self.num_negatives, replacement=True, generator=self.generator))
+
+    def log_probability(self, items: Tensor) -> Tensor:
+        return self.probabilities.log()[items].float()
 
 
 class HardNegativeSampler(NegativeSampler):

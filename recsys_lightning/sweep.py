@@ -1,4 +1,5 @@
-"""Hydra callback that tabulates a multirun: one row per run, best validation NDCG@10 first."""
+"""Hydra callback that tabulates a multirun: one row per run, best first on the sweep's optimized_metric
+(validation NDCG@10 by default, RMSE lowest first for loss=mse)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys_lightning.checkpoint_file import read_run_metrics
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.monitor import metric_mode
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +29,19 @@ COLUMNS = [
     "test/mrr@10",
     "test/coverage@10",
     "test/novelty@10",
+    "val/rmse",
+    "val/mae",
+    "test/rmse",
+    "test/mae",
     "best_epoch",
     "train_seconds",
     "error",
 ]
 
 
-def summarise_sweep(sweep_dir: Path) -> pd.DataFrame:
-    """Read every job folder under `sweep_dir` (metrics.json or error.txt) into one sorted table."""
+def summarise_sweep(sweep_dir: Path, sort_by: str = SORT_BY, ascending: bool = False) -> pd.DataFrame:
+    """Read every job folder under `sweep_dir` (metrics.json or error.txt) into one table sorted by
+    `sort_by` (a column of its own when COLUMNS lacks it), failures last."""
     rows: list[dict[str, Any]] = []
     for hydra_dir in sorted(sweep_dir.glob("*/.hydra"), key=lambda path: _job_number(path.parent)):
         run_dir = hydra_dir.parent
@@ -50,8 +57,9 @@ def summarise_sweep(sweep_dir: Path) -> pd.DataFrame:
         else:
             row["error"] = "no metrics.json: the run did not finish"
         rows.append(row)
-    table = pd.DataFrame(rows).reindex(columns=COLUMNS).astype({"best_epoch": "Int64"})
-    return table.sort_values(SORT_BY, ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+    columns = COLUMNS if sort_by in COLUMNS else [*COLUMNS[:2], sort_by, *COLUMNS[2:]]
+    table = pd.DataFrame(rows).reindex(columns=columns).astype({"best_epoch": "Int64"})
+    return table.sort_values(sort_by, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -67,7 +75,8 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        table = summarise_sweep(sweep_dir)
+        sort_by = config.get("optimized_metric") or SORT_BY
+        table = summarise_sweep(sweep_dir, sort_by, ascending=metric_mode(sort_by, config.loss._target_) == "min")
         table.to_csv(sweep_dir / "summary.csv", index=False)
         markdown = to_markdown(table)
         (sweep_dir / "summary.md").write_text(markdown)

@@ -21,6 +21,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from recsys_lightning import monitor
 from recsys_lightning.config import PROJECT_ROOT
 from recsys_lightning.data.split import SPLIT_KINDS
 from recsys_lightning.errors import ConfigError
@@ -186,6 +187,8 @@ TRAINING_RULES: dict[str, Rule] = {
     "eval.ks": ListOf(integer(1), 1, "[10,20]"),
     "projector.max_items": integer(0),
     "run_test": FLAG,
+    "monitor.metric": TEXT,
+    "monitor.mode": MODE,
     "optimized_metric": optional(TEXT),
     # conf/data
     "data.split": Choice(SPLIT_KINDS),
@@ -193,6 +196,7 @@ TRAINING_RULES: dict[str, Rule] = {
     "data.batch_size": integer(1),
     "data.eval_chunk_size": integer(1),
     "data.eval_max_scores": integer(1),
+    "data.val_users": optional(integer(1)),
     "data.min_rating": optional(Number()),
     "data.min_user_interactions": integer(0),
     "data.min_item_interactions": integer(0),
@@ -219,6 +223,10 @@ TRAINING_RULES: dict[str, Rule] = {
     "model.bias": FLAG,
     "model.zero_init_mlp": FLAG,
     "model.sparse_gradients": FLAG,
+    "model.l2": POSITIVE,  # EASE's lambda: X^T X + l2 I must be invertible
+    "model.max_items": integer(1),
+    "model.num_neighbours": integer(1, MAX_COUNT),
+    "model.shrink": NON_NEGATIVE,
     # conf/loss, conf/sampler
     "loss.l2": NON_NEGATIVE,
     "loss.temperature": POSITIVE,
@@ -307,36 +315,57 @@ def logged_metrics(cfg: DictConfig) -> list[str]:
 
 def lower_is_better(cfg: DictConfig) -> list[str]:
     """The logged metrics a monitor must watch with mode=min: the training loss and errors."""
-    loss_class = get_class(cfg.loss._target_)
-    return ["train/loss"] + [f"val/{name}" for kind in loss_class.prediction_metrics for name in kind.lower_is_better]
+    return monitor.lower_is_better(cfg.loss._target_)
 
 
 def check_monitors(cfg: DictConfig) -> None:
-    """Every monitor (callbacks, plateau scheduler, optimized_metric) must name a metric this run makes,
-    watched in the right direction. Keys naming the same missing metric are reported together."""
+    """Every monitor (`monitor`, callbacks, plateau scheduler, optimized_metric) must name a metric this
+    run makes, watched in the right direction. Keys naming the same missing metric are reported
+    together; a key that only follows `monitor` (the default) is reported as `monitor.metric`/`mode`,
+    the keys a user sets."""
     logged = logged_metrics(cfg)
     # optimized_metric is read from metrics.json: validation and test figures, no training loss.
-    test_names = [f"test/{metric}@{k}" for metric in (*METRIC_NAMES, "coverage", "novelty") for k in cfg.eval.ks] if cfg.run_test else []
-    recorded = [name for name in logged if name != "train/loss"] + test_names
-    monitors = [
-        (f"callbacks.{name}.monitor", f"callbacks.{name}.mode", logged)
+    test_metrics = (*METRIC_NAMES, "coverage", "novelty")
+    test_names = [f"test/{metric}@{k}" for metric in test_metrics for k in cfg.eval.ks] + [
+        f"test/{name}" for kind in get_class(cfg.loss._target_).prediction_metrics for name in kind.names
+    ]
+    recorded = [name for name in logged if name != "train/loss"] + (test_names if cfg.run_test else [])
+    watchers = [
+        (f"callbacks.{name}.monitor", f"callbacks.{name}.mode")
         for name, callback in cfg.callbacks.items()
         if callback and callback.get("monitor") is not None
     ]
     if cfg.get("scheduler") and "monitor" in cfg.scheduler:
-        monitors.append(("scheduler.monitor", "scheduler.scheduler.mode", logged))
+        watchers.append(("scheduler.monitor", "scheduler.scheduler.mode"))
+    # Watchers that follow `monitor` collapse into it: one key reported, once.
+    monitors = dict.fromkeys([("monitor.metric", "monitor.mode")] if "monitor" in cfg else [], logged)
+    monitors |= {(_set_at(cfg, key), _set_at(cfg, mode_key)): logged for key, mode_key in watchers}
     if cfg.get("optimized_metric"):
-        monitors.append(("optimized_metric", None, recorded))
+        monitors[("optimized_metric", None)] = recorded
     missing: dict[str, tuple[list[str], list[str]]] = {}
-    for key, mode_key, valid in monitors:
+    lower = lower_is_better(cfg)
+    for (key, mode_key), valid in monitors.items():
         name = config_value(cfg, key)
         if name not in valid:
             missing.setdefault(str(name), ([], valid))[0].append(key)
-        elif mode_key and name in lower_is_better(cfg) and config_value(cfg, mode_key) == "max":
+            continue
+        mode = config_value(cfg, mode_key) if mode_key else None
+        if mode == "max" and name in lower:
             raise ConfigError(f"{mode_key}=max, but {key}={name} is better when lower: set {mode_key}=min")
+        if mode == "min" and name not in lower:
+            raise ConfigError(f"{mode_key}=min, but {key}={name} is better when higher: set {mode_key}=max")
     for name, (keys, valid) in missing.items():
         names = "names" if len(keys) == 1 else "name"
         raise ConfigError(f"{', '.join(keys)}={shown(name)} {names} no metric this run logs: {_advice(name, valid, list(cfg.eval.ks))}")
+
+
+def _set_at(cfg: DictConfig, key: str) -> str:
+    """`monitor.metric` (or `monitor.mode`) for a key whose value is just an interpolation of it, else `key`."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    raw = OmegaConf.to_container(node, resolve=False).get(leaf) if isinstance(node, DictConfig) else None
+    followed = {"${monitor.metric}": "monitor.metric", "${monitor.mode}": "monitor.mode"}
+    return followed.get(raw, key) if isinstance(raw, str) else key
 
 
 def _advice(name: str, valid: list[str], ks: list[int]) -> str:

@@ -44,11 +44,13 @@ def test_sampled_softmax_subtracts_log_q_before_cross_entropy():
     assert SampledSoftmaxLoss(log_q_correction=False)(batch).item() == pytest.approx(uncorrected.item())
 
 
-def test_full_softmax_is_cross_entropy_over_the_whole_row():
-    row_scores = torch.tensor([[2.0, 0.5, -torch.inf, 1.0], [0.0, -1.0, 3.0, -torch.inf]])
-    positive = torch.tensor([2.0, -1.0])
-    expected = F.cross_entropy(row_scores, torch.tensor([0, 1]))
-    assert FullSoftmaxLoss()(ScoredCandidates(positive, row_scores)).item() == pytest.approx(expected.item())
+def test_full_softmax_adds_each_positive_to_its_users_normaliser():
+    # Two users' scores of every item, their training positives hidden; three examples, two of user 0.
+    user_scores = torch.tensor([[2.0, 0.5, -torch.inf, 1.0], [0.0, -1.0, 3.0, -torch.inf]])
+    positive, rows = torch.tensor([2.5, -1.0, 0.3]), torch.tensor([0, 0, 1])
+    others = [[2.0, 0.5, 1.0], [2.0, 0.5, 1.0], [0.0, -1.0, 3.0]]
+    expected = sum(-p + math.log(math.exp(p) + sum(math.exp(s) for s in row)) for p, row in zip(positive.tolist(), others)) / 3
+    assert FullSoftmaxLoss()(ScoredCandidates(positive, user_scores, rows=rows)).item() == pytest.approx(expected)
 
 
 def test_mse_regresses_scores_on_ratings():

@@ -1,5 +1,9 @@
 """One run per folder, honest exits, crash-safe checkpoints, and run records that say what happened,
-through the real entry point on small synthetic data."""
+through the real entry point on small synthetic data.
+
+A refusal that train() itself makes is asked of it in this process (`refusal`): the entry point turns
+any such error into one line and exit code 1, as the runs through it here show for each place a run is
+refused (Hydra's callback, before fit, inside fit)."""
 
 import json
 import os
@@ -14,10 +18,11 @@ import torch
 from recsys_lightning.atomic import atomic_file
 from recsys_lightning.checkpoint_file import FORMAT_KEY
 from recsys_lightning.checkpoint_io import AtomicCheckpointIO
-from recsys_lightning.errors import ConfigError
+from recsys_lightning.errors import ConfigError, RecsysError
 from recsys_lightning.run_folder import RunFolder
+from recsys_lightning.train import train as run_training
 
-from helpers import ROOT, run_module
+from helpers import ROOT, run_module, training_config
 
 SMALL_RUN = [
     "data=synthetic",
@@ -34,6 +39,21 @@ SMALL_RUN = [
 
 def train(run_dir, *overrides, fault_injection=False):
     return run_module("recsys_lightning.train", *SMALL_RUN, f"hydra.run.dir={run_dir}", *overrides, fault_injection=fault_injection)
+
+
+def train_in_process(run_dir, *overrides):
+    """The same run in this process: the function the entry point calls with the config Hydra composed
+    (no interpreter to start; no Hydra run record written, nor its callbacks' checks run)."""
+    return run_training(training_config(*SMALL_RUN, *overrides, run_dir=run_dir))
+
+
+def refusal(run_dir, *overrides) -> str:
+    """What train() refuses this run with: the one line the entry point prints, with exit code 1."""
+    with pytest.raises(RecsysError) as refused:
+        train_in_process(run_dir, *overrides)
+    message = str(refused.value)
+    assert refused.value.exit_code == 1 and "\n" not in message, message
+    return message
 
 
 def error_lines(result) -> list[str]:
@@ -178,9 +198,7 @@ def test_a_truncated_last_checkpoint_names_the_newest_readable_one(finished_run,
 def test_resuming_from_an_incompatible_or_missing_checkpoint_is_one_line(finished_run, tmp_path, overrides, expected):
     run_dir = tmp_path / "run"
     subprocess.run(["cp", "-r", str(finished_run), str(run_dir)], check=True)
-    result = train(run_dir, *(["ckpt_path=last"] if not any(o.startswith("ckpt_path") for o in overrides) else []), *overrides)
-    assert result.returncode == 1
-    (line,) = error_lines(result)
+    line = refusal(run_dir, *(["ckpt_path=last"] if not any(o.startswith("ckpt_path") for o in overrides) else []), *overrides)
     assert expected in line, line
 
 
@@ -242,9 +260,7 @@ def test_a_checkpoint_whose_records_name_files_elsewhere_is_refused_and_deletes_
                 state[field] = outside
 
     edit_checkpoint(run_dir / "checkpoints" / "last.ckpt", point_outside)
-    result = train(run_dir, "trainer.max_epochs=5", "ckpt_path=last")
-    assert result.returncode == 1
-    (line,) = error_lines(result)
+    line = refusal(run_dir, "trainer.max_epochs=5", "ckpt_path=last")
     assert "records name files outside their checkpoint folder" in line
     assert victim.read_text() == "precious"
 
@@ -268,8 +284,7 @@ def test_resuming_into_a_run_folder_from_another_folders_checkpoint_is_refused(f
 
 @pytest.mark.slow
 def test_resuming_from_another_folders_checkpoint_into_a_fresh_folder_continues_it(finished_run, tmp_path):
-    result = train(tmp_path / "continued", "trainer.max_epochs=4", f"ckpt_path={finished_run / 'checkpoints' / 'last.ckpt'}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_in_process(tmp_path / "continued", "trainer.max_epochs=4", f"ckpt_path={finished_run / 'checkpoints' / 'last.ckpt'}")
     assert json.loads((tmp_path / "continued" / "metrics.json").read_text())["epochs"] == 4
 
 
@@ -289,10 +304,12 @@ def test_resuming_from_another_folders_checkpoint_into_a_fresh_folder_continues_
 )
 def test_resuming_with_other_data_of_the_same_size_or_other_settings_is_one_line(finished_run, tmp_path, overrides, expected):
     run_dir = copy_run(finished_run, tmp_path)
-    result = train(run_dir, "trainer.max_epochs=5", "ckpt_path=last", *overrides)
-    assert result.returncode == 1
-    (line,) = error_lines(result)
+    line = refusal(run_dir, "trainer.max_epochs=5", "ckpt_path=last", *overrides)
     assert expected in line, line
+
+
+def absurd_loop_counters(checkpoint):
+    checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"].update(completed=10**18, processed=10**18, ready=10**18, started=10**18)
 
 
 @pytest.mark.slow
@@ -314,12 +331,7 @@ def test_resuming_with_other_data_of_the_same_size_or_other_settings_is_one_line
             lambda ckpt: [state.update(best_score="abc") for name, state in ckpt["callbacks"].items() if name.startswith("EarlyStopping")],
             "the saved state of EarlyStopping (best_score) has the wrong type",
         ),
-        (
-            lambda ckpt: ckpt["loops"]["fit_loop"]["epoch_progress"]["current"].update(
-                completed=10**18, processed=10**18, ready=10**18, started=10**18
-            ),
-            "Lightning could not restore its state",
-        ),
+        (absurd_loop_counters, "Lightning could not restore its state"),
     ],
     ids=[
         "no loops",
@@ -334,18 +346,26 @@ def test_resuming_with_other_data_of_the_same_size_or_other_settings_is_one_line
 def test_a_checkpoint_lightning_cannot_resume_is_one_line(finished_run, tmp_path, edit, expected):
     run_dir = copy_run(finished_run, tmp_path)
     edit_checkpoint(run_dir / "checkpoints" / "last.ckpt", edit)
+    line = refusal(run_dir, "trainer.max_epochs=5", "ckpt_path=last")
+    assert expected in line, line
+
+
+@pytest.mark.slow
+def test_a_checkpoint_lightning_cannot_restore_is_one_line_through_the_entry_point(finished_run, tmp_path):
+    """The one refusal made after Lightning's fit began, with Lightning's own failure handling in between."""
+    run_dir = copy_run(finished_run, tmp_path)
+    edit_checkpoint(run_dir / "checkpoints" / "last.ckpt", absurd_loop_counters)
     result = train(run_dir, "trainer.max_epochs=5", "ckpt_path=last")
     assert result.returncode == 1
     (line,) = error_lines(result)
-    assert expected in line, line
+    assert "Lightning could not restore its state" in line, line
 
 
 @pytest.mark.slow
 def test_a_moved_run_folder_resumes_with_its_best_score(finished_run, tmp_path):
     """Copied elsewhere, the run's checkpoint records name the old folder: the best so far must still count."""
     run_dir = copy_run(finished_run, tmp_path, "moved")
-    result = train(run_dir, "ckpt_path=last", "trainer.max_epochs=4")
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_in_process(run_dir, "ckpt_path=last", "trainer.max_epochs=4")
     assert len(list((run_dir / "checkpoints").glob("epoch*.ckpt"))) == 1  # save_top_k=1 still holds: the old best was tracked
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (run_dir / metrics["best_checkpoint"]).parent == run_dir / "checkpoints"
@@ -396,5 +416,4 @@ def test_a_checkpoint_path_that_is_no_file_says_so(finished_run, tmp_path, ckpt_
 @pytest.mark.slow
 def test_a_resume_may_reorder_eval_ks(finished_run, tmp_path):
     run_dir = copy_run(finished_run, tmp_path)
-    result = train(run_dir, "ckpt_path=last", "trainer.max_epochs=4", "eval.ks=[20,10]")
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_in_process(run_dir, "ckpt_path=last", "trainer.max_epochs=4", "eval.ks=[20,10]")

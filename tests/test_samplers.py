@@ -3,7 +3,7 @@ import torch
 
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.data.sparse import UserItemCSR
-from recsys_lightning.samplers import HardNegativeSampler, InBatchSampler, PopularitySampler, UniformSampler
+from recsys_lightning.samplers import HardNegativeSampler, InBatchSampler, PopularitySampler, SharedPoolSampler, UniformSampler
 
 
 def positives(num_users=50, num_items=80, seed=0) -> UserItemCSR:
@@ -108,28 +108,22 @@ def test_popularity_sampler_falls_back_when_positives_hold_most_mass():
     assert (sampler.sample(torch.zeros(50, dtype=torch.long), None, None) == free_item).all()
 
 
-def test_in_batch_negatives_are_other_positives_of_the_batch_with_hits_flagged():
+def test_in_batch_pool_is_the_batch_positives_counted():
+    sampler = InBatchSampler()
+    sampler.bind(TrainingPositives.from_csr(positives()))
+    pool = sampler.sample(torch.zeros(6, dtype=torch.long), torch.tensor([5, 3, 5, 9, 5, 3]), None)
+    assert pool.items.tolist() == [3, 5, 9] and pool.counts.tolist() == [2, 3, 1]
+
+
+def test_shared_pool_draws_its_size_in_proportion_to_count_power_alpha():
     csr = positives()
-    sampler = bound_sampler(csr, num_negatives=7, kind=InBatchSampler)
-    users = torch.randint(0, csr.num_users, (64,))
-    items = torch.randperm(csr.num_items)[:64]  # distinct, so an item names its position in the batch
-    negatives = sampler.sample(users, items, None)
-    assert set(negatives.flatten().tolist()) <= set(items.tolist())
-    assert (negatives != items.unsqueeze(1)).all()  # never the example's own positive
-    valid = sampler.valid_negatives(users, negatives)
-    for row in range(64):
-        for col in range(7):
-            item = negatives[row, col].item()
-            user_items = csr.indices[csr.indptr[users[row]] : csr.indptr[users[row] + 1]].tolist()
-            assert valid[row, col].item() == (item not in user_items)
-
-
-def test_in_batch_never_pairs_an_example_with_its_own_position():
-    sampler = bound_sampler(positives(), num_negatives=5, kind=InBatchSampler)
-    positions = torch.arange(10)
-    # Items equal positions, so a negative equal to the row index would be the example's own positive.
-    negatives = sampler.sample(torch.zeros(10, dtype=torch.long), positions, None)
-    assert (negatives != positions.unsqueeze(1)).all()
+    sampler = bound_sampler(csr, num_negatives=20_000, kind=SharedPoolSampler, alpha=1.0)
+    pool = sampler.sample(torch.zeros(3, dtype=torch.long), None, None)
+    assert pool.counts.sum().item() == 20_000 and len(pool.items) == len(set(pool.items.tolist()))
+    observed = torch.zeros(csr.num_items).index_add_(0, pool.items, pool.counts.float()) / 20_000
+    expected = torch.bincount(csr.indices, minlength=csr.num_items).float()
+    assert torch.allclose(observed, expected / expected.sum(), atol=0.01)
+    assert bound_sampler(csr, num_negatives=7, kind=SharedPoolSampler, seed=4).sample(None, None, None).counts.sum() == 7
 
 
 def test_hard_sampler_keeps_the_best_scored_candidate():

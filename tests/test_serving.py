@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from recsys_lightning.checkpoint_file import FORMAT_KEY, FORMAT_VERSION, find_checkpoint, load_checkpoint
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.catalogue import Catalogue
-from recsys_lightning.errors import ConfigError, UnknownId
+from recsys_lightning.errors import ConfigError, RecsysError, UnknownId
 from recsys_lightning.evaluate import compare_with_recorded, evaluate
 from recsys_lightning.recommend import serve
 from recsys_lightning.serving.checkpoint import load_trained
@@ -137,10 +137,11 @@ def test_exact_faiss_ranks_every_user_like_the_model(served):
 def test_faiss_through_the_entry_point_and_saved_index(movielens_run, tmp_path):
     saved = tmp_path / "items.faiss"
     built = recommend_cli(movielens_run, "user_id=42", "index=faiss", f"faiss.path={saved}")
-    by_model = recommend_cli(movielens_run, "user_id=42")
+    by_model = io.StringIO()
+    serve(compose_config("recommend", f"run_dir={movielens_run}", "user_id=42"), by_model)
     assert built.returncode == 0, built.stderr[-2000:]
     assert "wrote the flat index" in built.stderr
-    assert [row[1] for row in table_rows(built.stdout)] == [row[1] for row in table_rows(by_model.stdout)]
+    assert [row[1] for row in table_rows(built.stdout)] == [row[1] for row in table_rows(by_model.getvalue())]
     assert ItemVectorIndex.load(saved).num_items == 1682
     assert pd.read_csv(f"{saved}.items.csv")["item_id"].tolist()[:3] == [1, 2, 3]
     reused = recommend_cli(movielens_run, "user_id=42", "index=faiss", f"faiss.path={saved}")
@@ -204,18 +205,26 @@ def test_cold_start_through_the_entry_point_is_flagged(movielens_run, tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["item_id=999999"], "error: item id 999999 is not in this run's data"),
-        (["similar_users=999999"], "error: user id 999999 is not in this run's data"),
-        (["user_id=1", "item_id=1"], "error: ask one thing per call"),
-        (["user_id=1", "exclude=[train,holdout]"], "error: exclude=[train,holdout]: must be a list, each entry one of train, valid, test"),
-        (["user_id=1", "checkpoint=nowhere.ckpt"], "error: "),
+        (["item_id=999999"], "item id 999999 is not in this run's data"),
+        (["similar_users=999999"], "user id 999999 is not in this run's data"),
+        (["user_id=1", "item_id=1"], "ask one thing per call"),
+        (["user_id=1", "exclude=[train,holdout]"], "exclude=[train,holdout]: must be a list, each entry one of train, valid, test"),
+        (["user_id=1", "checkpoint=nowhere.ckpt"], ""),
     ],
 )
-def test_bad_requests_exit_1_with_one_line(movielens_run, overrides, message):
-    result = recommend_cli(movielens_run, *overrides)
+def test_bad_requests_are_refused_with_one_line(movielens_run, overrides, message):
+    """What serve() refuses a request with: the entry point prints it as one line with exit code 1 (next test)."""
+    with pytest.raises(RecsysError) as refused:
+        serve(compose_config("recommend", f"run_dir={movielens_run}", *overrides), io.StringIO())
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value) and refused.value.exit_code == 1
+
+
+@pytest.mark.slow
+def test_a_bad_request_exits_1_with_one_line(movielens_run):
+    result = recommend_cli(movielens_run, "item_id=999999")
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(message), result.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith("error: item id 999999 is not in this run's data"), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
 
 

@@ -130,9 +130,8 @@ def test_checkpoint_with_a_pickled_object_is_refused_for_serving_and_resume(movi
     assert not marker.exists()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("where", ["data argument", "data target", "list element"])
-def test_crafted_run_config_runs_no_code_in_evaluate(movielens_run, tmp_path, payload, marker, where):
+def crafted_run_config(movielens_run: Path, tmp_path: Path, payload: Path, where: str) -> Path:
+    """A copy of a real run folder whose .hydra/config.yaml loads `payload` in its data config at `where`."""
     run_dir = crafted_run(movielens_run, tmp_path, lambda ckpt: None)
     config_path = run_dir / ".hydra" / "config.yaml"
     config = yaml.safe_load(config_path.read_text())
@@ -143,8 +142,23 @@ def test_crafted_run_config_runs_no_code_in_evaluate(movielens_run, tmp_path, pa
     else:
         config["data"]["split_ratios"] = [0.8, nested_torch_load(payload), 0.1]
     config_path.write_text(yaml.safe_dump(config))
-    line = one_error_line(run_module("recsys_lightning.evaluate", f"run_dir={run_dir}"))
-    assert str(config_path) in line
+    return run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["data argument", "data target", "list element"])
+def test_crafted_run_config_runs_no_code_in_evaluate(movielens_run, tmp_path, payload, marker, where):
+    run_dir = crafted_run_config(movielens_run, tmp_path, payload, where)
+    with pytest.raises(ConfigError) as error:
+        evaluate(run_dir)
+    assert str(run_dir / ".hydra" / "config.yaml") in str(error.value) and "\n" not in str(error.value)
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_crafted_run_config_is_one_line_through_evaluate(movielens_run, tmp_path, payload, marker):
+    run_dir = crafted_run_config(movielens_run, tmp_path, payload, "data target")
+    assert str(run_dir / ".hydra" / "config.yaml") in one_error_line(run_module("recsys_lightning.evaluate", f"run_dir={run_dir}"))
     assert not marker.exists()
 
 
@@ -182,18 +196,23 @@ def test_a_checkpoint_of_another_format_is_refused_by_recommend_evaluate_and_res
     run_dir = crafted_run(movielens_run, tmp_path, FORMAT_EDITS[found])
     path = find_checkpoint(run_dir)
     expected = f"{path}: checkpoint has {found}, this code reads format {FORMAT_VERSION}; retrain the run or use the version"
-    for message in refused_in_process(run_dir):
+    messages = refused_in_process(run_dir)
+    for message in messages:
         assert message.startswith(expected), message
+    assert messages[0] == f"{expected} of recsys_lightning that wrote it"  # recommend's, which it prints as is (next test)
     with pytest.raises(ConfigError) as resumed:
         RunFolder(run_dir).resume_checkpoint(str(path))
     assert str(resumed.value).startswith(f"ckpt_path={path}: {expected}"), str(resumed.value)
-    line = one_error_line(run_module("recsys_lightning.recommend", f"run_dir={run_dir}", "user_id=1"))
-    assert line == f"error: {expected} of recsys_lightning that wrote it"
 
 
 @pytest.mark.slow
-def test_a_checkpoint_without_the_format_marker_is_one_line_when_resumed(movielens_run, tmp_path):
+def test_a_checkpoint_without_the_format_marker_is_one_line_when_served_or_resumed(movielens_run, tmp_path):
     run_dir = crafted_run(movielens_run, tmp_path, FORMAT_EDITS["no format marker"])
+    line = one_error_line(run_module("recsys_lightning.recommend", f"run_dir={run_dir}", "user_id=1"))
+    assert line == (
+        f"error: {find_checkpoint(run_dir)}: checkpoint has no format marker, this code reads format {FORMAT_VERSION}; "
+        "retrain the run or use the version of recsys_lightning that wrote it"
+    )
     resumed = run_module(
         "recsys_lightning.train",
         "trainer.max_epochs=4",

@@ -60,7 +60,7 @@ def test_every_config_option_passes(group, option, monkeypatch):
 @pytest.mark.parametrize(("model", "loss", "sampler"), itertools.product(*(options(group) for group in ("model", "loss", "sampler"))))
 def test_every_model_loss_sampler_combination_passes_unless_the_loss_rejects_the_sampler(model, loss, sampler):
     cfg = training_config(f"model={model}", f"loss={loss}", f"sampler={sampler}")
-    rejected = (loss, sampler) in {("bce", "in_batch"), ("mse", "popularity"), ("mse", "in_batch"), ("mse", "hard")}
+    rejected = (loss, sampler) in {("bce", "in_batch"), ("mse", "popularity"), ("mse", "in_batch"), ("mse", "hard"), ("mse", "shared_pool")}
     if rejected:
         assert "cannot train with" in refused(check_training_config, cfg)
     else:
@@ -156,7 +156,7 @@ def test_long_bad_value_is_cut_in_the_message():
 def test_monitor_without_its_k_in_eval_ks_names_every_key_and_the_fix():
     message = refused(check_training_config, training_config("eval.ks=[20]"))
     assert message == (
-        "callbacks.early_stopping.monitor, callbacks.model_checkpoint.monitor, optimized_metric=val/ndcg@10 "
+        "monitor.metric, optimized_metric=val/ndcg@10 "
         "name no metric this run logs: eval.ks=[20] has no 10; add 10 to eval.ks or use val/ndcg@20"
     )
 
@@ -185,7 +185,8 @@ def test_rating_and_pointwise_metrics_are_monitorable_only_with_their_losses(los
 
 
 def test_lower_is_better_metric_watched_for_a_maximum_is_refused():
-    message = refused(check_training_config, training_config("loss=mse", "callbacks.early_stopping.monitor=val/rmse"))
+    cfg = training_config("loss=mse", "callbacks.early_stopping.monitor=val/rmse", "callbacks.early_stopping.mode=max")
+    message = refused(check_training_config, cfg)
     assert message == (
         "callbacks.early_stopping.mode=max, but callbacks.early_stopping.monitor=val/rmse is better when lower: "
         "set callbacks.early_stopping.mode=min"

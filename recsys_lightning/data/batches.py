@@ -94,11 +94,22 @@ class PositivePairs(Dataset):
 class RankingChunks(Dataset):
     """Evaluation users in chunks, each with the items to hide from its ranking and the held-out items.
 
-    Built once: the chunks are the same every epoch, so only the scoring is repeated.
+    `users` are the users to rank (default: every user with held-out items); each DDP process takes
+    its own shard of them. Built once: the chunks are the same every epoch, so only the scoring is repeated.
     """
 
-    def __init__(self, heldout: UserItemCSR, exclude: UserItemCSR, chunk_size: int, rank: int = 0, num_replicas: int = 1) -> None:
-        users = torch.nonzero(heldout.counts() > 0).flatten()[rank::num_replicas]  # one shard per DDP process
+    def __init__(
+        self,
+        heldout: UserItemCSR,
+        exclude: UserItemCSR,
+        chunk_size: int,
+        rank: int = 0,
+        num_replicas: int = 1,
+        users: Tensor | None = None,
+    ) -> None:
+        if users is None:
+            users = torch.nonzero(heldout.counts() > 0).flatten()
+        users = users[rank::num_replicas]  # one shard per DDP process
         self.chunks = []
         for chunk_users in users.split(chunk_size):
             chunk_users = chunk_users.clone()  # its own storage, not a view pinning all users

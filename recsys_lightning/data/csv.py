@@ -373,7 +373,19 @@ class CsvDataModule(InteractionDataModule):
                 encoding=self.read_options["encoding"],
             )
             items = _with_interaction_ids(items, frame[ITEM])
-        return LoadedInteractions(frame, items, source=f"csv:{source}")
+        ratings_missing = next(filter(None, (self._ratings_missing(Path(path)) for path in given.values())), None)
+        return LoadedInteractions(frame, items, source=f"csv:{source}", ratings_missing=ratings_missing)
+
+    def _ratings_missing(self, path: Path) -> str | None:
+        """Why `path` gives no ratings (read_interactions then rates every row 1), or None when it does."""
+        rating_col = self.read_options["rating_col"]
+        if not rating_col:
+            return "data.rating_col is null: set it to the column holding ratings"
+        found = _header(path, self.read_options["sep"] or infer_separator(path), self.read_options["encoding"])
+        if rating_col in found:
+            return None
+        columns = _column_list(found)
+        return f"{path} has no rating column {rating_col!r} (columns: {columns}): set data.rating_col to the column holding ratings"
 
 
 def _check_distinct_files(given: dict[str, str]) -> None:

@@ -21,17 +21,20 @@ from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.split import Split, split_by_parts, split_interactions
 from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.errors import DataError, quote
+from recsys_lightning.seeds import stream_seed
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class LoadedInteractions:
-    """What a source hands over: raw rows (user_id, item_id, rating, timestamp), item metadata, provenance."""
+    """What a source hands over: raw rows (user_id, item_id, rating, timestamp), item metadata, provenance,
+    and, for a source whose rows have no real ratings (all 1), why and what to set (`ratings_missing`)."""
 
     interactions: pd.DataFrame
     items: pd.DataFrame
     source: str
+    ratings_missing: str | None = None
 
 
 class InteractionDataModule(pl.LightningDataModule, ABC):
@@ -55,6 +58,7 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         batch_size: int = 4096,
         eval_chunk_size: int = 1024,
         eval_max_scores: int = 2**27,
+        val_users: int | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -64,10 +68,11 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         self.batch_size = batch_size
         self.eval_chunk_size = eval_chunk_size
         self.eval_max_scores = eval_max_scores
+        self.val_users = val_users
         self.seed = seed
         self.interactions: Interactions | None = None
         self.training_data: TrainingData | None = None
-        self._chunks: dict[tuple[str, int, int], RankingChunks] = {}
+        self._chunks: dict[tuple[str, int, int, int | None], RankingChunks] = {}
 
     @abstractmethod
     def load(self) -> LoadedInteractions:
@@ -120,6 +125,7 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
             positives=TrainingPositives.from_csr(self.train_positives),
             explicit_negatives=self._index_pairs(explicit_negatives),
             catalogue=Catalogue.from_parts(pd.Index(self.interactions.user_ids), pd.Index(self.interactions.item_ids), parts, item_info),
+            ratings_missing=loaded.ratings_missing,
         )
         self._log_summary()
 
@@ -163,21 +169,33 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
 
+    def validation_users(self) -> torch.Tensor:
+        """The users validation ranks, ascending: every user with validation items, or, with `val_users`
+        = N, a sample of N of them drawn from the run's seed alone, so every epoch (and a resumed run)
+        validates the same users. Test always ranks every user."""
+        users = torch.nonzero(self.valid_positives.counts() > 0).flatten()
+        if self.val_users is None or self.val_users >= len(users):
+            return users
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, "validation_users"))
+        sample = torch.randperm(len(users), generator=generator)[: self.val_users]
+        log.info("validation ranks a fixed sample of %d of the %d users with validation items (data.val_users)", self.val_users, len(users))
+        return users[sample.sort().values]
+
     def _ranking_chunks(self, part: str, rank: int, num_replicas: int) -> RankingChunks:
         """Built once per part: fit, validate and test reuse them (seconds at 20M interactions).
 
         Chunks hold at most `eval_max_scores` scores (chunk x num_items), so a million-item catalogue
         gets smaller chunks instead of gigabytes of scores.
         """
-        key = (part, rank, num_replicas)
+        key = (part, rank, num_replicas, self.val_users if part == "valid" else None)
         if key not in self._chunks:
             chunk_size = max(1, min(self.eval_chunk_size, self.eval_max_scores // self.num_items))
-            heldout, seen = (
-                (self.valid_positives, self.train_positives)
+            heldout, seen, users = (
+                (self.valid_positives, self.train_positives, self.validation_users())
                 if part == "valid"
-                else (self.test_positives, self.train_positives.union(self.valid_positives))
+                else (self.test_positives, self.train_positives.union(self.valid_positives), None)
             )
-            self._chunks[key] = RankingChunks(heldout, seen, chunk_size, rank, num_replicas)
+            self._chunks[key] = RankingChunks(heldout, seen, chunk_size, rank, num_replicas, users)
         return self._chunks[key]
 
     def _csr(self, rows) -> UserItemCSR:

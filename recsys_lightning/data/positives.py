@@ -56,6 +56,20 @@ class TrainingPositives:
         position = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
         return self.keys[position] == keys
 
+    def held(self, users: Tensor, items: Tensor) -> Tensor:
+        """[U, N]: whether each of `items` [N] is a training positive of each of `users` [U].
+
+        Built from the users' rows, so it costs their number of positives, not a search per cell.
+        """
+        column = torch.full((self.num_items,), -1, device=items.device)
+        column[items] = torch.arange(len(items), device=items.device)
+        rows, held_items = self.coordinates(users)
+        columns = column[held_items]
+        found = columns >= 0
+        mask = torch.zeros(len(users), len(items), dtype=torch.bool, device=items.device)
+        mask[rows[found], columns[found]] = True
+        return mask
+
     def uniform_unseen(self, users: Tensor, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
         """Items drawn uniformly from each user's non-positives, exactly and without rejection.
 

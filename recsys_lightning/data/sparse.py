@@ -67,6 +67,14 @@ class UserItemCSR:
             torch.cat([self_rows, other_rows]), torch.cat([self_items, other_items]), self.num_users, self.num_items
         )
 
+    def binary_matrix(self) -> Tensor:
+        """The 0/1 [num_users, num_items] matrix of these item sets (X in the papers) as a coalesced sparse COO tensor."""
+        rows, items = self.coordinates(torch.arange(self.num_users, device=self.indptr.device))
+        ones = torch.ones(len(items), device=items.device)
+        # Sorted rows of sorted, distinct items: coalesced by construction, nothing to check.
+        shape = (self.num_users, self.num_items)
+        return torch.sparse_coo_tensor(torch.stack([rows, items]), ones, shape, is_coalesced=True, check_invariants=False)
+
     def to(self, device: torch.device | str) -> UserItemCSR:
         values = None if self.values is None else self.values.to(device)
         return UserItemCSR(self.indptr.to(device), self.indices.to(device), self.num_items, values)

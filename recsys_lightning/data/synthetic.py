@@ -117,4 +117,6 @@ class SyntheticDataModule(InteractionDataModule):
         frame = generate_interactions(**self.generator_options, seed=self.seed)
         options = self.generator_options
         source = f"synthetic:{options['num_users']}x{options['num_items']}x{options['num_interactions']}"
-        return LoadedInteractions(frame, pd.DataFrame({ITEM: pd.Series([], dtype=np.int64), "title": []}), source=source)
+        items = pd.DataFrame({ITEM: pd.Series([], dtype=np.int64), "title": []})
+        unrated = "synthetic data has no ratings (every interaction is rated 1): use data=movielens or data=csv"
+        return LoadedInteractions(frame, items, source=source, ratings_missing=unrated)

@@ -21,6 +21,8 @@ class TrainingData:
     - `positives`: the training positives index, on the CPU until the module moves it to its device
     - `explicit_negatives`: [N, 2] (user, item) pairs the data marks as negatives (target 0)
     - `catalogue`: raw ids, what each user saw in each part, popularity, titles: saved in checkpoints
+    - `ratings_missing`: why the interactions carry no ratings (each then counts as rating 1) and what
+      to set, for losses that predict ratings; None when they carry them
     """
 
     num_users: int
@@ -28,3 +30,9 @@ class TrainingData:
     positives: TrainingPositives
     explicit_negatives: Tensor
     catalogue: Catalogue
+    ratings_missing: str | None = None
+
+    @property
+    def mean_rating(self) -> float:
+        """The mean rating of the training positives: what a rating model predicts before it learns anything."""
+        return float(self.positives.csr.values.double().mean())

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
 
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from torch import Tensor, nn
+
+from recsys_lightning.errors import RecsysError
 
 
 class Recommender(nn.Module, ABC):
@@ -39,9 +45,19 @@ class Recommender(nn.Module, ABC):
     def score_all(self, users: Tensor) -> Tensor:
         """Scores of `users` [B] against every item: [B, num_items], equal to `score` on the same pairs."""
 
+    def score_items(self, users: Tensor, items: Tensor) -> Tensor:
+        """Scores of `users` [U] against one list of `items` [N] shared by all of them: [U, N], equal to
+        `score` on the same pairs. A shared negative pool is scored this way; models that score by a
+        matrix product override this to touch only the pool's rows instead of the whole catalogue."""
+        return self.score_all(users)[:, items]
+
     def score(self, users: Tensor, items: Tensor) -> Tensor:
         """Scores of `users` [B] against `items` [B] or [B, N]."""
         return self.score_with_penalty(users, items)[0]
+
+    def set_global_mean(self, mean: float) -> None:
+        """Rating prediction: the mean training rating, for models that score around it (MF's mu + b_u + b_i
+        + <p_u, q_i>); the others learn their own offset and ignore it."""
 
     @abstractmethod
     def embedding_tables(self) -> dict[str, tuple[Tensor, Tensor]]:
@@ -55,6 +71,22 @@ class Recommender(nn.Module, ABC):
     def query_vectors(self, users: Tensor) -> Tensor:
         """[B, D] query vectors of `users`, the counterpart of `item_vectors`."""
         raise NotImplementedError(f"{type(self).__name__} does not score by an inner product")
+
+    def item_similarities(self, items: Tensor) -> Tensor | None:
+        """[len(items), num_items] weights from `items` to every item, for models that hold an item-item
+        matrix in place of embeddings (itemknn, ease), so serving can list similar items; else None."""
+        return None
+
+
+def build_recommender(config: Mapping[str, Any], num_users: int, num_items: int) -> Recommender:
+    """The model `config` names, sized by the data. A user error its constructor raises (EASE's catalogue
+    limit) comes out as itself, one line, not wrapped in Hydra's InstantiationException."""
+    try:
+        return instantiate(config, num_users=num_users, num_items=num_items)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, RecsysError):
+            raise error.__cause__ from None
+        raise
 
 
 def gather_rows(table: Tensor, index: Tensor, sparse: bool = False) -> Tensor:

@@ -39,8 +39,13 @@ class HybridMF(Recommender):
         return scores, penalty
 
     def score_all(self, users: Tensor) -> Tensor:
-        user_vectors = self.rows(self.user_factors, users)
-        return user_vectors @ self.item_factors.T + self.mlp.score_all(user_vectors, self.item_factors)
+        return self._score_matrix(self.rows(self.user_factors, users), self.item_factors)
+
+    def score_items(self, users: Tensor, items: Tensor) -> Tensor:
+        return self._score_matrix(self.rows(self.user_factors, users), self.rows(self.item_factors, items))
+
+    def _score_matrix(self, user_vectors: Tensor, item_vectors: Tensor) -> Tensor:
+        return user_vectors @ item_vectors.T + self.mlp.score_all(user_vectors, item_vectors)
 
     def embedding_tables(self) -> dict[str, tuple[Tensor, Tensor]]:
         return {"factors": (self.user_factors, self.item_factors)}

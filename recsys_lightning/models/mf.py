@@ -1,4 +1,4 @@
-"""Matrix factorisation with optional user and item biases."""
+"""Matrix factorisation with optional user and item biases (and, for rating prediction, the global mean)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from recsys_lightning.models.base import Recommender
 
 
 class MatrixFactorization(Recommender):
-    """score(u, i) = <p_u, q_i> + b_u + b_i.
+    """score(u, i) = mu + b_u + b_i + <p_u, q_i> (Koren, Bell & Volinsky 2009, eq. 4).
 
     Biases are one-column tables ([n, 1]) so they are gathered like embeddings, sparse gradients included.
+    `global_mean` mu is the mean training rating for losses that predict ratings (set by the module,
+    saved in the checkpoint), else 0; it is one of the biases, so `bias=False` drops it too.
     """
 
     def __init__(
@@ -22,6 +24,7 @@ class MatrixFactorization(Recommender):
         self.item_factors = nn.Parameter(torch.randn(num_items, dim) * init_std)
         self.user_bias = nn.Parameter(torch.zeros(num_users, 1)) if bias else None
         self.item_bias = nn.Parameter(torch.zeros(num_items, 1)) if bias else None
+        self.register_buffer("global_mean", torch.zeros(()) if bias else None)
 
     def score_with_penalty(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
         user_vectors = self.rows(self.user_factors, users)
@@ -32,25 +35,46 @@ class MatrixFactorization(Recommender):
         scores = (user_vectors * item_vectors).sum(-1)
         if self.item_bias is not None:
             user_bias, item_bias = self.rows(self.user_bias, users).squeeze(-1), self.rows(self.item_bias, items).squeeze(-1)
-            scores = scores + item_bias + (user_bias.unsqueeze(-1) if items.dim() > users.dim() else user_bias)
+            scores = scores + item_bias + (user_bias.unsqueeze(-1) if items.dim() > users.dim() else user_bias) + self.global_mean
             penalty = penalty + user_bias.square().sum() + item_bias.square().sum()
         return scores, penalty / len(users)
 
     def score_all(self, users: Tensor) -> Tensor:
         return self.query_vectors(users) @ self.item_vectors().T
 
-    # [p_u, b_u, 1] . [q_i, 1, b_i] = <p_u, q_i> + b_u + b_i: the biases ride in the one GEMM (instead of
-    # two more passes over a [B, num_items] result), and in a vector index.
+    def score_items(self, users: Tensor, items: Tensor) -> Tensor:
+        return self.query_vectors(users) @ self._item_rows(items).T
+
+    def set_global_mean(self, mean: float) -> None:
+        if self.global_mean is not None:
+            self.global_mean.fill_(mean)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # Checkpoints written before the global mean existed were trained without one: 0 scores as they did.
+        if self.global_mean is not None and prefix + "global_mean" not in state_dict:
+            state_dict[prefix + "global_mean"] = torch.zeros(())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # [p_u, b_u + mu, 1] . [q_i, 1, b_i] = <p_u, q_i> + mu + b_u + b_i: the biases ride in the one GEMM
+    # (instead of two more passes over a [B, num_items] result), and in a vector index.
     def query_vectors(self, users: Tensor) -> Tensor:
         user_vectors = self.rows(self.user_factors, users)
         if self.user_bias is None:
             return user_vectors
-        return torch.cat([user_vectors, self.rows(self.user_bias, users), torch.ones_like(user_vectors[:, :1])], 1)
+        user_bias = self.rows(self.user_bias, users) + self.global_mean
+        return torch.cat([user_vectors, user_bias, torch.ones_like(user_vectors[:, :1])], 1)
 
     def item_vectors(self) -> Tensor:
         if self.item_bias is None:
             return self.item_factors
         return torch.cat([self.item_factors, torch.ones_like(self.item_bias), self.item_bias], 1)
+
+    def _item_rows(self, items: Tensor) -> Tensor:
+        """`item_vectors()[items]`, gathering only those rows."""
+        item_vectors = self.rows(self.item_factors, items)
+        if self.item_bias is None:
+            return item_vectors
+        return torch.cat([item_vectors, torch.ones_like(item_vectors[:, :1]), self.rows(self.item_bias, items)], 1)
 
     def embedding_tables(self) -> dict[str, tuple[Tensor, Tensor]]:
         return {"factors": (self.user_factors, self.item_factors)}

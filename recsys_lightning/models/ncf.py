@@ -53,6 +53,10 @@ class NeuMF(Recommender):
         gmf = (self.rows(self.user_gmf, users) * self.gmf_output) @ self.item_gmf.T
         return gmf + self.mlp.score_all(self.rows(self.user_mlp, users), self.item_mlp)
 
+    def score_items(self, users: Tensor, items: Tensor) -> Tensor:
+        gmf = (self.rows(self.user_gmf, users) * self.gmf_output) @ self.rows(self.item_gmf, items).T
+        return gmf + self.mlp.score_all(self.rows(self.user_mlp, users), self.rows(self.item_mlp, items))
+
     def embedding_tables(self) -> dict[str, tuple[Tensor, Tensor]]:
         """GMF first: its dot-product geometry is what cosine similarity measures; the MLP
         embeddings only mean something through the MLP."""

@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 
 from recsys_lightning.checkpoint_file import CATALOGUE_KEY, catalogue_from_checkpoint, load_checkpoint
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.errors import ConfigError, first_line
-from recsys_lightning.models.base import Recommender
+from recsys_lightning.models.base import Recommender, build_recommender
 from recsys_lightning.safe_config import checked_module_hyper_parameters
 
 
@@ -42,9 +41,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
             f"{path}: its catalogue ({catalogue.num_users} users x {catalogue.num_items} items) does not match "
             f"its model ({hyper_parameters['num_users']} x {hyper_parameters['num_items']}); the file was altered"
         )
-    model: Recommender = instantiate(
-        hyper_parameters["model"], num_users=hyper_parameters["num_users"], num_items=hyper_parameters["num_items"]
-    )
+    model = build_recommender(hyper_parameters["model"], hyper_parameters["num_users"], hyper_parameters["num_items"])
     prefix = "model."
     weights = {name[len(prefix) :]: value for name, value in checkpoint["state_dict"].items() if name.startswith(prefix)}
     try:

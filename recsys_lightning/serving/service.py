@@ -22,6 +22,7 @@ from recsys_lightning.serving.checkpoint import TrainedRun
 from recsys_lightning.serving.vector_index import ItemVectorIndex
 
 UNKNOWN = -1
+ITEM_ITEM = "item-item"  # the `embedding` of neighbours found in a model's item-item matrix (itemknn, ease)
 
 
 @dataclass(frozen=True)
@@ -144,16 +145,27 @@ class RecommendationService:
 
     @torch.no_grad()
     def similar_items(self, item: int, k: int, embedding: str | None = None) -> Neighbours:
-        name, (_, items) = self._table(embedding)
+        """By cosine of item embeddings or, for a model without them, by its item-item weights (the items
+        with a positive weight from `item`, so fewer than k when it has fewer neighbours)."""
+        if embedding is None and not self.model.embedding_tables():
+            weights = self.model.item_similarities(torch.tensor([item], device=self.catalogue.popularity.device))
+            if weights is not None:
+                found = _nearest(weights[0], item, k, ITEM_ITEM)
+                positive = found.similarities > 0
+                return Neighbours(found.indices[positive], found.similarities[positive], ITEM_ITEM)
+        name, (_, items) = self._table(embedding, "items")
         return _cosine_neighbours(items, item, k, name)
 
     @torch.no_grad()
     def similar_users(self, user: int, k: int, embedding: str | None = None) -> Neighbours:
-        name, (users, _) = self._table(embedding)
+        name, (users, _) = self._table(embedding, "users")
         return _cosine_neighbours(users, user, k, name)
 
-    def _table(self, embedding: str | None) -> tuple[str, tuple[Tensor, Tensor]]:
+    def _table(self, embedding: str | None, kind: str) -> tuple[str, tuple[Tensor, Tensor]]:
         tables = self.model.embedding_tables()
+        if not tables:
+            others = "mf, ncf, hybrid, itemknn or ease" if kind == "items" else "mf, ncf or hybrid"
+            raise ConfigError(f"{self.run.model_name} has no {kind[:-1]} embeddings to find similar {kind} by; train one of {others}")
         name = embedding or next(iter(tables))
         if name not in tables:
             raise ConfigError(f"embedding={name!r}: {self.run.model_name} has {', '.join(tables)}")
@@ -162,9 +174,13 @@ class RecommendationService:
 
 def _cosine_neighbours(table: Tensor, row: int, k: int, name: str) -> Neighbours:
     normalised = F.normalize(table, dim=1)
-    similarities = normalised @ normalised[row]
+    return _nearest(normalised @ normalised[row], row, k, name)
+
+
+def _nearest(similarities: Tensor, row: int, k: int, name: str) -> Neighbours:
+    similarities = similarities.clone()
     similarities[row] = -torch.inf  # never one's own neighbour
-    best = similarities.topk(min(k, len(table) - 1))
+    best = similarities.topk(min(k, len(similarities) - 1))
     return Neighbours(best.indices, best.values, name)
 
 

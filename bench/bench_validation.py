@@ -1,0 +1,169 @@
+"""Validation that scales: one validation pass on a fixed sample of users (`data.val_users`), the
+blocked top-K against a whole-row `topk`, and how far a sample's NDCG@10 is from the full one.
+
+    python bench/bench_validation.py large   # 1M users x 1M items x 50M: one pass over 20,000 sampled users
+    python bench/bench_validation.py ml20m   # 138k x 27k x 20M: MF/BPR 2 epochs, sampled vs full NDCG@10
+    python bench/bench_validation.py ml20m --interactions 5000000 --epochs 1   # quicker
+
+`large` times, on its first `--topk-chunks` chunks, scoring, the old top-K (-inf into the hidden items,
+then `topk` over whole rows) and `top_k_unseen` on copies of the same scores, then one validation pass
+through Lightning. The load average is printed beside every time: this host is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import tempfile
+import time
+import warnings
+
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from recsys_lightning.build import build_module
+from recsys_lightning.config import PROJECT_ROOT, register_resolvers
+from recsys_lightning.metrics import METRIC_NAMES, per_user_metrics
+from recsys_lightning.ranking import hits, top_k_unseen
+
+warnings.filterwarnings("ignore", ".*no logger configured.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
+
+
+def load() -> str:
+    return "load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+
+
+def setup(args: argparse.Namespace, *overrides: str):
+    register_resolvers()
+    data = ["data=synthetic", f"data.num_users={args.users}", f"data.num_items={args.items}", f"data.num_interactions={args.interactions}"]
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[f"paths.run_dir={tempfile.mkdtemp()}", "run_name=bench", *data, f"data.val_users={args.val_users}", *overrides],
+        )
+    pl.seed_everything(cfg.seed, verbose=False)
+    start = time.perf_counter()
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    seconds = time.perf_counter() - start
+    print(f"data: {datamodule.source}, {len(datamodule.interactions):,} interactions, built in {seconds:.0f} s ({load()})")
+    return cfg, datamodule, build_module(cfg, datamodule.training_data)
+
+
+def trainer(**options) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **options,
+    )
+
+
+def validate(module, datamodule) -> tuple[dict[str, float], float]:
+    evaluator = trainer()
+    start = time.perf_counter()
+    evaluator.validate(module, datamodule=datamodule, verbose=False)
+    seconds = time.perf_counter() - start
+    return {name: value.item() for name, value in evaluator.callback_metrics.items()}, seconds
+
+
+def large(args: argparse.Namespace) -> None:
+    cfg, datamodule, module = setup(args)
+    with_items = int((datamodule.valid_positives.counts() > 0).sum())
+    start = time.perf_counter()
+    chunks = datamodule.val_dataloader().dataset.chunks
+    seconds = time.perf_counter() - start
+    print(f"sample of {args.val_users:,} of {with_items:,} users with validation items: {len(chunks)} chunks of {len(chunks[0].users)}")
+    print(f"  (chunks built in {seconds:.1f} s)")
+
+    k = max(cfg.eval.ks)
+    totals = {"score_all": 0.0, "old top-K (topk over whole rows)": 0.0, "top_k_unseen (blocked)": 0.0}
+    with torch.no_grad():
+        for chunk in chunks[: args.topk_chunks]:
+            start = time.perf_counter()
+            scores = module.model.score_all(chunk.users)
+            totals["score_all"] += time.perf_counter() - start
+            copy = scores.clone()
+            start = time.perf_counter()
+            scores[chunk.exclude_rows, chunk.exclude_items] = -torch.inf
+            old = scores.topk(k, dim=1)
+            totals["old top-K (topk over whole rows)"] += time.perf_counter() - start
+            start = time.perf_counter()
+            new = top_k_unseen(copy, chunk.exclude_rows, chunk.exclude_items, k)
+            totals["top_k_unseen (blocked)"] += time.perf_counter() - start
+            assert torch.equal(scores.gather(1, new), old.values), "blocked top-K differs from topk"
+            del scores, copy
+    print(f"per chunk of {len(chunks[0].users)} users x {args.items:,} items, mean of {args.topk_chunks} chunks ({load()}):")
+    for name, total in totals.items():
+        print(f"  {name:36s} {1000 * total / args.topk_chunks:8.0f} ms")
+
+    _, pass_seconds = validate(module, datamodule)  # the chunks are built: this times the pass alone
+    users = sum(len(chunk.users) for chunk in chunks)
+    print(f"one validation pass of {users:,} sampled users: {pass_seconds:.0f} s ({users / pass_seconds:,.0f} users/s, {load()})")
+    print(f"all {with_items:,} users at that rate: {with_items / (users / pass_seconds) / 3600:.1f} h; peak RSS {peak_rss_gb():.1f} GB")
+
+
+def ml20m(args: argparse.Namespace) -> None:
+    cfg, datamodule, module = setup(args)
+    start = time.perf_counter()
+    trainer(max_epochs=args.epochs).fit(module, datamodule=datamodule)
+    print(f"MF/BPR {args.epochs} epochs with validation on the sample each epoch: {time.perf_counter() - start:.0f} s ({load()})")
+    sampled, sampled_seconds = validate(module, datamodule)
+    datamodule.val_users = None  # the same data and model, every user with validation items
+    users = sum(len(chunk.users) for chunk in datamodule.val_dataloader().dataset.chunks)  # built before the timing
+    full, full_seconds = validate(module, datamodule)
+    print(f"| users | seconds | ndcg@10 | recall@10 |  ({load()})")
+    print(f"| sample of {args.val_users:,} | {sampled_seconds:.1f} | {sampled['val/ndcg@10']:.4f} | {sampled['val/recall@10']:.4f} |")
+    print(f"| all {users:,} | {full_seconds:.1f} | {full['val/ndcg@10']:.4f} | {full['val/recall@10']:.4f} |")
+    differences = {name: sampled[f"val/{name}"] - full[f"val/{name}"] for name in ("ndcg@10", "recall@10")}
+    print("sampled - full: " + ", ".join(f"{name} {difference:+.4f}" for name, difference in differences.items()))
+    ndcg = per_user_ndcg_at_10(module, datamodule)
+    sample = args.val_users
+    spread = ndcg.std().item()
+    standard_error = spread / math.sqrt(sample) * math.sqrt(1 - sample / len(ndcg))  # a sample without replacement
+    mean = ndcg.mean().item()
+    print(f"per-user ndcg@10 mean {mean:.4f}, std {spread:.4f}; standard error of a {sample:,}-user mean {standard_error:.4f}")
+
+
+def per_user_ndcg_at_10(module, datamodule) -> torch.Tensor:
+    """NDCG@10 of each validated user, ranked as validation ranks: the spread a sample's mean has."""
+    values = []
+    with torch.no_grad():
+        for chunk in datamodule.val_dataloader().dataset.chunks:
+            top_items = top_k_unseen(module.model.score_all(chunk.users), chunk.exclude_rows, chunk.exclude_items, 10)
+            found = hits(top_items, chunk.heldout_rows, chunk.heldout_items, datamodule.num_items)
+            num_relevant = torch.bincount(chunk.heldout_rows, minlength=len(chunk.users))
+            values.append(per_user_metrics(found, num_relevant, [10])[METRIC_NAMES.index("ndcg"), 0])
+    return torch.cat(values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("case", choices=["large", "ml20m"])
+    parser.add_argument("--val-users", type=int, default=20_000)
+    parser.add_argument("--users", type=int, help="default: 1,000,000 (large), 138,000 (ml20m)")
+    parser.add_argument("--items", type=int, help="default: 1,000,000 (large), 27,000 (ml20m)")
+    parser.add_argument("--interactions", type=int, help="default: 50,000,000 (large), 20,000,000 (ml20m)")
+    parser.add_argument("--epochs", type=int, default=2, help="ml20m: training epochs before comparing")
+    parser.add_argument("--topk-chunks", type=int, default=8, help="large: chunks to time top-K on")
+    args = parser.parse_args()
+    sizes = (1_000_000, 1_000_000, 50_000_000) if args.case == "large" else (138_000, 27_000, 20_000_000)
+    args.users, args.items, args.interactions = (given or size for given, size in zip((args.users, args.items, args.interactions), sizes))
+    print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, {load()}")
+    (large if args.case == "large" else ml20m)(args)
+
+
+if __name__ == "__main__":
+    main()
