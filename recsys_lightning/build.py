@@ -8,15 +8,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.module import RecommenderModule
+from recsys_lightning.pretrained import load_pretrained
 
 
 def build_module(cfg: DictConfig, data: TrainingData) -> RecommenderModule:
     """The module for the config the user composed (never a config read back from disk) and `data`.
 
-    The model is sized by the data; model, loss, sampler, optimizer and scheduler are handed over as
+    The model is sized by the data, and initialised from `pretrained_from` runs when given; model,
+    loss, sampler, optimizer and scheduler are handed over as
     plain resolved containers, which the module records as its hyperparameters.
     """
-    return RecommenderModule(
+    module = RecommenderModule(
         num_users=data.num_users,
         num_items=data.num_items,
         model=plain(cfg.model),
@@ -28,6 +30,9 @@ def build_module(cfg: DictConfig, data: TrainingData) -> RecommenderModule:
         seed=cfg.seed,
         data=data,
     )
+    if cfg.get("pretrained_from"):
+        load_pretrained(module.model, list(cfg.pretrained_from), data.catalogue)
+    return module
 
 
 def plain(node: Any) -> Any:

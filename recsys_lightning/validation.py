@@ -190,6 +190,7 @@ TRAINING_RULES: dict[str, Rule] = {
     "monitor.metric": TEXT,
     "monitor.mode": MODE,
     "optimized_metric": optional(TEXT),
+    "pretrained_from": ListOf(TEXT, 0, "[outputs/runs/<date>/<time>_gmf,outputs/runs/<date>/<time>_mlp]"),
     # conf/data
     "data.split": Choice(SPLIT_KINDS),
     "data.split_ratios": Shares(),
@@ -222,6 +223,8 @@ TRAINING_RULES: dict[str, Rule] = {
     "model.init_std": POSITIVE,
     "model.bias": FLAG,
     "model.zero_init_mlp": FLAG,
+    "model.paths": ListOf(Choice(("gmf", "mlp")), 1, "[gmf,mlp]"),
+    "model.pretrained_alpha": Number(0, 1),
     "model.sparse_gradients": FLAG,
     "model.l2": POSITIVE,  # EASE's lambda: X^T X + l2 I must be invertible
     "model.max_items": integer(1),
@@ -284,6 +287,7 @@ def check_training_config(cfg: DictConfig) -> None:
     _check_trainer_devices(cfg)
     for key in ("paths.data_dir", "paths.run_dir"):
         check_folder_path(key, config_value(cfg, key))
+    _check_pretrained_runs(config_value(cfg, "pretrained_from"))
 
 
 def check_evaluate_config(cfg: DictConfig) -> None:
@@ -291,6 +295,16 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     check_run_dir_given(cfg)
     check_rules(cfg, EVALUATE_RULES)
     check_cuda_available("accelerator", cfg.accelerator)
+
+
+def _check_pretrained_runs(run_dirs: Any) -> None:
+    """Before any data is loaded: each run to start from is a folder (a preset names placeholders)."""
+    for run_dir in run_dirs if isinstance(run_dirs, list) else []:
+        if not Path(run_dir).is_dir():
+            raise ConfigError(
+                f"pretrained_from: {shown(run_dir)} is not a folder; list the training runs to start from, "
+                "e.g. pretrained_from=[outputs/runs/<date>/<time>_gmf,outputs/runs/<date>/<time>_mlp]"
+            )
 
 
 def check_run_dir_given(cfg: DictConfig) -> None:

@@ -52,9 +52,16 @@ def one_cuda_device(monkeypatch):
 
 
 @pytest.mark.parametrize(("group", "option"), all_options())
-def test_every_config_option_passes(group, option, monkeypatch):
+def test_every_config_option_passes(group, option, monkeypatch, tmp_path):
     pretend_cuda_devices(monkeypatch, 2)  # trainer=gpu needs one, trainer=ddp two
-    check_training_config(training_config(f"{group}={option}"))
+    # the one preset that starts from other runs names placeholders for them (tested below)
+    runs = [f"pretrained_from=[{tmp_path},{tmp_path}]"] if option == "ml100k_ncf_pretrained" else []
+    check_training_config(training_config(f"{group}={option}", *runs))
+
+
+def test_a_preset_that_needs_runs_says_so_before_data_is_loaded():
+    message = refused(check_training_config, training_config("experiment=ml100k_ncf_pretrained"))
+    assert message.startswith("pretrained_from: <gmf run> is not a folder; list the training runs to start from")
 
 
 @pytest.mark.parametrize(("model", "loss", "sampler"), itertools.product(*(options(group) for group in ("model", "loss", "sampler"))))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -58,6 +59,16 @@ class Recommender(nn.Module, ABC):
     def set_global_mean(self, mean: float) -> None:
         """Rating prediction: the mean training rating, for models that score around it (MF's mu + b_u + b_i
         + <p_u, q_i>); the others learn their own offset and ignore it."""
+
+    def load_pretrained(self, sources: Sequence[Mapping[str, Tensor]]) -> None:
+        """Copy in the weights of trained runs (`pretrained_from`), each source a checked part of this
+        model's state dict (names and shapes match, no name in two sources). Models whose pre-trained
+        parts need fusing (NeuMF's alpha) override this."""
+        with torch.no_grad():
+            state = self.state_dict()
+            for source in sources:
+                for name, value in source.items():
+                    state[name].copy_(value)
 
     @abstractmethod
     def embedding_tables(self) -> dict[str, tuple[Tensor, Tensor]]:
