@@ -7,8 +7,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from recsys_lightning.data.training_data import TrainingData
+from recsys_lightning.errors import ConfigError
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.pretrained import load_pretrained
+
+# Model keys the data sets (never a user): the sizes of the side-feature vocabularies.
+FEATURE_COUNT_KEYS = ("num_user_features", "num_item_features")
 
 
 def build_module(cfg: DictConfig, data: TrainingData) -> RecommenderModule:
@@ -21,7 +25,7 @@ def build_module(cfg: DictConfig, data: TrainingData) -> RecommenderModule:
     module = RecommenderModule(
         num_users=data.num_users,
         num_items=data.num_items,
-        model=plain(cfg.model),
+        model=with_feature_counts(plain(cfg.model), data),
         loss=plain(cfg.loss),
         sampler=plain(cfg.sampler),
         optimizer=plain(cfg.optimizer),
@@ -33,6 +37,20 @@ def build_module(cfg: DictConfig, data: TrainingData) -> RecommenderModule:
     if cfg.get("pretrained_from"):
         load_pretrained(module.model, list(cfg.pretrained_from), data.catalogue)
     return module
+
+
+def with_feature_counts(model: dict[str, Any], data: TrainingData) -> dict[str, Any]:
+    """A model config asking for side features gets their vocabulary sizes from the data: they size its
+    feature embeddings, and are recorded with it, so a checkpoint rebuilds the same shapes."""
+    if not model.get("features"):
+        return model
+    if data.item_features is None and data.user_features is None:
+        raise ConfigError(
+            "model.features=true, but the data has no side features: set data.item_features (ML-100K: [genre,year]) "
+            "or data.user_features (ML-100K: [age,gender,occupation]), or model.features=false"
+        )
+    tables = (data.user_features, data.item_features)
+    return {**model, **{key: table.num_features if table else 0 for key, table in zip(FEATURE_COUNT_KEYS, tables)}}
 
 
 def plain(node: Any) -> Any:

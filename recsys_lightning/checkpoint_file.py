@@ -112,6 +112,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     return checkpoint
 
 
+def first_non_finite(weights: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or an infinity (a sparse one: in its
+    stored values), or None; such weights would score every item NaN."""
+    for name, value in weights.items():
+        values = value.coalesce().values() if value.is_sparse else value
+        if values.is_floating_point() and not torch.isfinite(values).all():
+            return name
+    return None
+
+
 def check_format(checkpoint: dict[str, Any], path: str | Path) -> None:
     """One line unless `checkpoint` carries this code's format version (an int: `True` and `1.0` are refused too)."""
     found = checkpoint.get(FORMAT_KEY)

@@ -1,10 +1,12 @@
 """Entry point: recompute a run's test (or validation) metrics from its checkpoint and data config.
 
     python -m recsys_lightning.evaluate run_dir=outputs/runs/<run>
+    python -m recsys_lightning.evaluate run_dir=outputs/runs/<reranker> retrieval.run_dir=outputs/runs/<retriever>
 
 The data is rebuilt from the run's own `.hydra/config.yaml` (same source, split and seed), the model
 from the checkpoint (loaded with weights_only=True), and scored by the same Lightning test loop as in
-training, so the figures must equal the run's metrics.json; the table shows both.
+training, so the figures must equal the run's metrics.json; the table shows both. With a retriever
+(`retrieval.run_dir`), the retriever alone, the run's model alone and the two stages are compared instead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, TextIO
 import hydra
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -36,6 +39,8 @@ from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message,
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.resume import same_training_data
 from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters
+from recsys_lightning.trained_run import load_trained
+from recsys_lightning.two_stage import check_same_data, compare_stages, find_retriever
 from recsys_lightning.validation import TRAINING_RULES, check_evaluate_config, check_rules
 
 log = logging.getLogger(__name__)
@@ -95,6 +100,39 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
     run(module, datamodule=datamodule, verbose=False)
     # callback_metrics, as train.py records them: validation metrics reach no logger outside fit.
     return {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith(prefix)}
+
+
+def evaluate_two_stage(
+    run_dir: str | Path,
+    retriever_dir: str | Path,
+    candidates: int,
+    checkpoint: str = "best",
+    split: str = "test",
+    accelerator: str = "auto",
+) -> tuple[pd.DataFrame, str]:
+    """The stages side by side (see `compare_stages`) and a heading naming both runs."""
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r}: use test or valid")
+    # Loaded on the CPU, where their catalogues are compared and ranked; the models move to the device.
+    reranker = load_trained(find_checkpoint(run_dir, checkpoint))
+    retriever = load_trained(find_retriever(retriever_dir, "retrieval.run_dir"))
+    check_same_data(retriever.catalogue, reranker.catalogue, retriever_dir, run_dir)
+    device = _torch_device(accelerator)
+    ks = reranker.hyper_parameters["ks"]
+    table = compare_stages(retriever.model.to(device), reranker.model.to(device), reranker.catalogue, candidates, ks, split, device=device)
+    table.insert(1, "model", [retriever.model_name, reranker.model_name, f"{retriever.model_name} -> {reranker.model_name}"])
+    heading = (
+        f"{split} split: retriever {retriever_dir} ({retriever.model_name}) hands its top {candidates} unseen items per user "
+        f"to re-ranker {run_dir} ({reranker.model_name}); candidate recall@{candidates} {table[f'recall@{candidates}'][0]:.4f}"
+    )
+    return table, heading
+
+
+def _torch_device(accelerator: str) -> torch.device:
+    """Lightning's accelerator names as a torch device (check_evaluate_config accepted the name)."""
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cpu" if accelerator == "cpu" else "cuda")
 
 
 def recorded_data_config(run_dir: Path) -> dict[str, Any]:
@@ -193,6 +231,12 @@ def main(cfg: DictConfig) -> None:
     """The comparison table; exit 1 when the checkpoint metrics.json names no longer gives its figures."""
     try:
         check_evaluate_config(cfg)
+        if cfg.retrieval.run_dir is not None:
+            table, heading = evaluate_two_stage(
+                cfg.run_dir, cfg.retrieval.run_dir, cfg.retrieval.candidates, cfg.checkpoint, cfg.split, cfg.accelerator
+            )
+            print(heading + "\n" + table.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
+            return
         evaluated = evaluate(cfg.run_dir, cfg.checkpoint, cfg.split, cfg.accelerator)
         table = compare_with_recorded(evaluated, cfg.run_dir, cfg.tolerance)
         report(table)

@@ -73,6 +73,9 @@ class RecommenderModule(pl.LightningModule):
                 loss_name = type(self.loss).__name__
                 raise ConfigError(f"{loss_name} predicts ratings, but {data.ratings_missing}, or train a ranking loss such as loss=bpr")
             self.model.set_global_mean(data.mean_rating)  # a checkpoint's own value replaces it when one is loaded
+        if data is not None:
+            training = data.positives.csr
+            self.model.set_features(data.item_features, data.user_features, data.catalogue.popularity, training.counts())
 
     # -- data: what setup() produced, on this module's device ---------------------------------------
 

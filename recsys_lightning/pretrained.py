@@ -14,7 +14,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from recsys_lightning.checkpoint_file import CATALOGUE_KEY, catalogue_from_checkpoint, find_checkpoint, load_checkpoint
+from recsys_lightning.checkpoint_file import (
+    CATALOGUE_KEY,
+    catalogue_from_checkpoint,
+    find_checkpoint,
+    first_non_finite,
+    load_checkpoint,
+)
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.models.base import Recommender
@@ -66,8 +72,9 @@ def _weights_of(run_dir: Path, model: Recommender, catalogue: Catalogue) -> dict
                 f"{KEY}: {path}: model.{name} is {list(value.shape)}, this model's is {list(expected[name].shape)}; "
                 "pretrain with the same sizes (model.dim, gmf_dim, mlp_dim, hidden)"
             )
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise ConfigError(f"{KEY}: {path}: model.{name} holds NaN or infinite values; pretrain again")
+    broken = first_non_finite(weights)
+    if broken is not None:
+        raise ConfigError(f"{KEY}: {path}: model.{broken} holds NaN or infinite values; pretrain again")
     return weights
 
 

@@ -5,6 +5,7 @@ python -m recsys_lightning.recommend run_dir=outputs/runs/<run> item_id=1       
 python -m recsys_lightning.recommend run_dir=outputs/runs/<run> similar_users=42 k=5
 python -m recsys_lightning.recommend run_dir=outputs/runs/<run> users=all output=recs.csv
 python -m recsys_lightning.recommend run_dir=outputs/runs/<run> user_id=42 index=faiss
+python -m recsys_lightning.recommend run_dir=outputs/runs/<reranker> retrieval.run_dir=outputs/runs/<retriever> user_id=42
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from recsys_lightning.checkpoint_file import find_checkpoint
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, interruptions_raise, quote
-from recsys_lightning.serving.arguments import CSV_COLUMNS, check_serving_config
-from recsys_lightning.serving.checkpoint import TrainedRun, load_trained
-from recsys_lightning.serving.service import ITEM_ITEM, UNKNOWN, Recommendations, RecommendationService
+from recsys_lightning.serving.arguments import CSV_COLUMNS, TWO_STAGE_CSV_COLUMNS, check_serving_config
+from recsys_lightning.serving.service import ITEM_ITEM, UNKNOWN, Recommendations, RecommendationService, TwoStageService
 from recsys_lightning.serving.vector_index import ItemVectorIndex, open_or_build
+from recsys_lightning.trained_run import TrainedRun, load_trained
+from recsys_lightning.two_stage import check_same_data, find_retriever
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -47,9 +49,7 @@ def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
     if len(chosen) != 1:
         raise ConfigError(f"ask one thing per call: set exactly one of {', '.join(ACTIONS)} (got {', '.join(chosen) or 'none'})")
     run = load_trained(find_checkpoint(cfg.run_dir, cfg.checkpoint), _device(cfg.device))
-    service = RecommendationService(
-        run, exclude=list(cfg.exclude), min_history=cfg.min_history, chunk_size=cfg.chunk_size, index=_vector_index(cfg, run)
-    )
+    service = _service(cfg, run)
     log.info("serving %s from %s", run.model_name, run.checkpoint_path)
     action = chosen[0]
     if action == "user_id":
@@ -60,6 +60,19 @@ def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
         print(_neighbour_table(service, "user", cfg.similar_users, cfg.k, cfg.embedding), file=out)
     else:
         export_recommendations(service, _requested_users(cfg.users), cfg.k, cfg.output, out)
+
+
+def _service(cfg: DictConfig, run: TrainedRun) -> RecommendationService:
+    """`run`'s model over the whole catalogue or, with retrieval.run_dir, re-ranking a retriever's candidates."""
+    options = {"exclude": list(cfg.exclude), "min_history": cfg.min_history, "chunk_size": cfg.chunk_size}
+    if cfg.retrieval.run_dir is None:
+        return RecommendationService(run, **options, index=_vector_index("index", cfg.index, cfg.faiss, run))
+    retriever = load_trained(find_retriever(cfg.retrieval.run_dir, "retrieval.run_dir"), _device(cfg.device))
+    check_same_data(retriever.catalogue, run.catalogue, cfg.retrieval.run_dir, cfg.run_dir)
+    retrieval = RecommendationService(
+        retriever, **options, index=_vector_index("retrieval.index", cfg.retrieval.index, cfg.faiss, retriever)
+    )
+    return TwoStageService(run, retrieval, cfg.retrieval.candidates, **options)
 
 
 def export_recommendations(
@@ -88,19 +101,20 @@ def export_recommendations(
         )
     chunks = service.recommend_in_chunks(users, k)
     progress = tqdm(chunks, total=-(-len(users) // service.chunk_size), desc="recommend", unit="chunk", file=sys.stderr)
+    columns = TWO_STAGE_CSV_COLUMNS if isinstance(service, TwoStageService) else CSV_COLUMNS
     if output is None:
-        _write_csv(progress, raw_user_ids, catalogue, out)
+        _write_csv(progress, raw_user_ids, catalogue, out, columns)
         return
     target = Path(output)
     with atomic_file(target) as handle:
-        rows = _write_csv(progress, raw_user_ids, catalogue, handle)
+        rows = _write_csv(progress, raw_user_ids, catalogue, handle, columns)
     log.info("wrote %d rows for %d users to %s", rows, len(users), target)
 
 
-def _write_csv(chunks, raw_user_ids: np.ndarray, catalogue: Catalogue, handle: TextIO) -> int:
-    """One DataFrame per chunk, built by array indexing; returns the number of rows written."""
+def _write_csv(chunks, raw_user_ids: np.ndarray, catalogue: Catalogue, handle: TextIO, columns: list[str]) -> int:
+    """One DataFrame per chunk (its `columns`), built by array indexing; returns the number of rows written."""
     rows, start = 0, 0
-    handle.write(",".join(CSV_COLUMNS) + "\n")
+    handle.write(",".join(columns) + "\n")
     for chunk in chunks:
         frame = _frame(chunk, raw_user_ids[start : start + len(chunk.users)], catalogue)
         frame.to_csv(handle, header=False, index=False)
@@ -114,7 +128,7 @@ def _frame(chunk: Recommendations, raw_user_ids: np.ndarray, catalogue: Catalogu
     scores = chunk.scores.cpu().numpy().reshape(-1)
     found = np.isfinite(scores)
     fallback = np.repeat(chunk.fallback.cpu().numpy(), k)[found]
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "user_id": np.repeat(raw_user_ids, k)[found],
             "rank": np.tile(np.arange(1, k + 1), num_users)[found],
@@ -123,6 +137,9 @@ def _frame(chunk: Recommendations, raw_user_ids: np.ndarray, catalogue: Catalogu
             "source": np.where(fallback, "popularity", "model"),
         }
     )
+    if chunk.retrieval_scores is not None:
+        frame["retrieval_score"] = chunk.retrieval_scores.cpu().numpy().reshape(-1)[found]
+    return frame
 
 
 def _recommendation_table(service: RecommendationService, raw_user: Any, k: int) -> str:
@@ -140,7 +157,7 @@ def _recommendation_table(service: RecommendationService, raw_user: Any, k: int)
             f"the {len(frame)} most popular unseen items (source=popularity)"
         )
     else:
-        heading = f"top {len(frame)} unseen items for user {raw_user} ({service.run.model_name}, scores are the model's)"
+        heading = f"top {len(frame)} unseen items for user {raw_user} ({service.ranking})"
     return heading + "\n" + frame.drop(columns="user_id").to_string(index=False)
 
 
@@ -166,17 +183,17 @@ def _neighbour_table(service: RecommendationService, kind: str, raw_id: Any, k: 
     return heading + "\n" + frame.to_string(index=False)
 
 
-def _vector_index(cfg: DictConfig, run: TrainedRun) -> ItemVectorIndex | None:
+def _vector_index(key: str, index: str, settings: DictConfig, run: TrainedRun) -> ItemVectorIndex | None:
     """None to score with the model, else a FAISS index of the run's item vectors, kept in faiss.path
-    when it is set and reused only while it holds these very vectors (see `open_or_build`)."""
-    if cfg.index == "model":
+    when it is set and reused only while it holds these very vectors (see `open_or_build`). `key` is
+    the setting that asked for it (index, or retrieval.index for a retriever)."""
+    if index == "model":
         return None
-    if cfg.index != "faiss":
-        raise ConfigError(f"index={cfg.index!r}: use model or faiss")
+    if index != "faiss":
+        raise ConfigError(f"{key}={index!r}: use model or faiss")
     item_vectors = run.model.item_vectors()
     if item_vectors is None:
-        raise ConfigError(f"index=faiss serves inner-product models (mf, popularity); {run.model_name} is not one, use index=model")
-    settings = cfg.faiss
+        raise ConfigError(f"{key}=faiss serves inner-product models (mf, popularity); {run.model_name} is not one, use {key}=model")
     return open_or_build(
         item_vectors, settings.path or None, settings.kind, settings.nlist, settings.nprobe, item_ids=run.catalogue.item_ids
     )

@@ -15,6 +15,9 @@ import torch
 from torch import Tensor
 
 from recsys_lightning.data.positives import TrainingPositives
+from recsys_lightning.errors import ConfigError
+from recsys_lightning.trained_run import load_trained
+from recsys_lightning.two_stage import check_trained_on, find_retriever, retrieve_for_every_user
 
 if TYPE_CHECKING:
     from recsys_lightning.models.base import Recommender
@@ -170,3 +173,35 @@ class HardNegativeSampler(NegativeSampler):
             scores = model.score(users, pool).view(len(users), self.num_negatives, self.candidates)
         best = scores.argmax(-1, keepdim=True)
         return pool.view(len(users), self.num_negatives, self.candidates).gather(-1, best).squeeze(-1)
+
+
+class RetrievedSampler(NegativeSampler):
+    """Uniform over the `candidates` items a retriever run ranks highest for the user, training positives
+    left out: a re-ranker then learns to order what the retriever will hand it at serving time, not to
+    tell a user's items from random ones.
+
+    The candidates are retrieved once, when the sampler is bound, as a [num_users, candidates] table on
+    the training device; a draw is one gather per batch. The retriever is the best checkpoint of
+    `run_dir`, trained on this run's data and split.
+    """
+
+    def __init__(self, num_negatives: int = 1, run_dir: str | None = None, candidates: int = 200) -> None:
+        super().__init__(num_negatives)
+        self.run_dir = run_dir
+        self.candidates = candidates
+
+    def bind(self, positives: TrainingPositives) -> None:
+        super().bind(positives)
+        if self.run_dir is None:
+            raise ConfigError("sampler=retrieved needs the retriever's run: sampler.run_dir=<a run folder>, e.g. of experiment=ml100k_mf")
+        retriever = load_trained(find_retriever(self.run_dir, "sampler.run_dir"))  # on the CPU: its catalogue is compared there
+        check_trained_on(retriever.catalogue, positives, self.run_dir)
+        items, scores = retrieve_for_every_user(retriever.model.to(positives.device), positives, self.candidates)
+        # int32 halves the table (num_items < 2^31); -inf marks the tail of a user with fewer unseen items than candidates.
+        self.table = items.int()
+        self.num_found = torch.isfinite(scores).sum(1).clamp(min=1)
+
+    def sample(self, users: Tensor, positive_items: Tensor, model: Recommender) -> Tensor:
+        uniform = torch.rand(len(users), self.num_negatives, generator=self.generator, device=users.device, dtype=torch.float64)
+        positions = (uniform * self.num_found[users].unsqueeze(1)).long()
+        return self.table[users.unsqueeze(1), positions].long()

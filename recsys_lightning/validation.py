@@ -204,6 +204,10 @@ TRAINING_RULES: dict[str, Rule] = {
     "data.encoding": Encoding(),
     "data.on_overlap": Choice(("drop", "error")),
     "data.sep": optional(TEXT),
+    "data.item_features": ListOf(TEXT, 0, "[genre,year]"),
+    "data.user_features": ListOf(TEXT, 0, "[age,gender,occupation]"),
+    "data.users_path": optional(TEXT),
+    "data.feature_sep": optional(TEXT),
     "data.download_timeout": POSITIVE,
     # Indices are int64 but counts beyond 2^31 users or items are a typo on any machine this runs on.
     "data.num_users": integer(1, MAX_COUNT),
@@ -225,6 +229,11 @@ TRAINING_RULES: dict[str, Rule] = {
     "model.zero_init_mlp": FLAG,
     "model.paths": ListOf(Choice(("gmf", "mlp")), 1, "[gmf,mlp]"),
     "model.pretrained_alpha": Number(0, 1),
+    "model.features": FLAG,
+    "model.id_dropout": Number(0, 1, open_high=True),
+    # set from the data's feature vocabularies (build.with_feature_counts); bounded for checkpoints' sake
+    "model.num_item_features": integer(0, MAX_COUNT),
+    "model.num_user_features": integer(0, MAX_COUNT),
     "model.sparse_gradients": FLAG,
     "model.l2": POSITIVE,  # EASE's lambda: X^T X + l2 I must be invertible
     "model.max_items": integer(1),
@@ -236,6 +245,7 @@ TRAINING_RULES: dict[str, Rule] = {
     "loss.log_q_correction": FLAG,
     "sampler.num_negatives": integer(1),
     "sampler.candidates": integer(1),
+    "sampler.run_dir": optional(TEXT),  # required by sampler=retrieved, which says so when it is bound
     "sampler.alpha": NON_NEGATIVE,  # count^alpha: a negative power of an unseen item's 0 count is inf
     "sampler.max_rounds": integer(0),
     # conf/optimizer, conf/scheduler
@@ -275,6 +285,8 @@ EVALUATE_RULES: dict[str, Rule] = {
     "split": Choice(("test", "valid")),
     "accelerator": Choice(("auto", "cpu", "gpu", "cuda")),
     "tolerance": NON_NEGATIVE,
+    "retrieval.run_dir": optional(TEXT),
+    "retrieval.candidates": integer(1),
 }
 
 

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from recsys_lightning.build import build_module
 from recsys_lightning.config import PROJECT_ROOT, register_resolvers
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
 from recsys_lightning.data.training_data import TrainingData
@@ -119,3 +120,14 @@ def run_module(module: str, *overrides: str, fault_injection: bool = False) -> s
     if fault_injection:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", module, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+
+
+def trained_run_folder(run_dir: Path, datamodule: InteractionDataModule, config: DictConfig) -> Path:
+    """A run folder as serving and evaluate find it (its one checkpoint, `checkpoints/epoch000.ckpt`) after
+    one epoch of `config` (a `module_config`) on `datamodule`; no metrics.json."""
+    datamodule.setup("fit")
+    module = build_module(config, datamodule.training_data)
+    trainer = quiet_trainer(max_epochs=1, enable_checkpointing=False, limit_val_batches=0, default_root_dir=run_dir)
+    trainer.fit(module, datamodule=datamodule)
+    trainer.save_checkpoint(run_dir / "checkpoints" / "epoch000.ckpt")
+    return run_dir

@@ -18,9 +18,9 @@ from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.errors import ConfigError, RecsysError, UnknownId
 from recsys_lightning.evaluate import compare_with_recorded, evaluate
 from recsys_lightning.recommend import serve
-from recsys_lightning.serving.checkpoint import load_trained
 from recsys_lightning.serving.service import UNKNOWN, RecommendationService
 from recsys_lightning.serving.vector_index import ItemVectorIndex
+from recsys_lightning.trained_run import load_trained
 
 from helpers import compose_config, quiet_trainer, run_module
 

@@ -14,7 +14,7 @@ from recsys_lightning.errors import ConfigError
 from recsys_lightning.evaluate import evaluate
 from recsys_lightning.run_folder import RunFolder
 from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters, offered_targets
-from recsys_lightning.serving.checkpoint import load_trained
+from recsys_lightning.trained_run import load_trained
 
 from helpers import options, run_module, training_config
 

@@ -13,7 +13,7 @@ import lzma
 import os
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import pandas as pd
 from pandas.api.types import union_categoricals
 
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
+from recsys_lightning.data.features import FeatureColumns
 from recsys_lightning.data.interactions import ITEM, PART, RATING, TARGET, TIMESTAMP, USER
 from recsys_lightning.data.split import check_overlap_action
 from recsys_lightning.errors import QUOTE_LIMIT, ConfigError, DataError, cut, quote
@@ -235,8 +236,13 @@ def _read_errors(path: Path, encoding: str) -> Iterator[None]:
         raise DataError(f"{path}: {cut(str(error))}") from error
 
 
-def read_item_titles(path: str | Path, *, item_col: str, title_col: str, sep: str | None = None, encoding: str = "utf-8") -> pd.DataFrame:
-    """Item metadata file -> columns item_id, title (raw text both); titles label recommendations and the projector."""
+def read_item_titles(
+    path: str | Path, *, item_col: str, title_col: str, sep: str | None = None, encoding: str = "utf-8", titles_required: bool = True
+) -> pd.DataFrame:
+    """Item metadata file -> columns item_id, title (raw text both); titles label recommendations and the projector.
+
+    A file read for its item features need not have titles (`titles_required=False`): they are then empty.
+    """
     path = Path(path)
     check_encoding(encoding)
     if not path.is_file():
@@ -245,14 +251,52 @@ def read_item_titles(path: str | Path, *, item_col: str, title_col: str, sep: st
         )
     sep = sep or infer_separator(path)
     found = _header(path, sep, encoding)
+    has_titles = title_col in found
     for key, column in (("data.item_col", item_col), ("data.title_col", title_col)):
+        if column not in found and (column == item_col or titles_required):
+            raise DataError(f"{path}: no column {column!r}; columns found: {_column_list(found)}. Set {key} to the right one")
+    columns = [item_col, title_col] if has_titles else [item_col]
+    with _read_errors(path, encoding):
+        frame = pd.read_csv(path, sep=sep, encoding=encoding, usecols=columns, dtype=str, keep_default_na=False, compression="infer")
+    return pd.DataFrame({ITEM: frame[item_col], "title": frame[title_col] if has_titles else ""})
+
+
+def read_feature_columns(
+    path: str | Path,
+    *,
+    id_col: str,
+    feature_cols: Sequence[str],
+    feature_sep: str | None,
+    sep: str | None = None,
+    encoding: str = "utf-8",
+    entity: str = "item",
+) -> FeatureColumns:
+    """An items or users file -> its ids and the named categorical columns, all as text (nothing read as
+    missing: an empty cell is no feature); matched to the interactions' ids later, by exact text."""
+    path = Path(path)
+    check_encoding(encoding)
+    if not path.is_file():
+        raise DataError(
+            f"{path}: file not found; point data.{entity}s_path at a file with columns "
+            f"{', '.join(map(repr, [id_col, *feature_cols]))}, or set data.{entity}_features=[]"
+        )
+    sep = sep or infer_separator(path)
+    found = _header(path, sep, encoding)
+    for key, column in ((f"data.{entity}_col", id_col), *((f"data.{entity}_features", column) for column in feature_cols)):
         if column not in found:
             raise DataError(f"{path}: no column {column!r}; columns found: {_column_list(found)}. Set {key} to the right one")
     with _read_errors(path, encoding):
         frame = pd.read_csv(
-            path, sep=sep, encoding=encoding, usecols=[item_col, title_col], dtype=str, keep_default_na=False, compression="infer"
+            path,
+            sep=sep,
+            encoding=encoding,
+            usecols=list(dict.fromkeys([id_col, *feature_cols])),
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=False,  # keeps row numbers = line numbers - 2 for messages
+            compression="infer",
         )
-    return pd.DataFrame({ITEM: frame[item_col], "title": frame[title_col]})
+    return FeatureColumns(str(path), frame[id_col], frame[list(feature_cols)], sep=feature_sep, first_line=2)
 
 
 def integer_ids_if_exact(ids: pd.Series) -> pd.Series:
@@ -325,6 +369,10 @@ class CsvDataModule(InteractionDataModule):
         min_item_interactions: int = 0,
         items_path: str | None = None,
         title_col: str = "title",
+        item_features: Sequence[str] = (),
+        users_path: str | None = None,
+        user_features: Sequence[str] = (),
+        feature_sep: str | None = "|",
         on_overlap: str = "drop",
         **split_and_batching,
     ) -> None:
@@ -349,6 +397,13 @@ class CsvDataModule(InteractionDataModule):
         self.min_item_interactions = min_item_interactions
         self.items_path = items_path
         self.title_col = title_col
+        self.feature_files = {
+            "item": (items_path, item_col, _feature_names("item", item_features, items_path)),
+            "user": (users_path, user_col, _feature_names("user", user_features, users_path)),
+        }
+        if users_path and not user_features:
+            log.warning("data.users_path is set but data.user_features is empty, so the users file is not read; name its columns there")
+        self.feature_sep = feature_sep
 
     def load(self) -> LoadedInteractions:
         given = {name: path for name, path in self.paths.items() if path}
@@ -371,10 +426,24 @@ class CsvDataModule(InteractionDataModule):
                 title_col=self.title_col,
                 sep=self.read_options["sep"],
                 encoding=self.read_options["encoding"],
+                titles_required=not self.feature_files["item"][2],
             )
             items = _with_interaction_ids(items, frame[ITEM])
         ratings_missing = next(filter(None, (self._ratings_missing(Path(path)) for path in given.values())), None)
-        return LoadedInteractions(frame, items, source=f"csv:{source}", ratings_missing=ratings_missing)
+        features = {
+            f"{entity}_features": read_feature_columns(
+                path,
+                id_col=id_col,
+                feature_cols=names,
+                feature_sep=self.feature_sep,
+                sep=self.read_options["sep"],
+                encoding=self.read_options["encoding"],
+                entity=entity,
+            )
+            for entity, (path, id_col, names) in self.feature_files.items()
+            if names
+        }
+        return LoadedInteractions(frame, items, source=f"csv:{source}", ratings_missing=ratings_missing, **features)
 
     def _ratings_missing(self, path: Path) -> str | None:
         """Why `path` gives no ratings (read_interactions then rates every row 1), or None when it does."""
@@ -386,6 +455,16 @@ class CsvDataModule(InteractionDataModule):
             return None
         columns = _column_list(found)
         return f"{path} has no rating column {rating_col!r} (columns: {columns}): set data.rating_col to the column holding ratings"
+
+
+def _feature_names(entity: str, names: Sequence[str], path: str | None) -> tuple[str, ...]:
+    """The feature columns of one side, each once; naming some without a file to read them from is a ConfigError."""
+    if names and not path:
+        raise ConfigError(
+            f"data.{entity}_features={list(names)} needs data.{entity}s_path: a file with the {entity} ids in "
+            f"data.{entity}_col and those columns (or set data.{entity}_features=[])"
+        )
+    return tuple(dict.fromkeys(names))
 
 
 def _check_distinct_files(given: dict[str, str]) -> None:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from recsys_lightning.data.batches import EpochBatchSampler, PositivePairs, RankingChunks
 from recsys_lightning.data.catalogue import Catalogue
+from recsys_lightning.data.features import FeatureColumns, index_features
 from recsys_lightning.data.interactions import ITEM, PART, TARGET, USER, Interactions
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.data.sparse import UserItemCSR
@@ -29,12 +30,15 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class LoadedInteractions:
     """What a source hands over: raw rows (user_id, item_id, rating, timestamp), item metadata, provenance,
-    and, for a source whose rows have no real ratings (all 1), why and what to set (`ratings_missing`)."""
+    for a source whose rows have no real ratings (all 1), why and what to set (`ratings_missing`), and
+    the configured item and user feature cells, still keyed by raw id."""
 
     interactions: pd.DataFrame
     items: pd.DataFrame
     source: str
     ratings_missing: str | None = None
+    item_features: FeatureColumns | None = None
+    user_features: FeatureColumns | None = None
 
 
 class InteractionDataModule(pl.LightningDataModule, ABC):
@@ -126,6 +130,8 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
             explicit_negatives=self._index_pairs(explicit_negatives),
             catalogue=Catalogue.from_parts(pd.Index(self.interactions.user_ids), pd.Index(self.interactions.item_ids), parts, item_info),
             ratings_missing=loaded.ratings_missing,
+            item_features=index_features(loaded.item_features, self.interactions.item_ids, "item") if loaded.item_features else None,
+            user_features=index_features(loaded.user_features, self.interactions.user_ids, "user") if loaded.user_features else None,
         )
         self._log_summary()
 

@@ -17,9 +17,9 @@ import tempfile
 import urllib.request
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
+from recsys_lightning.data.features import FeatureColumns
 from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER
-from recsys_lightning.errors import DataError, cut, first_line
+from recsys_lightning.errors import ConfigError, DataError, cut, first_line, quote
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ GENRES = (
     "War",
     "Western",
 )
+ITEM_FEATURES = ("genre", "year")  # genre: the 19 genre flags, several per movie; year: of release
+USER_FEATURES = ("age", "gender", "occupation")  # age by decade: "age=20s" for 20-29
+USER_COLUMNS = (USER, "age", "gender", "occupation", "zip_code")  # u.user's cells, in order
 
 
 @dataclass(frozen=True)
@@ -102,15 +106,19 @@ def resolve_movielens(
     expected: ExpectedContent = ML100K,
     pip_download: PipDownload | None = None,
     download: bool = True,
+    item_features: Sequence[str] = (),
+    user_features: Sequence[str] = (),
 ) -> LoadedInteractions:
-    """Return ML-100K from the first source that has it, verified against `expected`.
+    """Return ML-100K from the first source that has it, verified against `expected`, with the named
+    features (of ITEM_FEATURES and USER_FEATURES); the users file is only read when some are named.
 
     With `download=False` only the local copy is read and nothing is created on disk: evaluate takes
     `data_dir` from a run folder's recorded config, an untrusted file that must not make it write.
     """
     data_dir = Path(data_dir)
     dataset_dir = data_dir / DATASET_DIR
-    loaded = _read_local(dataset_dir, expected)
+    features = {"item_features": tuple(item_features), "user_features": tuple(user_features)}
+    loaded = _read_local(dataset_dir, expected, **features)
     if loaded is None and not download:
         raise DataError(
             f"{cut(str(dataset_dir), 200)}: no MovieLens-100K here; evaluate reads the run's data, it does not fetch it: run training "
@@ -124,10 +132,10 @@ def resolve_movielens(
             log.warning("GroupLens unreachable (%s); taking ML-100K from the PyPI wheel %s", error, wheel)
             _extract_from_wheel(wheel, wheel_sha256, data_dir, pip_download or _pip_download)
             source = "pypi-recbole-wheel"
-        loaded = _read_local(dataset_dir, expected)
+        loaded = _read_local(dataset_dir, expected, **features)
         if loaded is None:
             raise DataError(f"{dataset_dir}: the downloaded archive held no ML-100K files; delete the folder and retry")
-        loaded = LoadedInteractions(loaded.interactions, loaded.items, source)
+        loaded = replace(loaded, source=source)
     log.info("MovieLens-100K from %s (%s)", loaded.source, dataset_dir)
     return loaded
 
@@ -145,22 +153,29 @@ def ratings_sha256(interactions: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def _read_local(dataset_dir: Path, expected: ExpectedContent) -> LoadedInteractions | None:
+def _read_local(
+    dataset_dir: Path, expected: ExpectedContent, item_features: tuple[str, ...], user_features: tuple[str, ...]
+) -> LoadedInteractions | None:
     grouplens = dataset_dir / "u.data", dataset_dir / "u.item"
     recbole = dataset_dir / "ml-100k.inter", dataset_dir / "ml-100k.item"
     if all(path.is_file() for path in grouplens):
-        loaded = LoadedInteractions(*_read_grouplens(*grouplens), source="grouplens-local")
-        ratings_path, items_path = grouplens
+        interactions, items, item_columns = _read_grouplens(*grouplens)
+        source, (ratings_path, items_path), users_path = "grouplens-local", grouplens, dataset_dir / "u.user"
     elif all(path.is_file() for path in recbole):
-        loaded = LoadedInteractions(*_read_recbole(*recbole), source="recbole-local")
-        ratings_path, items_path = recbole
+        interactions, items, item_columns = _read_recbole(*recbole)
+        source, (ratings_path, items_path), users_path = "recbole-local", recbole, dataset_dir / "ml-100k.user"
     else:
         return None
+    loaded = LoadedInteractions(interactions, items, source)
     _verify(loaded, expected, ratings_path, items_path)
+    if item_features:
+        loaded = replace(loaded, item_features=replace(item_columns, values=item_columns.values[list(item_features)]))
+    if user_features:
+        loaded = replace(loaded, user_features=_read_users(users_path, user_features, expected))
     return loaded
 
 
-def _read_grouplens(ratings_path: Path, items_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _read_grouplens(ratings_path: Path, items_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, FeatureColumns]:
     interactions = _read_ratings(ratings_path, header=None, names=list(RATING_COLUMNS))
     with _unreadable_as_data_error(items_path):
         # Integer genre flags make a line cut short (missing flags) a parse error instead of NaN flags.
@@ -175,10 +190,13 @@ def _read_grouplens(ratings_path: Path, items_path: Path) -> tuple[pd.DataFrame,
         )
     flags = items[list(GENRES)].to_numpy(bool)
     genres = ["|".join(g for g, on in zip(GENRES, row) if on) for row in flags]  # 1,682 rows, once per load
-    return interactions, pd.DataFrame({ITEM: items[ITEM], "title": items["title"], "genres": genres})
+    year = items["release_date"].fillna("").str.extract(r"(\d{4})$", expand=False).fillna("")  # 01-Jan-1995; one is empty
+    features = pd.DataFrame({"genre": genres, "year": year})
+    item_columns = FeatureColumns(str(items_path), items[ITEM].astype(str), features, sep="|", first_line=1)
+    return interactions, pd.DataFrame({ITEM: items[ITEM], "title": items["title"], "genres": genres}), item_columns
 
 
-def _read_recbole(ratings_path: Path, items_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _read_recbole(ratings_path: Path, items_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, FeatureColumns]:
     """RecBole atomic files name columns `name:type`; titles carry no year, so it is added back."""
     interactions = _read_ratings(ratings_path, header=0)
     with _unreadable_as_data_error(items_path):
@@ -187,7 +205,50 @@ def _read_recbole(ratings_path: Path, items_path: Path) -> tuple[pd.DataFrame, p
         item_ids = items[ITEM].astype("int64")
         title = items["movie_title"].where(items["release_year"] == "", items["movie_title"] + " (" + items["release_year"] + ")")
         genres = items["class"].str.split().str.join("|")
-    return interactions, pd.DataFrame({ITEM: item_ids, "title": title, "genres": genres})
+    features = pd.DataFrame({"genre": genres, "year": items["release_year"]})
+    item_columns = FeatureColumns(str(items_path), items[ITEM], features, sep="|", first_line=2)
+    return interactions, pd.DataFrame({ITEM: item_ids, "title": title, "genres": genres}), item_columns
+
+
+def _read_users(path: Path, names: tuple[str, ...], expected: ExpectedContent) -> FeatureColumns:
+    """u.user (`|`, no header) or RecBole's ml-100k.user (tab, `name:type` header) -> the named features
+    (of USER_FEATURES, age as its decade) by raw user id. Checked by parsing and by its count of users,
+    like the item file."""
+    if not path.is_file():
+        raise DataError(
+            f"{path}: not found; user features need the users file of MovieLens-100K: delete {path.parent} to fetch a fresh copy"
+        )
+    grouplens = path.name == "u.user"
+    first_line = 1 if grouplens else 2
+    with _unreadable_as_data_error(path):
+        if grouplens:
+            users = pd.read_csv(
+                path, sep="|", header=None, names=list(USER_COLUMNS), encoding="latin-1", dtype=str, keep_default_na=False, index_col=False
+            )
+        else:
+            users = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, index_col=False)
+            users.columns = [str(c).split(":")[0] for c in users.columns]
+    missing = [column for column in (USER, *names) if column not in users.columns]
+    if missing:
+        raise _unreadable(path, f"no {', '.join(missing)} column")
+    empty = (users[[USER, *names]].fillna("") == "").any(axis=1).to_numpy()  # a line cut short reads as empty cells
+    if empty.any():
+        raise _unreadable(path, f"line {int(np.argmax(empty)) + first_line}: a cell is empty or missing")
+    ids = users[USER]
+    if len(ids) != expected.users or ids.nunique() != expected.users:
+        raise DataError(
+            f"{path}: lists {len(ids):,} rows with {ids.nunique():,} distinct user ids; ML-100K has "
+            f"{expected.users:,}; delete {path.parent} to fetch a fresh copy"
+        )
+    features = users[list(names)].copy()
+    if "age" in names:
+        ages = pd.to_numeric(users["age"], errors="coerce").to_numpy(np.float64)
+        bad = ~((ages >= 0) & (ages < 200) & (ages == np.floor(ages)))  # NaN fails every comparison
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise _unreadable(path, f"line {row + first_line}: age {quote(users['age'].iloc[row])} is not a whole number of years")
+        features["age"] = pd.Series(ages // 10 * 10, index=users.index).astype(np.int64).astype(str) + "s"
+    return FeatureColumns(str(path), ids, features, sep=None, first_line=first_line)
 
 
 def _read_ratings(path: Path, **read_csv_args) -> pd.DataFrame:
@@ -353,9 +414,13 @@ class MovieLensDataModule(InteractionDataModule):
         recbole_wheel_sha256: str = RECBOLE_WHEEL_SHA256,
         download_timeout: float = 10.0,
         download: bool = True,
+        item_features: Sequence[str] = (),
+        user_features: Sequence[str] = (),
         **split_and_batching,
     ) -> None:
         super().__init__(**split_and_batching)
+        self.item_features = _known_features("data.item_features", item_features, ITEM_FEATURES)
+        self.user_features = _known_features("data.user_features", user_features, USER_FEATURES)
         self.data_dir = data_dir
         self.grouplens_url = grouplens_url
         self.recbole_wheel = recbole_wheel
@@ -371,4 +436,14 @@ class MovieLensDataModule(InteractionDataModule):
             wheel_sha256=self.recbole_wheel_sha256,
             timeout=self.download_timeout,
             download=self.download,
+            item_features=self.item_features,
+            user_features=self.user_features,
         )
+
+
+def _known_features(key: str, names: Sequence[str], available: tuple[str, ...]) -> tuple[str, ...]:
+    """Checked before any file is read, so a typo costs nothing; a name given twice counts once."""
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ConfigError(f"{key}: {quote(unknown[0])} is not a MovieLens-100K feature; available: {', '.join(available)}")
+    return tuple(dict.fromkeys(names))

@@ -1,4 +1,4 @@
-"""Per-user train/valid/test splits, vectorised over all users at once."""
+"""Train/valid/test splits, vectorised: per user (ratio, temporal, leave-one-out) or per item (cold items)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from recsys_lightning.seeds import stream_seed
 
 log = logging.getLogger(__name__)
 
-SPLIT_KINDS = ("ratio", "leave_one_out", "temporal")
+SPLIT_KINDS = ("ratio", "leave_one_out", "temporal", "cold_items")
 OVERLAP_ACTIONS = ("drop", "error")  # what pre-split held-out pairs that were seen before get
 
 
@@ -36,11 +36,15 @@ def split_interactions(interactions: Interactions, kind: str, ratios: Sequence[f
     - `ratio`: a seeded random share of each user's interactions per part.
     - `temporal`: the same shares, but the latest interactions go to valid and test.
     - `leave_one_out`: the latest interaction is test, the one before it valid.
+    - `cold_items`: a seeded random share of the items per part, each with all its interactions.
 
-    A user too small to give every part at least one interaction keeps all of them in train.
+    In the per-user splits a user too small to give every part at least one interaction keeps all of
+    them in train.
     """
     if kind not in SPLIT_KINDS:
         raise ConfigError(f"data.split={kind!r} is not a split kind: use one of {', '.join(SPLIT_KINDS)}")
+    if kind == "cold_items":
+        return _split_items(interactions, ratios, seed)
     users = interactions.users
     tiebreak = np.random.default_rng(stream_seed(seed, "split")).random(len(users))
     if kind == "ratio":
@@ -72,6 +76,39 @@ def split_interactions(interactions: Interactions, kind: str, ratios: Sequence[f
         valid=np.sort(order[part == 1]),
         test=np.sort(order[part == 2]),
         train_only_users=train_only,
+    )
+
+
+def _split_items(interactions: Interactions, ratios: Sequence[float], seed: int) -> Split:
+    """Held-out items never occur in train, so the split measures how a model ranks items it has only
+    seen through their features. Users whose items are all held out keep no training row; they stay,
+    and are evaluated like everyone else."""
+    train_share, valid_share, _ = _check_ratios(ratios)
+    num_items = interactions.num_items
+    train_end = int(np.floor(num_items * train_share + 0.5))
+    valid_end = int(np.floor(num_items * (train_share + valid_share) + 0.5))
+    if not 1 <= train_end < valid_end < num_items:
+        raise DataError(
+            f"data.split=cold_items with data.split_ratios={list(ratios)} gives {train_end} train, {valid_end - train_end} valid "
+            f"and {num_items - valid_end} test items of {num_items}; each part needs at least one: change the ratios or use another split"
+        )
+    shuffled = np.random.default_rng(stream_seed(seed, "split")).permutation(num_items)
+    item_part = np.zeros(num_items, dtype=np.int8)  # 0 train, 1 valid, 2 test
+    item_part[shuffled[train_end:valid_end]] = 1
+    item_part[shuffled[valid_end:]] = 2
+    part = item_part[interactions.items]
+    trains = np.bincount(interactions.users[part == 0], minlength=interactions.num_users)
+    holds_out = np.bincount(interactions.users[part > 0], minlength=interactions.num_users)
+    untrained = int(np.count_nonzero((trains == 0) & (holds_out > 0)))
+    if untrained:
+        log.warning(
+            "%d users interacted only with held-out items, so they have no training interaction; they are evaluated all the same", untrained
+        )
+    return Split(
+        train=np.flatnonzero(part == 0),
+        valid=np.flatnonzero(part == 1),
+        test=np.flatnonzero(part == 2),
+        train_only_users=int(np.count_nonzero((trains > 0) & (holds_out == 0))),
     )
 
 

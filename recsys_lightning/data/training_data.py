@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from recsys_lightning.data.catalogue import Catalogue
+from recsys_lightning.data.features import FeatureTable
 from recsys_lightning.data.positives import TrainingPositives
 
 
@@ -23,6 +24,8 @@ class TrainingData:
     - `catalogue`: raw ids, what each user saw in each part, popularity, titles: saved in checkpoints
     - `ratings_missing`: why the interactions carry no ratings (each then counts as rating 1) and what
       to set, for losses that predict ratings; None when they carry them
+    - `item_features`, `user_features`: categorical features by item / user index, for every item and
+      user of the interactions (held-out ones too); None unless data.item_features / user_features name some
     """
 
     num_users: int
@@ -31,6 +34,8 @@ class TrainingData:
     explicit_negatives: Tensor
     catalogue: Catalogue
     ratings_missing: str | None = None
+    item_features: FeatureTable | None = None
+    user_features: FeatureTable | None = None
 
     @property
     def mean_rating(self) -> float:

@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.models.closed_form import ItemItemRecommender, co_occurrence_blocks, csr_kernels
+from recsys_lightning.models.closed_form import ItemItemRecommender, co_occurrence_blocks
+from recsys_lightning.models.sparse import csr_kernels
 
 BYTES_PER_WEIGHT = 4  # float32
 

@@ -8,11 +8,15 @@ import torch
 from torch import Tensor, nn
 
 from recsys_lightning.models.base import Recommender
+from recsys_lightning.models.features import FeatureEmbedding, SideFeatures
 from recsys_lightning.models.mlp import PairMLP
 
 
-class HybridMF(Recommender):
-    """score(u, i) = <p_u, q_i> + MLP([p_u; q_i]), with p and q shared by both terms."""
+class HybridMF(SideFeatures, Recommender):
+    """score(u, i) = <p_u, q_i> + MLP([p_u; q_i]), with p and q shared by both terms.
+
+    With `features`, p and q add the mean of the entity's feature embeddings, as in MatrixFactorization.
+    """
 
     def __init__(
         self,
@@ -23,26 +27,42 @@ class HybridMF(Recommender):
         dropout: float = 0.0,
         init_std: float = 0.1,
         zero_init_mlp: bool = True,
+        features: bool = False,
+        id_dropout: float = 0.0,
+        num_user_features: int = 0,
+        num_item_features: int = 0,
         sparse_gradients: bool = False,
     ) -> None:
         super().__init__(num_users, num_items, sparse_gradients)
         self.user_factors = nn.Parameter(torch.randn(num_users, dim) * init_std)
         self.item_factors = nn.Parameter(torch.randn(num_items, dim) * init_std)
         self.mlp = PairMLP(dim, dim, hidden, dropout, zero_init_output=zero_init_mlp)
+        sizes = (num_user_features, num_item_features) if features else None
+        self.init_side_features(num_users, num_items, sizes, dim=dim, init_std=init_std, id_dropout=id_dropout, bias=False)
 
     def score_with_penalty(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
-        user_vectors = self.rows(self.user_factors, users)
-        item_vectors = self.rows(self.item_factors, items)
+        user_vectors = self._vectors(users, self.user_factors, self.user_features)
+        item_vectors = self._vectors(items, self.item_factors, self.item_features)
         penalty = (user_vectors.square().sum() + item_vectors.square().sum()) / len(users)
         broadcast_users = user_vectors.unsqueeze(-2) if items.dim() > users.dim() else user_vectors
         scores = (broadcast_users * item_vectors).sum(-1) + self.mlp(user_vectors, item_vectors)
         return scores, penalty
 
     def score_all(self, users: Tensor) -> Tensor:
-        return self._score_matrix(self.rows(self.user_factors, users), self.item_factors)
+        items = (
+            self.item_factors
+            if self.item_features is None
+            else self._vectors(torch.arange(self.num_items, device=self.item_factors.device), self.item_factors, self.item_features)
+        )
+        return self._score_matrix(self._vectors(users, self.user_factors, self.user_features), items)
 
     def score_items(self, users: Tensor, items: Tensor) -> Tensor:
-        return self._score_matrix(self.rows(self.user_factors, users), self.rows(self.item_factors, items))
+        user_vectors = self._vectors(users, self.user_factors, self.user_features)
+        return self._score_matrix(user_vectors, self._vectors(items, self.item_factors, self.item_features))
+
+    def _vectors(self, index: Tensor, factors: Tensor, features: FeatureEmbedding | None) -> Tensor:
+        vectors = self.rows(factors, index)
+        return vectors if features is None else features.id_mask(index) * vectors + features.rows(index)
 
     def _score_matrix(self, user_vectors: Tensor, item_vectors: Tensor) -> Tensor:
         return user_vectors @ item_vectors.T + self.mlp.score_all(user_vectors, item_vectors)

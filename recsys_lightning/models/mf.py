@@ -6,18 +6,33 @@ import torch
 from torch import Tensor, nn
 
 from recsys_lightning.models.base import Recommender
+from recsys_lightning.models.features import FeatureEmbedding, SideFeatures
 
 
-class MatrixFactorization(Recommender):
+class MatrixFactorization(SideFeatures, Recommender):
     """score(u, i) = mu + b_u + b_i + <p_u, q_i> (Koren, Bell & Volinsky 2009, eq. 4).
 
     Biases are one-column tables ([n, 1]) so they are gathered like embeddings, sparse gradients included.
     `global_mean` mu is the mean training rating for losses that predict ratings (set by the module,
     saved in the checkpoint), else 0; it is one of the biases, so `bias=False` drops it too.
+
+    With `features` (and features in the data), p_u, q_i, b_u and b_i each add the mean of the entity's
+    feature embeddings and biases (LightFM), and an entity without training interactions keeps only
+    those: a new item is ranked by what it is. The feature counts are set from the data, not by users.
     """
 
     def __init__(
-        self, num_users: int, num_items: int, dim: int = 64, bias: bool = True, init_std: float = 0.1, sparse_gradients: bool = False
+        self,
+        num_users: int,
+        num_items: int,
+        dim: int = 64,
+        bias: bool = True,
+        init_std: float = 0.1,
+        features: bool = False,
+        id_dropout: float = 0.0,
+        num_user_features: int = 0,
+        num_item_features: int = 0,
+        sparse_gradients: bool = False,
     ) -> None:
         super().__init__(num_users, num_items, sparse_gradients)
         self.user_factors = nn.Parameter(torch.randn(num_users, dim) * init_std)
@@ -25,19 +40,32 @@ class MatrixFactorization(Recommender):
         self.user_bias = nn.Parameter(torch.zeros(num_users, 1)) if bias else None
         self.item_bias = nn.Parameter(torch.zeros(num_items, 1)) if bias else None
         self.register_buffer("global_mean", torch.zeros(()) if bias else None)
+        sizes = (num_user_features, num_item_features) if features else None
+        self.init_side_features(num_users, num_items, sizes, dim=dim, init_std=init_std, id_dropout=id_dropout, bias=bias)
 
     def score_with_penalty(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
-        user_vectors = self.rows(self.user_factors, users)
-        item_vectors = self.rows(self.item_factors, items)
+        user_vectors, user_bias = self._side(users, self.user_factors, self.user_bias, self.user_features)
+        item_vectors, item_bias = self._side(items, self.item_factors, self.item_bias, self.item_features)
         penalty = user_vectors.square().sum() + item_vectors.square().sum()
         if items.dim() > users.dim():
             user_vectors = user_vectors.unsqueeze(-2)  # one user row against N items
         scores = (user_vectors * item_vectors).sum(-1)
-        if self.item_bias is not None:
-            user_bias, item_bias = self.rows(self.user_bias, users).squeeze(-1), self.rows(self.item_bias, items).squeeze(-1)
+        if item_bias is not None:
+            user_bias, item_bias = user_bias.squeeze(-1), item_bias.squeeze(-1)
             scores = scores + item_bias + (user_bias.unsqueeze(-1) if items.dim() > users.dim() else user_bias) + self.global_mean
             penalty = penalty + user_bias.square().sum() + item_bias.square().sum()
         return scores, penalty / len(users)
+
+    def _side(self, index: Tensor, factors: Tensor, bias: Tensor | None, features: FeatureEmbedding | None) -> tuple[Tensor, Tensor | None]:
+        """Vectors and biases of users or items `index`: their id rows, plus their features' mean when on."""
+        vectors = self.rows(factors, index)
+        biases = None if bias is None else self.rows(bias, index)
+        if features is None:
+            return vectors, biases
+        trained, from_features = features.id_mask(index), features.rows(index)
+        vectors = trained * vectors + from_features[..., : vectors.shape[-1]]
+        biases = None if biases is None else trained * biases + from_features[..., -1:]
+        return vectors, biases
 
     def score_all(self, users: Tensor) -> Tensor:
         return self.query_vectors(users) @ self.item_vectors().T
@@ -58,23 +86,24 @@ class MatrixFactorization(Recommender):
     # [p_u, b_u + mu, 1] . [q_i, 1, b_i] = <p_u, q_i> + mu + b_u + b_i: the biases ride in the one GEMM
     # (instead of two more passes over a [B, num_items] result), and in a vector index.
     def query_vectors(self, users: Tensor) -> Tensor:
-        user_vectors = self.rows(self.user_factors, users)
-        if self.user_bias is None:
+        user_vectors, user_bias = self._side(users, self.user_factors, self.user_bias, self.user_features)
+        if user_bias is None:
             return user_vectors
-        user_bias = self.rows(self.user_bias, users) + self.global_mean
-        return torch.cat([user_vectors, user_bias, torch.ones_like(user_vectors[:, :1])], 1)
+        return torch.cat([user_vectors, user_bias + self.global_mean, torch.ones_like(user_vectors[:, :1])], 1)
 
     def item_vectors(self) -> Tensor:
+        if self.item_features is not None:
+            return self._item_rows(torch.arange(self.num_items, device=self.item_factors.device))
         if self.item_bias is None:
             return self.item_factors
         return torch.cat([self.item_factors, torch.ones_like(self.item_bias), self.item_bias], 1)
 
     def _item_rows(self, items: Tensor) -> Tensor:
         """`item_vectors()[items]`, gathering only those rows."""
-        item_vectors = self.rows(self.item_factors, items)
-        if self.item_bias is None:
+        item_vectors, item_bias = self._side(items, self.item_factors, self.item_bias, self.item_features)
+        if item_bias is None:
             return item_vectors
-        return torch.cat([item_vectors, torch.ones_like(item_vectors[:, :1]), self.rows(self.item_bias, items)], 1)
+        return torch.cat([item_vectors, torch.ones_like(item_vectors[:, :1]), item_bias], 1)
 
     def embedding_tables(self) -> dict[str, tuple[Tensor, Tensor]]:
         return {"factors": (self.user_factors, self.item_factors)}

@@ -31,6 +31,7 @@ from recsys_lightning.validation import (
 )
 
 CSV_COLUMNS = ["user_id", "rank", "item_id", "score", "source"]  # an export's header, by which output= knows our own files
+TWO_STAGE_CSV_COLUMNS = [*CSV_COLUMNS, "retrieval_score"]  # a two-stage export's: score is the re-ranker's
 
 SERVING_RULES: dict[str, Rule] = {
     "checkpoint": TEXT,
@@ -50,6 +51,9 @@ SERVING_RULES: dict[str, Rule] = {
     "faiss.nlist": optional(integer(1)),  # at most the item count: open_or_build checks that, knowing it
     "faiss.nprobe": integer(1),
     "faiss.path": optional(TEXT),
+    "retrieval.run_dir": optional(TEXT),
+    "retrieval.candidates": integer(1),
+    "retrieval.index": Choice(("model", "faiss")),
 }
 
 
@@ -58,10 +62,27 @@ def check_serving_config(cfg: DictConfig) -> None:
     check_run_dir_given(cfg)
     check_rules(cfg, SERVING_RULES)
     check_cuda_available("device", cfg.device)
+    _check_retrieval(cfg)
     if cfg.output is not None:
         if cfg.users is None:
             raise ConfigError(f"output={shown(cfg.output)} is written only in batch mode: add users=all or users=[<ids>], or drop output")
         _check_output_file(str(cfg.output))
+
+
+def _check_retrieval(cfg: DictConfig) -> None:
+    """Two stages re-rank recommendations only, and FAISS can serve their first stage, not the second."""
+    if cfg.retrieval.run_dir is None:
+        if cfg.retrieval.index != "model":
+            raise ConfigError(f"retrieval.index={shown(cfg.retrieval.index)} needs retrieval.run_dir=<the retriever's run folder>")
+        return
+    for action in ("item_id", "similar_users"):
+        if cfg.get(action) is not None:
+            raise ConfigError(f"{action} is answered by run_dir's model alone; drop retrieval.run_dir (it re-ranks user_id and users)")
+    if cfg.index != "model":
+        raise ConfigError(
+            f"index={shown(cfg.index)} would rank the whole catalogue with run_dir's model; with retrieval.run_dir it "
+            "scores only the candidates: search the retriever's index with retrieval.index=faiss"
+        )
 
 
 def _check_output_file(output: str) -> None:
@@ -81,7 +102,7 @@ def _check_output_file(output: str) -> None:
 
 
 def _is_our_export(path: Path) -> bool:
-    """A regular file whose first line is recommend's CSV header; only its first bytes are read, and a
+    """A regular file whose first line is one of recommend's CSV headers; only its first bytes are read, and a
     FIFO or device (which could block or never end) is never opened."""
     if not path.is_file():
         return False
@@ -91,4 +112,4 @@ def _is_our_export(path: Path) -> bool:
     except OSError:
         return False
     first_line, newline, _ = head.partition(b"\n")
-    return bool(newline) and first_line.rstrip(b"\r") == ",".join(CSV_COLUMNS).encode()
+    return bool(newline) and first_line.rstrip(b"\r") in {",".join(columns).encode() for columns in (CSV_COLUMNS, TWO_STAGE_CSV_COLUMNS)}

@@ -18,8 +18,9 @@ from recsys_lightning.data.catalogue import PARTS
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.errors import ConfigError, UnknownId, quote
 from recsys_lightning.ranking import hits, top_k_unseen
-from recsys_lightning.serving.checkpoint import TrainedRun
 from recsys_lightning.serving.vector_index import ItemVectorIndex
+from recsys_lightning.trained_run import TrainedRun
+from recsys_lightning.two_stage import rerank_scores
 
 UNKNOWN = -1
 ITEM_ITEM = "item-item"  # the `embedding` of neighbours found in a model's item-item matrix (itemknn, ease)
@@ -28,12 +29,14 @@ ITEM_ITEM = "item-item"  # the `embedding` of neighbours found in a model's item
 @dataclass(frozen=True)
 class Recommendations:
     """Per requested user: `items` and `scores` [B, k] (score -inf where fewer than k items were left),
-    and `fallback` [B], True where the popularity ranking answered instead of the model."""
+    and `fallback` [B], True where the popularity ranking answered instead of the model. Two stages add
+    `retrieval_scores` [B, k], the retriever's scores of the same items (`scores` are the re-ranker's)."""
 
     users: Tensor
     items: Tensor
     scores: Tensor
     fallback: Tensor
+    retrieval_scores: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,11 @@ class RecommendationService:
         self.min_history = min_history
         self.chunk_size = chunk_size
         self.index = index
+
+    @property
+    def ranking(self) -> str:
+        """What ranked the answer and what its scores are, for a heading."""
+        return f"{self.run.model_name}, scores are the model's"
 
     def user_indices(self, raw_user_ids: Sequence[Any]) -> Tensor:
         """The catalogue index of each raw user id, UNKNOWN where the run never saw the id."""
@@ -170,6 +178,47 @@ class RecommendationService:
         if name not in tables:
             raise ConfigError(f"embedding={name!r}: {self.run.model_name} has {', '.join(tables)}")
         return name, tables[name]
+
+
+class TwoStageService(RecommendationService):
+    """Recommends in two stages: `retrieval` (a service of the retriever run, exact or FAISS) proposes each
+    user's `candidates` best unseen items, and this run's model scores those and nothing else.
+
+    Both runs share one catalogue (the caller checks it), so they agree on seen items and on who falls
+    back to popularity: a fallback user keeps the retriever's popular items, as one stage would give.
+    """
+
+    def __init__(
+        self,
+        run: TrainedRun,
+        retrieval: RecommendationService,
+        candidates: int,
+        exclude: Sequence[str] = PARTS,
+        min_history: int = 1,
+        chunk_size: int = 1024,
+    ) -> None:
+        super().__init__(run, exclude, min_history, chunk_size)
+        self.retrieval = retrieval
+        self.candidates = candidates
+
+    @property
+    def ranking(self) -> str:
+        retriever = self.retrieval.run.model_name
+        return (
+            f"{self.run.model_name} re-ranking the top {self.candidates} of {retriever}; "
+            f"score is {self.run.model_name}'s, retrieval_score {retriever}'s"
+        )
+
+    def recommend(self, users: Tensor, k: int) -> Recommendations:
+        proposed = self.retrieval.recommend(users, self.candidates)
+        scores = proposed.scores.clone()
+        personal = torch.nonzero(~proposed.fallback).flatten()
+        if len(personal):
+            scores[personal] = rerank_scores(self.model, users[personal], proposed.items[personal], proposed.scores[personal])
+        best_scores, positions = scores.topk(min(k, self.candidates), dim=1)
+        items, best_scores = _padded(proposed.items.gather(1, positions), best_scores, k)
+        retrieval_scores = _padded(positions, proposed.scores.gather(1, positions), k)[1]
+        return Recommendations(users, items, best_scores, proposed.fallback, retrieval_scores)
 
 
 def _cosine_neighbours(table: Tensor, row: int, k: int, name: str) -> Neighbours:

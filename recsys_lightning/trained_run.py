@@ -1,4 +1,8 @@
-"""Rebuild a checkpoint's model and catalogue for serving, building nothing its recorded config has not passed."""
+"""Rebuild a checkpoint's model and catalogue, building nothing its recorded config has not passed.
+
+Serving, evaluate and training (a retriever's candidates for `sampler=retrieved`) all load a trained
+run this way, so it sits below serving: training must not import serving.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 
 import torch
 
-from recsys_lightning.checkpoint_file import CATALOGUE_KEY, catalogue_from_checkpoint, load_checkpoint
+from recsys_lightning.checkpoint_file import CATALOGUE_KEY, catalogue_from_checkpoint, first_non_finite, load_checkpoint
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.errors import ConfigError, first_line
 from recsys_lightning.models.base import Recommender, build_recommender
@@ -48,7 +52,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
         model.load_state_dict(weights)
     except RuntimeError as error:
         raise ConfigError(f"{path}: its weights do not fit its model config ({first_line(error)})") from error
-    broken = next((name for name, value in weights.items() if value.is_floating_point() and not torch.isfinite(value).all()), None)
+    broken = first_non_finite(weights)
     if broken is not None:
         raise ConfigError(f"{path}: its weight model.{broken} holds NaN or infinite values; serve another checkpoint of the run")
     model.to(device).eval()
