@@ -51,7 +51,7 @@ def test_multirun_writes_sorted_summary_with_failed_run_as_row(tmp_path):
     assert (finished["test/ndcg@10"] > 0).all() and (finished["train_seconds"] > 0).all()
     failed = summary[summary["error"].notna()]
     assert failed["run"].tolist() == ["3_mf-bce-in_batch_trainer.limit_train_batches=3,trainer.max_epochs=1"]
-    assert "use sampler=hard or sampler=popularity or sampler=shared_pool or sampler=uniform" in failed["error"].item()
+    assert "use sampler=hard or sampler=popularity or sampler=retrieved or sampler=shared_pool or sampler=uniform" in failed["error"].item()
     assert summary.index[summary["error"].notna()].tolist() == [3]  # failures sort last
     assert (sweep_dir / "summary.md").read_text() == to_markdown(summarise_sweep(sweep_dir))
     assert "Sweep summary" in result.stdout

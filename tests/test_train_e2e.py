@@ -34,6 +34,6 @@ def test_bad_config_fails_in_one_line_and_writes_no_metrics(tmp_path):
     result = run_module("recsys_lightning.train", "data.split=random", "debug=quick", f"paths.output_dir={tmp_path}")
     assert result.returncode == 1
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert error_lines == ["error: data.split=random: must be one of ratio, leave_one_out, temporal"]
+    assert error_lines == ["error: data.split=random: must be one of ratio, leave_one_out, temporal, cold_items"]
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.glob("**/metrics.json"))
