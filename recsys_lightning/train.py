@@ -27,6 +27,7 @@ from recsys_lightning.build import build_module, plain
 from recsys_lightning.callbacks import TrainingTime
 from recsys_lightning.checkpoint_file import load_checkpoint
 from recsys_lightning.config import register_resolvers
+from recsys_lightning.console import quiet_library_noise, run_summary
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, RunInterrupted, exit_with_message, first_line
 from recsys_lightning.module import RecommenderModule
@@ -38,6 +39,7 @@ from recsys_lightning.validation import check_training_config
 
 log = logging.getLogger(__name__)
 register_resolvers()
+quiet_library_noise()
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -116,7 +118,7 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
     if trainer.is_global_zero:
         with atomic_file(run_folder.path / "metrics.json") as handle:
             json.dump(metrics, handle, indent=2, sort_keys=True)
-        log.info("metrics: %s", json.dumps(metrics, indent=None))
+        print(run_summary(metrics, str(cfg.monitor.metric), list(cfg.eval.ks), run_folder.path), flush=True)
     return metrics
 
 

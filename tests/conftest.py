@@ -24,6 +24,8 @@ def movielens_run(tmp_path_factory) -> Path:
         "recsys_lightning.train", "trainer.max_epochs=3", "callbacks.progress_bar.refresh_rate=0", f"paths.output_dir={output_dir}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    (output_dir / "stdout.txt").write_text(result.stdout)  # what the user saw, for the console tests
+    (output_dir / "stderr.txt").write_text(result.stderr)
     run_dirs = [path.parent for path in output_dir.glob("runs/*/*/.hydra")]
     assert len(run_dirs) == 1, run_dirs
     return run_dirs[0]

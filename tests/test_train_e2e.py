@@ -30,6 +30,21 @@ def test_three_epochs_on_movielens_write_sane_metrics(movielens_run):
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
 
+def test_the_console_ends_with_a_table_and_shows_no_library_noise(movielens_run):
+    output_dir = movielens_run.parents[2]
+    stdout, stderr = (output_dir / "stdout.txt").read_text(), (output_dir / "stderr.txt").read_text()
+    metrics = json.loads((movielens_run / "metrics.json").read_text())
+    last = stdout.rstrip().splitlines()[-6:]
+    assert last[0].split() == ["val", "test"]
+    assert last[1].split() == ["ndcg@10", f"{metrics['val/ndcg@10']:.4f}", f"{metrics['test/ndcg@10']:.4f}"]
+    assert last[2].split()[0] == "recall@10"
+    assert last[3].startswith(f"best epoch {metrics['best_epoch']} of {metrics['epochs']}")
+    assert last[4].startswith("run folder: ") and last[4].endswith(movielens_run.name)
+    assert last[5].startswith("next: ") and "tensorboard --logdir" in last[5]
+    for noise in ("Tip:", "litlogger", "LeafSpec", "Seed set to", "Restoring states", "Loaded model weights"):
+        assert noise not in stdout + stderr, noise
+
+
 def test_bad_config_fails_in_one_line_and_writes_no_metrics(tmp_path):
     result = run_module("recsys_lightning.train", "data.split=random", "debug=quick", f"paths.output_dir={tmp_path}")
     assert result.returncode == 1

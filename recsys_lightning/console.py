@@ -1,0 +1,63 @@
+"""What a run prints: library noise the user cannot act on is dropped, and a run ends with a short table.
+
+The table is the last thing a run prints (metrics.json keeps every figure): the judged metric, NDCG and
+recall at the first cut-off, for validation and test, the best epoch, the training time, the run folder
+and the command that opens it in TensorBoard.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# Lightning's advertisement, its seed echo (a derived seed, not the user's) and the checkpoint restores
+# it announces for validating and testing the best checkpoint, which the table reports instead.
+_NOISE = ("💡 Tip:", "Seed set to", "Restoring states from the checkpoint path", "Loaded model weights from the checkpoint")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_NOISE)
+
+
+def quiet_library_noise() -> None:
+    """Once per process, before a Trainer exists. torch's LeafSpec deprecation fires inside Lightning on
+    every fit (a library-internal call, nothing a user can change)."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, _DropNoise) for existing in logger.filters):
+            logger.addFilter(_DropNoise())
+
+
+def run_summary(metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run_dir: str | Path) -> str:
+    """The closing table of a run: rows for the monitored metric and NDCG/recall at the first K."""
+    names = list(dict.fromkeys([monitor.removeprefix("val/"), f"ndcg@{ks[0]}", f"recall@{ks[0]}"]))
+    rows = [name for name in names if f"val/{name}" in metrics or f"test/{name}" in metrics]
+    width = max(len(name) for name in rows)
+
+    def shown(key: str) -> str:
+        value = metrics.get(key)
+        return f"{value:>8.4f}" if isinstance(value, (int, float)) else f"{'-':>8}"
+
+    lines = [f"{'':{width}}  {'val':>8}  {'test':>8}"]
+    lines += [f"{name:{width}}  {shown('val/' + name)}  {shown('test/' + name)}" for name in rows]
+    lines.append(f"best epoch {metrics.get('best_epoch')} of {metrics.get('epochs')}, {metrics.get('train_seconds')} s training")
+    folder = _relative(run_dir)
+    lines.append(f"run folder: {folder}")
+    lines.append(f"next: {_relative(Path(sys.executable).parent / 'tensorboard')} --logdir {folder}")
+    return "\n".join(lines)
+
+
+def _relative(path: str | Path) -> str:
+    """Relative to the working directory when inside it: what a user would type."""
+    absolute = Path(path).absolute()
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return os.fspath(absolute)
