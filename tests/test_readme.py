@@ -1,0 +1,67 @@
+"""Every command the README shows runs as written after its install line: each entry-point command
+composes (Hydra's `--cfg job` check, in process), and the training ones pass the config checks a run
+makes before loading data; the tools it names exist in the virtual environment."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from recsys_lightning.validation import check_training_config
+
+from helpers import ROOT, compose_config, training_config
+
+ENTRY = re.compile(r"^(?:srun )?\.venv/bin/python -m recsys_lightning\.(train|recommend|evaluate) ?(.*)$")
+NEEDS_FILES = ("pretrained_from=", "data.path=", "data.train_path=", "trainer=ddp")  # files or GPUs a test machine lacks
+
+
+def readme_commands() -> list[str]:
+    """Lines of the README's bash blocks, comments cut."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def entry_commands() -> list[str]:
+    return [line for line in readme_commands() if ENTRY.match(line) and "<" not in line]
+
+
+def test_every_command_uses_the_virtual_environment():
+    """The install line does not activate .venv, so a bare `python` or `tensorboard` would not find the project."""
+    bare = [line for line in readme_commands() if re.match(r"^(srun )?(python|tensorboard|pip)\b", line)]
+    assert bare == []
+    tools = {Path(word).name for line in readme_commands() for word in line.split() if word.startswith(".venv/bin/")}
+    assert {"python", "tensorboard", "pip"} <= tools
+    for tool in tools:
+        assert (Path(sys.executable).parent / tool).exists(), tool
+
+
+@pytest.mark.parametrize("line", entry_commands())
+def test_readme_command_composes(line, tmp_path):
+    entry, rest = ENTRY.match(line).groups()
+    words = [
+        word.replace("$RUN", str(tmp_path)).replace("$RERANKER", str(tmp_path)).replace("$RETRIEVER", str(tmp_path))
+        for word in shlex.split(rest)
+    ]
+    sweep = "-m" in words
+    # a sweep composes as each of its jobs: the first value of every swept key stands for the rest
+    overrides = [re.sub(r"=([^\[,]+),.*$", r"=\1", word) if sweep else word for word in words if word != "-m"]
+    if entry != "train":
+        compose_config(entry, *overrides)
+        return
+    cfg = training_config(*overrides, run_dir=tmp_path / "run", return_hydra_config=True)
+    if not any(word.startswith(NEEDS_FILES) for word in overrides):
+        check_training_config(cfg)
+
+
+def test_the_commands_are_found():
+    """The extraction itself: the README's main job, a sweep, serving and evaluation are all among them."""
+    commands = entry_commands()
+    assert ".venv/bin/python -m recsys_lightning.train" in commands
+    assert any(" -m model=" in line for line in commands)
+    assert any("recsys_lightning.recommend" in line for line in commands) and any("recsys_lightning.evaluate" in line for line in commands)
+    assert len(commands) > 25
