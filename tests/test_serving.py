@@ -141,6 +141,7 @@ def test_faiss_through_the_entry_point_and_saved_index(movielens_run, tmp_path):
     serve(compose_config("recommend", f"run_dir={movielens_run}", "user_id=42"), by_model)
     assert built.returncode == 0, built.stderr[-2000:]
     assert "wrote the flat index" in built.stderr
+    assert "searched with a FAISS flat index" in built.stdout.splitlines()[0]  # the heading says FAISS answered
     assert [row[1] for row in table_rows(built.stdout)] == [row[1] for row in table_rows(by_model.getvalue())]
     assert ItemVectorIndex.load(saved).num_items == 1682
     assert pd.read_csv(f"{saved}.items.csv")["item_id"].tolist()[:3] == [1, 2, 3]
@@ -148,6 +149,7 @@ def test_faiss_through_the_entry_point_and_saved_index(movielens_run, tmp_path):
     assert "loaded the flat index" in reused.stderr and reused.stdout == built.stdout
     other_settings = recommend_cli(movielens_run, "user_id=42", "index=faiss", "faiss.kind=ivf", "faiss.nlist=8", f"faiss.path={saved}")
     assert "wrote the ivf index" in other_settings.stderr
+    assert "a FAISS IVF index (nprobe 16)" in other_settings.stdout.splitlines()[0]
 
 
 @pytest.mark.slow

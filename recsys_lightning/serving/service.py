@@ -74,6 +74,8 @@ class RecommendationService:
     @property
     def ranking(self) -> str:
         """What ranked the answer and what its scores are, for a heading."""
+        if self.index is not None:
+            return f"{self.run.model_name} searched with {self.index.description}, scores are inner products"
         return f"{self.run.model_name}, scores are the model's"
 
     def user_indices(self, raw_user_ids: Sequence[Any]) -> Tensor:
@@ -147,7 +149,7 @@ class RecommendationService:
             ids = catalogue.item_ids if kind == "item" else catalogue.user_ids
             raise UnknownId(
                 f"{kind} id {quote(raw_id)} is not in this run's data ({len(ids)} {kind}s, ids such as {quote(ids[0])}, "
-                f"{quote(ids[-1])}); similar {kind}s need the id of a {kind} the model was trained on"
+                f"{quote(ids[-1])}); similar {kind}s need the id of {'an' if kind == 'item' else 'a'} {kind} the model was trained on"
             )
         return index
 

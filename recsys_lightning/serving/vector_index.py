@@ -80,6 +80,13 @@ class ItemVectorIndex:
         return cls(index, nprobe)
 
     @property
+    def description(self) -> str:
+        """What searched, for a heading: 'a FAISS flat index' or 'a FAISS IVF index (nprobe 16)'."""
+        if hasattr(self.index, "nprobe"):
+            return f"a FAISS IVF index (nprobe {self.index.nprobe})"
+        return "a FAISS flat index"
+
+    @property
     def num_items(self) -> int:
         return self.index.ntotal
 
