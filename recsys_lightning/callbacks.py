@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import sys
 import time
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
 
 from recsys_lightning.errors import ConfigError, TrainingDiverged
+
+log = logging.getLogger(__name__)
 
 
 class TrainingTime(pl.Callback):
@@ -100,3 +105,49 @@ class Throughput(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         module.log("train/samples_per_second", self.samples / (time.perf_counter() - self.started), sync_dist=True)
+
+
+class EpochLog(pl.Callback):
+    """One line per epoch in the run's log (train.log, and the console): epoch, train loss, the monitored
+    metric when the epoch validated, seconds. A run's progress stays readable in a file, where a progress
+    bar is off (TerminalProgressBar).
+
+    A line is written when the next epoch starts (or fit ends): Lightning hands an epoch's loss and
+    validation metrics to the trainer only after the callbacks' own epoch-end hooks have run.
+    """
+
+    def __init__(self, monitor: str = "val/ndcg@10") -> None:
+        self.monitor = monitor
+        self._epoch: int | None = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._write(trainer)
+        self._epoch, self._started, self._validated = trainer.current_epoch, time.perf_counter(), False
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
+
+    def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._write(trainer)
+
+    def _write(self, trainer: pl.Trainer) -> None:
+        if self._epoch is None or not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        parts = [f"epoch {self._epoch}"]
+        if "train/loss" in metrics:
+            parts.append(f"train/loss {float(metrics['train/loss']):.4f}")
+        if self._validated and self.monitor in metrics:
+            parts.append(f"{self.monitor} {float(metrics[self.monitor]):.4f}")
+        parts.append(f"{time.perf_counter() - self._started:.1f} s")
+        log.info(", ".join(parts))
+        self._epoch = None
+
+
+class TerminalProgressBar(TQDMProgressBar):
+    """Lightning's progress bar in a terminal, off when stderr is a file or a pipe: there every refresh
+    becomes a line (125 KB for a 20 s run), and EpochLog's lines say the same once per epoch."""
+
+    def __init__(self, refresh_rate: int = 5, **kwargs: Any) -> None:
+        super().__init__(refresh_rate=refresh_rate if sys.stderr.isatty() else 0, **kwargs)

@@ -1,5 +1,6 @@
 """The callbacks' per-batch hooks read what Lightning hands them: a loss in a dict, or nothing for a skipped step."""
 
+import sys
 import types
 
 import pytest
@@ -23,3 +24,12 @@ def test_nonfinite_loss_guard_skips_steps_without_a_loss_and_still_stops_at_the_
     guard.on_train_batch_end(run, MODULE, None, None, 2)
     with pytest.raises(TrainingDiverged, match="the loss became nan at epoch 0, batch 0"):
         guard.on_train_batch_end(run, MODULE, torch.tensor(1.0), None, 3)
+
+
+def test_the_progress_bar_shows_only_in_a_terminal(monkeypatch):
+    from recsys_lightning.callbacks import TerminalProgressBar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert TerminalProgressBar(refresh_rate=5).is_disabled
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert TerminalProgressBar(refresh_rate=5).refresh_rate == 5

@@ -1,6 +1,7 @@
 """`python -m recsys_lightning.train` as a user runs it, on real MovieLens-100K (fetched once into data/)."""
 
 import json
+import re
 
 import pytest
 
@@ -43,6 +44,14 @@ def test_the_console_ends_with_a_table_and_shows_no_library_noise(movielens_run)
     assert last[5].startswith("next: ") and "tensorboard --logdir" in last[5]
     for noise in ("Tip:", "litlogger", "LeafSpec", "Seed set to", "Restoring states", "Loaded model weights"):
         assert noise not in stdout + stderr, noise
+
+
+def test_train_log_has_one_line_per_epoch(movielens_run):
+    log = (movielens_run / "train.log").read_text()
+    epochs = re.findall(r"epoch (\d+), train/loss \d+\.\d{4}, val/ndcg@10 (\d\.\d{4}), \d+\.\d s$", log, flags=re.M)
+    assert [int(epoch) for epoch, _ in epochs] == [0, 1, 2]
+    best = json.loads((movielens_run / "metrics.json").read_text())["best_epoch"]
+    assert max(float(ndcg) for _, ndcg in epochs) == float(epochs[best][1])
 
 
 def test_bad_config_fails_in_one_line_and_writes_no_metrics(tmp_path):
