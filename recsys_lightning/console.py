@@ -29,6 +29,7 @@ def quiet_library_noise() -> None:
     """Once per process, before a Trainer exists. torch's LeafSpec deprecation fires inside Lightning on
     every fit (a library-internal call, nothing a user can change)."""
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's storage layer: "setup plugin ..." x 7 per sweep
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed"):
         logger = logging.getLogger(name)
         if not any(isinstance(existing, _DropNoise) for existing in logger.filters):
