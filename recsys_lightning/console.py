@@ -11,18 +11,26 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# Lightning's advertisement, its seed echo (a derived seed, not the user's) and the checkpoint restores
-# it announces for validating and testing the best checkpoint, which the table reports instead.
-_NOISE = ("💡 Tip:", "Seed set to", "Restoring states from the checkpoint path", "Loaded model weights from the checkpoint")
+# Lightning's advertisement and its seed echo (a derived seed, not the user's).
+_NOISE = ("💡 Tip:", "Seed set to")
+# What Lightning announces each time it loads a checkpoint: worth a line when a run resumes, not for
+# the validation and test of the best checkpoint after fit, which the closing table reports.
+_RESTORES = ("Restoring states from the checkpoint path", "Loaded model weights from the checkpoint")
+_LIGHTNING = "pytorch_lightning.utilities.rank_zero"
 
 
 class _DropNoise(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...] = _NOISE) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(_NOISE)
+        return not str(record.msg).startswith(self.prefixes)
 
 
 def quiet_library_noise() -> None:
@@ -30,10 +38,21 @@ def quiet_library_noise() -> None:
     every fit (a library-internal call, nothing a user can change)."""
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's storage layer: "setup plugin ..." x 7 per sweep
-    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed"):
+    for name in (_LIGHTNING, "lightning_fabric.utilities.seed"):
         logger = logging.getLogger(name)
         if not any(isinstance(existing, _DropNoise) for existing in logger.filters):
             logger.addFilter(_DropNoise())
+
+
+@contextmanager
+def without_restore_messages() -> Iterator[None]:
+    """Around validating and testing the best checkpoint after fit."""
+    restores = _DropNoise(_RESTORES)
+    logging.getLogger(_LIGHTNING).addFilter(restores)
+    try:
+        yield
+    finally:
+        logging.getLogger(_LIGHTNING).removeFilter(restores)
 
 
 def run_summary(metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run_dir: str | Path) -> str:

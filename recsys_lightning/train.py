@@ -27,7 +27,7 @@ from recsys_lightning.build import build_module, plain
 from recsys_lightning.callbacks import TrainingTime
 from recsys_lightning.checkpoint_file import load_checkpoint
 from recsys_lightning.config import register_resolvers
-from recsys_lightning.console import quiet_library_noise, run_summary
+from recsys_lightning.console import quiet_library_noise, run_summary, without_restore_messages
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, RunInterrupted, exit_with_message, first_line
 from recsys_lightning.module import RecommenderModule
@@ -84,10 +84,11 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
         train_seconds = clock.seconds if clock else time.perf_counter() - fit_start
         best_checkpoint = _best_checkpoint(trainer, run_folder, resume_from)
         metrics: dict[str, Any] = {}
-        trainer.validate(module, datamodule=datamodule, ckpt_path=best_checkpoint, verbose=False, weights_only=True)
-        metrics.update({name: value.item() for name, value in trainer.callback_metrics.items() if name.startswith("val/")})
-        if cfg.run_test and datamodule.has_test:
-            metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best_checkpoint, verbose=False, weights_only=True)[0])
+        with without_restore_messages():
+            trainer.validate(module, datamodule=datamodule, ckpt_path=best_checkpoint, verbose=False, weights_only=True)
+            metrics.update({name: value.item() for name, value in trainer.callback_metrics.items() if name.startswith("val/")})
+            if cfg.run_test and datamodule.has_test:
+                metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best_checkpoint, verbose=False, weights_only=True)[0])
     except SIGTERMException as stop:
         raise RunInterrupted(_how_to_resume(trainer, run_folder, "SIGTERM")) from stop
     except SystemExit as stop:  # Lightning ends a Ctrl-C with sys.exit(1) after its graceful shutdown

@@ -373,7 +373,9 @@ def check_monitors(cfg: DictConfig) -> None:
     for (key, mode_key), valid in monitors.items():
         name = config_value(cfg, key)
         if name not in valid:
-            missing.setdefault(str(name), ([], valid))[0].append(key)
+            keys = missing.setdefault(str(name), ([], valid))[0]
+            if key not in keys:  # e.g. callbacks.epoch_log.monitor (no mode) also follows monitor.metric
+                keys.append(key)
             continue
         mode = config_value(cfg, mode_key) if mode_key else None
         if mode == "max" and name in lower:
