@@ -9,18 +9,16 @@ A nested mapping, a Hydra directive (`_args_`, `_recursive_`, ...) or an interpo
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from recsys_lightning.config import PROJECT_ROOT
 from recsys_lightning.errors import ConfigError, quote
-from recsys_lightning.validation import TRAINING_RULES
+from recsys_lightning.validation import TRAINING_RULES, argument_names
 
 TARGET, PARTIAL = "_target_", "_partial_"
 PARTIAL_GROUPS = ("optimizer", "scheduler")  # the module supplies their first argument (parameters, optimizer)
@@ -82,20 +80,6 @@ def checked_component(group: str, node: Any, source: str) -> dict[str, Any]:
         checked[key] = checked_value(value, f"{where}.{key}")
     _check_ranges(group, checked, where)
     return checked
-
-
-def argument_names(target: str) -> frozenset[str] | None:
-    """Keyword arguments `target`'s constructor takes, following `**kwargs` up the class hierarchy;
-    None when some constructor takes any keyword (nothing to check names against)."""
-    names: set[str] = set()
-    for klass in get_class(target).__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
-        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            return frozenset(names)
-    return None
 
 
 def _check_ranges(group: str, checked: dict[str, Any], where: str) -> None:

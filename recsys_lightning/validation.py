@@ -10,6 +10,7 @@ eval.ks makes, loss against sampler, folders against files.
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 import re
 from dataclasses import dataclass
@@ -292,6 +293,7 @@ EVALUATE_RULES: dict[str, Rule] = {
 
 def check_training_config(cfg: DictConfig) -> None:
     """Everything `train` can check without data: the entry point calls it first."""
+    check_known_keys(cfg)
     check_rules(cfg, TRAINING_RULES)
     check_monitors(cfg)
     check_loss_and_sampler(cfg)
@@ -300,6 +302,45 @@ def check_training_config(cfg: DictConfig) -> None:
     for key in ("paths.data_dir", "paths.run_dir"):
         check_folder_path(key, config_value(cfg, key))
     _check_pretrained_runs(config_value(cfg, "pretrained_from"))
+
+
+# Keys Hydra's instantiate reads itself, never passed to the constructor.
+_INSTANTIATE_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """A key the group's class does not take (`+trainer.max_epoch=3`, or a preset's `model.features`
+    kept after `model=popularity`) is one line naming the closest valid key, before any data is loaded;
+    otherwise the constructor's TypeError comes after the data, with an empty run folder left behind."""
+    for group in ("data", "model", "loss", "sampler", "optimizer", "trainer"):
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or not isinstance(node.get("_target_"), str):
+            continue
+        accepted = argument_names(node._target_)
+        if accepted is None:
+            continue
+        unknown = sorted(set(node.keys()) - _INSTANTIATE_KEYS - accepted)
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, sorted(accepted), n=1)
+            settable = sorted(name for name in accepted if not name.startswith("num_"))  # sizes come from the data
+            hint = f"did you mean {group}.{close[0]}?" if close else f"it takes {', '.join(settable)[:300] or 'none'}"
+            owner = node._target_.rsplit(".", 1)[-1]
+            raise ConfigError(f"{group}.{key}: {owner} has no such setting; {hint}")
+
+
+def argument_names(target: str) -> frozenset[str] | None:
+    """Keyword arguments `target`'s constructor takes, following `**kwargs` up the class hierarchy;
+    None when some constructor takes any keyword (nothing to check names against)."""
+    names: set[str] = set()
+    for klass in get_class(target).__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return frozenset(names)
+    return None
 
 
 def check_evaluate_config(cfg: DictConfig) -> None:

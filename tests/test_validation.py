@@ -393,3 +393,20 @@ def test_recommend_without_run_dir_is_one_line():
         1,
         "error: run_dir is not set: set run_dir=<a training run folder>, e.g. run_dir=outputs/runs/<date>/<time>_<name>",
     )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["+trainer.max_epoch=3"], "trainer.max_epoch: Trainer has no such setting; did you mean trainer.max_epochs?"),
+        (["+model.dimm=8"], "model.dimm: MatrixFactorization has no such setting; did you mean model.dim?"),
+        (
+            ["+loss.temprature=0.5", "loss=softmax"],
+            "loss.temprature: SampledSoftmaxLoss has no such setting; did you mean loss.temperature?",
+        ),
+        # a preset's key kept after swapping the model it was meant for
+        (["experiment=ml100k_cold_items", "model=popularity"], "model.features: Popularity has no such setting; it takes sparse_gradients"),
+    ],
+)
+def test_a_key_the_class_does_not_take_is_named_with_the_closest_one(overrides, message):
+    assert refused(check_training_config, training_config(*overrides)) == message
