@@ -82,16 +82,37 @@ def test_bce_validation_scores_held_out_positives_against_unseen_negatives():
     )
     confident = torch.full((2, 5), -10.0)
     confident[chunk.heldout_rows, chunk.heldout_items] = 10.0
-    # Excluded items score high: if one were drawn as a negative, accuracy would drop below 1.
+    # Excluded items score high: if one were drawn as a negative, AUC would drop below 1.
     confident[chunk.exclude_rows, chunk.exclude_items] = 50.0
     metric = PointwiseMetrics()
     metric.update(confident, chunk, chunk_seed=0)
-    assert metric.compute()["accuracy"].item() == 1.0
+    assert metric.compute()["auc"].item() == 1.0
     assert metric.compute()["bce"].item() == pytest.approx(math.log1p(math.exp(-10.0)), rel=1e-2)  # float32
     metric.reset()
     metric.update(-confident.clamp(max=10.0), chunk, chunk_seed=0)
-    assert metric.compute()["accuracy"].item() == 0.0
+    assert metric.compute()["auc"].item() == 0.0
     assert metric.compute()["bce"].item() == pytest.approx(10.0, rel=1e-3)
+
+
+def test_auc_needs_no_threshold_and_counts_ties_half():
+    """All logits below 0 (a model trained with 4 negatives per positive) once read accuracy 0.5; AUC
+    still sees the order. Hand-computed: user 0's positives 1 (-1) and 2 (-6) each against an unseen item
+    scoring -5; user 1's positive 3 (-2) against unseen items that all score -2 too (a tie)."""
+    chunk = RankingChunk(
+        users=torch.tensor([0, 1]),
+        exclude_rows=torch.tensor([0, 1]),
+        exclude_items=torch.tensor([4, 0]),
+        heldout_rows=torch.tensor([0, 0, 1]),
+        heldout_items=torch.tensor([1, 2, 3]),
+        heldout_ratings=torch.ones(3),
+    )
+    scores = torch.full((2, 5), -5.0)
+    scores[0, 1], scores[0, 2], scores[1, 3] = -1.0, -6.0, -2.0
+    scores[1, 1], scores[1, 2], scores[1, 4] = -2.0, -2.0, -2.0  # user 1's only candidates tie with its positive
+    metric = PointwiseMetrics()
+    metric.update(scores, chunk, chunk_seed=0)
+    # user 0: -1 > -5 (1), -6 < -5 (0); user 1: tie (0.5) -> (1 + 0 + 0.5) / 3
+    assert metric.compute()["auc"].item() == pytest.approx(0.5)
 
 
 SPARSE_ADAM = {"_target_": "torch.optim.SparseAdam", "_partial_": True, "lr": 0.05}
