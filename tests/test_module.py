@@ -71,8 +71,9 @@ def test_mse_validation_reports_rmse_and_mae_of_held_out_ratings(tmp_path):
     assert trainer.callback_metrics["val/mae"].item() == pytest.approx(errors.abs().mean().item(), rel=1e-4)
 
 
-def test_bce_validation_scores_held_out_positives_against_unseen_negatives():
-    chunk = RankingChunk(
+def two_user_chunk() -> RankingChunk:
+    """Two users of a 5-item catalogue: user 0 holds out items 1 and 2 (has seen 4), user 1 holds out 3 (has seen 0)."""
+    return RankingChunk(
         users=torch.tensor([0, 1]),
         exclude_rows=torch.tensor([0, 1]),
         exclude_items=torch.tensor([4, 0]),
@@ -80,6 +81,10 @@ def test_bce_validation_scores_held_out_positives_against_unseen_negatives():
         heldout_items=torch.tensor([1, 2, 3]),
         heldout_ratings=torch.ones(3),
     )
+
+
+def test_bce_validation_scores_held_out_positives_against_unseen_negatives():
+    chunk = two_user_chunk()
     confident = torch.full((2, 5), -10.0)
     confident[chunk.heldout_rows, chunk.heldout_items] = 10.0
     # Excluded items score high: if one were drawn as a negative, AUC would drop below 1.
@@ -98,14 +103,7 @@ def test_auc_needs_no_threshold_and_counts_ties_half():
     """All logits below 0 (a model trained with 4 negatives per positive) once read accuracy 0.5; AUC
     still sees the order. Hand-computed: user 0's positives 1 (-1) and 2 (-6) each against an unseen item
     scoring -5; user 1's positive 3 (-2) against unseen items that all score -2 too (a tie)."""
-    chunk = RankingChunk(
-        users=torch.tensor([0, 1]),
-        exclude_rows=torch.tensor([0, 1]),
-        exclude_items=torch.tensor([4, 0]),
-        heldout_rows=torch.tensor([0, 0, 1]),
-        heldout_items=torch.tensor([1, 2, 3]),
-        heldout_ratings=torch.ones(3),
-    )
+    chunk = two_user_chunk()
     scores = torch.full((2, 5), -5.0)
     scores[0, 1], scores[0, 2], scores[1, 3] = -1.0, -6.0, -2.0
     scores[1, 1], scores[1, 2], scores[1, 4] = -2.0, -2.0, -2.0  # user 1's only candidates tie with its positive
