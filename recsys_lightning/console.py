@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,6 +39,8 @@ def quiet_library_noise() -> None:
     every fit (a library-internal call, nothing a user can change)."""
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's storage layer: "setup plugin ..." x 7 per sweep
+    if not sys.stderr.isatty():  # Optuna's colorlog formatter colours whatever the stream: raw codes in a log file
+        os.environ.setdefault("NO_COLOR", "1")
     for name in (_LIGHTNING, "lightning_fabric.utilities.seed"):
         logger = logging.getLogger(name)
         if not any(isinstance(existing, _DropNoise) for existing in logger.filters):
@@ -70,7 +73,8 @@ def run_summary(metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run
     lines.append(f"best epoch {metrics.get('best_epoch')} of {metrics.get('epochs')}, {metrics.get('train_seconds')} s training")
     folder = _relative(run_dir)
     lines.append(f"run folder: {folder}")
-    lines.append(f"next: {_relative(Path(sys.executable).parent / 'tensorboard')} --logdir {folder}")
+    # Quoted for a shell: a label like hidden=[64,32] is a glob pattern to bash and an error to zsh.
+    lines.append(f"next: {shlex.quote(_relative(Path(sys.executable).parent / 'tensorboard'))} --logdir {shlex.quote(folder)}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,60 @@
+"""The tail of a run's folder name, which TensorBoard shows as the run's name: the overrides a user typed.
+
+Runs of one model, loss and sampler differ by what the user changed, so that is what the name carries,
+short enough to read in TensorBoard's run list and stable (the same overrides give the same name,
+whatever their order on the command line):
+
+    model.dim=128 optimizer.lr=0.01        -> dim=128,lr=0.01
+    experiment=ml100k_ncf seed=7           -> ml100k_ncf,seed=7
+    optimizer.lr=0.0031415926 (Optuna)     -> lr=0.003142
+    loss.l2=0.1 model.l2=300               -> loss.l2=0.1,model.l2=300 (a last part two keys share stays whole)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+# A longer label keeps its start and ends in a hash of the whole: still readable, still unique.
+MAX_LENGTH = 80
+_UNSAFE = re.compile(r"[^\w.,=+\-\[\]@%]")
+
+
+def run_label(overrides: Sequence[str], excluded_keys: Sequence[str] = ()) -> str:
+    """`_<label>` for the task overrides of a run (Hydra's `hydra.overrides.task`), or "" when none is left
+    once `excluded_keys` (the model, loss and sampler already in the name, paths) are dropped."""
+    pairs = sorted((_split(override) for override in overrides), key=lambda pair: pair[0].lstrip("~"))
+    pairs = [(key, value) for key, value in pairs if key.lstrip("~") not in set(excluded_keys)]
+    if not pairs:
+        return ""
+    last_parts = Counter(key.rsplit(".", 1)[-1].lstrip("~") for key, _ in pairs)
+    label = ",".join(_part(key, value, last_parts) for key, value in pairs)
+    if len(label) > MAX_LENGTH:
+        digest = hashlib.sha1(label.encode()).hexdigest()[:6]
+        label = f"{label[: MAX_LENGTH - 7]}~{digest}"
+    return f"_{label}"
+
+
+def _split(override: str) -> tuple[str, str]:
+    """`key=value`, `+key=value`, `++key=value` or `~key[=value]` as (key, value); "+" is dropped, "~" kept."""
+    key, _, value = str(override).partition("=")
+    return key.strip().lstrip("+"), value.strip()
+
+
+def _part(key: str, value: str, last_parts: Counter[str]) -> str:
+    deleted = "~" if key.startswith("~") else ""
+    short_key = key.rsplit(".", 1)[-1].lstrip("~")
+    shown_key = deleted + (short_key if last_parts[short_key] == 1 else key.lstrip("~"))
+    shown_value = _UNSAFE.sub("-", _short_number(value.strip("'\"")))
+    if key == "experiment":
+        return shown_value
+    return f"{shown_key}={shown_value}" if value else shown_key
+
+
+def _short_number(value: str) -> str:
+    """Four significant digits for a float (what a sampler like Optuna's proposes), anything else as is."""
+    if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)", value):
+        return f"{float(value):.4g}"
+    return value
