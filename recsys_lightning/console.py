@@ -17,8 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# Lightning's advertisement and its seed echo (a derived seed, not the user's).
-_NOISE = ("💡 Tip:", "Seed set to")
+# Lightning's advertisement, its seed echo (a derived seed, not the user's), and accelerators the machine
+# lacks (a GPU it has but does not use is still announced: that one a user can act on).
+_NOISE = ("💡 Tip:", "Seed set to", "GPU available: False, used: False", "TPU available: False", "HPU available: False")
 # What Lightning announces each time it loads a checkpoint: worth a line when a run resumes, not for
 # the validation and test of the best checkpoint after fit, which the closing table reports.
 _RESTORES = ("Restoring states from the checkpoint path", "Loaded model weights from the checkpoint")

@@ -23,13 +23,14 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recsys_lightning.atomic import atomic_file
-from recsys_lightning.build import build_module, plain
+from recsys_lightning.build import build_module
 from recsys_lightning.callbacks import TrainingTime
 from recsys_lightning.checkpoint_file import load_checkpoint
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.console import quiet_library_noise, run_summary, without_restore_messages
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, RunInterrupted, exit_with_message, first_line
+from recsys_lightning.hparams_tab import log_run_table
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.projector import log_item_embeddings
 from recsys_lightning.resume import check_resume_callbacks, check_resume_fits
@@ -110,13 +111,12 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
     metrics["data_source"] = datamodule.source
     metrics["best_checkpoint"] = os.path.relpath(best_checkpoint, run_folder.path) if best_checkpoint else None
 
-    for logger in trainer.loggers:
-        final = {f"final/{name}": value for name, value in metrics.items() if isinstance(value, (int, float))}
-        logger.log_hyperparams(plain(cfg), metrics=final)
-        if isinstance(logger, TensorBoardLogger) and cfg.projector.max_items > 0 and trainer.is_global_zero:
-            # The module holds the best checkpoint's weights here: validate and test loaded them.
-            log_item_embeddings(logger.experiment, module.model, module.data.catalogue, cfg.projector.max_items, trainer.global_step)
     if trainer.is_global_zero:
+        log_run_table(trainer.loggers, cfg, _hydra_choices(), metrics)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and cfg.projector.max_items > 0:
+                # The module holds the best checkpoint's weights here: validate and test loaded them.
+                log_item_embeddings(logger.experiment, module.model, module.data.catalogue, cfg.projector.max_items, trainer.global_step)
         with atomic_file(run_folder.path / "metrics.json") as handle:
             json.dump(metrics, handle, indent=2, sort_keys=True)
         print(run_summary(metrics, str(cfg.monitor.metric), list(cfg.eval.ks), run_folder.path), flush=True)
@@ -185,6 +185,11 @@ def main(cfg: DictConfig) -> float | None:
         exit_with_message(RunInterrupted("interrupted by Ctrl-C (SIGINT) before training began; no checkpoint was written", signal.SIGINT))
     objective = cfg.get("optimized_metric")
     return metrics.get(objective) if objective else None
+
+
+def _hydra_choices() -> dict[str, str | None]:
+    """The option of each config group this run composed (`model: ncf`); none outside a Hydra run."""
+    return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
 
 
 def _checkpoint_epoch(path: str) -> int:

@@ -43,7 +43,7 @@ def test_the_console_ends_with_a_table_and_shows_no_library_noise(movielens_run)
     assert last[3].startswith(f"best epoch {metrics['best_epoch']} of {metrics['epochs']}")
     assert last[4].startswith("run folder: ") and last[4].endswith(movielens_run.name)
     assert last[5].startswith("next: ") and "tensorboard --logdir" in last[5]
-    for noise in ("Tip:", "litlogger", "LeafSpec", "Seed set to", "Restoring states", "Loaded model weights"):
+    for noise in ("Tip:", "litlogger", "LeafSpec", "Seed set to", "Restoring states", "Loaded model weights", "TPU available"):
         assert noise not in stdout + stderr, noise
 
 
