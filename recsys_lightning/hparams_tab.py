@@ -63,7 +63,7 @@ def hparam_columns() -> tuple[Column, ...]:
     columns = [Column(group, "text") for group in CHOICE_GROUPS] + [Column(name, kind) for name, kind in RUN_KEYS]
     for group in OPTION_GROUPS:
         kinds: dict[str, Kind] = {}
-        for path in sorted((PROJECT_ROOT / "conf" / group).glob("[!_]*.yaml")):
+        for path in sorted((PROJECT_ROOT / "conf" / group).glob("*.yaml")):
             for key, value in OmegaConf.to_container(OmegaConf.load(path), resolve=False).items():
                 kind = _kind(value)
                 if key.startswith("_") or key in NOT_COLUMNS or kind is None:

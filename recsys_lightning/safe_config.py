@@ -30,10 +30,9 @@ MAX_LIST_DEPTH = 2  # e.g. a list of hidden sizes, or split ratios
 
 @cache
 def offered_targets(group: str) -> frozenset[str]:
-    """Every `_target_` named anywhere in the options of `conf/<group>/` (not the `_`-prefixed parts they
-    share, such as data's `_split.yaml`): the classes the project offers there."""
+    """Every `_target_` named anywhere in the options of `conf/<group>/`: the classes the project offers there."""
     targets: set[str] = set()
-    for path in (PROJECT_ROOT / "conf" / group).glob("[!_]*.yaml"):
+    for path in (PROJECT_ROOT / "conf" / group).glob("*.yaml"):
         targets |= _targets_in(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
     return frozenset(targets)
 

@@ -90,8 +90,8 @@ def quiet_trainer(**options) -> pl.Trainer:
 
 
 def options(group: str) -> list[str]:
-    """The options a user can pick in `conf/<group>/`; `_`-prefixed files are parts they share."""
-    return sorted(path.stem for path in (CONF / group).glob("[!_]*.yaml"))
+    """The options a user can pick in `conf/<group>/`."""
+    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
 
 
 def all_options() -> list[tuple[str, str]]:
