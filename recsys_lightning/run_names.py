@@ -47,7 +47,7 @@ def _part(key: str, value: str, last_parts: Counter[str]) -> str:
     deleted = "~" if key.startswith("~") else ""
     short_key = key.rsplit(".", 1)[-1].lstrip("~")
     shown_key = deleted + (short_key if last_parts[short_key] == 1 else key.lstrip("~"))
-    shown_value = _UNSAFE.sub("-", _short_number(value.strip("'\"")))
+    shown_value = _UNSAFE.sub("-", _short_number(re.sub(r"[\s'\"]", "", value)))
     if key == "experiment":
         return shown_value
     return f"{shown_key}={shown_value}" if value else shown_key

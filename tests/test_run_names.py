@@ -19,7 +19,8 @@ EXCLUDED = ["model", "loss", "sampler", "data.path"]
         (["loss.l2=0.1", "model.l2=300"], "_loss.l2=0.1,model.l2=300"),  # a last part two keys share stays whole
         (["model.hidden=[64,32]", "data.path=/home/me/data.csv"], "_hidden=[64,32]"),
         (["+trainer.gradient_clip_val=1.0", "~callbacks.early_stopping"], "_~early_stopping,gradient_clip_val=1"),
-        (["data.name='my data/v2'"], "_name=my-data-v2"),  # no space or slash reaches the folder name
+        (["data.name='my data/v2'"], "_name=mydata-v2"),  # no quote, space or slash reaches the folder name
+        (["model.hidden=[64, 32]", "data.tag=${oc.env:HOME}*"], "_tag=--oc.env-HOME--,hidden=[64,32]"),
     ],
 )
 def test_label_is_the_overrides_shortened(overrides, label):
