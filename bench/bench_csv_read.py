@@ -2,8 +2,8 @@
 
 Writes the file once (synthetic rows, string user ids) into a scratch folder, then times the read.
 
-    python bench/bench_csv_read.py                 # 20,000,000 rows
-    python bench/bench_csv_read.py --rows 1000000
+    .venv/bin/python bench/bench_csv_read.py                 # 20,000,000 rows
+    .venv/bin/python bench/bench_csv_read.py --rows 1000000
 """
 
 from __future__ import annotations

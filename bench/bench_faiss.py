@@ -4,8 +4,8 @@ Item vectors have MF's shape after bias folding ([q_i, 1, b_i], clustered as lea
 user queries ([p_u, b_u, 1]) come from the same clusters. Exact top-k is `IndexFlatIP`; the model's own
 path (one matmul + topk in torch) is timed beside it, and IVF at several nprobe.
 
-    python bench/bench_faiss.py                       # 1M items, dim 64, 1000 queries
-    python bench/bench_faiss.py --items 2000000 --nlist 8192
+    .venv/bin/python bench/bench_faiss.py                       # 1M items, dim 64, 1000 queries
+    .venv/bin/python bench/bench_faiss.py --items 2000000 --nlist 8192
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ closed-form baselines. Prints val and test NDCG@10, test Recall@10, the epoch of
 point and the wall time to it (training seconds x (best epoch + 1) / epochs run).
 
     pip install implicit        # benchmark dependency only
-    python bench/bench_implicit.py                                    # every preset and baseline
-    python bench/bench_implicit.py --runs experiment=ml100k_mf model=ease   # a subset: one override set each
+    .venv/bin/python bench/bench_implicit.py                                    # every preset and baseline
+    .venv/bin/python bench/bench_implicit.py --runs experiment=ml100k_mf model=ease   # a subset: one override set each
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ its model's defaults on validation. NeuMF's pre-training is run as a user runs i
 presets, then `experiment=ml100k_ncf_pretrained` from both (its time is the three runs together).
 Not a test: it trains about ten models, 10-15 minutes on 2 cores; timings need an otherwise idle machine.
 
-    python bench/bench_presets.py
-    python bench/bench_presets.py --presets ml100k_ncf ml100k_hybrid     # a subset
+    .venv/bin/python bench/bench_presets.py
+    .venv/bin/python bench/bench_presets.py --presets ml100k_ncf ml100k_hybrid     # a subset
 """
 
 from __future__ import annotations

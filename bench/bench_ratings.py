@@ -5,8 +5,8 @@ Baselines, closed form on the training ratings: the global mean, and regularised
 and b_u = sum(r - mu - b_i) / (lambda + n_u)), lambda chosen on validation RMSE. The preset is trained
 through the entry point's `train`. Prints validation and test RMSE and MAE, and training seconds.
 
-    python bench/bench_ratings.py                                          # baselines + experiment=ml100k_ratings
-    python bench/bench_ratings.py --runs "experiment=ml100k_ratings model.dim=32"   # other override sets
+    .venv/bin/python bench/bench_ratings.py                                          # baselines + experiment=ml100k_ratings
+    .venv/bin/python bench/bench_ratings.py --runs "experiment=ml100k_ratings model.dim=32"   # other override sets
 """
 
 from __future__ import annotations

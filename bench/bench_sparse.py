@@ -5,8 +5,8 @@ Each (items, optimizer) case runs in its own process, so its peak memory is its 
 `--warmup` untimed), and a few full-ranking evaluation chunks. Seconds per epoch are extrapolated
 from the median step time (a 50M-interaction epoch is ~10k steps of 4,096).
 
-    python bench/bench_sparse.py                                    # 1M users, 100k and 1M items, 50M
-    python bench/bench_sparse.py --interactions 5000000 --steps 100 # quicker
+    .venv/bin/python bench/bench_sparse.py                                    # 1M users, 100k and 1M items, 50M
+    .venv/bin/python bench/bench_sparse.py --interactions 5000000 --steps 100 # quicker
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """ML-20M-sized synthetic data: seconds to build it, seconds for one MF/BPR training epoch, one full
 validation pass, and the process's peak resident memory.
 
-    python bench/bench_synthetic.py                                  # 138k users x 27k items x 20M
-    python bench/bench_synthetic.py data.num_interactions=1000000    # any Hydra override
+    .venv/bin/python bench/bench_synthetic.py                                  # 138k users x 27k items x 20M
+    .venv/bin/python bench/bench_synthetic.py data.num_interactions=1000000    # any Hydra override
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Both loops use the same model class, sampler, batches and optimiser, in the same process.
 
-    python bench/bench_training.py                      # defaults from conf/
-    python bench/bench_training.py data.batch_size=8192 --epochs 10
+    .venv/bin/python bench/bench_training.py                      # defaults from conf/
+    .venv/bin/python bench/bench_training.py data.batch_size=8192 --epochs 10
 """
 
 from __future__ import annotations

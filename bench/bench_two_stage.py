@@ -6,8 +6,8 @@ split, then ranks the test split with each model alone and with each two-stage p
 retrieval.run_dir=...`): candidate recall, NDCG@10 and Recall@10, and milliseconds per 1,000 users,
 for the ranking alone and through the serving API (top 10 of every user, every seen item hidden).
 
-    python bench/bench_two_stage.py --out /tmp/two_stage            # run folders are kept there
-    python bench/bench_two_stage.py --candidates 100 --reranker model=hybrid loss=bpr
+    .venv/bin/python bench/bench_two_stage.py --out /tmp/two_stage            # run folders are kept there
+    .venv/bin/python bench/bench_two_stage.py --candidates 100 --reranker model=hybrid loss=bpr
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Validation that scales: one validation pass on a fixed sample of users (`data.val_users`), the
 blocked top-K against a whole-row `topk`, and how far a sample's NDCG@10 is from the full one.
 
-    python bench/bench_validation.py large   # 1M users x 1M items x 50M: one pass over 20,000 sampled users
-    python bench/bench_validation.py ml20m   # 138k x 27k x 20M: MF/BPR 2 epochs, sampled vs full NDCG@10
-    python bench/bench_validation.py ml20m --interactions 5000000 --epochs 1   # quicker
-    python bench/bench_validation.py chunks  # large's per-chunk timing alone: random MF, no data (a minute)
+    .venv/bin/python bench/bench_validation.py large   # 1M users x 1M items x 50M: one pass over 20,000 sampled users
+    .venv/bin/python bench/bench_validation.py ml20m   # 138k x 27k x 20M: MF/BPR 2 epochs, sampled vs full NDCG@10
+    .venv/bin/python bench/bench_validation.py ml20m --interactions 5000000 --epochs 1   # quicker
+    .venv/bin/python bench/bench_validation.py chunks  # large's per-chunk timing alone: random MF, no data (a minute)
 
 `large` times, on its first `--topk-chunks` chunks, scoring, the old top-K (-inf into the hidden items,
 then `topk` over whole rows) and `top_k_unseen` on copies of the same scores, then one validation pass

@@ -65,3 +65,10 @@ def test_the_commands_are_found():
     assert any(" -m model=" in line for line in commands)
     assert any("recsys_lightning.recommend" in line for line in commands) and any("recsys_lightning.evaluate" in line for line in commands)
     assert len(commands) > 25
+
+
+def test_the_scripts_it_names_exist():
+    """Benchmarks and checks are named inline (`.venv/bin/python bench/<script>.py`), not in bash blocks."""
+    scripts = set(re.findall(r"\.venv/bin/python ((?:bench|tests)/\w+\.py)", (ROOT / "README.md").read_text()))
+    assert "bench/check_hparams_tab.py" in scripts and len(scripts) >= 8
+    assert [script for script in sorted(scripts) if not (ROOT / script).is_file()] == []
