@@ -74,7 +74,7 @@ def run_summary(metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run
     lines.append(f"best epoch {metrics.get('best_epoch')} of {metrics.get('epochs')}, {metrics.get('train_seconds')} s training")
     folder = _relative(run_dir)
     lines.append(f"run folder: {folder}")
-    # Quoted for a shell: a label like hidden=[64,32] is a glob pattern to bash and an error to zsh.
+    # Quoted for a shell: a hydra.run.dir a user chose may hold spaces or glob characters.
     lines.append(f"next: {shlex.quote(_relative(Path(sys.executable).parent / 'tensorboard'))} --logdir {shlex.quote(folder)}")
     return "\n".join(lines)
 

@@ -4,10 +4,16 @@ Runs of one model, loss and sampler differ by what the user changed, so that is 
 short enough to read in TensorBoard's run list and stable (the same overrides give the same name,
 whatever their order on the command line):
 
-    model.dim=128 optimizer.lr=0.01        -> dim=128,lr=0.01
-    experiment=ml100k_ncf seed=7           -> ml100k_ncf,seed=7
-    optimizer.lr=0.0031415926 (Optuna)     -> lr=0.003142
-    loss.l2=0.1 model.l2=300               -> loss.l2=0.1,model.l2=300 (a last part two keys share stays whole)
+    model.dim=128 optimizer.lr=0.01        -> dim-128+lr-0.01
+    experiment=ml100k_ncf seed=7           -> ml100k_ncf+seed-7
+    optimizer.lr=0.0031415926 (Optuna)     -> lr-0.003142
+    model.hidden=[64,32] ~callbacks.early_stopping -> no_early_stopping+hidden-64x32
+    loss.l2=0.1 model.l2=300               -> loss.l2-0.1+model.l2-300 (a last part two keys share stays whole)
+
+The name is pasted back into commands (`run_dir=<it>`, `pretrained_from=[<it>,...]`, `tensorboard
+--logdir <it>`), so it holds only characters that bash and Hydra's override grammar take unquoted:
+letters, digits, `_`, `-`, `.` and `+`. Hydra's own `key=value,key=value` form would need quoting
+everywhere (`=`, `,` and brackets are grammar there).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from collections.abc import Sequence
 
 # A longer label keeps its start and ends in a hash of the whole: still readable, still unique.
 MAX_LENGTH = 80
-_UNSAFE = re.compile(r"[^\w.,=+\-\[\]@%]")
+_UNSAFE = re.compile(r"[^\w.\-]")
+_NUMBER = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)")
 
 
 def run_label(overrides: Sequence[str], excluded_keys: Sequence[str] = ()) -> str:
@@ -30,10 +37,10 @@ def run_label(overrides: Sequence[str], excluded_keys: Sequence[str] = ()) -> st
     if not pairs:
         return ""
     last_parts = Counter(key.rsplit(".", 1)[-1].lstrip("~") for key, _ in pairs)
-    label = ",".join(_part(key, value, last_parts) for key, value in pairs)
+    label = "+".join(_part(key, value, last_parts) for key, value in pairs)
     if len(label) > MAX_LENGTH:
         digest = hashlib.sha1(label.encode()).hexdigest()[:6]
-        label = f"{label[: MAX_LENGTH - 7]}~{digest}"
+        label = f"{label[: MAX_LENGTH - 7]}-{digest}"
     return f"_{label}"
 
 
@@ -44,17 +51,22 @@ def _split(override: str) -> tuple[str, str]:
 
 
 def _part(key: str, value: str, last_parts: Counter[str]) -> str:
-    deleted = "~" if key.startswith("~") else ""
     short_key = key.rsplit(".", 1)[-1].lstrip("~")
-    shown_key = deleted + (short_key if last_parts[short_key] == 1 else key.lstrip("~"))
-    shown_value = _UNSAFE.sub("-", _short_number(re.sub(r"[\s'\"]", "", value)))
+    shown_key = _UNSAFE.sub("-", short_key if last_parts[short_key] == 1 else key.lstrip("~"))
+    if key.startswith("~"):
+        return f"no_{shown_key}"
+    shown_value = _shown_value(value)
     if key == "experiment":
         return shown_value
-    return f"{shown_key}={shown_value}" if value else shown_key
+    return f"{shown_key}-{shown_value}"
 
 
-def _short_number(value: str) -> str:
-    """Four significant digits for a float (what a sampler like Optuna's proposes), anything else as is."""
-    if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)", value):
-        return f"{float(value):.4g}"
-    return value
+def _shown_value(value: str) -> str:
+    """A list as its items joined by `x` (hidden sizes read as 64x32), a float in four significant digits
+    (what a sampler like Optuna's proposes), quotes and spaces dropped, anything else unsafe as `-`."""
+    value = re.sub(r"[\s'\"]", "", value)
+    if value.startswith("[") and value.endswith("]"):
+        return "x".join(_shown_value(item) for item in value[1:-1].split(",") if item) or "empty"
+    if _NUMBER.fullmatch(value):
+        value = f"{float(value):.4g}"
+    return _UNSAFE.sub("-", value.replace("+", "")) or "empty"

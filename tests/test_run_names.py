@@ -1,6 +1,9 @@
 """Run folder names (TensorBoard's run names) carry the overrides a user typed, short and stable."""
 
+import shlex
+
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from recsys_lightning.run_names import MAX_LENGTH, run_label
 
@@ -12,15 +15,16 @@ EXCLUDED = ["model", "loss", "sampler", "data.path"]
     [
         ([], ""),
         (["model=ncf", "loss=bce", "sampler=popularity"], ""),  # already in the name
-        (["model.dim=128", "optimizer.lr=0.01"], "_dim=128,lr=0.01"),
-        (["optimizer.lr=0.01", "model.dim=128"], "_dim=128,lr=0.01"),  # order on the command line does not matter
-        (["experiment=ml100k_ncf", "seed=7"], "_ml100k_ncf,seed=7"),
-        (["optimizer.lr=0.0031415926535", "loss.l2=2.9380279387035364e-04"], "_l2=0.0002938,lr=0.003142"),  # Optuna's proposals
-        (["loss.l2=0.1", "model.l2=300"], "_loss.l2=0.1,model.l2=300"),  # a last part two keys share stays whole
-        (["model.hidden=[64,32]", "data.path=/home/me/data.csv"], "_hidden=[64,32]"),
-        (["+trainer.gradient_clip_val=1.0", "~callbacks.early_stopping"], "_~early_stopping,gradient_clip_val=1"),
-        (["data.name='my data/v2'"], "_name=mydata-v2"),  # no quote, space or slash reaches the folder name
-        (["model.hidden=[64, 32]", "data.tag=${oc.env:HOME}*"], "_tag=--oc.env-HOME--,hidden=[64,32]"),
+        (["model.dim=128", "optimizer.lr=0.01"], "_dim-128+lr-0.01"),
+        (["optimizer.lr=0.01", "model.dim=128"], "_dim-128+lr-0.01"),  # order on the command line does not matter
+        (["experiment=ml100k_ncf", "seed=7"], "_ml100k_ncf+seed-7"),
+        (["optimizer.lr=0.0031415926535", "loss.l2=2.9380279387035364e-04"], "_l2-0.0002938+lr-0.003142"),  # Optuna's proposals
+        (["loss.l2=0.1", "model.l2=300"], "_loss.l2-0.1+model.l2-300"),  # a last part two keys share stays whole
+        (["model.hidden=[64, 32]", "data.path=/home/me/data.csv"], "_hidden-64x32"),
+        (["model.paths=[gmf]", "eval.ks=[]"], "_ks-empty+paths-gmf"),
+        (["+trainer.gradient_clip_val=1.0", "~callbacks.early_stopping"], "_no_early_stopping+gradient_clip_val-1"),
+        (["data.name='my data/v2'", "data.tag=${oc.env:HOME}*"], "_name-mydata-v2+tag---oc.env-HOME--"),
+        (["optimizer.lr=1e+5", "seed=-3", "data.min_rating=null"], "_min_rating-null+lr-1e05+seed--3"),
     ],
 )
 def test_label_is_the_overrides_shortened(overrides, label):
@@ -30,6 +34,16 @@ def test_label_is_the_overrides_shortened(overrides, label):
 def test_a_long_label_is_cut_with_a_hash_of_the_whole():
     overrides = [f"model.knob_{index}=value_{index}" for index in range(20)]
     label = run_label(overrides)
-    assert len(label) == MAX_LENGTH + 1 and label.startswith("_knob_0=value_0,")
+    assert len(label) == MAX_LENGTH + 1 and label.startswith("_knob_0-value_0+")
     assert label != run_label(overrides[:-1])  # a different tail gives a different hash
     assert label == run_label(list(reversed(overrides)))
+
+
+@pytest.mark.parametrize("overrides", [["model.hidden=[64,32]", "data.name=a=b,c"], ["optimizer.lr=0.00123", "experiment=ml100k_ncf"]])
+def test_a_folder_named_so_can_be_passed_back_unquoted(overrides):
+    """`run_dir=<folder>` and `pretrained_from=[<folder>,<folder>]` parse as one path each, as typed."""
+    folder = f"outputs/runs/2026-12-02/10-00-00_ncf-bpr-uniform{run_label(overrides)}"
+    parser = OverridesParser.create()
+    assert parser.parse_override(f"run_dir={folder}").value() == folder
+    assert parser.parse_override(f"pretrained_from=[{folder},{folder}]").value() == [folder, folder]
+    assert shlex.split(f"tensorboard --logdir {folder}")[-1] == folder

@@ -38,10 +38,10 @@ def test_multirun_writes_sorted_summary_with_failed_run_as_row(tmp_path):
     assert result.returncode == 1, result.stderr[-2000:]  # one run cannot work, so the sweep reports failure
     sweep_dir = next(tmp_path.glob("multiruns/*/*"))
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == [
-        "000_mf-bpr-uniform_limit_train_batches=3,max_epochs=1",
-        "001_mf-bpr-in_batch_limit_train_batches=3,max_epochs=1",
-        "002_mf-bce-uniform_limit_train_batches=3,max_epochs=1",
-        "003_mf-bce-in_batch_limit_train_batches=3,max_epochs=1",
+        "000_mf-bpr-uniform_limit_train_batches-3+max_epochs-1",
+        "001_mf-bpr-in_batch_limit_train_batches-3+max_epochs-1",
+        "002_mf-bce-uniform_limit_train_batches-3+max_epochs-1",
+        "003_mf-bce-in_batch_limit_train_batches-3+max_epochs-1",
     ]
     summary = pd.read_csv(sweep_dir / "summary.csv")
     assert len(summary) == 4
@@ -50,7 +50,7 @@ def test_multirun_writes_sorted_summary_with_failed_run_as_row(tmp_path):
     assert finished["val/ndcg@10"].is_monotonic_decreasing
     assert (finished["test/ndcg@10"] > 0).all() and (finished["train_seconds"] > 0).all()
     failed = summary[summary["error"].notna()]
-    assert failed["run"].tolist() == ["003_mf-bce-in_batch_limit_train_batches=3,max_epochs=1"]
+    assert failed["run"].tolist() == ["003_mf-bce-in_batch_limit_train_batches-3+max_epochs-1"]
     assert "use sampler=hard or sampler=popularity or sampler=retrieved or sampler=shared_pool or sampler=uniform" in failed["error"].item()
     assert summary.index[summary["error"].notna()].tolist() == [3]  # failures sort last
     assert (sweep_dir / "summary.md").read_text() == to_markdown(summarise_sweep(sweep_dir))
@@ -105,5 +105,5 @@ def test_optuna_search_maximises_the_returned_validation_metric(tmp_path):
     assert best.best_value == pytest.approx(max(trial_values))
     assert "setup plugin alembic" not in result.stdout + result.stderr  # Optuna's storage layer, silenced
     assert "\x1b[" not in result.stderr  # Optuna's colours, which a log file shows as raw codes
-    for job in sweep_dir.glob("0*"):  # e.g. 000_mf-bpr-uniform_debug=quick,dim=64,l2=0.0002938,lr=0.00455,num_negatives=4
-        assert len(job.name) < 80 and ",l2=" in job.name and ",lr=" in job.name, job.name
+    for job in sweep_dir.glob("0*"):  # e.g. 000_mf-bpr-uniform_debug-quick+dim-64+l2-0.0002938+lr-0.00455+num_negatives-4
+        assert len(job.name) < 80 and "+l2-" in job.name and "+lr-" in job.name, job.name

@@ -29,7 +29,7 @@ def test_three_epochs_on_movielens_write_sane_metrics(movielens_run):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert (run_dir / ".hydra" / "config.yaml").is_file()
-    assert run_dir.name.endswith("_mf-bpr-uniform_max_epochs=3")  # what the user changed, not the progress bar or paths
+    assert run_dir.name.endswith("_mf-bpr-uniform_max_epochs-3")  # what the user changed, not the progress bar or paths
 
 
 def test_the_console_ends_with_a_table_and_shows_no_library_noise(movielens_run):
