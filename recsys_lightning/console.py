@@ -59,8 +59,9 @@ def without_restore_messages() -> Iterator[None]:
         logging.getLogger(_LIGHTNING).removeFilter(restores)
 
 
-def run_summary(metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run_dir: str | Path) -> str:
-    """The closing table of a run: rows for the monitored metric and NDCG/recall at the first K."""
+def run_summary(metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run_dir: str | Path, tensorboard: bool) -> str:
+    """The closing table of a run: rows for the monitored metric and NDCG/recall at the first K, the run
+    folder, and the command that opens it in TensorBoard when the run logged there."""
     names = list(dict.fromkeys([monitor.removeprefix("val/"), f"ndcg@{ks[0]}", f"recall@{ks[0]}"]))
     rows = [name for name in names if f"val/{name}" in metrics or f"test/{name}" in metrics]
     width = max(len(name) for name in rows)
@@ -75,7 +76,8 @@ def run_summary(metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run
     folder = _relative(run_dir)
     lines.append(f"run folder: {folder}")
     # Quoted for a shell: a hydra.run.dir a user chose may hold spaces or glob characters.
-    lines.append(f"next: {shlex.quote(_relative(Path(sys.executable).parent / 'tensorboard'))} --logdir {shlex.quote(folder)}")
+    if tensorboard:
+        lines.append(f"next: {shlex.quote(_relative(Path(sys.executable).parent / 'tensorboard'))} --logdir {shlex.quote(folder)}")
     return "\n".join(lines)
 
 

@@ -2,15 +2,17 @@
 in every run.
 
 The tab takes its columns from the first run it finds that declares them, so every run declares the same
-ones: the chosen model, loss, sampler, optimizer, scheduler, data and experiment, the seed and the few
-training keys users sweep, and every number, flag or list that an option of `conf/model/`, `conf/loss/`
-or `conf/sampler/` offers (a new model's YAML adds its keys, no code). A key the run's option lacks is
-"-" in a text column; a number or flag column is left empty (TensorBoard sorts empty cells last, where a
-NaN would break its sort and a 0 would be a value). The metric columns are the final figures every run
-can have: NDCG and recall at each cut-off, the prediction metrics of pointwise and rating losses, the best
-epoch and the training time.
+ones, whatever its config: the chosen model, loss, sampler, optimizer, scheduler, data and experiment, the
+seed and the few keys users sweep, and every number, flag or list that an option of `conf/model/`,
+`conf/loss/` or `conf/sampler/` offers (a new model's YAML adds its keys, no code). A key the run's option
+lacks is "-" in a text column; a number or flag column is left empty (TensorBoard sorts empty cells last,
+where a NaN would break its sort and a 0 would be a value). The metric columns are the final figures a run
+can have: NDCG and recall at the usual cut-offs (a run's other `eval.ks` are in its scalars, not columns),
+the prediction metrics of pointwise and rating losses, the best epoch, the epochs run and the training time.
 
-The full config stays in the run's `.hydra/`; this table is for comparing runs, not for restoring one.
+TensorBoard keeps the first row a run folder declares, so a run resumed in place keeps its first
+session's hyperparameters (a resume may change none of these) and shows its latest metrics. The full
+config stays in the run's `.hydra/`; this table is for comparing runs, not for restoring one.
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ RUN_KEYS: tuple[tuple[str, Kind], ...] = (
     ("optimizer.weight_decay", "number"),
     ("data.batch_size", "number"),
     ("data.split", "text"),
-    ("trainer.max_epochs", "number"),
+    ("eval.ks", "text"),
 )
 OPTION_GROUPS = ("model", "loss", "sampler")
 # Option keys that describe how a run is computed, not what is learnt (memory guards, retries, the
 # gradient layout the optimizer column already says).
 NOT_COLUMNS = frozenset({"max_items", "max_rounds", "sparse_gradients", "run_dir"})
+COLUMN_KS = (5, 10, 20, 50, 100)
 RUN_FIGURES = ("best_epoch", "epochs", "train_seconds")
 _TYPES = {"number": api_pb2.DATA_TYPE_FLOAT64, "text": api_pb2.DATA_TYPE_STRING, "flag": api_pb2.DATA_TYPE_BOOL}
 
@@ -73,9 +76,9 @@ def hparam_columns() -> tuple[Column, ...]:
     return tuple(columns)
 
 
-def metric_columns(ks: Sequence[int]) -> list[str]:
-    """The final figures every run declares, whether or not its loss produces them."""
-    per_split = [f"{name}@{k}" for k in ks for name in ("ndcg", "recall")]
+def metric_columns() -> list[str]:
+    """The final figures every run declares, whether or not its loss and cut-offs produce them."""
+    per_split = [f"{name}@{k}" for k in COLUMN_KS for name in ("ndcg", "recall")]
     per_split += [name for kind in PredictionMetric.__subclasses__() for name in kind.names]
     return [f"final/{split}/{name}" for split in ("val", "test") for name in per_split] + [f"final/{name}" for name in RUN_FIGURES]
 
@@ -101,19 +104,22 @@ def hparams_row(cfg: DictConfig, choices: Mapping[str, str | None]) -> dict[str,
     return row
 
 
-def log_run_table(loggers: Sequence[Logger], cfg: DictConfig, choices: Mapping[str, str | None], metrics: Mapping[str, Any]) -> None:
-    """Every logger gets the row and the final metrics; TensorBoard gets the declared table."""
+def log_run_table(
+    loggers: Sequence[Logger], cfg: DictConfig, choices: Mapping[str, str | None], metrics: Mapping[str, Any], step: int
+) -> None:
+    """Every logger gets the row and the final metrics (as `final/<name>` at `step`); TensorBoard also
+    gets the declared columns."""
     row = hparams_row(cfg, choices)
     final = {f"final/{name}": value for name, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
     for logger in loggers:
+        logger.log_metrics(final, step=step)
         if isinstance(logger, TensorBoardLogger):
-            logger.log_metrics(final, step=0)
             writer = logger.experiment._get_file_writer()
-            for summary in hparams_summaries(hparam_columns(), row, metric_columns(list(cfg.eval.ks))):
+            for summary in hparams_summaries(hparam_columns(), row, metric_columns()):
                 writer.add_summary(summary)
-            logger.experiment.flush()
-        else:
-            logger.log_hyperparams({name: value for name, value in row.items() if value is not None}, metrics=final)
+        else:  # CSV, MLflow, W&B: their log_hyperparams takes the parameters alone
+            logger.log_hyperparams({name: value for name, value in row.items() if value is not None})
+        logger.save()  # after fit and test, nothing else will flush what was logged here
 
 
 def hparams_summaries(columns: Sequence[Column], row: Mapping[str, Any], metrics: Sequence[str]) -> list[Summary]:

@@ -12,8 +12,10 @@ whatever their order on the command line):
 
 The name is pasted back into commands (`run_dir=<it>`, `pretrained_from=[<it>,...]`, `tensorboard
 --logdir <it>`), so it holds only characters that bash and Hydra's override grammar take unquoted:
-letters, digits, `_`, `-`, `.` and `+`. Hydra's own `key=value,key=value` form would need quoting
-everywhere (`=`, `,` and brackets are grammar there).
+ASCII letters and digits, `_`, `-`, `.` and `+` (Hydra's own `key=value,key=value` form would need
+quoting everywhere: `=`, `,` and brackets are grammar there). ASCII also keeps the length cap a byte
+cap, under the 255 bytes a file name may have. Values are taken as typed: an interpolation such as
+`${oc.env:HOME}` is not resolved into a folder name.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ from collections.abc import Sequence
 
 # A longer label keeps its start and ends in a hash of the whole: still readable, still unique.
 MAX_LENGTH = 80
-_UNSAFE = re.compile(r"[^\w.\-]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 _NUMBER = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)")
 
 
 def run_label(overrides: Sequence[str], excluded_keys: Sequence[str] = ()) -> str:
     """`_<label>` for the task overrides of a run (Hydra's `hydra.overrides.task`), or "" when none is left
     once `excluded_keys` (the model, loss and sampler already in the name, paths) are dropped."""
-    pairs = sorted((_split(override) for override in overrides), key=lambda pair: pair[0].lstrip("~"))
+    pairs = sorted((_split(override) for override in overrides), key=lambda pair: (pair[0].lstrip("~"), pair))
     pairs = [(key, value) for key, value in pairs if key.lstrip("~") not in set(excluded_keys)]
     if not pairs:
         return ""
@@ -40,8 +42,13 @@ def run_label(overrides: Sequence[str], excluded_keys: Sequence[str] = ()) -> st
     label = "+".join(_part(key, value, last_parts) for key, value in pairs)
     if len(label) > MAX_LENGTH:
         digest = hashlib.sha1(label.encode()).hexdigest()[:6]
-        label = f"{label[: MAX_LENGTH - 7]}-{digest}"
+        label = f"{label[: MAX_LENGTH - 7].rstrip('+-')}-{digest}"
     return f"_{label}"
+
+
+def safe_name(name: str) -> str:
+    """A user's `run_name` as one folder name of the same safe characters (`exp/v1` would nest folders)."""
+    return _UNSAFE.sub("-", str(name))[:MAX_LENGTH] or "run"
 
 
 def _split(override: str) -> tuple[str, str]:

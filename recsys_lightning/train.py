@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -75,6 +76,8 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
         raise
     run_folder.drop_record_backup()
     loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values() if logger]
+    if not loggers:  # `~logger`: nowhere to write learning rates, and Lightning would refuse the whole run for it
+        callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     clock = next((callback for callback in callbacks if isinstance(callback, TrainingTime)), None)
 
@@ -112,14 +115,15 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
     metrics["best_checkpoint"] = os.path.relpath(best_checkpoint, run_folder.path) if best_checkpoint else None
 
     if trainer.is_global_zero:
-        log_run_table(trainer.loggers, cfg, _hydra_choices(), metrics)
+        log_run_table(trainer.loggers, cfg, _hydra_choices(), metrics, trainer.global_step)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and cfg.projector.max_items > 0:
                 # The module holds the best checkpoint's weights here: validate and test loaded them.
                 log_item_embeddings(logger.experiment, module.model, module.data.catalogue, cfg.projector.max_items, trainer.global_step)
         with atomic_file(run_folder.path / "metrics.json") as handle:
             json.dump(metrics, handle, indent=2, sort_keys=True)
-        print(run_summary(metrics, str(cfg.monitor.metric), list(cfg.eval.ks), run_folder.path), flush=True)
+        tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
+        print(run_summary(metrics, str(cfg.monitor.metric), list(cfg.eval.ks), run_folder.path, tensorboard), flush=True)
     return metrics
 
 

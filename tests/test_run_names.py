@@ -47,3 +47,10 @@ def test_a_folder_named_so_can_be_passed_back_unquoted(overrides):
     assert parser.parse_override(f"run_dir={folder}").value() == folder
     assert parser.parse_override(f"pretrained_from=[{folder},{folder}]").value() == [folder, folder]
     assert shlex.split(f"tensorboard --logdir {folder}")[-1] == folder
+
+
+def test_names_are_ascii_and_interpolations_stay_as_typed():
+    label = run_label(["+note=中文" * 40, "+home=${oc.env:HOME}"])
+    assert label.isascii() and len(label.encode()) <= MAX_LENGTH + 1 and "root" not in label
+    assert run_label(["~a", "+a=1"]) == run_label(["+a=1", "~a"])
+    assert not run_label([f"model.knob_{index}=v" for index in range(30)]).rsplit("-", 1)[0].endswith("+")
