@@ -58,8 +58,9 @@ class RunFolder:
             holder = handle.read().strip() or "another process"
             handle.close()
             raise ConfigError(
-                f"{self.path}: {holder} is training into this folder right now; wait for it, "
-                "or give this run its own folder (drop hydra.run.dir or pick another)"
+                f"{self.path}: {holder} is training into this folder right now; wait for it, or give this run "
+                "its own folder: another hydra.run.dir, or (the same command started twice within one second "
+                "gets one folder name) start it again a second later"
             ) from None
         handle.seek(0)
         handle.truncate()
