@@ -61,7 +61,8 @@ def without_restore_messages() -> Iterator[None]:
 
 def run_summary(metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run_dir: str | Path, tensorboard: bool) -> str:
     """The closing table of a run: rows for the monitored metric and NDCG/recall at the first K, the run
-    folder, and the command that opens it in TensorBoard when the run logged there."""
+    folder, and the command that opens it in TensorBoard when the run logged there (`tensorboard=False`
+    for a sweep's job too: the sweep ends with the command for all its jobs)."""
     names = list(dict.fromkeys([monitor.removeprefix("val/"), f"ndcg@{ks[0]}", f"recall@{ks[0]}"]))
     rows = [name for name in names if f"val/{name}" in metrics or f"test/{name}" in metrics]
     width = max(len(name) for name in rows)
@@ -75,10 +76,15 @@ def run_summary(metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run
     lines.append(f"best epoch {metrics.get('best_epoch')} of {metrics.get('epochs')}, {metrics.get('train_seconds')} s training")
     folder = _relative(run_dir)
     lines.append(f"run folder: {folder}")
-    # Quoted for a shell: a hydra.run.dir a user chose may hold spaces or glob characters.
     if tensorboard:
-        lines.append(f"next: {shlex.quote(_relative(Path(sys.executable).parent / 'tensorboard'))} --logdir {shlex.quote(folder)}")
+        lines.append(f"next: {tensorboard_command(run_dir)}")
     return "\n".join(lines)
+
+
+def tensorboard_command(logdir: str | Path) -> str:
+    """The command that opens `logdir` in TensorBoard, from the working directory, quoted for a shell (a
+    hydra.run.dir a user chose may hold spaces or glob characters)."""
+    return f"{shlex.quote(_relative(Path(sys.executable).parent / 'tensorboard'))} --logdir {shlex.quote(_relative(logdir))}"
 
 
 def _relative(path: str | Path) -> str:

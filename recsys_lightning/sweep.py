@@ -12,6 +12,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from recsys_lightning.checkpoint_file import read_run_metrics
+from recsys_lightning.console import tensorboard_command
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.monitor import metric_mode
 
@@ -81,6 +82,8 @@ class SweepSummary(Callback):
         markdown = to_markdown(table)
         (sweep_dir / "summary.md").write_text(markdown)
         print(f"\nSweep summary ({sweep_dir / 'summary.md'}):\n{markdown}")
+        if any(sweep_dir.glob("*/events.out.tfevents.*")):
+            print(f"next: {tensorboard_command(sweep_dir)}   (HParams tab: one row per run)")
         failed = int(table["error"].notna().sum())
         if failed:
             log.error("%d of %d runs failed; see the error column", failed, len(table))

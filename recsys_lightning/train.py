@@ -122,7 +122,8 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
                 log_item_embeddings(logger.experiment, module.model, module.data.catalogue, cfg.projector.max_items, trainer.global_step)
         with atomic_file(run_folder.path / "metrics.json") as handle:
             json.dump(metrics, handle, indent=2, sort_keys=True)
-        tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
+        in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers) and not in_sweep
         print(run_summary(metrics, str(cfg.monitor.metric), list(cfg.eval.ks), run_folder.path, tensorboard), flush=True)
     return metrics
 

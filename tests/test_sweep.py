@@ -55,6 +55,8 @@ def test_multirun_writes_sorted_summary_with_failed_run_as_row(tmp_path):
     assert summary.index[summary["error"].notna()].tolist() == [3]  # failures sort last
     assert (sweep_dir / "summary.md").read_text() == to_markdown(summarise_sweep(sweep_dir))
     assert "Sweep summary" in result.stdout
+    assert f"--logdir {sweep_dir}   (HParams tab: one row per run)\n" in result.stdout  # one next step, not one per job
+    assert result.stdout.count("tensorboard --logdir") == 1
 
 
 def test_impossible_combination_fails_before_any_data_is_loaded(tmp_path):
