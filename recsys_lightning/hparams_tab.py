@@ -25,6 +25,7 @@ from pathlib import PurePath
 from typing import Any, Literal
 
 from google.protobuf import struct_pb2
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
@@ -32,6 +33,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
 from recsys_lightning.config import PROJECT_ROOT
 from recsys_lightning.metrics import PredictionMetric
+from recsys_lightning.models.closed_form import ClosedFormRecommender
 
 Kind = Literal["number", "text", "flag"]
 ABSENT_TEXT = "-"
@@ -49,6 +51,8 @@ OPTION_GROUPS = ("model", "loss", "sampler")
 # Option keys that describe how a run is computed, not what is learnt (memory guards, retries, the
 # gradient layout the optimizer column already says).
 NOT_COLUMNS = frozenset({"max_items", "max_rounds", "sparse_gradients", "run_dir"})
+# What a closed-form model (popularity, item-kNN, EASE) does not use; its loss still picks the metrics.
+UNUSED_IN_CLOSED_FORM = frozenset({"optimizer", "scheduler", "sampler", "loss"})
 COLUMN_KS = (5, 10, 20, 50, 100)
 RUN_FIGURES = ("best_epoch", "epochs", "train_seconds")
 _TYPES = {"number": api_pb2.DATA_TYPE_FLOAT64, "text": api_pb2.DATA_TYPE_STRING, "flag": api_pb2.DATA_TYPE_BOOL}
@@ -101,6 +105,10 @@ def hparams_row(cfg: DictConfig, choices: Mapping[str, str | None]) -> dict[str,
     for column in hparam_columns()[len(CHOICE_GROUPS) :]:
         value = OmegaConf.select(cfg, column.name, default=None)
         row[column.name] = _as_kind(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value, column.kind)
+    if _fitted_in_closed_form(cfg):  # no optimizer, schedule, negatives or regulariser took part: show none
+        for name in row:
+            if name.split(".")[0] in UNUSED_IN_CLOSED_FORM and name != "loss":
+                row[name] = None
     return row
 
 
@@ -151,6 +159,13 @@ class TensorBoardRunLogger(TensorBoardLogger):
     def save(self) -> None:
         if self._experiment is not None:
             self.experiment.flush()
+
+
+def _fitted_in_closed_form(cfg: DictConfig) -> bool:
+    try:  # the config the user composed, never one read from disk
+        return issubclass(get_class(str(cfg.model._target_)), ClosedFormRecommender)
+    except (ImportError, ValueError):  # a target that does not import has failed the run before this
+        return False
 
 
 def _kind(value: Any) -> Kind | None:

@@ -51,6 +51,12 @@ def test_every_run_has_every_column_with_absent_values_left_out():
     assert mf["seed"] == ncf["seed"] == 42.0
 
 
+def test_a_closed_form_model_shows_no_optimizer_sampler_or_regulariser():
+    row = hparams_row(training_config("model=ease"), {"model": "ease", "loss": "bpr", "sampler": "uniform", "optimizer": "adam"})
+    assert (row["model"], row["loss"], row["model.l2"], row["seed"]) == ("ease", "bpr", 300.0, 42.0)
+    assert row["optimizer"] is row["optimizer.lr"] is row["sampler"] is row["sampler.num_negatives"] is row["loss.l2"] is None
+
+
 def test_outside_hydra_a_group_is_named_by_its_class():
     row = hparams_row(training_config("model=ncf"), {})
     assert (row["model"], row["loss"], row["sampler"]) == ("NeuMF", "BPRLoss", "UniformSampler")
