@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,13 @@ from recsys_lightning.monitor import loss_monitor, metric_mode, sweep_direction
 from recsys_lightning.run_names import run_label, safe_name
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@cache
+def group_options(group: str) -> dict[str, dict[str, Any]]:
+    """The options of `conf/<group>/` by name, as written (unresolved): what `group=<name>` can pick."""
+    paths = sorted((PROJECT_ROOT / "conf" / group).glob("*.yaml"))
+    return {path.stem: OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {} for path in paths}
 
 
 def register_resolvers() -> None:

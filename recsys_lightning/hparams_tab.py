@@ -31,7 +31,7 @@ from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
-from recsys_lightning.config import PROJECT_ROOT
+from recsys_lightning.config import group_options
 from recsys_lightning.metrics import PredictionMetric
 from recsys_lightning.models.closed_form import ClosedFormRecommender
 
@@ -70,8 +70,8 @@ def hparam_columns() -> tuple[Column, ...]:
     columns = [Column(group, "text") for group in CHOICE_GROUPS] + [Column(name, kind) for name, kind in RUN_KEYS]
     for group in OPTION_GROUPS:
         kinds: dict[str, Kind] = {}
-        for path in sorted((PROJECT_ROOT / "conf" / group).glob("*.yaml")):
-            for key, value in OmegaConf.to_container(OmegaConf.load(path), resolve=False).items():
+        for option in group_options(group).values():
+            for key, value in option.items():
                 kind = _kind(value)
                 if key.startswith("_") or key in NOT_COLUMNS or kind is None:
                     continue

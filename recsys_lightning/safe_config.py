@@ -14,9 +14,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from recsys_lightning.config import PROJECT_ROOT
+from recsys_lightning.config import group_options
 from recsys_lightning.errors import ConfigError, quote
 from recsys_lightning.validation import TRAINING_RULES, argument_names
 
@@ -31,10 +29,7 @@ MAX_LIST_DEPTH = 2  # e.g. a list of hidden sizes, or split ratios
 @cache
 def offered_targets(group: str) -> frozenset[str]:
     """Every `_target_` named anywhere in the options of `conf/<group>/`: the classes the project offers there."""
-    targets: set[str] = set()
-    for path in (PROJECT_ROOT / "conf" / group).glob("*.yaml"):
-        targets |= _targets_in(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
-    return frozenset(targets)
+    return frozenset(set().union(*(_targets_in(option) for option in group_options(group).values())))
 
 
 def _targets_in(node: Any) -> set[str]:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from recsys_lightning import monitor
-from recsys_lightning.config import PROJECT_ROOT
+from recsys_lightning.config import group_options
 from recsys_lightning.data.split import SPLIT_KINDS
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.metrics import METRIC_NAMES
@@ -454,8 +454,8 @@ def check_loss_and_sampler(cfg: DictConfig) -> None:
     reason = loss_class.sampler_conflict(sampler_class)
     if reason is None:
         return
-    options = {path.stem: OmegaConf.load(path).get("_target_") for path in sorted((PROJECT_ROOT / "conf" / "sampler").glob("[!_]*.yaml"))}
-    valid = [name for name, target in options.items() if target and loss_class.sampler_conflict(get_class(target)) is None]
+    targets = {name: option.get("_target_") for name, option in group_options("sampler").items()}
+    valid = [name for name, target in targets.items() if target and loss_class.sampler_conflict(get_class(target)) is None]
     raise ConfigError(
         f"{loss_class.__name__} cannot train with {sampler_class.__name__}: {reason}; "
         f"with this loss use sampler={' or sampler='.join(valid)}"
