@@ -152,6 +152,15 @@ def measured(arguments: list[str], stderr_path: Path, cap_gb: float) -> tuple[in
     return process.returncode, time.perf_counter() - start, usage.ru_maxrss * 1024 / 1e9
 
 
+def error_line(lines: list[str], code: int) -> str:
+    """The one-line `error:` message; for a traceback, its last line that says something (Hydra ends with a hint)."""
+    errors = [line for line in lines if line.startswith("error:")]
+    if errors or not code:
+        return errors[0] if errors else (lines[0] if lines else "")
+    told = [line for line in lines if line.strip() and not line.startswith("Set the environment variable HYDRA_FULL_ERROR")]
+    return "traceback: " + told[-1].strip() if told else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
@@ -160,7 +169,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="crafted_") as temporary:
         folder = Path(temporary)
         run_dir = train_run(folder / "train")
-        print(f"{'case':<62} {'exit':>4} {'seconds':>8} {'peak GB':>8}  first line of stderr")
+        print(f"{'case':<62} {'exit':>4} {'seconds':>8} {'peak GB':>8}  error line (first line of stderr when none)")
         for case in CASES:
             if args.only not in case.name:
                 continue
@@ -169,7 +178,7 @@ def main() -> None:
             arguments = case.craft(run_dir, case_folder)
             code, seconds, peak = measured(arguments, case_folder / "stderr.txt", args.cap_gb)
             lines = (case_folder / "stderr.txt").read_text(errors="replace").splitlines()
-            first = next((line for line in lines if line.startswith("error:")), lines[-1] if lines and code else lines[0] if lines else "")
+            first = error_line(lines, code)
             print(f"{case.name:<62} {code:>4} {seconds:>8.1f} {peak:>8.2f}  {first[:160]}", flush=True)
             for path in case_folder.glob("*.ckpt"):
                 path.unlink()  # a 2 GiB file need not wait for the end
