@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from recsys_lightning.data.catalogue import STATE_VERSION, Catalogue
+from recsys_lightning.data.catalogue import STATE_VERSION, Catalogue, MalformedCatalogue
 from recsys_lightning.errors import ConfigError, first_line, quote
 
 FORMAT_KEY = "recsys_lightning_format"
@@ -20,6 +22,27 @@ CATALOGUE_KEY = "catalogue"
 BEST_CHECKPOINT_KEY = "best_checkpoint"
 METRICS_LIMIT = 1 << 20  # bytes; a real metrics.json is about 1 KiB
 CHECKPOINT_REMEDY = "pass checkpoint=last or checkpoint=<path>"
+# The records torch.save (2.x) writes, all in one folder of the zip; a tensor's bytes are data/<n>.
+TORCH_RECORD = re.compile(
+    r"[^/]+/(data\.pkl|\.format_version|\.storage_alignment|byteorder|version|\.data/version|\.data/serialization_id|data/[0-9]+)"
+)
+# The top-level keys of a checkpoint: Lightning's (a precision plugin with state adds its class name) and ours.
+LIGHTNING_KEYS = frozenset(
+    {
+        "epoch",
+        "global_step",
+        "pytorch-lightning_version",
+        "state_dict",
+        "loops",
+        "callbacks",
+        "optimizer_states",
+        "lr_schedulers",
+        "hparams_name",
+        "hyper_parameters",
+        "MixedPrecision",
+    }
+)
+CHECKPOINT_KEYS = LIGHTNING_KEYS | {FORMAT_KEY, CATALOGUE_KEY}
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
@@ -78,18 +101,21 @@ def _names_a_checkpoint_inside(value: Any, run_dir: Path) -> bool:
     return Path(value).parts[0] == "checkpoints" and (run_dir / value).resolve().parent == folder
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, device: Any = "cpu") -> dict[str, Any]:
     """`torch.load(weights_only=True)`: tensors and plain containers only, so loading cannot run code.
 
-    What comes back is still untrusted: it is a mapping of this code's format version with a
-    `state_dict` of tensors, and nothing in it is built before `checked_module_hyper_parameters` or
-    `checked_component` has passed it.
+    Every reader of a checkpoint comes here (serving, evaluate, resume, Lightning's own restore through
+    checkpoint_io), so a file costs no more memory than its size: its zip directory is checked before
+    torch reads it, and its tensors after. What comes back is still untrusted: it is a mapping of this
+    code's format version with a `state_dict` of tensors, and nothing in it is built before
+    `checked_module_hyper_parameters` or `checked_component` has passed it.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise ConfigError(f"{path}: empty file (0 bytes), not a checkpoint; it was cut off while being written")
+    check_archive(path)
     try:
         # Sparse tensors (closed-form models keep the training matrix) are checked as they load: a crafted
         # index out of range would otherwise read or write outside the tensor's memory later.
@@ -106,10 +132,66 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     if not isinstance(checkpoint, dict):
         raise foreign
     check_format(checkpoint, path)
+    unknown = sorted(str(key) for key in checkpoint if key not in CHECKPOINT_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: refused, it holds the key {quote(unknown[0], 80)}, which no checkpoint of this project has; the file was altered"
+        )
     state_dict = checkpoint.get("state_dict")
     if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
         raise foreign
+    overstated = _first_overstated_tensor(checkpoint)
+    if overstated is not None:
+        raise ConfigError(
+            f"{path}: refused, its tensor {overstated} claims more elements than the file stores (a stride-0 view); the file was altered"
+        )
     return checkpoint
+
+
+def check_archive(path: Path) -> None:
+    """The zip directory of a torch checkpoint, read before torch reads any of it: only the records torch
+    writes, none compressed (torch never compresses, and a deflated run of zeros is a bomb: 4.7 MB on
+    disk, gigabytes in memory), each stored once, so what torch reads adds up to at most the file's size."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        raise ConfigError(f"{path}: not a readable checkpoint, it may be truncated ({first_line(error, 120)})") from error
+
+    def refused(detail: str) -> ConfigError:
+        return ConfigError(f"{path}: refused, {detail}; torch never writes that, the file was altered")
+
+    folders = {entry.filename.split("/", 1)[0] for entry in entries}
+    for entry in entries:
+        if not TORCH_RECORD.fullmatch(entry.filename) or len(folders) != 1:
+            raise refused(f"its zip holds {quote(entry.filename, 80)}, not a record of a torch checkpoint")
+        if entry.compress_type != zipfile.ZIP_STORED or entry.compress_size != entry.file_size:
+            sizes = f"{entry.file_size:,} bytes from {entry.compress_size:,}"
+            raise refused(f"its zip entry {quote(entry.filename, 80)} is compressed ({sizes})")
+    if len({entry.filename for entry in entries}) != len(entries):
+        raise refused("its zip lists a record twice")
+    stored = sum(entry.file_size for entry in entries)
+    if stored > path.stat().st_size:
+        raise refused(f"its zip entries add up to {stored:,} bytes, more than the file's {path.stat().st_size:,}")
+
+
+def _first_overstated_tensor(checkpoint: dict[str, Any]) -> str | None:
+    """Where a tensor has more elements than its storage holds bytes for (a view with stride 0, which
+    torch.load rebuilds as recorded): copying it, as loading weights into a model does, would allocate
+    its full size. Walked without recursion, so a deeply nested crafted container cannot overflow it."""
+    pending: list[tuple[str, Any]] = [("", checkpoint)]
+    while pending:
+        where, node = pending.pop()
+        if isinstance(node, dict):
+            pending.extend((f"{where}[{quote(key, 40)}]", value) for key, value in node.items())
+        elif isinstance(node, (list, tuple)):
+            pending.extend((f"{where}[{index}]", value) for index, value in enumerate(node))
+        elif isinstance(node, torch.Tensor) and not node.is_sparse:
+            if node.numel() * node.element_size() > node.untyped_storage().nbytes():
+                return where
+        elif isinstance(node, torch.Tensor):
+            pending += [(f"{where}.indices", node._indices()), (f"{where}.values", node._values())]
+    return None
 
 
 def first_non_finite(weights: dict[str, torch.Tensor]) -> str | None:
@@ -136,26 +218,13 @@ def check_format(checkpoint: dict[str, Any], path: str | Path) -> None:
 
 def catalogue_from_checkpoint(state: Any, path: str | Path) -> Catalogue:
     """The checkpoint's catalogue, refused with one line when it is from another version or malformed."""
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+    if not isinstance(state, dict) or type(state.get("version")) is not int or state["version"] != STATE_VERSION:
         found = state.get("version") if isinstance(state, dict) else type(state).__name__
         raise ConfigError(
             f"{path}: its serving catalogue is version {found!r:.40}, this code reads version {STATE_VERSION}; "
             "retrain the run with this version"
         )
     try:
-        catalogue = Catalogue.from_state(state)
-        consistent = (
-            len(catalogue.seen.indptr) == catalogue.num_users + 1
-            and len(catalogue.popularity) == catalogue.num_items
-            and int(catalogue.seen.indptr[-1]) == len(catalogue.seen.indices)
-            and (
-                len(catalogue.seen.indices) == 0
-                or 0 <= int(catalogue.seen.indices.min()) <= int(catalogue.seen.indices.max()) < catalogue.num_items
-            )
-            and (catalogue.titles is None or len(catalogue.titles) == catalogue.num_items)
-        )
-    except Exception as error:  # a crafted catalogue can fail anywhere in from_state
-        raise ConfigError(f"{path}: its serving catalogue is malformed ({type(error).__name__}: {first_line(error)})") from error
-    if not consistent:
-        raise ConfigError(f"{path}: its serving catalogue is inconsistent (index sizes disagree); the file was altered")
-    return catalogue
+        return Catalogue.from_state(state)
+    except MalformedCatalogue as error:
+        raise ConfigError(f"{path}: its serving catalogue is malformed ({error}); the file was altered") from error

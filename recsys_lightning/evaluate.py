@@ -36,10 +36,11 @@ from recsys_lightning.checkpoint_file import (
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, first_line
+from recsys_lightning.models.weights import load_error_detail
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.resume import same_training_data
 from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters
-from recsys_lightning.trained_run import load_trained
+from recsys_lightning.trained_run import check_weights_fit, load_trained, model_weights
 from recsys_lightning.two_stage import check_same_data, compare_stages, find_retriever
 from recsys_lightning.validation import TRAINING_RULES, check_evaluate_config, check_rules
 
@@ -73,6 +74,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
             "so evaluate cannot tell its data from another's; retrain the run to evaluate it"
         )
     catalogue = catalogue_from_checkpoint(state[CATALOGUE_KEY], path)
+    check_weights_fit(hyper_parameters, model_weights(state["state_dict"], path), path)  # before anything is built from its config
     datamodule: InteractionDataModule = instantiate(recorded_data_config(run_dir))
     datamodule.setup("test")
     trained_shape = (hyper_parameters["num_users"], hyper_parameters["num_items"])
@@ -91,8 +93,8 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
     module = RecommenderModule(**hyper_parameters, data=datamodule.training_data)
     try:
         module.load_state_dict(state["state_dict"])
-    except RuntimeError as error:
-        raise ConfigError(f"{path}: its weights do not fit its model config ({first_line(error)})") from error
+    except RuntimeError as error:  # a value a model's own load hook refuses (ItemKNN's neighbours out of range)
+        raise ConfigError(f"{path}: its weights do not fit its model config ({load_error_detail(error)})") from error
     trainer = pl.Trainer(
         accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
     )

@@ -24,6 +24,7 @@ from recsys_lightning.checkpoint_file import (
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.models.base import Recommender
+from recsys_lightning.models.weights import weight_mismatch
 
 log = logging.getLogger(__name__)
 KEY = "pretrained_from"
@@ -66,12 +67,9 @@ def _weights_of(run_dir: Path, model: Recommender, catalogue: Catalogue) -> dict
             f"{KEY}: {path}: none of its weights ({', '.join(sorted(offered))[:120]}) belong to {type(model).__name__}; "
             "pretrain the same model (for NeuMF: model=ncf model.paths=[gmf] and model.paths=[mlp])"
         )
-    for name, value in weights.items():
-        if value.shape != expected[name].shape:
-            raise ConfigError(
-                f"{KEY}: {path}: model.{name} is {list(value.shape)}, this model's is {list(expected[name].shape)}; "
-                "pretrain with the same sizes (model.dim, gmf_dim, mlp_dim, hidden)"
-            )
+    problem = weight_mismatch(expected, weights, prefix="model.", partial=True)
+    if problem is not None:
+        raise ConfigError(f"{KEY}: {path}: {problem}; pretrain with the same sizes (model.dim, gmf_dim, mlp_dim, hidden)")
     broken = first_non_finite(weights)
     if broken is not None:
         raise ConfigError(f"{KEY}: {path}: model.{broken} holds NaN or infinite values; pretrain again")

@@ -13,6 +13,7 @@ from recsys_lightning.checkpoint_file import CATALOGUE_KEY, catalogue_from_check
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.models.weights import weight_mismatch
 
 if TYPE_CHECKING:
     from recsys_lightning.module import RecommenderModule
@@ -106,18 +107,12 @@ def _is_file_in(value: Any, folder: str) -> bool:
 def check_resume_fits(checkpoint: dict[str, Any], path: Path, module: RecommenderModule) -> None:
     """The checkpoint was trained with this run's model shapes, data (same raw ids, same training
     pairs) and optimizer kind; otherwise one line saying what differs."""
-    saved = checkpoint["state_dict"]
-    expected = module.state_dict()
-    for name, tensor in expected.items():
-        if name not in saved or saved[name].shape != tensor.shape:
-            found = tuple(saved[name].shape) if name in saved else "nothing"
-            raise ConfigError(
-                f"ckpt_path={path}: it was trained with another model or data ({name} is {found}, this run needs "
-                f"{tuple(tensor.shape)}); resume with that run's overrides, or drop ckpt_path to start fresh"
-            )
-    unknown = sorted(set(saved) - set(expected))
-    if unknown:
-        raise ConfigError(f"ckpt_path={path}: it holds weights this model lacks ({unknown[0]}); resume with that run's model overrides")
+    problem = weight_mismatch(module.state_dict(), checkpoint["state_dict"])
+    if problem is not None:
+        raise ConfigError(
+            f"ckpt_path={path}: it was trained with another model or data ({problem}); resume with that run's "
+            "overrides, or drop ckpt_path to start fresh"
+        )
     if CATALOGUE_KEY not in checkpoint:
         raise ConfigError(
             f"ckpt_path={path}: it carries no record of the data it was trained on; resume from a checkpoint "

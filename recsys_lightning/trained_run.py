@@ -6,6 +6,8 @@ run this way, so it sits below serving: training must not import serving.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,9 @@ import torch
 
 from recsys_lightning.checkpoint_file import CATALOGUE_KEY, catalogue_from_checkpoint, first_non_finite, load_checkpoint
 from recsys_lightning.data.catalogue import Catalogue
-from recsys_lightning.errors import ConfigError, first_line
-from recsys_lightning.models.base import Recommender, build_recommender
+from recsys_lightning.errors import ConfigError, RecsysError, first_line
+from recsys_lightning.models.base import Recommender
+from recsys_lightning.models.weights import WeightsMismatch, build_with_weights, check_weights
 from recsys_lightning.safe_config import checked_module_hyper_parameters
 
 
@@ -45,15 +48,46 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
             f"{path}: its catalogue ({catalogue.num_users} users x {catalogue.num_items} items) does not match "
             f"its model ({hyper_parameters['num_users']} x {hyper_parameters['num_items']}); the file was altered"
         )
-    model = build_recommender(hyper_parameters["model"], hyper_parameters["num_users"], hyper_parameters["num_items"])
-    prefix = "model."
-    weights = {name[len(prefix) :]: value for name, value in checkpoint["state_dict"].items() if name.startswith(prefix)}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        raise ConfigError(f"{path}: its weights do not fit its model config ({first_line(error)})") from error
+    weights = model_weights(checkpoint["state_dict"], path)
+    model = rebuilt_model(hyper_parameters, weights, path)
     broken = first_non_finite(weights)
     if broken is not None:
         raise ConfigError(f"{path}: its weight model.{broken} holds NaN or infinite values; serve another checkpoint of the run")
     model.to(device).eval()
     return TrainedRun(model, catalogue, hyper_parameters, Path(path))
+
+
+def model_weights(state_dict: dict[str, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:
+    """The model's part of a module's state dict, names without `model.`; anything else is refused (a
+    module keeps no other weights, so another name means the file was altered)."""
+    prefix = "model."
+    stray = next((name for name in state_dict if not name.startswith(prefix)), None)
+    if stray is not None:
+        raise ConfigError(f"{path}: its weight {stray[:80]!r} belongs to no model; the file was altered")
+    return {name[len(prefix) :]: value for name, value in state_dict.items()}
+
+
+def rebuilt_model(hyper_parameters: dict[str, Any], weights: dict[str, torch.Tensor], path: str | Path) -> Recommender:
+    """The recorded model holding `weights`, built only once its names and shapes (found on the meta device)
+    match them: a recorded config cannot ask for memory its weights do not already hold."""
+    with _refused_as_config_error(path):
+        return build_with_weights(hyper_parameters["model"], hyper_parameters["num_users"], hyper_parameters["num_items"], weights)
+
+
+def check_weights_fit(hyper_parameters: dict[str, Any], weights: dict[str, torch.Tensor], path: str | Path) -> None:
+    """`rebuilt_model`'s check alone, for callers that build the model themselves (evaluate builds a module)."""
+    with _refused_as_config_error(path):
+        check_weights(hyper_parameters["model"], hyper_parameters["num_users"], hyper_parameters["num_items"], weights)
+
+
+@contextmanager
+def _refused_as_config_error(path: str | Path) -> Iterator[None]:
+    try:
+        yield
+    except WeightsMismatch as error:
+        raise ConfigError(f"{path}: its weights do not fit its model config ({first_line(error)})") from error
+    except RecsysError:
+        raise
+    except Exception as error:  # the constructor refused a recorded value (Hydra wraps it)
+        cause = error.__cause__ or error
+        raise ConfigError(f"{path}: its recorded model config cannot be built ({first_line(cause)}); the file was altered") from error

@@ -106,7 +106,7 @@ def test_through_the_composed_config(gmf_and_mlp, tmp_path):
         (lambda g, m, t: [t / "missing"], NEUMF, 0, "pretrained_from: run_dir=.*no such folder"),
         (lambda g, m, t: [g], NEUMF, 1, "trained on another split"),
         (lambda g, m, t: [g], MF, 0, "none of its weights .* belong to MatrixFactorization"),
-        (lambda g, m, t: [g], {**NEUMF, "gmf_dim": 4}, 0, r"model.user_gmf is \[60, 8\], this model's is \[60, 4\]"),
+        (lambda g, m, t: [g], {**NEUMF, "gmf_dim": 4}, 0, r"model.user_gmf is \[60, 8\], this model needs \[60, 4\]"),
     ],
     ids=["same-weights-twice", "no-folder", "other-split", "other-model", "other-size"],
 )

@@ -190,7 +190,7 @@ def test_a_truncated_last_checkpoint_names_the_newest_readable_one(finished_run,
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["model.dim=16"], "trained with another model or data (model.user_factors is (300, 64), this run needs (300, 16))"),
+        (["model.dim=16"], "trained with another model or data (model.user_factors is [300, 64], this model needs [300, 16])"),
         (["data.num_items=150"], "trained with another model or data"),
         (["ckpt_path=nowhere.ckpt"], "nowhere.ckpt does not exist"),
     ],

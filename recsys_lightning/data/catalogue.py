@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from recsys_lightning.data.sparse import UserItemCSR
+from recsys_lightning.errors import quote
 
 PARTS = ("train", "valid", "test")
 STATE_VERSION = 1
@@ -97,9 +98,68 @@ class Catalogue:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Catalogue:
-        user_ids, item_ids = _ids_from_state(state["user_ids"]), _ids_from_state(state["item_ids"])
-        seen = UserItemCSR(state["seen_indptr"], state["seen_items"].long(), len(item_ids), state["seen_parts"])
-        return cls(user_ids, item_ids, seen, state["popularity"], state["titles"])
+        """The catalogue `to_state` wrote, read from an untrusted file: MalformedCatalogue, naming what is
+        wrong, unless every part has the type, shape and range serving relies on (each id once; each user's
+        items sorted, distinct and in the catalogue; parts 0-2), since a crafted one would otherwise fail
+        deep inside ranking or, with an id listed twice, silently answer for the wrong user or item."""
+        if not isinstance(state, dict) or set(state) != STATE_KEYS:
+            found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+            raise MalformedCatalogue(f"its keys are {str(found)[:200]}, not {', '.join(sorted(STATE_KEYS))}")
+        user_ids, item_ids = _checked_ids(state["user_ids"], "user_ids"), _checked_ids(state["item_ids"], "item_ids")
+        num_users, num_items = len(user_ids), len(item_ids)
+        indptr = _checked_vector(state["seen_indptr"], "seen_indptr", (torch.int64,), num_users + 1)
+        items = _checked_vector(state["seen_items"], "seen_items", (torch.int32, torch.int64))
+        parts = _checked_vector(state["seen_parts"], "seen_parts", (torch.int8,), len(items))
+        popularity = _checked_vector(state["popularity"], "popularity", (torch.int64,), num_items)
+        counts = indptr.diff()
+        if int(indptr[0]) != 0 or int(indptr[-1]) != len(items) or bool((counts < 0).any()):
+            raise MalformedCatalogue(f"seen_indptr does not run from 0 up to the {len(items)} seen items, never decreasing")
+        if len(items) and not 0 <= int(items.min()) <= int(items.max()) < num_items:
+            raise MalformedCatalogue(f"seen_items holds item indices outside [0, {num_items})")
+        rows = torch.repeat_interleave(torch.arange(num_users), counts)
+        if bool(((items.diff() <= 0) & (rows.diff() == 0)).any()):
+            raise MalformedCatalogue("a user's seen_items are not sorted and distinct")
+        if len(parts) and not 0 <= int(parts.min()) <= int(parts.max()) < len(PARTS):
+            raise MalformedCatalogue(f"seen_parts holds codes outside 0-{len(PARTS) - 1} ({', '.join(PARTS)})")
+        if bool((popularity < 0).any()):
+            raise MalformedCatalogue("popularity holds negative counts")
+        titles = state["titles"]
+        if titles is not None and (type(titles) is not list or len(titles) != num_items or not all(type(title) is str for title in titles)):
+            raise MalformedCatalogue(f"titles is not a list of {num_items} strings, one per item")
+        seen = UserItemCSR(indptr, items.long(), num_items, parts)
+        return cls(user_ids, item_ids, seen, popularity, titles)
+
+
+class MalformedCatalogue(ValueError):
+    """A catalogue read from a file is not one `to_state` writes; the message says what is wrong."""
+
+
+STATE_KEYS = frozenset({"version", "user_ids", "item_ids", "seen_indptr", "seen_items", "seen_parts", "popularity", "titles"})
+
+
+def _checked_vector(value: Any, name: str, dtypes: tuple[torch.dtype, ...], length: int | None = None) -> Tensor:
+    """`value` as a dense 1-D tensor of one of `dtypes` (and `length` entries), else MalformedCatalogue."""
+    if not isinstance(value, Tensor) or value.layout != torch.strided or value.dim() != 1 or value.dtype not in dtypes:
+        found = f"a {value.dtype} tensor of shape {list(value.shape)}" if isinstance(value, Tensor) else f"a {type(value).__name__}"
+        raise MalformedCatalogue(f"{name} is {found[:120]}, not a 1-D {' or '.join(map(str, dtypes))} tensor")
+    if length is not None and len(value) != length:
+        raise MalformedCatalogue(f"{name} has {len(value)} entries, not {length}")
+    return value
+
+
+def _checked_ids(value: Any, name: str) -> pd.Index:
+    """Raw ids as `_ids_to_state` writes them (an int64 tensor, or a list of strings), each listed once."""
+    if isinstance(value, list):
+        if not all(type(raw_id) is str for raw_id in value):
+            raise MalformedCatalogue(f"{name} is a list holding something other than strings")
+        ids = pd.Index(value, dtype=object)
+    else:
+        ids = pd.Index(_checked_vector(value, name, (torch.int64,)).numpy())
+    if not len(ids):
+        raise MalformedCatalogue(f"{name} is empty")
+    if not ids.is_unique:
+        raise MalformedCatalogue(f"{name} lists {quote(ids[ids.duplicated()][0], 40)} more than once")
+    return ids
 
 
 def _part_code(part: str) -> int:
@@ -120,10 +180,6 @@ def _ids_to_state(ids: pd.Index) -> Tensor | list[str]:
         except OverflowError:
             pass
     return [str(value) for value in values]
-
-
-def _ids_from_state(state: Tensor | list[str]) -> pd.Index:
-    return pd.Index(state.numpy()) if isinstance(state, Tensor) else pd.Index(state, dtype=object)
 
 
 def _lookup(ids: pd.Index, raw_id: Any) -> int | None:
