@@ -2,7 +2,7 @@
 
 Each case runs `python -m recsys_lightning.recommend ...` in a subprocess and prints its exit code,
 seconds, peak resident memory (the child's own ru_maxrss, from os.wait4) and the first line of stderr
-(last line when the first is a plain log line):
+past the info lines (which model is served, which index was loaded or written):
 
 - baseline: `user_id=1 k=10`, the memory any answer costs;
 - large k: `user_id=1 k=200000000` (issue 21, defect 4);
@@ -50,7 +50,7 @@ def run(*overrides: str, timeout: int = 900) -> tuple[int, float, float, str]:
         process.returncode = os.waitstatus_to_exitcode(status)
         stderr.seek(0)
         lines = [line for line in stderr.read().decode(errors="replace").splitlines() if line.strip()]
-    telling = [line for line in lines if "WARNING" in line or "Error" in line or not line.startswith("[")]
+    telling = [line for line in lines if not line.startswith(("serving ", "loaded the ", "wrote the "))]  # skip the info lines
     return process.returncode, seconds, usage.ru_maxrss / 2**20, (telling or lines or [""])[0][:160]
 
 
