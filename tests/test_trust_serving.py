@@ -19,6 +19,7 @@ import torch
 from recsys_lightning.checkpoint_file import find_checkpoint
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.metrics import per_user_metrics
 from recsys_lightning.recommend import serve
 from recsys_lightning.serving import vector_index
 from recsys_lightning.serving.arguments import check_serving_config
@@ -233,3 +234,15 @@ def test_a_file_size_limit_mid_export_is_one_line_and_leaves_the_old_file(moviel
     )
     assert output.read_text() == previous
     assert sorted(path.name for path in tmp_path.iterdir()) == ["recs.csv"]
+
+
+def test_a_huge_eval_k_is_scored_as_the_ranked_items_and_never_allocated():
+    """eval.ks=[100000000] (and evaluate's two-stage depth) once padded every chunk to B x k doubles."""
+    hits = torch.tensor([[0, 1, 0, 1, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    num_relevant = torch.tensor([3, 1])
+    padded = per_user_metrics(torch.nn.functional.pad(hits, (0, 15)), num_relevant, [3, 20])
+    huge = per_user_metrics(hits, num_relevant, [3, 10**12])
+    recall, ndcg, hit_rate, precision, mrr = range(5)
+    for metric in (recall, ndcg, hit_rate, mrr):
+        assert torch.allclose(huge[metric], padded[metric])
+    assert torch.allclose(huge[precision, 1], torch.tensor([2, 1], dtype=torch.float64) / 10**12)
