@@ -11,7 +11,9 @@ python -m recsys_lightning.recommend run_dir=outputs/runs/<reranker> retrieval.r
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -54,14 +56,30 @@ def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
     log.info("serving %s from %s", run.model_name, run.checkpoint_path)
     action = chosen[0]
     k = _answerable_k(cfg.k, action, service)
-    if action == "user_id":
-        print(_recommendation_table(service, cfg.user_id, k), file=out)
-    elif action == "item_id":
-        print(_neighbour_table(service, "item", cfg.item_id, k, cfg.embedding), file=out)
-    elif action == "similar_users":
-        print(_neighbour_table(service, "user", cfg.similar_users, k, cfg.embedding), file=out)
-    else:
-        export_recommendations(service, _requested_users(cfg.users), k, cfg.output, out)
+    try:
+        if action == "user_id":
+            print(_recommendation_table(service, cfg.user_id, k), file=out)
+        elif action == "item_id":
+            print(_neighbour_table(service, "item", cfg.item_id, k, cfg.embedding), file=out)
+        elif action == "similar_users":
+            print(_neighbour_table(service, "user", cfg.similar_users, k, cfg.embedding), file=out)
+        else:
+            export_recommendations(service, _requested_users(cfg.users), k, cfg.output, out)
+        out.flush()
+    except OSError as error:  # writing to `out`: an output= file's own errors are ConfigErrors already
+        raise _cannot_write(error, out) from None
+
+
+def _cannot_write(error: OSError, out: TextIO) -> ConfigError:
+    """A pipe closed early (`| head`), or a full disk or file-size limit under `> file`: one line, not a traceback."""
+    with suppress(AttributeError, OSError, ValueError):  # Python flushes stdout again at exit: that must not fail too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+    if isinstance(error, BrokenPipeError):
+        return ConfigError("standard output was closed before the whole answer was written (a pipe into head?); it is incomplete")
+    return ConfigError(
+        f"cannot write the answer to standard output ({error.strerror or error}); what was written is incomplete: "
+        "free space, raise the file-size limit (ulimit -f) or export with users=... output=<file>"
+    )
 
 
 def _answerable_k(k: int, action: str, service: RecommendationService) -> int:

@@ -246,3 +246,32 @@ def test_a_huge_eval_k_is_scored_as_the_ranked_items_and_never_allocated():
     for metric in (recall, ndcg, hit_rate, mrr):
         assert torch.allclose(huge[metric], padded[metric])
     assert torch.allclose(huge[precision, 1], torch.tensor([2, 1], dtype=torch.float64) / 10**12)
+
+
+def recommend_process(run_dir, *overrides: str, **options) -> subprocess.Popen:
+    command = [sys.executable, "-m", "recsys_lightning.recommend", f"run_dir={run_dir}", *overrides]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env, **options)
+
+
+def test_a_pipe_closed_early_is_one_line_not_a_traceback(movielens_run):
+    """`recommend users=all | head -1`: the reader goes away after the header."""
+    process = recommend_process(movielens_run, "users=all", "k=50", stdout=subprocess.PIPE)
+    assert process.stdout.readline() == "user_id,rank,item_id,score,source\n"
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 1
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == (
+        "error: standard output was closed before the whole answer was written (a pipe into head?); it is incomplete"
+    )
+
+
+def test_a_file_size_limit_on_standard_output_is_one_line(movielens_run, tmp_path):
+    """`recommend users=all > recs.csv` under `ulimit -f`."""
+    with open(tmp_path / "recs.csv", "w") as redirected:
+        process = recommend_process(movielens_run, "users=all", "k=50", stdout=redirected, preexec_fn=limited_file_size(100_000))
+        stderr = process.stderr.read()
+        assert process.wait(timeout=300) == 1
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("error: cannot write the answer to standard output (File too large)")
