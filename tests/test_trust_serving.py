@@ -12,6 +12,7 @@ import resource
 import struct
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -275,3 +276,31 @@ def test_a_file_size_limit_on_standard_output_is_one_line(movielens_run, tmp_pat
         assert process.wait(timeout=300) == 1
     assert "Traceback" not in stderr, stderr[-2000:]
     assert stderr.strip().splitlines()[-1].startswith("error: cannot write the answer to standard output (File too large)")
+
+
+@pytest.mark.parametrize("sidecar_kind", ["huge", "fifo"])
+def test_a_huge_or_fifo_sidecar_is_refused_without_being_read_whole(tmp_path, sidecar_kind):
+    """The sidecar is read before anything else: a FIFO would block for ever, a huge file be read whole."""
+    pytest.importorskip("faiss")
+    path = tmp_path / "items.faiss"
+    open_or_build(vectors(), path)
+    sidecar = tmp_path / "items.faiss.json"
+    if sidecar_kind == "huge":
+        sidecar.write_text(json.dumps(json.loads(sidecar.read_text())) + " " * 2**20)
+    else:
+        sidecar.unlink()
+        os.mkfifo(sidecar)
+    outcome = []
+    worker = threading.Thread(target=lambda: outcome.append(refused(path)), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    why = (
+        "larger than the 65,536 bytes a record of ours takes" if sidecar_kind == "huge" else "not a regular file (a device, pipe or socket)"
+    )
+    assert outcome and f"cannot read items.faiss.json: {why}" in outcome[0], outcome
+
+
+def refused(path) -> str:
+    with pytest.raises(ConfigError) as refusal:
+        open_or_build(vectors(), path)
+    return str(refusal.value)

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("flat", "ivf")
 SIDECAR_FORMAT = 1  # bump when the sidecar's keys change: older files are then rebuilt, not misread
+MAX_SIDECAR_BYTES = 2**16  # a sidecar of ours is a few hundred bytes
 MAX_SHOWN = 200  # characters of a user's path or value quoted in a message
 
 
@@ -165,7 +166,7 @@ def _our_record(path: Path, targets: list[Path]) -> dict[str, Any] | None:
         return None
     sidecar = _beside(path, ".json")
     try:
-        recorded = json.loads(sidecar.read_bytes())
+        recorded = json.loads(_small_file(sidecar))
         if _is_our_record(recorded):
             return recorded
         why = f"{sidecar.name} is not an index record this project wrote"
@@ -180,6 +181,18 @@ def _our_record(path: Path, targets: list[Path]) -> dict[str, Any] | None:
         f"faiss.path={_shown(path)}: refusing to overwrite {names}: not an index this project wrote ({why}); "
         "remove or move those files, or pick another path"
     )
+
+
+def _small_file(path: Path) -> bytes:
+    """A sidecar's bytes, read only from a regular file and never more than MAX_SIDECAR_BYTES: a FIFO
+    would block and a huge file would be read whole. ValueError otherwise; FileNotFoundError when missing."""
+    if path.exists() and not path.is_file() and not path.is_dir():  # open says "Is a directory" itself
+        raise ValueError("not a regular file (a device, pipe or socket)")
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_SIDECAR_BYTES + 1)
+    if len(data) > MAX_SIDECAR_BYTES:
+        raise ValueError(f"larger than the {MAX_SIDECAR_BYTES:,} bytes a record of ours takes")
+    return data
 
 
 def _is_our_record(recorded: Any) -> bool:
