@@ -30,24 +30,33 @@ def per_user_metrics(hits: Tensor, num_relevant: Tensor, ks: Sequence[int]) -> T
     - mrr@K = 1 / rank of the first hit in top K, 0 if none
     """
     max_k = max(ks)
-    hits = torch.nn.functional.pad(hits[:, :max_k].to(torch.float64), (0, max_k - min(max_k, hits.shape[1])))
+    # Ranks past the ranked items (at most the catalogue) hold no hit, so nothing is sized by a k
+    # (eval.ks=[100000000] once asked for B x 10^8 doubles): the columns stop at the ranked items.
+    width = max(1, min(max_k, hits.shape[1]))
+    hits = torch.nn.functional.pad(hits[:, :width].to(torch.float64), (0, width - min(width, hits.shape[1])))
     num_relevant = num_relevant.to(torch.float64)
-    discounts = 1.0 / torch.log2(torch.arange(2, max_k + 2, device=hits.device, dtype=torch.float64))
     hit_counts = hits.cumsum(1)
-    dcg = (hits * discounts).cumsum(1)
-    ideal_dcg = discounts.cumsum(0)
-    ranks = torch.arange(1, max_k + 1, device=hits.device, dtype=torch.float64)
+    dcg = (hits * _discounts(width, hits.device)).cumsum(1)
+    ideal_width = max(width, min(max_k, int(num_relevant.max()))) if len(num_relevant) else width  # held-out items, at most
+    ideal_dcg = _discounts(ideal_width, hits.device).cumsum(0)
+    ranks = torch.arange(1, width + 1, device=hits.device, dtype=torch.float64)
     first_hit_rank = torch.where(hits > 0, ranks, torch.inf).min(1).values
 
     values = []
     for k in ks:
-        hits_at_k = hit_counts[:, k - 1]
+        column = min(k, width) - 1
+        hits_at_k = hit_counts[:, column]
         ideal_at_k = ideal_dcg[(num_relevant.clamp(max=k) - 1).long()]
         reciprocal_rank = torch.where(first_hit_rank <= k, 1.0 / first_hit_rank, 0.0)
         values.append(
-            torch.stack([hits_at_k / num_relevant, dcg[:, k - 1] / ideal_at_k, (hits_at_k > 0).double(), hits_at_k / k, reciprocal_rank])
+            torch.stack([hits_at_k / num_relevant, dcg[:, column] / ideal_at_k, (hits_at_k > 0).double(), hits_at_k / k, reciprocal_rank])
         )
     return torch.stack(values, 1)
+
+
+def _discounts(length: int, device: torch.device) -> Tensor:
+    """1 / log2(rank + 1) for ranks 1..length."""
+    return 1.0 / torch.log2(torch.arange(2, length + 2, device=device, dtype=torch.float64))
 
 
 class RankingMetrics(Metric):

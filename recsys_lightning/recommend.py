@@ -11,7 +11,9 @@ python -m recsys_lightning.recommend run_dir=outputs/runs/<reranker> retrieval.r
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,6 +34,7 @@ from recsys_lightning.serving.service import ITEM_ITEM, UNKNOWN, Recommendations
 from recsys_lightning.serving.vector_index import ItemVectorIndex, open_or_build
 from recsys_lightning.trained_run import TrainedRun, load_trained
 from recsys_lightning.two_stage import check_same_data, find_retriever
+from recsys_lightning.validation import shown
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -52,14 +55,49 @@ def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
     service = _service(cfg, run)
     log.info("serving %s from %s", run.model_name, run.checkpoint_path)
     action = chosen[0]
-    if action == "user_id":
-        print(_recommendation_table(service, cfg.user_id, cfg.k), file=out)
-    elif action == "item_id":
-        print(_neighbour_table(service, "item", cfg.item_id, cfg.k, cfg.embedding), file=out)
+    k = _answerable_k(cfg.k, action, service)
+    try:
+        if action == "user_id":
+            print(_recommendation_table(service, cfg.user_id, k), file=out)
+        elif action == "item_id":
+            print(_neighbour_table(service, "item", cfg.item_id, k, cfg.embedding), file=out)
+        elif action == "similar_users":
+            print(_neighbour_table(service, "user", cfg.similar_users, k, cfg.embedding), file=out)
+        else:
+            export_recommendations(service, _requested_users(cfg.users), k, cfg.output, out)
+        out.flush()
+    except OSError as error:  # writing to `out`: an output= file's own errors are ConfigErrors already
+        raise _cannot_write(error, out) from None
+
+
+def _cannot_write(error: OSError, out: TextIO) -> ConfigError:
+    """A pipe closed early (`| head`), or a full disk or file-size limit under `> file`: one line, not a traceback."""
+    with suppress(AttributeError, OSError, ValueError):  # Python flushes stdout again at exit: that must not fail too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+    if isinstance(error, BrokenPipeError):
+        return ConfigError("standard output was closed before the whole answer was written (a pipe into head?); it is incomplete")
+    return ConfigError(
+        f"cannot write the answer to standard output ({error.strerror or error}); what was written is incomplete: "
+        "free space, raise the file-size limit (ulimit -f) or export with users=... output=<file>"
+    )
+
+
+def _answerable_k(k: int, action: str, service: RecommendationService) -> int:
+    """`k`, or the most that `action` can answer with when k is more, said once as a warning: the
+    catalogue's items, the candidates of two stages, or the other items or users for neighbours."""
+    items, users = service.catalogue.num_items, service.catalogue.num_users
+    if action == "item_id":
+        most, why = items - 1, f"this run has {items:,} items, so at most {items - 1:,} similar items"
     elif action == "similar_users":
-        print(_neighbour_table(service, "user", cfg.similar_users, cfg.k, cfg.embedding), file=out)
+        most, why = users - 1, f"this run has {users:,} users, so at most {users - 1:,} similar users"
+    elif isinstance(service, TwoStageService):
+        most, why = service.max_k, f"two stages re-rank {service.max_k:,} candidates per user, so answers hold at most that many"
     else:
-        export_recommendations(service, _requested_users(cfg.users), cfg.k, cfg.output, out)
+        most, why = service.max_k, f"this run has {service.max_k:,} items, so answers hold at most {service.max_k:,}"
+    if k <= most:
+        return k
+    log.warning("k=%d: %s", k, why)
+    return max(most, 1)
 
 
 def _service(cfg: DictConfig, run: TrainedRun) -> RecommendationService:
@@ -69,6 +107,12 @@ def _service(cfg: DictConfig, run: TrainedRun) -> RecommendationService:
         return RecommendationService(run, **options, index=_vector_index("index", cfg.index, cfg.faiss, run))
     retriever = load_trained(find_retriever(cfg.retrieval.run_dir, "retrieval.run_dir"), _device(cfg.device))
     check_same_data(retriever.catalogue, run.catalogue, cfg.retrieval.run_dir, cfg.run_dir)
+    if cfg.retrieval.candidates > run.catalogue.num_items:
+        log.warning(
+            "retrieval.candidates=%d: this run has %s items, so every unseen item is a candidate",
+            cfg.retrieval.candidates,
+            f"{run.catalogue.num_items:,}",
+        )
     retrieval = RecommendationService(
         retriever, **options, index=_vector_index("retrieval.index", cfg.retrieval.index, cfg.faiss, retriever)
     )
@@ -106,8 +150,14 @@ def export_recommendations(
         _write_csv(progress, raw_user_ids, catalogue, out, columns)
         return
     target = Path(output)
-    with atomic_file(target) as handle:
-        rows = _write_csv(progress, raw_user_ids, catalogue, handle, columns)
+    try:
+        with atomic_file(target) as handle:
+            rows = _write_csv(progress, raw_user_ids, catalogue, handle, columns)
+    except OSError as error:  # a full disk or a file-size limit (EFBIG) mid-export: atomic_file left nothing behind
+        raise ConfigError(
+            f"output={shown(output)}: cannot write the recommendations ({error.strerror or error}); nothing was written: "
+            "free space, raise the file-size limit (ulimit -f) or pick another path"
+        ) from None
     log.info("wrote %d rows for %d users to %s", rows, len(users), target)
 
 
@@ -154,10 +204,10 @@ def _recommendation_table(service: RecommendationService, raw_user: Any, k: int)
         history = int(service.history[index])
         heading = (
             f"user {raw_user} has {history} training interactions (< min_history={service.min_history}): "
-            f"the {len(frame)} most popular unseen items (source=popularity)"
+            f"the {len(frame)} most popular {service.shown_items} (source=popularity)"
         )
     else:
-        heading = f"top {len(frame)} unseen items for user {raw_user} ({service.ranking})"
+        heading = f"top {len(frame)} {service.shown_items} for user {raw_user} ({service.ranking})"
     return heading + "\n" + frame.drop(columns="user_id").to_string(index=False)
 
 

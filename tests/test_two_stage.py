@@ -152,7 +152,8 @@ def test_recommend_entry_point_prints_both_scores(runs):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     heading, columns, *rows = result.stdout.strip().splitlines()
-    assert "NeuMF re-ranking the top 200 of MatrixFactorization" in heading
+    assert "NeuMF re-ranking the top 100 of MatrixFactorization" in heading  # retrieval.candidates=200 of 100 items
+    assert "retrieval.candidates=200: this run has 100 items, so every unseen item is a candidate" in result.stderr
     assert columns.split() == ["rank", "item_id", "title", "score", "source", "retrieval_score"]
     assert len(rows) == 5
 

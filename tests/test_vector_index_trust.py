@@ -119,7 +119,7 @@ def test_an_index_faiss_cannot_parse_is_rebuilt_even_with_a_matching_sidecar(tmp
     recorded = {**sidecar(path), "index_sha256": hashlib.sha256(b"garbage" * 100).hexdigest()}
     (tmp_path / "items.faiss.json").write_text(json.dumps(recorded))
     rebuilt(caplog, path, vectors())
-    assert "cannot read the index (Error in" in caplog.text and "not recognized" in caplog.text
+    assert "holds an index of unknown type b'garb', not a flat inner-product one" in caplog.text  # refused before FAISS reads it
 
 
 def test_an_index_of_another_size_is_rebuilt_even_when_its_sidecar_claims_otherwise(tmp_path, caplog):
@@ -130,7 +130,7 @@ def test_an_index_of_another_size_is_rebuilt_even_when_its_sidecar_claims_otherw
     forged = {**sidecar(path), "index_sha256": sidecar(other)["index_sha256"]}
     (tmp_path / "items.faiss.json").write_text(json.dumps(forged))
     assert rebuilt(caplog, path, vectors(num_items=50)).num_items == 50
-    assert "holds 40 vectors of width 8, not 50 of width 8" in caplog.text
+    assert "holds an index of 40 vectors, not 50, though items.faiss.json records 50 vectors of width 8" in caplog.text
 
 
 SIDECAR_CONTENT = {
@@ -245,14 +245,14 @@ def test_the_same_vectors_in_another_kind_of_index_are_rebuilt(tmp_path, caplog)
     path.write_bytes(faiss.serialize_index(l2).tobytes())
     (tmp_path / "items.faiss.json").write_text(json.dumps({**sidecar(path), "index_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))
     rebuilt(caplog, path, mine)
-    assert "holds an index that does not rank by inner product" in caplog.text
+    assert "holds a flat L2 index, not a flat inner-product one" in caplog.text
     open_or_build(mine, path, kind="ivf", nlist=4)
     swapped_in(tmp_path, path, mine, kind="ivf", nlist=5)
     rebuilt(caplog, path, mine, kind="ivf", nlist=4)
     assert "holds an IVF index of 5 lists, not 4" in caplog.text
     swapped_in(tmp_path, path, mine)
     rebuilt(caplog, path, mine, kind="ivf", nlist=4)
-    assert "holds an index of type IndexFlatIP, not ivf" in caplog.text
+    assert "holds a flat inner-product index, not an IVF flat one" in caplog.text
 
 
 def test_written_files_are_normal_files_and_leave_no_temporaries(tmp_path):

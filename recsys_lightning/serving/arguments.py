@@ -6,6 +6,7 @@ kinds, the export's CSV header) and training must not import serving to check it
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -99,6 +100,14 @@ def _check_output_file(output: str) -> None:
             f"output={shown(output, 200)} exists and is not a recommendations CSV this project wrote; "
             "refusing to overwrite it: remove it or pick another path"
         )
+    try:  # the export is written beside its target and renamed: the folder must take a new file
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".probe"):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"output={shown(output)}: cannot create a file in folder {shown(str(target.parent))} ({error.strerror or error}); "
+            "pick a folder you can write to"
+        ) from None
 
 
 def _is_our_export(path: Path) -> bool:

@@ -28,9 +28,9 @@ ITEM_ITEM = "item-item"  # the `embedding` of neighbours found in a model's item
 
 @dataclass(frozen=True)
 class Recommendations:
-    """Per requested user: `items` and `scores` [B, k] (score -inf where fewer than k items were left),
+    """Per requested user: `items` and `scores` [B, min(k, max_k)] (score -inf where fewer items were left),
     and `fallback` [B], True where the popularity ranking answered instead of the model. Two stages add
-    `retrieval_scores` [B, k], the retriever's scores of the same items (`scores` are the re-ranker's)."""
+    `retrieval_scores`, the retriever's scores of the same items (`scores` are the re-ranker's)."""
 
     users: Tensor
     items: Tensor
@@ -65,6 +65,7 @@ class RecommendationService:
         self.run = run
         self.model = run.model
         self.catalogue = run.catalogue
+        self.exclude = tuple(exclude)
         self.excluded: UserItemCSR = self.catalogue.seen_in(exclude)
         self.history = self.catalogue.seen_in(["train"]).counts()
         self.min_history = min_history
@@ -78,6 +79,20 @@ class RecommendationService:
             return f"{self.run.model_name} searched with {self.index.description}, scores are inner products"
         return f"{self.run.model_name}, scores are the model's"
 
+    @property
+    def shown_items(self) -> str:
+        """Which items an answer may hold, for a heading: seen ones are left out only for the `exclude` parts."""
+        if set(self.exclude) >= set(PARTS):
+            return "unseen items"
+        if not self.exclude:
+            return "items, seen ones included (exclude=[])"
+        return f"items not seen in {' or '.join(part for part in PARTS if part in self.exclude)} (exclude=[{','.join(self.exclude)}])"
+
+    @property
+    def max_k(self) -> int:
+        """The most items one answer can hold: a larger k is answered with this many, never allocated."""
+        return self.catalogue.num_items
+
     def user_indices(self, raw_user_ids: Sequence[Any]) -> Tensor:
         """The catalogue index of each raw user id, UNKNOWN where the run never saw the id."""
         found = [self.catalogue.user_index(raw_id) for raw_id in raw_user_ids]
@@ -90,7 +105,8 @@ class RecommendationService:
         return self.recommend(self.user_indices(raw_user_ids), k)
 
     def recommend(self, users: Tensor, k: int) -> Recommendations:
-        """`users` are indices, UNKNOWN (-1) for ids the run never saw."""
+        """`users` are indices, UNKNOWN (-1) for ids the run never saw; k is capped at `max_k`."""
+        k = min(k, self.max_k)
         known = users >= 0
         fallback = ~known
         fallback[known] = self.history[users[known]] < self.min_history
@@ -116,15 +132,15 @@ class RecommendationService:
         if self.index is None:
             scores = self.model.score_all(users)
             top = top_k_unseen(scores, exclude_rows, exclude_items, k)
-            return _padded(top, scores.gather(1, top), k)
+            return top, scores.gather(1, top)
         queries = self.model.query_vectors(users)
         # Over-fetch by the most items any user in the chunk has seen: after dropping them, k remain.
         fetch = min(k + int(self.excluded.counts(users).max()), self.catalogue.num_items)
         candidate_scores, candidates = self.index.search(queries, fetch)
         seen = hits(candidates.clamp(min=0), exclude_rows, exclude_items, self.catalogue.num_items)
         candidate_scores = candidate_scores.masked_fill(seen | (candidates < 0), -torch.inf)
-        best_scores, positions = candidate_scores.topk(min(k, fetch), dim=1)
-        return _padded(candidates.gather(1, positions), best_scores, k)
+        best_scores, positions = candidate_scores.topk(k, dim=1)
+        return candidates.gather(1, positions), best_scores
 
     def _popular_unseen(self, users: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Training popularity (number of users) as the score; unknown users have seen nothing."""
@@ -132,7 +148,7 @@ class RecommendationService:
         known = torch.nonzero(users >= 0).flatten()
         rows, items = self.excluded.coordinates(users[known])
         top = top_k_unseen(scores, known[rows], items, k)
-        return _padded(top, scores.gather(1, top), k)
+        return top, scores.gather(1, top)
 
     def similar_items_to(self, raw_item_id: Any, k: int, embedding: str | None = None) -> Neighbours:
         """The k items nearest to a raw item id; UnknownId when the run never saw it."""
@@ -201,7 +217,12 @@ class TwoStageService(RecommendationService):
     ) -> None:
         super().__init__(run, exclude, min_history, chunk_size)
         self.retrieval = retrieval
-        self.candidates = candidates
+        self.candidates = min(candidates, self.catalogue.num_items)
+
+    @property
+    def max_k(self) -> int:
+        """Only the candidates are scored, so an answer holds at most that many."""
+        return self.candidates
 
     @property
     def ranking(self) -> str:
@@ -212,14 +233,14 @@ class TwoStageService(RecommendationService):
         )
 
     def recommend(self, users: Tensor, k: int) -> Recommendations:
+        k = min(k, self.max_k)
         proposed = self.retrieval.recommend(users, self.candidates)
         scores = proposed.scores.clone()
         personal = torch.nonzero(~proposed.fallback).flatten()
         if len(personal):
             scores[personal] = rerank_scores(self.model, users[personal], proposed.items[personal], proposed.scores[personal])
-        best_scores, positions = scores.topk(min(k, self.candidates), dim=1)
-        items, best_scores = _padded(proposed.items.gather(1, positions), best_scores, k)
-        retrieval_scores = _padded(positions, proposed.scores.gather(1, positions), k)[1]
+        best_scores, positions = scores.topk(k, dim=1)
+        items, retrieval_scores = proposed.items.gather(1, positions), proposed.scores.gather(1, positions)
         return Recommendations(users, items, best_scores, proposed.fallback, retrieval_scores)
 
 
@@ -233,11 +254,3 @@ def _nearest(similarities: Tensor, row: int, k: int, name: str) -> Neighbours:
     similarities[row] = -torch.inf  # never one's own neighbour
     best = similarities.topk(min(k, len(similarities) - 1))
     return Neighbours(best.indices, best.values, name)
-
-
-def _padded(items: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Widen to k columns when the catalogue is smaller than k; the padding scores -inf."""
-    missing = k - items.shape[1]
-    if missing <= 0:
-        return items, scores
-    return F.pad(items, (0, missing)), F.pad(scores, (0, missing), value=-torch.inf)

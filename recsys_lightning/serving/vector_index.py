@@ -22,11 +22,13 @@ from torch import Tensor
 
 from recsys_lightning.atomic import atomic_file
 from recsys_lightning.errors import ConfigError, cut, first_line, quote
+from recsys_lightning.serving.index_file import layout_mismatch
 
 log = logging.getLogger(__name__)
 
 KINDS = ("flat", "ivf")
 SIDECAR_FORMAT = 1  # bump when the sidecar's keys change: older files are then rebuilt, not misread
+MAX_SIDECAR_BYTES = 2**16  # a sidecar of ours is a few hundred bytes
 MAX_SHOWN = 200  # characters of a user's path or value quoted in a message
 
 
@@ -91,8 +93,9 @@ class ItemVectorIndex:
         return self.index.ntotal
 
     def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """(scores, item indices) [B, k], best first; index -1 (score -inf) where fewer than k were found."""
-        scores, items = self.index.search(_float32(queries), k)
+        """(scores, item indices) [B, min(k, num_items)], best first; index -1 (score -inf) where fewer were
+        found. FAISS allocates B x k results, so a k past the catalogue is cut to it."""
+        scores, items = self.index.search(_float32(queries), min(k, self.num_items))
         scores, items = torch.from_numpy(scores).to(queries.device), torch.from_numpy(items).to(queries.device)
         return scores.masked_fill(items < 0, -torch.inf), items
 
@@ -163,7 +166,7 @@ def _our_record(path: Path, targets: list[Path]) -> dict[str, Any] | None:
         return None
     sidecar = _beside(path, ".json")
     try:
-        recorded = json.loads(sidecar.read_bytes())
+        recorded = json.loads(_small_file(sidecar))
         if _is_our_record(recorded):
             return recorded
         why = f"{sidecar.name} is not an index record this project wrote"
@@ -178,6 +181,18 @@ def _our_record(path: Path, targets: list[Path]) -> dict[str, Any] | None:
         f"faiss.path={_shown(path)}: refusing to overwrite {names}: not an index this project wrote ({why}); "
         "remove or move those files, or pick another path"
     )
+
+
+def _small_file(path: Path) -> bytes:
+    """A sidecar's bytes, read only from a regular file and never more than MAX_SIDECAR_BYTES: a FIFO
+    would block and a huge file would be read whole. ValueError otherwise; FileNotFoundError when missing."""
+    if path.exists() and not path.is_file() and not path.is_dir():  # open says "Is a directory" itself
+        raise ValueError("not a regular file (a device, pipe or socket)")
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_SIDECAR_BYTES + 1)
+    if len(data) > MAX_SIDECAR_BYTES:
+        raise ValueError(f"larger than the {MAX_SIDECAR_BYTES:,} bytes a record of ours takes")
+    return data
 
 
 def _is_our_record(recorded: Any) -> bool:
@@ -204,22 +219,25 @@ def _reuse(path: Path, recorded: dict[str, Any], built_from: dict[str, Any], vec
     try:
         with open(path, "rb") as handle:
             matches = hashlib.file_digest(handle, "sha256").hexdigest() == recorded.get("index_sha256")
-        loaded = ItemVectorIndex.load(path, nprobe) if matches else None
+        # FAISS allocates whatever sizes the file declares before reading them: they are checked first.
+        layout = {key: built_from[key] for key in ("kind", "num_items", "dim", "nlist")}
+        declared = layout_mismatch(path, **layout) if matches else None
+        loaded = ItemVectorIndex.load(path, nprobe) if matches and declared is None else None
     except (OSError, RuntimeError) as error:  # FAISS raises RuntimeError for a file it cannot parse
         log.warning("faiss.path=%s: cannot read the index (%s); rebuilding the index", _shown(path), first_line(error))
         return None
-    if loaded is None:
-        log.warning("faiss.path=%s changed since %s was written; rebuilding the index", _shown(path), _beside(path, ".json").name)
-        return None
-    if (loaded.num_items, loaded.index.d) != (built_from["num_items"], built_from["dim"]):
+    if declared is not None:
         log.warning(
-            "faiss.path=%s holds %d vectors of width %d, not %d of width %d; rebuilding the index",
+            "faiss.path=%s holds %s, though %s records %d vectors of width %d; rebuilding the index without reading it",
             _shown(path),
-            loaded.num_items,
-            loaded.index.d,
+            declared,
+            _beside(path, ".json").name,
             built_from["num_items"],
             built_from["dim"],
         )
+        return None
+    if loaded is None:
+        log.warning("faiss.path=%s changed since %s was written; rebuilding the index", _shown(path), _beside(path, ".json").name)
         return None
     mismatch = _content_mismatch(loaded.index, vectors, built_from)
     if mismatch is not None:
