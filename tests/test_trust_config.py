@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-import pytest
+import errno
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
+import pytest
+import torch
+
+from recsys_lightning.atomic import WriteFailed, check_writable_folder
+from recsys_lightning.checkpoint_io import AtomicCheckpointIO
 from recsys_lightning.config import group_options
+from recsys_lightning.data import movielens
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.presets import preset_keys, preset_pins
 from recsys_lightning.validation import check_training_config
 
-from helpers import run_module, training_config
+from helpers import ROOT, run_module, training_config
 
 
 def refusal(*overrides: str) -> str:
@@ -81,3 +94,107 @@ def test_the_entry_point_refuses_a_swapped_loss_in_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: " + refusal("experiment=ml100k_ratings", "loss=bpr"),
     ]
+
+
+# -- OS errors on write: one line naming the path and what to do, nothing half-written ---------------------
+
+
+def test_a_checkpoint_over_the_file_size_limit_is_one_line_and_leaves_no_file(tmp_path):
+    """A real EFBIG: the soft RLIMIT_FSIZE lowered in this process (Python ignores SIGXFSZ, so the write
+    fails instead of the process dying) while the plugin writes a checkpoint bigger than the limit."""
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
+    path.write_bytes(b"the previous checkpoint")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+    try:
+        with pytest.raises(WriteFailed) as error:
+            AtomicCheckpointIO().save_checkpoint({"weights": torch.zeros(1_000_000)}, path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert str(error.value) == (
+        f"{path}: cannot write (File too large); the file-size limit (ulimit -f) is below its size: "
+        "raise it (ulimit -f unlimited) and run again"
+    )
+    assert path.read_bytes() == b"the previous checkpoint"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+@pytest.mark.slow
+def test_training_under_a_file_size_limit_ends_in_one_line_naming_the_checkpoint(tmp_path):
+    """Through the entry point, as `ulimit -f 976` in a shell would (SIGXFSZ ignored, as Python does)."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))  # the events and logs fit, a 2 MB checkpoint does not
+
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "recsys_lightning.train", "debug=quick", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, preexec_fn=limit, timeout=600)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: {run_dir}/checkpoints/epoch000.ckpt: cannot write (File too large); the file-size limit (ulimit -f) is below "
+        "its size: raise it (ulimit -f unlimited) and run again"
+    ]
+    assert list((run_dir / "checkpoints").iterdir()) == []  # no temporary, no truncated checkpoint
+    assert not (run_dir / "metrics.json").exists()
+
+
+def _unwritable(monkeypatch, folder: Path) -> None:
+    """Writing in `folder` fails as it does for a user without permission there (root writes anyway)."""
+    real = tempfile.TemporaryFile
+
+    def refuse(*args, dir=None, **kwargs):  # noqa: A002 (tempfile's own name)
+        if dir is not None and Path(dir) == folder:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+
+
+def test_a_run_folder_under_a_folder_nobody_can_write_is_one_line(tmp_path, monkeypatch):
+    _unwritable(monkeypatch, tmp_path)
+    with pytest.raises(WriteFailed) as error:
+        check_writable_folder(tmp_path / "runs" / "today", "hydra.run.dir")
+    assert str(error.value) == (
+        f"hydra.run.dir={tmp_path}/runs/today: cannot write in {tmp_path} (Permission denied); "
+        "permission denied: point the path at a folder you can write"
+    )
+    assert list(tmp_path.iterdir()) == []  # the probe creates nothing
+
+
+def _sysfs_takes_files() -> bool:
+    try:
+        with tempfile.TemporaryFile(dir="/sys"):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not Path("/sys").is_dir() or ("/sys", os.W_OK) and _sysfs_takes_files(), reason="this machine lets the user write in /sys"
+)
+def test_the_entry_point_refuses_a_run_folder_it_cannot_create(tmp_path):
+    """A real refusal, even for root: sysfs takes no new files."""
+    result = run_module("recsys_lightning.train", "debug=quick", "hydra.run.dir=/sys/recsys_run")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: hydra.run.dir=/sys/recsys_run: cannot write in /sys (Permission denied); "
+        "permission denied: point the path at a folder you can write"
+    ]
+
+
+def test_an_unwritable_data_dir_is_one_line_before_any_download(tmp_path, monkeypatch):
+    _unwritable(monkeypatch, tmp_path)
+
+    def no_download(*args) -> None:
+        raise AssertionError("nothing may be fetched into a folder that cannot be written")
+
+    monkeypatch.setattr(movielens, "_download_grouplens_zip", no_download)
+    with pytest.raises(WriteFailed) as error:
+        movielens.resolve_movielens(tmp_path / "data", pip_download=no_download)
+    assert str(error.value) == (
+        f"paths.data_dir={tmp_path}/data: cannot write in {tmp_path} (Permission denied); MovieLens-100K is not there yet and is "
+        "fetched into it: set RECSYS_DATA_DIR (or paths.data_dir) to a folder you can write, or put the ml-100k folder there"
+    )

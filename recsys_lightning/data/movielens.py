@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from recsys_lightning.atomic import check_writable_folder
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
 from recsys_lightning.data.features import FeatureColumns
 from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER
@@ -38,6 +39,10 @@ RECBOLE_WHEEL = "recbole==1.2.1"
 RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
 RECBOLE_DATASET_PREFIX = "recbole/dataset_example/ml-100k/"
 DATASET_DIR = "ml-100k"
+FETCH_ADVICE = (
+    "MovieLens-100K is not there yet and is fetched into it: set RECSYS_DATA_DIR (or paths.data_dir) to a folder you can write, "
+    "or put the ml-100k folder there"
+)
 
 GENRES = (
     "unknown",
@@ -125,6 +130,8 @@ def resolve_movielens(
             "once (which fetches it) or fix data_dir in <run>/.hydra/config.yaml"
         )
     if loaded is None:
+        # Before any download: a folder it cannot write would end in a raw OSError after the attempt.
+        check_writable_folder(data_dir, "paths.data_dir", FETCH_ADVICE)
         try:
             _download_grouplens_zip(url, data_dir, timeout)
             source = "grouplens-download"
