@@ -192,6 +192,7 @@ TRAINING_RULES: dict[str, Rule] = {
     "monitor.metric": TEXT,
     "monitor.mode": MODE,
     "optimized_metric": optional(TEXT),
+    "memory_limit_gib": optional(NON_NEGATIVE),
     "pretrained_from": ListOf(TEXT, 0, "[outputs/runs/<date>/<time>_gmf,outputs/runs/<date>/<time>_mlp]"),
     # conf/data
     "data.split": Choice(SPLIT_KINDS),
