@@ -15,7 +15,6 @@ import re
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -69,9 +68,11 @@ def measured_peak(overrides: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--big", action="store_true", help="also model.dim=65536 (about 12 GiB)")
+    parser.add_argument("--only", type=int, nargs="*", help="run these configs of the list only (0 = the defaults)")
     args = parser.parse_args()
     print(f"{'config':70s} {'users':>7s} {'items':>6s} {'estimate':>9s} {'peak RSS':>9s} {'ratio':>6s}")
-    for overrides in CONFIGS + (BIG if args.big else []):
+    configs = CONFIGS + (BIG if args.big else [])
+    for overrides in [configs[index] for index in args.only] if args.only else configs:
         users, items = sizes(overrides)
         predicted = sum(component.bytes for component in estimate(composed(overrides), users, items)) / GIB
         peak = measured_peak(overrides)

@@ -35,6 +35,8 @@ ACTIVATION_COPIES = 4
 DRAW_COPIES = 5
 # Score matrices an evaluation chunk holds at once: the scores, the masked copy the ranking sorts, top-K work.
 EVALUATION_COPIES = 3
+# Activations autograd keeps per MLP unit for each (user, pooled item) pair: the layer's output and its ReLU.
+MLP_KEPT_COPIES = 2
 REFUSE_ABOVE = 0.9  # share of the available memory a run may plan to use
 # Optimizer state per weight: Adam and SparseAdam keep two moments, Adagrad one sum, SGD a momentum buffer.
 OPTIMIZER_STATE = {"Adam": 2, "AdamW": 2, "SparseAdam": 2, "Adagrad": 1, "SGD": 0}
@@ -113,8 +115,8 @@ def mlp_weights(model: dict[str, Any], cfg: DictConfig) -> int:
 
 def batch_activations(cfg: DictConfig, num_users: int, num_items: int) -> int:
     """One training step: each example's (1 + negatives) scored vectors and their gradients, the draws
-    that picked the negatives, the MLP's activations per candidate, and for the full softmax a score
-    for every item of each distinct user in the batch."""
+    that picked the negatives, the MLP's activations per candidate, and for the full softmax (or a
+    shared pool) a score, with its MLP activations, for every item of each distinct user in the batch."""
     model, sampler = _plain(cfg.get("model")), _plain(cfg.get("sampler"))
     batch = int(OmegaConf.select(cfg, "data.batch_size", default=1) or 1)
     candidates = batch * (1 + negatives_per_example(sampler, batch))
@@ -122,13 +124,16 @@ def batch_activations(cfg: DictConfig, num_users: int, num_items: int) -> int:
     vectors = candidates * width * FLOAT * ACTIVATION_COPIES
     draws = candidates * INDEX * DRAW_COPIES * max(1, int(sampler.get("candidates") or 1) if "Hard" in str(sampler.get("_target_")) else 1)
     mlp = candidates * sum(width_out for _, width_out in _mlp_layers(model)) * FLOAT * ACTIVATION_COPIES
-    catalogue = 0
+    # The full softmax scores each distinct user of the batch against every item, a pool sampler against
+    # the pool: scores, and for an MLP model the activations autograd keeps for every such pair.
     loss = str(OmegaConf.select(cfg, "loss._target_", default=""))
+    pool = 0
     if loss.endswith("FullSoftmaxLoss"):
-        catalogue = min(batch, max(num_users, 1)) * num_items * FLOAT * ACTIVATION_COPIES
+        pool = num_items
     elif str(sampler.get("_target_", "")).endswith(("SharedPoolSampler", "InBatchSampler")):
         pool = batch if "InBatch" in str(sampler.get("_target_")) else int(sampler.get("num_negatives") or 0)
-        catalogue = min(batch, max(num_users, 1)) * pool * FLOAT * ACTIVATION_COPIES
+    pairs = min(batch, max(num_users, 1)) * pool
+    catalogue = pairs * FLOAT * (ACTIVATION_COPIES + MLP_KEPT_COPIES * sum(width_out for _, width_out in _mlp_layers(model)))
     return vectors + draws + mlp + catalogue
 
 
@@ -153,7 +158,11 @@ def evaluation_chunk(cfg: DictConfig, num_items: int) -> int:
     chunk = int(OmegaConf.select(cfg, "data.eval_chunk_size", default=1024) or 1)
     max_scores = int(OmegaConf.select(cfg, "data.eval_max_scores", default=2**27) or 2**27)
     chunk = max(1, min(chunk, max_scores // max(num_items, 1)))
-    return chunk * num_items * FLOAT * EVALUATION_COPIES
+    layers = _mlp_layers(_plain(cfg.get("model")))
+    # PairMLP.score_all ranks in small user slices, yet glibc keeps their freed [items, hidden[0]] blocks in
+    # its heap once a training step has raised its mmap threshold: measured, the chunk's slices add up.
+    sliced_mlp = chunk * num_items * layers[0][1] * FLOAT if layers else 0
+    return chunk * num_items * FLOAT * EVALUATION_COPIES + sliced_mlp
 
 
 def available_memory() -> int:
@@ -188,10 +197,11 @@ def check_memory(cfg: DictConfig, num_users: int, num_items: int, available: int
         return
     largest = components[0] if components[0].what != "Python, torch and Lightning" or len(components) == 1 else components[1]
     key, default = key_to_lower(cfg, num_users, num_items)
-    setting = f"{key}={_shown(OmegaConf.select(cfg, key))} with " if key else "the config with "
+    setting = f"{key}={_shown(OmegaConf.select(cfg, key))}" if key else "this config"
+    data = f" with {num_items} items and {num_users} users" if num_users or num_items else ", before the data is counted,"
     advice = f"lower {key} (default {_shown(default)})" if key else "lower data.batch_size or the model's widths"
     raise ConfigError(
-        f"{setting}{num_items} items and {num_users} users needs about {needed / GIB:.1f} GiB ({largest.bytes / GIB:.1f} GiB for "
+        f"{setting}{data} needs about {needed / GIB:.1f} GiB ({largest.bytes / GIB:.1f} GiB for "
         f"{largest.what}), {where} {budget / GIB:.1f} GiB available; {advice}, or set memory_limit_gib=<GiB> if the estimate "
         "is wrong here (0 skips the check)"
     )
@@ -219,10 +229,14 @@ def _constructor_default(cfg: DictConfig, key: str) -> Any:
     group, _, name = key.partition(".")
     target = OmegaConf.select(cfg, f"{group}._target_")
     try:
-        parameter = inspect.signature(get_class(str(target))).parameters.get(name)
+        classes = get_class(str(target)).__mro__
     except Exception:  # noqa: BLE001 - no class to ask: nothing to suggest for this key
         return None
-    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+    for klass in classes:  # a subclass may pass its keywords on to its base's constructor (`**kwargs`)
+        parameter = inspect.signature(klass.__init__).parameters.get(name) if "__init__" in vars(klass) else None
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    return None
 
 
 def config_sizes(cfg: DictConfig) -> tuple[int, int]:
@@ -280,4 +294,3 @@ def _resident_bytes() -> int:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-

@@ -19,6 +19,7 @@ from recsys_lightning.checkpoint_io import AtomicCheckpointIO
 from recsys_lightning.config import group_options
 from recsys_lightning.data import movielens
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.memory_estimate import available_memory, check_memory, estimate
 from recsys_lightning.presets import preset_keys, preset_pins
 from recsys_lightning.validation import check_training_config
 
@@ -198,3 +199,77 @@ def test_an_unwritable_data_dir_is_one_line_before_any_download(tmp_path, monkey
         f"paths.data_dir={tmp_path}/data: cannot write in {tmp_path} (Permission denied); MovieLens-100K is not there yet and is "
         "fetched into it: set RECSYS_DATA_DIR (or paths.data_dir) to a folder you can write, or put the ml-100k folder there"
     )
+
+
+# -- memory: estimated before anything is allocated, refused with the estimate ----------------------------
+
+
+def memory_refusal(overrides: list[str], users: int = 943, items: int = 1682) -> str:
+    """check_memory's line under a fixed 8 GiB budget (memory_limit_gib), so the figures do not depend on this machine."""
+    with pytest.raises(ConfigError) as error:
+        check_memory(training_config(*overrides, "memory_limit_gib=8"), users, items)
+    return str(error.value)
+
+
+def test_a_wide_embedding_is_refused_with_the_estimate_and_the_key_to_lower():
+    assert memory_refusal(["model.dim=65536"]) == (
+        "model.dim=65536 with 1682 items and 943 users needs about 11.0 GiB (8.0 GiB for a training step's activations), "
+        "memory_limit_gib allows 8.0 GiB available; lower model.dim (default 64), or set memory_limit_gib=<GiB> if the "
+        "estimate is wrong here (0 skips the check)"
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["sampler.num_negatives=1000000"], "sampler.num_negatives=1000000"),
+        (["sampler=retrieved", "sampler.candidates=100000000"], "sampler.candidates=100000000"),
+        (["sampler=hard", "sampler.candidates=1000000"], "sampler.candidates=1000000"),
+        (["model=hybrid", "model.hidden=[65536,65536]"], "model.hidden=[65536,65536]"),
+        (["model=ncf", "model.mlp_dim=65536"], "model.mlp_dim=65536"),
+        (["data.batch_size=10000000"], "data.batch_size=10000000"),
+        (["model=ease", "model.max_items=1000000"], "data.num_items"),
+    ],
+)
+def test_every_allocation_a_config_sizes_is_refused_naming_its_key(overrides, key):
+    items = 100_000 if "model=ease" in overrides else 1682
+    message = memory_refusal(overrides, items=items)
+    assert message.startswith(f"{key} with {items} items and 943 users needs about " if "=" in key else "this config with "), message
+    assert "memory_limit_gib allows 8.0 GiB available; lower " in message
+
+
+def test_what_config_alone_sizes_is_refused_before_the_data_is_loaded():
+    assert memory_refusal(["sampler.num_negatives=1000000"], users=0, items=0).startswith(
+        "sampler.num_negatives=1000000, before the data is counted, needs about 4120.3 GiB"
+    )
+
+
+def test_the_estimate_adds_up_the_documented_components():
+    cfg = training_config()  # MF dim 64 with biases, Adam (weight, gradient, two moments), BPR, uniform, batch 4096
+    components = {component.what: component.bytes for component in estimate(cfg, 943, 1682)}
+    assert components["embeddings and Adam state"] == (943 + 1682) * 65 * 4 * 4
+    assert components["a training step's activations"] == 4096 * 2 * 65 * 4 * 4 + 4096 * 2 * 8 * 5
+    assert components["an evaluation chunk"] == 1024 * 1682 * 4 * 3
+    sparse = training_config("optimizer=sparse_adam")  # no dense gradient: weight and two moments
+    assert {c.what: c.bytes for c in estimate(sparse, 943, 1682)}["embeddings and SparseAdam state"] == (943 + 1682) * 65 * 4 * 3
+    retrieved = training_config("sampler=retrieved", "sampler.candidates=500")
+    assert {c.what: c.bytes for c in estimate(retrieved, 943, 1682)}["the retrieved candidates"] == 943 * 500 * 8
+
+
+def test_the_default_run_fits_and_memory_limit_gib_0_turns_the_check_off():
+    check_memory(training_config("memory_limit_gib=1"), 943, 1682)  # about 0.5 GiB
+    check_memory(training_config("model.dim=65536", "memory_limit_gib=0"), 943, 1682)
+    assert 0 < available_memory() < 2**62
+
+
+@pytest.mark.slow
+def test_the_entry_point_refuses_a_wide_model_before_building_it(tmp_path):
+    """A step's activations alone exceed the budget: refused from the config, before the data loads."""
+    result = run_module("recsys_lightning.train", "model.dim=65536", "memory_limit_gib=4", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: model.dim=65536, before the data is counted, needs about 8.5 GiB (8.0 GiB for a training step's activations), "
+        "memory_limit_gib allows 4.0 GiB available; lower model.dim (default 64), or set memory_limit_gib=<GiB> if the "
+        "estimate is wrong here (0 skips the check)"
+    ]
+    assert not (tmp_path / "checkpoints").exists()
