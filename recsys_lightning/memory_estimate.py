@@ -37,6 +37,9 @@ DRAW_COPIES = 5
 EVALUATION_COPIES = 3
 # Activations autograd keeps per MLP unit for each (user, pooled item) pair: the layer's output and its ReLU.
 MLP_KEPT_COPIES = 2
+# Bytes per generated interaction at its peak: int64 user and item, float32 rating, int64 timestamp
+# (28 bytes), about 3 copies while generating, splitting and indexing.
+INTERACTION_BYTES = 100
 REFUSE_ABOVE = 0.9  # share of the available memory a run may plan to use
 # Optimizer state per weight: Adam and SparseAdam keep two moments, Adagrad one sum, SGD a momentum buffer.
 OPTIMIZER_STATE = {"Adam": 2, "AdamW": 2, "SparseAdam": 2, "Adagrad": 1, "SGD": 0}
@@ -52,6 +55,9 @@ SIZING_KEYS = (
     "sampler.candidates",
     "data.batch_size",
     "data.eval_chunk_size",
+    "data.num_users",
+    "data.num_items",
+    "data.num_interactions",
 )
 
 
@@ -68,6 +74,7 @@ def estimate(cfg: DictConfig, num_users: int, num_items: int) -> list[Component]
     model, sampler = _plain(cfg.get("model")), _plain(cfg.get("sampler"))
     components = [
         Component("Python, torch and Lightning", PROCESS_BASELINE),
+        Component("the generated interactions", interaction_arrays(cfg)),
         Component(f"embeddings and {optimizer_name(cfg)} state", embedding_tables(model, num_users, num_items, cfg)),
         Component(f"MLP weights and {optimizer_name(cfg)} state", mlp_weights(model, cfg)),
         Component("a training step's activations", batch_activations(cfg, num_users, num_items)),
@@ -75,6 +82,13 @@ def estimate(cfg: DictConfig, num_users: int, num_items: int) -> list[Component]
         Component("an evaluation chunk", evaluation_chunk(cfg, num_items)),
     ]
     return sorted((component for component in components if component.bytes > 0), key=lambda c: -c.bytes)
+
+
+def interaction_arrays(cfg: DictConfig) -> int:
+    """Synthetic data's interactions, whose count the config sets: each one's user, item, rating and
+    timestamp while generated, then its split and training CSR (INTERACTION_BYTES). Loaded data is
+    counted once read: it is then part of what the process holds."""
+    return int(OmegaConf.select(cfg, "data.num_interactions", default=0) or 0) * INTERACTION_BYTES
 
 
 def optimizer_name(cfg: DictConfig) -> str:
@@ -218,7 +232,9 @@ def key_to_lower(cfg: DictConfig, num_users: int, num_items: int) -> tuple[str, 
             continue
         trial = cfg.copy()
         OmegaConf.update(trial, key, default, merge=False)
-        saving = needed - sum(component.bytes for component in estimate(trial, num_users, num_items))
+        users = default if key == "data.num_users" else num_users  # the sizes the data will have follow its config
+        items = default if key == "data.num_items" else num_items
+        saving = needed - sum(component.bytes for component in estimate(trial, users, items))
         if saving > best_saving:
             best, best_saving, best_default = key, saving, default
     return best, best_default

@@ -19,7 +19,7 @@ from recsys_lightning.checkpoint_io import AtomicCheckpointIO
 from recsys_lightning.config import group_options
 from recsys_lightning.data import movielens
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.memory_estimate import available_memory, check_memory, estimate
+from recsys_lightning.memory_estimate import available_memory, check_memory, config_sizes, estimate
 from recsys_lightning.presets import preset_keys, preset_pins
 from recsys_lightning.validation import check_training_config
 
@@ -273,3 +273,19 @@ def test_the_entry_point_refuses_a_wide_model_before_building_it(tmp_path):
         "estimate is wrong here (0 skips the check)"
     ]
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "size, component",
+    [
+        ("data.num_users=1000000000", "embeddings and Adam state"),
+        ("data.num_items=100000000", "embeddings and Adam state"),
+        ("data.num_interactions=2000000000", "the generated interactions"),
+    ],
+)
+def test_synthetic_sizes_are_refused_from_the_config_before_anything_is_generated(size, component):
+    cfg = training_config("data=synthetic", size, "memory_limit_gib=8")
+    with pytest.raises(ConfigError) as error:
+        check_memory(cfg, *config_sizes(cfg))
+    assert str(error.value).startswith(f"{size} with ")
+    assert f"GiB for {component}), memory_limit_gib allows 8.0 GiB available; lower {size.split('=')[0]} (default " in str(error.value)
