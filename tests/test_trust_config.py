@@ -18,7 +18,7 @@ from recsys_lightning.atomic import WriteFailed, check_writable_folder
 from recsys_lightning.checkpoint_io import AtomicCheckpointIO
 from recsys_lightning.config import group_options
 from recsys_lightning.data import movielens
-from recsys_lightning.errors import ConfigError
+from recsys_lightning.errors import ConfigError, DataError
 from recsys_lightning.memory_estimate import available_memory, check_memory, config_sizes, estimate
 from recsys_lightning.presets import preset_keys, preset_pins
 from recsys_lightning.validation import check_training_config
@@ -193,7 +193,7 @@ def test_an_unwritable_data_dir_is_one_line_before_any_download(tmp_path, monkey
         raise AssertionError("nothing may be fetched into a folder that cannot be written")
 
     monkeypatch.setattr(movielens, "_download_grouplens_zip", no_download)
-    with pytest.raises(WriteFailed) as error:
+    with pytest.raises(DataError) as error:
         movielens.resolve_movielens(tmp_path / "data", pip_download=no_download)
     assert str(error.value) == (
         f"paths.data_dir={tmp_path}/data: cannot write in {tmp_path} (Permission denied); MovieLens-100K is not there yet and is "

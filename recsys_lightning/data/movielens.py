@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from recsys_lightning.atomic import check_writable_folder
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
 from recsys_lightning.data.features import FeatureColumns
 from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER
@@ -39,10 +38,6 @@ RECBOLE_WHEEL = "recbole==1.2.1"
 RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
 RECBOLE_DATASET_PREFIX = "recbole/dataset_example/ml-100k/"
 DATASET_DIR = "ml-100k"
-FETCH_ADVICE = (
-    "MovieLens-100K is not there yet and is fetched into it: set RECSYS_DATA_DIR (or paths.data_dir) to a folder you can write, "
-    "or put the ml-100k folder there"
-)
 
 GENRES = (
     "unknown",
@@ -131,7 +126,7 @@ def resolve_movielens(
         )
     if loaded is None:
         # Before any download: a folder it cannot write would end in a raw OSError after the attempt.
-        check_writable_folder(data_dir, "paths.data_dir", FETCH_ADVICE)
+        _check_writable(data_dir)
         try:
             _download_grouplens_zip(url, data_dir, timeout)
             source = "grouplens-download"
@@ -332,6 +327,22 @@ def _verify(loaded: LoadedInteractions, expected: ExpectedContent, ratings_path:
             f"{ratings_path}: does not match MovieLens-100K (sha256 of its sorted ratings {digest[:16]}..., "
             f"expected {expected.ratings_sha256[:16]}...); delete {folder} to fetch a fresh copy"
         )
+
+
+def _check_writable(data_dir: Path) -> None:
+    """Prove a file can be made in `data_dir`, or in its nearest existing parent, creating nothing: as
+    root a permission bit proves nothing, so the probe really writes (atomic.check_writable_folder's
+    rule, which data code does not import)."""
+    existing = next(folder for folder in (data_dir, *data_dir.parents) if folder.exists() or folder == folder.parent)
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise DataError(
+            f"paths.data_dir={cut(str(data_dir), 200)}: cannot write in {cut(str(existing), 200)} ({error.strerror or error}); "
+            "MovieLens-100K is not there yet and is fetched into it: set RECSYS_DATA_DIR (or paths.data_dir) to a folder you "
+            "can write, or put the ml-100k folder there"
+        ) from error
 
 
 def _download_grouplens_zip(url: str, data_dir: Path, timeout: float) -> None:
