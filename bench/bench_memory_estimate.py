@@ -27,6 +27,7 @@ SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=5", "trainer.accel
 CONFIGS = [
     [],  # the default main job: MF, BPR, uniform, dim 64, batch 4096, ML-100K
     ["model.dim=1024", "sampler.num_negatives=16"],
+    ["model=ncf"],
     ["model=ncf", "model.hidden=[1024,512]", "sampler.num_negatives=8"],
     ["model=hybrid", "model.dim=512", "loss=full_softmax"],
     # a larger catalogue: evaluation on a sample of users, so the bench stays minutes

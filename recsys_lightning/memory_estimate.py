@@ -28,6 +28,7 @@ INDEX = 8  # bytes of an int64 index (and of a float64 uniform draw)
 # What a process holds before any of the components: Python, torch, Lightning, TensorBoard and the
 # loaded ML-100K with its split, measured with /usr/bin/time -v (0.41 GiB after the imports alone).
 PROCESS_BASELINE = int(0.45 * GIB)
+BASELINE = "Python, torch and Lightning"
 # Copies a training step keeps per scored candidate vector: the gathered rows, their product with the
 # user's, and the gradients of both.
 ACTIVATION_COPIES = 4
@@ -73,7 +74,7 @@ def estimate(cfg: DictConfig, num_users: int, num_items: int) -> list[Component]
     """Every component this config will allocate for `num_users` x `num_items`, largest first."""
     model, sampler = _plain(cfg.get("model")), _plain(cfg.get("sampler"))
     components = [
-        Component("Python, torch and Lightning", PROCESS_BASELINE),
+        Component(BASELINE, PROCESS_BASELINE),
         Component("the generated interactions", interaction_arrays(cfg)),
         Component(f"embeddings and {optimizer_name(cfg)} state", embedding_tables(model, num_users, num_items, cfg)),
         Component(f"MLP weights and {optimizer_name(cfg)} state", mlp_weights(model, cfg)),
@@ -133,10 +134,12 @@ def batch_activations(cfg: DictConfig, num_users: int, num_items: int) -> int:
     shared pool) a score, with its MLP activations, for every item of each distinct user in the batch."""
     model, sampler = _plain(cfg.get("model")), _plain(cfg.get("sampler"))
     batch = int(OmegaConf.select(cfg, "data.batch_size", default=1) or 1)
-    candidates = batch * (1 + negatives_per_example(sampler, batch))
+    candidates = batch * (1 + negatives_per_example(sampler))
     width = _embedding_width(model)
     vectors = candidates * width * FLOAT * ACTIVATION_COPIES
-    draws = candidates * INDEX * DRAW_COPIES * max(1, int(sampler.get("candidates") or 1) if "Hard" in str(sampler.get("_target_")) else 1)
+    # sampler=hard scores its extra draws without gradients: the gathered rows and their product.
+    vectors += batch * negatives_per_example(sampler) * (draws_per_negative(sampler) - 1) * width * FLOAT * 2
+    draws = candidates * INDEX * DRAW_COPIES * draws_per_negative(sampler)
     mlp = candidates * sum(width_out for _, width_out in _mlp_layers(model)) * FLOAT * ACTIVATION_COPIES
     # The full softmax scores each distinct user of the batch against every item, a pool sampler against
     # the pool: scores, and for an MLP model the activations autograd keeps for every such pair.
@@ -151,7 +154,12 @@ def batch_activations(cfg: DictConfig, num_users: int, num_items: int) -> int:
     return vectors + draws + mlp + catalogue
 
 
-def negatives_per_example(sampler: dict[str, Any], batch: int) -> int:
+def draws_per_negative(sampler: dict[str, Any]) -> int:
+    """sampler=hard draws `candidates` unseen items per negative and keeps the best scored; the others draw one."""
+    return max(1, int(sampler.get("candidates") or 1)) if str(sampler.get("_target_", "")).endswith("HardNegativeSampler") else 1
+
+
+def negatives_per_example(sampler: dict[str, Any]) -> int:
     """Negatives scored per positive: a per-example sampler's num_negatives; a pool scores each distinct
     user against the pool instead (batch_activations' catalogue term), so none here."""
     if str(sampler.get("_target_", "")).endswith(("SharedPoolSampler", "InBatchSampler")):
@@ -209,7 +217,7 @@ def check_memory(cfg: DictConfig, num_users: int, num_items: int, available: int
         budget, where = (available if available is not None else available_memory()) + _resident_bytes(), "this machine has"
     if needed <= REFUSE_ABOVE * budget:
         return
-    largest = components[0] if components[0].what != "Python, torch and Lightning" or len(components) == 1 else components[1]
+    largest = next((component for component in components if component.what != BASELINE), components[0])
     key, default = key_to_lower(cfg, num_users, num_items)
     setting = f"{key}={_shown(OmegaConf.select(cfg, key))}" if key else "this config"
     data = f" with {num_items} items and {num_users} users" if num_users or num_items else ", before the data is counted,"
