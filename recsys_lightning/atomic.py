@@ -3,16 +3,61 @@
 A crash, a SIGTERM or a full disk mid-write leaves the previous file (or none) in place, never a
 truncated one that a later run would trust. The temporary file sits in the target's own folder, so
 the final rename never crosses filesystems (a cross-filesystem move is a copy, which can be cut off).
+
+A write the system refuses (a full disk, `ulimit -f`, a read-only folder) raises OSError, which a
+caller turns into one `WriteFailed` line (`write_failure`) naming the file and what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
+
+from recsys_lightning.errors import RecsysError, cut
+
+# What a user does about each refusal of the system to write.
+_ADVICE = {
+    errno.EFBIG: "the file-size limit (ulimit -f) is below its size: raise it (ulimit -f unlimited) and run again",
+    errno.ENOSPC: "the disk is full: free space there and run again",
+    errno.EDQUOT: "the disk quota is used up: free space there and run again",
+    errno.EROFS: "the filesystem is read-only: point the path at a folder you can write",
+    errno.EACCES: "permission denied: point the path at a folder you can write",
+    errno.EPERM: "the system forbids writing there: point the path at a folder you can write",
+    errno.ENOTDIR: "a file stands where a folder must be: point the path at a folder",
+    errno.ENOENT: "a folder on its path cannot be created there: point the path at a folder you can write",
+}
+
+
+class WriteFailed(RecsysError):
+    """The system refused to write a file or folder; whatever was there before is unchanged."""
+
+
+def write_failure(path: str | Path, error: OSError, key: str = "", advice: str = "") -> WriteFailed:
+    """The one line for `error` writing `path` (`key`: the setting that named it, e.g. hydra.run.dir;
+    `advice`: what to do, when the caller knows better than the error's kind)."""
+    advice = advice or _ADVICE.get(error.errno or 0, "fix that and run again")
+    named = f"{key}={cut(str(path), 200)}" if key else cut(str(path), 200)
+    where = f" in {cut(str(error.filename), 200)}" if error.filename and str(error.filename) != str(path) else ""
+    return WriteFailed(f"{named}: cannot write{where} ({error.strerror or type(error).__name__}); {advice}")
+
+
+def check_writable_folder(path: str | Path, key: str = "", advice: str = "") -> None:
+    """Prove a file can be made in the folder `path`, or in its nearest existing parent when `path` is
+    yet to be created, before work whose result would be lost; nothing is left behind. As root a
+    permission bit proves nothing (root writes anyway), so the probe really writes."""
+    path = Path(path)
+    existing = next(folder for folder in (path, *path.parents) if folder.exists() or folder == folder.parent)
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        error.filename = str(existing)  # the folder, not the probe's random name
+        raise write_failure(path, error, key, advice) from error
 
 
 @contextmanager
@@ -35,6 +80,25 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         with suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+class WriteRecorder:
+    """A file-like writer that keeps the OSError its handle raised: torch.save reports a refused write
+    as a RuntimeError about zip positions, and the cause (EFBIG, ENOSPC) is only seen here."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def _umask() -> int:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from recsys_lightning.atomic import atomic_file
+from recsys_lightning.atomic import WriteRecorder, atomic_file, write_failure
 from recsys_lightning.checkpoint_file import load_checkpoint
 from recsys_lightning.resume import CHECKPOINT_PATH_FIELDS
 
@@ -23,9 +23,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path, "wb") as handle:
-            torch.save(checkpoint, handle)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(path, "wb") as handle:
+                writer = WriteRecorder(handle)
+                try:
+                    torch.save(checkpoint, writer)
+                except RuntimeError as error:  # torch's report of a refused write; the OSError is the cause
+                    if writer.error is None:
+                        raise
+                    raise writer.error from error
+        except OSError as error:  # ulimit -f, a full disk: one line; the temporary file is gone, any older one kept
+            raise write_failure(path, error) from error
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         # The one reader of checkpoints, with its checks: plain data only, no zip bomb, known keys.

@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from recsys_lightning.atomic import check_writable_folder
 from recsys_lightning.checkpoint_file import load_checkpoint
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, first_line
 from recsys_lightning.resume import check_resumable
@@ -225,5 +226,6 @@ class RunFolderCheck(Callback):
         HydraConfig.instance().set_config(config)  # run_name reads ${hydra:runtime.choices...}; run_job sets it too
         try:
             check_folder_path(key, config_value(config, key))
+            check_writable_folder(config_value(config, key), key)
         except RecsysError as error:
             exit_with_message(error)

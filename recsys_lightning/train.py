@@ -32,6 +32,7 @@ from recsys_lightning.console import quiet_library_noise, run_summary, without_r
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, RunInterrupted, exit_with_message, first_line
 from recsys_lightning.hparams_tab import log_run_table
+from recsys_lightning.memory_estimate import check_memory, config_sizes
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.projector import log_item_embeddings
 from recsys_lightning.resume import check_resume_callbacks, check_resume_fits
@@ -132,8 +133,10 @@ def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataMod
     """Data, module and callbacks, and the checkpoint to resume from once it was checked to fit them."""
     resume_from, resume_state = run_folder.resume_checkpoint(str(cfg.ckpt_path)) if cfg.get("ckpt_path") is not None else (None, None)
     pl.seed_everything(stream_seed(cfg.seed, "init") % 2**32, workers=True)  # model initialisation
+    check_memory(cfg, *config_sizes(cfg))  # what config alone sizes (a batch of negatives), before the data loads
     datamodule: InteractionDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # the model's size depends on the data
+    check_memory(cfg, datamodule.training_data.num_users, datamodule.training_data.num_items)
     module = build_module(cfg, datamodule.training_data)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback]
     if resume_from is not None:

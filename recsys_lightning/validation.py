@@ -27,6 +27,7 @@ from recsys_lightning.config import group_options
 from recsys_lightning.data.split import SPLIT_KINDS
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.metrics import METRIC_NAMES
+from recsys_lightning.presets import check_preset_choices, replaced_preset_key
 
 MAX_WIDTH = 2**16
 MAX_COUNT = 2**31 - 1
@@ -191,6 +192,7 @@ TRAINING_RULES: dict[str, Rule] = {
     "monitor.metric": TEXT,
     "monitor.mode": MODE,
     "optimized_metric": optional(TEXT),
+    "memory_limit_gib": optional(NON_NEGATIVE),
     "pretrained_from": ListOf(TEXT, 0, "[outputs/runs/<date>/<time>_gmf,outputs/runs/<date>/<time>_mlp]"),
     # conf/data
     "data.split": Choice(SPLIT_KINDS),
@@ -294,6 +296,7 @@ EVALUATE_RULES: dict[str, Rule] = {
 def check_training_config(cfg: DictConfig) -> None:
     """Everything `train` can check without data: the entry point calls it first."""
     check_known_keys(cfg)
+    check_preset_choices(cfg)
     check_rules(cfg, TRAINING_RULES)
     check_monitors(cfg)
     check_loss_and_sampler(cfg)
@@ -322,6 +325,9 @@ def check_known_keys(cfg: DictConfig) -> None:
         unknown = sorted(set(node.keys()) - _INSTANTIATE_KEYS - accepted)
         if unknown:
             key = unknown[0]
+            from_preset = replaced_preset_key(cfg, group, key)
+            if from_preset:
+                raise ConfigError(from_preset)
             close = difflib.get_close_matches(key, sorted(accepted), n=1)
             settable = sorted(name for name in accepted if not name.startswith("num_"))  # sizes come from the data
             hint = f"did you mean {group}.{close[0]}?" if close else f"it takes {', '.join(settable)[:300] or 'none'}"

@@ -125,6 +125,8 @@ def resolve_movielens(
             "once (which fetches it) or fix data_dir in <run>/.hydra/config.yaml"
         )
     if loaded is None:
+        # Before any download: a folder it cannot write would end in a raw OSError after the attempt.
+        _check_writable(data_dir)
         try:
             _download_grouplens_zip(url, data_dir, timeout)
             source = "grouplens-download"
@@ -325,6 +327,22 @@ def _verify(loaded: LoadedInteractions, expected: ExpectedContent, ratings_path:
             f"{ratings_path}: does not match MovieLens-100K (sha256 of its sorted ratings {digest[:16]}..., "
             f"expected {expected.ratings_sha256[:16]}...); delete {folder} to fetch a fresh copy"
         )
+
+
+def _check_writable(data_dir: Path) -> None:
+    """Prove a file can be made in `data_dir`, or in its nearest existing parent, creating nothing: as
+    root a permission bit proves nothing, so the probe really writes (atomic.check_writable_folder's
+    rule, which data code does not import)."""
+    existing = next(folder for folder in (data_dir, *data_dir.parents) if folder.exists() or folder == folder.parent)
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise DataError(
+            f"paths.data_dir={cut(str(data_dir), 200)}: cannot write in {cut(str(existing), 200)} ({error.strerror or error}); "
+            "MovieLens-100K is not there yet and is fetched into it: set RECSYS_DATA_DIR (or paths.data_dir) to a folder you "
+            "can write, or put the ml-100k folder there"
+        ) from error
 
 
 def _download_grouplens_zip(url: str, data_dir: Path, timeout: float) -> None:
