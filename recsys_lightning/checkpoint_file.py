@@ -30,7 +30,7 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     if which == "last":
         candidates = [run_dir / "checkpoints" / "last.ckpt"]
     elif which == "best":
-        recorded = read_run_metrics(run_dir, remedy=CHECKPOINT_REMEDY).get(BEST_CHECKPOINT_KEY)
+        recorded = read_run_metrics(run_dir, remedy=checkpoint_remedy(run_dir)).get(BEST_CHECKPOINT_KEY)
         candidates = [run_dir / recorded] if recorded else sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))
     else:
         if not Path(which).is_file():
@@ -39,8 +39,19 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
         candidates = [Path(which)]
     if len(candidates) != 1 or not candidates[0].is_file():
         found = ", ".join(str(path) for path in candidates) or "none"
-        raise ConfigError(f"{run_dir}: cannot find the {which!r} checkpoint (found: {found:.200}); {CHECKPOINT_REMEDY}")
+        raise ConfigError(f"{run_dir}: cannot find the {which!r} checkpoint (found: {found:.200}); {checkpoint_remedy(run_dir)}")
     return candidates[0]
+
+
+def checkpoint_remedy(run_dir: Path) -> str:
+    """What to pass instead, naming only a checkpoint the folder holds: advice to use a missing file is no advice."""
+    checkpoints = run_dir / "checkpoints"
+    if (checkpoints / "last.ckpt").is_file():
+        return CHECKPOINT_REMEDY
+    found = sorted(path for path in checkpoints.glob("*.ckpt") if path.is_file()) if checkpoints.is_dir() else []
+    if found:
+        return f"pass checkpoint={str(found[-1])[:200]}"
+    return "the run holds no checkpoint (it was stopped before its first validation): train it again"
 
 
 def read_run_metrics(run_dir: str | Path, remedy: str = "retrain the run or restore the file") -> dict[str, Any]:

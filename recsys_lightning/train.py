@@ -25,7 +25,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recsys_lightning.atomic import atomic_file
 from recsys_lightning.build import build_module
-from recsys_lightning.callbacks import TrainingTime
+from recsys_lightning.callbacks import TrainingTime, final_validation_callbacks
 from recsys_lightning.checkpoint_file import load_checkpoint
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.console import quiet_library_noise, run_summary, without_restore_messages
@@ -78,7 +78,8 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
     loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values() if logger]
     if not loggers:  # `~logger`: nowhere to write learning rates, and Lightning would refuse the whole run for it
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks = [*callbacks, *final_validation_callbacks(cfg.trainer.get("max_time"))]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, max_time=None)
     clock = next((callback for callback in callbacks if isinstance(callback, TrainingTime)), None)
 
     fit_start = time.perf_counter()
@@ -108,11 +109,11 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
             f"{first_line(error, 120)}); the file was altered or comes from another version, resume from "
             "another checkpoint"
         ) from error
-    metrics["best_epoch"] = _checkpoint_epoch(best_checkpoint) if best_checkpoint else trainer.current_epoch - 1
+    metrics["best_epoch"] = _checkpoint_epoch(best_checkpoint)
     metrics["train_seconds"] = round(train_seconds, 2)
     metrics["epochs"] = trainer.current_epoch
     metrics["data_source"] = datamodule.source
-    metrics["best_checkpoint"] = os.path.relpath(best_checkpoint, run_folder.path) if best_checkpoint else None
+    metrics["best_checkpoint"] = os.path.relpath(best_checkpoint, run_folder.path)
 
     if trainer.is_global_zero:
         log_run_table(trainer.loggers, cfg, _hydra_choices(), metrics, trainer.global_step)
@@ -142,12 +143,15 @@ def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataMod
     return datamodule, module, callbacks, resume_from
 
 
-def _best_checkpoint(trainer: pl.Trainer, run_folder: RunFolder, resumed_from: Path | None) -> str | None:
+def _best_checkpoint(trainer: pl.Trainer, run_folder: RunFolder, resumed_from: Path | None) -> str:
     """The monitored best: a checkpoint of this folder, or of the folder this run resumed from."""
     callback = trainer.checkpoint_callback
     best = callback.best_model_path if callback else ""
-    if not best:
-        return None
+    if not best:  # e.g. trainer.max_time or max_steps ran out before the first step: nothing was trained
+        raise ConfigError(
+            f"training ended at epoch {trainer.current_epoch}, step {trainer.global_step}, before any validation, so "
+            "no checkpoint was written to test or serve; give it more time or steps (trainer.max_time, trainer.max_steps)"
+        )
     allowed = {run_folder.checkpoints.resolve()} | ({resumed_from.parent} if resumed_from else set())
     if Path(best).resolve().parent not in allowed:
         raise ConfigError(
