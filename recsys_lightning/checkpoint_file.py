@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from recsys_lightning.data.catalogue import STATE_VERSION, Catalogue
 from recsys_lightning.errors import ConfigError, first_line, quote
@@ -19,6 +21,7 @@ FORMAT_VERSION = 1  # raise it when a checkpoint's layout changes, so old files 
 CATALOGUE_KEY = "catalogue"
 BEST_CHECKPOINT_KEY = "best_checkpoint"
 METRICS_LIMIT = 1 << 20  # bytes; a real metrics.json is about 1 KiB
+RUN_YAML_LIMIT = 1 << 20  # bytes; Hydra's config.yaml, hydra.yaml and multirun.yaml are a few KiB
 CHECKPOINT_REMEDY = "pass checkpoint=last or checkpoint=<path>"
 
 
@@ -170,3 +173,30 @@ def catalogue_from_checkpoint(state: Any, path: str | Path) -> Catalogue:
     if not consistent:
         raise ConfigError(f"{path}: its serving catalogue is inconsistent (index sizes disagree); the file was altered")
     return catalogue
+
+
+def read_run_yaml(path: Path) -> DictConfig:
+    """A run folder's YAML file as a DictConfig, or one line naming the file.
+
+    Hydra writes plain YAML; a file over 1 MiB or one with anchors or aliases was not written by it,
+    and aliases nested in aliases ("billion laughs") expand exponentially. The token scan that finds
+    them takes linear time and builds nothing.
+    """
+    if not path.is_file() or path.stat().st_size > RUN_YAML_LIMIT:
+        raise ConfigError(f"{path}: not a regular file of at most 1 MiB, so not a config Hydra wrote; the run folder is damaged")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if any(isinstance(token, (yaml.AnchorToken, yaml.AliasToken)) for token in yaml.scan(text, Loader=yaml.SafeLoader)):
+            raise ConfigError(
+                f"{path}: holds YAML anchors or aliases, which Hydra never writes; refusing to expand them, the run folder was altered"
+            )
+        config = OmegaConf.create(text)
+    except ConfigError:
+        raise
+    except Exception as error:  # undecodable bytes, YAML syntax, nesting too deep, values OmegaConf cannot hold
+        raise ConfigError(
+            f"{path}: cannot be read ({type(error).__name__}: {first_line(error, 120)}); the run folder is damaged"
+        ) from error
+    if not isinstance(config, DictConfig):
+        raise ConfigError(f"{path}: holds a YAML {type(config).__name__}, not a mapping; the run folder is damaged")
+    return config

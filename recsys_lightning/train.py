@@ -35,8 +35,10 @@ from recsys_lightning.hparams_tab import log_run_table
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.projector import log_item_embeddings
 from recsys_lightning.resume import check_resume_callbacks, check_resume_fits
+from recsys_lightning.resume_command import resume_command
 from recsys_lightning.run_folder import LAST, RunFolder, is_rank_zero
 from recsys_lightning.seeds import stream_seed
+from recsys_lightning.sweep import kept_job_metrics, resuming_sweep
 from recsys_lightning.validation import check_training_config
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     check_training_config(cfg)
     run_folder = RunFolder(cfg.paths.run_dir)
+    if resuming_sweep(cfg.get("ckpt_path")):
+        kept = _resume_sweep_job(cfg, run_folder)
+        if kept is not None:
+            return kept
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:
         run_folder.existing_checkpoint(str(ckpt_path))
@@ -123,10 +129,22 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
                 log_item_embeddings(logger.experiment, module.model, module.data.catalogue, cfg.projector.max_items, trainer.global_step)
         with atomic_file(run_folder.path / "metrics.json") as handle:
             json.dump(metrics, handle, indent=2, sort_keys=True)
-        in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-        tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers) and not in_sweep
+        tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers) and not _in_sweep()
         print(run_summary(metrics, str(cfg.monitor.metric), list(cfg.eval.ks), run_folder.path, tensorboard), flush=True)
     return metrics
+
+
+def _resume_sweep_job(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any] | None:
+    """One job of a resumed sweep: a finished job's metrics, kept with its record as it was; otherwise None,
+    and a job stopped before its first checkpoint (or never started) runs fresh instead of resuming."""
+    kept = kept_job_metrics(run_folder.path)
+    if kept is not None:
+        run_folder.restore_record()
+        log.info("%s finished before the sweep was stopped: kept, not run again", run_folder.path)
+        return kept
+    if not (run_folder.checkpoints / f"{LAST}.ckpt").is_file():
+        cfg.ckpt_path = None
+    return None
 
 
 def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataModule, RecommenderModule, list[pl.Callback], Path | None]:
@@ -163,12 +181,14 @@ def _best_checkpoint(trainer: pl.Trainer, run_folder: RunFolder, resumed_from: P
 def _how_to_resume(trainer: pl.Trainer, run_folder: RunFolder, stopped_by: str) -> str:
     last = run_folder.checkpoints / f"{LAST}.ckpt"
     where = f"at epoch {trainer.current_epoch}" if trainer.state.fn == "fit" else "after training, while testing"
+    command = resume_command(run_folder.path)
+    if _in_sweep() and command:  # the sweep resumes as a whole: this job, the finished ones and the rest
+        held = f"{last} holds the last finished epoch" if last.is_file() else "this job had written no checkpoint yet"
+        return f"stopped by {stopped_by} {where}; {held}: resume the whole sweep with: {command}"
     if not last.is_file():
         return f"stopped by {stopped_by} {where}, before any checkpoint was written; run the command again to start over"
-    return (
-        f"stopped by {stopped_by} {where}; {last} holds the last finished epoch: resume with the same command "
-        f"plus hydra.run.dir={run_folder.path} ckpt_path=last"
-    )
+    how = f"with: {command}" if command else f"with the same command plus hydra.run.dir={run_folder.path} ckpt_path=last"
+    return f"stopped by {stopped_by} {where}; {last} holds the last finished epoch: resume {how}"
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -194,6 +214,10 @@ def main(cfg: DictConfig) -> float | None:
         exit_with_message(RunInterrupted("interrupted by Ctrl-C (SIGINT) before training began; no checkpoint was written", signal.SIGINT))
     objective = cfg.get("optimized_metric")
     return metrics.get(objective) if objective else None
+
+
+def _in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _hydra_choices() -> dict[str, str | None]:

@@ -2,19 +2,29 @@
 training ends; a killed sweep resumes as a whole with the command it printed."""
 
 import json
+import os
+import re
+import shlex
+import signal
+import subprocess
 import time
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 
 from recsys_lightning.checkpoint_file import find_checkpoint
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.resume_command import command_line
+from recsys_lightning.sweep import check_sweep_resume
 from recsys_lightning.train import train as run_training
 from recsys_lightning.trained_run import load_trained
 from recsys_lightning.validation import check_training_config
 
-from helpers import run_module, training_config
+from helpers import ROOT, run_module, training_config
 
 SMALL_RUN = [
     "data=synthetic",
@@ -38,6 +48,20 @@ class SleepAt(pl.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             time.sleep(self.seconds)
+
+
+class TermOnce(pl.Callback):
+    """SIGTERM at the start of epoch 1 of sweep job `job`, the first time only: a marker in the job's
+    folder remembers, so the same command line, resumed, runs through."""
+
+    def __init__(self, job: int) -> None:
+        self.job = job
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        marker = Path(trainer.default_root_dir) / "terminated-once"
+        if HydraConfig.get().job.num == self.job and trainer.current_epoch == 1 and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def checkpoint_steps(run_dir) -> dict[str, tuple[int, int]]:
@@ -141,3 +165,150 @@ def test_advice_on_a_missing_checkpoint_names_only_a_checkpoint_the_run_holds(tm
         find_checkpoint(run_dir, "last")
     advised = str(refused.value).rsplit("pass checkpoint=", 1)[1]
     assert advised == str(run_dir / "checkpoints" / "epoch003.ckpt") and find_checkpoint(run_dir, advised).is_file()
+
+
+# -- defect 10: a stopped sweep resumes as a whole with the command it printed ---------------------------
+
+SWEEP = ["-m", *SMALL_RUN, "trainer.max_epochs=3", "model.dim=8,16,32"]
+TERM_JOB_1 = ["+callbacks.term._target_=test_trust_sweep.TermOnce", "+callbacks.term.job=1"]
+
+
+def error_lines(result) -> list[str]:
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def paste(command: str) -> subprocess.CompletedProcess:
+    """Run a printed command as a user pastes it into a shell at the project root."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(ROOT / "tests")}
+    return subprocess.run(shlex.split(command), cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_by_sigterm_resumes_as_a_whole_with_the_printed_command(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    stopped = run_module("recsys_lightning.train", *SWEEP, *TERM_JOB_1, f"hydra.sweep.dir={sweep_dir}", fault_injection=True)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    jobs = sorted(path.parent for path in sweep_dir.glob("*/.hydra"))
+    assert [job.name[:3] for job in jobs] == ["000", "001"]  # job 2 never started
+    finished, killed = jobs
+    assert (finished / "metrics.json").is_file() and not (killed / "metrics.json").exists()
+    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    (line,) = error_lines(stopped)
+    assert line.startswith(f"error: stopped by SIGTERM at epoch 1; {killed / 'checkpoints' / 'last.ckpt'} holds the last finished epoch: ")
+    command = line.split("resume the whole sweep with: ", 1)[1]
+    assert command.endswith(f"hydra.sweep.dir={sweep_dir} ckpt_path=last")
+    # Everything but the log, which gains a line saying the job was kept.
+    kept = {
+        path: (path.read_bytes(), path.stat().st_mtime_ns) for path in finished.rglob("*") if path.is_file() and path.name != "train.log"
+    }
+
+    resumed = paste(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    jobs = sorted(path.parent for path in sweep_dir.glob("*/.hydra"))
+    assert [job.name[:3] for job in jobs] == ["000", "001", "002"] and jobs[:2] == [finished, killed]  # the same folders
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in kept} == kept  # the finished job is not run again
+    assert (finished / "train.log").read_text().endswith("finished before the sweep was stopped: kept, not run again\n")
+    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert json.loads((killed / "metrics.json").read_text())["epochs"] == 3
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert sorted(summary["run"]) == [job.name for job in jobs] and summary["error"].isna().all()
+    assert not summary["overrides"].str.contains("ckpt_path").any()
+    assert sorted(summary["overrides"].str.extract(r"model.dim=(\d+)")[0].astype(int)) == [8, 16, 32]
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    sweep_dir = tmp_path_factory.mktemp("finished") / "sweep"
+    result = run_module(
+        "recsys_lightning.train", "-m", *SMALL_RUN, "trainer.max_epochs=1", "model.dim=8,16", f"hydra.sweep.dir={sweep_dir}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir
+
+
+@pytest.mark.slow
+def test_a_sweep_resumed_with_other_overrides_is_refused_with_a_command_that_works(finished_sweep):
+    jobs = sorted(path.parent for path in finished_sweep.glob("*/.hydra"))
+    (jobs[1] / "metrics.json").unlink()  # as if killed before its first checkpoint
+    for path in (jobs[1] / "checkpoints").iterdir():
+        path.unlink()
+    refused = run_module(
+        "recsys_lightning.train",
+        "-m",
+        *SMALL_RUN,
+        "trainer.max_epochs=1",
+        "model.dim=8,32",
+        f"hydra.sweep.dir={finished_sweep}",
+        "ckpt_path=last",
+    )
+    assert refused.returncode == 1
+    (line,) = error_lines(refused)
+    assert line.startswith(
+        f"error: hydra.sweep.dir={finished_sweep}: the sweep there was started with other overrides (multirun.yaml: it has "
+        "model.dim=8,16, this command model.dim=8,32); resume it with: "
+    )
+    assert sorted(path.parent for path in finished_sweep.glob("*/.hydra")) == jobs  # nothing written
+
+    resumed = paste(line.split("resume it with: ", 1)[1])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(path.parent for path in finished_sweep.glob("*/.hydra")) == jobs
+    assert json.loads((jobs[1] / "metrics.json").read_text())["best_checkpoint"] == "checkpoints/epoch000.ckpt"  # run fresh
+    assert pd.read_csv(finished_sweep / "summary.csv")["error"].isna().all()
+
+
+def test_a_sweep_resumed_with_its_overrides_in_another_order_is_refused(tmp_path):
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: ['model.dim=8,16', 'seed=1,2']\n    hydra: [hydra.mode=MULTIRUN]\n"
+    )
+    check_sweep_resume(tmp_path, ["model.dim=8,16", "seed=1,2", "ckpt_path=last"], ["hydra.sweep.dir=x", "hydra/launcher=slurm"])
+    with pytest.raises(ConfigError) as refused:
+        check_sweep_resume(tmp_path, ["seed=1,2", "model.dim=8,16", "ckpt_path=last"], [])
+    assert "(multirun.yaml: the same overrides in another order, which numbers its jobs otherwise); resume it with: " in str(refused.value)
+    assert str(refused.value).endswith(f"-m model.dim=8,16 seed=1,2 hydra.sweep.dir={tmp_path} ckpt_path=last")
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        (None, "holds no sweep to resume (no multirun.yaml); point hydra.sweep.dir at the stopped sweep's folder, or drop ckpt_path=last"),
+        (
+            "hydra:\n  overrides:\n    task: [1, 2]\n    hydra: []\n",
+            "multirun.yaml: holds no hydra.overrides.task and .hydra lists of strings",
+        ),
+        ("a: &a [x]\nb: *a\n", "multirun.yaml: holds YAML anchors or aliases, which Hydra never writes"),
+        ("[unclosed", "multirun.yaml: cannot be read (ParserError"),
+    ],
+)
+def test_a_sweep_folder_without_a_readable_record_is_not_resumed(tmp_path, record, message):
+    if record is not None:
+        (tmp_path / "multirun.yaml").write_text(record)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_sweep_resume(tmp_path, ["ckpt_path=last"], [])
+
+
+@pytest.mark.slow
+def test_ckpt_path_last_into_a_new_sweep_folder_is_refused_not_run_fresh(tmp_path):
+    result = run_module("recsys_lightning.train", "-m", *SMALL_RUN, "model.dim=8,16", "ckpt_path=last", f"paths.output_dir={tmp_path}")
+    assert result.returncode == 1
+    (line,) = error_lines(result)
+    assert "holds no sweep to resume (no multirun.yaml)" in line
+    assert not list(tmp_path.glob("multiruns/*/*/*"))
+
+
+def test_ckpt_path_last_outside_a_sweep_still_needs_a_last_checkpoint(tmp_path):
+    with pytest.raises(ConfigError, match=r"last.ckpt does not exist; nothing to resume here, drop ckpt_path to start fresh"):
+        run_training(training_config(*SMALL_RUN, "ckpt_path=last", run_dir=tmp_path / "run"))
+
+
+@pytest.mark.parametrize(
+    "task",
+    [["model.hidden=[64,32]", "data.path=my data/it's.csv", "+callbacks.x._target_=a.B", "~logger"], ["ckpt_path=last", "seed=1,2"]],
+)
+def test_a_printed_resume_command_splits_back_into_the_overrides_it_was_built_from(task):
+    words = shlex.split(command_line(task, ["hydra.mode=MULTIRUN", "hydra.sweep.dir=old"], "hydra.sweep.dir", Path("new dir"), sweep=True))
+    assert words[1:4] == ["-m", "recsys_lightning.train", "-m"]
+    assert words[4:] == [override for override in task if not override.startswith("ckpt_path")] + [
+        "hydra.sweep.dir=new dir",
+        "ckpt_path=last",
+    ]
