@@ -51,15 +51,16 @@ class SleepAt(pl.Callback):
 
 
 class TermOnce(pl.Callback):
-    """SIGTERM at the start of epoch 1 of sweep job `job`, the first time only: a marker in the job's
-    folder remembers, so the same command line, resumed, runs through."""
+    """SIGTERM at the start of epoch 1 (of sweep job `job` only, if given), the first time only: a marker in
+    the run's folder remembers, so the same command line, resumed, runs through."""
 
-    def __init__(self, job: int) -> None:
+    def __init__(self, job: int | None = None) -> None:
         self.job = job
 
     def on_train_epoch_start(self, trainer, module) -> None:
         marker = Path(trainer.default_root_dir) / "terminated-once"
-        if HydraConfig.get().job.num == self.job and trainer.current_epoch == 1 and not marker.exists():
+        in_job = self.job is None or HydraConfig.get().job.num == self.job
+        if in_job and trainer.current_epoch == 1 and not marker.exists():
             marker.touch()
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -312,3 +313,23 @@ def test_a_printed_resume_command_splits_back_into_the_overrides_it_was_built_fr
         "hydra.sweep.dir=new dir",
         "ckpt_path=last",
     ]
+
+
+@pytest.mark.slow
+def test_a_single_run_stopped_by_sigterm_resumes_with_the_printed_command(tmp_path):
+    run_dir = tmp_path / "run"
+    stopped = run_module(
+        "recsys_lightning.train",
+        *SMALL_RUN,
+        "trainer.max_epochs=2",
+        "+callbacks.term._target_=test_trust_sweep.TermOnce",
+        f"hydra.run.dir={run_dir}",
+        fault_injection=True,
+    )
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    (line,) = error_lines(stopped)
+    command = line.split("holds the last finished epoch: resume with: ", 1)[1]
+    assert command.endswith(f"hydra.run.dir={run_dir} ckpt_path=last")
+    resumed = paste(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
