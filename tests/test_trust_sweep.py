@@ -102,10 +102,15 @@ def test_validating_every_5_epochs_of_2_still_validates_and_checkpoints_the_last
             + ["+callbacks.sleep.epoch=0", "+callbacks.sleep.batch=2", "+callbacks.sleep.seconds=1.2"],
             {"epoch000.ckpt": (0, 3), "last.ckpt": (0, 3)},
         ),
+        # validating twice an epoch, every 5th epoch, for 2 epochs
+        (
+            ["+trainer.val_check_interval=0.5", "trainer.check_val_every_n_epoch=5", "trainer.max_epochs=2"],
+            {"epoch001.ckpt": (1, 20), "last.ckpt": (1, 20)},
+        ),
         # a closed-form model stops after its one fitting step
         (["model=ease", "trainer.check_val_every_n_epoch=5"], {"epoch000.ckpt": (0, 1), "last.ckpt": (0, 1)}),
     ],
-    ids=["max_epochs-between-validations", "max_steps-mid-epoch", "max_time", "closed-form"],
+    ids=["max_epochs-between-validations", "max_steps-mid-epoch", "max_time", "val_check_interval", "closed-form"],
 )
 def test_whatever_ends_training_the_last_step_is_validated_and_checkpointed(tmp_path, overrides, checkpoints):
     run_dir = tmp_path / "run"
