@@ -95,7 +95,15 @@ class NonFiniteLossGuard(pl.Callback):
 
 
 class Throughput(pl.Callback):
-    """Logs `train/samples_per_second` once per epoch: training pairs over the epoch's wall time."""
+    """Logs `train/samples_per_second` once per epoch: training pairs over the epoch's wall time.
+
+    A run resumed from a checkpoint written at a validation's end (check_val_every_n_epoch > 1) starts by
+    ending that epoch, with no epoch start and no batch in this process: nothing to log then.
+    """
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.samples = 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.started, self.samples = time.perf_counter(), 0
@@ -104,7 +112,9 @@ class Throughput(pl.Callback):
         self.samples += len(batch)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        module.log("train/samples_per_second", self.samples / (time.perf_counter() - self.started), sync_dist=True)
+        if self.started is not None:
+            module.log("train/samples_per_second", self.samples / (time.perf_counter() - self.started), sync_dist=True)
+        self.started = None
 
 
 class EpochLog(pl.Callback):

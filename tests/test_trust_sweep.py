@@ -51,16 +51,16 @@ class SleepAt(pl.Callback):
 
 
 class TermOnce(pl.Callback):
-    """SIGTERM at the start of epoch 1 (of sweep job `job` only, if given), the first time only: a marker in
+    """SIGTERM at the start of `epoch` (of sweep job `job` only, if given), the first time only: a marker in
     the run's folder remembers, so the same command line, resumed, runs through."""
 
-    def __init__(self, job: int | None = None) -> None:
-        self.job = job
+    def __init__(self, epoch: int = 1, job: int | None = None) -> None:
+        self.epoch, self.job = epoch, job
 
     def on_train_epoch_start(self, trainer, module) -> None:
         marker = Path(trainer.default_root_dir) / "terminated-once"
         in_job = self.job is None or HydraConfig.get().job.num == self.job
-        if in_job and trainer.current_epoch == 1 and not marker.exists():
+        if in_job and trainer.current_epoch == self.epoch and not marker.exists():
             marker.touch()
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -75,15 +75,25 @@ def checkpoint_steps(run_dir) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.slow
-def test_validating_every_5_epochs_of_2_still_validates_and_checkpoints_the_last_epoch(tmp_path):
+def test_validating_every_2_epochs_of_3_checkpoints_the_last_one_also_in_a_run_resumed_with_the_printed_command(tmp_path):
+    """Stopped by SIGTERM at the start of epoch 2, resumed by pasting the command it printed: the resumed
+    run validates and checkpoints its last epoch, which check_val_every_n_epoch=2 would skip."""
     run_dir = tmp_path / "run"
-    result = run_module(
-        "recsys_lightning.train", *SMALL_RUN, "trainer.check_val_every_n_epoch=5", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    overrides = [*SMALL_RUN, "trainer.check_val_every_n_epoch=2", "trainer.max_epochs=3"]
+    term = ["+callbacks.term._target_=test_trust_sweep.TermOnce", "+callbacks.term.epoch=2"]
+    stopped = run_module("recsys_lightning.train", *overrides, *term, f"hydra.run.dir={run_dir}", fault_injection=True)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    (line,) = error_lines(stopped)
+    assert line.startswith("error: stopped by SIGTERM at epoch 2; ")
+    assert checkpoint_steps(run_dir)["last.ckpt"] == (1, 20)
+    command = line.split("holds the last finished epoch: resume with: ", 1)[1]
+    assert command.endswith(f"hydra.run.dir={run_dir} ckpt_path=last")
+
+    resumed = paste(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["best_checkpoint"] == "checkpoints/epoch001.ckpt" and metrics["best_epoch"] == 1
-    assert checkpoint_steps(run_dir) == {"epoch001.ckpt": (1, 20), "last.ckpt": (1, 20)}
+    assert metrics["best_checkpoint"] == "checkpoints/epoch002.ckpt" and metrics["epochs"] == 3
+    assert checkpoint_steps(run_dir) == {"epoch002.ckpt": (2, 30), "last.ckpt": (2, 30)}
     for which in ("best", "last"):  # what recommend and evaluate serve
         assert load_trained(find_checkpoint(run_dir, which)).catalogue.num_items == 200
 
@@ -318,23 +328,3 @@ def test_a_printed_resume_command_splits_back_into_the_overrides_it_was_built_fr
         "hydra.sweep.dir=new dir",
         "ckpt_path=last",
     ]
-
-
-@pytest.mark.slow
-def test_a_single_run_stopped_by_sigterm_resumes_with_the_printed_command(tmp_path):
-    run_dir = tmp_path / "run"
-    stopped = run_module(
-        "recsys_lightning.train",
-        *SMALL_RUN,
-        "trainer.max_epochs=2",
-        "+callbacks.term._target_=test_trust_sweep.TermOnce",
-        f"hydra.run.dir={run_dir}",
-        fault_injection=True,
-    )
-    assert stopped.returncode == 143, stopped.stderr[-3000:]
-    (line,) = error_lines(stopped)
-    command = line.split("holds the last finished epoch: resume with: ", 1)[1]
-    assert command.endswith(f"hydra.run.dir={run_dir} ckpt_path=last")
-    resumed = paste(command)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
