@@ -11,7 +11,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.callbacks import Timer, TQDMProgressBar
 
 from recsys_lightning.errors import ConfigError, TrainingDiverged
 
@@ -95,7 +95,15 @@ class NonFiniteLossGuard(pl.Callback):
 
 
 class Throughput(pl.Callback):
-    """Logs `train/samples_per_second` once per epoch: training pairs over the epoch's wall time."""
+    """Logs `train/samples_per_second` once per epoch: training pairs over the epoch's wall time.
+
+    A run resumed from a checkpoint written at a validation's end (check_val_every_n_epoch > 1) starts by
+    ending that epoch, with no epoch start and no batch in this process: nothing to log then.
+    """
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.samples = 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.started, self.samples = time.perf_counter(), 0
@@ -104,7 +112,9 @@ class Throughput(pl.Callback):
         self.samples += len(batch)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        module.log("train/samples_per_second", self.samples / (time.perf_counter() - self.started), sync_dist=True)
+        if self.started is not None:
+            module.log("train/samples_per_second", self.samples / (time.perf_counter() - self.started), sync_dist=True)
+        self.started = None
 
 
 class EpochLog(pl.Callback):
@@ -151,3 +161,48 @@ class TerminalProgressBar(TQDMProgressBar):
 
     def __init__(self, refresh_rate: int = 5, **kwargs: Any) -> None:
         super().__init__(refresh_rate=refresh_rate if sys.stderr.isatty() else 0, **kwargs)
+
+
+class FinalValidation(pl.Callback):
+    """Validates (and so checkpoints) the last training step, whatever ends training there: the last
+    epoch, `trainer.max_steps`, `trainer.max_time` or a closed-form fit, even between the validations
+    `trainer.check_val_every_n_epoch` asks for. A run that ends is then always judged and checkpointed
+    at its end: `best_checkpoint` and `last.ckpt` exist, and the best is picked over every weight trained.
+
+    Lightning validates on a batch only in a validation epoch; a stop request (`should_stop`) makes it
+    validate at once. So on the final batch this opens the epoch for validation and requests the stop,
+    which is where training ends anyway. The Timer that enforces max_time must run before this callback
+    (`final_validation_callbacks`), so that its stop request is seen here.
+    """
+
+    def __init__(self) -> None:
+        self._every_n_epochs: int | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        last_epoch = trainer.max_epochs is not None and trainer.max_epochs >= 0 and trainer.current_epoch + 1 >= trainer.max_epochs
+        steps_done = trainer.max_steps is not None and trainer.max_steps >= 0 and trainer.global_step >= trainer.max_steps
+        if trainer.should_stop or steps_done or (last_epoch and batch_idx + 1 >= trainer.num_training_batches):
+            if trainer.check_val_every_n_epoch is not None and self._every_n_epochs is None:
+                self._every_n_epochs = trainer.check_val_every_n_epoch
+                trainer.check_val_every_n_epoch = 1
+            trainer.should_stop = True
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._restore(trainer)  # training went on (trainer.min_epochs not reached): the user's schedule again
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._restore(trainer)
+
+    def _restore(self, trainer: pl.Trainer) -> None:
+        """Not at the epoch's end: the checkpoint callbacks, which run last, decide there whether to save
+        by the same `check_val_every_n_epoch` that made this epoch validate."""
+        if self._every_n_epochs is not None:
+            trainer.check_val_every_n_epoch, self._every_n_epochs = self._every_n_epochs, None
+
+
+def final_validation_callbacks(max_time: Any) -> list[pl.Callback]:
+    """FinalValidation, after the Timer that enforces `trainer.max_time` (the trainer must then get
+    max_time=None): Lightning would append its own Timer after every callback, and its stop request
+    would come too late for FinalValidation to see it."""
+    timer = [Timer(duration=max_time, interval="step")] if max_time is not None else []
+    return [*timer, FinalValidation()]

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from recsys_lightning.data.catalogue import STATE_VERSION, Catalogue, MalformedCatalogue
 from recsys_lightning.errors import ConfigError, first_line, quote
@@ -21,6 +23,7 @@ FORMAT_VERSION = 1  # raise it when a checkpoint's layout changes, so old files 
 CATALOGUE_KEY = "catalogue"
 BEST_CHECKPOINT_KEY = "best_checkpoint"
 METRICS_LIMIT = 1 << 20  # bytes; a real metrics.json is about 1 KiB
+RUN_YAML_LIMIT = 1 << 20  # bytes; Hydra's config.yaml, hydra.yaml and multirun.yaml are a few KiB
 CHECKPOINT_REMEDY = "pass checkpoint=last or checkpoint=<path>"
 # The records torch.save (2.x) writes, all in one folder of the zip; a tensor's bytes are data/<n>.
 TORCH_RECORD = re.compile(
@@ -53,7 +56,7 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     if which == "last":
         candidates = [run_dir / "checkpoints" / "last.ckpt"]
     elif which == "best":
-        recorded = read_run_metrics(run_dir, remedy=CHECKPOINT_REMEDY).get(BEST_CHECKPOINT_KEY)
+        recorded = read_run_metrics(run_dir, remedy=checkpoint_remedy(run_dir)).get(BEST_CHECKPOINT_KEY)
         candidates = [run_dir / recorded] if recorded else sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))
     else:
         if not Path(which).is_file():
@@ -62,8 +65,19 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
         candidates = [Path(which)]
     if len(candidates) != 1 or not candidates[0].is_file():
         found = ", ".join(str(path) for path in candidates) or "none"
-        raise ConfigError(f"{run_dir}: cannot find the {which!r} checkpoint (found: {found:.200}); {CHECKPOINT_REMEDY}")
+        raise ConfigError(f"{run_dir}: cannot find the {which!r} checkpoint (found: {found:.200}); {checkpoint_remedy(run_dir)}")
     return candidates[0]
+
+
+def checkpoint_remedy(run_dir: Path) -> str:
+    """What to pass instead, naming only a checkpoint the folder holds: advice to use a missing file is no advice."""
+    checkpoints = run_dir / "checkpoints"
+    if (checkpoints / "last.ckpt").is_file():
+        return CHECKPOINT_REMEDY
+    found = sorted(path for path in checkpoints.glob("*.ckpt") if path.is_file()) if checkpoints.is_dir() else []
+    if found:
+        return f"pass checkpoint={str(found[-1])[:200]}"
+    return "the run holds no checkpoint (it was stopped before its first validation): train it again"
 
 
 def read_run_metrics(run_dir: str | Path, remedy: str = "retrain the run or restore the file") -> dict[str, Any]:
@@ -228,3 +242,30 @@ def catalogue_from_checkpoint(state: Any, path: str | Path) -> Catalogue:
         return Catalogue.from_state(state)
     except MalformedCatalogue as error:
         raise ConfigError(f"{path}: its serving catalogue is malformed ({error}); the file was altered") from error
+
+
+def read_run_yaml(path: Path) -> DictConfig:
+    """A run folder's YAML file as a DictConfig, or one line naming the file.
+
+    Hydra writes plain YAML; a file over 1 MiB or one with anchors or aliases was not written by it,
+    and aliases nested in aliases ("billion laughs") expand exponentially. The token scan that finds
+    them takes linear time and builds nothing.
+    """
+    if not path.is_file() or path.stat().st_size > RUN_YAML_LIMIT:
+        raise ConfigError(f"{path}: not a regular file of at most 1 MiB, so not a config Hydra wrote; the run folder is damaged")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if any(isinstance(token, (yaml.AnchorToken, yaml.AliasToken)) for token in yaml.scan(text, Loader=yaml.SafeLoader)):
+            raise ConfigError(
+                f"{path}: holds YAML anchors or aliases, which Hydra never writes; refusing to expand them, the run folder was altered"
+            )
+        config = OmegaConf.create(text)
+    except ConfigError:
+        raise
+    except Exception as error:  # undecodable bytes, YAML syntax, nesting too deep, values OmegaConf cannot hold
+        raise ConfigError(
+            f"{path}: cannot be read ({type(error).__name__}: {first_line(error, 120)}); the run folder is damaged"
+        ) from error
+    if not isinstance(config, DictConfig):
+        raise ConfigError(f"{path}: holds a YAML {type(config).__name__}, not a mapping; the run folder is damaged")
+    return config

@@ -74,7 +74,7 @@ def run_summary(metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run
     lines = [f"{'':{width}}  {'val':>8}  {'test':>8}"]
     lines += [f"{name:{width}}  {shown('val/' + name)}  {shown('test/' + name)}" for name in rows]
     lines.append(f"best epoch {metrics.get('best_epoch')} of {metrics.get('epochs')}, {metrics.get('train_seconds')} s training")
-    folder = _relative(run_dir)
+    folder = relative_path(run_dir)
     lines.append(f"run folder: {folder}")
     if tensorboard:
         lines.append(f"next: {tensorboard_command(run_dir)}")
@@ -84,10 +84,10 @@ def run_summary(metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run
 def tensorboard_command(logdir: str | Path) -> str:
     """The command that opens `logdir` in TensorBoard, from the working directory, quoted for a shell (a
     hydra.run.dir a user chose may hold spaces or glob characters)."""
-    return f"{shlex.quote(_relative(Path(sys.executable).parent / 'tensorboard'))} --logdir {shlex.quote(_relative(logdir))}"
+    return f"{shlex.quote(relative_path(Path(sys.executable).parent / 'tensorboard'))} --logdir {shlex.quote(relative_path(logdir))}"
 
 
-def _relative(path: str | Path) -> str:
+def relative_path(path: str | Path) -> str:
     """Relative to the working directory when inside it: what a user would type."""
     absolute = Path(path).absolute()
     try:

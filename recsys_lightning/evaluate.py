@@ -21,7 +21,6 @@ import hydra
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,6 +31,7 @@ from recsys_lightning.checkpoint_file import (
     find_checkpoint,
     load_checkpoint,
     read_run_metrics,
+    read_run_yaml,
 )
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.datamodule import InteractionDataModule
@@ -50,7 +50,6 @@ register_resolvers()
 SPLITS = ("test", "valid")
 # Data config keys that name files or folders (csv and movielens); relative ones resolve from the training cwd.
 DATA_PATH_KEYS = ("path", "train_path", "valid_path", "test_path", "items_path", "data_dir")
-RUN_YAML_LIMIT = 1 << 20  # bytes; Hydra's config.yaml and hydra.yaml are a few KiB
 MOVIELENS_TARGET = "recsys_lightning.data.movielens.MovieLensDataModule"
 METRICS_REMEDY = "evaluate compares with it: restore the file, or retrain the run"
 
@@ -164,33 +163,6 @@ def recorded_data_config(run_dir: Path) -> dict[str, Any]:
     if data.get("_target_") == MOVIELENS_TARGET:
         data["download"] = False
     return data
-
-
-def read_run_yaml(path: Path) -> DictConfig:
-    """A run folder's YAML file as a DictConfig, or one line naming the file.
-
-    Hydra writes plain YAML; a file over 1 MiB or one with anchors or aliases was not written by it,
-    and aliases nested in aliases ("billion laughs") expand exponentially. The token scan that finds
-    them takes linear time and builds nothing.
-    """
-    if not path.is_file() or path.stat().st_size > RUN_YAML_LIMIT:
-        raise ConfigError(f"{path}: not a regular file of at most 1 MiB, so not a config Hydra wrote; the run folder is damaged")
-    try:
-        text = path.read_text(encoding="utf-8")
-        if any(isinstance(token, (yaml.AnchorToken, yaml.AliasToken)) for token in yaml.scan(text, Loader=yaml.SafeLoader)):
-            raise ConfigError(
-                f"{path}: holds YAML anchors or aliases, which Hydra never writes; refusing to expand them, the run folder was altered"
-            )
-        config = OmegaConf.create(text)
-    except ConfigError:
-        raise
-    except Exception as error:  # undecodable bytes, YAML syntax, nesting too deep, values OmegaConf cannot hold
-        raise ConfigError(
-            f"{path}: cannot be read ({type(error).__name__}: {first_line(error, 120)}); the run folder is damaged"
-        ) from error
-    if not isinstance(config, DictConfig):
-        raise ConfigError(f"{path}: holds a YAML {type(config).__name__}, not a mapping; the run folder is damaged")
-    return config
 
 
 def _training_cwd(run_dir: Path) -> Path | None:

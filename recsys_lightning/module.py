@@ -68,6 +68,9 @@ class RecommenderModule(pl.LightningModule):
         self.test_predictions = nn.ModuleList([kind() for kind in self.loss.prediction_metrics])
         self.positives: TrainingPositives | None = None
         self.explicit_negatives: Tensor | None = None
+        # The epoch's summed loss; none when a resumed run starts by ending an epoch it trained no batch of.
+        self._epoch_loss_sum: Tensor | None = None
+        self._epoch_samples = 0
         if data is not None and self.loss.predicts_ratings:  # before any training: a run without ratings is refused here
             if data.ratings_missing:
                 loss_name = type(self.loss).__name__
@@ -140,7 +143,9 @@ class RecommenderModule(pl.LightningModule):
         self.trainer.should_stop = True
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/loss", self._epoch_loss_sum / max(self._epoch_samples, 1), prog_bar=True, sync_dist=True)
+        if self._epoch_loss_sum is not None:
+            self.log("train/loss", self._epoch_loss_sum / max(self._epoch_samples, 1), prog_bar=True, sync_dist=True)
+        self._epoch_loss_sum = None
 
     # -- evaluation: full ranking of the catalogue, chunk by chunk --------------------------------------
 

@@ -18,6 +18,7 @@ from recsys_lightning.atomic import check_writable_folder
 from recsys_lightning.checkpoint_file import load_checkpoint
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, first_line
 from recsys_lightning.resume import check_resumable
+from recsys_lightning.sweep import check_sweep_resume
 from recsys_lightning.validation import check_folder_path, config_value
 
 LOCK_NAME = ".run.lock"
@@ -206,20 +207,27 @@ class RunFolderCheck(Callback):
                     exit_with_message(error)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A sweep into a folder that holds a sweep's runs only resumes it (ckpt_path=last, its overrides)."""
         self._check(config, "hydra.sweep.dir")
         sweep_dir = Path(config_value(config, "hydra.sweep.dir"))
-        earlier = sorted(
-            {path.parent.name for path in sweep_dir.glob("*/metrics.json")}
-            | {path.parent.parent.name for path in sweep_dir.glob("*/checkpoints/*.ckpt")}
-        )
-        if earlier:
-            exit_with_message(
-                ConfigError(
-                    f"hydra.sweep.dir={sweep_dir} already holds a sweep's runs ({', '.join(earlier[:3])}"
-                    f"{', ...' if len(earlier) > 3 else ''}); give this sweep its own folder "
-                    "(drop hydra.sweep.dir or pick a new one)"
-                )
+        try:
+            if config.get("ckpt_path") == LAST:
+                check_sweep_resume(sweep_dir, list(config.hydra.overrides.task), list(config.hydra.overrides.hydra))
+                for record in sorted(sweep_dir.glob(f"*/{HYDRA_RECORD}")):  # before Hydra rewrites each job's record
+                    RunFolder(record.parent).back_up_record()
+                return
+            earlier = sorted(
+                {path.parent.name for path in sweep_dir.glob("*/metrics.json")}
+                | {path.parent.parent.name for path in sweep_dir.glob("*/checkpoints/*.ckpt")}
             )
+            if earlier:
+                raise ConfigError(
+                    f"hydra.sweep.dir={sweep_dir} already holds a sweep's runs ({', '.join(earlier[:3])}"
+                    f"{', ...' if len(earlier) > 3 else ''}); give this sweep its own folder (drop hydra.sweep.dir or "
+                    "pick a new one), or resume that sweep with its command plus ckpt_path=last"
+                )
+        except RecsysError as error:
+            exit_with_message(error)
 
     @staticmethod
     def _check(config: DictConfig, key: str) -> None:

@@ -1,5 +1,7 @@
-"""Hydra callback that tabulates a multirun: one row per run, best first on the sweep's optimized_metric
-(validation NDCG@10 by default, RMSE lowest first for loss=mse)."""
+"""A sweep's folder as a whole: the Hydra callback that tabulates a multirun (one row per run, best first on
+the sweep's optimized_metric: validation NDCG@10 by default, RMSE lowest first for loss=mse), and the
+rules that resume a stopped sweep (`-m <its overrides> hydra.sweep.dir=<its folder> ckpt_path=last`):
+the same overrides, so each job gets the folder it had; finished jobs kept, the others resumed or run."""
 
 from __future__ import annotations
 
@@ -8,17 +10,23 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from recsys_lightning.checkpoint_file import read_run_metrics
-from recsys_lightning.console import tensorboard_command
+from recsys_lightning.checkpoint_file import BEST_CHECKPOINT_KEY, read_run_metrics
+from recsys_lightning.console import relative_path, tensorboard_command
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.monitor import metric_mode
+from recsys_lightning.resume_command import REPLACED_KEYS, SWEEP_RECORD, command_line, override_key, recorded_sweep_overrides
 
 log = logging.getLogger(__name__)
 
 SORT_BY = "val/ndcg@10"
+RESUME = "last"
+# Where the jobs run, not what they compute: a resumed sweep may change them (e.g. a SLURM partition).
+_LAUNCHER_KEYS = ("hydra/launcher", "hydra.launcher.")
 COLUMNS = [
     "run",
     "overrides",
@@ -47,7 +55,8 @@ def summarise_sweep(sweep_dir: Path, sort_by: str = SORT_BY, ascending: bool = F
     for hydra_dir in sorted(sweep_dir.glob("*/.hydra"), key=lambda path: _job_number(path.parent)):
         run_dir = hydra_dir.parent
         overrides = OmegaConf.load(hydra_dir / "overrides.yaml") if (hydra_dir / "overrides.yaml").is_file() else []
-        row: dict[str, Any] = {"run": run_dir.name, "overrides": " ".join(overrides)}
+        shown = [override for override in overrides if override_key(str(override)) != "ckpt_path"]  # a resume's, not the run's
+        row: dict[str, Any] = {"run": run_dir.name, "overrides": " ".join(shown)}
         if (run_dir / "metrics.json").is_file():
             try:
                 row.update(read_run_metrics(run_dir))
@@ -93,3 +102,49 @@ class SweepSummary(Callback):
 def _job_number(run_dir: Path) -> int:
     head = run_dir.name.split("_", 1)[0]
     return int(head) if head.isdigit() else -1
+
+
+def resuming_sweep(ckpt_path: Any) -> bool:
+    """Whether this job belongs to a sweep resumed as a whole (`-m ... ckpt_path=last`)."""
+    return ckpt_path == RESUME and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_sweep_resume(sweep_dir: Path, task: list[str], hydra: list[str]) -> None:
+    """A sweep resumes only with the overrides it was started with, in the same order: Hydra numbers the
+    jobs in that order and names each job's folder after its number and overrides, so anything else
+    would resume jobs in the wrong folders."""
+    recorded_task, recorded_hydra = recorded_sweep_overrides(sweep_dir)
+    recorded, given = _compared([*recorded_task, *recorded_hydra]), _compared([*task, *hydra])
+    if recorded == given:
+        return
+    missing, extra = [o for o in recorded if o not in given], [o for o in given if o not in recorded]
+    difference = (
+        f"it has {' '.join(missing) or 'nothing more'}, this command {' '.join(extra) or 'nothing more'}"
+        if missing or extra
+        else "the same overrides in another order, which numbers its jobs otherwise"
+    )
+    command = command_line(recorded_task, recorded_hydra, "hydra.sweep.dir", sweep_dir, sweep=True)
+    raise ConfigError(
+        f"hydra.sweep.dir={relative_path(sweep_dir)}: the sweep there was started with other overrides "
+        f"({SWEEP_RECORD}: {difference[:300]}); resume it with: {command}"
+    )
+
+
+def kept_job_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a job that finished before its sweep was stopped, kept as they are; None for a job to
+    run (again): its metrics.json is missing, damaged, or names no best checkpoint that exists."""
+    try:
+        metrics = read_run_metrics(run_dir)
+    except ConfigError as error:
+        log.warning("%s; the job runs again", error)
+        return None
+    best = metrics.get(BEST_CHECKPOINT_KEY)
+    return metrics if best and (run_dir / best).is_file() else None
+
+
+def _compared(overrides: list[str]) -> list[str]:
+    return [
+        override
+        for override in overrides
+        if override_key(override) not in REPLACED_KEYS and not override_key(override).startswith(_LAUNCHER_KEYS)
+    ]

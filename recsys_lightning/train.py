@@ -25,7 +25,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recsys_lightning.atomic import atomic_file
 from recsys_lightning.build import build_module
-from recsys_lightning.callbacks import TrainingTime
+from recsys_lightning.callbacks import TrainingTime, final_validation_callbacks
 from recsys_lightning.checkpoint_file import load_checkpoint
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.console import quiet_library_noise, run_summary, without_restore_messages
@@ -36,8 +36,10 @@ from recsys_lightning.memory_estimate import check_memory, config_sizes
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.projector import log_item_embeddings
 from recsys_lightning.resume import check_resume_callbacks, check_resume_fits
+from recsys_lightning.resume_command import resume_command
 from recsys_lightning.run_folder import LAST, RunFolder, is_rank_zero
 from recsys_lightning.seeds import stream_seed
+from recsys_lightning.sweep import kept_job_metrics, resuming_sweep
 from recsys_lightning.validation import check_training_config
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     check_training_config(cfg)
     run_folder = RunFolder(cfg.paths.run_dir)
+    if resuming_sweep(cfg.get("ckpt_path")):
+        kept = _resume_sweep_job(cfg, run_folder)
+        if kept is not None:
+            return kept
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:
         run_folder.existing_checkpoint(str(ckpt_path))
@@ -79,7 +85,8 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
     loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values() if logger]
     if not loggers:  # `~logger`: nowhere to write learning rates, and Lightning would refuse the whole run for it
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks = [*callbacks, *final_validation_callbacks(cfg.trainer.get("max_time"))]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, max_time=None)
     clock = next((callback for callback in callbacks if isinstance(callback, TrainingTime)), None)
 
     fit_start = time.perf_counter()
@@ -109,11 +116,11 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
             f"{first_line(error, 120)}); the file was altered or comes from another version, resume from "
             "another checkpoint"
         ) from error
-    metrics["best_epoch"] = _checkpoint_epoch(best_checkpoint) if best_checkpoint else trainer.current_epoch - 1
+    metrics["best_epoch"] = _checkpoint_epoch(best_checkpoint)
     metrics["train_seconds"] = round(train_seconds, 2)
     metrics["epochs"] = trainer.current_epoch
     metrics["data_source"] = datamodule.source
-    metrics["best_checkpoint"] = os.path.relpath(best_checkpoint, run_folder.path) if best_checkpoint else None
+    metrics["best_checkpoint"] = os.path.relpath(best_checkpoint, run_folder.path)
 
     if trainer.is_global_zero:
         log_run_table(trainer.loggers, cfg, _hydra_choices(), metrics, trainer.global_step)
@@ -123,10 +130,22 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
                 log_item_embeddings(logger.experiment, module.model, module.data.catalogue, cfg.projector.max_items, trainer.global_step)
         with atomic_file(run_folder.path / "metrics.json") as handle:
             json.dump(metrics, handle, indent=2, sort_keys=True)
-        in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-        tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers) and not in_sweep
+        tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers) and not _in_sweep()
         print(run_summary(metrics, str(cfg.monitor.metric), list(cfg.eval.ks), run_folder.path, tensorboard), flush=True)
     return metrics
+
+
+def _resume_sweep_job(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any] | None:
+    """One job of a resumed sweep: a finished job's metrics, kept with its record as it was; otherwise None,
+    and a job stopped before its first checkpoint (or never started) runs fresh instead of resuming."""
+    kept = kept_job_metrics(run_folder.path)
+    if kept is not None:
+        run_folder.restore_record()
+        log.info("%s finished before the sweep was stopped: kept, not run again", run_folder.path)
+        return kept
+    if not (run_folder.checkpoints / f"{LAST}.ckpt").is_file():
+        cfg.ckpt_path = None
+    return None
 
 
 def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataModule, RecommenderModule, list[pl.Callback], Path | None]:
@@ -145,12 +164,15 @@ def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataMod
     return datamodule, module, callbacks, resume_from
 
 
-def _best_checkpoint(trainer: pl.Trainer, run_folder: RunFolder, resumed_from: Path | None) -> str | None:
+def _best_checkpoint(trainer: pl.Trainer, run_folder: RunFolder, resumed_from: Path | None) -> str:
     """The monitored best: a checkpoint of this folder, or of the folder this run resumed from."""
     callback = trainer.checkpoint_callback
     best = callback.best_model_path if callback else ""
-    if not best:
-        return None
+    if not best:  # e.g. trainer.max_time or max_steps ran out before the first step: nothing was trained
+        raise ConfigError(
+            f"training ended at epoch {trainer.current_epoch}, step {trainer.global_step}, before any validation, so "
+            "no checkpoint was written to test or serve; give it more time or steps (trainer.max_time, trainer.max_steps)"
+        )
     allowed = {run_folder.checkpoints.resolve()} | ({resumed_from.parent} if resumed_from else set())
     if Path(best).resolve().parent not in allowed:
         raise ConfigError(
@@ -162,12 +184,14 @@ def _best_checkpoint(trainer: pl.Trainer, run_folder: RunFolder, resumed_from: P
 def _how_to_resume(trainer: pl.Trainer, run_folder: RunFolder, stopped_by: str) -> str:
     last = run_folder.checkpoints / f"{LAST}.ckpt"
     where = f"at epoch {trainer.current_epoch}" if trainer.state.fn == "fit" else "after training, while testing"
+    command = resume_command(run_folder.path)
+    if _in_sweep() and command:  # the sweep resumes as a whole: this job, the finished ones and the rest
+        held = f"{last} holds the last finished epoch" if last.is_file() else "this job had written no checkpoint yet"
+        return f"stopped by {stopped_by} {where}; {held}: resume the whole sweep with: {command}"
     if not last.is_file():
         return f"stopped by {stopped_by} {where}, before any checkpoint was written; run the command again to start over"
-    return (
-        f"stopped by {stopped_by} {where}; {last} holds the last finished epoch: resume with the same command "
-        f"plus hydra.run.dir={run_folder.path} ckpt_path=last"
-    )
+    how = f"with: {command}" if command else f"with the same command plus hydra.run.dir={run_folder.path} ckpt_path=last"
+    return f"stopped by {stopped_by} {where}; {last} holds the last finished epoch: resume {how}"
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -193,6 +217,10 @@ def main(cfg: DictConfig) -> float | None:
         exit_with_message(RunInterrupted("interrupted by Ctrl-C (SIGINT) before training began; no checkpoint was written", signal.SIGINT))
     objective = cfg.get("optimized_metric")
     return metrics.get(objective) if objective else None
+
+
+def _in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _hydra_choices() -> dict[str, str | None]:

@@ -300,6 +300,7 @@ def check_training_config(cfg: DictConfig) -> None:
     check_rules(cfg, TRAINING_RULES)
     check_monitors(cfg)
     check_loss_and_sampler(cfg)
+    check_checkpoint_schedule(cfg)
     check_cuda_available("trainer.accelerator", cfg.trainer.accelerator)
     _check_trainer_devices(cfg)
     for key in ("paths.data_dir", "paths.run_dir"):
@@ -466,6 +467,32 @@ def check_loss_and_sampler(cfg: DictConfig) -> None:
         f"{loss_class.__name__} cannot train with {sampler_class.__name__}: {reason}; "
         f"with this loss use sampler={' or sampler='.join(valid)}"
     )
+
+
+# ModelCheckpoint settings that save on another schedule than validation's, or not at all (None: unset).
+_OFF_SCHEDULE = {"every_n_epochs": (None, 1), "every_n_train_steps": (None, 0), "train_time_interval": (None,)}
+
+
+def check_checkpoint_schedule(cfg: DictConfig) -> None:
+    """A finished run must leave a best checkpoint to test and serve: checkpoints are written at every
+    validation (FinalValidation adds one at the end of training), so a setting that writes them on
+    another schedule, or none at all, is refused before any data is loaded."""
+    if config_value(cfg, "trainer.fast_dev_run") not in (_ABSENT, None, False, 0):
+        raise ConfigError("trainer.fast_dev_run writes no checkpoint to test or serve; try a setup with debug=quick instead")
+    if config_value(cfg, "trainer.enable_checkpointing") is False:
+        raise ConfigError("trainer.enable_checkpointing=false leaves no checkpoint to test or serve; drop it")
+    for name, callback in (cfg.get("callbacks") or {}).items():
+        if not callback or not str(callback.get("_target_", "")).endswith("ModelCheckpoint"):
+            continue
+        for key, allowed in _OFF_SCHEDULE.items():
+            value = config_value(cfg, f"callbacks.{name}.{key}")
+            if value is not _ABSENT and value not in allowed:
+                raise ConfigError(
+                    f"callbacks.{name}.{key}={shown(value)}: checkpoints are written at every validation, so the best "
+                    "is picked over all of them; drop it, and set how often to validate with trainer.check_val_every_n_epoch"
+                )
+    if config_value(cfg, "callbacks.model_checkpoint.save_top_k") == 0:
+        raise ConfigError("callbacks.model_checkpoint.save_top_k=0 keeps no best checkpoint to test or serve; use 1 (or more)")
 
 
 def check_folder_path(key: str, path: Any) -> None:

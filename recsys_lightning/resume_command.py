@@ -1,0 +1,71 @@
+"""The command that resumes a stopped run, or a stopped sweep as a whole, printed when a signal stops it.
+
+It is built from the overrides Hydra recorded of the command line (a sweep's from its multirun.yaml), so
+pasting it works: the folder and `ckpt_path` the user gave are replaced, not repeated, and every word is
+quoted for a shell.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from recsys_lightning.checkpoint_file import read_run_yaml
+from recsys_lightning.console import relative_path
+from recsys_lightning.errors import ConfigError, RecsysError
+
+ENTRY_POINT = "recsys_lightning.train"
+SWEEP_RECORD = "multirun.yaml"
+# Overrides the resume command sets itself; `hydra.mode=MULTIRUN` is what `-m` records.
+REPLACED_KEYS = frozenset({"ckpt_path", "hydra.run.dir", "hydra.sweep.dir", "hydra.mode"})
+
+
+def resume_command(run_dir: str | Path) -> str | None:
+    """How to resume the run in `run_dir`, stopped by a signal; in a sweep, how to resume the whole sweep
+    (its folder is the job folder's parent). None outside a Hydra run, or when the record is unreadable."""
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN:
+        return command_line(list(hydra.overrides.task), list(hydra.overrides.hydra), "hydra.run.dir", Path(run_dir), sweep=False)
+    sweep_dir = Path(run_dir).parent
+    try:
+        task, hydra_overrides = recorded_sweep_overrides(sweep_dir)
+    except RecsysError:
+        return None
+    return command_line(task, hydra_overrides, "hydra.sweep.dir", sweep_dir, sweep=True)
+
+
+def command_line(task: Sequence[str], hydra: Sequence[str], folder_key: str, folder: Path, sweep: bool) -> str:
+    """`<python> -m recsys_lightning.train [-m] <overrides> <folder_key>=<folder> ckpt_path=last`, quoted."""
+    kept = [override for override in [*task, *hydra] if override_key(override) not in REPLACED_KEYS]
+    words = [relative_path(sys.executable), "-m", ENTRY_POINT, *(["-m"] if sweep else []), *kept]
+    return " ".join(shlex.quote(word) for word in [*words, f"{folder_key}={relative_path(folder)}", "ckpt_path=last"])
+
+
+def override_key(override: str) -> str:
+    """`model.dim` of `model.dim=8,16`, `+key=value`, `++key=value` or `~key`."""
+    return override.partition("=")[0].strip().lstrip("+~")
+
+
+def recorded_sweep_overrides(sweep_dir: Path) -> tuple[list[str], list[str]]:
+    """The task and hydra overrides the sweep in `sweep_dir` was started with, from Hydra's multirun.yaml
+    (read as untrusted: plain YAML, whose hydra.overrides.task and .hydra are lists of strings)."""
+    path = sweep_dir / SWEEP_RECORD
+    if not path.is_file():
+        raise ConfigError(
+            f"hydra.sweep.dir={relative_path(sweep_dir)} holds no sweep to resume (no {SWEEP_RECORD}); point hydra.sweep.dir "
+            "at the stopped sweep's folder, or drop ckpt_path=last to start a new sweep"
+        )
+    hydra = OmegaConf.to_container(read_run_yaml(path), resolve=False).get("hydra")  # plain data: nothing resolved
+    overrides = hydra.get("overrides") if isinstance(hydra, dict) else None
+    lists = [overrides.get(part) if isinstance(overrides, dict) else None for part in ("task", "hydra")]
+    if not all(isinstance(found, list) and all(isinstance(item, str) for item in found) for found in lists):
+        raise ConfigError(f"{path}: holds no hydra.overrides.task and .hydra lists of strings; the sweep's record is damaged")
+    return [str(item) for item in lists[0]], [str(item) for item in lists[1]]
