@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from pandas.api.types import union_categoricals
+from pandas.io.common import get_handle
 
+from recsys_lightning.data.csv_fields import FieldCheckedStream
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
-from recsys_lightning.data.features import FeatureColumns
+from recsys_lightning.data.features import FeatureColumns, refuse_unmatched
 from recsys_lightning.data.interactions import ITEM, PART, RATING, TARGET, TIMESTAMP, USER
 from recsys_lightning.data.split import check_overlap_action
 from recsys_lightning.errors import QUOTE_LIMIT, ConfigError, DataError, cut, quote
@@ -184,24 +186,33 @@ class _ChunkReader:
         return microseconds / 1e6
 
 
+@contextmanager
+def _checked_file(path: Path, sep: str, encoding: str) -> Iterator[tuple[FieldCheckedStream, str]]:
+    """The file decompressed and field-counted as pandas reads it (csv_fields), with the encoding to give
+    pandas; every read error inside the block becomes one DataError."""
+    with _read_errors(path, encoding), get_handle(path, "rb", compression="infer", is_text=False) as handles:
+        compressed = path.suffix if path.suffix.lower() in COMPRESSION_SUFFIXES else None
+        stream = FieldCheckedStream(handles.handle, path, sep, encoding, compressed)
+        yield stream, stream.parser_encoding
+
+
 def _header(path: Path, sep: str, encoding: str) -> list[str]:
-    with _read_errors(path, encoding):
-        return [str(column) for column in pd.read_csv(path, sep=sep, encoding=encoding, nrows=0, compression="infer").columns]
+    with _checked_file(path, sep, encoding) as (stream, parser_encoding):
+        return [str(column) for column in pd.read_csv(stream, sep=sep, encoding=parser_encoding, nrows=0).columns]
 
 
 def _chunks(path: Path, sep: str, encoding: str, columns: dict[str, str]) -> Iterator[tuple[int, pd.DataFrame]]:
     """(first row number, rows) per chunk; ids as text, nothing read as missing (an id `NA` is an id)."""
     text_columns = {columns[USER]: str, columns[ITEM]: str}
-    with _read_errors(path, encoding):
+    with _checked_file(path, sep, encoding) as (stream, parser_encoding):
         with pd.read_csv(
-            path,
+            stream,
             sep=sep,
-            encoding=encoding,
+            encoding=parser_encoding,
             usecols=list(dict.fromkeys(columns.values())),
             dtype=text_columns,
             keep_default_na=False,
             skip_blank_lines=False,
-            compression="infer",
             chunksize=CHUNK_ROWS,
         ) as reader:
             first_row = 0
@@ -256,9 +267,28 @@ def read_item_titles(
         if column not in found and (column == item_col or titles_required):
             raise DataError(f"{path}: no column {column!r}; columns found: {_column_list(found)}. Set {key} to the right one")
     columns = [item_col, title_col] if has_titles else [item_col]
-    with _read_errors(path, encoding):
-        frame = pd.read_csv(path, sep=sep, encoding=encoding, usecols=columns, dtype=str, keep_default_na=False, compression="infer")
-    return pd.DataFrame({ITEM: frame[item_col], "title": frame[title_col] if has_titles else ""})
+    with _checked_file(path, sep, encoding) as (stream, parser_encoding):
+        frame = pd.read_csv(
+            stream, sep=sep, encoding=parser_encoding, usecols=columns, dtype=str, keep_default_na=False, skip_blank_lines=False
+        )
+    items = pd.DataFrame({ITEM: frame[item_col], "title": frame[title_col] if has_titles else ""})
+    _refuse_conflicting_titles(path, items, title_col)
+    return items
+
+
+def _refuse_conflicting_titles(path: Path, items: pd.DataFrame, title_col: str) -> None:
+    """An item listed twice with different titles: either title would be a guess (the same title twice is fine)."""
+    distinct = items.drop_duplicates()
+    again = distinct[ITEM].duplicated().to_numpy()
+    if not again.any():
+        return
+    row = distinct.index[_first(again)]
+    item = items.at[row, ITEM]
+    first = distinct.index[_first((distinct[ITEM] == item).to_numpy())]
+    raise DataError(
+        f"{path}: line {row + 2}: item {quote(item)} is listed again (first on line {first + 2}) with another {title_col!r} "
+        f"({quote(items.at[row, 'title'])}, before {quote(items.at[first, 'title'])}); keep one row per item"
+    )
 
 
 def read_feature_columns(
@@ -285,16 +315,15 @@ def read_feature_columns(
     for key, column in ((f"data.{entity}_col", id_col), *((f"data.{entity}_features", column) for column in feature_cols)):
         if column not in found:
             raise DataError(f"{path}: no column {column!r}; columns found: {_column_list(found)}. Set {key} to the right one")
-    with _read_errors(path, encoding):
+    with _checked_file(path, sep, encoding) as (stream, parser_encoding):
         frame = pd.read_csv(
-            path,
+            stream,
             sep=sep,
-            encoding=encoding,
+            encoding=parser_encoding,
             usecols=list(dict.fromkeys([id_col, *feature_cols])),
             dtype=str,
             keep_default_na=False,
             skip_blank_lines=False,  # keeps row numbers = line numbers - 2 for messages
-            compression="infer",
         )
     return FeatureColumns(str(path), frame[id_col], frame[list(feature_cols)], sep=feature_sep, first_line=2)
 
@@ -382,6 +411,9 @@ class CsvDataModule(InteractionDataModule):
         if train_path is not None and valid_path is None:
             raise DataError("data.train_path needs data.valid_path too (data.test_path is optional)")
         check_encoding(encoding)
+        _check_distinct_columns(
+            user_col=user_col, item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col, target_col=target_col
+        )
         self.on_overlap = check_overlap_action(on_overlap)
         self.paths = {"train": train_path, "valid": valid_path, "test": test_path} if path is None else {"all": path}
         self.read_options = dict(
@@ -428,7 +460,7 @@ class CsvDataModule(InteractionDataModule):
                 encoding=self.read_options["encoding"],
                 titles_required=not self.feature_files["item"][2],
             )
-            items = _with_interaction_ids(items, frame[ITEM])
+            items = _with_interaction_ids(items, frame[ITEM], self.items_path, self.read_options["item_col"])
         ratings_missing = next(filter(None, (self._ratings_missing(Path(path)) for path in given.values())), None)
         features = {
             f"{entity}_features": read_feature_columns(
@@ -467,6 +499,20 @@ def _feature_names(entity: str, names: Sequence[str], path: str | None) -> tuple
     return tuple(dict.fromkeys(names))
 
 
+def _check_distinct_columns(**columns: str | None) -> None:
+    """Two keys naming one column would read the same cells as two things (item ids that are the user ids)."""
+    named = {key: column for key, column in columns.items() if column}
+    keys = list(named)
+    for position, key in enumerate(keys):
+        other = next((later for later in keys[position + 1 :] if named[later] == named[key]), None)
+        if other is not None:
+            column = named[key]
+            raise ConfigError(
+                f"data.{key} and data.{other} both name the column {quote(column)}; each must name its own column "
+                f"(the optional rating_col, timestamp_col and target_col can be null)"
+            )
+
+
 def _check_distinct_files(given: dict[str, str]) -> None:
     """Held-out files that are the train file (or each other), under any spelling or link, would evaluate
     the model on what it trained on."""
@@ -498,12 +544,13 @@ def _combine(parts: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return frame
 
 
-def _with_interaction_ids(items: pd.DataFrame, item_ids: pd.Series) -> pd.DataFrame:
+def _with_interaction_ids(items: pd.DataFrame, item_ids: pd.Series, source: str, item_col: str) -> pd.DataFrame:
     """Items-file rows keyed like the interactions: an id matches only the same raw text, so with
-    integer ids `7` matches item 7 and `007` matches nothing."""
+    integer ids `7` matches item 7 and `007` matches nothing. A file none of whose ids matches is an error."""
     categories = item_ids.cat.categories
-    if not pd.api.types.is_integer_dtype(categories.dtype):
-        return items
     position = pd.Index(categories.astype(str)).get_indexer(items[ITEM])
     known = position >= 0
+    refuse_unmatched(source, items[ITEM].rename(item_col), known, np.asarray(categories), "item")
+    if not pd.api.types.is_integer_dtype(categories.dtype):
+        return items
     return pd.DataFrame({ITEM: categories[position[known]], "title": items["title"].to_numpy()[known]})

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from recsys_lightning.data.batches import EpochBatchSampler, PositivePairs, RankingChunks
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.features import FeatureColumns, index_features
-from recsys_lightning.data.interactions import ITEM, PART, TARGET, USER, Interactions
+from recsys_lightning.data.interactions import ITEM, PART, TARGET, USER, Interactions, latest_per_pair
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.split import Split, split_by_parts, split_interactions
@@ -87,9 +87,11 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
             return
         loaded = self.load()
         self.source = loaded.source
-        frame = loaded.interactions
-        explicit_negatives = frame[frame[TARGET] == 0] if TARGET in frame else frame.iloc[:0]
-        positives = frame[frame[TARGET] == 1] if TARGET in frame else frame
+        frame = latest_per_pair(loaded.interactions)
+        negative = (frame[TARGET] == 0).to_numpy() if TARGET in frame else np.zeros(len(frame), dtype=bool)
+        in_train = (frame[PART] == 0).to_numpy() if PART in frame else True  # a held-out file's negatives would leak into training
+        explicit_negatives = frame[negative & in_train]
+        positives = frame[~negative]
         if positives.empty:
             raise DataError(f"{self.source}: every row has target 0, so there is no positive to learn from; check the target column")
         try:
