@@ -187,11 +187,17 @@ def test_a_held_out_files_negatives_are_not_trained_on(tmp_path):
     assert module.training_data.explicit_negatives.tolist() == [[users.index(0), items.index(5)]]
 
 
-def test_item_and_user_column_being_one_column_is_refused_up_front(tmp_path):
+def test_item_and_user_column_being_one_column_is_refused_before_any_file_is_read(tmp_path):
     with pytest.raises(ConfigError, match="data.user_col and data.item_col both name the column 'userId'"):
-        CsvDataModule(path=str(tmp_path / "events.csv"), item_col="userId")
+        CsvDataModule(path=str(tmp_path / "events.csv"), item_col="userId").setup()
     with pytest.raises(ConfigError, match="data.item_col and data.rating_col both name the column 'itemId'"):
-        CsvDataModule(path=str(tmp_path / "events.csv"), rating_col="itemId")
+        CsvDataModule(path=str(tmp_path / "events.csv"), rating_col="itemId").setup()
+
+
+@pytest.mark.parametrize("sep", ["::", '"', "\n", "§"])
+def test_a_separator_the_scan_cannot_follow_is_refused_before_any_file_is_read(tmp_path, sep):
+    with pytest.raises(ConfigError, match="must be one ASCII character other than a quote or line break"):
+        CsvDataModule(path=str(tmp_path / "events.csv"), sep=sep).setup()
 
 
 def test_an_items_file_whose_ids_match_nothing_is_one_error_showing_both_sides(tmp_path):

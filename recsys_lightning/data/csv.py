@@ -22,7 +22,7 @@ import pandas as pd
 from pandas.api.types import union_categoricals
 from pandas.io.common import get_handle
 
-from recsys_lightning.data.csv_fields import FieldCheckedStream
+from recsys_lightning.data.csv_fields import FieldCheckedStream, separator_byte
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
 from recsys_lightning.data.features import FeatureColumns, refuse_unmatched
 from recsys_lightning.data.interactions import ITEM, PART, RATING, TARGET, TIMESTAMP, USER
@@ -411,9 +411,6 @@ class CsvDataModule(InteractionDataModule):
         if train_path is not None and valid_path is None:
             raise DataError("data.train_path needs data.valid_path too (data.test_path is optional)")
         check_encoding(encoding)
-        _check_distinct_columns(
-            user_col=user_col, item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col, target_col=target_col
-        )
         self.on_overlap = check_overlap_action(on_overlap)
         self.paths = {"train": train_path, "valid": valid_path, "test": test_path} if path is None else {"all": path}
         self.read_options = dict(
@@ -438,6 +435,10 @@ class CsvDataModule(InteractionDataModule):
         self.feature_sep = feature_sep
 
     def load(self) -> LoadedInteractions:
+        # Checked here, not in __init__: Hydra wraps an error raised while it instantiates the class.
+        if self.read_options["sep"] is not None:
+            separator_byte(self.read_options["sep"])
+        _check_distinct_columns(**{key: value for key, value in self.read_options.items() if key.endswith("_col")})
         given = {name: path for name, path in self.paths.items() if path}
         _check_distinct_files(given)
         parts = {}

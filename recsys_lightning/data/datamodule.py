@@ -110,7 +110,8 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
                 f"{self.source}: no validation interaction is left{self._left_out_note('valid')}; "
                 "validation needs new (user, item) pairs of users and items seen in train"
             )
-        test_rows = int((frame[PART] == 2).sum()) if PART in frame else 0  # 2: test
+        rows = loaded.interactions  # before repeated rows are merged: the message counts what the test file held
+        test_rows = int((rows[PART] == 2).sum()) if PART in rows else 0  # 2: test
         if test_rows and len(self.split.test) == 0:  # a given test file that tests nothing is a mistake, not "test 0"
             raise DataError(
                 f"{self.source}: no test interaction is left: {self._why_no_test(test_rows)}; test needs new "
