@@ -225,14 +225,22 @@ def test_an_item_listed_twice_with_different_titles_is_one_error_naming_both_lin
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["shifted_row", "same_columns"])
+@pytest.mark.parametrize("case", ["shifted_row", "same_columns", "items_for_other_data"])
 def test_the_entry_point_stops_with_one_line(tmp_path, case):
     rows = "\n".join(planted_rows(True)).encode()
-    path = write(tmp_path / "events.csv", b"userId,itemId,rating,timestamp\n" + rows + b"\nSmith, John,24,4,1600089286\n")
-    item_col = "userId" if case == "same_columns" else "itemId"
-    result = run_module(
-        "recsys_lightning.train", "data=csv", f"data.path={path}", f"data.item_col={item_col}", f"paths.output_dir={tmp_path / 'out'}"
-    )
-    expected = "has 5 fields, the header has 4" if case == "shifted_row" else "data.user_col and data.item_col both name the column"
+    shifted = b"\nSmith, John,24,4,1600089286" if case == "shifted_row" else b""
+    path = write(tmp_path / "events.csv", b"userId,itemId,rating,timestamp\n" + rows + shifted + b"\n")
+    items = write(tmp_path / "items.csv", b"itemId,title,genres\ntt01,A,Drama\n")
+    overrides = {
+        "shifted_row": [],
+        "same_columns": ["data.item_col=userId"],
+        "items_for_other_data": [f"data.items_path={items}", "data.item_features=[genres]", "model.features=true"],
+    }[case]
+    result = run_module("recsys_lightning.train", "data=csv", f"data.path={path}", *overrides, f"paths.output_dir={tmp_path / 'out'}")
+    expected = {
+        "shifted_row": "events.csv: line 53 has 5 fields, the header has 4",
+        "same_columns": "data.user_col and data.item_col both name the column 'userId'",
+        "items_for_other_data": "items.csv: none of its item ids (column 'itemId') is an item id of the interactions (e.g. 'tt01'",
+    }[case]
     assert result.returncode == 1 and expected in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
