@@ -129,41 +129,41 @@ class FieldCheckedStream(io.RawIOBase):
         cut = len(text) if final else max(text.rfind(b"\n"), text.rfind(b"\r", 0, len(text) - 1)) + 1
         self.pending = text[cut:]
         if cut:
-            self._scan_lines(np.frombuffer(text, np.uint8, count=cut))
+            self._scan_lines(text, cut)
         if final:
             if self.inside:
                 raise DataError(
                     f"{self.path}: the row starting on line {self.row_line} opens a quoted field that is never closed; "
                     'close the quote (a quote inside a quoted field is written twice: "")'
                 )
-            if self.row_bytes:  # a last line without a line break
-                self._check_rows(np.array([self.row_separators + 1]), np.array([self.row_line]), np.array([False]))
+            if self.row_bytes and self.header_fields is not None and self.row_separators + 1 != self.header_fields:
+                self._refuse(self.row_separators + 1, self.row_line)  # a last line without a line break
 
-    def _scan_lines(self, block: np.ndarray) -> None:
-        # A block ends after a line break, so a carriage return as its last byte is one (never half of \r\n).
-        inside_at = self._inside_quotes(block)
-        line_break = (block == NEWLINE) | ((block == CARRIAGE_RETURN) & np.append(block[1:] != NEWLINE, True))
-        row_ends = np.flatnonzero(line_break & ~inside_at if inside_at is not None else line_break)
-        separators = np.flatnonzero((block == self.sep) & ~inside_at if inside_at is not None else block == self.sep)
-        line_breaks = np.flatnonzero(line_break)
+    def _scan_lines(self, text: bytes, cut: int) -> None:
+        """Count the fields of the rows ending in `text[:cut]`; bytes.find (memchr) skips the quote and
+        carriage-return work for blocks without them, and row lengths and lines are computed only for a bad row."""
+        block = np.frombuffer(text, np.uint8, count=cut)
+        inside_at = self._inside_quotes(block) if self.inside or text.find(b'"', 0, cut) >= 0 else None
+        line_break = block == NEWLINE
+        if text.find(b"\r", 0, cut) >= 0:  # a block ends after a line break, so a final \r is one (never half of \r\n)
+            line_break |= (block == CARRIAGE_RETURN) & np.append(block[1:] != NEWLINE, True)
+        separator = block == self.sep
+        if inside_at is not None:
+            row_ends, separators = np.flatnonzero(line_break & ~inside_at), np.flatnonzero(separator & ~inside_at)
+        else:
+            row_ends, separators = np.flatnonzero(line_break), np.flatnonzero(separator)
         if len(row_ends):
             before_end = np.searchsorted(separators, row_ends)
             fields = np.diff(before_end, prepend=0) + 1
             fields[0] += self.row_separators
-            starts = np.append(0, row_ends[:-1] + 1)
-            lengths = row_ends - starts - ((block[row_ends] == NEWLINE) & (block[np.maximum(row_ends - 1, 0)] == CARRIAGE_RETURN))
-            lengths[0] += self.row_bytes
-            blank = (fields == 1) & (lengths <= 0)
-            lines = self.line + np.searchsorted(line_breaks, starts)
-            lines[0] = self.row_line
-            self._check_rows(fields, lines, blank)
+            self._check_rows(fields, block, row_ends, line_break)
             self.row_separators = len(separators) - int(before_end[-1])
             self.row_bytes = len(block) - int(row_ends[-1]) - 1
-            self.row_line = self.line + int(np.searchsorted(line_breaks, row_ends[-1] + 1))
+            self.row_line = self.line + int(np.count_nonzero(line_break[: row_ends[-1] + 1]))
         else:
             self.row_separators += len(separators)
             self.row_bytes += len(block)
-        self.line += len(line_breaks)
+        self.line += int(np.count_nonzero(line_break))
 
     def _inside_quotes(self, block: np.ndarray) -> np.ndarray | None:
         """Per byte, whether it lies inside a quoted field (None: no quote in the block and none open).
@@ -197,15 +197,27 @@ class FieldCheckedStream(io.RawIOBase):
         self.inside = bool((len(toggles) + self.inside) % 2)
         return inside_at
 
-    def _check_rows(self, fields: np.ndarray, lines: np.ndarray, blank: np.ndarray) -> None:
+    def _check_rows(self, fields: np.ndarray, block: np.ndarray, row_ends: np.ndarray, line_break: np.ndarray) -> None:
+        """Refuse the first row (the first row of the file is the header) whose field count differs, blank lines aside."""
+        first = 0
         if self.header_fields is None:
-            self.header_fields = int(fields[0])
-            fields, lines, blank = fields[1:], lines[1:], blank[1:]
-        wrong = (fields != self.header_fields) & ~blank
-        if not wrong.any():
+            self.header_fields, first = int(fields[0]), 1
+        wrong = np.flatnonzero(fields[first:] != self.header_fields) + first
+        if not len(wrong):
             return
-        row = int(np.argmax(wrong))
-        count, line, expected = int(fields[row]), int(lines[row]), self.header_fields
+        starts = np.append(0, row_ends[:-1] + 1)[wrong]
+        ends = row_ends[wrong]
+        lengths = ends - starts - ((block[ends] == NEWLINE) & (block[np.maximum(ends - 1, 0)] == CARRIAGE_RETURN))
+        lengths[wrong == 0] += self.row_bytes
+        bad = wrong[(fields[wrong] != 1) | (lengths > 0)]
+        if len(bad):
+            row = int(bad[0])
+            start = int(starts[np.searchsorted(wrong, row)])
+            line = self.row_line if row == 0 else self.line + int(np.count_nonzero(line_break[:start]))
+            self._refuse(int(fields[row]), line)
+
+    def _refuse(self, count: int, line: int) -> None:
+        expected = self.header_fields
         plural = "field" if count == 1 else "fields"
         if count == 1:
             advice = f"the separator is {self.sep_text!r}: set data.sep if the file uses another (e.g. data.sep=';' or data.sep='\\t')"
