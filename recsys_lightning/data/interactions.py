@@ -49,23 +49,22 @@ class Interactions:
         """Keep rows rated at least `min_rating` (all rows when None) and map raw ids to indices in
         sorted raw-id order. Rows are one per (user, item) (per part): see `latest_per_pair`.
         """
-        deduplicated = frame
         if min_rating is not None:
-            deduplicated = deduplicated[deduplicated[RATING] >= min_rating]
-        if deduplicated.empty:
+            frame = frame[frame[RATING] >= min_rating]
+        if frame.empty:
             if min_rating is None:
                 raise DataError("there are no positive interactions to learn from")
             raise DataError(f"no interaction has rating >= {min_rating}: lower data.min_rating or set it to null")
-        users, user_ids = pd.factorize(deduplicated[USER], sort=True)
-        items, item_ids = pd.factorize(deduplicated[ITEM], sort=True)
+        users, user_ids = pd.factorize(frame[USER], sort=True)
+        items, item_ids = pd.factorize(frame[ITEM], sort=True)
         return cls(
             users=users.astype(np.int64),
             items=items.astype(np.int64),
-            ratings=deduplicated[RATING].to_numpy(np.float32),
-            timestamps=deduplicated[TIMESTAMP].to_numpy(np.float64),
+            ratings=frame[RATING].to_numpy(np.float32),
+            timestamps=frame[TIMESTAMP].to_numpy(np.float64),
             user_ids=np.asarray(user_ids),
             item_ids=np.asarray(item_ids),
-            parts=deduplicated[PART].to_numpy(np.int8) if PART in deduplicated else None,
+            parts=frame[PART].to_numpy(np.int8) if PART in frame else None,
         )
 
 
