@@ -55,6 +55,13 @@ def test_a_row_with_more_or_fewer_fields_than_the_header_is_one_error_naming_the
     assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
 
 
+def test_row_messages_name_the_line_where_the_row_starts_after_quoted_line_breaks(tmp_path, monkeypatch):
+    monkeypatch.setattr("recsys_lightning.data.csv.CHUNK_ROWS", 2)
+    content = HEADER + b'"a\nb\nc",10,4,100\n2,11,5,101\n"d\ne",12,3,102\n4,13,x,103\n'
+    with pytest.raises(DataError, match="line 8: 'rating' is 'x', not a number"):  # the 4th row
+        read(write(tmp_path / "events.csv", content))
+
+
 @pytest.mark.parametrize("suffix", [".gz", ".bz2"])
 def test_field_counts_are_checked_in_compressed_files_and_across_chunks(tmp_path, suffix, monkeypatch):
     monkeypatch.setattr("recsys_lightning.data.csv.CHUNK_ROWS", 1000)
@@ -220,6 +227,9 @@ def test_an_item_listed_twice_with_different_titles_is_one_error_naming_both_lin
         match=r"items.csv: line 4: item '1' is listed again \(first on line 2\) with another 'title' \('Heat', before 'Heat \(1995\)'\)",
     ):
         read_item_titles(items, item_col="itemId", title_col="title")
+    multi_line = write(tmp_path / "multi.csv", b'itemId,title\n1,"Heat\n(1995)"\n2,Up\n1,Heat\n')
+    with pytest.raises(DataError, match=r"line 5: item '1' is listed again \(first on line 2\)"):  # row 3 starts on line 5
+        read_item_titles(multi_line, item_col="itemId", title_col="title")
     same = write(tmp_path / "same.csv", b"itemId,title\n1,Heat (1995)\n1,Heat (1995)\n")
     assert len(read_item_titles(same, item_col="itemId", title_col="title")) == 2
 

@@ -79,6 +79,8 @@ class FieldCheckedStream(io.RawIOBase):
         self.row_separators = 0  # separators of that row already scanned
         self.row_bytes = 0  # its bytes already scanned (0: nothing yet, so far a blank line)
         self.header_fields: int | None = None
+        self.rows = 0  # rows ended so far, the header included
+        self.longer_rows: list[np.ndarray] = []  # per line break inside quotes, the row it lies in
         self.done = False
         self._refuse_compressed_content(compressed)
 
@@ -108,6 +110,12 @@ class FieldCheckedStream(io.RawIOBase):
         wanted = len(self.head) if size < 0 else size
         data, self.head = self.head[:wanted], self.head[wanted:]
         return data + self.raw.read(-1 if size < 0 else size - len(data))
+
+    def line_of_row(self, row: int) -> int:
+        """The line (as an editor counts, header = line 1) where data row `row` (0-based, as pandas numbers
+        rows read with skip_blank_lines=False) starts: row + 2, plus the line breaks inside quoted fields before it."""
+        record = row + 1
+        return record + 1 + sum(int(np.count_nonzero(rows < record)) for rows in self.longer_rows)
 
     def _refuse_compressed_content(self, compressed: str | None) -> None:
         """The content starts like a compressed file: compressed twice, or compressed under a plain name."""
@@ -150,6 +158,9 @@ class FieldCheckedStream(io.RawIOBase):
         separator = block == self.sep
         if inside_at is not None:
             row_ends, separators = np.flatnonzero(line_break & ~inside_at), np.flatnonzero(separator & ~inside_at)
+            quoted_breaks = np.flatnonzero(line_break & inside_at)
+            if len(quoted_breaks):
+                self.longer_rows.append(self.rows + np.searchsorted(row_ends, quoted_breaks))
         else:
             row_ends, separators = np.flatnonzero(line_break), np.flatnonzero(separator)
         if len(row_ends):
@@ -160,6 +171,7 @@ class FieldCheckedStream(io.RawIOBase):
             self.row_separators = len(separators) - int(before_end[-1])
             self.row_bytes = len(block) - int(row_ends[-1]) - 1
             self.row_line = self.line + int(np.count_nonzero(line_break[: row_ends[-1] + 1]))
+            self.rows += len(row_ends)
         else:
             self.row_separators += len(separators)
             self.row_bytes += len(block)
