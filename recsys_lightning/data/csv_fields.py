@@ -170,12 +170,13 @@ class FieldCheckedStream(io.RawIOBase):
             self._check_rows(fields, block, row_ends, line_break)
             self.row_separators = len(separators) - int(before_end[-1])
             self.row_bytes = len(block) - int(row_ends[-1]) - 1
-            self.row_line = self.line + int(np.count_nonzero(line_break[: row_ends[-1] + 1]))
+            breaks_before = len(row_ends) if inside_at is None else int(np.count_nonzero(line_break[: row_ends[-1] + 1]))
+            self.row_line = self.line + breaks_before
             self.rows += len(row_ends)
         else:
             self.row_separators += len(separators)
             self.row_bytes += len(block)
-        self.line += int(np.count_nonzero(line_break))
+        self.line += len(row_ends) if inside_at is None else int(np.count_nonzero(line_break))
 
     def _inside_quotes(self, block: np.ndarray) -> np.ndarray | None:
         """Per byte, whether it lies inside a quoted field (None: no quote in the block and none open).
