@@ -124,7 +124,7 @@ MALFORMED = {
     ),
     "missing_id_column": (b"user,country\n100,FR\n", r"no column 'userId'.*Set data.user_col to the right one"),
     "empty_file": (b"", r"no header line found"),
-    "open_quote": (b'userId,country\n100,"FR\n101,DE\n', r"EOF inside string.*check data.sep and quoting"),
+    "open_quote": (b'userId,country\n100,"FR\n101,DE\n', r"row starting on line 2 opens a quoted field that is never closed"),
     "not_utf8": (b"userId,country\n100,Fran\xe7e\n", r"not utf-8 text .*set data.encoding"),
     "conflict": (
         b"userId,country\n100,FR\n101,DE\n100,IT\n",

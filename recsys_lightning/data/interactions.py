@@ -46,29 +46,42 @@ class Interactions:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, min_rating: float | None = None) -> Interactions:
-        """Drop repeated (user, item) pairs keeping the latest, keep rows rated at least `min_rating`
-        (all rows when None), and map raw ids to indices in sorted raw-id order.
-
-        Deduplicating first means a re-rating replaces the earlier opinion before the threshold applies.
+        """Keep rows rated at least `min_rating` (all rows when None) and map raw ids to indices in
+        sorted raw-id order. Rows are one per (user, item) (per part): see `latest_per_pair`.
         """
-        frame = frame.sort_values(TIMESTAMP, kind="stable")
-        deduplicated = frame.drop_duplicates([USER, ITEM, PART] if PART in frame else [USER, ITEM], keep="last")
-        if len(deduplicated) < len(frame):
-            log.warning("dropped %d repeated (user, item) rows, keeping the latest of each", len(frame) - len(deduplicated))
         if min_rating is not None:
-            deduplicated = deduplicated[deduplicated[RATING] >= min_rating]
-        if deduplicated.empty:
+            frame = frame[frame[RATING] >= min_rating]
+        if frame.empty:
             if min_rating is None:
                 raise DataError("there are no positive interactions to learn from")
             raise DataError(f"no interaction has rating >= {min_rating}: lower data.min_rating or set it to null")
-        users, user_ids = pd.factorize(deduplicated[USER], sort=True)
-        items, item_ids = pd.factorize(deduplicated[ITEM], sort=True)
+        users, user_ids = pd.factorize(frame[USER], sort=True)
+        items, item_ids = pd.factorize(frame[ITEM], sort=True)
         return cls(
             users=users.astype(np.int64),
             items=items.astype(np.int64),
-            ratings=deduplicated[RATING].to_numpy(np.float32),
-            timestamps=deduplicated[TIMESTAMP].to_numpy(np.float64),
+            ratings=frame[RATING].to_numpy(np.float32),
+            timestamps=frame[TIMESTAMP].to_numpy(np.float64),
             user_ids=np.asarray(user_ids),
             item_ids=np.asarray(item_ids),
-            parts=deduplicated[PART].to_numpy(np.int8) if PART in deduplicated else None,
+            parts=frame[PART].to_numpy(np.int8) if PART in frame else None,
         )
+
+
+def latest_per_pair(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (user, item), per part for pre-split data: the latest, by timestamp, then by file
+    order among equal timestamps (a file without timestamps is numbered in file order).
+
+    Runs before anything else reads the rows, so a later row replaces the earlier opinion whatever
+    it says: a re-rating before `min_rating` applies, a target 0 after a target 1 (and the reverse).
+    """
+    pair = [USER, ITEM, PART] if PART in frame else [USER, ITEM]
+    latest = frame.sort_values(TIMESTAMP, kind="stable").drop_duplicates(pair, keep="last")
+    if len(latest) < len(frame):
+        pairs = int(frame.duplicated(pair, keep=False).sum()) - (len(frame) - len(latest))
+        log.warning(
+            "dropped %d repeated (user, item) rows of %d pairs, keeping the latest of each (by timestamp, then file order)",
+            len(frame) - len(latest),
+            pairs,
+        )
+    return latest
