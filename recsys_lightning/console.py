@@ -87,6 +87,17 @@ def tensorboard_command(logdir: str | Path) -> str:
     return f"{shlex.quote(_relative(Path(sys.executable).parent / 'tensorboard'))} --logdir {shlex.quote(_relative(logdir))}"
 
 
+def rerun_command(module: str, arguments: Sequence[str], overrides: Mapping[str, str | None]) -> str:
+    """`python -m <module> <arguments>` with `overrides` set (a key set to None is dropped), quoted for a
+    shell: the command a message tells the user to paste, e.g. to resume a run with
+    `{"hydra.run.dir": <run>, "ckpt_path": "last"}` (a sweep: `hydra.sweep.dir`). An argument that sets
+    one of the keys (`ckpt_path=...`, `+ckpt_path=...`) is replaced, every other one is kept as typed."""
+    kept = [argument for argument in arguments if argument.split("=", 1)[0].lstrip("+~") not in overrides]
+    added = [f"{key}={value}" for key, value in overrides.items() if value is not None]
+    python = _relative(sys.executable)
+    return " ".join(shlex.quote(part) for part in [python if os.sep in python else sys.executable, "-m", module, *kept, *added])
+
+
 def _relative(path: str | Path) -> str:
     """Relative to the working directory when inside it: what a user would type."""
     absolute = Path(path).absolute()
