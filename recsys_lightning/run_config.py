@@ -35,6 +35,7 @@ RESUME_MAY_CHANGE = (
     "trainer.accelerator",  # the same computation on other hardware (a job moved to a GPU node)
 )
 ABSENT = "<absent>"
+MAPPING = "{...}"
 SHOWN_KEYS = 3  # differing keys one error line names
 _MAX_DEPTH = 32  # a record nested deeper is not one this code wrote
 _MAX_LEAVES = 100_000
@@ -52,11 +53,19 @@ def changed_settings(recorded: Any, cfg: DictConfig) -> list[tuple[str, Any, Any
         raise ValueError("not a mapping")
     old, new = _flat(recorded), _flat(config_record(cfg))
     keys = list(new) + [key for key in old if key not in new]
-    return [
-        (key, old.get(key, ABSENT), new.get(key, ABSENT))
-        for key in keys
-        if not _may_change(key) and _canonical(key, old.get(key, ABSENT)) != _canonical(key, new.get(key, ABSENT))
-    ]
+    changed: dict[str, tuple[Any, Any]] = {}
+    for key in keys:
+        before, after = old.get(key, ABSENT), new.get(key, ABSENT)
+        if _may_change(key) or _canonical(key, before) == _canonical(key, after):
+            continue
+        if before == ABSENT:  # a whole subtree added or removed is named once: `callbacks.early_stopping`
+            key = _absent_root(key, old)
+            after = new.get(key, MAPPING)
+        elif after == ABSENT:
+            key = _absent_root(key, new)
+            before = old.get(key, MAPPING)
+        changed.setdefault(key, (before, after))
+    return [(key, before, after) for key, (before, after) in changed.items()]
 
 
 def check_same_config(recorded: Any, cfg: DictConfig, ckpt_path: str) -> None:
@@ -114,6 +123,16 @@ def recorded_state(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
     """RunRecord's saved state in an untrusted checkpoint, or None."""
     state = (checkpoint.get("callbacks") or {}).get(RunRecord.__qualname__)
     return state if isinstance(state, dict) else None
+
+
+def _absent_root(key: str, side: dict[str, Any]) -> str:
+    """The shortest prefix of `key` under which `side` holds no key at all."""
+    parts = key.split(".")
+    for end in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:end])
+        if not any(name == prefix or name.startswith(prefix + ".") for name in side):
+            return prefix
+    return key
 
 
 def _may_change(key: str) -> bool:

@@ -90,7 +90,7 @@ class _Progress:
             return "while loading data"
         if not self.fit_finished:
             return f"at epoch {self.trainer.current_epoch}"
-        return "after training, while validating and testing the best checkpoint"
+        return "after training, before the best checkpoint was validated and tested"
 
 
 def _train(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals) -> dict[str, Any]:
@@ -135,8 +135,8 @@ def _fit_and_test(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals, 
             f"{first_line(error, 120)}); the file was altered or comes from another version, resume from "
             "another checkpoint"
         ) from error
+    progress.fit_finished = True  # Lightning stops a fit at its next batch: a signal it left to us came at the end
     signals.raise_if_received()
-    progress.fit_finished = True
     # Read now: validating a checkpoint below restores the callbacks' state saved with it.
     train_seconds = clock.seconds if clock else time.perf_counter() - fit_start
     best_checkpoint = _best_checkpoint(trainer, run_folder, resume_from)
