@@ -36,22 +36,35 @@ RESUME_MAY_CHANGE = (
 )
 ABSENT = "<absent>"
 MAPPING = "{...}"
+# Interpolations that name a location (compared as text only: a moved run folder resolves them elsewhere).
+LOCATIONS = ("${paths.", "${hydra:", "${oc.env:", "${project_root:")
 SHOWN_KEYS = 3  # differing keys one error line names
 _MAX_DEPTH = 32  # a record nested deeper is not one this code wrote
 _MAX_LEAVES = 100_000
 
 
 def config_record(cfg: DictConfig) -> dict[str, Any]:
-    """The composed config as plain data, interpolations kept as their text (`${paths.run_dir}`)."""
-    return OmegaConf.to_container(cfg, resolve=False)
+    """The composed config as plain data, interpolations kept as their text (`${paths.run_dir}`), and the
+    values those interpolations resolve to, except locations: `scheduler.T_max: ${trainer.max_epochs}`
+    reads a key a resume may change, so its text stays while its value would not."""
+    config = OmegaConf.to_container(cfg, resolve=False)
+    resolved = {
+        key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        for key, text in _flat(config).items()
+        if isinstance(text, str) and "${" in text and not any(marker in text for marker in LOCATIONS) and not _may_change(key)
+        for value in [OmegaConf.select(cfg, key, throw_on_resolution_failure=False)]
+    }
+    return {"config": config, "resolved": resolved}
 
 
 def changed_settings(recorded: Any, cfg: DictConfig) -> list[tuple[str, Any, Any]]:
     """(key, recorded value, this run's value) for every key outside RESUME_MAY_CHANGE that differs,
-    in this run's config order (keys only one side has count: `+key=...`, `~key`)."""
-    if not isinstance(recorded, dict):
-        raise ValueError("not a mapping")
-    old, new = _flat(recorded), _flat(config_record(cfg))
+    in this run's config order (keys only one side has count: `+key=...`, `~key`); `recorded` is a
+    checkpoint's `config_record`."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("config"), dict) or not isinstance(recorded.get("resolved"), dict):
+        raise ValueError("not a record")
+    current = config_record(cfg)
+    old, new = _flat(recorded["config"]), _flat(current["config"])
     keys = list(new) + [key for key in old if key not in new]
     changed: dict[str, tuple[Any, Any]] = {}
     for key in keys:
@@ -65,13 +78,18 @@ def changed_settings(recorded: Any, cfg: DictConfig) -> list[tuple[str, Any, Any
             key = _absent_root(key, new)
             before = old.get(key, MAPPING)
         changed.setdefault(key, (before, after))
+    old_values, new_values = _flat(recorded["resolved"]), _flat(current["resolved"])
+    for key, after in new_values.items():  # the same text resolving to another value
+        before = old_values.get(key, ABSENT)
+        if key not in changed and _canonical(key, before) != _canonical(key, after):
+            changed[key] = (before, after)
     return [(key, before, after) for key, (before, after) in changed.items()]
 
 
 def check_same_config(recorded: Any, cfg: DictConfig, ckpt_path: str) -> None:
     """One line naming the first differing keys (old -> new) unless `cfg` asks for what the checkpoint
     was trained and judged with; `recorded` is the checkpoint's untrusted record (None: it has none)."""
-    if recorded is None:
+    if recorded is None or (isinstance(recorded, dict) and "config" not in recorded):
         raise ConfigError(
             f"ckpt_path={ckpt_path}: it carries no record of the config it was trained with (an older version wrote "
             "it), so a resume cannot be checked; start a new run folder (drop ckpt_path and hydra.run.dir)"
@@ -101,7 +119,7 @@ class RunRecord(pl.Callback):
     train() adds it itself, so no config can leave it out."""
 
     def __init__(self, cfg: DictConfig) -> None:
-        self.config = config_record(cfg)
+        self.record = config_record(cfg)
         self.stop_on_resume = False
         self._trainer: pl.Trainer | None = None
 
@@ -113,7 +131,7 @@ class RunRecord(pl.Callback):
             trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "should_stop": bool(self._trainer is not None and self._trainer.should_stop)}
+        return {**self.record, "should_stop": bool(self._trainer is not None and self._trainer.should_stop)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.stop_on_resume = state_dict.get("should_stop") is True

@@ -174,7 +174,7 @@ def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataMod
     The checkpoint's recorded config is compared before any data loads: a refused resume costs nothing."""
     resume_from, resume_state = run_folder.resume_checkpoint(str(cfg.ckpt_path)) if cfg.get("ckpt_path") is not None else (None, None)
     if resume_from is not None:
-        check_same_config((recorded_state(resume_state) or {}).get("config"), cfg, str(resume_from))
+        check_same_config(recorded_state(resume_state), cfg, str(resume_from))
     pl.seed_everything(stream_seed(cfg.seed, "init") % 2**32, workers=True)  # model initialisation
     datamodule: InteractionDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # the model's size depends on the data

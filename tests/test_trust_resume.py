@@ -126,9 +126,18 @@ def test_keys_a_resume_may_change_are_not_differences():
     assert changed_settings(recorded, changed) == []
 
 
-def test_a_checkpoint_without_a_config_record_is_refused():
+@pytest.mark.parametrize("record", [None, {"should_stop": False}])
+def test_a_checkpoint_without_a_config_record_is_refused(record):
     with pytest.raises(ConfigError, match=r"^ckpt_path=x.ckpt: it carries no record of the config it was trained with"):
-        check_same_config(None, training_config(), "x.ckpt")
+        check_same_config(record, training_config(), "x.ckpt")
+
+
+def test_raising_max_epochs_is_refused_where_a_key_reads_it():
+    """scheduler=cosine's period is ${trainer.max_epochs}: its text stays the same, its value does not."""
+    recorded = config_record(training_config("scheduler=cosine", "trainer.max_epochs=3", run_dir="/a"))
+    assert changed_settings(recorded, training_config("scheduler=cosine", "trainer.max_epochs=5", run_dir="/a")) == [
+        ("scheduler.scheduler.T_max", 3, 5)
+    ]
 
 
 def deeply_nested(depth: int) -> dict:
@@ -140,8 +149,9 @@ def deeply_nested(depth: int) -> dict:
 
 @pytest.mark.parametrize(
     "record",
-    [[1, 2], {1: "key not text"}, {"seed": object()}, deeply_nested(5000)],
-    ids=["a list", "a key not text", "an object", "nested far deeper than any config"],
+    [[1, 2], {"config": {1: "key not text"}, "resolved": {}}, {"config": {"seed": object()}, "resolved": {}}, {"config": {}, "resolved": 3}]
+    + [{"config": deeply_nested(5000), "resolved": {}}],
+    ids=["a list", "a key not text", "an object", "resolved values not a mapping", "nested far deeper than any config"],
 )
 def test_a_malformed_config_record_is_one_line(record):
     with pytest.raises(ConfigError, match="its record of the config it was trained with is malformed"):
