@@ -97,7 +97,7 @@ def test_resuming_with_a_key_that_trains_or_judges_changed_is_refused(two_epoch_
     result = train(run_dir, "ckpt_path=last", "trainer.max_epochs=3", override)
     assert result.returncode == 1
     line = error_line(result)
-    assert f"this run changes {expected}, which a resumed run cannot change" in line, line
+    assert f"this run changes {expected}" in line and "which a resumed run cannot change" in line, line
 
 
 @pytest.mark.slow
@@ -158,6 +158,20 @@ def test_a_malformed_config_record_is_one_line(record):
         check_same_config(record, training_config(), "x.ckpt")
 
 
+@pytest.mark.slow
+def test_resuming_on_data_whose_file_changed_under_the_same_config_is_refused(tmp_path):
+    """The config is the same; the catalogue the checkpoint carries tells the data apart."""
+    data = tmp_path / "interactions.csv"
+    rows = [f"{user},{(user * 7 + step) % 40}" for user in range(30) for step in range(12)]
+    data.write_text("\n".join(["userId,itemId", *rows]) + "\n")
+    overrides = ["data=csv", f"data.path={data}", "debug=quick", "trainer.accelerator=cpu"]
+    run_training(training_config(*overrides, run_dir=tmp_path / "run"))
+    moved = [f"{user},{(user * 7 + step + 1) % 40}" for user in range(10) for step in range(12)]  # same users and items
+    data.write_text("\n".join(["userId,itemId", *moved, *rows[120:]]) + "\n")
+    with pytest.raises(ConfigError, match="it was trained on other data"):
+        run_training(training_config(*overrides, "trainer.max_epochs=2", "ckpt_path=last", run_dir=tmp_path / "run"))
+
+
 # -- defect 7: a signal in any phase says what to do, and the command it prints works ------------------
 
 
@@ -181,6 +195,11 @@ def test_sigterm_while_the_best_checkpoint_is_tested_prints_a_command_that_only_
     assert "train/loss" not in resumed.stdout + resumed.stderr  # no epoch trained: EpochLog writes one line per epoch
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == epochs and metrics["test/ndcg@10"] > 0 and (run_dir / metrics["best_checkpoint"]).is_file()
+    overrides = [*SMALL_RUN, *extra, *stop, f"+callbacks.stop.once={tmp_path / 'once'}", "ckpt_path=last"]
+    with pytest.raises(ConfigError) as finished:  # tested now: nothing is left to resume
+        run_training(training_config(*overrides, run_dir=run_dir))
+    expected = "early stopping ended its training after 2 epochs" if ended_by == "early stopping" else "raise trainer.max_epochs above 2"
+    assert expected in str(finished.value), str(finished.value)
 
 
 @pytest.mark.slow
