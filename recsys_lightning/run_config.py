@@ -1,9 +1,9 @@
 """The config a run was trained with, recorded in each of its checkpoints and compared key by key when
 a run resumes from one: default-deny, so a resumed run may change only the keys of RESUME_MAY_CHANGE.
 
-The record is the composed config as the user wrote it (interpolations as text, never resolved): a
-file's record is only compared, never resolved or instantiated, so a crafted one can neither read the
-environment nor build anything.
+The record is the composed config as the user wrote it (interpolations as text) plus the values its
+interpolations resolved to when it was saved, locations aside. A file's record is only compared, never
+resolved or instantiated, so a crafted one can neither read the environment nor build anything.
 """
 
 from __future__ import annotations

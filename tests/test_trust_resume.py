@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from recsys_lightning.console import rerun_command
 from recsys_lightning.data.synthetic import SyntheticDataModule
 from recsys_lightning.errors import ConfigError, RunInterrupted
 from recsys_lightning.run_config import changed_settings, check_same_config, config_record
@@ -254,3 +255,17 @@ def test_sigterm_while_a_resumed_run_loads_data_names_the_kept_checkpoint(two_ep
     last = run_dir / "checkpoints" / "last.ckpt"
     assert message.startswith(f"stopped by SIGTERM while loading data; {last} holds the last finished epoch: resume with: "), message
     assert message.endswith(f"hydra.run.dir={run_dir} ckpt_path=last")
+
+
+def test_the_printed_command_replaces_the_folder_and_checkpoint_and_quotes_what_a_shell_would_split():
+    typed = ["data=csv", "data.path=my file.csv", "ckpt_path=/elsewhere/last.ckpt", "+hydra.run.dir=old", "model.dim=8"]
+    command = rerun_command("recsys_lightning.train", typed, {"hydra.run.dir": "/runs/a b", "ckpt_path": "last"})
+    assert shlex.split(command)[1:] == [
+        "-m",
+        "recsys_lightning.train",
+        "data=csv",
+        "data.path=my file.csv",
+        "model.dim=8",
+        "hydra.run.dir=/runs/a b",
+        "ckpt_path=last",
+    ]
