@@ -14,12 +14,11 @@ from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.models.weights import weight_mismatch
+from recsys_lightning.run_config import recorded_state
 
 if TYPE_CHECKING:
     from recsys_lightning.module import RecommenderModule
 
-# Settings a checkpoint fixes: a resumed run must ask for the same ones.
-RESUMED_SETTINGS = ("model", "loss", "sampler", "optimizer", "scheduler", "ks", "seed")
 # What Lightning reads back when it resumes; a checkpoint without them fails deep inside Lightning.
 RESUME_KEYS = {
     "epoch": int,
@@ -123,7 +122,6 @@ def check_resume_fits(checkpoint: dict[str, Any], path: Path, module: Recommende
             f"ckpt_path={path}: it was trained on other data (its users, items or training pairs differ from this "
             "run's); resume with that run's data overrides, or drop ckpt_path to start fresh"
         )
-    _check_same_settings(checkpoint, path, module)
     _check_same_optimizer(checkpoint, path, module)
 
 
@@ -169,12 +167,20 @@ def _check_same_optimizer(checkpoint: dict[str, Any], path: Path, module: Any) -
         )
 
 
-def check_resume_callbacks(checkpoint: dict[str, Any], path: Path, callbacks: list[Any], max_epochs: int) -> None:
+def check_resume_callbacks(checkpoint: dict[str, Any], path: Path, callbacks: list[Any], max_epochs: int, may_finish: bool = False) -> None:
     """Lightning restores early stopping's patience and the checkpoints' monitor from the checkpoint (or,
     when a monitor or mode changed, silently starts them afresh): refuse such a change, and a
-    `trainer.max_epochs` the checkpoint has already reached."""
+    `trainer.max_epochs` the checkpoint has already reached, unless `may_finish`: a fit that ended (at
+    max_epochs, or by early stopping) but was stopped before its test is then resumed to validate and test."""
     done = checkpoint["epoch"] + 1
-    if max_epochs <= done:
+    stopped_early = (recorded_state(checkpoint) or {}).get("should_stop") is True
+    finished = max_epochs == done or stopped_early
+    if max_epochs < done or (finished and not may_finish):
+        if stopped_early and max_epochs >= done:
+            raise ConfigError(
+                f"ckpt_path={path}: early stopping ended its training after {done} epochs and the run was tested "
+                "(metrics.json); nothing is left to resume: start a new run folder to train it differently"
+            )
         raise ConfigError(
             f"ckpt_path={path}: it already holds {done} epochs, so trainer.max_epochs={max_epochs} leaves nothing to "
             f"train; raise trainer.max_epochs above {done}"
@@ -196,40 +202,6 @@ def check_resume_callbacks(checkpoint: dict[str, Any], path: Path, callbacks: li
             f"ckpt_path={path}: this run changes {kind} monitor or mode ({callback.monitor}); a resumed run "
             "would start it afresh: resume with that run's monitor and mode"
         )
-
-
-def _check_same_settings(checkpoint: dict[str, Any], path: Path, module: Any) -> None:
-    """Lightning restores the optimizer's learning rate and the rest from the checkpoint, so an override
-    given on resume would be recorded but silently not used: refuse it instead."""
-    recorded = checkpoint.get("hyper_parameters")
-    if not isinstance(recorded, dict):
-        return
-    changed = [
-        key
-        for key in RESUMED_SETTINGS
-        if key in recorded and _flat(_canonical(recorded[key], key), key) != _flat(_canonical(module.hparams.get(key), key), key)
-    ]
-    if changed:
-        differences = sorted(
-            set(_flat(recorded[changed[0]], changed[0]).items()) ^ set(_flat(module.hparams.get(changed[0]), changed[0]).items())
-        )
-        shown = ", ".join(sorted({name for name, _ in differences}))[:200]
-        raise ConfigError(
-            f"ckpt_path={path}: this run changes {shown}, which a resumed run cannot change (the checkpoint's "
-            "values would be restored); resume with that run's overrides, or start a new run from scratch"
-        )
-
-
-def _canonical(value: Any, key: str) -> Any:
-    """Cut-offs are a set: [20, 10] asks for the same metrics as [10, 20]."""
-    return sorted(set(value)) if key == "ks" and isinstance(value, (list, tuple)) else value
-
-
-def _flat(node: Any, prefix: str) -> dict[str, Any]:
-    """`{"model": {"dim": 64}}` -> `{"model.dim": 64}`: settings compared key by key."""
-    if isinstance(node, dict):
-        return {name: value for key, child in node.items() for name, value in _flat(child, f"{prefix}.{key}").items()}
-    return {prefix: tuple(node) if isinstance(node, list) else node}
 
 
 def _group_keys(param_groups: list[dict[str, Any]]) -> list[list[str]]:

@@ -26,14 +26,17 @@ SWEEP_RECORD = "multirun.yaml"
 REPLACED_KEYS = frozenset({"ckpt_path", "hydra.run.dir", "hydra.sweep.dir", "hydra.mode"})
 
 
-def resume_command(run_dir: str | Path) -> str | None:
-    """How to resume the run in `run_dir`, stopped by a signal; in a sweep, how to resume the whole sweep
-    (its folder is the job folder's parent). None outside a Hydra run, or when the record is unreadable."""
+def resume_command(run_dir: str | Path, from_last: bool = True) -> str | None:
+    """How to resume the run in `run_dir`, stopped by a signal (with `from_last=False`, a run stopped before
+    its first checkpoint: how to start it again in the same folder); in a sweep, how to resume the whole
+    sweep (its folder is the job folder's parent), whose jobs without a checkpoint run fresh. None outside a
+    Hydra run, or when the record is unreadable."""
     if not HydraConfig.initialized():
         return None
     hydra = HydraConfig.get()
     if hydra.mode != RunMode.MULTIRUN:
-        return command_line(list(hydra.overrides.task), list(hydra.overrides.hydra), "hydra.run.dir", Path(run_dir), sweep=False)
+        task, hydra_overrides = list(hydra.overrides.task), list(hydra.overrides.hydra)
+        return command_line(task, hydra_overrides, "hydra.run.dir", Path(run_dir), sweep=False, from_last=from_last)
     sweep_dir = Path(run_dir).parent
     try:
         task, hydra_overrides = recorded_sweep_overrides(sweep_dir)
@@ -42,11 +45,12 @@ def resume_command(run_dir: str | Path) -> str | None:
     return command_line(task, hydra_overrides, "hydra.sweep.dir", sweep_dir, sweep=True)
 
 
-def command_line(task: Sequence[str], hydra: Sequence[str], folder_key: str, folder: Path, sweep: bool) -> str:
-    """`<python> -m recsys_lightning.train [-m] <overrides> <folder_key>=<folder> ckpt_path=last`, quoted."""
+def command_line(task: Sequence[str], hydra: Sequence[str], folder_key: str, folder: Path, sweep: bool, from_last: bool = True) -> str:
+    """`<python> -m recsys_lightning.train [-m] <overrides> <folder_key>=<folder> [ckpt_path=last]`, quoted."""
     kept = [override for override in [*task, *hydra] if override_key(override) not in REPLACED_KEYS]
     words = [relative_path(sys.executable), "-m", ENTRY_POINT, *(["-m"] if sweep else []), *kept]
-    return " ".join(shlex.quote(word) for word in [*words, f"{folder_key}={relative_path(folder)}", "ckpt_path=last"])
+    resume = ["ckpt_path=last"] if from_last else []
+    return " ".join(shlex.quote(word) for word in [*words, f"{folder_key}={relative_path(folder)}", *resume])
 
 
 def override_key(override: str) -> str:

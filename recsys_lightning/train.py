@@ -37,8 +37,10 @@ from recsys_lightning.module import RecommenderModule
 from recsys_lightning.projector import log_item_embeddings
 from recsys_lightning.resume import check_resume_callbacks, check_resume_fits
 from recsys_lightning.resume_command import resume_command
+from recsys_lightning.run_config import RunRecord, check_same_config, recorded_state
 from recsys_lightning.run_folder import LAST, RunFolder, is_rank_zero
 from recsys_lightning.seeds import stream_seed
+from recsys_lightning.stop_signals import SignalReceived, StopSignals
 from recsys_lightning.sweep import kept_job_metrics, resuming_sweep
 from recsys_lightning.validation import check_training_config
 
@@ -51,31 +53,68 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, early-stop, test the best checkpoint, and return the flat metrics written to metrics.json.
 
     The run folder is claimed first: a fresh run refuses a folder that holds another run's results,
-    and no two processes train into one folder at once.
+    and no two processes train into one folder at once. SIGTERM or Ctrl-C in any phase ends the run with
+    RunInterrupted, whose one line says what was kept and the command that resumes it.
     """
-    check_training_config(cfg)
-    run_folder = RunFolder(cfg.paths.run_dir)
-    if resuming_sweep(cfg.get("ckpt_path")):
-        kept = _resume_sweep_job(cfg, run_folder)
-        if kept is not None:
-            return kept
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None:
-        run_folder.existing_checkpoint(str(ckpt_path))
-    if is_rank_zero():  # DDP ranks > 0 write into the folder rank 0 holds
-        run_folder.claim(resuming=run_folder.resumes_in_place(ckpt_path))
+    with StopSignals() as signals:
+        try:
+            check_training_config(cfg)
+            run_folder = RunFolder(cfg.paths.run_dir)
+            if resuming_sweep(cfg.get("ckpt_path")):
+                kept = _resume_sweep_job(cfg, run_folder)
+                if kept is not None:
+                    return kept
+            ckpt_path = cfg.get("ckpt_path")
+            if ckpt_path is not None:
+                run_folder.existing_checkpoint(str(ckpt_path))
+            if is_rank_zero():  # DDP ranks > 0 write into the folder rank 0 holds
+                run_folder.claim(resuming=run_folder.resumes_in_place(ckpt_path))
+        except (SignalReceived, KeyboardInterrupt) as stop:
+            by = "Ctrl-C (SIGINT)" if isinstance(stop, KeyboardInterrupt) else "SIGTERM"
+            number = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
+            raise RunInterrupted(f"stopped by {by} before the run began, nothing was written; run the command again", number) from stop
+        try:
+            return _train(cfg, run_folder, signals)
+        except MemoryError as error:  # e.g. data.num_users=100000000000: numpy cannot allocate the arrays
+            raise RecsysError(
+                f"out of memory ({first_line(error, 120)}); lower the sizes in the config "
+                "(data.num_users/num_items/num_interactions, model.dim, data.batch_size, data.eval_chunk_size)"
+            ) from error
+        finally:
+            run_folder.release()
+
+
+class _Progress:
+    """How far a run got, for the message of a signal that stops it."""
+
+    def __init__(self) -> None:
+        self.trainer: pl.Trainer | None = None
+        self.fit_finished = False
+
+    def phase(self) -> str:
+        if self.trainer is None:
+            return "while loading data"
+        if not self.fit_finished:
+            return f"at epoch {self.trainer.current_epoch}"
+        return "after training, before the best checkpoint was validated and tested"
+
+
+def _train(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals) -> dict[str, Any]:
+    """`_fit_and_test`, with a signal in any phase turned into RunInterrupted saying how to go on."""
+    progress = _Progress()
     try:
-        return _train(cfg, run_folder)
-    except MemoryError as error:  # e.g. data.num_users=100000000000: numpy cannot allocate the arrays
-        raise RecsysError(
-            f"out of memory ({first_line(error, 120)}); lower the sizes in the config "
-            "(data.num_users/num_items/num_interactions, model.dim, data.batch_size, data.eval_chunk_size)"
-        ) from error
-    finally:
-        run_folder.release()
+        return _fit_and_test(cfg, run_folder, signals, progress)
+    except (SIGTERMException, SignalReceived) as stop:
+        raise RunInterrupted(_how_to_resume(run_folder, "SIGTERM", progress)) from stop
+    except KeyboardInterrupt as stop:
+        raise RunInterrupted(_how_to_resume(run_folder, "Ctrl-C (SIGINT)", progress), signal.SIGINT) from stop
+    except SystemExit as stop:  # Lightning ends a Ctrl-C inside a stage with sys.exit(1) after its graceful shutdown
+        if progress.trainer is None or not progress.trainer.interrupted:
+            raise
+        raise RunInterrupted(_how_to_resume(run_folder, "Ctrl-C (SIGINT)", progress), signal.SIGINT) from stop
 
 
-def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
+def _fit_and_test(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals, progress: _Progress) -> dict[str, Any]:
     try:
         datamodule, module, callbacks, resume_from = _prepare(cfg, run_folder)
     except BaseException:
@@ -87,26 +126,13 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
     callbacks = [*callbacks, *final_validation_callbacks(cfg.trainer.get("max_time"))]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, max_time=None)
+    progress.trainer = trainer
     clock = next((callback for callback in callbacks if isinstance(callback, TrainingTime)), None)
 
     fit_start = time.perf_counter()
     try:
+        # A resumed fit that had already finished (stopped after fit, while testing) restores and trains nothing.
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-        # Read now: validating a checkpoint below restores the callbacks' state saved with it.
-        train_seconds = clock.seconds if clock else time.perf_counter() - fit_start
-        best_checkpoint = _best_checkpoint(trainer, run_folder, resume_from)
-        metrics: dict[str, Any] = {}
-        with without_restore_messages():
-            trainer.validate(module, datamodule=datamodule, ckpt_path=best_checkpoint, verbose=False, weights_only=True)
-            metrics.update({name: value.item() for name, value in trainer.callback_metrics.items() if name.startswith("val/")})
-            if cfg.run_test and datamodule.has_test:
-                metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best_checkpoint, verbose=False, weights_only=True)[0])
-    except SIGTERMException as stop:
-        raise RunInterrupted(_how_to_resume(trainer, run_folder, "SIGTERM")) from stop
-    except SystemExit as stop:  # Lightning ends a Ctrl-C with sys.exit(1) after its graceful shutdown
-        if not trainer.interrupted:
-            raise
-        raise RunInterrupted(_how_to_resume(trainer, run_folder, "Ctrl-C (SIGINT)"), signal.SIGINT) from stop
     except Exception as error:
         if resume_from is None or clock is None or clock.training_began or isinstance(error, RecsysError):
             raise
@@ -116,6 +142,19 @@ def _train(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any]:
             f"{first_line(error, 120)}); the file was altered or comes from another version, resume from "
             "another checkpoint"
         ) from error
+    progress.fit_finished = True  # Lightning stops a fit at its next batch: a signal it left to us came at the end
+    signals.raise_if_received()
+    # Read now: validating a checkpoint below restores the callbacks' state saved with it.
+    train_seconds = clock.seconds if clock else time.perf_counter() - fit_start
+    best_checkpoint = _best_checkpoint(trainer, run_folder, resume_from)
+    metrics: dict[str, Any] = {}
+    with without_restore_messages():
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best_checkpoint, verbose=False, weights_only=True)
+        signals.raise_if_received()
+        metrics.update({name: value.item() for name, value in trainer.callback_metrics.items() if name.startswith("val/")})
+        if cfg.run_test and datamodule.has_test:
+            metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best_checkpoint, verbose=False, weights_only=True)[0])
+            signals.raise_if_received()
     metrics["best_epoch"] = _checkpoint_epoch(best_checkpoint)
     metrics["train_seconds"] = round(train_seconds, 2)
     metrics["epochs"] = trainer.current_epoch
@@ -149,18 +188,24 @@ def _resume_sweep_job(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any] 
 
 
 def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataModule, RecommenderModule, list[pl.Callback], Path | None]:
-    """Data, module and callbacks, and the checkpoint to resume from once it was checked to fit them."""
+    """Data, module and callbacks, and the checkpoint to resume from once it was checked to fit them.
+
+    The checkpoint's recorded config is compared before any data loads: a refused resume costs nothing."""
     resume_from, resume_state = run_folder.resume_checkpoint(str(cfg.ckpt_path)) if cfg.get("ckpt_path") is not None else (None, None)
+    if resume_from is not None:
+        check_same_config(recorded_state(resume_state), cfg, str(resume_from))
     pl.seed_everything(stream_seed(cfg.seed, "init") % 2**32, workers=True)  # model initialisation
     check_memory(cfg, *config_sizes(cfg))  # what config alone sizes (a batch of negatives), before the data loads
     datamodule: InteractionDataModule = instantiate(cfg.data)
     datamodule.setup("fit")  # the model's size depends on the data
     check_memory(cfg, datamodule.training_data.num_users, datamodule.training_data.num_items)
     module = build_module(cfg, datamodule.training_data)
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback]
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback] + [RunRecord(cfg)]
     if resume_from is not None:
         check_resume_fits(resume_state, resume_from, module)
-        check_resume_callbacks(resume_state, resume_from, callbacks, cfg.trainer.max_epochs)
+        # Only this folder's own fit, stopped before its test wrote metrics.json, may be resumed just to be tested.
+        may_finish = run_folder.resumes_in_place(str(cfg.ckpt_path)) and not (run_folder.path / "metrics.json").exists()
+        check_resume_callbacks(resume_state, resume_from, callbacks, cfg.trainer.max_epochs, may_finish)
     return datamodule, module, callbacks, resume_from
 
 
@@ -181,17 +226,23 @@ def _best_checkpoint(trainer: pl.Trainer, run_folder: RunFolder, resumed_from: P
     return best
 
 
-def _how_to_resume(trainer: pl.Trainer, run_folder: RunFolder, stopped_by: str) -> str:
+def _how_to_resume(run_folder: RunFolder, stopped_by: str, progress: _Progress) -> str:
+    """One line: when the run stopped, what it kept, and the command that goes on from there."""
     last = run_folder.checkpoints / f"{LAST}.ckpt"
-    where = f"at epoch {trainer.current_epoch}" if trainer.state.fn == "fit" else "after training, while testing"
-    command = resume_command(run_folder.path)
-    if _in_sweep() and command:  # the sweep resumes as a whole: this job, the finished ones and the rest
-        held = f"{last} holds the last finished epoch" if last.is_file() else "this job had written no checkpoint yet"
-        return f"stopped by {stopped_by} {where}; {held}: resume the whole sweep with: {command}"
+    where = progress.phase()
+    if _in_sweep():  # the sweep resumes as a whole: this job, the finished ones and the rest
+        command = resume_command(run_folder.path)
+        if command:
+            held = f"{last} holds the last finished epoch" if last.is_file() else "this job had written no checkpoint yet"
+            return f"stopped by {stopped_by} {where}; {held}: resume the whole sweep with: {command}"
     if not last.is_file():
-        return f"stopped by {stopped_by} {where}, before any checkpoint was written; run the command again to start over"
-    how = f"with: {command}" if command else f"with the same command plus hydra.run.dir={run_folder.path} ckpt_path=last"
-    return f"stopped by {stopped_by} {where}; {last} holds the last finished epoch: resume {how}"
+        again = resume_command(run_folder.path, from_last=False)
+        how = f"start it again with: {again}" if again else "run the command again to start over"
+        return f"stopped by {stopped_by} {where}, before any checkpoint was written; {how}"
+    command = resume_command(run_folder.path) or f"the same command plus hydra.run.dir={run_folder.path} ckpt_path=last"
+    if progress.fit_finished:
+        return f"stopped by {stopped_by} {where}; {last} holds the finished training: validate, test and write metrics.json with: {command}"
+    return f"stopped by {stopped_by} {where}; {last} holds the last finished epoch: resume with: {command}"
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -213,8 +264,6 @@ def main(cfg: DictConfig) -> float | None:
         if not isinstance(error, RecsysError):
             raise
         exit_with_message(error)
-    except KeyboardInterrupt:  # Ctrl-C outside fit (while data loads); inside fit Lightning handles it
-        exit_with_message(RunInterrupted("interrupted by Ctrl-C (SIGINT) before training began; no checkpoint was written", signal.SIGINT))
     objective = cfg.get("optimized_metric")
     return metrics.get(objective) if objective else None
 

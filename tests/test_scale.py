@@ -67,19 +67,15 @@ def test_same_config_gives_identical_metrics_twice(tmp_path, uninterrupted):
 
 @pytest.mark.slow
 def test_sigkilled_run_resumes_from_last_checkpoint_to_the_same_metrics(tmp_path, uninterrupted):
-    killed = train(
-        tmp_path,
-        "+callbacks.kill._target_=fault_injection.KillAt",
-        "+callbacks.kill.epoch=2",
-        "+callbacks.kill.batch=5",
-        fault_injection=True,
-    )
+    kill = ["+callbacks.kill._target_=fault_injection.KillAt", "+callbacks.kill.epoch=2", "+callbacks.kill.batch=5"]
+    kill.append(f"+callbacks.kill.once={tmp_path / 'once'}")  # a resume keeps the config: the callback stays, fired
+    killed = train(tmp_path, *kill, fault_injection=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run_dir = run_dir_of(tmp_path)
     assert not (run_dir / "metrics.json").exists()
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1  # epochs 0 and 1 finished
 
-    resumed = train(tmp_path, f"hydra.run.dir={run_dir}", "ckpt_path=last")
+    resumed = train(tmp_path, *kill, f"hydra.run.dir={run_dir}", "ckpt_path=last", fault_injection=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint" in resumed.stderr + resumed.stdout
     assert metrics_of(tmp_path) == uninterrupted
