@@ -12,8 +12,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
 
 from recsys_lightning.errors import ConfigError, cut
+from recsys_lightning.models.closed_form import ClosedFormRecommender
 
 # Keys (and whole subtrees) a resumed run may change, each because it neither changes what is trained nor
 # how a checkpoint is judged; every other key must equal the checkpoint's record. Left out on purpose:
@@ -131,10 +133,22 @@ class RunRecord(pl.Callback):
             trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.record, "should_stop": bool(self._trainer is not None and self._trainer.should_stop)}
+        return {**self.record, "should_stop": self.stop_on_resume or (self._trainer is not None and fit_ended_for_good(self._trainer))}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.stop_on_resume = state_dict.get("should_stop") is True
+
+
+def fit_ended_for_good(trainer: pl.Trainer) -> bool:
+    """Whether the fit ended by its own decision, which a resume keeps: early stopping ran out of patience, or
+    a closed-form model was fitted (one step). A stop at `max_epochs`, `max_steps` or `max_time` (requested
+    by FinalValidation or the Timer) is not one: raising those limits trains on."""
+    stopped_early = any(
+        isinstance(callback, EarlyStopping) and callback.stopping_reason != EarlyStoppingReason.NOT_STOPPED
+        for callback in trainer.callbacks
+    )
+    closed_form = isinstance(getattr(trainer.lightning_module, "model", None), ClosedFormRecommender)
+    return stopped_early or (closed_form and trainer.should_stop)
 
 
 def recorded_state(checkpoint: dict[str, Any]) -> dict[str, Any] | None:

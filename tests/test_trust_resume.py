@@ -6,12 +6,13 @@ import json
 import os
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from recsys_lightning.console import rerun_command
 from recsys_lightning.data.synthetic import SyntheticDataModule
 from recsys_lightning.errors import ConfigError, RunInterrupted
+from recsys_lightning.resume_command import command_line
 from recsys_lightning.run_config import changed_settings, check_same_config, config_record
 from recsys_lightning.train import train as run_training
 
@@ -258,8 +259,8 @@ def test_sigterm_while_a_resumed_run_loads_data_names_the_kept_checkpoint(two_ep
 
 
 def test_the_printed_command_replaces_the_folder_and_checkpoint_and_quotes_what_a_shell_would_split():
-    typed = ["data=csv", "data.path=my file.csv", "ckpt_path=/elsewhere/last.ckpt", "+hydra.run.dir=old", "model.dim=8"]
-    command = rerun_command("recsys_lightning.train", typed, {"hydra.run.dir": "/runs/a b", "ckpt_path": "last"})
+    typed = ["data=csv", "data.path=my file.csv", "ckpt_path=/elsewhere/last.ckpt", "model.dim=8"]
+    command = command_line(typed, ["hydra.run.dir=old"], "hydra.run.dir", Path("/runs/a b"), sweep=False)
     assert shlex.split(command)[1:] == [
         "-m",
         "recsys_lightning.train",
