@@ -96,11 +96,13 @@ def policy_disabled(environ: MutableMapping[str, str] = os.environ) -> bool:
 
 def prepare_environment(environ: MutableMapping[str, str] = os.environ, root: Path = CGROUP_ROOT) -> None:
     """Before torch loads: waiting threads sleep, and there are as many as the cores this process may
-    use. A user's own OMP_WAIT_POLICY or thread count is kept; `RECSYS_LIGHTNING_THREADS=off` keeps all."""
+    use. A user's own OMP_WAIT_POLICY or thread count is kept; `RECSYS_LIGHTNING_THREADS=off` keeps all.
+    So is a count this package wrote in the process that started this one: a DDP rank's share, which a
+    `ddp_spawn` worker (it runs no entry point, so no `apply_thread_count`) computes with as it is."""
     if policy_disabled(environ):
         return
     environ.setdefault(WAIT_POLICY, "PASSIVE")
-    if not _user_set_any_count(environ):
+    if not any(name in environ for name in COUNT_VARIABLES):
         _write_count(environ, cores_available(root))
 
 

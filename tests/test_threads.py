@@ -85,6 +85,12 @@ def test_importing_the_package_does_not_load_torch():
     assert result.stdout.strip() == "False", result.stderr[-2000:]
 
 
+def _four_cores(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    (tmp_path / "cpu.max").write_text("400000 100000")
+    return tmp_path
+
+
 def _no_quota(tmp_path: Path) -> Path:
     return tmp_path / "no-cgroup"
 
@@ -115,14 +121,14 @@ def test_prepare_environment_keeps_what_the_user_set(tmp_path, users):
         assert MARKER not in environ and set(environ) == {*users, "OMP_WAIT_POLICY"}
 
 
-def test_a_count_this_package_wrote_is_recomputed_in_the_process_it_starts(tmp_path):
-    """A DDP rank or sweep job inherits our OMP_NUM_THREADS with the marker: ours, not the user's."""
+def test_a_count_this_package_wrote_is_kept_by_the_processes_it_starts_and_redone_by_auto(tmp_path, monkeypatch):
+    """A DDP rank inherits our OMP_NUM_THREADS with the marker: its share, kept at import (a ddp_spawn worker
+    runs no entry point), not the user's, so `auto` at the entry point computes the share again."""
     inherited = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", MARKER: "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    prepare_environment(inherited, _four_cores(tmp_path, monkeypatch))
+    assert inherited == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", MARKER: "1", "OMP_WAIT_POLICY": "PASSIVE"}
     assert user_thread_count(inherited) is None
-    (tmp_path / "cpu.max").write_text("200000 100000\n")
-    prepare_environment(inherited, tmp_path)
-    expected = str(min(2, len(os.sched_getaffinity(0))))
-    assert inherited["OMP_NUM_THREADS"] == inherited["MKL_NUM_THREADS"] == inherited[MARKER] == expected
+    assert plan_threads("auto", environ=inherited, root=tmp_path).threads == 4
     assert user_thread_count({"OMP_NUM_THREADS": "3", MARKER: "1"}) == 3  # the user changed it since
 
 
@@ -155,12 +161,6 @@ def test_cores_available_rounds_the_quota_down_to_at_least_one(tmp_path, quota, 
 
 def test_cores_available_is_the_affinity_without_a_quota(tmp_path):
     assert cores_available(_no_quota(tmp_path)) == len(os.sched_getaffinity(0))
-
-
-def _four_cores(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
-    (tmp_path / "cpu.max").write_text("400000 100000")
-    return tmp_path
 
 
 @pytest.mark.parametrize(
@@ -220,3 +220,32 @@ def test_run_log_says_how_many_threads_and_why(movielens_run):
     expected = f"threads: {torch.get_num_threads()} intra-op (cores available {cores_available()}, ranks 1;"
     assert lines[0].split("] - ", 1)[1].startswith(expected)
     assert lines[0].endswith(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}")
+
+
+THREAD_SPY_CALLBACK = """
+import os, torch, pytorch_lightning as pl
+class ThreadSpy(pl.Callback):
+    def __init__(self, folder):
+        self.folder = folder
+    def on_train_start(self, trainer, pl_module):
+        with open(os.path.join(self.folder, f"rank{trainer.global_rank}.txt"), "w") as handle:
+            handle.write(f"{torch.get_num_threads()} {os.environ['OMP_NUM_THREADS']}")
+"""
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_ranks_share_the_cores_and_the_log_says_so(tmp_path):
+    """Two gloo ranks on this host: each trains on cores // 2 threads (Lightning keeps our share), rank 0 logs it."""
+    (tmp_path / "thread_spy.py").write_text(THREAD_SPY_CALLBACK)
+    env = {key: value for key, value in os.environ.items() if key not in THREAD_VARIABLES}
+    env |= {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")])), "HYDRA_FULL_ERROR": "0"}
+    run_dir = tmp_path / "run"
+    overrides = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "debug=quick", "logger=[]", f"hydra.run.dir={run_dir}"]
+    overrides += ["+callbacks.spy._target_=thread_spy.ThreadSpy", f"+callbacks.spy.folder={tmp_path}"]
+    command = [sys.executable, "-m", "recsys_lightning.train", *overrides]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    share = max(1, cores_available() // 2)
+    assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == [f"{share} {share}"] * 2
+    logged = [line.split("] - ", 1)[1] for line in (run_dir / "train.log").read_text().splitlines() if "] - threads: " in line]
+    assert logged == [f"threads: {share} intra-op (cores available {cores_available()}, ranks 2; auto), OMP_WAIT_POLICY=PASSIVE"]
