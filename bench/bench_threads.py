@@ -8,6 +8,9 @@ entry point (`trainer.max_epochs=20`, each run in a temporary folder) under each
     passive   as default, plus OMP_WAIT_POLICY=PASSIVE
     one       OMP_NUM_THREADS=1
     new       the package's default now (PASSIVE, cores this process may use / ranks)
+    spin10k   as default, plus GOMP_SPINCOUNT=10000 (only with --cases)
+
+Each figure is the median of `--repeats` runs (other work on a shared machine comes and goes).
 
 Each row: busy processes beside it, the 1-minute load average when the run started, wall seconds of
 the process, training seconds (metrics.json), CPU seconds (user+sys of the child, os.wait4), CPU and
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,13 +34,23 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-THREAD_VARIABLES = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "RECSYS_LIGHTNING_THREADS", "_RECSYS_LIGHTNING_NUM_THREADS")
+THREAD_VARIABLES = (
+    "GOMP_SPINCOUNT",
+    "OMP_WAIT_POLICY",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "RECSYS_LIGHTNING_THREADS",
+    "_RECSYS_LIGHTNING_NUM_THREADS",
+)
 CASES = {
     "default": {"RECSYS_LIGHTNING_THREADS": "off"},
     "passive": {"RECSYS_LIGHTNING_THREADS": "off", "OMP_WAIT_POLICY": "PASSIVE"},
     "one": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     "new": {},
+    # libgomp's own middle ground: the default policy with a short spin (iterations) before sleeping
+    "spin10k": {"RECSYS_LIGHTNING_THREADS": "off", "GOMP_SPINCOUNT": "10000"},
 }
+DEFAULT_CASES = ("default", "passive", "one", "new")
 BUSY_LOOP = "while True:\n    pass\n"  # one core's worth of pure-Python work, no threads of its own
 
 
@@ -82,7 +96,8 @@ def stop_load(processes: list[subprocess.Popen]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--loads", default="0,1", help="busy processes beside the run, comma-separated (default 0,1)")
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per row; the row shows their medians")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--overrides", nargs="*", default=[], help="more training overrides, e.g. experiment=ml100k_mf")
     args = parser.parse_args()
@@ -103,7 +118,8 @@ def main() -> None:
                 time.sleep(2 if busy else 0)  # the busy loops running before the run starts
                 # `one` first: the other rows of this load compare against it.
                 for case in sorted(cases, key=lambda name: name != "one"):
-                    row = results[busy, case] = run_training(case, overrides, Path(folder))
+                    runs = [run_training(case, overrides, Path(folder)) for _ in range(args.repeats)]
+                    row = results[busy, case] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
                     one, idle = results.get((busy, "one")), results.get((0, case))
                     ratio = lambda value, base, key: f"{value / base[key]:.2f}" if base else "-"  # noqa: E731
                     print(
