@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.run_config import changed_settings, config_record
 from recsys_lightning.threads import (
     MARKER,
     apply_thread_count,
@@ -24,7 +25,7 @@ from recsys_lightning.threads import (
     user_thread_count,
 )
 
-from helpers import ROOT, compose_config
+from helpers import ROOT, compose_config, training_config
 
 # Runs an entry point as `python -m` does (its __main__, with --help) and records the environment at the
 # moment torch is first imported: what OpenMP reads when it loads.
@@ -249,3 +250,11 @@ def test_ddp_on_cpu_ranks_share_the_cores_and_the_log_says_so(tmp_path):
     assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == [f"{share} {share}"] * 2
     logged = [line.split("] - ", 1)[1] for line in (run_dir / "train.log").read_text().splitlines() if "] - threads: " in line]
     assert logged == [f"threads: {share} intra-op (cores available {cores_available()}, ranks 2; auto), OMP_WAIT_POLICY=PASSIVE"]
+
+
+def test_a_resume_may_change_the_threads_or_come_from_a_run_recorded_before_runtime_existed():
+    """How many threads compute an epoch is not what is trained: a resume on another machine may change it."""
+    recorded = config_record(training_config("runtime.threads=4"))
+    assert changed_settings(recorded, training_config("runtime.threads=1")) == []
+    del recorded["config"]["runtime"]
+    assert changed_settings(recorded, training_config()) == []
