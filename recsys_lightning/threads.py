@@ -5,10 +5,13 @@ other busy processes the spinning threads take the cores their descheduled sibli
 training run burns several times the CPU of a one-thread run and slows 20-70x (issue 22). So:
 
 - at import of the package, before torch and its OpenMP runtime load, `prepare_environment` sets
-  OMP_WAIT_POLICY=PASSIVE (waiting threads sleep) and OMP_NUM_THREADS / MKL_NUM_THREADS to the cores
-  this process may use (CPU affinity and the cgroup CPU quota), unless the user set them;
-- once the config is composed, `apply_thread_count` divides those cores among the DDP ranks and the
-  parallel jobs of a sweep on this host, or takes `runtime.threads`, and calls torch.set_num_threads.
+  OMP_WAIT_POLICY=PASSIVE (waiting threads sleep) and OMP_NUM_THREADS / MKL_NUM_THREADS to 1, unless
+  the user set them: one intra-op thread per process was the fastest setting measured, idle and beside
+  busy processes, for both MF and NeuMF (bench/bench_threads.py; these models' ops are too small to
+  repay waking a second thread);
+- once the config is composed, `apply_thread_count` takes `runtime.threads`: `auto` (one), `share`
+  (the cores this process may use, by CPU affinity and cgroup quota, divided among the DDP ranks and
+  the parallel jobs of a sweep on this host), or a count, and calls torch.set_num_threads.
 
 This module imports nothing heavy: the package's `__init__` runs it before anything imports torch.
 """
@@ -33,6 +36,7 @@ SWITCH = "RECSYS_LIGHTNING_THREADS"
 # inherits both: a count equal to the marker is ours to recompute, any other count is the user's.
 MARKER = "_RECSYS_LIGHTNING_NUM_THREADS"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+AUTO_THREADS = 1  # `runtime.threads=auto`: see the module docstring for the measurements behind it
 
 
 def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
@@ -94,16 +98,16 @@ def policy_disabled(environ: MutableMapping[str, str] = os.environ) -> bool:
     return environ.get(SWITCH, "").strip().lower() == "off"
 
 
-def prepare_environment(environ: MutableMapping[str, str] = os.environ, root: Path = CGROUP_ROOT) -> None:
-    """Before torch loads: waiting threads sleep, and there are as many as the cores this process may
-    use. A user's own OMP_WAIT_POLICY or thread count is kept; `RECSYS_LIGHTNING_THREADS=off` keeps all.
+def prepare_environment(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Before torch loads: waiting threads sleep, and there is one per process. A user's own
+    OMP_WAIT_POLICY or thread count is kept; `RECSYS_LIGHTNING_THREADS=off` keeps all.
     So is a count this package wrote in the process that started this one: a DDP rank's share, which a
     `ddp_spawn` worker (it runs no entry point, so no `apply_thread_count`) computes with as it is."""
     if policy_disabled(environ):
         return
     environ.setdefault(WAIT_POLICY, "PASSIVE")
     if not any(name in environ for name in COUNT_VARIABLES):
-        _write_count(environ, cores_available(root))
+        _write_count(environ, AUTO_THREADS)
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ class ThreadPlan:
     cores: int
     ranks: int
     jobs: int
-    source: str  # auto, runtime.threads, OMP_NUM_THREADS (the user's), or off
+    source: str  # auto, share, runtime.threads, OMP_NUM_THREADS (the user's), or off
     wait_policy: str
 
     def describe(self) -> str:
@@ -125,22 +129,25 @@ class ThreadPlan:
 def plan_threads(
     setting: Any, ranks: int = 1, jobs: int = 1, environ: MutableMapping[str, str] = os.environ, root: Path = CGROUP_ROOT
 ) -> ThreadPlan:
-    """The count for `runtime.threads` = `setting`: a whole number wins; `auto` keeps the user's
-    OMP_NUM_THREADS, else gives each of `ranks` x `jobs` processes on this host an equal share of the cores."""
+    """The count for `runtime.threads` = `setting`: a whole number wins; `auto` and `share` keep the user's
+    OMP_NUM_THREADS; else `auto` is one thread, `share` an equal share of the cores for each of `ranks` x `jobs`
+    processes on this host."""
     cores = cores_available(root)
     if jobs < 0:  # joblib's n_jobs=-1: as many jobs as cores, -2: all but one
         jobs = max(1, cores + 1 + jobs)
     wait_policy = environ.get(WAIT_POLICY, "unset (libgomp spins)")
     if isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1:
         return ThreadPlan(setting, cores, ranks, jobs, "runtime.threads", wait_policy)
-    if setting != "auto":
-        raise ConfigError(f"runtime.threads={str(setting)[:50]}: use auto or a whole number of threads >= 1")
+    if setting not in ("auto", "share"):
+        raise ConfigError(f"runtime.threads={str(setting)[:50]}: use auto, share or a whole number of threads >= 1")
     user = user_thread_count(environ)
     if user is not None:
         return ThreadPlan(user, cores, ranks, jobs, "OMP_NUM_THREADS set by the user", wait_policy)
     if policy_disabled(environ) or _user_set_any_count(environ):
         return ThreadPlan(0, cores, ranks, jobs, f"{SWITCH}=off or an unreadable count: torch's own", wait_policy)
-    return ThreadPlan(max(1, cores // max(1, ranks * jobs)), cores, ranks, jobs, "auto", wait_policy)
+    if setting == "auto":
+        return ThreadPlan(AUTO_THREADS, cores, ranks, jobs, "auto", wait_policy)
+    return ThreadPlan(max(1, cores // max(1, ranks * jobs)), cores, ranks, jobs, "share", wait_policy)
 
 
 def processes_per_host(devices: Any) -> int:
@@ -164,7 +171,7 @@ def apply_thread_count(
     plan = plan_threads(setting, ranks, jobs, environ, root)
     if plan.threads == 0:  # left to torch
         return replace(plan, threads=torch.get_num_threads())
-    if plan.source in ("auto", "runtime.threads"):
+    if plan.source in ("auto", "share", "runtime.threads"):
         _write_count(environ, plan.threads)
     torch.set_num_threads(plan.threads)
     return plan

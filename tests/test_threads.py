@@ -58,19 +58,18 @@ def _spy(module: str, **variables: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module", ["recsys_lightning.train", "recsys_lightning.recommend", "recsys_lightning.evaluate"])
-def test_entry_point_sets_passive_wait_and_core_count_before_torch_loads(module):
+def test_entry_point_sets_passive_wait_and_one_thread_before_torch_loads(module):
     seen = _spy(module)
-    cores = cores_available()
-    assert seen["at_torch_import"] == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(cores), "MKL_NUM_THREADS": str(cores)}
-    assert seen["torch_threads"] == cores
+    assert seen["at_torch_import"] == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    assert seen["torch_threads"] == 1
 
 
 @pytest.mark.slow
 def test_entry_point_keeps_the_users_own_wait_policy_and_thread_count():
-    seen = _spy("recsys_lightning.train", OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="1")
+    seen = _spy("recsys_lightning.train", OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="2")
     assert seen["at_torch_import"]["OMP_WAIT_POLICY"] == "ACTIVE"
-    assert seen["at_torch_import"]["OMP_NUM_THREADS"] == "1"
-    assert seen["torch_threads"] == 1
+    assert seen["at_torch_import"]["OMP_NUM_THREADS"] == "2"
+    assert seen["torch_threads"] == 2
 
 
 @pytest.mark.slow
@@ -96,11 +95,10 @@ def _no_quota(tmp_path: Path) -> Path:
     return tmp_path / "no-cgroup"
 
 
-def test_prepare_environment_sets_passive_and_the_cores_when_unset(tmp_path):
+def test_prepare_environment_sets_passive_and_one_thread_when_unset():
     environ: dict[str, str] = {}
-    prepare_environment(environ, _no_quota(tmp_path))
-    cores = str(len(os.sched_getaffinity(0)))
-    assert environ == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": cores, "MKL_NUM_THREADS": cores, MARKER: cores}
+    prepare_environment(environ)
+    assert environ == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", MARKER: "1"}
 
 
 @pytest.mark.parametrize(
@@ -113,9 +111,9 @@ def test_prepare_environment_sets_passive_and_the_cores_when_unset(tmp_path):
         {"OMP_NUM_THREADS": "lots"},
     ],
 )
-def test_prepare_environment_keeps_what_the_user_set(tmp_path, users):
+def test_prepare_environment_keeps_what_the_user_set(users):
     environ = dict(users)
-    prepare_environment(environ, _no_quota(tmp_path))
+    prepare_environment(environ)
     assert {key: environ[key] for key in users} == users
     if "OMP_WAIT_POLICY" not in users:  # a count of one's own keeps the count, not the spinning
         assert environ["OMP_WAIT_POLICY"] == "PASSIVE"
@@ -124,12 +122,12 @@ def test_prepare_environment_keeps_what_the_user_set(tmp_path, users):
 
 def test_a_count_this_package_wrote_is_kept_by_the_processes_it_starts_and_redone_by_auto(tmp_path, monkeypatch):
     """A DDP rank inherits our OMP_NUM_THREADS with the marker: its share, kept at import (a ddp_spawn worker
-    runs no entry point), not the user's, so `auto` at the entry point computes the share again."""
-    inherited = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", MARKER: "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    prepare_environment(inherited, _four_cores(tmp_path, monkeypatch))
-    assert inherited == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", MARKER: "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    runs no entry point), not the user's, so `share` at the entry point computes the share again."""
+    inherited = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", MARKER: "2", "OMP_WAIT_POLICY": "PASSIVE"}
+    prepare_environment(inherited)
+    assert inherited == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", MARKER: "2", "OMP_WAIT_POLICY": "PASSIVE"}
     assert user_thread_count(inherited) is None
-    assert plan_threads("auto", environ=inherited, root=tmp_path).threads == 4
+    assert plan_threads("share", environ=inherited, root=_four_cores(tmp_path, monkeypatch)).threads == 4
     assert user_thread_count({"OMP_NUM_THREADS": "3", MARKER: "1"}) == 3  # the user changed it since
 
 
@@ -168,19 +166,20 @@ def test_cores_available_is_the_affinity_without_a_quota(tmp_path):
     ("ranks", "jobs", "threads"), [(1, 1, 4), (2, 1, 2), (3, 1, 1), (8, 1, 1), (2, 2, 1), (1, 2, 2), (1, -1, 1), (1, -3, 2)]
 )
 def test_ddp_ranks_and_parallel_jobs_share_the_cores(tmp_path, monkeypatch, ranks, jobs, threads):
-    plan = plan_threads("auto", ranks=ranks, jobs=jobs, environ={}, root=_four_cores(tmp_path, monkeypatch))
-    assert (plan.threads, plan.cores, plan.source) == (threads, 4, "auto")
+    plan = plan_threads("share", ranks=ranks, jobs=jobs, environ={}, root=_four_cores(tmp_path, monkeypatch))
+    assert (plan.threads, plan.cores, plan.source) == (threads, 4, "share")
+    assert plan_threads("auto", ranks=ranks, jobs=jobs, environ={}, root=tmp_path).threads == 1
 
 
 def test_runtime_threads_overrides_the_count_and_the_users_variable(tmp_path, monkeypatch):
     plan = plan_threads(3, ranks=2, environ={"OMP_NUM_THREADS": "1"}, root=_four_cores(tmp_path, monkeypatch))
     assert (plan.threads, plan.source) == (3, "runtime.threads")
-    assert plan_threads("auto", ranks=2, environ={"OMP_NUM_THREADS": "1"}, root=tmp_path).threads == 1
+    assert plan_threads("share", ranks=2, environ={"OMP_NUM_THREADS": "1"}, root=tmp_path).threads == 1
 
 
 @pytest.mark.parametrize("setting", [0, -2, "many", 1.5, True, None])
 def test_runtime_threads_refuses_what_is_not_a_count(tmp_path, setting):
-    with pytest.raises(ConfigError, match=r"^runtime\.threads=.*: use auto or a whole number of threads >= 1$"):
+    with pytest.raises(ConfigError, match=r"^runtime\.threads=.*: use auto, share or a whole number of threads >= 1$"):
         plan_threads(setting, environ={}, root=tmp_path)
 
 
@@ -189,10 +188,10 @@ def test_apply_thread_count_sets_torch_and_the_environment_ranks_inherit(tmp_pat
     environ: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
     before = torch.get_num_threads()
     try:
-        plan = apply_thread_count("auto", ranks=2, environ=environ, root=_four_cores(tmp_path, monkeypatch))
+        plan = apply_thread_count("share", ranks=2, environ=environ, root=_four_cores(tmp_path, monkeypatch))
         assert torch.get_num_threads() == plan.threads == 2
         assert environ["OMP_NUM_THREADS"] == environ[MARKER] == "2"
-        assert plan.describe() == "threads: 2 intra-op (cores available 4, ranks 2; auto), OMP_WAIT_POLICY=PASSIVE"
+        assert plan.describe() == "threads: 2 intra-op (cores available 4, ranks 2; share), OMP_WAIT_POLICY=PASSIVE"
     finally:
         torch.set_num_threads(before)
 
@@ -236,12 +235,14 @@ class ThreadSpy(pl.Callback):
 
 @pytest.mark.slow
 def test_ddp_on_cpu_ranks_share_the_cores_and_the_log_says_so(tmp_path):
-    """Two gloo ranks on this host: each trains on cores // 2 threads (Lightning keeps our share), rank 0 logs it."""
+    """Two gloo ranks on this host with runtime.threads=share: each trains on cores // 2 threads (Lightning keeps
+    ours instead of its own), rank 0 logs it."""
     (tmp_path / "thread_spy.py").write_text(THREAD_SPY_CALLBACK)
     env = {key: value for key, value in os.environ.items() if key not in THREAD_VARIABLES}
     env |= {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")])), "HYDRA_FULL_ERROR": "0"}
     run_dir = tmp_path / "run"
-    overrides = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "debug=quick", "logger=[]", f"hydra.run.dir={run_dir}"]
+    overrides = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "runtime.threads=share", "debug=quick", "logger=[]"]
+    overrides.append(f"hydra.run.dir={run_dir}")
     overrides += ["+callbacks.spy._target_=thread_spy.ThreadSpy", f"+callbacks.spy.folder={tmp_path}"]
     command = [sys.executable, "-m", "recsys_lightning.train", *overrides]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -249,7 +250,7 @@ def test_ddp_on_cpu_ranks_share_the_cores_and_the_log_says_so(tmp_path):
     share = max(1, cores_available() // 2)
     assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == [f"{share} {share}"] * 2
     logged = [line.split("] - ", 1)[1] for line in (run_dir / "train.log").read_text().splitlines() if "] - threads: " in line]
-    assert logged == [f"threads: {share} intra-op (cores available {cores_available()}, ranks 2; auto), OMP_WAIT_POLICY=PASSIVE"]
+    assert logged == [f"threads: {share} intra-op (cores available {cores_available()}, ranks 2; share), OMP_WAIT_POLICY=PASSIVE"]
 
 
 def test_a_resume_may_change_the_threads_or_come_from_a_run_recorded_before_runtime_existed():
