@@ -7,7 +7,7 @@ entry point (`trainer.max_epochs=20`, each run in a temporary folder) under each
               (libgomp spins while waiting, torch takes one thread per physical core)
     passive   as default, plus OMP_WAIT_POLICY=PASSIVE
     one       OMP_NUM_THREADS=1
-    new       the package's default now (PASSIVE, cores this process may use / ranks)
+    new       the package's default now (PASSIVE, one thread unless runtime.threads says otherwise)
     spin10k   as default, plus GOMP_SPINCOUNT=10000 (only with --cases)
 
 Each figure is the median of `--repeats` runs (other work on a shared machine comes and goes).
