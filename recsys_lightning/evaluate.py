@@ -40,6 +40,7 @@ from recsys_lightning.models.weights import load_error_detail
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.resume import same_training_data
 from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters
+from recsys_lightning.threads import apply_thread_count
 from recsys_lightning.trained_run import check_weights_fit, load_trained, model_weights
 from recsys_lightning.two_stage import check_same_data, compare_stages, find_retriever
 from recsys_lightning.validation import TRAINING_RULES, check_evaluate_config, check_rules
@@ -205,6 +206,7 @@ def main(cfg: DictConfig) -> None:
     """The comparison table; exit 1 when the checkpoint metrics.json names no longer gives its figures."""
     try:
         check_evaluate_config(cfg)
+        apply_thread_count(OmegaConf.select(cfg, "runtime.threads", default="auto"))
         if cfg.retrieval.run_dir is not None:
             table, heading = evaluate_two_stage(
                 cfg.run_dir, cfg.retrieval.run_dir, cfg.retrieval.candidates, cfg.checkpoint, cfg.split, cfg.accelerator

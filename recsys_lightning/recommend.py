@@ -21,7 +21,7 @@ import hydra
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
 from recsys_lightning.atomic import atomic_file
@@ -32,6 +32,7 @@ from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message,
 from recsys_lightning.serving.arguments import CSV_COLUMNS, TWO_STAGE_CSV_COLUMNS, check_serving_config
 from recsys_lightning.serving.service import ITEM_ITEM, UNKNOWN, Recommendations, RecommendationService, TwoStageService
 from recsys_lightning.serving.vector_index import ItemVectorIndex, open_or_build
+from recsys_lightning.threads import apply_thread_count
 from recsys_lightning.trained_run import TrainedRun, load_trained
 from recsys_lightning.two_stage import check_same_data, find_retriever
 from recsys_lightning.validation import shown
@@ -265,6 +266,7 @@ def _device(name: str) -> torch.device:
 def main(cfg: DictConfig) -> None:
     try:
         with interruptions_raise("recommend was interrupted; no output file was written or changed"):
+            apply_thread_count(OmegaConf.select(cfg, "runtime.threads", default="auto"))
             serve(cfg)
     except RecsysError as error:
         exit_with_message(error)

@@ -35,6 +35,7 @@ RESUME_MAY_CHANGE = (
     "projector.max_items",  # the TensorBoard export after training
     "run_test",  # whether the best checkpoint is also tested; training and validation are unchanged
     "trainer.accelerator",  # the same computation on other hardware (a job moved to a GPU node)
+    "runtime",  # how many threads compute it
 )
 ABSENT = "<absent>"
 MAPPING = "{...}"

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -42,6 +42,7 @@ from recsys_lightning.run_folder import LAST, RunFolder, is_rank_zero
 from recsys_lightning.seeds import stream_seed
 from recsys_lightning.stop_signals import SignalReceived, StopSignals
 from recsys_lightning.sweep import kept_job_metrics, resuming_sweep
+from recsys_lightning.threads import apply_thread_count, processes_per_host
 from recsys_lightning.validation import check_training_config
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with StopSignals() as signals:
         try:
             check_training_config(cfg)
+            _share_cpu(cfg)
             run_folder = RunFolder(cfg.paths.run_dir)
             if resuming_sweep(cfg.get("ckpt_path")):
                 kept = _resume_sweep_job(cfg, run_folder)
@@ -266,6 +268,18 @@ def main(cfg: DictConfig) -> float | None:
         exit_with_message(error)
     objective = cfg.get("optimized_metric")
     return metrics.get(objective) if objective else None
+
+
+def _share_cpu(cfg: DictConfig) -> None:
+    """torch's intra-op threads: `runtime.threads`, or this host's cores shared by the DDP ranks and the
+    jobs a parallel sweep runs at once; one line in the run log says how many and why."""
+    launcher = HydraConfig.get().launcher if _in_sweep() else {}
+    jobs = launcher.get("n_jobs", 1) if isinstance(launcher.get("n_jobs", 1), int) else 1  # Hydra's joblib launcher
+    plan = apply_thread_count(
+        OmegaConf.select(cfg, "runtime.threads", default="auto"), processes_per_host(OmegaConf.select(cfg, "trainer.devices")), jobs
+    )
+    if is_rank_zero():
+        log.info(plan.describe())
 
 
 def _in_sweep() -> bool:
