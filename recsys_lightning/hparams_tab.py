@@ -32,7 +32,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
 from recsys_lightning.config import group_options
-from recsys_lightning.metrics import PredictionMetric
+from recsys_lightning.metrics import HPARAMS_KS, summary_metrics
 from recsys_lightning.models.closed_form import ClosedFormRecommender
 
 Kind = Literal["number", "text", "flag"]
@@ -53,7 +53,6 @@ OPTION_GROUPS = ("model", "loss", "sampler")
 NOT_COLUMNS = frozenset({"max_items", "max_rounds", "sparse_gradients", "run_dir"})
 # What a closed-form model (popularity, item-kNN, EASE) does not use; its loss still picks the metrics.
 UNUSED_IN_CLOSED_FORM = frozenset({"optimizer", "scheduler", "sampler", "loss"})
-COLUMN_KS = (5, 10, 20, 50, 100)
 RUN_FIGURES = ("best_epoch", "epochs", "train_seconds")
 _TYPES = {"number": api_pb2.DATA_TYPE_FLOAT64, "text": api_pb2.DATA_TYPE_STRING, "flag": api_pb2.DATA_TYPE_BOOL}
 
@@ -81,10 +80,9 @@ def hparam_columns() -> tuple[Column, ...]:
 
 
 def metric_columns() -> list[str]:
-    """The final figures every run declares, whether or not its loss and cut-offs produce them."""
-    per_split = [f"{name}@{k}" for k in COLUMN_KS for name in ("ndcg", "recall")]
-    per_split += [name for kind in PredictionMetric.__subclasses__() for name in kind.names]
-    return [f"final/{split}/{name}" for split in ("val", "test") for name in per_split] + [f"final/{name}" for name in RUN_FIGURES]
+    """The final figures every run declares, whether or not its loss and cut-offs produce them: the
+    metrics every table comparing runs shows (`metrics.summary_metrics`), at the tab's cut-offs."""
+    return [f"final/{name}" for name in [*summary_metrics(HPARAMS_KS), *RUN_FIGURES]]
 
 
 def hparams_row(cfg: DictConfig, choices: Mapping[str, str | None]) -> dict[str, str | float | bool | None]:

@@ -1,21 +1,22 @@
 """Training objectives over a positive's score and its candidates' scores.
 
 A loss says which candidates it scores against (`candidates`), which samplers it cannot train with
-(`sampler_conflict`), and which prediction metrics judge it at validation (`prediction_metrics`):
-the module and the config check read these, so a new loss is a class and a YAML file.
+(`sampler_conflict`, from what a sampler declares: `DeclaredSampling`), and which prediction metrics
+judge it at validation (`prediction_metrics`): the module and the config check read these, so a new
+loss is a class and a YAML file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys_lightning.metrics import PointwiseMetrics, PredictionMetric, RatingErrors
-from recsys_lightning.samplers import InBatchSampler, NegativeSampler, UniformSampler
 
 
 @dataclass
@@ -78,6 +79,15 @@ class Candidates(Enum):
     NONE = "nothing: the positive's own score is the prediction"
 
 
+class DeclaredSampling(Protocol):
+    """What a sampler class declares about its negatives (`samplers.NegativeSampler` says what each
+    means): all a loss reads to accept or refuse it, so losses import no sampler and a new sampler
+    trains with every loss its declarations allow."""
+
+    draws_from_batch: bool
+    uniform_unseen: bool
+
+
 class RankingLoss(nn.Module):
     """Base of all losses. `l2` weighs the model's penalty on the batch's embeddings: it is tuned with the loss.
 
@@ -97,8 +107,9 @@ class RankingLoss(nn.Module):
         self.l2 = l2
 
     @classmethod
-    def sampler_conflict(cls, sampler: type[NegativeSampler]) -> str | None:
-        """Why this loss cannot train with negatives from `sampler`, or None when it can.
+    def sampler_conflict(cls, sampler: type[DeclaredSampling]) -> str | None:
+        """Why this loss cannot train with negatives from `sampler`, or None when it can, read from what
+        the sampler class declares (`DeclaredSampling`), not from which class it is.
 
         Checked before any data is loaded, so a mismatch costs the user nothing.
         """
@@ -138,8 +149,8 @@ class BCELoss(RankingLoss):
     uses_explicit_negatives = True
 
     @classmethod
-    def sampler_conflict(cls, sampler: type[NegativeSampler]) -> str | None:
-        if issubclass(sampler, InBatchSampler):
+    def sampler_conflict(cls, sampler: type[DeclaredSampling]) -> str | None:
+        if sampler.draws_from_batch:
             return "in-batch negatives are popularity-biased and pointwise BCE has no correction for that"
         return None
 
@@ -217,8 +228,8 @@ class MSELoss(RankingLoss):
     monitor = "val/rmse"
 
     @classmethod
-    def sampler_conflict(cls, sampler: type[NegativeSampler]) -> str | None:
-        return None if issubclass(sampler, UniformSampler) else "rating regression uses no negatives"
+    def sampler_conflict(cls, sampler: type[DeclaredSampling]) -> str | None:
+        return None if sampler.uniform_unseen else "rating regression uses no negatives"
 
     def forward(self, batch: ScoredCandidates) -> Tensor:
         return F.mse_loss(batch.positive, batch.ratings)

@@ -14,7 +14,8 @@ from torchmetrics import Metric
 from recsys_lightning.data.batches import RankingChunk
 from recsys_lightning.ranking import hits
 
-METRIC_NAMES = ("recall", "ndcg", "hit_rate", "precision", "mrr")
+METRIC_NAMES = ("recall", "ndcg", "hit_rate", "precision", "mrr")  # RankingMetrics: validation and test, at each eval.ks
+CATALOGUE_METRIC_NAMES = ("coverage", "novelty")  # CatalogueMetrics: test only, at each eval.ks
 
 
 def per_user_metrics(hits: Tensor, num_relevant: Tensor, ks: Sequence[int]) -> Tensor:
@@ -217,3 +218,24 @@ class PointwiseMetrics(PredictionMetric):
 
     def compute(self) -> dict[str, Tensor]:
         return {"bce": self.bce_sum / self.count, "auc": self.ordered / self.pairs.clamp(min=1)}
+
+
+# -- what tables comparing runs show: a sweep's summary.csv and TensorBoard's HParams tab name their
+# metric columns from here, so they agree with each other and with the names the metrics above log.
+SUMMARY_RANKING = ("ndcg", "recall")  # on both splits, at each cut-off a table shows
+SUMMARY_TEST_DETAIL = ("hit_rate", "mrr", *CATALOGUE_METRIC_NAMES)  # on test at the first cut-off, in a sweep's table
+HPARAMS_KS = (5, 10, 20, 50, 100)  # the HParams tab's cut-offs; a run's other eval.ks are in its scalars
+SWEEP_KS = (10,)  # a sweep table's one cut-off, that of its default order (val/ndcg@10)
+
+
+def summary_metrics(ks: Sequence[int], test_detail: bool = False) -> list[str]:
+    """Names (`val/ndcg@10`, ...) of the metrics a table comparing runs has a column for, whatever loss a
+    run trained: SUMMARY_RANKING on both splits at each of `ks`, SUMMARY_TEST_DETAIL on test at `ks[0]`
+    when `test_detail`, then what every kind of prediction metric reports, on both splits (empty cells for
+    a run whose loss predicts none of it)."""
+    splits = ("val", "test")
+    names = [f"{split}/{name}@{k}" for split in splits for k in ks for name in SUMMARY_RANKING]
+    if test_detail:
+        names += [f"test/{name}@{ks[0]}" for name in SUMMARY_TEST_DETAIL]
+    predicted = [name for kind in PredictionMetric.__subclasses__() for name in kind.names]
+    return names + [f"{split}/{name}" for split in splits for name in predicted]

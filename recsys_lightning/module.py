@@ -78,7 +78,10 @@ class RecommenderModule(pl.LightningModule):
             self.model.set_global_mean(data.mean_rating)  # a checkpoint's own value replaces it when one is loaded
         if data is not None:
             training = data.positives.csr
-            self.model.set_features(data.item_features, data.user_features, data.catalogue.popularity, training.counts())
+            # Models take tensors, never the data's tables: each side's features as their row-mean matrix.
+            sides = (data.item_features, data.user_features)
+            item_features, user_features = (None if table is None else table.mean_matrix() for table in sides)
+            self.model.set_features(item_features, user_features, data.catalogue.popularity, training.counts())
 
     # -- data: what setup() produced, on this module's device ---------------------------------------
 

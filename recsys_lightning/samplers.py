@@ -45,7 +45,17 @@ class NegativeSampler(ABC):
 
     The module owns the training positives and lends them with `bind` once they are on the training
     device; the sampler keeps only what it derives from them (popularity weights).
+
+    A loss decides whether it can train with a sampler from what the sampler class declares
+    (`RankingLoss.sampler_conflict`), never from its name, so a new sampler sets these and needs no
+    loss edited:
+    - `draws_from_batch`: the negatives are the batch's own positives, so drawn in proportion to
+      training popularity
+    - `uniform_unseen`: each example's negatives are uniform over the items its user has not trained on
     """
+
+    draws_from_batch = False
+    uniform_unseen = False
 
     def __init__(self, num_negatives: int = 1) -> None:
         if num_negatives < 1:
@@ -74,6 +84,8 @@ class NegativeSampler(ABC):
 
 class UniformSampler(NegativeSampler):
     """Uniform over the items a user has not interacted with in train."""
+
+    uniform_unseen = True
 
     def sample(self, users: Tensor, positive_items: Tensor, model: Recommender) -> Tensor:
         return self.positives.uniform_unseen(users, (self.num_negatives,), self.generator)
@@ -120,6 +132,8 @@ class InBatchSampler(NegativeSampler):
     same user (accidental hits): the scoring masks them rather than the sampler redrawing. The pool's
     size is the batch's (`data.batch_size`), so there is no `num_negatives` to set.
     """
+
+    draws_from_batch = True
 
     def __init__(self) -> None:
         super().__init__()

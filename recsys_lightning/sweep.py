@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from recsys_lightning.checkpoint_file import BEST_CHECKPOINT_KEY, read_run_metrics
 from recsys_lightning.console import relative_path, tensorboard_command
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.metrics import SWEEP_KS, summary_metrics
 from recsys_lightning.monitor import metric_mode
 from recsys_lightning.resume_command import REPLACED_KEYS, SWEEP_RECORD, command_line, override_key, recorded_sweep_overrides
 
@@ -27,25 +28,8 @@ SORT_BY = "val/ndcg@10"
 RESUME = "last"
 # Where the jobs run, not what they compute: a resumed sweep may change them (e.g. a SLURM partition).
 _LAUNCHER_KEYS = ("hydra/launcher", "hydra.launcher.")
-COLUMNS = [
-    "run",
-    "overrides",
-    "val/ndcg@10",
-    "val/recall@10",
-    "test/ndcg@10",
-    "test/recall@10",
-    "test/hit_rate@10",
-    "test/mrr@10",
-    "test/coverage@10",
-    "test/novelty@10",
-    "val/rmse",
-    "val/mae",
-    "test/rmse",
-    "test/mae",
-    "best_epoch",
-    "train_seconds",
-    "error",
-]
+# The summary's columns: the metrics named where every table comparing runs takes them, at one cut-off.
+COLUMNS = ["run", "overrides", *summary_metrics(SWEEP_KS, test_detail=True), "best_epoch", "train_seconds", "error"]
 
 
 def summarise_sweep(sweep_dir: Path, sort_by: str = SORT_BY, ascending: bool = False) -> pd.DataFrame:

@@ -43,7 +43,7 @@ def model(bias: bool = True, users: bool = True, seed: int = 0, hybrid: bool = F
     with torch.no_grad():  # biases start at zero: make them count
         for parameter in mf.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.1)
-    mf.set_features(ITEM_FEATURES, USER_FEATURES if users else None, ITEM_COUNTS, USER_COUNTS)
+    mf.set_features(ITEM_FEATURES.mean_matrix(), USER_FEATURES.mean_matrix() if users else None, ITEM_COUNTS, USER_COUNTS)
     return mf
 
 

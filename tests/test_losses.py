@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from recsys_lightning.losses import BCELoss, BPRLoss, FullSoftmaxLoss, MSELoss, SampledSoftmaxLoss, ScoredCandidates
+from recsys_lightning.samplers import HardNegativeSampler, NegativeSampler
 
 POSITIVE = torch.tensor([2.0, -1.0])
 NEGATIVE = torch.tensor([[1.0, 3.0], [0.0, -2.0]])
@@ -56,3 +57,24 @@ def test_full_softmax_adds_each_positive_to_its_users_normaliser():
 def test_mse_regresses_scores_on_ratings():
     batch = ScoredCandidates(POSITIVE, NEGATIVE, ratings=torch.tensor([4.0, 1.0]))
     assert MSELoss()(batch).item() == pytest.approx(((2 - 4) ** 2 + (-1 - 1) ** 2) / 2)
+
+
+class FromTheBatch(NegativeSampler):
+    """A sampler no loss has heard of (its `sample` left out: a loss reads only the declarations)."""
+
+    draws_from_batch = True
+
+
+class UniformUnseen(NegativeSampler):
+    """Another sampler no loss has heard of, declaring uniform draws over a user's unseen items."""
+
+    uniform_unseen = True
+
+
+def test_a_new_sampler_is_accepted_or_refused_by_what_it_declares():
+    undeclared = HardNegativeSampler  # declares neither: draws per example, not uniformly
+    assert [loss.sampler_conflict(undeclared) for loss in (BPRLoss, BCELoss, SampledSoftmaxLoss, FullSoftmaxLoss)] == [None] * 4
+    assert BCELoss.sampler_conflict(FromTheBatch) == "in-batch negatives are popularity-biased and pointwise BCE has no correction for that"
+    assert [loss.sampler_conflict(FromTheBatch) for loss in (BPRLoss, SampledSoftmaxLoss, FullSoftmaxLoss)] == [None] * 3
+    assert MSELoss.sampler_conflict(UniformUnseen) is None
+    assert MSELoss.sampler_conflict(FromTheBatch) == MSELoss.sampler_conflict(undeclared) == "rating regression uses no negatives"

@@ -4,8 +4,18 @@ import pytest
 import torch
 
 from recsys_lightning.data.batches import RankingChunk
-from recsys_lightning.metrics import METRIC_NAMES, CatalogueMetrics, RankingMetrics, RatingErrors, per_user_metrics
+from recsys_lightning.hparams_tab import metric_columns
+from recsys_lightning.metrics import (
+    HPARAMS_KS,
+    METRIC_NAMES,
+    CatalogueMetrics,
+    PointwiseMetrics,
+    RankingMetrics,
+    RatingErrors,
+    per_user_metrics,
+)
 from recsys_lightning.ranking import hits, top_k_unseen
+from recsys_lightning.sweep import COLUMNS
 
 
 def reference_metrics(scores, exclude, heldout, k):
@@ -151,3 +161,20 @@ def test_rating_errors_over_chunks_equal_the_reference_on_random_data():
         errors += [scores[row, item].item() - rating for row, item, rating in zip(rows.tolist(), items.tolist(), ratings.tolist())]
     assert metric.compute()["rmse"].item() == pytest.approx(math.sqrt(sum(e * e for e in errors) / len(errors)), rel=1e-5)
     assert metric.compute()["mae"].item() == pytest.approx(sum(abs(e) for e in errors) / len(errors), rel=1e-5)
+
+
+def test_tables_comparing_runs_name_logged_metrics_from_one_list():
+    """A sweep's summary and the HParams tab take their metric columns from `summary_metrics`: the sweep's
+    keep today's order (with the pointwise losses' bce and auc added), and every name is one a run logs."""
+    sweep = [column for column in COLUMNS if "/" in column]
+    headline = ["val/ndcg@10", "val/recall@10", "test/ndcg@10", "test/recall@10"]
+    test_detail = ["test/hit_rate@10", "test/mrr@10", "test/coverage@10", "test/novelty@10"]
+    predicted = [f"{split}/{name}" for split in ("val", "test") for name in ("rmse", "mae", "bce", "auc")]
+    assert sweep == headline + test_detail + predicted
+    tab = [column.removeprefix("final/") for column in metric_columns() if column.count("/") == 2]
+    assert set(sweep) - set(test_detail) <= set(tab) and len(tab) == 2 * (2 * len(HPARAMS_KS) + 4)
+    ranking, catalogue = RankingMetrics(HPARAMS_KS), CatalogueMetrics(HPARAMS_KS, num_items=3)
+    ranking.update(torch.tensor([[1.0, 0.0]]), torch.tensor([1]))
+    catalogue.update(torch.tensor([[0, 1]]), torch.ones(3))
+    logged = {*ranking.compute(), *catalogue.compute(), *RatingErrors.names, *PointwiseMetrics.names}
+    assert {name.split("/", 1)[1] for name in sweep + tab} <= logged

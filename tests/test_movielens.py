@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from recsys_lightning.data.fetch import RECBOLE_DATASET_PREFIX
 from recsys_lightning.data.movielens import (
     GENRES,
     ML100K,
-    RECBOLE_DATASET_PREFIX,
     ExpectedContent,
     ratings_sha256,
     resolve_movielens,

@@ -17,7 +17,7 @@ import torch
 from recsys_lightning.atomic import WriteFailed, check_writable_folder
 from recsys_lightning.checkpoint_io import AtomicCheckpointIO
 from recsys_lightning.config import group_options
-from recsys_lightning.data import movielens
+from recsys_lightning.data import fetch, movielens
 from recsys_lightning.errors import ConfigError, DataError
 from recsys_lightning.memory_estimate import available_memory, check_memory, config_sizes, estimate
 from recsys_lightning.presets import preset_keys, preset_pins
@@ -192,7 +192,7 @@ def test_an_unwritable_data_dir_is_one_line_before_any_download(tmp_path, monkey
     def no_download(*args) -> None:
         raise AssertionError("nothing may be fetched into a folder that cannot be written")
 
-    monkeypatch.setattr(movielens, "_download_grouplens_zip", no_download)
+    monkeypatch.setattr(fetch, "_download_grouplens_zip", no_download)
     with pytest.raises(DataError) as error:
         movielens.resolve_movielens(tmp_path / "data", pip_download=no_download)
     assert str(error.value) == (

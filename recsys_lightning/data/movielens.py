@@ -1,43 +1,29 @@
-"""MovieLens-100K: find it on disk, else download it, and check it is the real thing before use.
+"""MovieLens-100K: find it on disk, else fetch it (`fetch.py`), and check it is the real thing before use.
 
-Sources are tried in order: files already in the data directory (GroupLens or RecBole layout), the
-official GroupLens zip, then the copy of ML-100K inside the `recbole==1.2.1` wheel on PyPI, which is
-reachable from networks that only reach a package index. That wheel is only unzipped, never installed.
+Files already in the data directory (GroupLens or RecBole layout) come first; without them ML-100K is
+fetched into it (the GroupLens zip, else the RecBole wheel on PyPI), then read and verified like them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import urllib.request
 import warnings
-import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
 from recsys_lightning.data.features import FeatureColumns
+from recsys_lightning.data.fetch import DATASET_DIR, GROUPLENS_URL, RECBOLE_WHEEL, RECBOLE_WHEEL_SHA256, PipDownload, fetch_ml100k
 from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER
 from recsys_lightning.errors import ConfigError, DataError, cut, first_line, quote
 
 log = logging.getLogger(__name__)
-
-GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
-RECBOLE_WHEEL = "recbole==1.2.1"
-RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
-RECBOLE_DATASET_PREFIX = "recbole/dataset_example/ml-100k/"
-DATASET_DIR = "ml-100k"
 
 GENRES = (
     "unknown",
@@ -93,8 +79,6 @@ RATING_COLUMNS = (USER, ITEM, RATING, TIMESTAMP)
 UNREADABLE = (ValueError, KeyError, TypeError, OverflowError, pd.errors.ParserWarning)
 WHOLE_LIMIT = 2**53  # ids and timestamps beyond this are not exact in the float64 they are parsed as
 
-PipDownload = Callable[[str, Path], None]
-
 
 def resolve_movielens(
     data_dir: str | Path,
@@ -125,15 +109,7 @@ def resolve_movielens(
             "once (which fetches it) or fix data_dir in <run>/.hydra/config.yaml"
         )
     if loaded is None:
-        # Before any download: a folder it cannot write would end in a raw OSError after the attempt.
-        _check_writable(data_dir)
-        try:
-            _download_grouplens_zip(url, data_dir, timeout)
-            source = "grouplens-download"
-        except (OSError, zipfile.BadZipFile) as error:
-            log.warning("GroupLens unreachable (%s); taking ML-100K from the PyPI wheel %s", error, wheel)
-            _extract_from_wheel(wheel, wheel_sha256, data_dir, pip_download or _pip_download)
-            source = "pypi-recbole-wheel"
+        source = fetch_ml100k(data_dir, url, wheel, wheel_sha256, timeout, pip_download)
         loaded = _read_local(dataset_dir, expected, **features)
         if loaded is None:
             raise DataError(f"{dataset_dir}: the downloaded archive held no ML-100K files; delete the folder and retry")
@@ -327,98 +303,6 @@ def _verify(loaded: LoadedInteractions, expected: ExpectedContent, ratings_path:
             f"{ratings_path}: does not match MovieLens-100K (sha256 of its sorted ratings {digest[:16]}..., "
             f"expected {expected.ratings_sha256[:16]}...); delete {folder} to fetch a fresh copy"
         )
-
-
-def _check_writable(data_dir: Path) -> None:
-    """Prove a file can be made in `data_dir`, or in its nearest existing parent, creating nothing: as
-    root a permission bit proves nothing, so the probe really writes (atomic.check_writable_folder's
-    rule, which data code does not import)."""
-    existing = next(folder for folder in (data_dir, *data_dir.parents) if folder.exists() or folder == folder.parent)
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        raise DataError(
-            f"paths.data_dir={cut(str(data_dir), 200)}: cannot write in {cut(str(existing), 200)} ({error.strerror or error}); "
-            "MovieLens-100K is not there yet and is fetched into it: set RECSYS_DATA_DIR (or paths.data_dir) to a folder you "
-            "can write, or put the ml-100k folder there"
-        ) from error
-
-
-def _download_grouplens_zip(url: str, data_dir: Path, timeout: float) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=data_dir) as scratch:
-        archive = Path(scratch) / "ml-100k.zip"
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc="ml-100k.zip") as progress:
-                while chunk := response.read(1 << 16):
-                    out.write(chunk)
-                    progress.update(len(chunk))
-        with zipfile.ZipFile(archive) as zipped:
-            _safe_extract(zipped, zipped.namelist(), "", data_dir)
-
-
-def _extract_from_wheel(wheel: str, sha256: str, data_dir: Path, pip_download: PipDownload) -> None:
-    cache = data_dir / "downloads"
-    wheel_path = _cached_wheel(cache, sha256)
-    if wheel_path is None:
-        pip_download(wheel, cache)
-        wheel_path = _cached_wheel(cache, sha256)
-    if wheel_path is None:
-        raise DataError(
-            f"{cache}: no wheel of {wheel} with sha256 {sha256} after pip download; "
-            "check that PyPI is reachable, or put ML-100K files in "
-            f"{data_dir / DATASET_DIR}"
-        )
-    with zipfile.ZipFile(wheel_path) as zipped:
-        members = [name for name in zipped.namelist() if name.startswith(RECBOLE_DATASET_PREFIX)]
-        members = [name for name in members if Path(name).suffix in {".inter", ".item", ".user"}]
-        _safe_extract(zipped, members, RECBOLE_DATASET_PREFIX, data_dir / DATASET_DIR)
-
-
-def _cached_wheel(cache: Path, sha256: str) -> Path | None:
-    for path in sorted(cache.glob("*.whl")) if cache.is_dir() else []:
-        if hashlib.sha256(path.read_bytes()).hexdigest() == sha256:
-            return path
-    return None
-
-
-def _pip_download(requirement: str, dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", str(dest), requirement]
-    try:
-        subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
-        detail = (getattr(error, "stderr", "") or "").strip().splitlines()[-1:] or [str(error)]
-        raise DataError(f"pip download {requirement} failed ({detail[0]}); put ML-100K files in {dest.parent}") from error
-
-
-def _safe_extract(zipped: zipfile.ZipFile, members: list[str], strip_prefix: str, dest: Path) -> None:
-    """Extract `members` with `strip_prefix` removed, refusing any that would land outside `dest`.
-
-    Files are written to a scratch folder first and moved in one by one, so an interrupted
-    extraction never leaves a truncated file where the next run would trust it.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    with tempfile.TemporaryDirectory(dir=dest) as scratch:
-        staged: list[tuple[Path, Path]] = []
-        for name in members:
-            if name.endswith("/"):
-                continue
-            relative = name[len(strip_prefix) :]
-            target = (root / relative).resolve()
-            if root not in target.parents:
-                raise DataError(f"archive member {name!r} would be written outside {dest}; refusing to extract")
-            staging = Path(scratch) / relative
-            staging.parent.mkdir(parents=True, exist_ok=True)
-            with zipped.open(name) as source, open(staging, "wb") as out:
-                shutil.copyfileobj(source, out)
-            staged.append((staging, target))
-        for staging, target in staged:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, target)
 
 
 class MovieLensDataModule(InteractionDataModule):

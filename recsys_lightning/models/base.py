@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,9 +13,6 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from recsys_lightning.errors import RecsysError
-
-if TYPE_CHECKING:
-    from recsys_lightning.data.features import FeatureTable
 
 
 class Recommender(nn.Module, ABC):
@@ -63,11 +60,10 @@ class Recommender(nn.Module, ABC):
         """Rating prediction: the mean training rating, for models that score around it (MF's mu + b_u + b_i
         + <p_u, q_i>); the others learn their own offset and ignore it."""
 
-    def set_features(
-        self, item_features: FeatureTable | None, user_features: FeatureTable | None, item_counts: Tensor, user_counts: Tensor
-    ) -> None:
-        """Side features of the data and each item's and user's number of training interactions, for
-        models built with `features` (MF); the others have no use for them."""
+    def set_features(self, item_features: Tensor | None, user_features: Tensor | None, item_counts: Tensor, user_counts: Tensor) -> None:
+        """Side features of the data, each side a sparse [entities, features] matrix of row means (models
+        never read the data's own tables), and each item's and user's number of training interactions,
+        for models built with `features` (MF); the others have no use for them."""
 
     def load_pretrained(self, sources: Sequence[Mapping[str, Tensor]]) -> None:
         """Copy in the weights of trained runs (`pretrained_from`), each source a checked part of this

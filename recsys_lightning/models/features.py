@@ -8,14 +8,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from recsys_lightning.data.features import FeatureTable
 from recsys_lightning.models.sparse import empty_sparse, sparse_rows
 
 
 class FeatureEmbedding(nn.Module):
     """Vectors (and optional scalar biases) of one side's entities, from their features.
 
-    `features` is the [entities, features] row-mean matrix of the data's `FeatureTable`, and `trained`
+    `features` is a sparse [entities, features] matrix whose row holds 1 / (the entity's feature count)
+    at each of its features, so a product with the feature embeddings is their mean, and `trained`
     marks entities with training interactions. An entity without them has no id embedding worth
     anything (it was never a positive, at most a sampled negative), so `id_vectors` zeroes it there:
     its score then depends on its features alone. Both are buffers, so a checkpoint serves without
@@ -33,12 +33,13 @@ class FeatureEmbedding(nn.Module):
             with torch.no_grad():
                 self.embedding[:, -1] = 0
 
-    def set_features(self, table: FeatureTable, trained: Tensor) -> None:
-        """The data's features and which entities have training interactions ([entities] bool)."""
-        if table.num_entities != self.features.shape[0] or table.num_features != self.features.shape[1]:
+    def set_features(self, features: Tensor, trained: Tensor) -> None:
+        """The data's features as a sparse [entities, features] row-mean matrix, and which entities have
+        training interactions ([entities] bool)."""
+        if features.shape != self.features.shape:
             shape = tuple(self.features.shape)
-            raise ValueError(f"features are {table.num_entities} x {table.num_features}, the model was built for {shape}")
-        self.features = table.mean_matrix().coalesce().to(self.trained.device)
+            raise ValueError(f"features are {features.shape[0]} x {features.shape[1]}, the model was built for {shape}")
+        self.features = features.coalesce().to(self.trained.device)
         self.trained.copy_(trained.reshape(-1, 1).float())
 
     def rows(self, index: Tensor) -> Tensor:
@@ -65,7 +66,7 @@ class FeatureEmbedding(nn.Module):
 
 class SideFeatures:
     """For models with optional `user_features` / `item_features` (None when off): builds them, and takes
-    the data's tables through `Recommender.set_features`."""
+    the data's feature matrices through `Recommender.set_features`."""
 
     user_features: FeatureEmbedding | None
     item_features: FeatureEmbedding | None
@@ -78,9 +79,7 @@ class SideFeatures:
         self.user_features = FeatureEmbedding(num_users, num_user_features, **embedding) if num_user_features else None
         self.item_features = FeatureEmbedding(num_items, num_item_features, **embedding) if num_item_features else None
 
-    def set_features(
-        self, item_features: FeatureTable | None, user_features: FeatureTable | None, item_counts: Tensor, user_counts: Tensor
-    ) -> None:
-        for side, table, counts in ((self.item_features, item_features, item_counts), (self.user_features, user_features, user_counts)):
-            if side is not None and table is not None:
-                side.set_features(table, counts > 0)
+    def set_features(self, item_features: Tensor | None, user_features: Tensor | None, item_counts: Tensor, user_counts: Tensor) -> None:
+        for side, features, counts in ((self.item_features, item_features, item_counts), (self.user_features, user_features, user_counts)):
+            if side is not None and features is not None:
+                side.set_features(features, counts > 0)
