@@ -24,7 +24,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from recsys_lightning.checkpoint_file import (
+from recsys_lightning.config import register_resolvers
+from recsys_lightning.data.datamodule import InteractionDataModule
+from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, first_line
+from recsys_lightning.models.weights import load_error_detail
+from recsys_lightning.module import RecommenderModule
+from recsys_lightning.runs.checkpoint_file import (
     BEST_CHECKPOINT_KEY,
     CATALOGUE_KEY,
     catalogue_from_checkpoint,
@@ -33,15 +38,10 @@ from recsys_lightning.checkpoint_file import (
     read_run_metrics,
     read_run_yaml,
 )
-from recsys_lightning.config import register_resolvers
-from recsys_lightning.data.datamodule import InteractionDataModule
-from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, first_line
-from recsys_lightning.models.weights import load_error_detail
-from recsys_lightning.module import RecommenderModule
-from recsys_lightning.resume import same_training_data
-from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters
+from recsys_lightning.runs.resume import same_training_data
+from recsys_lightning.runs.safe_config import checked_component, checked_module_hyper_parameters
+from recsys_lightning.runs.trained_run import check_weights_fit, load_trained, model_weights
 from recsys_lightning.threads import apply_thread_count
-from recsys_lightning.trained_run import check_weights_fit, load_trained, model_weights
 from recsys_lightning.two_stage import check_same_data, compare_stages, find_retriever
 from recsys_lightning.validation import TRAINING_RULES, check_evaluate_config, check_rules
 

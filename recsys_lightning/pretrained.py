@@ -14,17 +14,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from recsys_lightning.checkpoint_file import (
+from recsys_lightning.data.catalogue import Catalogue
+from recsys_lightning.errors import ConfigError
+from recsys_lightning.models.base import Recommender
+from recsys_lightning.models.weights import weight_mismatch
+from recsys_lightning.runs.checkpoint_file import (
     CATALOGUE_KEY,
     catalogue_from_checkpoint,
     find_checkpoint,
     first_non_finite,
     load_checkpoint,
 )
-from recsys_lightning.data.catalogue import Catalogue
-from recsys_lightning.errors import ConfigError
-from recsys_lightning.models.base import Recommender
-from recsys_lightning.models.weights import weight_mismatch
 
 log = logging.getLogger(__name__)
 KEY = "pretrained_from"

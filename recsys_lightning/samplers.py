@@ -16,7 +16,7 @@ from torch import Tensor
 
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.trained_run import load_trained
+from recsys_lightning.runs.trained_run import load_trained
 from recsys_lightning.two_stage import check_trained_on, find_retriever, retrieve_for_every_user
 
 if TYPE_CHECKING:

@@ -15,11 +15,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from recsys_lightning.checkpoint_file import BEST_CHECKPOINT_KEY, read_run_metrics
 from recsys_lightning.console import relative_path, tensorboard_command
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.monitor import metric_mode
-from recsys_lightning.resume_command import REPLACED_KEYS, SWEEP_RECORD, command_line, override_key, recorded_sweep_overrides
+from recsys_lightning.runs.checkpoint_file import BEST_CHECKPOINT_KEY, read_run_metrics
+from recsys_lightning.runs.resume_command import REPLACED_KEYS, SWEEP_RECORD, command_line, override_key, recorded_sweep_overrides
 
 log = logging.getLogger(__name__)
 

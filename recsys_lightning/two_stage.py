@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from recsys_lightning.checkpoint_file import find_checkpoint
 from recsys_lightning.data.batches import RankingChunk, RankingChunks
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.positives import TrainingPositives
@@ -26,6 +25,7 @@ from recsys_lightning.metrics import RankingMetrics
 from recsys_lightning.models.base import Recommender
 from recsys_lightning.pretrained import check_same_split
 from recsys_lightning.ranking import top_k_unseen
+from recsys_lightning.runs.checkpoint_file import find_checkpoint
 
 MAX_SCORES = 2**27  # scores held at once when every user's candidates are retrieved (data.eval_max_scores' default)
 # Per split evaluated: the parts hidden from the ranking and the part whose items are to be found.

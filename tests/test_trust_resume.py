@@ -12,8 +12,8 @@ import pytest
 
 from recsys_lightning.data.synthetic import SyntheticDataModule
 from recsys_lightning.errors import ConfigError, RunInterrupted
-from recsys_lightning.resume_command import command_line
-from recsys_lightning.run_config import changed_settings, check_same_config, config_record
+from recsys_lightning.runs.resume_command import command_line
+from recsys_lightning.runs.run_config import changed_settings, check_same_config, config_record
 from recsys_lightning.train import train as run_training
 
 from helpers import ROOT, run_module, training_config

@@ -18,8 +18,8 @@ from recsys_lightning.data.catalogue import PARTS
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.errors import ConfigError, UnknownId, quote
 from recsys_lightning.ranking import hits, top_k_unseen
+from recsys_lightning.runs.trained_run import TrainedRun
 from recsys_lightning.serving.vector_index import ItemVectorIndex
-from recsys_lightning.trained_run import TrainedRun
 from recsys_lightning.two_stage import rerank_scores
 
 UNKNOWN = -1

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-from recsys_lightning.checkpoint_file import CATALOGUE_KEY, catalogue_from_checkpoint
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.models.weights import weight_mismatch
-from recsys_lightning.run_config import recorded_state
+from recsys_lightning.runs.checkpoint_file import CATALOGUE_KEY, catalogue_from_checkpoint
+from recsys_lightning.runs.run_config import recorded_state
 
 if TYPE_CHECKING:
     from recsys_lightning.module import RecommenderModule

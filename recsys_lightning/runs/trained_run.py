@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from recsys_lightning.checkpoint_file import CATALOGUE_KEY, catalogue_from_checkpoint, first_non_finite, load_checkpoint
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.errors import ConfigError, RecsysError, first_line
 from recsys_lightning.models.base import Recommender
 from recsys_lightning.models.weights import WeightsMismatch, build_with_weights, check_weights
-from recsys_lightning.safe_config import checked_module_hyper_parameters
+from recsys_lightning.runs.checkpoint_file import CATALOGUE_KEY, catalogue_from_checkpoint, first_non_finite, load_checkpoint
+from recsys_lightning.runs.safe_config import checked_module_hyper_parameters
 
 
 @dataclass(frozen=True)
