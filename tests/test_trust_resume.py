@@ -130,6 +130,18 @@ def test_keys_a_resume_may_change_are_not_differences():
     assert changed_settings(recorded, changed) == []
 
 
+def test_a_record_naming_a_class_by_its_name_before_a_move_is_no_difference():
+    """A run folder made before issue 23 records the checkpoint plugin as recsys_lightning.checkpoint_io.*: it resumes."""
+    cfg = training_config(*SMALL_RUN, run_dir="/a")
+    recorded = config_record(cfg)
+    (plugin,) = recorded["config"]["trainer"]["plugins"]
+    assert plugin["_target_"] == "recsys_lightning.runs.checkpoint_io.AtomicCheckpointIO"
+    plugin["_target_"] = "recsys_lightning.checkpoint_io.AtomicCheckpointIO"
+    assert changed_settings(recorded, cfg) == []
+    plugin["_target_"] = "recsys_lightning.other.AtomicCheckpointIO"
+    assert [key for key, _, _ in changed_settings(recorded, cfg)] == ["trainer.plugins"]
+
+
 @pytest.mark.parametrize("record", [None, {"should_stop": False}])
 def test_a_checkpoint_without_a_config_record_is_refused(record):
     with pytest.raises(ConfigError, match=r"^ckpt_path=x.ckpt: it carries no record of the config it was trained with"):
