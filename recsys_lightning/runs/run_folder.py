@@ -18,7 +18,7 @@ from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message,
 from recsys_lightning.runs.atomic import check_writable_folder
 from recsys_lightning.runs.checkpoint_file import load_checkpoint
 from recsys_lightning.runs.resume import check_resumable
-from recsys_lightning.sweep import check_sweep_resume
+from recsys_lightning.runs.resume_command import check_sweep_resume
 from recsys_lightning.validation import check_folder_path, config_value
 
 LOCK_NAME = ".run.lock"
