@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from recsys_lightning.console import relative_path
 from recsys_lightning.errors import ConfigError, RecsysError
-from recsys_lightning.runs.checkpoint_file import read_run_yaml
+from recsys_lightning.runs.hydra_record import read_run_yaml
 
 ENTRY_POINT = "recsys_lightning.train"
 SWEEP_RECORD = "multirun.yaml"
