@@ -45,7 +45,7 @@ def test_a_recorded_config_is_checked_without_conf(monkeypatch, tmp_path):
     monkeypatch.setattr(config, "PROJECT_ROOT", tmp_path)
     config.group_options.cache_clear()
     try:
-        model = {"_target_": "recsys_lightning.models.NeuMF", "dim": 8}
+        model = {"_target_": "recsys_lightning.models.NeuMF", "gmf_dim": 8}
         assert checked_component("model", model, "run.ckpt") == model
         with pytest.raises(ConfigError, match=r"run.ckpt: model._target_ is 'os.system', which no conf/model/\*.yaml offers"):
             checked_component("model", {"_target_": "os.system"}, "run.ckpt")
