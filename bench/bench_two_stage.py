@@ -21,12 +21,12 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 
-from recsys_lightning.checkpoint_file import find_checkpoint, read_run_metrics
 from recsys_lightning.config import PROJECT_ROOT, register_resolvers
 from recsys_lightning.evaluate import evaluate_two_stage
+from recsys_lightning.runs.checkpoint_file import find_checkpoint, read_run_metrics
+from recsys_lightning.runs.trained_run import load_trained
 from recsys_lightning.serving.service import RecommendationService, TwoStageService
 from recsys_lightning.train import train
-from recsys_lightning.trained_run import load_trained
 
 RETRIEVER = ["experiment=ml100k_mf"]
 # NeuMF as the BPR preset had it (bench/RESULTS.md: test NDCG@10 0.263 with uniform negatives), 4 negatives per positive.

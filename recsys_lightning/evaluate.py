@@ -15,43 +15,39 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import hydra
 import pandas as pd
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from recsys_lightning.checkpoint_file import (
+from recsys_lightning.config import register_resolvers
+from recsys_lightning.data.datamodule import InteractionDataModule
+from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
+from recsys_lightning.models.weights import load_error_detail
+from recsys_lightning.module import RecommenderModule
+from recsys_lightning.runs.checkpoint_file import (
     BEST_CHECKPOINT_KEY,
-    CATALOGUE_KEY,
-    catalogue_from_checkpoint,
     find_checkpoint,
     load_checkpoint,
     read_run_metrics,
-    read_run_yaml,
+    recorded_catalogue,
 )
-from recsys_lightning.config import register_resolvers
-from recsys_lightning.data.datamodule import InteractionDataModule
-from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, first_line
-from recsys_lightning.models.weights import load_error_detail
-from recsys_lightning.module import RecommenderModule
-from recsys_lightning.resume import same_training_data
-from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters
+from recsys_lightning.runs.hydra_record import recorded_data_config
+from recsys_lightning.runs.other_runs import best_checkpoint_of, check_same_data
+from recsys_lightning.runs.safe_config import checked_module_hyper_parameters
+from recsys_lightning.runs.same_data import same_training_data
+from recsys_lightning.runs.trained_run import check_weights_fit, load_trained, model_weights, torch_device
 from recsys_lightning.threads import apply_thread_count
-from recsys_lightning.trained_run import check_weights_fit, load_trained, model_weights
-from recsys_lightning.two_stage import check_same_data, compare_stages, find_retriever
-from recsys_lightning.validation import TRAINING_RULES, check_evaluate_config, check_rules
+from recsys_lightning.two_stage import compare_stages
+from recsys_lightning.validation import check_evaluate_config
 
 log = logging.getLogger(__name__)
 register_resolvers()
 
 SPLITS = ("test", "valid")
-# Data config keys that name files or folders (csv and movielens); relative ones resolve from the training cwd.
-DATA_PATH_KEYS = ("path", "train_path", "valid_path", "test_path", "items_path", "data_dir")
-MOVIELENS_TARGET = "recsys_lightning.data.movielens.MovieLensDataModule"
 METRICS_REMEDY = "evaluate compares with it: restore the file, or retrain the run"
 
 
@@ -68,12 +64,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
     path = find_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path)
     hyper_parameters = checked_module_hyper_parameters(state.get("hyper_parameters"), str(path))
-    if CATALOGUE_KEY not in state:
-        raise ConfigError(
-            f"{path}: carries no record of the data it was trained on (no catalogue; it predates this version), "
-            "so evaluate cannot tell its data from another's; retrain the run to evaluate it"
-        )
-    catalogue = catalogue_from_checkpoint(state[CATALOGUE_KEY], path)
+    catalogue = recorded_catalogue(state, path, "evaluate cannot tell its data from another's: retrain the run to evaluate it")
     check_weights_fit(hyper_parameters, model_weights(state["state_dict"], path), path)  # before anything is built from its config
     datamodule: InteractionDataModule = instantiate(recorded_data_config(run_dir))
     datamodule.setup("test")
@@ -117,9 +108,9 @@ def evaluate_two_stage(
         raise ConfigError(f"split={split!r}: use test or valid")
     # Loaded on the CPU, where their catalogues are compared and ranked; the models move to the device.
     reranker = load_trained(find_checkpoint(run_dir, checkpoint))
-    retriever = load_trained(find_retriever(retriever_dir, "retrieval.run_dir"))
+    retriever = load_trained(best_checkpoint_of(retriever_dir, "retrieval.run_dir"))
     check_same_data(retriever.catalogue, reranker.catalogue, retriever_dir, run_dir)
-    device = _torch_device(accelerator)
+    device = torch_device(accelerator)
     ks = reranker.hyper_parameters["ks"]
     table = compare_stages(retriever.model.to(device), reranker.model.to(device), reranker.catalogue, candidates, ks, split, device=device)
     table.insert(1, "model", [retriever.model_name, reranker.model_name, f"{retriever.model_name} -> {reranker.model_name}"])
@@ -128,50 +119,6 @@ def evaluate_two_stage(
         f"to re-ranker {run_dir} ({reranker.model_name}); candidate recall@{candidates} {table[f'recall@{candidates}'][0]:.4f}"
     )
     return table, heading
-
-
-def _torch_device(accelerator: str) -> torch.device:
-    """Lightning's accelerator names as a torch device (check_evaluate_config accepted the name)."""
-    if accelerator == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device("cpu" if accelerator == "cpu" else "cuda")
-
-
-def recorded_data_config(run_dir: Path) -> dict[str, Any]:
-    """The run's data config from `.hydra/config.yaml`, resolved and checked like a checkpoint's.
-
-    Relative data paths are taken from the folder training ran in (`.hydra/hydra.yaml` records it),
-    so evaluate works from any working directory. The folder is untrusted, so MovieLens is built
-    with download=False: a recorded data_dir is read, never created or written to.
-    """
-    config_path = run_dir / ".hydra" / "config.yaml"
-    if not config_path.is_file():
-        raise ConfigError(f"{config_path}: missing; evaluate needs the run's config to rebuild its data split")
-    recorded = read_run_yaml(config_path)
-    try:
-        data = OmegaConf.to_container(recorded.data, resolve=True)
-    except Exception as error:  # YAML syntax, a missing key, an interpolation that cannot resolve
-        raise ConfigError(f"{config_path}: cannot read its data config ({first_line(error)}); the run folder is damaged") from error
-    data = checked_component("data", data, str(config_path))
-    try:
-        check_rules(OmegaConf.create({"data": data}), {key: rule for key, rule in TRAINING_RULES.items() if key.startswith("data.")})
-    except ConfigError as error:
-        raise ConfigError(f"{config_path}: {error}") from error
-    training_cwd = _training_cwd(run_dir)
-    for key in DATA_PATH_KEYS:
-        if isinstance(data.get(key), str) and training_cwd is not None:
-            data[key] = str(training_cwd / Path(data[key]).expanduser())
-    if data.get("_target_") == MOVIELENS_TARGET:
-        data["download"] = False
-    return data
-
-
-def _training_cwd(run_dir: Path) -> Path | None:
-    path = run_dir / ".hydra" / "hydra.yaml"
-    if not path.exists():  # an older or edited run folder: relative paths then resolve from here
-        return None
-    cwd = OmegaConf.select(read_run_yaml(path), "hydra.runtime.cwd", default=None, throw_on_resolution_failure=False)
-    return Path(cwd) if isinstance(cwd, str) else None
 
 
 def compare_with_recorded(evaluated: dict[str, float], run_dir: str | Path, tolerance: float) -> pd.DataFrame:

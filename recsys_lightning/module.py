@@ -13,7 +13,6 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from recsys_lightning.checkpoint_file import CATALOGUE_KEY, FORMAT_KEY, FORMAT_VERSION
 from recsys_lightning.data.batches import RankingChunk, TrainingBatch
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.data.training_data import TrainingData
@@ -23,6 +22,7 @@ from recsys_lightning.metrics import CatalogueMetrics, PredictionMetric, Ranking
 from recsys_lightning.models.base import Recommender, build_recommender
 from recsys_lightning.models.closed_form import ClosedFormRecommender
 from recsys_lightning.ranking import top_k_unseen
+from recsys_lightning.runs.checkpoint_file import CATALOGUE_KEY, FORMAT_KEY, FORMAT_VERSION
 from recsys_lightning.samplers import NegativeSampler
 from recsys_lightning.scoring import score_candidates
 from recsys_lightning.seeds import stream_seed

@@ -24,17 +24,17 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
-from recsys_lightning.atomic import atomic_file
-from recsys_lightning.checkpoint_file import find_checkpoint
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, interruptions_raise, quote
+from recsys_lightning.runs.atomic import atomic_file
+from recsys_lightning.runs.checkpoint_file import find_checkpoint
+from recsys_lightning.runs.other_runs import best_checkpoint_of, check_same_data
+from recsys_lightning.runs.trained_run import TrainedRun, load_trained, torch_device
 from recsys_lightning.serving.arguments import CSV_COLUMNS, TWO_STAGE_CSV_COLUMNS, check_serving_config
 from recsys_lightning.serving.service import ITEM_ITEM, UNKNOWN, Recommendations, RecommendationService, TwoStageService
 from recsys_lightning.serving.vector_index import ItemVectorIndex, open_or_build
 from recsys_lightning.threads import apply_thread_count
-from recsys_lightning.trained_run import TrainedRun, load_trained
-from recsys_lightning.two_stage import check_same_data, find_retriever
 from recsys_lightning.validation import shown
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
     chosen = [action for action in ACTIONS if cfg.get(action) is not None]
     if len(chosen) != 1:
         raise ConfigError(f"ask one thing per call: set exactly one of {', '.join(ACTIONS)} (got {', '.join(chosen) or 'none'})")
-    run = load_trained(find_checkpoint(cfg.run_dir, cfg.checkpoint), _device(cfg.device))
+    run = load_trained(find_checkpoint(cfg.run_dir, cfg.checkpoint), torch_device(cfg.device))
     service = _service(cfg, run)
     log.info("serving %s from %s", run.model_name, run.checkpoint_path)
     action = chosen[0]
@@ -106,7 +106,7 @@ def _service(cfg: DictConfig, run: TrainedRun) -> RecommendationService:
     options = {"exclude": list(cfg.exclude), "min_history": cfg.min_history, "chunk_size": cfg.chunk_size}
     if cfg.retrieval.run_dir is None:
         return RecommendationService(run, **options, index=_vector_index("index", cfg.index, cfg.faiss, run))
-    retriever = load_trained(find_retriever(cfg.retrieval.run_dir, "retrieval.run_dir"), _device(cfg.device))
+    retriever = load_trained(best_checkpoint_of(cfg.retrieval.run_dir, "retrieval.run_dir"), torch_device(cfg.device))
     check_same_data(retriever.catalogue, run.catalogue, cfg.retrieval.run_dir, cfg.run_dir)
     if cfg.retrieval.candidates > run.catalogue.num_items:
         log.warning(
@@ -253,13 +253,6 @@ def _vector_index(key: str, index: str, settings: DictConfig, run: TrainedRun) -
 def _requested_users(users: str | ListConfig) -> list[Any] | None:
     """None for `all`, else the list of raw ids (check_serving_config accepted one of the two)."""
     return None if users == "all" else list(users)
-
-
-def _device(name: str) -> torch.device:
-    """`auto` is CUDA when there is one; other names were checked by check_serving_config."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="recommend")

@@ -16,8 +16,9 @@ from torch import Tensor
 
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.trained_run import load_trained
-from recsys_lightning.two_stage import check_trained_on, find_retriever, retrieve_for_every_user
+from recsys_lightning.retrieval import retrieve_for_every_user
+from recsys_lightning.runs.other_runs import best_checkpoint_of, check_trained_on
+from recsys_lightning.runs.trained_run import load_trained
 
 if TYPE_CHECKING:
     from recsys_lightning.models.base import Recommender
@@ -208,7 +209,7 @@ class RetrievedSampler(NegativeSampler):
         super().bind(positives)
         if self.run_dir is None:
             raise ConfigError("sampler=retrieved needs the retriever's run: sampler.run_dir=<a run folder>, e.g. of experiment=ml100k_mf")
-        retriever = load_trained(find_retriever(self.run_dir, "sampler.run_dir"))  # on the CPU: its catalogue is compared there
+        retriever = load_trained(best_checkpoint_of(self.run_dir, "sampler.run_dir"))  # on the CPU: its catalogue is compared there
         check_trained_on(retriever.catalogue, positives, self.run_dir)
         items, scores = retrieve_for_every_user(retriever.model.to(positives.device), positives, self.candidates)
         # int32 halves the table (num_items < 2^31); -inf marks the tail of a user with fewer unseen items than candidates.

@@ -1,7 +1,7 @@
 """A sweep's folder as a whole: the Hydra callback that tabulates a multirun (one row per run, best first on
-the sweep's optimized_metric: validation NDCG@10 by default, RMSE lowest first for loss=mse), and the
-rules that resume a stopped sweep (`-m <its overrides> hydra.sweep.dir=<its folder> ckpt_path=last`):
-the same overrides, so each job gets the folder it had; finished jobs kept, the others resumed or run."""
+the sweep's optimized_metric: validation NDCG@10 by default, RMSE lowest first for loss=mse), and which
+jobs of a resumed sweep (`-m <its overrides> hydra.sweep.dir=<its folder> ckpt_path=last`, its overrides checked
+by runs/resume_command.py) are kept: finished jobs kept, the others resumed or run."""
 
 from __future__ import annotations
 
@@ -15,19 +15,17 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from recsys_lightning.checkpoint_file import BEST_CHECKPOINT_KEY, read_run_metrics
-from recsys_lightning.console import relative_path, tensorboard_command
+from recsys_lightning.console import tensorboard_command
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.metrics import SWEEP_KS, summary_metrics
 from recsys_lightning.monitor import metric_mode
-from recsys_lightning.resume_command import REPLACED_KEYS, SWEEP_RECORD, command_line, override_key, recorded_sweep_overrides
+from recsys_lightning.runs.checkpoint_file import BEST_CHECKPOINT_KEY, read_run_metrics
+from recsys_lightning.runs.resume_command import override_key
 
 log = logging.getLogger(__name__)
 
 SORT_BY = "val/ndcg@10"
 RESUME = "last"
-# Where the jobs run, not what they compute: a resumed sweep may change them (e.g. a SLURM partition).
-_LAUNCHER_KEYS = ("hydra/launcher", "hydra.launcher.")
 # The summary's columns: the metrics named where every table comparing runs takes them, at one cut-off.
 COLUMNS = ["run", "overrides", *summary_metrics(SWEEP_KS, test_detail=True), "best_epoch", "train_seconds", "error"]
 
@@ -93,27 +91,6 @@ def resuming_sweep(ckpt_path: Any) -> bool:
     return ckpt_path == RESUME and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def check_sweep_resume(sweep_dir: Path, task: list[str], hydra: list[str]) -> None:
-    """A sweep resumes only with the overrides it was started with, in the same order: Hydra numbers the
-    jobs in that order and names each job's folder after its number and overrides, so anything else
-    would resume jobs in the wrong folders."""
-    recorded_task, recorded_hydra = recorded_sweep_overrides(sweep_dir)
-    recorded, given = _compared([*recorded_task, *recorded_hydra]), _compared([*task, *hydra])
-    if recorded == given:
-        return
-    missing, extra = [o for o in recorded if o not in given], [o for o in given if o not in recorded]
-    difference = (
-        f"it has {' '.join(missing) or 'nothing more'}, this command {' '.join(extra) or 'nothing more'}"
-        if missing or extra
-        else "the same overrides in another order, which numbers its jobs otherwise"
-    )
-    command = command_line(recorded_task, recorded_hydra, "hydra.sweep.dir", sweep_dir, sweep=True)
-    raise ConfigError(
-        f"hydra.sweep.dir={relative_path(sweep_dir)}: the sweep there was started with other overrides "
-        f"({SWEEP_RECORD}: {difference[:300]}); resume it with: {command}"
-    )
-
-
 def kept_job_metrics(run_dir: Path) -> dict[str, Any] | None:
     """The metrics of a job that finished before its sweep was stopped, kept as they are; None for a job to
     run (again): its metrics.json is missing, damaged, or names no best checkpoint that exists."""
@@ -124,11 +101,3 @@ def kept_job_metrics(run_dir: Path) -> dict[str, Any] | None:
         return None
     best = metrics.get(BEST_CHECKPOINT_KEY)
     return metrics if best and (run_dir / best).is_file() else None
-
-
-def _compared(overrides: list[str]) -> list[str]:
-    return [
-        override
-        for override in overrides
-        if override_key(override) not in REPLACED_KEYS and not override_key(override).startswith(_LAUNCHER_KEYS)
-    ]

@@ -23,10 +23,8 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from recsys_lightning.atomic import atomic_file
 from recsys_lightning.build import build_module
 from recsys_lightning.callbacks import TrainingTime, final_validation_callbacks
-from recsys_lightning.checkpoint_file import load_checkpoint
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.console import quiet_library_noise, run_summary, without_restore_messages
 from recsys_lightning.data.datamodule import InteractionDataModule
@@ -35,10 +33,12 @@ from recsys_lightning.hparams_tab import log_run_table
 from recsys_lightning.memory_estimate import check_memory, config_sizes
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.projector import log_item_embeddings
-from recsys_lightning.resume import check_resume_callbacks, check_resume_fits
-from recsys_lightning.resume_command import resume_command
-from recsys_lightning.run_config import RunRecord, check_same_config, recorded_state
-from recsys_lightning.run_folder import LAST, RunFolder, is_rank_zero
+from recsys_lightning.runs.atomic import atomic_file
+from recsys_lightning.runs.checkpoint_file import load_checkpoint
+from recsys_lightning.runs.resume import check_resume_callbacks, check_resume_fits
+from recsys_lightning.runs.resume_command import resume_command
+from recsys_lightning.runs.run_config import RunRecord, check_same_config, recorded_state
+from recsys_lightning.runs.run_folder import LAST, RunFolder, is_rank_zero
 from recsys_lightning.seeds import stream_seed
 from recsys_lightning.stop_signals import SignalReceived, StopSignals
 from recsys_lightning.sweep import kept_job_metrics, resuming_sweep

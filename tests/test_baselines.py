@@ -15,8 +15,8 @@ from recsys_lightning.build import build_module
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.models import EASE, ItemKNN, Popularity
 from recsys_lightning.models.base import build_recommender
+from recsys_lightning.runs.trained_run import TrainedRun
 from recsys_lightning.serving.service import ITEM_ITEM, RecommendationService
-from recsys_lightning.trained_run import TrainedRun
 
 from helpers import FrameDataModule, module_config, planted_frame, quiet_trainer, run_module
 

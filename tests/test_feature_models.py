@@ -148,8 +148,8 @@ def test_features_rank_cold_items_and_ids_alone_cannot():
 
 def test_a_feature_run_serves_from_its_checkpoint_alone(tmp_path):
     """The feature matrix and the cold mask travel in the checkpoint (a sparse buffer and a dense one)."""
-    from recsys_lightning.checkpoint_file import find_checkpoint
-    from recsys_lightning.trained_run import load_trained
+    from recsys_lightning.runs.checkpoint_file import find_checkpoint
+    from recsys_lightning.runs.trained_run import load_trained
 
     from helpers import trained_run_folder
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from recsys_lightning.build import build_module
-from recsys_lightning.checkpoint_file import find_checkpoint
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.runs.checkpoint_file import find_checkpoint
+from recsys_lightning.runs.trained_run import load_trained
 from recsys_lightning.samplers import RetrievedSampler
-from recsys_lightning.trained_run import load_trained
 from recsys_lightning.validation import check_training_config
 
 from helpers import FrameDataModule, module_config, planted_frame, quiet_trainer, trained_run_folder, training_config

@@ -15,11 +15,11 @@ import sys
 import pytest
 import torch
 
-from recsys_lightning.atomic import atomic_file
-from recsys_lightning.checkpoint_file import FORMAT_KEY
-from recsys_lightning.checkpoint_io import AtomicCheckpointIO
 from recsys_lightning.errors import ConfigError, RecsysError
-from recsys_lightning.run_folder import RunFolder
+from recsys_lightning.runs.atomic import atomic_file
+from recsys_lightning.runs.checkpoint_file import FORMAT_KEY
+from recsys_lightning.runs.checkpoint_io import AtomicCheckpointIO
+from recsys_lightning.runs.run_folder import RunFolder
 from recsys_lightning.train import train as run_training
 
 from helpers import ROOT, run_module, training_config

@@ -11,12 +11,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from recsys_lightning.checkpoint_file import find_checkpoint, read_run_metrics
 from recsys_lightning.errors import ConfigError, DataError
-from recsys_lightning.evaluate import compare_with_recorded, evaluate, is_recorded_checkpoint, read_run_yaml
+from recsys_lightning.evaluate import compare_with_recorded, evaluate, is_recorded_checkpoint
 from recsys_lightning.recommend import serve
+from recsys_lightning.runs.checkpoint_file import find_checkpoint, read_run_metrics
+from recsys_lightning.runs.hydra_record import read_run_yaml
+from recsys_lightning.runs.trained_run import load_trained
 from recsys_lightning.serving.arguments import CSV_COLUMNS, check_serving_config
-from recsys_lightning.trained_run import load_trained
 
 from helpers import compose_config, run_module, training_config
 

@@ -12,15 +12,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from recsys_lightning.checkpoint_file import FORMAT_KEY, FORMAT_VERSION, find_checkpoint, load_checkpoint
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.errors import ConfigError, RecsysError, UnknownId
 from recsys_lightning.evaluate import compare_with_recorded, evaluate
 from recsys_lightning.recommend import serve
+from recsys_lightning.runs.checkpoint_file import FORMAT_KEY, FORMAT_VERSION, find_checkpoint, load_checkpoint
+from recsys_lightning.runs.trained_run import load_trained
 from recsys_lightning.serving.service import UNKNOWN, RecommendationService
 from recsys_lightning.serving.vector_index import ItemVectorIndex
-from recsys_lightning.trained_run import load_trained
 
 from helpers import compose_config, quiet_trainer, run_module
 

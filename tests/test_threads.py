@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.run_config import changed_settings, config_record
+from recsys_lightning.runs.run_config import changed_settings, config_record
 from recsys_lightning.threads import (
     MARKER,
     apply_thread_count,

@@ -17,12 +17,12 @@ import pytest
 import torch
 import yaml
 
-from recsys_lightning.checkpoint_file import catalogue_from_checkpoint, find_checkpoint, load_checkpoint
-from recsys_lightning.checkpoint_io import AtomicCheckpointIO
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.evaluate import evaluate
 from recsys_lightning.models.weights import expected_weights
-from recsys_lightning.trained_run import load_trained
+from recsys_lightning.runs.checkpoint_file import catalogue_from_checkpoint, find_checkpoint, load_checkpoint
+from recsys_lightning.runs.checkpoint_io import AtomicCheckpointIO
+from recsys_lightning.runs.trained_run import load_trained
 
 from helpers import CONF, ROOT, options
 

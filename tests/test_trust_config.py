@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from recsys_lightning.atomic import WriteFailed, check_writable_folder
-from recsys_lightning.checkpoint_io import AtomicCheckpointIO
 from recsys_lightning.config import group_options
 from recsys_lightning.data import fetch, movielens
 from recsys_lightning.errors import ConfigError, DataError
 from recsys_lightning.memory_estimate import available_memory, check_memory, config_sizes, estimate
 from recsys_lightning.presets import preset_keys, preset_pins
+from recsys_lightning.runs.atomic import WriteFailed, check_writable_folder
+from recsys_lightning.runs.checkpoint_io import AtomicCheckpointIO
 from recsys_lightning.validation import check_training_config
 
 from helpers import ROOT, run_module, training_config

@@ -12,8 +12,8 @@ import pytest
 
 from recsys_lightning.data.synthetic import SyntheticDataModule
 from recsys_lightning.errors import ConfigError, RunInterrupted
-from recsys_lightning.resume_command import command_line
-from recsys_lightning.run_config import changed_settings, check_same_config, config_record
+from recsys_lightning.runs.resume_command import command_line
+from recsys_lightning.runs.run_config import changed_settings, check_same_config, config_record
 from recsys_lightning.train import train as run_training
 
 from helpers import ROOT, run_module, training_config
@@ -128,6 +128,18 @@ def test_keys_a_resume_may_change_are_not_differences():
         run_dir="/b",
     )
     assert changed_settings(recorded, changed) == []
+
+
+def test_a_record_naming_a_class_by_its_name_before_a_move_is_no_difference():
+    """A run folder made before issue 23 records the checkpoint plugin as recsys_lightning.checkpoint_io.*: it resumes."""
+    cfg = training_config(*SMALL_RUN, run_dir="/a")
+    recorded = config_record(cfg)
+    (plugin,) = recorded["config"]["trainer"]["plugins"]
+    assert plugin["_target_"] == "recsys_lightning.runs.checkpoint_io.AtomicCheckpointIO"
+    plugin["_target_"] = "recsys_lightning.checkpoint_io.AtomicCheckpointIO"
+    assert changed_settings(recorded, cfg) == []
+    plugin["_target_"] = "recsys_lightning.other.AtomicCheckpointIO"
+    assert [key for key, _, _ in changed_settings(recorded, cfg)] == ["trainer.plugins"]
 
 
 @pytest.mark.parametrize("record", [None, {"should_stop": False}])

@@ -17,16 +17,16 @@ import threading
 import pytest
 import torch
 
-from recsys_lightning.checkpoint_file import find_checkpoint
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.metrics import per_user_metrics
 from recsys_lightning.recommend import serve
+from recsys_lightning.runs.checkpoint_file import find_checkpoint
+from recsys_lightning.runs.trained_run import load_trained
 from recsys_lightning.serving import vector_index
 from recsys_lightning.serving.arguments import check_serving_config
 from recsys_lightning.serving.service import RecommendationService, TwoStageService
 from recsys_lightning.serving.vector_index import ItemVectorIndex, open_or_build
-from recsys_lightning.trained_run import load_trained
 
 from helpers import ROOT, compose_config
 

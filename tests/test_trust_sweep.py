@@ -16,12 +16,11 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 
-from recsys_lightning.checkpoint_file import find_checkpoint
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.resume_command import command_line
-from recsys_lightning.sweep import check_sweep_resume
+from recsys_lightning.runs.checkpoint_file import find_checkpoint
+from recsys_lightning.runs.resume_command import check_sweep_resume, command_line
+from recsys_lightning.runs.trained_run import load_trained
 from recsys_lightning.train import train as run_training
-from recsys_lightning.trained_run import load_trained
 from recsys_lightning.validation import check_training_config
 
 from helpers import ROOT, run_module, training_config

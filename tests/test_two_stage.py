@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys_lightning.checkpoint_file import find_checkpoint
 from recsys_lightning.data.catalogue import PARTS
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.evaluate import evaluate_two_stage
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.recommend import serve
+from recsys_lightning.runs.checkpoint_file import find_checkpoint
+from recsys_lightning.runs.trained_run import load_trained
 from recsys_lightning.serving.service import RecommendationService, TwoStageService
-from recsys_lightning.trained_run import load_trained
 from recsys_lightning.two_stage import STAGES, compare_stages
 
 from helpers import FrameDataModule, compose_config, module_config, planted_frame, quiet_trainer, run_module, trained_run_folder

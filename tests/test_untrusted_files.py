@@ -8,13 +8,14 @@ import pytest
 import torch
 import yaml
 
-from recsys_lightning.checkpoint_file import FORMAT_KEY, FORMAT_VERSION, find_checkpoint
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.evaluate import evaluate
-from recsys_lightning.run_folder import RunFolder
-from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters, offered_targets
-from recsys_lightning.trained_run import load_trained
+from recsys_lightning.runs.checkpoint_file import FORMAT_KEY, FORMAT_VERSION, find_checkpoint
+from recsys_lightning.runs.offered import offered_targets
+from recsys_lightning.runs.run_folder import RunFolder
+from recsys_lightning.runs.safe_config import checked_component, checked_module_hyper_parameters
+from recsys_lightning.runs.trained_run import load_trained
 
 from helpers import options, run_module, training_config
 

@@ -18,9 +18,9 @@ from recsys_lightning.data.catalogue import PARTS
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.errors import ConfigError, UnknownId, quote
 from recsys_lightning.ranking import hits, top_k_unseen
+from recsys_lightning.retrieval import rerank_scores
+from recsys_lightning.runs.trained_run import TrainedRun
 from recsys_lightning.serving.vector_index import ItemVectorIndex
-from recsys_lightning.trained_run import TrainedRun
-from recsys_lightning.two_stage import rerank_scores
 
 UNKNOWN = -1
 ITEM_ITEM = "item-item"  # the `embedding` of neighbours found in a model's item-item matrix (itemknn, ease)

@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from recsys_lightning.atomic import atomic_file
 from recsys_lightning.errors import ConfigError, cut, first_line, quote
+from recsys_lightning.runs.atomic import atomic_file
 from recsys_lightning.serving.index_file import layout_mismatch
 
 log = logging.getLogger(__name__)

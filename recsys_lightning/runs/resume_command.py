@@ -1,4 +1,5 @@
-"""The command that resumes a stopped run, or a stopped sweep as a whole, printed when a signal stops it.
+"""The command that resumes a stopped run, or a stopped sweep as a whole, printed when a signal stops it;
+and the check that a sweep is resumed with the overrides it was started with.
 
 It is built from the overrides Hydra recorded of the command line (a sweep's from its multirun.yaml), so
 pasting it works: the folder and `ckpt_path` the user gave are replaced, not repeated, and every word is
@@ -16,14 +17,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from recsys_lightning.checkpoint_file import read_run_yaml
 from recsys_lightning.console import relative_path
 from recsys_lightning.errors import ConfigError, RecsysError
+from recsys_lightning.runs.hydra_record import read_run_yaml
 
 ENTRY_POINT = "recsys_lightning.train"
 SWEEP_RECORD = "multirun.yaml"
 # Overrides the resume command sets itself; `hydra.mode=MULTIRUN` is what `-m` records.
 REPLACED_KEYS = frozenset({"ckpt_path", "hydra.run.dir", "hydra.sweep.dir", "hydra.mode"})
+# Where the jobs run, not what they compute: a resumed sweep may change them (e.g. a SLURM partition).
+_LAUNCHER_KEYS = ("hydra/launcher", "hydra.launcher.")
 
 
 def resume_command(run_dir: str | Path, from_last: bool = True) -> str | None:
@@ -73,3 +76,32 @@ def recorded_sweep_overrides(sweep_dir: Path) -> tuple[list[str], list[str]]:
     if not all(isinstance(found, list) and all(isinstance(item, str) for item in found) for found in lists):
         raise ConfigError(f"{path}: holds no hydra.overrides.task and .hydra lists of strings; the sweep's record is damaged")
     return [str(item) for item in lists[0]], [str(item) for item in lists[1]]
+
+
+def check_sweep_resume(sweep_dir: Path, task: list[str], hydra: list[str]) -> None:
+    """A sweep resumes only with the overrides it was started with, in the same order: Hydra numbers the
+    jobs in that order and names each job's folder after its number and overrides, so anything else
+    would resume jobs in the wrong folders."""
+    recorded_task, recorded_hydra = recorded_sweep_overrides(sweep_dir)
+    recorded, given = _compared([*recorded_task, *recorded_hydra]), _compared([*task, *hydra])
+    if recorded == given:
+        return
+    missing, extra = [o for o in recorded if o not in given], [o for o in given if o not in recorded]
+    difference = (
+        f"it has {' '.join(missing) or 'nothing more'}, this command {' '.join(extra) or 'nothing more'}"
+        if missing or extra
+        else "the same overrides in another order, which numbers its jobs otherwise"
+    )
+    command = command_line(recorded_task, recorded_hydra, "hydra.sweep.dir", sweep_dir, sweep=True)
+    raise ConfigError(
+        f"hydra.sweep.dir={relative_path(sweep_dir)}: the sweep there was started with other overrides "
+        f"({SWEEP_RECORD}: {difference[:300]}); resume it with: {command}"
+    )
+
+
+def _compared(overrides: list[str]) -> list[str]:
+    return [
+        override
+        for override in overrides
+        if override_key(override) not in REPLACED_KEYS and not override_key(override).startswith(_LAUNCHER_KEYS)
+    ]

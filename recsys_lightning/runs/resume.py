@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-from recsys_lightning.checkpoint_file import CATALOGUE_KEY, catalogue_from_checkpoint
-from recsys_lightning.data.catalogue import Catalogue
-from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.models.weights import weight_mismatch
-from recsys_lightning.run_config import recorded_state
+from recsys_lightning.runs.checkpoint_file import recorded_catalogue
+from recsys_lightning.runs.run_config import recorded_state
+from recsys_lightning.runs.same_data import same_training_data
 
 if TYPE_CHECKING:
     from recsys_lightning.module import RecommenderModule
@@ -112,26 +111,15 @@ def check_resume_fits(checkpoint: dict[str, Any], path: Path, module: Recommende
             f"ckpt_path={path}: it was trained with another model or data ({problem}); resume with that run's "
             "overrides, or drop ckpt_path to start fresh"
         )
-    if CATALOGUE_KEY not in checkpoint:
-        raise ConfigError(
-            f"ckpt_path={path}: it carries no record of the data it was trained on; resume from a checkpoint "
-            "this version of the project wrote"
-        )
-    if not same_training_data(catalogue_from_checkpoint(checkpoint[CATALOGUE_KEY], path), module.data):
+    catalogue = recorded_catalogue(
+        checkpoint, path, "resume from a checkpoint this version of the project wrote", where=f"ckpt_path={path}"
+    )
+    if not same_training_data(catalogue, module.data):
         raise ConfigError(
             f"ckpt_path={path}: it was trained on other data (its users, items or training pairs differ from this "
             "run's); resume with that run's data overrides, or drop ckpt_path to start fresh"
         )
     _check_same_optimizer(checkpoint, path, module)
-
-
-def same_training_data(catalogue: Catalogue, data: TrainingData) -> bool:
-    """Whether a checkpoint's catalogue records the same users, items and training pairs as `data`."""
-    current = data.catalogue
-    if not (catalogue.user_ids.equals(current.user_ids) and catalogue.item_ids.equals(current.item_ids)):
-        return False
-    trained, positives = catalogue.seen_in(["train"]), data.positives.csr
-    return torch.equal(trained.indptr.long(), positives.indptr.long()) and torch.equal(trained.indices.long(), positives.indices.long())
 
 
 def _check_same_optimizer(checkpoint: dict[str, Any], path: Path, module: Any) -> None:

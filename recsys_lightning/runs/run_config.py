@@ -42,6 +42,9 @@ MAPPING = "{...}"
 # Interpolations that name a location (compared as text only: a moved run folder resolves them elsewhere).
 LOCATIONS = ("${paths.", "${hydra:", "${oc.env:", "${project_root:")
 SHOWN_KEYS = 3  # differing keys one error line names
+# Classes a config names that moved since older checkpoints recorded them: the same class under its new
+# name, so a run folder made before the move still resumes (issue 23 moved the run-folder modules to runs/).
+MOVED_TARGETS = {"recsys_lightning.checkpoint_io.AtomicCheckpointIO": "recsys_lightning.runs.checkpoint_io.AtomicCheckpointIO"}
 _MAX_DEPTH = 32  # a record nested deeper is not one this code wrote
 _MAX_LEAVES = 100_000
 
@@ -173,10 +176,17 @@ def _may_change(key: str) -> bool:
 
 
 def _canonical(key: str, value: Any) -> Any:
-    """Cut-offs are a set: eval.ks=[20,10] asks for the same metrics as [10,20]."""
+    """Cut-offs are a set: eval.ks=[20,10] asks for the same metrics as [10,20]; a class that moved is named as it is
+    now (MOVED_TARGETS)."""
     if key == "eval.ks" and isinstance(value, tuple) and all(isinstance(k, int) for k in value):
         return tuple(sorted(set(value)))
-    return value
+    return _moved(value)
+
+
+def _moved(value: Any) -> Any:
+    if isinstance(value, str):
+        return MOVED_TARGETS.get(value, value)
+    return tuple(_moved(item) for item in value) if isinstance(value, tuple) else value
 
 
 def _flat(node: Any) -> dict[str, Any]:

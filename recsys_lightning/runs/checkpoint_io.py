@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from recsys_lightning.atomic import WriteRecorder, atomic_file, write_failure
-from recsys_lightning.checkpoint_file import load_checkpoint
-from recsys_lightning.resume import CHECKPOINT_PATH_FIELDS
+from recsys_lightning.runs.atomic import WriteRecorder, atomic_file, write_failure
+from recsys_lightning.runs.checkpoint_file import load_checkpoint
+from recsys_lightning.runs.resume import CHECKPOINT_PATH_FIELDS
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from recsys_lightning.checkpoint_file import CATALOGUE_KEY, catalogue_from_checkpoint, first_non_finite, load_checkpoint
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.errors import ConfigError, RecsysError, first_line
 from recsys_lightning.models.base import Recommender
 from recsys_lightning.models.weights import WeightsMismatch, build_with_weights, check_weights
-from recsys_lightning.safe_config import checked_module_hyper_parameters
+from recsys_lightning.runs.checkpoint_file import first_non_finite, load_checkpoint, recorded_catalogue
+from recsys_lightning.runs.safe_config import checked_module_hyper_parameters
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,8 @@ class TrainedRun:
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedRun:
     """The model and catalogue of a checkpoint; its recorded config is checked before anything is built."""
     checkpoint = load_checkpoint(path, device)
-    if CATALOGUE_KEY not in checkpoint:
-        raise ConfigError(f"{path}: has no serving catalogue (it predates recommend); retrain the run to serve it")
+    catalogue = recorded_catalogue(checkpoint, path, "retrain the run to serve it")
     hyper_parameters = checked_module_hyper_parameters(checkpoint.get("hyper_parameters"), str(path))
-    catalogue = catalogue_from_checkpoint(checkpoint[CATALOGUE_KEY], path)
     if (catalogue.num_users, catalogue.num_items) != (hyper_parameters["num_users"], hyper_parameters["num_items"]):
         raise ConfigError(
             f"{path}: its catalogue ({catalogue.num_users} users x {catalogue.num_items} items) does not match "
@@ -91,3 +89,11 @@ def _refused_as_config_error(path: str | Path) -> Iterator[None]:
     except Exception as error:  # the constructor refused a recorded value (Hydra wraps it)
         cause = error.__cause__ or error
         raise ConfigError(f"{path}: its recorded model config cannot be built ({first_line(cause)}); the file was altered") from error
+
+
+def torch_device(name: str) -> torch.device:
+    """The device a trained run is loaded onto: `auto` is CUDA when there is one, `gpu` (Lightning's name,
+    evaluate's accelerator) is CUDA; other names were checked by the entry point's config check."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cuda" if name == "gpu" else name)

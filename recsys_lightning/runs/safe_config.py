@@ -2,20 +2,20 @@
 untrusted: `hydra.utils.instantiate` would build any `_target_` they name, at any depth.
 
 Before such a config is built, `checked_component` holds it to what the project itself offers: the
-top-level `_target_` must be one that a YAML file of the matching group under `conf/` names (so adding
-a model is still a class plus a YAML file), and every argument must be a scalar or a list of scalars.
-A nested mapping, a Hydra directive (`_args_`, `_recursive_`, ...) or an interpolation is refused.
+top-level `_target_` must be one the package lists for the matching group (runs/offered.py, which a test
+holds equal to what `conf/<group>/` names, so serving needs no conf/), and every argument must be a scalar
+or a list of scalars. A nested mapping, a Hydra directive (`_args_`, `_recursive_`, ...) or an interpolation
+is refused.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from functools import cache
 from typing import Any
 
-from recsys_lightning.config import group_options
 from recsys_lightning.errors import ConfigError, quote
+from recsys_lightning.runs.offered import offered_targets
 from recsys_lightning.validation import TRAINING_RULES, argument_names
 
 TARGET, PARTIAL = "_target_", "_partial_"
@@ -24,21 +24,6 @@ PARTIAL_GROUPS = ("optimizer", "scheduler")  # the module supplies their first a
 SUPPLIED = {"model": frozenset({"num_users", "num_items"}), "optimizer": frozenset({"params"}), "scheduler": frozenset({"optimizer"})}
 SCALARS = (str, int, float, bool, type(None))
 MAX_LIST_DEPTH = 2  # e.g. a list of hidden sizes, or split ratios
-
-
-@cache
-def offered_targets(group: str) -> frozenset[str]:
-    """Every `_target_` named anywhere in the options of `conf/<group>/`: the classes the project offers there."""
-    return frozenset(set().union(*(_targets_in(option) for option in group_options(group).values())))
-
-
-def _targets_in(node: Any) -> set[str]:
-    if isinstance(node, Mapping):
-        found = {node[TARGET]} if isinstance(node.get(TARGET), str) else set()
-        return found.union(*(_targets_in(value) for value in node.values()))
-    if isinstance(node, list):
-        return set().union(*(_targets_in(value) for value in node))
-    return set()
 
 
 def checked_component(group: str, node: Any, source: str) -> dict[str, Any]:

@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from omegaconf import DictConfig, OmegaConf
 
 from recsys_lightning.data.catalogue import STATE_VERSION, Catalogue, MalformedCatalogue
 from recsys_lightning.errors import ConfigError, first_line, quote
@@ -23,7 +21,6 @@ FORMAT_VERSION = 1  # raise it when a checkpoint's layout changes, so old files 
 CATALOGUE_KEY = "catalogue"
 BEST_CHECKPOINT_KEY = "best_checkpoint"
 METRICS_LIMIT = 1 << 20  # bytes; a real metrics.json is about 1 KiB
-RUN_YAML_LIMIT = 1 << 20  # bytes; Hydra's config.yaml, hydra.yaml and multirun.yaml are a few KiB
 CHECKPOINT_REMEDY = "pass checkpoint=last or checkpoint=<path>"
 # The records torch.save (2.x) writes, all in one folder of the zip; a tensor's bytes are data/<n>.
 TORCH_RECORD = re.compile(
@@ -244,28 +241,11 @@ def catalogue_from_checkpoint(state: Any, path: str | Path) -> Catalogue:
         raise ConfigError(f"{path}: its serving catalogue is malformed ({error}); the file was altered") from error
 
 
-def read_run_yaml(path: Path) -> DictConfig:
-    """A run folder's YAML file as a DictConfig, or one line naming the file.
-
-    Hydra writes plain YAML; a file over 1 MiB or one with anchors or aliases was not written by it,
-    and aliases nested in aliases ("billion laughs") expand exponentially. The token scan that finds
-    them takes linear time and builds nothing.
-    """
-    if not path.is_file() or path.stat().st_size > RUN_YAML_LIMIT:
-        raise ConfigError(f"{path}: not a regular file of at most 1 MiB, so not a config Hydra wrote; the run folder is damaged")
-    try:
-        text = path.read_text(encoding="utf-8")
-        if any(isinstance(token, (yaml.AnchorToken, yaml.AliasToken)) for token in yaml.scan(text, Loader=yaml.SafeLoader)):
-            raise ConfigError(
-                f"{path}: holds YAML anchors or aliases, which Hydra never writes; refusing to expand them, the run folder was altered"
-            )
-        config = OmegaConf.create(text)
-    except ConfigError:
-        raise
-    except Exception as error:  # undecodable bytes, YAML syntax, nesting too deep, values OmegaConf cannot hold
+def recorded_catalogue(checkpoint: dict[str, Any], path: str | Path, remedy: str, where: str = "") -> Catalogue:
+    """The catalogue `checkpoint` records: the ids and training pairs it was trained on, without which nothing can
+    tell its data from another's. One line naming `where` (by default the file) and `remedy` when it has none."""
+    if CATALOGUE_KEY not in checkpoint:
         raise ConfigError(
-            f"{path}: cannot be read ({type(error).__name__}: {first_line(error, 120)}); the run folder is damaged"
-        ) from error
-    if not isinstance(config, DictConfig):
-        raise ConfigError(f"{path}: holds a YAML {type(config).__name__}, not a mapping; the run folder is damaged")
-    return config
+            f"{where or path}: carries no record of the data it was trained on (no catalogue: an older version wrote it); {remedy}"
+        )
+    return catalogue_from_checkpoint(checkpoint[CATALOGUE_KEY], path)

@@ -14,11 +14,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from recsys_lightning.atomic import check_writable_folder
-from recsys_lightning.checkpoint_file import load_checkpoint
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, first_line
-from recsys_lightning.resume import check_resumable
-from recsys_lightning.sweep import check_sweep_resume
+from recsys_lightning.runs.atomic import check_writable_folder
+from recsys_lightning.runs.checkpoint_file import load_checkpoint
+from recsys_lightning.runs.resume import check_resumable
+from recsys_lightning.runs.resume_command import check_sweep_resume
 from recsys_lightning.validation import check_folder_path, config_value
 
 LOCK_NAME = ".run.lock"
