@@ -4,6 +4,8 @@ python -m recsys_lightning.recommend run_dir=outputs/runs/<run> user_id=42 k=10
 python -m recsys_lightning.recommend run_dir=outputs/runs/<run> item_id=1          # similar items
 python -m recsys_lightning.recommend run_dir=outputs/runs/<run> similar_users=42 k=5
 python -m recsys_lightning.recommend run_dir=outputs/runs/<run> users=all output=recs.csv
+python -m recsys_lightning.recommend run_dir=outputs/runs/<run> user_id=42 item_id=1   # one pair's score
+python -m recsys_lightning.recommend run_dir=outputs/runs/<run> pairs=pairs.csv output=scores.csv
 python -m recsys_lightning.recommend run_dir=outputs/runs/<run> user_id=42 index=faiss
 python -m recsys_lightning.recommend run_dir=outputs/runs/<reranker> retrieval.run_dir=outputs/runs/<retriever> user_id=42
 """
@@ -26,12 +28,14 @@ from tqdm import tqdm
 
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.catalogue import Catalogue
+from recsys_lightning.data.csv import read_id_pairs
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, interruptions_raise, quote
 from recsys_lightning.runs.atomic import atomic_file
 from recsys_lightning.runs.checkpoint_file import find_checkpoint
 from recsys_lightning.runs.other_runs import best_checkpoint_of, check_same_data
 from recsys_lightning.runs.trained_run import TrainedRun, load_trained, torch_device
 from recsys_lightning.serving.arguments import CSV_COLUMNS, TWO_STAGE_CSV_COLUMNS, check_serving_config
+from recsys_lightning.serving.pairs import export_pair_scores, pair_answer
 from recsys_lightning.serving.service import ITEM_ITEM, UNKNOWN, Recommendations, RecommendationService, TwoStageService
 from recsys_lightning.serving.vector_index import ItemVectorIndex, open_or_build
 from recsys_lightning.threads import apply_thread_count
@@ -40,7 +44,7 @@ from recsys_lightning.validation import shown
 log = logging.getLogger(__name__)
 register_resolvers()
 
-ACTIONS = ("user_id", "item_id", "similar_users", "users")
+ACTIONS = ("user_id", "item_id", "similar_users", "users", "pairs")
 
 
 def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
@@ -50,8 +54,14 @@ def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
     """
     check_serving_config(cfg)
     chosen = [action for action in ACTIONS if cfg.get(action) is not None]
+    if chosen in (["user_id", "item_id"], ["pairs"]):
+        _score_pairs(cfg, out)
+        return
     if len(chosen) != 1:
-        raise ConfigError(f"ask one thing per call: set exactly one of {', '.join(ACTIONS)} (got {', '.join(chosen) or 'none'})")
+        raise ConfigError(
+            f"ask one thing per call: set exactly one of {', '.join(ACTIONS)}, or user_id with item_id for one pair's score "
+            f"(got {', '.join(chosen) or 'none'})"
+        )
     run = load_trained(find_checkpoint(cfg.run_dir, cfg.checkpoint), torch_device(cfg.device))
     service = _service(cfg, run)
     log.info("serving %s from %s", run.model_name, run.checkpoint_path)
@@ -66,6 +76,25 @@ def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
             print(_neighbour_table(service, "user", cfg.similar_users, k, cfg.embedding), file=out)
         else:
             export_recommendations(service, _requested_users(cfg.users), k, cfg.output, out)
+        out.flush()
+    except OSError as error:  # writing to `out`: an output= file's own errors are ConfigErrors already
+        raise _cannot_write(error, out) from None
+
+
+def _score_pairs(cfg: DictConfig, out: TextIO) -> None:
+    """The model's score of user_id with item_id (one line), or of every pair in the `pairs` file (a CSV).
+    The file and its columns are checked before the checkpoint is loaded."""
+    chunks = None
+    if cfg.pairs is not None:
+        columns = {"user_col": cfg.pair_columns.user, "item_col": cfg.pair_columns.item}
+        chunks = read_id_pairs(cfg.pairs, **columns, key="pairs", columns_key="pair_columns", chunk_rows=cfg.chunk_size)
+    run = load_trained(find_checkpoint(cfg.run_dir, cfg.checkpoint), torch_device(cfg.device))
+    log.info("scoring pairs with %s from %s", run.model_name, run.checkpoint_path)
+    try:
+        if chunks is None:
+            print(pair_answer(run, cfg.user_id, cfg.item_id), file=out)
+        else:
+            export_pair_scores(run, cfg.pairs, chunks, cfg.output, out)
         out.flush()
     except OSError as error:  # writing to `out`: an output= file's own errors are ConfigErrors already
         raise _cannot_write(error, out) from None

@@ -19,6 +19,7 @@ from recsys_lightning.console import tensorboard_command
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.metrics import SWEEP_KS, summary_metrics
 from recsys_lightning.monitor import metric_mode
+from recsys_lightning.runs.atomic import atomic_file
 from recsys_lightning.runs.checkpoint_file import BEST_CHECKPOINT_KEY, read_run_metrics
 from recsys_lightning.runs.resume_command import override_key
 
@@ -47,7 +48,7 @@ def summarise_sweep(sweep_dir: Path, sort_by: str = SORT_BY, ascending: bool = F
         elif (run_dir / "error.txt").is_file():
             row["error"] = (run_dir / "error.txt").read_text().strip()
         else:
-            row["error"] = "no metrics.json: the run did not finish"
+            row["error"] = "no metrics.json: the run is running or did not finish"
         rows.append(row)
     columns = COLUMNS if sort_by in COLUMNS else [*COLUMNS[:2], sort_by, *COLUMNS[2:]]
     table = pd.DataFrame(rows).reindex(columns=columns).astype({"best_epoch": "Int64"})
@@ -63,15 +64,30 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 class SweepSummary(Callback):
-    """Writes summary.csv and summary.md in the sweep folder and prints the table; exits 1 if a run failed."""
+    """Writes summary.csv and summary.md in the sweep folder as each job starts and ends, and at the end
+    prints the table and exits 1 if a run failed.
+
+    Written at every job boundary, a summary outlives a sweep stopped midway (Ctrl-C, SIGTERM, even
+    SIGKILL, none of which reach `on_multirun_end`): it holds every job that finished, and the job that
+    was running as a row that did not finish. The order is the sweep's own (its optimized_metric and
+    loss, read once at the start), so a job of another loss does not re-sort it."""
+
+    def __init__(self) -> None:
+        self.order: tuple[str, bool] | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.order = _sort_order(config)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._update(config)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        self._update(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        sort_by = config.get("optimized_metric") or SORT_BY
-        table = summarise_sweep(sweep_dir, sort_by, ascending=metric_mode(sort_by, config.loss._target_) == "min")
-        table.to_csv(sweep_dir / "summary.csv", index=False)
+        table = write_summary(sweep_dir, *_sort_order(config))
         markdown = to_markdown(table)
-        (sweep_dir / "summary.md").write_text(markdown)
         print(f"\nSweep summary ({sweep_dir / 'summary.md'}):\n{markdown}")
         if any(sweep_dir.glob("*/events.out.tfevents.*")):
             print(f"next: {tensorboard_command(sweep_dir)}   (HParams tab: one row per run)")
@@ -79,6 +95,34 @@ class SweepSummary(Callback):
         if failed:
             log.error("%d of %d runs failed; see the error column", failed, len(table))
             raise SystemExit(1)
+
+    def _update(self, config: DictConfig) -> None:
+        """The summary as it stands; a summary that cannot be written must not stop the sweep. Hydra calls the job
+        hooks in a single run too, where no sweep started (no `order`) and nothing is written."""
+        if self.order is None:
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            write_summary(sweep_dir, *self.order)
+        except OSError as error:
+            log.warning("%s: the summary could not be updated (%s); the sweep goes on", sweep_dir, error.strerror or error)
+
+
+def write_summary(sweep_dir: Path, sort_by: str, ascending: bool) -> pd.DataFrame:
+    """summary.csv and summary.md of the jobs under `sweep_dir` as they stand, each written whole or not at all
+    (the jobs of a parallel launcher may write at once); returns the table."""
+    table = summarise_sweep(sweep_dir, sort_by, ascending)
+    with atomic_file(sweep_dir / "summary.csv") as handle:
+        table.to_csv(handle, index=False)
+    with atomic_file(sweep_dir / "summary.md") as handle:
+        handle.write(to_markdown(table))
+    return table
+
+
+def _sort_order(config: DictConfig) -> tuple[str, bool]:
+    """The sweep's optimized_metric (val/ndcg@10 when unset), and whether lower is better for it."""
+    sort_by = config.get("optimized_metric") or SORT_BY
+    return sort_by, metric_mode(sort_by, config.loss._target_) == "min"
 
 
 def _job_number(run_dir: Path) -> int:

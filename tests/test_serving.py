@@ -209,7 +209,7 @@ def test_cold_start_through_the_entry_point_is_flagged(movielens_run, tmp_path):
     [
         (["item_id=999999"], "item id 999999 is not in this run's data"),
         (["similar_users=999999"], "user id 999999 is not in this run's data"),
-        (["user_id=1", "item_id=1"], "ask one thing per call"),
+        (["user_id=1", "similar_users=1"], "ask one thing per call"),
         (["user_id=1", "exclude=[train,holdout]"], "exclude=[train,holdout]: must be a list, each entry one of train, valid, test"),
         (["user_id=1", "checkpoint=nowhere.ckpt"], ""),
     ],

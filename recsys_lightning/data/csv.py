@@ -35,6 +35,8 @@ COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zip", ".zst"}
 OPTIONAL_DECOMPRESSORS = {".zst": "zstandard"}  # pandas needs these packages for these suffixes
 CHUNK_ROWS = 1 << 20  # rows parsed at once: bounds the memory the ids' text takes before it becomes codes
 CANONICAL_INT = r"0|-?[1-9][0-9]{0,18}"  # the only spellings str(int(s)) gives back unchanged
+# (first row number, rows, row -> line of the file) per chunk of a file read a chunk at a time
+IdChunks = Iterator[tuple[int, pd.DataFrame, Callable[[int], int]]]
 
 
 def infer_separator(path: Path) -> str:
@@ -103,6 +105,38 @@ def read_interactions(
     if TARGET in joined:
         merged[TARGET] = joined[TARGET]
     return pd.DataFrame(merged)
+
+
+def read_id_pairs(path: str | Path, *, user_col: str, item_col: str, key: str, columns_key: str, chunk_rows: int) -> IdChunks:
+    """A file's user and item id columns as text, `chunk_rows` rows at a time: (first row, rows with columns
+    user_id and item_id, row -> line).
+
+    For files that name (user, item) pairs rather than interactions (recommend's `pairs=`). They get the
+    checks interaction files get (field counts, encoding, compression), and memory follows a chunk, not
+    the file. The file and its header are checked here, before the first chunk is asked for; `key` and
+    `columns_key` are the settings that name the file and its columns, for the messages.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"{key}={cut(str(path), 200)}: file not found; point {key} at a CSV file with columns {user_col!r} and {item_col!r}"
+        )
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty; it needs a header line and one (user, item) pair per line")
+    sep = infer_separator(path)
+    found = _header(path, sep, "utf-8")
+    for which, column in (("user", user_col), ("item", item_col)):
+        if column not in found:
+            raise DataError(
+                f"{path}: no column {column!r}; columns found: {_column_list(found)}. Set {columns_key}.{which} to the right one"
+            )
+    return _id_pairs(_chunks(path, sep, "utf-8", {USER: user_col, ITEM: item_col}, chunk_rows), user_col, item_col)
+
+
+def _id_pairs(chunks: IdChunks, user_col: str, item_col: str) -> IdChunks:
+    """Each chunk as user_id and item_id, whatever the file calls them and in whatever order they stand."""
+    for first_row, chunk, line_of_row in chunks:
+        yield first_row, pd.DataFrame({USER: chunk[user_col], ITEM: chunk[item_col]}), line_of_row
 
 
 class _ChunkReader:
@@ -207,8 +241,8 @@ def _header(path: Path, sep: str, encoding: str) -> list[str]:
         return [str(column) for column in pd.read_csv(stream, sep=sep, encoding=parser_encoding, nrows=0).columns]
 
 
-def _chunks(path: Path, sep: str, encoding: str, columns: dict[str, str]) -> Iterator[tuple[int, pd.DataFrame, Callable[[int], int]]]:
-    """(first row number, rows, row -> line) per chunk; ids as text, nothing read as missing (an id `NA` is an id)."""
+def _chunks(path: Path, sep: str, encoding: str, columns: dict[str, str], rows: int = CHUNK_ROWS) -> IdChunks:
+    """(first row number, rows, row -> line) per chunk of `rows`; ids as text, nothing read as missing (an id `NA` is an id)."""
     text_columns = {columns[USER]: str, columns[ITEM]: str}
     with _checked_file(path, sep, encoding) as (stream, parser_encoding):
         with pd.read_csv(
@@ -219,7 +253,7 @@ def _chunks(path: Path, sep: str, encoding: str, columns: dict[str, str]) -> Ite
             dtype=text_columns,
             keep_default_na=False,
             skip_blank_lines=False,
-            chunksize=CHUNK_ROWS,
+            chunksize=rows,
         ) as reader:
             first_row = 0
             for chunk in reader:

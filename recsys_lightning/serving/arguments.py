@@ -33,6 +33,8 @@ from recsys_lightning.validation import (
 
 CSV_COLUMNS = ["user_id", "rank", "item_id", "score", "source"]  # an export's header, by which output= knows our own files
 TWO_STAGE_CSV_COLUMNS = [*CSV_COLUMNS, "retrieval_score"]  # a two-stage export's: score is the re-ranker's
+PAIR_ID_COLUMNS = ["user_id", "item_id"]  # a pairs export's ids, then `score`, or `predicted_rating` for a rating model
+PAIR_CSV_COLUMNS = [[*PAIR_ID_COLUMNS, "score"], [*PAIR_ID_COLUMNS, "predicted_rating"]]
 
 SERVING_RULES: dict[str, Rule] = {
     "checkpoint": TEXT,
@@ -40,6 +42,9 @@ SERVING_RULES: dict[str, Rule] = {
     "item_id": optional(SCALAR_ID),
     "similar_users": optional(SCALAR_ID),
     "users": AnyOf((Choice(("all",)), ListOf(SCALAR_ID, 1, "[1,2,3]"), NULL)),
+    "pairs": optional(TEXT),
+    "pair_columns.user": TEXT,
+    "pair_columns.item": TEXT,
     "output": optional(TEXT),
     "k": integer(1),
     "exclude": ListOf(Choice(PARTS), 0, "[train,valid]"),
@@ -64,9 +69,15 @@ def check_serving_config(cfg: DictConfig) -> None:
     check_rules(cfg, SERVING_RULES)
     check_cuda_available("device", cfg.device)
     _check_retrieval(cfg)
+    scores_pairs = cfg.pairs is not None or (cfg.user_id is not None and cfg.item_id is not None)
+    if scores_pairs and cfg.index != "model":
+        raise ConfigError(f"index={shown(cfg.index)} searches for top-K items; a pair's score is the model's own: drop index")
     if cfg.output is not None:
-        if cfg.users is None:
-            raise ConfigError(f"output={shown(cfg.output)} is written only in batch mode: add users=all or users=[<ids>], or drop output")
+        if cfg.users is None and cfg.pairs is None:
+            raise ConfigError(
+                f"output={shown(cfg.output)} is written only in batch mode: add users=all or users=[<ids>] "
+                "(or pairs=<file> for pair scores), or drop output"
+            )
         _check_output_file(str(cfg.output))
 
 
@@ -76,7 +87,7 @@ def _check_retrieval(cfg: DictConfig) -> None:
         if cfg.retrieval.index != "model":
             raise ConfigError(f"retrieval.index={shown(cfg.retrieval.index)} needs retrieval.run_dir=<the retriever's run folder>")
         return
-    for action in ("item_id", "similar_users"):
+    for action in ("item_id", "similar_users", "pairs"):
         if cfg.get(action) is not None:
             raise ConfigError(f"{action} is answered by run_dir's model alone; drop retrieval.run_dir (it re-ranks user_id and users)")
     if cfg.index != "model":
@@ -121,4 +132,6 @@ def _is_our_export(path: Path) -> bool:
     except OSError:
         return False
     first_line, newline, _ = head.partition(b"\n")
-    return bool(newline) and first_line.rstrip(b"\r") in {",".join(columns).encode() for columns in (CSV_COLUMNS, TWO_STAGE_CSV_COLUMNS)}
+    return bool(newline) and first_line.rstrip(b"\r") in {
+        ",".join(columns).encode() for columns in (CSV_COLUMNS, TWO_STAGE_CSV_COLUMNS, *PAIR_CSV_COLUMNS)
+    }
