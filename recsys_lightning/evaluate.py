@@ -35,15 +35,17 @@ from recsys_lightning.checkpoint_file import (
 )
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.datamodule import InteractionDataModule
+from recsys_lightning.devices import check_cuda_available
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, first_line
 from recsys_lightning.models.weights import load_error_detail
 from recsys_lightning.module import RecommenderModule
+from recsys_lightning.ranges import NON_NEGATIVE, TEXT, Choice, Rule, integer, optional
 from recsys_lightning.resume import same_training_data
 from recsys_lightning.safe_config import checked_component, checked_module_hyper_parameters
 from recsys_lightning.threads import apply_thread_count
 from recsys_lightning.trained_run import check_weights_fit, load_trained, model_weights
 from recsys_lightning.two_stage import check_same_data, compare_stages, find_retriever
-from recsys_lightning.validation import TRAINING_RULES, check_evaluate_config, check_rules
+from recsys_lightning.validation import check_rules, check_run_dir_given
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -53,6 +55,15 @@ SPLITS = ("test", "valid")
 DATA_PATH_KEYS = ("path", "train_path", "valid_path", "test_path", "items_path", "data_dir")
 MOVIELENS_TARGET = "recsys_lightning.data.movielens.MovieLensDataModule"
 METRICS_REMEDY = "evaluate compares with it: restore the file, or retrain the run"
+# evaluate's arguments (conf/evaluate.yaml): no constructor takes them, so their ranges are declared here.
+EVALUATE_RULES: dict[str, Rule] = {
+    "checkpoint": TEXT,
+    "split": Choice(SPLITS),
+    "accelerator": Choice(("auto", "cpu", "gpu", "cuda")),
+    "tolerance": NON_NEGATIVE,
+    "retrieval.run_dir": optional(TEXT),
+    "retrieval.candidates": integer(1),
+}
 
 
 class MetricsDiffer(RecsysError):
@@ -152,11 +163,7 @@ def recorded_data_config(run_dir: Path) -> dict[str, Any]:
         data = OmegaConf.to_container(recorded.data, resolve=True)
     except Exception as error:  # YAML syntax, a missing key, an interpolation that cannot resolve
         raise ConfigError(f"{config_path}: cannot read its data config ({first_line(error)}); the run folder is damaged") from error
-    data = checked_component("data", data, str(config_path))
-    try:
-        check_rules(OmegaConf.create({"data": data}), {key: rule for key, rule in TRAINING_RULES.items() if key.startswith("data.")})
-    except ConfigError as error:
-        raise ConfigError(f"{config_path}: {error}") from error
+    data = checked_component("data", data, str(config_path))  # with the ranges its class declares
     training_cwd = _training_cwd(run_dir)
     for key in DATA_PATH_KEYS:
         if isinstance(data.get(key), str) and training_cwd is not None:
@@ -199,6 +206,13 @@ def is_recorded_checkpoint(run_dir: str | Path, checkpoint: str) -> bool:
     """Whether `checkpoint` is the file metrics.json's figures were computed from: only then must they agree."""
     named = read_run_metrics(run_dir, remedy=METRICS_REMEDY).get(BEST_CHECKPOINT_KEY)
     return bool(named) and find_checkpoint(run_dir, checkpoint).resolve() == (Path(run_dir) / named).resolve()
+
+
+def check_evaluate_config(cfg: DictConfig) -> None:
+    """`evaluate`'s arguments, checked before any data or checkpoint is read."""
+    check_run_dir_given(cfg)
+    check_rules(cfg, EVALUATE_RULES)
+    check_cuda_available("accelerator", cfg.accelerator)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys_lightning.metrics import PointwiseMetrics, PredictionMetric, RatingErrors
+from recsys_lightning.ranges import FLAG, NON_NEGATIVE, POSITIVE
 from recsys_lightning.samplers import InBatchSampler, NegativeSampler, UniformSampler
 
 
@@ -92,7 +94,7 @@ class RankingLoss(nn.Module):
     predicts_ratings = False
     monitor = "val/ndcg@10"
 
-    def __init__(self, l2: float = 0.0) -> None:
+    def __init__(self, l2: Annotated[float, NON_NEGATIVE] = 0.0) -> None:
         super().__init__()
         self.l2 = l2
 
@@ -164,7 +166,12 @@ class SampledSoftmaxLoss(RankingLoss):
     negatives estimate the full softmax instead of over-penalising popular items.
     """
 
-    def __init__(self, l2: float = 0.0, temperature: float = 1.0, log_q_correction: bool = True) -> None:
+    def __init__(
+        self,
+        l2: Annotated[float, NON_NEGATIVE] = 0.0,
+        temperature: Annotated[float, POSITIVE] = 1.0,
+        log_q_correction: Annotated[bool, FLAG] = True,
+    ) -> None:
         super().__init__(l2)
         self.temperature = temperature
         self.log_q_correction = log_q_correction
@@ -193,7 +200,7 @@ class FullSoftmaxLoss(RankingLoss):
 
     candidates = Candidates.CATALOGUE
 
-    def __init__(self, l2: float = 0.0, temperature: float = 1.0) -> None:
+    def __init__(self, l2: Annotated[float, NON_NEGATIVE] = 0.0, temperature: Annotated[float, POSITIVE] = 1.0) -> None:
         super().__init__(l2)
         self.temperature = temperature
 

@@ -29,13 +29,13 @@ from recsys_lightning.checkpoint_file import find_checkpoint
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, interruptions_raise, quote
+from recsys_lightning.ranges import shown
 from recsys_lightning.serving.arguments import CSV_COLUMNS, TWO_STAGE_CSV_COLUMNS, check_serving_config
 from recsys_lightning.serving.service import ITEM_ITEM, UNKNOWN, Recommendations, RecommendationService, TwoStageService
 from recsys_lightning.serving.vector_index import ItemVectorIndex, open_or_build
 from recsys_lightning.threads import apply_thread_count
 from recsys_lightning.trained_run import TrainedRun, load_trained
 from recsys_lightning.two_stage import check_same_data, find_retriever
-from recsys_lightning.validation import shown
 
 log = logging.getLogger(__name__)
 register_resolvers()
