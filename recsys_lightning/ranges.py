@@ -18,6 +18,7 @@ import re
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import cache
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from hydra.utils import get_class
@@ -187,14 +188,19 @@ def argument_names(target: str) -> frozenset[str] | None:
 def constructor_rules(target: str) -> dict[str, Rule]:
     """Argument name -> the Rule its constructor declares (`Annotated[int, Range(1, 64)]`), following
     `**kwargs` up the class hierarchy as `argument_names` does; the first declaration of a name wins."""
+    return dict(_declared_rules(target))
+
+
+@cache  # a class's signature does not change while it runs; reading it costs more than every check together
+def _declared_rules(target: str) -> tuple[tuple[str, Rule], ...]:
     rules: dict[str, Rule] = {}
     for init, parameters in _constructors(target):
-        hints = _annotated_hints(init)
+        hints = _evaluated_annotations(init)
         for parameter in parameters:
             rule = _rule_of(hints.get(parameter.name))
             if rule is not None:
                 rules.setdefault(parameter.name, rule)
-    return rules
+    return tuple(rules.items())
 
 
 def _constructors(target: str) -> Iterator[tuple[Callable[..., Any], list[inspect.Parameter]]]:
@@ -208,14 +214,14 @@ def _constructors(target: str) -> Iterator[tuple[Callable[..., Any], list[inspec
             return
 
 
-def _annotated_hints(init: Callable[..., Any]) -> dict[str, Any]:
+def _evaluated_annotations(init: Callable[..., Any]) -> dict[str, Any]:
     """The evaluated annotations of a constructor's parameters (as written: no implicit Optional for a None
     default). A library's may name types only its type checker imports: it declares no ranges, so it counts
     as none; ours must resolve, or a declared range would go unchecked."""
     try:
         return {name: p.annotation for name, p in inspect.signature(init, eval_str=True).parameters.items()}
     except (NameError, TypeError):
-        if getattr(init, "__module__", "").partition(".")[0] == __name__.partition(".")[0]:
+        if str(getattr(init, "__module__", "")).partition(".")[0] == __name__.partition(".")[0]:
             raise
         return {}
 
