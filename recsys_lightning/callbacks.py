@@ -7,13 +7,14 @@ import math
 import os
 import sys
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Timer, TQDMProgressBar
 
 from recsys_lightning.errors import ConfigError, TrainingDiverged
+from recsys_lightning.ranges import Range
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class NonFiniteLossGuard(pl.Callback):
     `check_every` steps and at the end of each epoch.
     """
 
-    def __init__(self, check_every: int = 50) -> None:
+    def __init__(self, check_every: Annotated[int, Range(1)] = 50) -> None:
         self.check_every = check_every
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -159,7 +160,7 @@ class TerminalProgressBar(TQDMProgressBar):
     """Lightning's progress bar in a terminal, off when stderr is a file or a pipe: there every refresh
     becomes a line (125 KB for a 20 s run), and EpochLog's lines say the same once per epoch."""
 
-    def __init__(self, refresh_rate: int = 5, **kwargs: Any) -> None:
+    def __init__(self, refresh_rate: Annotated[int, Range(0)] = 5, **kwargs: Any) -> None:
         super().__init__(refresh_rate=refresh_rate if sys.stderr.isatty() else 0, **kwargs)
 
 

@@ -25,9 +25,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.datamodule import InteractionDataModule
+from recsys_lightning.devices import check_cuda_available
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
 from recsys_lightning.models.weights import load_error_detail
 from recsys_lightning.module import RecommenderModule
+from recsys_lightning.ranges import NON_NEGATIVE, TEXT, Choice, Rule, integer, optional
 from recsys_lightning.runs.checkpoint_file import (
     BEST_CHECKPOINT_KEY,
     find_checkpoint,
@@ -42,13 +44,22 @@ from recsys_lightning.runs.same_data import same_training_data
 from recsys_lightning.runs.trained_run import check_weights_fit, load_trained, model_weights, torch_device
 from recsys_lightning.threads import apply_thread_count
 from recsys_lightning.two_stage import compare_stages
-from recsys_lightning.validation import check_evaluate_config
+from recsys_lightning.validation import check_rules, check_run_dir_given
 
 log = logging.getLogger(__name__)
 register_resolvers()
 
 SPLITS = ("test", "valid")
 METRICS_REMEDY = "evaluate compares with it: restore the file, or retrain the run"
+# evaluate's arguments (conf/evaluate.yaml): no constructor takes them, so their ranges are declared here.
+EVALUATE_RULES: dict[str, Rule] = {
+    "checkpoint": TEXT,
+    "split": Choice(SPLITS),
+    "accelerator": Choice(("auto", "cpu", "gpu", "cuda")),
+    "tolerance": NON_NEGATIVE,
+    "retrieval.run_dir": optional(TEXT),
+    "retrieval.candidates": integer(1),
+}
 
 
 class MetricsDiffer(RecsysError):
@@ -146,6 +157,13 @@ def is_recorded_checkpoint(run_dir: str | Path, checkpoint: str) -> bool:
     """Whether `checkpoint` is the file metrics.json's figures were computed from: only then must they agree."""
     named = read_run_metrics(run_dir, remedy=METRICS_REMEDY).get(BEST_CHECKPOINT_KEY)
     return bool(named) and find_checkpoint(run_dir, checkpoint).resolve() == (Path(run_dir) / named).resolve()
+
+
+def check_evaluate_config(cfg: DictConfig) -> None:
+    """`evaluate`'s arguments, checked before any data or checkpoint is read."""
+    check_run_dir_given(cfg)
+    check_rules(cfg, EVALUATE_RULES)
+    check_cuda_available("accelerator", cfg.accelerator)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Annotated, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys_lightning.metrics import PointwiseMetrics, PredictionMetric, RatingErrors
+from recsys_lightning.ranges import FLAG, NON_NEGATIVE, POSITIVE
 
 
 @dataclass
@@ -102,7 +103,7 @@ class RankingLoss(nn.Module):
     predicts_ratings = False
     monitor = "val/ndcg@10"
 
-    def __init__(self, l2: float = 0.0) -> None:
+    def __init__(self, l2: Annotated[float, NON_NEGATIVE] = 0.0) -> None:
         super().__init__()
         self.l2 = l2
 
@@ -175,7 +176,12 @@ class SampledSoftmaxLoss(RankingLoss):
     negatives estimate the full softmax instead of over-penalising popular items.
     """
 
-    def __init__(self, l2: float = 0.0, temperature: float = 1.0, log_q_correction: bool = True) -> None:
+    def __init__(
+        self,
+        l2: Annotated[float, NON_NEGATIVE] = 0.0,
+        temperature: Annotated[float, POSITIVE] = 1.0,
+        log_q_correction: Annotated[bool, FLAG] = True,
+    ) -> None:
         super().__init__(l2)
         self.temperature = temperature
         self.log_q_correction = log_q_correction
@@ -204,7 +210,7 @@ class FullSoftmaxLoss(RankingLoss):
 
     candidates = Candidates.CATALOGUE
 
-    def __init__(self, l2: float = 0.0, temperature: float = 1.0) -> None:
+    def __init__(self, l2: Annotated[float, NON_NEGATIVE] = 0.0, temperature: Annotated[float, POSITIVE] = 1.0) -> None:
         super().__init__(l2)
         self.temperature = temperature
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys_lightning.config import PROJECT_ROOT, group_options
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.ranges import shown
 
 # The groups whose option a preset's tuned keys depend on. `data` is not one: a preset's settings are
 # a fair start on other data. `scheduler` and `trainer` are settings of the schedule, not of the model.
@@ -41,7 +42,7 @@ def check_preset_choices(cfg: DictConfig) -> None:
         return
     chosen = " ".join(f"{group}={choices[group]}" for group in changed)
     pinned = " ".join(f"{group}={pins.get(group)}" for group in changed)
-    carried = ", ".join(f"{key}={_shown(value)}" for key, value in list(tuned.items())[:MAX_LISTED])
+    carried = ", ".join(f"{key}={shown(value)}" for key, value in list(tuned.items())[:MAX_LISTED])
     more = ", ..." if len(tuned) > MAX_LISTED else ""
     matching = [name for name in group_options("experiment") if all(preset_pins(name).get(g) == choices.get(g) for g in TUNED_FOR)]
     instead = f", or use a preset tuned for it: experiment={' or experiment='.join(matching)}" if matching else ""
@@ -109,10 +110,3 @@ def _choices_and_overrides(cfg: DictConfig) -> tuple[dict[str, Any], set[str]]:
     choices = OmegaConf.to_container(hydra_cfg.runtime.choices, resolve=False) or {}
     typed = {str(override).split("=", 1)[0].lstrip("+~") for override in hydra_cfg.overrides.task}
     return choices, typed
-
-
-def _shown(value: Any) -> str:
-    """As typed on the command line (validation.shown, which imports this module)."""
-    if isinstance(value, (bool, type(None))):
-        return {True: "true", False: "false", None: "null"}[value]
-    return str(value).replace(" ", "").replace("'", "") if isinstance(value, list) else str(value)

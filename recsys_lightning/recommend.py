@@ -30,6 +30,7 @@ from recsys_lightning.config import register_resolvers
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.csv import read_id_pairs
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, interruptions_raise, quote
+from recsys_lightning.ranges import shown
 from recsys_lightning.runs.atomic import atomic_file
 from recsys_lightning.runs.checkpoint_file import find_checkpoint
 from recsys_lightning.runs.other_runs import best_checkpoint_of, check_same_data
@@ -39,7 +40,6 @@ from recsys_lightning.serving.pairs import export_pair_scores, pair_answer
 from recsys_lightning.serving.service import ITEM_ITEM, UNKNOWN, Recommendations, RecommendationService, TwoStageService
 from recsys_lightning.serving.vector_index import ItemVectorIndex, open_or_build
 from recsys_lightning.threads import apply_thread_count
-from recsys_lightning.validation import shown
 
 log = logging.getLogger(__name__)
 register_resolvers()

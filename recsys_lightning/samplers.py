@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 from torch import Tensor
 
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.ranges import NON_NEGATIVE, TEXT, Range
 from recsys_lightning.retrieval import retrieve_for_every_user
 from recsys_lightning.runs.other_runs import best_checkpoint_of, check_trained_on
 from recsys_lightning.runs.trained_run import load_trained
@@ -58,9 +59,7 @@ class NegativeSampler(ABC):
     draws_from_batch = False
     uniform_unseen = False
 
-    def __init__(self, num_negatives: int = 1) -> None:
-        if num_negatives < 1:
-            raise ValueError(f"sampler.num_negatives must be >= 1, got {num_negatives}")
+    def __init__(self, num_negatives: Annotated[int, Range(1)] = 1) -> None:
         self.num_negatives = num_negatives
         self.generator: torch.Generator | None = None
 
@@ -99,7 +98,12 @@ class PopularitySampler(NegativeSampler):
     any left after that (users who own most of the popular mass) fall back to uniform negatives.
     """
 
-    def __init__(self, num_negatives: int = 1, alpha: float = 0.75, max_rounds: int = 20) -> None:
+    def __init__(
+        self,
+        num_negatives: Annotated[int, Range(1)] = 1,
+        alpha: Annotated[float, NON_NEGATIVE] = 0.75,
+        max_rounds: Annotated[int, Range(0)] = 20,
+    ) -> None:
         super().__init__(num_negatives)
         self.alpha = alpha
         self.max_rounds = max_rounds
@@ -158,7 +162,7 @@ class SharedPoolSampler(NegativeSampler):
     masked by the scoring.
     """
 
-    def __init__(self, num_negatives: int = 256, alpha: float = 0.0) -> None:
+    def __init__(self, num_negatives: Annotated[int, Range(1)] = 256, alpha: Annotated[float, NON_NEGATIVE] = 0.0) -> None:
         super().__init__(num_negatives)
         self.alpha = alpha
 
@@ -178,7 +182,7 @@ class HardNegativeSampler(NegativeSampler):
     """Dynamic negative sampling (Zhang et al. 2013): of `candidates` uniform unseen items, keep the one
     the current model scores highest, for each negative."""
 
-    def __init__(self, num_negatives: int = 1, candidates: int = 8) -> None:
+    def __init__(self, num_negatives: Annotated[int, Range(1)] = 1, candidates: Annotated[int, Range(1)] = 8) -> None:
         super().__init__(num_negatives)
         self.candidates = candidates
 
@@ -200,7 +204,12 @@ class RetrievedSampler(NegativeSampler):
     `run_dir`, trained on this run's data and split.
     """
 
-    def __init__(self, num_negatives: int = 1, run_dir: str | None = None, candidates: int = 200) -> None:
+    def __init__(
+        self,
+        num_negatives: Annotated[int, Range(1)] = 1,
+        run_dir: Annotated[str | None, TEXT] = None,
+        candidates: Annotated[int, Range(1)] = 200,
+    ) -> None:
         super().__init__(num_negatives)
         self.run_dir = run_dir
         self.candidates = candidates

@@ -1,188 +1,54 @@
 """Checks of a composed config, run once before any data is loaded, so a bad value is one line that
 names the key and the accepted range, never a traceback from torch or Lightning after an epoch.
 
-Each entry point has a table of rules, key -> accepted values (recommend's is in serving/arguments.py,
-beside the serving facts it needs); a key its config does not have (say model.gmf_dim with model=mf,
-or a dropped callback) is skipped. Checks across keys follow the table: monitors against the metrics
-eval.ks makes, loss against sampler, folders against files.
+What a key accepts is declared once (ranges.py): on the constructor parameter it rules (models, losses,
+samplers, data sources, callbacks), else in the table of the entry point that takes it: train's below
+(top-level keys, Lightning's and torch's classes), evaluate's in evaluate.py, recommend's in
+serving/arguments.py. A key the config lacks (model.gmf_dim with model=mf) is skipped. Checks across
+keys follow here: monitors against the metrics eval.ks makes, loss against sampler, folders against files.
 """
 
 from __future__ import annotations
 
 import difflib
-import inspect
-import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from recsys_lightning import monitor
 from recsys_lightning.config import group_options
-from recsys_lightning.data.split import SPLIT_KINDS
+from recsys_lightning.devices import check_cuda_available, check_trainer_devices
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.metrics import METRIC_NAMES
 from recsys_lightning.presets import check_preset_choices, replaced_preset_key
+from recsys_lightning.ranges import (
+    FLAG,
+    MODE,
+    NON_NEGATIVE,
+    NULL,
+    POSITIVE,
+    TEXT,
+    AnyOf,
+    Choice,
+    ListOf,
+    Range,
+    Rule,
+    argument_names,
+    constructor_rules,
+    integer,
+    optional,
+    shown,
+)
 
-MAX_WIDTH = 2**16
-MAX_COUNT = 2**31 - 1
-MAX_SHOWN = 80  # characters of a bad value quoted in a message
 _ABSENT = object()
-
-
-class Rule:
-    """The values one key accepts: `accepts` decides, `str(rule)` tells the user what would do."""
-
-    def accepts(self, value: Any) -> bool:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class Number(Rule):
-    """A finite int or float, never a bool (`integer`: ints only), within [low, high]; an `open_` side
-    excludes its bound."""
-
-    low: float | None = None
-    high: float | None = None
-    integer: bool = False
-    open_low: bool = False
-    open_high: bool = False
-
-    def accepts(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
-            return False
-        if isinstance(value, float) and not math.isfinite(value):
-            return False
-        above = self.low is None or value > self.low or (value == self.low and not self.open_low)
-        below = self.high is None or value < self.high or (value == self.high and not self.open_high)
-        return above and below
-
-    def __str__(self) -> str:
-        kind = "an integer" if self.integer else "a number"
-        if self.low is not None and self.high is not None:
-            return f"{kind} in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
-        if self.low is not None:
-            return f"{kind} {'>' if self.open_low else '>='} {self.low}"
-        if self.high is not None:
-            return f"{kind} {'<' if self.open_high else '<='} {self.high}"
-        return "an integer" if self.integer else "a finite number"
-
-
-def integer(low: int | None = None, high: int | None = None) -> Number:
-    return Number(low, high, integer=True)
-
-
-@dataclass(frozen=True)
-class Choice(Rule):
-    """One of the given values, compared with their type (so true is not 1)."""
-
-    options: tuple[Any, ...]
-
-    def accepts(self, value: Any) -> bool:
-        return any(type(value) is type(option) and value == option for option in self.options)
-
-    def __str__(self) -> str:
-        options = ", ".join(shown(option) for option in self.options)
-        return options if len(self.options) == 1 else f"one of {options}"
-
-
-@dataclass(frozen=True)
-class Pattern(Rule):
-    """A string matching `regex` as a whole; `description` is what the user reads."""
-
-    regex: str
-    description: str
-
-    def accepts(self, value: Any) -> bool:
-        return isinstance(value, str) and re.fullmatch(self.regex, value) is not None
-
-    def __str__(self) -> str:
-        return self.description
-
-
-@dataclass(frozen=True)
-class ListOf(Rule):
-    """A list of at least `min_length` entries, each accepted by `entry`."""
-
-    entry: Rule
-    min_length: int
-    example: str
-
-    def accepts(self, value: Any) -> bool:
-        return isinstance(value, list) and len(value) >= self.min_length and all(self.entry.accepts(item) for item in value)
-
-    def __str__(self) -> str:
-        return f"a {'non-empty ' if self.min_length else ''}list, each entry {self.entry}, e.g. {self.example}"
-
-
-@dataclass(frozen=True)
-class AnyOf(Rule):
-    rules: tuple[Rule, ...]
-
-    def accepts(self, value: Any) -> bool:
-        return any(rule.accepts(value) for rule in self.rules)
-
-    def __str__(self) -> str:
-        return " or ".join(str(rule) for rule in self.rules)
-
-
-@dataclass(frozen=True)
-class Kind(Rule):
-    """Any value of the given Python types (never a bool unless bool is one of them)."""
-
-    types: tuple[type, ...]
-    description: str
-
-    def accepts(self, value: Any) -> bool:
-        return isinstance(value, self.types) and (bool in self.types or not isinstance(value, bool))
-
-    def __str__(self) -> str:
-        return self.description
-
-
-class Encoding(Rule):
-    def accepts(self, value: Any) -> bool:
-        try:
-            # str.encode accepts text encodings only: codecs.lookup would also take base64 or rot13.
-            return isinstance(value, str) and "".encode(value) is not None
-        except LookupError:
-            return False
-
-    def __str__(self) -> str:
-        return "a text encoding Python knows (utf-8, latin-1, cp1252, utf-16, ...)"
-
-
-class Shares(Rule):
-    """Train, valid and test shares of a ratio or temporal split."""
-
-    def accepts(self, value: Any) -> bool:
-        numbers = isinstance(value, list) and len(value) == 3 and all(Number(0, open_low=True).accepts(share) for share in value)
-        return numbers and abs(sum(value) - 1.0) <= 1e-6
-
-    def __str__(self) -> str:
-        return "three positive numbers (train, valid, test) summing to 1, e.g. [0.8,0.1,0.1]"
-
-
-NULL = Kind((type(None),), "null")
-FLAG = Kind((bool,), "true or false")
-TEXT = Pattern(r"(?s).+", "a non-empty string")
-MODE = Choice(("min", "max"))
-POSITIVE = Number(0, open_low=True)
-NON_NEGATIVE = Number(0)
-SCALAR_ID = Kind((str, int, float, bool), "a single id")
 # A Lightning batch limit: a count of batches (int) or a share of them (float); null = all.
-BATCH_LIMIT = AnyOf((integer(1), Number(0, 1, open_low=True), NULL))
+BATCH_LIMIT = AnyOf((integer(1), Range(0, 1, open_low=True), NULL))
 
-
-def optional(rule: Rule) -> Rule:
-    return AnyOf((rule, NULL))
-
-
+# train's keys that no constructor of the project takes (those declare their own: ranges.py).
 TRAINING_RULES: dict[str, Rule] = {
     # conf/config.yaml
     "seed": integer(0, 2**32 - 1),  # numpy's seed range
@@ -194,74 +60,17 @@ TRAINING_RULES: dict[str, Rule] = {
     "optimized_metric": optional(TEXT),
     "memory_limit_gib": optional(NON_NEGATIVE),
     "pretrained_from": ListOf(TEXT, 0, "[outputs/runs/<date>/<time>_gmf,outputs/runs/<date>/<time>_mlp]"),
-    # conf/data
-    "data.split": Choice(SPLIT_KINDS),
-    "data.split_ratios": Shares(),
-    "data.batch_size": integer(1),
-    "data.eval_chunk_size": integer(1),
-    "data.eval_max_scores": integer(1),
-    "data.val_users": optional(integer(1)),
-    "data.min_rating": optional(Number()),
-    "data.min_user_interactions": integer(0),
-    "data.min_item_interactions": integer(0),
-    "data.encoding": Encoding(),
-    "data.on_overlap": Choice(("drop", "error")),
-    "data.sep": optional(TEXT),
-    "data.item_features": ListOf(TEXT, 0, "[genre,year]"),
-    "data.user_features": ListOf(TEXT, 0, "[age,gender,occupation]"),
-    "data.users_path": optional(TEXT),
-    "data.feature_sep": optional(TEXT),
-    "data.download_timeout": POSITIVE,
-    # Indices are int64 but counts beyond 2^31 users or items are a typo on any machine this runs on.
-    "data.num_users": integer(1, MAX_COUNT),
-    "data.num_items": integer(1, MAX_COUNT),
-    "data.num_interactions": integer(1, MAX_COUNT),
-    "data.num_clusters": integer(1),
-    "data.popularity_exponent": Number(),
-    "data.user_activity_exponent": Number(),
-    "data.affinity": Number(0, 1),
-    # conf/model
-    # Widths up to 2^16: far beyond any useful embedding, and a crafted checkpoint cannot ask for terabytes.
-    "model.dim": integer(1, MAX_WIDTH),
-    "model.gmf_dim": integer(1, MAX_WIDTH),
-    "model.mlp_dim": integer(1, MAX_WIDTH),
-    "model.hidden": ListOf(integer(1, MAX_WIDTH), 1, "[64,32]"),
-    "model.dropout": Number(0, 1, open_high=True),
-    "model.init_std": POSITIVE,
-    "model.bias": FLAG,
-    "model.zero_init_mlp": FLAG,
-    "model.paths": ListOf(Choice(("gmf", "mlp")), 1, "[gmf,mlp]"),
-    "model.pretrained_alpha": Number(0, 1),
-    "model.features": FLAG,
-    "model.id_dropout": Number(0, 1, open_high=True),
-    # set from the data's feature vocabularies (build.with_feature_counts); bounded for checkpoints' sake
-    "model.num_item_features": integer(0, MAX_COUNT),
-    "model.num_user_features": integer(0, MAX_COUNT),
-    "model.sparse_gradients": FLAG,
-    "model.l2": POSITIVE,  # EASE's lambda: X^T X + l2 I must be invertible
-    "model.max_items": integer(1),
-    "model.num_neighbours": integer(1, MAX_COUNT),
-    "model.shrink": NON_NEGATIVE,
-    # conf/loss, conf/sampler
-    "loss.l2": NON_NEGATIVE,
-    "loss.temperature": POSITIVE,
-    "loss.log_q_correction": FLAG,
-    "sampler.num_negatives": integer(1),
-    "sampler.candidates": integer(1),
-    "sampler.run_dir": optional(TEXT),  # required by sampler=retrieved, which says so when it is bound
-    "sampler.alpha": NON_NEGATIVE,  # count^alpha: a negative power of an unseen item's 0 count is inf
-    "sampler.max_rounds": integer(0),
-    # conf/optimizer, conf/scheduler
+    # conf/optimizer, conf/scheduler: torch's classes
     "optimizer.lr": POSITIVE,
     "optimizer.weight_decay": NON_NEGATIVE,
     "optimizer.initial_accumulator_value": NON_NEGATIVE,
     "optimizer.fused": optional(FLAG),
     "scheduler.interval": Choice(("epoch", "step")),
     "scheduler.scheduler.mode": MODE,
-    "scheduler.scheduler.factor": Number(0, 1, open_low=True, open_high=True),
+    "scheduler.scheduler.factor": Range(0, 1, open_low=True, open_high=True),
     "scheduler.scheduler.patience": integer(0),
     "scheduler.scheduler.T_max": integer(1),
-    # conf/trainer
+    # conf/trainer, conf/callbacks: Lightning's classes
     "trainer.max_epochs": integer(1),
     "trainer.accelerator": Choice(("auto", "cpu", "gpu", "cuda", "mps", "tpu")),
     "trainer.devices": AnyOf((integer(1), Choice((-1, "auto")), ListOf(integer(0), 1, "[0,1]"))),
@@ -274,23 +83,14 @@ TRAINING_RULES: dict[str, Rule] = {
     "trainer.deterministic": AnyOf((FLAG, Choice(("warn",)))),
     "trainer.gradient_clip_val": optional(NON_NEGATIVE),
     "trainer.gradient_clip_algorithm": Choice(("norm", "value")),
-    # conf/callbacks
     "callbacks.early_stopping.patience": integer(0),
     "callbacks.early_stopping.mode": MODE,
     "callbacks.model_checkpoint.mode": MODE,
     "callbacks.model_checkpoint.save_top_k": integer(-1),
-    "callbacks.progress_bar.refresh_rate": integer(0),
-    "callbacks.nonfinite_loss_guard.check_every": integer(1),
 }
 
-EVALUATE_RULES: dict[str, Rule] = {
-    "checkpoint": TEXT,
-    "split": Choice(("test", "valid")),
-    "accelerator": Choice(("auto", "cpu", "gpu", "cuda")),
-    "tolerance": NON_NEGATIVE,
-    "retrieval.run_dir": optional(TEXT),
-    "retrieval.candidates": integer(1),
-}
+# The groups a run builds from their `_target_`: their keys are the constructor's arguments.
+BUILT_GROUPS = ("data", "model", "loss", "sampler", "optimizer", "trainer")
 
 
 def check_training_config(cfg: DictConfig) -> None:
@@ -298,14 +98,23 @@ def check_training_config(cfg: DictConfig) -> None:
     check_known_keys(cfg)
     check_preset_choices(cfg)
     check_rules(cfg, TRAINING_RULES)
+    for key, node in _built_nodes(cfg, with_callbacks=True):
+        check_rules(cfg, {f"{key}.{name}": rule for name, rule in constructor_rules(node._target_).items()})
     check_monitors(cfg)
     check_loss_and_sampler(cfg)
     check_checkpoint_schedule(cfg)
     check_cuda_available("trainer.accelerator", cfg.trainer.accelerator)
-    _check_trainer_devices(cfg)
+    check_trainer_devices(cfg.trainer.accelerator, config_value(cfg, "trainer.devices"))
     for key in ("paths.data_dir", "paths.run_dir"):
         check_folder_path(key, config_value(cfg, key))
     _check_pretrained_runs(config_value(cfg, "pretrained_from"))
+
+
+def _built_nodes(cfg: DictConfig, with_callbacks: bool = False) -> list[tuple[str, DictConfig]]:
+    """(key, node) of each node the run builds from a `_target_`: the groups' and, `with_callbacks`, each callback's."""
+    callbacks = [(f"callbacks.{name}", node) for name, node in (cfg.get("callbacks") or {}).items()] if with_callbacks else []
+    nodes = [(group, cfg.get(group)) for group in BUILT_GROUPS] + callbacks
+    return [(key, node) for key, node in nodes if isinstance(node, DictConfig) and isinstance(node.get("_target_"), str)]
 
 
 # Keys Hydra's instantiate reads itself, never passed to the constructor.
@@ -316,10 +125,7 @@ def check_known_keys(cfg: DictConfig) -> None:
     """A key the group's class does not take (`+trainer.max_epoch=3`, or a preset's `model.features`
     kept after `model=popularity`) is one line naming the closest valid key, before any data is loaded;
     otherwise the constructor's TypeError comes after the data, with an empty run folder left behind."""
-    for group in ("data", "model", "loss", "sampler", "optimizer", "trainer"):
-        node = cfg.get(group)
-        if not isinstance(node, DictConfig) or not isinstance(node.get("_target_"), str):
-            continue
+    for group, node in _built_nodes(cfg):
         accepted = argument_names(node._target_)
         if accepted is None:
             continue
@@ -334,27 +140,6 @@ def check_known_keys(cfg: DictConfig) -> None:
             hint = f"did you mean {group}.{close[0]}?" if close else f"it takes {', '.join(settable)[:300] or 'none'}"
             owner = node._target_.rsplit(".", 1)[-1]
             raise ConfigError(f"{group}.{key}: {owner} has no such setting; {hint}")
-
-
-def argument_names(target: str) -> frozenset[str] | None:
-    """Keyword arguments `target`'s constructor takes, following `**kwargs` up the class hierarchy;
-    None when some constructor takes any keyword (nothing to check names against)."""
-    names: set[str] = set()
-    for klass in get_class(target).__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
-        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            return frozenset(names)
-    return None
-
-
-def check_evaluate_config(cfg: DictConfig) -> None:
-    """`evaluate`'s arguments, checked before any data or checkpoint is read."""
-    check_run_dir_given(cfg)
-    check_rules(cfg, EVALUATE_RULES)
-    check_cuda_available("accelerator", cfg.accelerator)
 
 
 def _check_pretrained_runs(run_dirs: Any) -> None:
@@ -387,11 +172,6 @@ def logged_metrics(cfg: DictConfig) -> list[str]:
     return names + [f"val/{name}" for kind in loss_class.prediction_metrics for name in kind.names]
 
 
-def lower_is_better(cfg: DictConfig) -> list[str]:
-    """The logged metrics a monitor must watch with mode=min: the training loss and errors."""
-    return monitor.lower_is_better(cfg.loss._target_)
-
-
 def check_monitors(cfg: DictConfig) -> None:
     """Every monitor (`monitor`, callbacks, plateau scheduler, optimized_metric) must name a metric this
     run makes, watched in the right direction. Keys naming the same missing metric are reported
@@ -417,7 +197,7 @@ def check_monitors(cfg: DictConfig) -> None:
     if cfg.get("optimized_metric"):
         monitors[("optimized_metric", None)] = recorded
     missing: dict[str, tuple[list[str], list[str]]] = {}
-    lower = lower_is_better(cfg)
+    lower = monitor.lower_is_better(cfg.loss._target_)  # watched with mode=min: the training loss and errors
     for (key, mode_key), valid in monitors.items():
         name = config_value(cfg, key)
         if name not in valid:
@@ -503,50 +283,6 @@ def check_folder_path(key: str, path: Any) -> None:
         raise ConfigError(f"{key}={shown(str(path))} {where}; point it at a folder (or a path that does not exist yet)")
 
 
-def check_cuda_available(key: str, device: Any) -> None:
-    """A device asked for (cuda, cuda:<index>, gpu; mps, tpu) must exist here: torch and Lightning fail
-    only later, after the data is loaded (for tpu, in a many-line Hydra error about torch_xla)."""
-    if device in ("mps", "tpu"):
-        missing = _missing_backend(device)
-        if missing:
-            raise ConfigError(f"{key}={device}: {missing}; use {key}=cpu or auto")
-        return
-    if not (isinstance(device, str) and device.split(":")[0] in ("cuda", "gpu")):
-        return
-    available = _cuda_devices()
-    if available == 0:
-        raise ConfigError(f"{key}={device}: no CUDA device is visible here; use {key}=cpu (or auto)")
-    if ":" in device and int(device.split(":")[1]) >= available:
-        raise ConfigError(f"{key}={device}: only {available} CUDA device(s) here, cuda:0 to cuda:{available - 1}")
-
-
-def _missing_backend(accelerator: str) -> str:
-    """Why Lightning's mps or tpu accelerator cannot run here, '' when it can (as far as can be told
-    without starting it: a TPU also needs the machine to have one)."""
-    import importlib.util
-
-    if accelerator == "mps":
-        return "" if torch.backends.mps.is_available() else "Apple's MPS backend is not available here (macOS on Apple silicon only)"
-    return "" if importlib.util.find_spec("torch_xla") is not None else "a TPU needs torch_xla, which is not installed here"
-
-
-def _check_trainer_devices(cfg: DictConfig) -> None:
-    """On CUDA, Lightning fails after the data is loaded when trainer.devices asks for more GPUs than exist."""
-    accelerator, devices = cfg.trainer.accelerator, config_value(cfg, "trainer.devices")
-    available = _cuda_devices()
-    if accelerator not in ("gpu", "cuda") and not (accelerator == "auto" and available):
-        return
-    wanted = max(devices) + 1 if isinstance(devices, list) else devices if isinstance(devices, int) else 1
-    if wanted > available:
-        raise ConfigError(
-            f"trainer.devices={shown(devices)}: only {available} CUDA device(s) here; lower it or use trainer.accelerator=cpu"
-        )
-
-
-def _cuda_devices() -> int:
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def _first_existing(path: Path) -> Path:
     return next(candidate for candidate in (path, *path.parents) if candidate.exists() or candidate == candidate.parent)
 
@@ -560,10 +296,3 @@ def config_value(cfg: DictConfig, key: str) -> Any:
     except OmegaConfBaseException as error:
         raise ConfigError(f"{key}: {shown(str(error).splitlines()[0], 200)}") from error
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
-
-
-def shown(value: Any, limit: int = MAX_SHOWN) -> str:
-    """A value as a user types it on the command line, cut to `limit` characters."""
-    text = {True: "true", False: "false", None: "null"}.get(value, value) if isinstance(value, (bool, type(None))) else value
-    text = str(text).replace("'", "").replace(" ", "") if isinstance(text, list) else str(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -7,6 +7,7 @@ import gzip
 import logging
 import lzma
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -14,6 +15,10 @@ import pytest
 
 from recsys_lightning.data.csv import CsvDataModule
 from recsys_lightning.errors import ConfigError, DataError
+from recsys_lightning.safe_config import checked_component
+from recsys_lightning.validation import check_training_config
+
+from helpers import training_config
 
 HEADER = "userId,itemId,rating,timestamp\n"
 GOOD_ROWS = "".join(f"u{u},i{(u * 7 + k) % 30},{1 + (u + k) % 5},{1000 + k}\n" for u in range(20) for k in range(12))
@@ -216,9 +221,14 @@ def test_zst_without_zstandard_says_what_to_install(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("encoding", ["utf-9", "base64", ""])
-def test_unknown_encoding_is_a_config_error_listing_real_ones(tmp_path, encoding):
-    with pytest.raises(ConfigError, match=f"data.encoding='{encoding}' is not a text encoding Python knows; use one such as utf-8"):
-        CsvDataModule(path=str(write(tmp_path / "x.csv", HEADER + GOOD_ROWS)), encoding=encoding)
+def test_unknown_encoding_is_a_config_error_listing_real_ones(encoding):
+    """Refused before any file is opened: up front for a composed config, and for a run's recorded one."""
+    accepted = "must be a text encoding Python knows (utf-8, latin-1, cp1252, utf-16, ...)"
+    with pytest.raises(ConfigError, match=re.escape(f"data.encoding={encoding}: {accepted}")):
+        check_training_config(training_config("data=csv", f"data.encoding='{encoding}'"))
+    recorded = {"_target_": "recsys_lightning.data.csv.CsvDataModule", "path": "x.csv", "encoding": encoding}
+    with pytest.raises(ConfigError, match=re.escape(f"config.yaml: data.encoding='{encoding}': {accepted}; refusing to build it")):
+        checked_component("data", recorded, "config.yaml")
 
 
 def test_quoted_raw_values_are_cut_short(tmp_path):

@@ -35,7 +35,7 @@ def test_only_serving_imports_serving(path):
 
 @pytest.mark.parametrize("path", sorted((PACKAGE / "data").glob("*.py")), ids=lambda path: path.name)
 def test_data_imports_only_data_errors_and_seeds(path):
-    allowed = ("recsys_lightning.data", "recsys_lightning.errors", "recsys_lightning.seeds")
+    allowed = ("recsys_lightning.data", "recsys_lightning.errors", "recsys_lightning.ranges", "recsys_lightning.seeds")
     assert not [name for name in imports_of(path) if not name.startswith(allowed)]
 
 

@@ -10,6 +10,7 @@ import torch
 from recsys_lightning.build import build_module
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.models import NeuMF
+from recsys_lightning.ranges import constructor_rules
 
 from helpers import FrameDataModule, module_config, planted_frame, quiet_trainer
 
@@ -56,8 +57,8 @@ def test_single_path_models_score_with_their_own_path_only():
     assert mlp.user_gmf is None and list(mlp.embedding_tables()) == ["mlp"]
     # alone, the MLP must not start at zero (every item would tie and nothing would be learned)
     assert mlp.score_all(users).std() > 0
-    with pytest.raises(ValueError, match="model.paths"):
-        NeuMF(5, 7, paths=["gmf", "attention"])
+    paths = constructor_rules("recsys_lightning.models.NeuMF")["paths"]
+    assert [paths.accepts(value) for value in (["gmf"], ["gmf", "mlp"], ["gmf", "attention"], [])] == [True, True, False, False]
 
 
 def test_neumf_from_gmf_and_mlp_scores_alpha_weighted_sum_of_both(gmf_and_mlp):

@@ -3,6 +3,7 @@ import torch
 
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.data.sparse import UserItemCSR
+from recsys_lightning.ranges import constructor_rules
 from recsys_lightning.samplers import HardNegativeSampler, InBatchSampler, PopularitySampler, SharedPoolSampler, UniformSampler
 
 
@@ -79,8 +80,8 @@ def test_same_seed_same_negatives_and_new_seed_new_ones():
 
 
 def test_num_negatives_must_be_positive():
-    with pytest.raises(ValueError, match="num_negatives"):
-        UniformSampler(num_negatives=0)
+    rule = constructor_rules("recsys_lightning.samplers.UniformSampler")["num_negatives"]
+    assert (rule.accepts(1), rule.accepts(0), rule.accepts(1.5), str(rule)) == (True, False, False, "an integer >= 1")
 
 
 def test_popularity_negatives_follow_count_to_the_alpha():

@@ -16,7 +16,8 @@ from recsys_lightning.config import register_resolvers
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.recommend import serve
 from recsys_lightning.serving import vector_index
-from recsys_lightning.serving.vector_index import ItemVectorIndex, check_settings, open_or_build
+from recsys_lightning.serving.arguments import check_serving_config
+from recsys_lightning.serving.vector_index import ItemVectorIndex, check_nlist, open_or_build
 
 from helpers import compose_config, quiet_trainer
 
@@ -304,15 +305,9 @@ def test_a_path_in_a_missing_folder_or_a_folder_is_one_line(tmp_path):
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"nprobe": 0}, "faiss.nprobe=0: must be an integer >= 1"),
-        ({"nprobe": -3}, "faiss.nprobe=-3: must be an integer >= 1"),
-        ({"nprobe": "many"}, "faiss.nprobe='many': must be an integer >= 1"),
-        ({"nprobe": True}, "faiss.nprobe=True: must be an integer >= 1"),
         ({"kind": "ivf", "nlist": 0}, "faiss.nlist=0: must be an integer from 1 to 50 (the number of items)"),
         ({"kind": "ivf", "nlist": 51}, "faiss.nlist=51: must be an integer from 1 to 50"),
         ({"kind": "ivf", "nlist": 2.5}, "faiss.nlist=2.5: must be an integer from 1 to 50"),
-        ({"kind": "hnsw"}, "faiss.kind='hnsw': use one of flat, ivf"),
-        ({"kind": "x" * 500}, "faiss.kind='xxxx"),
     ],
 )
 def test_bad_settings_name_the_key_before_anything_is_built(tmp_path, settings, message):
@@ -324,9 +319,27 @@ def test_bad_settings_name_the_key_before_anything_is_built(tmp_path, settings, 
         ItemVectorIndex.build(vectors(), **{"kind": "flat", **settings})
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("faiss.nprobe=0", "faiss.nprobe=0: must be an integer >= 1"),
+        ("faiss.nprobe=-3", "faiss.nprobe=-3: must be an integer >= 1"),
+        ("faiss.nprobe=many", "faiss.nprobe=many: must be an integer >= 1"),
+        ("faiss.nprobe=true", "faiss.nprobe=true: must be an integer >= 1"),
+        ("faiss.kind=hnsw", "faiss.kind=hnsw: must be one of flat, ivf"),
+        ("faiss.kind=" + "x" * 500, "faiss.kind=xxxx"),
+    ],
+)
+def test_bad_kind_or_nprobe_is_refused_with_the_other_arguments(override, message):
+    """kind and nprobe are held to their ranges with recommend's other arguments, before any index is read or built."""
+    with pytest.raises(ConfigError) as caught:
+        check_serving_config(compose_config("recommend", "run_dir=r", "user_id=1", "index=faiss", override))
+    assert str(caught.value).startswith(message) and len(str(caught.value)) < 300, str(caught.value)
+
+
 def test_the_default_nlist_is_valid_for_every_catalogue_size():
     for num_items in (1, 2, 39, 40, 1682, 10**6):
-        check_settings(num_items, "ivf", vector_index._nlist(None, num_items), 16)
+        check_nlist(vector_index._nlist(None, num_items), num_items)
 
 
 def train_mf(folder, seed):

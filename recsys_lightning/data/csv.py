@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ from recsys_lightning.data.features import FeatureColumns, refuse_unmatched
 from recsys_lightning.data.interactions import ITEM, PART, RATING, TARGET, TIMESTAMP, USER
 from recsys_lightning.data.split import check_overlap_action
 from recsys_lightning.errors import QUOTE_LIMIT, ConfigError, DataError, cut, quote
+from recsys_lightning.ranges import TEXT, Choice, Encoding, ListOf, Range
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +45,6 @@ def infer_separator(path: Path) -> str:
     """Tab for .tsv/.tab (also compressed, e.g. .tsv.gz), comma otherwise."""
     suffixes = [s for s in path.suffixes if s.lower() not in COMPRESSION_SUFFIXES]
     return "\t" if suffixes and suffixes[-1].lower() in {".tsv", ".tab"} else ","
-
-
-def check_encoding(encoding: str) -> None:
-    """A text encoding Python knows, or ConfigError before any file is opened."""
-    try:
-        "".encode(encoding)  # also rejects codecs that are not text encodings (base64, rot13)
-    except (LookupError, TypeError) as error:
-        raise ConfigError(
-            f"data.encoding={quote(encoding)} is not a text encoding Python knows; use one such as "
-            "utf-8, utf-8-sig, latin-1, cp1252 or utf-16"
-        ) from error
 
 
 def read_interactions(
@@ -74,7 +65,6 @@ def read_interactions(
     Every problem a user can cause raises DataError with the file and the line or column.
     """
     path = Path(path)
-    check_encoding(encoding)
     if not path.is_file():
         raise DataError(f"{path}: file not found; point data.path (or data.train_path/valid_path/test_path) at an existing file")
     if path.stat().st_size == 0:
@@ -295,7 +285,6 @@ def read_item_titles(
     A file read for its item features need not have titles (`titles_required=False`): they are then empty.
     """
     path = Path(path)
-    check_encoding(encoding)
     if not path.is_file():
         raise DataError(
             f"{path}: file not found; point data.items_path at a file with columns {item_col!r} and {title_col!r}, or set it to null"
@@ -344,7 +333,6 @@ def read_feature_columns(
     """An items or users file -> its ids and the named categorical columns, all as text (nothing read as
     missing: an empty cell is no feature); matched to the interactions' ids later, by exact text."""
     path = Path(path)
-    check_encoding(encoding)
     if not path.is_file():
         raise DataError(
             f"{path}: file not found; point data.{entity}s_path at a file with columns "
@@ -427,22 +415,22 @@ class CsvDataModule(InteractionDataModule):
         train_path: str | None = None,
         valid_path: str | None = None,
         test_path: str | None = None,
-        sep: str | None = None,
-        encoding: str = "utf-8",
+        sep: Annotated[str | None, TEXT] = None,
+        encoding: Annotated[str, Encoding()] = "utf-8",
         user_col: str = "userId",
         item_col: str = "itemId",
         rating_col: str | None = "rating",
         timestamp_col: str | None = "timestamp",
         target_col: str | None = "target",
-        min_user_interactions: int = 0,
-        min_item_interactions: int = 0,
+        min_user_interactions: Annotated[int, Range(0)] = 0,
+        min_item_interactions: Annotated[int, Range(0)] = 0,
         items_path: str | None = None,
         title_col: str = "title",
-        item_features: Sequence[str] = (),
-        users_path: str | None = None,
-        user_features: Sequence[str] = (),
-        feature_sep: str | None = "|",
-        on_overlap: str = "drop",
+        item_features: Annotated[Sequence[str], ListOf(TEXT, 0, "[genre,year]")] = (),
+        users_path: Annotated[str | None, TEXT] = None,
+        user_features: Annotated[Sequence[str], ListOf(TEXT, 0, "[age,gender,occupation]")] = (),
+        feature_sep: Annotated[str | None, TEXT] = "|",
+        on_overlap: Annotated[str, Choice(("drop", "error"))] = "drop",
         **split_and_batching,
     ) -> None:
         super().__init__(**split_and_batching)
@@ -450,7 +438,6 @@ class CsvDataModule(InteractionDataModule):
             raise DataError("set either data.path (one file to split) or data.train_path and data.valid_path (pre-split files)")
         if train_path is not None and valid_path is None:
             raise DataError("data.train_path needs data.valid_path too (data.test_path is optional)")
-        check_encoding(encoding)
         self.on_overlap = check_overlap_action(on_overlap)
         self.paths = {"train": train_path, "valid": valid_path, "test": test_path} if path is None else {"all": path}
         self.read_options = dict(

@@ -6,6 +6,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
@@ -19,9 +20,10 @@ from recsys_lightning.data.features import FeatureColumns, index_features
 from recsys_lightning.data.interactions import ITEM, PART, TARGET, USER, Interactions, latest_per_pair
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.data.sparse import UserItemCSR
-from recsys_lightning.data.split import Split, split_by_parts, split_interactions
+from recsys_lightning.data.split import SPLIT_KINDS, Split, split_by_parts, split_interactions
 from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.errors import DataError, quote
+from recsys_lightning.ranges import Choice, Range, Shares
 from recsys_lightning.seeds import stream_seed
 
 log = logging.getLogger(__name__)
@@ -56,13 +58,13 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
 
     def __init__(
         self,
-        split: str = "ratio",
-        split_ratios: Sequence[float] = (0.8, 0.1, 0.1),
-        min_rating: float | None = None,
-        batch_size: int = 4096,
-        eval_chunk_size: int = 1024,
-        eval_max_scores: int = 2**27,
-        val_users: int | None = None,
+        split: Annotated[str, Choice(SPLIT_KINDS)] = "ratio",
+        split_ratios: Annotated[Sequence[float], Shares()] = (0.8, 0.1, 0.1),
+        min_rating: Annotated[float | None, Range()] = None,
+        batch_size: Annotated[int, Range(1)] = 4096,
+        eval_chunk_size: Annotated[int, Range(1)] = 1024,
+        eval_max_scores: Annotated[int, Range(1)] = 2**27,
+        val_users: Annotated[int | None, Range(1)] = None,
         seed: int = 0,
     ) -> None:
         super().__init__()

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from recsys_lightning.data.features import FeatureColumns
 from recsys_lightning.data.fetch import DATASET_DIR, GROUPLENS_URL, RECBOLE_WHEEL, RECBOLE_WHEEL_SHA256, PipDownload, fetch_ml100k
 from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER
 from recsys_lightning.errors import ConfigError, DataError, cut, first_line, quote
+from recsys_lightning.ranges import POSITIVE, TEXT, ListOf
 
 log = logging.getLogger(__name__)
 
@@ -314,10 +316,10 @@ class MovieLensDataModule(InteractionDataModule):
         grouplens_url: str = GROUPLENS_URL,
         recbole_wheel: str = RECBOLE_WHEEL,
         recbole_wheel_sha256: str = RECBOLE_WHEEL_SHA256,
-        download_timeout: float = 10.0,
+        download_timeout: Annotated[float, POSITIVE] = 10.0,
         download: bool = True,
-        item_features: Sequence[str] = (),
-        user_features: Sequence[str] = (),
+        item_features: Annotated[Sequence[str], ListOf(TEXT, 0, "[genre,year]")] = (),
+        user_features: Annotated[Sequence[str], ListOf(TEXT, 0, "[age,gender,occupation]")] = (),
         **split_and_batching,
     ) -> None:
         super().__init__(**split_and_batching)

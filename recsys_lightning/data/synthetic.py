@@ -10,6 +10,7 @@ Everything is drawn in chunks by inverse-CDF lookups; nothing is users x items.
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ import pandas as pd
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
 from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.ranges import MAX_COUNT, Range
 from recsys_lightning.seeds import stream_seed
 
 log = logging.getLogger(__name__)
@@ -93,13 +95,13 @@ class SyntheticDataModule(InteractionDataModule):
 
     def __init__(
         self,
-        num_users: int = 2000,
-        num_items: int = 1000,
-        num_interactions: int = 100_000,
-        num_clusters: int = 16,
-        popularity_exponent: float = 0.6,
-        user_activity_exponent: float = 0.5,
-        affinity: float = 0.8,
+        num_users: Annotated[int, Range(1, MAX_COUNT)] = 2000,
+        num_items: Annotated[int, Range(1, MAX_COUNT)] = 1000,
+        num_interactions: Annotated[int, Range(1, MAX_COUNT)] = 100_000,
+        num_clusters: Annotated[int, Range(1)] = 16,
+        popularity_exponent: Annotated[float, Range()] = 0.6,
+        user_activity_exponent: Annotated[float, Range()] = 0.5,
+        affinity: Annotated[float, Range(0, 1)] = 0.8,
         **split_and_batching,
     ) -> None:
         super().__init__(**split_and_batching)

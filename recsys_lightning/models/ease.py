@@ -3,12 +3,15 @@ regression with a zero diagonal, fitted in closed form."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor
 
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.models.closed_form import ItemItemRecommender, co_occurrence_blocks
 from recsys_lightning.models.sparse import csr_kernels
+from recsys_lightning.ranges import FLAG, POSITIVE, Range
 
 BYTES_PER_WEIGHT = 4  # float32
 
@@ -20,7 +23,14 @@ class EASE(ItemItemRecommender):
     num_items^2 matrix, so a catalogue above `max_items` is refused before anything is allocated.
     """
 
-    def __init__(self, num_users: int, num_items: int, l2: float = 300.0, max_items: int = 50_000, sparse_gradients: bool = False) -> None:
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        l2: Annotated[float, POSITIVE] = 300.0,
+        max_items: Annotated[int, Range(1)] = 50_000,
+        sparse_gradients: Annotated[bool, FLAG] = False,
+    ) -> None:
         if num_items > max_items:
             gib = num_items**2 * BYTES_PER_WEIGHT / 2**30
             raise ConfigError(

@@ -3,10 +3,13 @@ algorithms"): cosine similarity between items' user sets, each item keeping its 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor
 
 from recsys_lightning.models.closed_form import ItemItemRecommender, co_occurrence_blocks
+from recsys_lightning.ranges import FLAG, MAX_COUNT, NON_NEGATIVE, Range
 
 
 class ItemKNN(ItemItemRecommender):
@@ -18,7 +21,12 @@ class ItemKNN(ItemItemRecommender):
     """
 
     def __init__(
-        self, num_users: int, num_items: int, num_neighbours: int = 400, shrink: float = 0.0, sparse_gradients: bool = False
+        self,
+        num_users: int,
+        num_items: int,
+        num_neighbours: Annotated[int, Range(1, MAX_COUNT)] = 400,
+        shrink: Annotated[float, NON_NEGATIVE] = 0.0,
+        sparse_gradients: Annotated[bool, FLAG] = False,
     ) -> None:
         super().__init__(num_users, num_items, sparse_gradients)
         self.shrink = shrink

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor, nn
 
 from recsys_lightning.models.base import Recommender
 from recsys_lightning.models.features import FeatureEmbedding, SideFeatures
+from recsys_lightning.ranges import FLAG, MAX_COUNT, MAX_WIDTH, POSITIVE, Range
 
 
 class MatrixFactorization(SideFeatures, Recommender):
@@ -25,14 +28,14 @@ class MatrixFactorization(SideFeatures, Recommender):
         self,
         num_users: int,
         num_items: int,
-        dim: int = 64,
-        bias: bool = True,
-        init_std: float = 0.1,
-        features: bool = False,
-        id_dropout: float = 0.0,
-        num_user_features: int = 0,
-        num_item_features: int = 0,
-        sparse_gradients: bool = False,
+        dim: Annotated[int, Range(1, MAX_WIDTH)] = 64,
+        bias: Annotated[bool, FLAG] = True,
+        init_std: Annotated[float, POSITIVE] = 0.1,
+        features: Annotated[bool, FLAG] = False,
+        id_dropout: Annotated[float, Range(0, 1, open_high=True)] = 0.0,
+        num_user_features: Annotated[int, Range(0, MAX_COUNT)] = 0,
+        num_item_features: Annotated[int, Range(0, MAX_COUNT)] = 0,
+        sparse_gradients: Annotated[bool, FLAG] = False,
     ) -> None:
         super().__init__(num_users, num_items, sparse_gradients)
         self.user_factors = nn.Parameter(torch.randn(num_users, dim) * init_std)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
 
 from recsys_lightning.models.base import Recommender
 from recsys_lightning.models.mlp import PairMLP
+from recsys_lightning.ranges import FLAG, MAX_WIDTH, POSITIVE, Choice, ListOf, Range, integer
 
 PATHS = ("gmf", "mlp")
 
@@ -30,20 +32,17 @@ class NeuMF(Recommender):
         self,
         num_users: int,
         num_items: int,
-        gmf_dim: int = 32,
-        mlp_dim: int = 32,
-        hidden: Sequence[int] = (64, 32, 16),
-        dropout: float = 0.0,
-        init_std: float = 0.1,
-        zero_init_mlp: bool = True,
-        paths: Sequence[str] = PATHS,
-        pretrained_alpha: float = 0.5,
-        sparse_gradients: bool = False,
+        gmf_dim: Annotated[int, Range(1, MAX_WIDTH)] = 32,
+        mlp_dim: Annotated[int, Range(1, MAX_WIDTH)] = 32,
+        hidden: Annotated[Sequence[int], ListOf(integer(1, MAX_WIDTH), 1, "[64,32]")] = (64, 32, 16),
+        dropout: Annotated[float, Range(0, 1, open_high=True)] = 0.0,
+        init_std: Annotated[float, POSITIVE] = 0.1,
+        zero_init_mlp: Annotated[bool, FLAG] = True,
+        paths: Annotated[Sequence[str], ListOf(Choice(PATHS), 1, "[gmf,mlp]")] = PATHS,
+        pretrained_alpha: Annotated[float, Range(0, 1)] = 0.5,
+        sparse_gradients: Annotated[bool, FLAG] = False,
     ) -> None:
         super().__init__(num_users, num_items, sparse_gradients)
-        unknown = sorted(set(paths) - set(PATHS))
-        if unknown or not paths:
-            raise ValueError(f"model.paths={list(paths)}: must be a non-empty list of {', '.join(PATHS)}")
         self.pretrained_alpha = pretrained_alpha
         self.gmf = "gmf" in paths
         self.user_gmf = nn.Parameter(torch.randn(num_users, gmf_dim) * init_std) if self.gmf else None

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor
 
 from recsys_lightning.models.closed_form import ClosedFormRecommender
+from recsys_lightning.ranges import FLAG
 
 
 class Popularity(ClosedFormRecommender):
@@ -14,7 +17,7 @@ class Popularity(ClosedFormRecommender):
     An inner product with a constant query, [1] . [count_i], so a vector index can serve it too.
     """
 
-    def __init__(self, num_users: int, num_items: int, sparse_gradients: bool = False) -> None:
+    def __init__(self, num_users: int, num_items: int, sparse_gradients: Annotated[bool, FLAG] = False) -> None:
         super().__init__(num_users, num_items, sparse_gradients)
         self.register_buffer("item_popularity", torch.zeros(num_items))
 

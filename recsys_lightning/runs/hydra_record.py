@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys_lightning.errors import ConfigError, first_line
 from recsys_lightning.runs.safe_config import checked_component
-from recsys_lightning.validation import TRAINING_RULES, check_rules
 
 RUN_YAML_LIMIT = 1 << 20  # bytes; Hydra's config.yaml, hydra.yaml and multirun.yaml are a few KiB
 # Data config keys that name files or folders (csv and movielens); relative ones resolve from the training cwd.
@@ -63,11 +62,7 @@ def recorded_data_config(run_dir: Path) -> dict[str, Any]:
         data = OmegaConf.to_container(recorded.data, resolve=True)
     except Exception as error:  # YAML syntax, a missing key, an interpolation that cannot resolve
         raise ConfigError(f"{config_path}: cannot read its data config ({first_line(error)}); the run folder is damaged") from error
-    data = checked_component("data", data, str(config_path))
-    try:
-        check_rules(OmegaConf.create({"data": data}), {key: rule for key, rule in TRAINING_RULES.items() if key.startswith("data.")})
-    except ConfigError as error:
-        raise ConfigError(f"{config_path}: {error}") from error
+    data = checked_component("data", data, str(config_path))  # with the ranges its class declares
     cwd = training_cwd(run_dir)
     for key in DATA_PATH_KEYS:
         if isinstance(data.get(key), str) and cwd is not None:

@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from recsys_lightning.errors import ConfigError, quote
+from recsys_lightning.ranges import argument_names, constructor_rules
 from recsys_lightning.runs.offered import offered_targets
-from recsys_lightning.validation import TRAINING_RULES, argument_names
+from recsys_lightning.validation import TRAINING_RULES
 
 TARGET, PARTIAL = "_target_", "_partial_"
 PARTIAL_GROUPS = ("optimizer", "scheduler")  # the module supplies their first argument (parameters, optimizer)
@@ -62,13 +63,15 @@ def checked_component(group: str, node: Any, source: str) -> dict[str, Any]:
 
 
 def _check_ranges(group: str, checked: dict[str, Any], where: str) -> None:
-    """The same ranges a training config must respect (validation.TRAINING_RULES), e.g. model.dim >= 1."""
+    """The same ranges a training config must respect, e.g. model.dim >= 1: those its class declares (ranges.py),
+    and for a class of torch's the training table (validation.TRAINING_RULES)."""
     prefix = f"{group}."
-    rules = {key: rule for key, rule in TRAINING_RULES.items() if key.startswith(prefix)}
+    table = {key[len(prefix) :]: rule for key, rule in TRAINING_RULES.items() if key.startswith(prefix)}
+    rules = constructor_rules(checked[TARGET]) | table
     for key, rule in rules.items():
-        value = checked.get(key[len(prefix) :], rule)
+        value = checked.get(key, rule)
         if value is not rule and not rule.accepts(value):
-            raise ConfigError(f"{where}.{key[len(prefix) :]}={quote(value)}: must be {rule}; refusing to build it")
+            raise ConfigError(f"{where}.{key}={quote(value)}: must be {rule}; refusing to build it")
 
 
 def checked_value(value: Any, where: str, depth: int = 0) -> Any:

@@ -1,6 +1,7 @@
 """`recommend`'s arguments, checked before the checkpoint is loaded or anything is computed.
 
-They live beside serving, not in validation, because they need serving's own facts (the FAISS index
+No constructor takes them, so their ranges are this entry point's table (ranges.py says the convention);
+it lives beside serving, not in validation, because it needs serving's own facts (the FAISS index
 kinds, the export's CSV header) and training must not import serving to check its own config.
 """
 
@@ -12,24 +13,11 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from recsys_lightning.data.catalogue import PARTS
+from recsys_lightning.devices import check_cuda_available
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.ranges import NULL, SCALAR_ID, TEXT, AnyOf, Choice, ListOf, Pattern, Rule, integer, optional, shown
 from recsys_lightning.serving.vector_index import KINDS
-from recsys_lightning.validation import (
-    NULL,
-    SCALAR_ID,
-    TEXT,
-    AnyOf,
-    Choice,
-    ListOf,
-    Pattern,
-    Rule,
-    check_cuda_available,
-    check_rules,
-    check_run_dir_given,
-    integer,
-    optional,
-    shown,
-)
+from recsys_lightning.validation import check_rules, check_run_dir_given
 
 CSV_COLUMNS = ["user_id", "rank", "item_id", "score", "source"]  # an export's header, by which output= knows our own files
 TWO_STAGE_CSV_COLUMNS = [*CSV_COLUMNS, "retrieval_score"]  # a two-stage export's: score is the re-ranker's

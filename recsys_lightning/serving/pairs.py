@@ -20,10 +20,10 @@ from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.csv import IdChunks
 from recsys_lightning.data.interactions import ITEM, USER
 from recsys_lightning.errors import ConfigError, UnknownId, quote
+from recsys_lightning.ranges import shown
 from recsys_lightning.runs.atomic import atomic_file
 from recsys_lightning.runs.trained_run import TrainedRun
 from recsys_lightning.serving.arguments import PAIR_ID_COLUMNS
-from recsys_lightning.validation import shown
 
 log = logging.getLogger(__name__)
 
