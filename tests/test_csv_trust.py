@@ -15,7 +15,7 @@ import pytest
 
 from recsys_lightning.data.csv import CsvDataModule
 from recsys_lightning.errors import ConfigError, DataError
-from recsys_lightning.safe_config import checked_component
+from recsys_lightning.runs.safe_config import checked_component
 from recsys_lightning.validation import check_training_config
 
 from helpers import training_config

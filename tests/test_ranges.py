@@ -15,7 +15,7 @@ from recsys_lightning.errors import ConfigError
 from recsys_lightning.losses import BPRLoss
 from recsys_lightning.models import MatrixFactorization
 from recsys_lightning.ranges import FLAG, MAX_WIDTH, POSITIVE, TEXT, Range, constructor_rules
-from recsys_lightning.safe_config import checked_component
+from recsys_lightning.runs.safe_config import checked_component
 from recsys_lightning.samplers import UniformSampler
 from recsys_lightning.validation import TRAINING_RULES, check_training_config
 
