@@ -120,7 +120,7 @@ MALFORMED = {
     "missing_file": (None, r"users.csv: file not found; point data.users_path at a file with columns 'userId', 'country'"),
     "missing_column": (
         b"userId,age,nation\n100,3,FR\n",
-        r"no column 'country'; columns found: userId, age, nation. Set data.user_features",
+        r"no column 'country'; columns found: 'userId', 'age', 'nation'. Set data.user_features",
     ),
     "missing_id_column": (b"user,country\n100,FR\n", r"no column 'userId'.*Set data.user_col to the right one"),
     "empty_file": (b"", r"no header line found"),
@@ -146,7 +146,9 @@ def test_a_bad_users_file_is_one_line_naming_file_and_fix(tmp_path, case):
 
 
 def test_an_items_file_without_a_feature_column_names_it(tmp_path):
-    with pytest.raises(DataError, match=r"items.csv: no column 'genre'; columns found: itemId, title, genres. Set data.item_features"):
+    with pytest.raises(
+        DataError, match=r"items.csv: no column 'genre'; columns found: 'itemId', 'title', 'genres'. Set data.item_features"
+    ):
         csv_features(tmp_path, "itemId,title,genres\n1000,A,Drama\n", item_features=["genre"])
 
 
