@@ -33,7 +33,8 @@ from recsys_lightning.checkpoint_file import (
     read_run_metrics,
     read_run_yaml,
 )
-from recsys_lightning.config import register_resolvers
+from recsys_lightning.config import check_override_keys, register_resolvers
+from recsys_lightning.console import quiet_library_noise
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, first_line
 from recsys_lightning.models.weights import load_error_detail
@@ -47,6 +48,7 @@ from recsys_lightning.validation import TRAINING_RULES, check_evaluate_config, c
 
 log = logging.getLogger(__name__)
 register_resolvers()
+quiet_library_noise()
 
 SPLITS = ("test", "valid")
 # Data config keys that name files or folders (csv and movielens); relative ones resolve from the training cwd.
@@ -224,4 +226,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:
+        check_override_keys(sys.argv[1:], "evaluate")
+    except ConfigError as error:
+        exit_with_message(error)
     main()
