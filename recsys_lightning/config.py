@@ -1,15 +1,21 @@
-"""OmegaConf resolvers the configs rely on."""
+"""conf/ as the code reads it: the OmegaConf resolvers the configs rely on, a group's options, and the
+groups and keys a command line may override."""
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from recsys_lightning import models
+from recsys_lightning.errors import ConfigError
 from recsys_lightning.monitor import loss_monitor, metric_mode, sweep_direction
-from recsys_lightning.run_names import run_label, safe_name
+from recsys_lightning.run_names import run_label, run_name, safe_name
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,10 +27,45 @@ def group_options(group: str) -> dict[str, dict[str, Any]]:
     return {path.stem: OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {} for path in paths}
 
 
+def check_override_keys(arguments: Sequence[str], config_name: str) -> None:
+    """A command line's `key=value` whose first part is neither a config group nor a key of
+    `conf/<config_name>.yaml` (`modle=ncf`) is a ConfigError naming the closest one, before Hydra answers
+    with advice to add the misspelt key (`+modle=ncf`). `+`/`~` overrides and flags are left to Hydra."""
+    if any(argument.startswith(("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")) for argument in arguments):
+        return  # another config: its names are not these
+    known = _top_level_names(config_name)
+    for argument in arguments:
+        if argument.startswith(("-", "+", "~")) or "=" not in argument:
+            continue
+        key, _, value = argument.partition("=")
+        first = re.split(r"[./@]", key.strip(), maxsplit=1)[0]
+        if first in known:
+            continue
+        close = difflib.get_close_matches(first, sorted(known), n=1)
+        if close:
+            hint = f"did you mean {close[0]}{key.strip()[len(first) :]}={value}?"
+        else:
+            hint = f"the groups and keys are {', '.join(sorted(known))}; a key of your own is added with +{argument}"
+        raise ConfigError(f"{argument}: no config group or key {first!r}; {hint}")
+
+
+@cache
+def _top_level_names(config_name: str) -> frozenset[str]:
+    """The config groups `conf/<config_name>.yaml` composes (its defaults list) and its own top-level keys."""
+    config = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / f"{config_name}.yaml"), resolve=False) or {}
+    groups = {
+        re.split(r"[/@]", str(next(iter(entry))).removeprefix("override "), maxsplit=1)[0]
+        for entry in config.get("defaults", [])
+        if isinstance(entry, dict) and entry
+    }
+    return frozenset(groups | set(config) | {"hydra"}) - {"defaults"}
+
+
 def register_resolvers() -> None:
     """`${project_root:}` is the folder holding conf/, so runs land in the same place whatever the cwd;
     `${run_label:<task overrides>,<excluded keys>}` is `_<the overrides, shortened>` or nothing, and
-    `${safe_name:<name>}` the name with what a folder name should not hold replaced (run_names.py);
+    `${safe_name:<name>}` the name with what a folder name should not hold replaced, and
+    `${run_name:<model>,<loss>,<sampler>,<data>}` (the options chosen) what was trained (run_names.py);
     `${job_number:n}` is n in three digits, so a sweep's job folders sort in job order up to 999;
     `${loss_monitor:<loss _target_>}`, `${metric_mode:<metric>,<loss _target_>}` and
     `${sweep_direction:<metric>,<loss _target_>}` say what a run is judged by (monitor.py)."""
@@ -36,6 +77,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_label", _run_label)
     if not OmegaConf.has_resolver("safe_name"):
         OmegaConf.register_new_resolver("safe_name", safe_name)
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver("run_name", _run_name)
     for name, resolver in (("loss_monitor", loss_monitor), ("metric_mode", metric_mode), ("sweep_direction", sweep_direction)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
@@ -45,3 +88,23 @@ def _run_label(overrides: Any, excluded: Any) -> str:
     """The overrides as typed: resolving them would put `${oc.env:...}` values into folder names."""
     as_typed = OmegaConf.to_container(overrides, resolve=False) if OmegaConf.is_config(overrides) else overrides
     return run_label([str(override) for override in as_typed], [str(key) for key in excluded])
+
+
+def _run_name(model: str, loss: str, sampler: str, data: str, *, _root_: DictConfig) -> str:
+    """run_name() of the config being composed: closed form from the model's class, the file from data.path
+    (or data.train_path) when data=csv."""
+    data_file = OmegaConf.select(_root_, "data.path", default=None) or OmegaConf.select(_root_, "data.train_path", default=None)
+    return run_name(
+        model,
+        loss,
+        sampler,
+        _fitted_in_closed_form(OmegaConf.select(_root_, "model._target_", default="")),
+        data_file if data == "csv" else None,
+    )
+
+
+def _fitted_in_closed_form(target: object) -> bool:
+    """Whether `target` names one of this package's closed-form models; only that package's own names are looked up."""
+    package, _, name = str(target).rpartition(".")
+    model = getattr(models, name, None) if package == models.__name__ else None
+    return isinstance(model, type) and issubclass(model, models.ClosedFormRecommender)

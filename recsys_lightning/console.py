@@ -24,6 +24,10 @@ _NOISE = ("💡 Tip:", "Seed set to", "GPU available: False, used: False", "TPU 
 # the validation and test of the best checkpoint after fit, which the closing table reports.
 _RESTORES = ("Restoring states from the checkpoint path", "Loaded model weights from the checkpoint")
 _LIGHTNING = "pytorch_lightning.utilities.rank_zero"
+# Said when fit reaches max_epochs, before the line for the last epoch (EpochLog writes that when fit ends).
+_FIT_STOPPED = ("`Trainer.fit` stopped",)
+# A resumed run's checkpoint folder holds the run's own checkpoints: nothing a user need act on.
+_FOLDER_NOT_EMPTY = r"Checkpoint directory .* exists and is not empty"
 
 
 class _DropNoise(logging.Filter):
@@ -33,6 +37,20 @@ class _DropNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.prefixes)
+
+
+class _HoldBack(_DropNoise):
+    """Keeps the records it drops, to be handled later."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__(prefixes)
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if super().filter(record):
+            return True
+        self.held.append(record)
+        return False
 
 
 def quiet_library_noise() -> None:
@@ -57,6 +75,27 @@ def without_restore_messages() -> Iterator[None]:
         yield
     finally:
         logging.getLogger(_LIGHTNING).removeFilter(restores)
+
+
+@contextmanager
+def fit_messages(resuming: bool) -> Iterator[None]:
+    """Around `trainer.fit`: Lightning's "`Trainer.fit` stopped: `max_epochs=N` reached." comes after the
+    last epoch's line, not before it, and a resumed run (`resuming`) is not told that its own checkpoint
+    folder "exists and is not empty"."""
+    logger = logging.getLogger(_LIGHTNING)
+    stopped = _HoldBack(_FIT_STOPPED)
+    logger.addFilter(stopped)
+    try:
+        if resuming:  # only then: leaving catch_warnings lets warnings Python showed once in fit show again
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_FOLDER_NOT_EMPTY)
+                yield
+        else:
+            yield
+    finally:
+        logger.removeFilter(stopped)
+        for record in stopped.held:
+            logger.handle(record)
 
 
 def run_summary(metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run_dir: str | Path, tensorboard: bool) -> str:

@@ -10,9 +10,16 @@ QUOTE_LIMIT = 100  # characters of a raw value (an id, a cell, a path) that an e
 
 
 class RecsysError(Exception):
-    """Base class of every error whose message tells the user what to do."""
+    """Base class of every error whose message tells the user what to do.
+
+    The message is one line by construction: text it echoes from a file or a command line (a header
+    cell, an id, a file name, a path a run folder records) may hold a newline or a terminal's escape
+    code, and such characters are shown escaped (`one_line`), whoever built the message."""
 
     exit_code = 1
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(one_line(message), *args)
 
 
 class DataError(RecsysError):
@@ -58,6 +65,13 @@ def first_line(error: BaseException, limit: int = 200) -> str:
 def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
     """A raw id, cell or value as a message shows it: text quoted (so ` 7` and `7` differ), the rest plain, cut short."""
     return cut(repr(value) if isinstance(value, str) else str(value), limit)
+
+
+def one_line(text: object) -> str:
+    """`text` with every character that is not printable (newline, tab, ESC, other control and line-separator
+    characters) escaped as repr escapes it (`\\n`, `\\x1b`): it prints on one line and draws nothing."""
+    text = str(text)
+    return text if text.isprintable() else "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def cut(text: str, limit: int = QUOTE_LIMIT) -> str:

@@ -23,7 +23,8 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from recsys_lightning.config import register_resolvers
+from recsys_lightning.config import check_override_keys, register_resolvers
+from recsys_lightning.console import quiet_library_noise
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.devices import check_cuda_available
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
@@ -48,6 +49,7 @@ from recsys_lightning.validation import check_rules, check_run_dir_given
 
 log = logging.getLogger(__name__)
 register_resolvers()
+quiet_library_noise()
 
 SPLITS = ("test", "valid")
 METRICS_REMEDY = "evaluate compares with it: restore the file, or retrain the run"
@@ -189,4 +191,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:
+        check_override_keys(sys.argv[1:], "evaluate")
+    except ConfigError as error:
+        exit_with_message(error)
     main()

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
-from recsys_lightning.config import register_resolvers
+from recsys_lightning.config import check_override_keys, register_resolvers
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.csv import read_id_pairs
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, interruptions_raise, quote
@@ -35,7 +35,7 @@ from recsys_lightning.runs.atomic import atomic_file
 from recsys_lightning.runs.checkpoint_file import find_checkpoint
 from recsys_lightning.runs.other_runs import best_checkpoint_of, check_same_data
 from recsys_lightning.runs.trained_run import TrainedRun, load_trained, torch_device
-from recsys_lightning.serving.arguments import CSV_COLUMNS, TWO_STAGE_CSV_COLUMNS, check_serving_config
+from recsys_lightning.serving.arguments import CSV_COLUMNS, TWO_STAGE_CSV_COLUMNS, check_serving_config, in_run_folder
 from recsys_lightning.serving.pairs import export_pair_scores, pair_answer
 from recsys_lightning.serving.service import ITEM_ITEM, UNKNOWN, Recommendations, RecommendationService, TwoStageService
 from recsys_lightning.serving.vector_index import ItemVectorIndex, open_or_build
@@ -75,7 +75,8 @@ def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
         elif action == "similar_users":
             print(_neighbour_table(service, "user", cfg.similar_users, k, cfg.embedding), file=out)
         else:
-            export_recommendations(service, _requested_users(cfg.users), k, cfg.output, out)
+            output = in_run_folder(cfg.run_dir, cfg.output) if cfg.output is not None else None
+            export_recommendations(service, _requested_users(cfg.users), k, output, out)
         out.flush()
     except OSError as error:  # writing to `out`: an output= file's own errors are ConfigErrors already
         raise _cannot_write(error, out) from None
@@ -94,7 +95,8 @@ def _score_pairs(cfg: DictConfig, out: TextIO) -> None:
         if chunks is None:
             print(pair_answer(run, cfg.user_id, cfg.item_id), file=out)
         else:
-            export_pair_scores(run, cfg.pairs, chunks, cfg.output, out)
+            output = in_run_folder(cfg.run_dir, cfg.output) if cfg.output is not None else None
+            export_pair_scores(run, cfg.pairs, chunks, output, out)
         out.flush()
     except OSError as error:  # writing to `out`: an output= file's own errors are ConfigErrors already
         raise _cannot_write(error, out) from None
@@ -134,7 +136,7 @@ def _service(cfg: DictConfig, run: TrainedRun) -> RecommendationService:
     """`run`'s model over the whole catalogue or, with retrieval.run_dir, re-ranking a retriever's candidates."""
     options = {"exclude": list(cfg.exclude), "min_history": cfg.min_history, "chunk_size": cfg.chunk_size}
     if cfg.retrieval.run_dir is None:
-        return RecommendationService(run, **options, index=_vector_index("index", cfg.index, cfg.faiss, run))
+        return RecommendationService(run, **options, index=_vector_index("index", cfg.index, cfg.faiss, run, cfg.run_dir))
     retriever = load_trained(best_checkpoint_of(cfg.retrieval.run_dir, "retrieval.run_dir"), torch_device(cfg.device))
     check_same_data(retriever.catalogue, run.catalogue, cfg.retrieval.run_dir, cfg.run_dir)
     if cfg.retrieval.candidates > run.catalogue.num_items:
@@ -144,7 +146,7 @@ def _service(cfg: DictConfig, run: TrainedRun) -> RecommendationService:
             f"{run.catalogue.num_items:,}",
         )
     retrieval = RecommendationService(
-        retriever, **options, index=_vector_index("retrieval.index", cfg.retrieval.index, cfg.faiss, retriever)
+        retriever, **options, index=_vector_index("retrieval.index", cfg.retrieval.index, cfg.faiss, retriever, cfg.retrieval.run_dir)
     )
     return TwoStageService(run, retrieval, cfg.retrieval.candidates, **options)
 
@@ -174,7 +176,8 @@ def export_recommendations(
             examples,
         )
     chunks = service.recommend_in_chunks(users, k)
-    progress = tqdm(chunks, total=-(-len(users) // service.chunk_size), desc="recommend", unit="chunk", file=sys.stderr)
+    # disable=None: no bar when stderr is not a terminal, where every frame would be a line of the log.
+    progress = tqdm(chunks, total=-(-len(users) // service.chunk_size), desc="recommend", unit="chunk", file=sys.stderr, disable=None)
     columns = TWO_STAGE_CSV_COLUMNS if isinstance(service, TwoStageService) else CSV_COLUMNS
     if output is None:
         _write_csv(progress, raw_user_ids, catalogue, out, columns)
@@ -263,10 +266,10 @@ def _neighbour_table(service: RecommendationService, kind: str, raw_id: Any, k: 
     return heading + "\n" + frame.to_string(index=False)
 
 
-def _vector_index(key: str, index: str, settings: DictConfig, run: TrainedRun) -> ItemVectorIndex | None:
+def _vector_index(key: str, index: str, settings: DictConfig, run: TrainedRun, run_dir: str) -> ItemVectorIndex | None:
     """None to score with the model, else a FAISS index of the run's item vectors, kept in faiss.path
-    when it is set and reused only while it holds these very vectors (see `open_or_build`). `key` is
-    the setting that asked for it (index, or retrieval.index for a retriever)."""
+    (relative: in `run_dir`, the run's folder) when it is set and reused only while it holds these very
+    vectors (see `open_or_build`). `key` is the setting that asked for it (index, or retrieval.index for a retriever)."""
     if index == "model":
         return None
     if index != "faiss":
@@ -274,9 +277,8 @@ def _vector_index(key: str, index: str, settings: DictConfig, run: TrainedRun) -
     item_vectors = run.model.item_vectors()
     if item_vectors is None:
         raise ConfigError(f"{key}=faiss serves inner-product models (mf, popularity); {run.model_name} is not one, use {key}=model")
-    return open_or_build(
-        item_vectors, settings.path or None, settings.kind, settings.nlist, settings.nprobe, item_ids=run.catalogue.item_ids
-    )
+    path = in_run_folder(run_dir, settings.path) if settings.path else None
+    return open_or_build(item_vectors, path, settings.kind, settings.nlist, settings.nprobe, item_ids=run.catalogue.item_ids)
 
 
 def _requested_users(users: str | ListConfig) -> list[Any] | None:
@@ -295,4 +297,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:
+        check_override_keys(sys.argv[1:], "recommend")
+    except ConfigError as error:
+        exit_with_message(error)
     main()

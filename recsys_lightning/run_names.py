@@ -1,6 +1,7 @@
-"""The tail of a run's folder name, which TensorBoard shows as the run's name: the overrides a user typed.
+"""A run's folder name, which TensorBoard shows as the run's name: what was trained (`run_name`) and, as its
+tail, the overrides a user typed (`run_label`).
 
-Runs of one model, loss and sampler differ by what the user changed, so that is what the name carries,
+Runs of one model, loss and sampler differ by what the user changed, so that is what the label carries,
 short enough to read in TensorBoard's run list and stable (the same overrides give the same name,
 whatever their order on the command line):
 
@@ -24,11 +25,14 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import PurePath
 
 # A longer label keeps its start and ends in a hash of the whole: still readable, still unique.
 MAX_LENGTH = 80
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 _NUMBER = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)")
+_COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zip", ".zst"}
+_TABLE_SUFFIXES = {".csv", ".tsv", ".tab", ".txt", ".dat"}
 
 
 def run_label(overrides: Sequence[str], excluded_keys: Sequence[str] = ()) -> str:
@@ -44,6 +48,24 @@ def run_label(overrides: Sequence[str], excluded_keys: Sequence[str] = ()) -> st
         digest = hashlib.sha1(label.encode()).hexdigest()[:6]
         label = f"{label[: MAX_LENGTH - 7].rstrip('+-')}-{digest}"
     return f"_{label}"
+
+
+def run_name(model: str, loss: str, sampler: str, closed_form: bool = False, data_file: str | None = None) -> str:
+    """`<model>-<loss>-<sampler>`, or `<model>` alone for a model fitted in closed form (no loss or sampler
+    takes part in it), then `-<stem>` of the user's own data file (`data=csv data.path=shop.csv` gives
+    `mf-bpr-uniform-shop`), so runs on different files get different names."""
+    name = model if closed_form else f"{model}-{loss}-{sampler}"
+    return f"{name}-{data_stem(data_file)}" if data_file else name
+
+
+def data_stem(path: str) -> str:
+    """`shop` for `data/shop.csv`, `shop.tsv.gz` or `shop.csv.zip`: the name without its compression and table suffixes."""
+    name = PurePath(str(path)).name
+    for suffixes in (_COMPRESSION_SUFFIXES, _TABLE_SUFFIXES):
+        stem, dot, suffix = name.rpartition(".")
+        if dot and stem and f".{suffix.lower()}" in suffixes:
+            name = stem
+    return name or "data"
 
 
 def safe_name(name: str) -> str:

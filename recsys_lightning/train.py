@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recsys_lightning.build import build_module
 from recsys_lightning.callbacks import TrainingTime, final_validation_callbacks
-from recsys_lightning.config import register_resolvers
-from recsys_lightning.console import quiet_library_noise, run_summary, without_restore_messages
+from recsys_lightning.config import check_override_keys, register_resolvers
+from recsys_lightning.console import fit_messages, quiet_library_noise, run_summary, without_restore_messages
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, RunInterrupted, exit_with_message, first_line
 from recsys_lightning.hparams_tab import log_run_table
@@ -134,7 +135,8 @@ def _fit_and_test(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals, 
     fit_start = time.perf_counter()
     try:
         # A resumed fit that had already finished (stopped after fit, while testing) restores and trains nothing.
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        with fit_messages(resuming=resume_from is not None):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except Exception as error:
         if resume_from is None or clock is None or clock.training_began or isinstance(error, RecsysError):
             raise
@@ -198,7 +200,7 @@ def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataMod
         check_same_config(recorded_state(resume_state), cfg, str(resume_from))
     pl.seed_everything(stream_seed(cfg.seed, "init") % 2**32, workers=True)  # model initialisation
     check_memory(cfg, *config_sizes(cfg))  # what config alone sizes (a batch of negatives), before the data loads
-    datamodule: InteractionDataModule = instantiate(cfg.data)
+    datamodule: InteractionDataModule = instantiate(cfg.data, **_features_unread(cfg))
     datamodule.setup("fit")  # the model's size depends on the data
     check_memory(cfg, datamodule.training_data.num_users, datamodule.training_data.num_items)
     module = build_module(cfg, datamodule.training_data)
@@ -209,6 +211,17 @@ def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataMod
         may_finish = run_folder.resumes_in_place(str(cfg.ckpt_path)) and not (run_folder.path / "metrics.json").exists()
         check_resume_callbacks(resume_state, resume_from, callbacks, cfg.trainer.max_epochs, may_finish)
     return datamodule, module, callbacks, resume_from
+
+
+def _features_unread(cfg: DictConfig) -> dict[str, list[str]]:
+    """Data overrides that leave side features unread when the model uses none (`model.features` false or
+    absent, e.g. `experiment=ml100k_cold_items model.features=false`): reading, indexing and logging them would be for nothing."""
+    if cfg.model.get("features"):
+        return {}
+    named = [key for key in ("item_features", "user_features") if cfg.data.get(key)]
+    if named:
+        log.info("model.features is off: %s not read", " and ".join(f"data.{key}" for key in named))
+    return {key: [] for key in named}
 
 
 def _best_checkpoint(trainer: pl.Trainer, run_folder: RunFolder, resumed_from: Path | None) -> str:
@@ -296,4 +309,8 @@ def _checkpoint_epoch(path: str) -> int:
 
 
 if __name__ == "__main__":
+    try:
+        check_override_keys(sys.argv[1:], "config")
+    except ConfigError as error:
+        exit_with_message(error)
     main()

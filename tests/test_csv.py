@@ -87,7 +87,7 @@ BAD_INPUTS = {
     "missing_file": (None, "file not found"),
     "empty": ("", "file is empty"),
     "header_only": ("userId,itemId,rating\n", "has a header but no rows"),
-    "misnamed_column": ("user,itemId\n1,2\n", "no column 'userId'; columns found: user, itemId"),
+    "misnamed_column": ("user,itemId\n1,2\n", "no column 'userId'; columns found: 'user', 'itemId'"),
     "non_numeric_rating": ("userId,itemId,rating\n1,2,5\n1,3,great\n", "line 3: 'rating' is 'great', not a number"),
     "target_outside_0_1": ("userId,itemId,target\n1,2,1\n1,3,2\n", "line 3: 'target' is 2; targets must be 0 or 1"),
     "empty_id": ("userId,itemId\n1,2\n,3\n", "line 3: empty 'userId'"),

@@ -238,7 +238,7 @@ def test_quoted_raw_values_are_cut_short(tmp_path):
     message = error_of(tmp_path, "userId;" + ";".join(f"c{k}" * 100 for k in range(50)) + "\n1\n")
     assert "only one column found ('userId;c0c0" in message and len(message) < 300
     message = error_of(tmp_path, ",".join(f"column{k}" * 20 for k in range(500)) + "\n" + ",".join("1" * 500) + "\n")
-    assert "no column 'userId'; columns found: column0" in message
+    assert "no column 'userId'; columns found: 'column0" in message
 
 
 def test_na_and_null_are_ids_but_an_empty_cell_is_not(tmp_path):

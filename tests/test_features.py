@@ -14,8 +14,9 @@ from recsys_lightning.data.interactions import Interactions
 from recsys_lightning.data.movielens import GENRES, ExpectedContent, MovieLensDataModule, ratings_sha256, resolve_movielens
 from recsys_lightning.data.split import split_interactions
 from recsys_lightning.errors import ConfigError, DataError
+from recsys_lightning.train import train
 
-from helpers import ROOT, FrameDataModule, random_interactions
+from helpers import ROOT, FrameDataModule, random_interactions, training_config
 
 UNREACHABLE = "http://127.0.0.1:9/ml-100k.zip"  # discard port: connection refused at once
 
@@ -120,7 +121,7 @@ MALFORMED = {
     "missing_file": (None, r"users.csv: file not found; point data.users_path at a file with columns 'userId', 'country'"),
     "missing_column": (
         b"userId,age,nation\n100,3,FR\n",
-        r"no column 'country'; columns found: userId, age, nation. Set data.user_features",
+        r"no column 'country'; columns found: 'userId', 'age', 'nation'. Set data.user_features",
     ),
     "missing_id_column": (b"user,country\n100,FR\n", r"no column 'userId'.*Set data.user_col to the right one"),
     "empty_file": (b"", r"no header line found"),
@@ -146,7 +147,9 @@ def test_a_bad_users_file_is_one_line_naming_file_and_fix(tmp_path, case):
 
 
 def test_an_items_file_without_a_feature_column_names_it(tmp_path):
-    with pytest.raises(DataError, match=r"items.csv: no column 'genre'; columns found: itemId, title, genres. Set data.item_features"):
+    with pytest.raises(
+        DataError, match=r"items.csv: no column 'genre'; columns found: 'itemId', 'title', 'genres'. Set data.item_features"
+    ):
         csv_features(tmp_path, "itemId,title,genres\n1000,A,Drama\n", item_features=["genre"])
 
 
@@ -310,3 +313,18 @@ def test_frame_sources_without_features_hand_over_none(small_frame):
     datamodule = FrameDataModule(small_frame)
     datamodule.setup("fit")
     assert datamodule.training_data.item_features is None and datamodule.training_data.user_features is None
+
+
+@pytest.mark.slow
+def test_a_model_without_features_neither_reads_nor_logs_them(tmp_path, caplog):
+    """`model.features=false` with data.item_features set (a preset's, e.g. ml100k_cold_items): nothing is read for nothing."""
+    frame = random_interactions(num_users=40, num_items=60, per_user=15).rename(columns={"user_id": "userId", "item_id": "itemId"})
+    frame.to_csv(tmp_path / "interactions.csv", index=False)
+    pd.DataFrame({"itemId": range(1000, 1060), "title": "a title", "genre": "Drama"}).to_csv(tmp_path / "items.csv", index=False)
+    data = [f"data.path={tmp_path / 'interactions.csv'}", f"data.items_path={tmp_path / 'items.csv'}", "data.item_features=[genre]"]
+    config = training_config("data=csv", *data, "model.features=false", "debug=quick", "~logger", run_dir=tmp_path / "run")
+    with caplog.at_level(logging.INFO):
+        train(config)
+    messages = [record.getMessage() for record in caplog.records]
+    assert "model.features is off: data.item_features not read" in messages
+    assert not [message for message in messages if message.startswith("item features")]

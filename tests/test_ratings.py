@@ -152,7 +152,7 @@ def test_mse_on_data_without_ratings_names_the_missing_column_and_the_fix(tmp_pa
     with pytest.raises(ConfigError) as refused:
         build_module(module_config(loss=MSE), datamodule.training_data)
     assert str(refused.value) == (
-        f"MSELoss predicts ratings, but {path} has no rating column 'rating' (columns: userId, itemId, timestamp): "
+        f"MSELoss predicts ratings, but {path} has no rating column 'rating' (columns: 'userId', 'itemId', 'timestamp'): "
         "set data.rating_col to the column holding ratings, or train a ranking loss such as loss=bpr"
     )
     build_module(module_config(), datamodule.training_data)  # a ranking loss does not need them

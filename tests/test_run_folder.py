@@ -5,6 +5,7 @@ A refusal that train() itself makes is asked of it in this process (`refusal`): 
 any such error into one line and exit code 1, as the runs through it here show for each place a run is
 refused (Hydra's callback, before fit, inside fit)."""
 
+import fcntl
 import json
 import os
 import signal
@@ -100,6 +101,38 @@ def test_a_second_process_cannot_train_into_a_folder_being_trained(tmp_path):
     RunFolder(tmp_path / "busy").claim(resuming=False)  # released: free again (and this process's lock ends with it)
 
 
+def test_a_released_folder_keeps_no_lock_file_and_can_be_claimed_again(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    folder.claim(resuming=False)
+    assert (tmp_path / "run" / ".run.lock").read_text() == f"pid {os.getpid()}\n"
+    folder.release()
+    assert not (tmp_path / "run" / ".run.lock").exists()
+    again = RunFolder(tmp_path / "run")
+    again.claim(resuming=False)
+    again.release()
+    assert os.listdir(tmp_path / "run") == []
+
+
+def test_a_lock_taken_on_a_removed_lock_file_is_taken_again_on_the_folders_file(tmp_path, monkeypatch):
+    """A process that opened `.run.lock` just before its holder removed it and unlocked must not hold the folder
+    through the removed file: it locks the file now at that path, which a third process would lock too."""
+    folder = RunFolder(tmp_path)
+    real_flock = fcntl.flock
+    removed = []
+
+    def flock_after_the_holder_left(handle, operation):
+        if not removed:  # the holder removes the file this process has open, then unlocks
+            removed.append(True)
+            (tmp_path / ".run.lock").unlink()
+        real_flock(handle, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_the_holder_left)
+    folder.claim(resuming=False)
+    with pytest.raises(ConfigError, match="training into this folder right now"):
+        RunFolder(tmp_path).claim(resuming=True)
+    folder.release()
+
+
 @pytest.mark.slow
 def test_files_written_atomically_get_normal_permissions(finished_run):
     umask = os.umask(0)
@@ -138,10 +171,13 @@ def test_a_signal_exits_with_its_code_and_how_to_resume_and_the_resumed_run_fini
     (line,) = error_lines(result)
     assert f"stopped by {signal_name} at epoch 1" in line and line.endswith(f"hydra.run.dir={run_dir} ckpt_path=last")
     assert not (run_dir / "metrics.json").exists()
+    assert not (run_dir / ".run.lock").exists()  # an interrupted run removes its lock file too
     assert checkpoint_epoch(run_dir / "checkpoints" / "last.ckpt") == 0
     resumed = train(run_dir, *stop, "ckpt_path=last", fault_injection=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3
+    assert "exists and is not empty" not in resumed.stdout + resumed.stderr  # a resume's own checkpoints are expected there
+    assert not (run_dir / ".run.lock").exists()
 
 
 @pytest.mark.slow

@@ -3,9 +3,12 @@
 import shlex
 
 import pytest
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from recsys_lightning.run_names import MAX_LENGTH, run_label
+
+from helpers import ROOT, compose_config
 
 EXCLUDED = ["model", "loss", "sampler", "data.path"]
 
@@ -54,3 +57,44 @@ def test_names_are_ascii_and_interpolations_stay_as_typed():
     assert label.isascii() and len(label.encode()) <= MAX_LENGTH + 1 and "root" not in label
     assert run_label(["~a", "+a=1"]) == run_label(["+a=1", "~a"])
     assert not run_label([f"model.knob_{index}=v" for index in range(30)]).rsplit("-", 1)[0].endswith("+")
+
+
+@pytest.fixture
+def hydra_run():
+    """The training config as a run sees it: run_name reads the options chosen from Hydra's runtime."""
+
+    def compose(*overrides: str):
+        config = compose_config("config", *overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(config)
+        return config
+
+    yield compose
+    HydraConfig.instance().cfg = None  # no later test runs inside this one's Hydra runtime
+
+
+@pytest.mark.parametrize(
+    ("choices", "path", "name"),
+    [
+        (["mf", "bpr", "uniform", "movielens"], None, "mf-bpr-uniform"),
+        (["popularity", "bpr", "uniform", "movielens"], None, "popularity"),  # closed form: no loss or sampler took part
+        (["itemknn", "softmax", "in_batch", "movielens"], None, "itemknn"),
+        (["ease", "bpr", "uniform", "csv"], "data/shop.csv", "ease-shop"),
+        (["mf", "bpr", "uniform", "csv"], "/home/me/clicks.tsv.gz", "mf-bpr-uniform-clicks"),  # runs on other files differ
+        (["ncf", "bce", "popularity", "csv"], "views.v2.csv.zip", "ncf-bce-popularity-views.v2"),
+    ],
+)
+def test_the_run_name_is_what_was_trained_and_on_which_file(hydra_run, choices, path, name):
+    model, loss, sampler, data = choices
+    overrides = [f"model={model}", f"loss={loss}", f"sampler={sampler}", f"data={data}"]
+    assert hydra_run(*overrides, *([f"data.path={path}"] if path else [])).run_name == name
+
+
+def test_pre_split_files_name_the_run_after_the_training_file(hydra_run):
+    assert hydra_run("data=csv", "data.train_path=in/week1.csv", "data.valid_path=in/week2.csv").run_name == "mf-bpr-uniform-week1"
+
+
+def test_the_readmes_optuna_example_is_the_label_a_trial_gets():
+    """conf/hparams_search/optuna.yaml's four keys, as a trial sets them: the whole keys' order, not the short names'."""
+    label = run_label(["model.dim=64", "optimizer.lr=0.00455", "loss.l2=0.0002938", "sampler.num_negatives=4"])
+    assert label == "_l2-0.0002938+dim-64+lr-0.00455+num_negatives-4"
+    assert f"`..._{label[1:]}`" in (ROOT / "README.md").read_text()

@@ -1,6 +1,7 @@
 """A run folder's records (metrics.json, .hydra/*.yaml, checkpoints) are untrusted input to evaluate and
 recommend: damaged or crafted ones get one line, are never overwritten, and never make them write elsewhere."""
 
+import io
 import json
 import logging
 import os
@@ -127,6 +128,15 @@ def test_all_known_users_give_no_warning(run, caplog):
     with caplog.at_level(logging.WARNING, logger="recsys_lightning.recommend"):
         serve(serving_config(run, f"users=[{known}]", "k=2", f"output={run / 'recs.csv'}"))
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+def test_a_relative_output_or_index_path_lands_in_the_run_folder(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the folder the command runs from: nothing is written here
+    known = load_trained(find_checkpoint(run)).catalogue.user_ids[0]
+    serve(serving_config(run, f"users=[{known}]", "k=2", "output=recs.csv"))
+    serve(serving_config(run, f"user_id={known}", "index=faiss", "faiss.path=items.faiss"), out=io.StringIO())
+    assert (run / "recs.csv").read_text().startswith(",".join(CSV_COLUMNS)) and (run / "items.faiss").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
 
 
 # 4. metrics.json is read through one reader

@@ -94,6 +94,7 @@ def test_exported_csv_reproduces_the_test_ndcg_of_metrics_json(movielens_run, tm
     output = tmp_path / "recs.csv"
     result = recommend_cli(movielens_run, "users=all", "k=10", "exclude=[train,valid]", f"output={output}")
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "chunk/s" not in result.stderr and "\r" not in result.stderr  # no progress-bar frames in a pipe
     recommendations = pd.read_csv(output)
     assert list(recommendations.columns) == ["user_id", "rank", "item_id", "score", "source"]
     assert len(recommendations) == 943 * 10 and (recommendations["source"] == "model").all()
@@ -293,6 +294,8 @@ def test_evaluate_entry_point_prints_the_comparison(movielens_run):
     result = run_module("recsys_lightning.evaluate", f"run_dir={movielens_run}", "accelerator=cpu")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "test/ndcg@10" in result.stdout and "metrics equal metrics.json" in result.stdout
+    for noise in ("Tip:", "litlogger", "LeafSpec", "TPU available", "GPU available: False"):  # filtered as in train (console.py)
+        assert noise not in result.stdout + result.stderr, noise
 
 
 @pytest.mark.slow

@@ -107,5 +107,5 @@ def test_optuna_search_maximises_the_returned_validation_metric(tmp_path):
     assert best.best_value == pytest.approx(max(trial_values))
     assert "setup plugin alembic" not in result.stdout + result.stderr  # Optuna's storage layer, silenced
     assert "\x1b[" not in result.stderr  # Optuna's colours, which a log file shows as raw codes
-    for job in sweep_dir.glob("0*"):  # e.g. 000_mf-bpr-uniform_debug-quick+dim-64+l2-0.0002938+lr-0.00455+num_negatives-4
+    for job in sweep_dir.glob("0*"):  # e.g. 000_mf-bpr-uniform_debug-quick+l2-0.0002938+dim-64+lr-0.00455+num_negatives-4
         assert len(job.name) < 80 and "+l2-" in job.name and "+lr-" in job.name, job.name

@@ -369,7 +369,9 @@ def integer_ids_if_exact(ids: pd.Series) -> pd.Series:
 
 
 def _column_list(found: list[str]) -> str:
-    return cut(", ".join(cut(column, 40) for column in found[:20]) + (", ..." if len(found) > 20 else ""), 2 * QUOTE_LIMIT)
+    """The header's cells as a message lists them: each quoted (`'Unnamed: 0', '\\n'`), so an empty or blank
+    cell, a separator inside a name, or a newline pandas read inside quotes is seen for what it is."""
+    return cut(", ".join(quote(column, 40) for column in found[:20]) + (", ..." if len(found) > 20 else ""), 2 * QUOTE_LIMIT)
 
 
 def _rows_with(ids: pd.Categorical, value: str) -> np.ndarray:

@@ -40,8 +40,9 @@ class RunFolder:
     """The folder Hydra gave this run: `claim` it before writing anything, `release` it at the end.
 
     The lock is an advisory `flock` on `.run.lock`: the kernel drops it when the process dies, even
-    by SIGKILL, so a crashed run never leaves its folder locked. Under DDP only global rank 0 claims
-    the folder; the other ranks write into the folder it holds.
+    by SIGKILL, so a crashed run never leaves its folder locked. A run that ends in any way that lets
+    code run removes the file (only a killed one leaves it, still unlocked). Under DDP only global rank 0
+    claims the folder; the other ranks write into the folder it holds.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -52,18 +53,7 @@ class RunFolder:
     def claim(self, resuming: bool) -> None:
         """Take the lock; without `resuming`, refuse a folder that already holds checkpoints or metrics."""
         self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / LOCK_NAME, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise ConfigError(
-                f"{self.path}: {holder} is training into this folder right now; wait for it, or give this run "
-                "its own folder: another hydra.run.dir, or (the same command started twice within one second "
-                "gets one folder name) start it again a second later"
-            ) from None
+        handle = self._locked_file()
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
@@ -78,8 +68,33 @@ class RunFolder:
                     "or start fresh in another folder (drop hydra.run.dir or pick a new one)"
                 )
 
+    def _locked_file(self) -> IO[str]:
+        """`.run.lock` opened and locked. A holder removes the file before it unlocks, so a lock taken on a
+        file that is no longer the one at that path (removed meanwhile) is let go and taken again."""
+        while True:
+            handle = open(self.path / LOCK_NAME, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise ConfigError(
+                    f"{self.path}: {holder} is training into this folder right now; wait for it, or give this run "
+                    "its own folder: another hydra.run.dir, or (the same command started twice within one second "
+                    "gets one folder name) start it again a second later"
+                ) from None
+            try:
+                if os.path.samestat(os.stat(self.path / LOCK_NAME), os.fstat(handle.fileno())):
+                    return handle
+            except FileNotFoundError:
+                pass
+            handle.close()
+
     def release(self) -> None:
+        """Remove `.run.lock` and let go of the lock (in that order: see `_locked_file`)."""
         if self._lock is not None:
+            (self.path / LOCK_NAME).unlink(missing_ok=True)
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None

@@ -66,7 +66,15 @@ def check_serving_config(cfg: DictConfig) -> None:
                 f"output={shown(cfg.output)} is written only in batch mode: add users=all or users=[<ids>] "
                 "(or pairs=<file> for pair scores), or drop output"
             )
-        _check_output_file(str(cfg.output))
+        if Path(str(cfg.run_dir)).is_dir() or Path(str(cfg.output)).expanduser().is_absolute():
+            _check_output_file(in_run_folder(cfg.run_dir, cfg.output))  # else loading the run names the missing folder
+
+
+def in_run_folder(run_dir: str, path: str) -> str:
+    """Where `output=` or `faiss.path=` writes: a relative path inside the run folder served (recs.csv
+    beside the run's checkpoints, not in whatever folder the command ran from), an absolute one as given."""
+    given = Path(str(path)).expanduser()
+    return str(given if given.is_absolute() else Path(str(run_dir)) / given)
 
 
 def _check_retrieval(cfg: DictConfig) -> None:

@@ -1,0 +1,61 @@
+"""A misspelt config group or key on the command line is one line naming the closest one (issue 27), not
+Hydra's advice to add the misspelt key with `+`."""
+
+import pytest
+
+from recsys_lightning.config import check_override_keys
+from recsys_lightning.errors import ConfigError
+
+from helpers import run_module
+
+
+@pytest.mark.parametrize(
+    ("arguments", "config_name", "message"),
+    [
+        (["modle=ncf"], "config", "modle=ncf: no config group or key 'modle'; did you mean model=ncf?"),
+        (
+            ["-m", "loss=bpr", "smapler=uniform,popularity"],
+            "config",
+            "smapler=uniform,popularity: no config group or key 'smapler'; did you mean sampler=uniform,popularity?",
+        ),
+        (["trainr.max_epochs=3"], "config", "trainr.max_epochs=3: no config group or key 'trainr'; did you mean trainer.max_epochs=3?"),
+        (["sede=7"], "config", "sede=7: no config group or key 'sede'; did you mean seed=7?"),
+        (
+            ["run_dri=outputs/x", "user_id=1"],
+            "recommend",
+            "run_dri=outputs/x: no config group or key 'run_dri'; did you mean run_dir=outputs/x?",
+        ),
+    ],
+)
+def test_a_misspelt_group_or_key_names_the_closest(arguments, config_name, message):
+    with pytest.raises(ConfigError) as error:
+        check_override_keys(arguments, config_name)
+    assert str(error.value) == message
+
+
+def test_a_name_close_to_nothing_lists_the_names_and_how_to_add_a_key():
+    with pytest.raises(ConfigError) as error:
+        check_override_keys(["zzz=1"], "evaluate")
+    assert str(error.value) == (
+        "zzz=1: no config group or key 'zzz'; the groups and keys are accelerator, checkpoint, hydra, retrieval, run_dir, "
+        "runtime, split, tolerance; a key of your own is added with +zzz=1"
+    )
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["model=ncf", "model.dim=8", "hydra.run.dir=x", "hydra/launcher=slurm", "experiment=ml100k_mf", "debug=quick", "seed=1"],
+        ["+modle=ncf", "~callbacks.early_stopping", "++trainer.max_epochs=1", "--cfg", "job", "-m", "paths.output_dir=/tmp/x=y"],
+        ["--config-name=other", "modle=ncf"],  # another config's names are not these
+    ],
+)
+def test_known_names_flags_and_additions_pass(arguments):
+    check_override_keys(arguments, "config")
+
+
+@pytest.mark.slow
+def test_the_entry_point_answers_a_typo_in_one_line_and_exit_1():
+    result = run_module("recsys_lightning.train", "modle=ncf")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["error: modle=ncf: no config group or key 'modle'; did you mean model=ncf?"]
