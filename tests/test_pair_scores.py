@@ -131,7 +131,7 @@ def test_a_pairs_file_without_its_columns_is_refused_before_any_checkpoint_is_lo
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("user,item\n1,2\n")
     with pytest.raises(
-        DataError, match=f"^{pairs}: no column 'user_id'; columns found: user, item. Set pair_columns.user to the right one$"
+        DataError, match=f"^{pairs}: no column 'user_id'; columns found: 'user', 'item'. Set pair_columns.user to the right one$"
     ):
         serve(serving(empty_run, f"pairs={pairs}"), io.StringIO())
     with pytest.raises(DataError, match="^pairs=.*missing.csv: file not found"):
