@@ -197,7 +197,7 @@ TRAINING_RULES: dict[str, Rule] = {
     # conf/data
     "data.split": Choice(SPLIT_KINDS),
     "data.split_ratios": Shares(),
-    "data.batch_size": integer(1),
+    "data.batch_size": AnyOf((Choice(("auto",)), integer(1))),  # auto: sized_defaults.auto_batch_size
     "data.eval_chunk_size": integer(1),
     "data.eval_max_scores": integer(1),
     "data.val_users": optional(integer(1)),
@@ -275,11 +275,12 @@ TRAINING_RULES: dict[str, Rule] = {
     "trainer.gradient_clip_val": optional(NON_NEGATIVE),
     "trainer.gradient_clip_algorithm": Choice(("norm", "value")),
     # conf/callbacks
-    "callbacks.early_stopping.patience": integer(0),
+    "callbacks.early_stopping.patience": AnyOf((Choice(("auto",)), integer(0))),  # auto: sized_defaults.auto_patience
     "callbacks.early_stopping.mode": MODE,
     "callbacks.model_checkpoint.mode": MODE,
     "callbacks.model_checkpoint.save_top_k": integer(-1),
     "callbacks.progress_bar.refresh_rate": integer(0),
+    "callbacks.progress_log.interval_seconds": NON_NEGATIVE,
     "callbacks.nonfinite_loss_guard.check_every": integer(1),
 }
 
