@@ -65,7 +65,7 @@ def main() -> None:
     steps = len(datamodule.train_dataloader())
     print(
         f"\n{datamodule.source}: {len(datamodule.interactions):,} distinct interactions, "
-        f"{len(datamodule.split.train):,} train pairs, batch {cfg.data.batch_size} ({steps} steps)"
+        f"{len(datamodule.split.train):,} train pairs, batch {datamodule.batch_size} ({steps} steps)"
     )
     print(f"build data (generate, dedupe, split, CSR): {build_seconds:8.1f} s   peak RSS {rss_after_data:.2f} GB")
     print(f"one MF/BPR training epoch (Lightning):     {epoch_seconds:8.1f} s   {len(datamodule.split.train) / epoch_seconds:,.0f} pairs/s")

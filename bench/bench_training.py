@@ -119,7 +119,7 @@ def main() -> None:
 
     batches = len(datamodule.train_dataloader())
     print(
-        f"\nMF/BPR on {datamodule.source}: {len(datamodule.split.train):,} train pairs, batch {cfg.data.batch_size} "
+        f"\nMF/BPR on {datamodule.source}: {len(datamodule.split.train):,} train pairs, batch {datamodule.batch_size} "
         f"({batches} steps/epoch), dim {cfg.model.dim}, {torch.get_num_threads()} threads"
     )
     print(f"{'what (best of the timed epochs)':42s} {'seconds':>9s}")

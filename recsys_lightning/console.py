@@ -98,10 +98,13 @@ def fit_messages(resuming: bool) -> Iterator[None]:
             logger.handle(record)
 
 
-def run_summary(metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run_dir: str | Path, tensorboard: bool) -> str:
-    """The closing table of a run: rows for the monitored metric and NDCG/recall at the first K, the run
-    folder, and the command that opens it in TensorBoard when the run logged there (`tensorboard=False`
-    for a sweep's job too: the sweep ends with the command for all its jobs)."""
+def run_summary(
+    metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run_dir: str | Path, tensorboard: bool, note: str | None = None
+) -> str:
+    """The closing table of a run: rows for the monitored metric and NDCG/recall at the first K, a `note`
+    when the run learnt too little (baseline_note.py), the run folder, and the command that opens it in
+    TensorBoard when the run logged there (`tensorboard=False` for a sweep's job too: the sweep ends with
+    the command for all its jobs)."""
     names = list(dict.fromkeys([monitor.removeprefix("val/"), f"ndcg@{ks[0]}", f"recall@{ks[0]}"]))
     rows = [name for name in names if f"val/{name}" in metrics or f"test/{name}" in metrics]
     width = max(len(name) for name in rows)
@@ -113,6 +116,8 @@ def run_summary(metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run
     lines = [f"{'':{width}}  {'val':>8}  {'test':>8}"]
     lines += [f"{name:{width}}  {shown('val/' + name)}  {shown('test/' + name)}" for name in rows]
     lines.append(f"best epoch {metrics.get('best_epoch')} of {metrics.get('epochs')}, {metrics.get('train_seconds')} s training")
+    if note:
+        lines.append(note)
     folder = relative_path(run_dir)
     lines.append(f"run folder: {folder}")
     if tensorboard:

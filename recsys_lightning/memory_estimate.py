@@ -20,6 +20,7 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from recsys_lightning.data.sized_defaults import AUTO, LARGEST_BATCH
 from recsys_lightning.errors import ConfigError
 
 GIB = 2**30
@@ -133,7 +134,8 @@ def batch_activations(cfg: DictConfig, num_users: int, num_items: int) -> int:
     that picked the negatives, the MLP's activations per candidate, and for the full softmax (or a
     shared pool) a score, with its MLP activations, for every item of each distinct user in the batch."""
     model, sampler = _plain(cfg.get("model")), _plain(cfg.get("sampler"))
-    batch = int(OmegaConf.select(cfg, "data.batch_size", default=1) or 1)
+    batch = OmegaConf.select(cfg, "data.batch_size", default=1) or 1
+    batch = LARGEST_BATCH if batch == AUTO else int(batch)  # auto chooses at most this, once the data is split
     candidates = batch * (1 + negatives_per_example(sampler))
     width = _embedding_width(model)
     vectors = candidates * width * FLOAT * ACTIVATION_COPIES

@@ -24,14 +24,17 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from recsys_lightning.baseline_note import closing_note
 from recsys_lightning.build import build_module
 from recsys_lightning.callbacks import TrainingTime, final_validation_callbacks
 from recsys_lightning.config import check_override_keys, register_resolvers
 from recsys_lightning.console import fit_messages, quiet_library_noise, run_summary, without_restore_messages
 from recsys_lightning.data.datamodule import InteractionDataModule
+from recsys_lightning.data.sized_defaults import AUTO, auto_patience
 from recsys_lightning.errors import ConfigError, RecsysError, RunInterrupted, exit_with_message, first_line
 from recsys_lightning.hparams_tab import log_run_table
 from recsys_lightning.memory_estimate import check_memory, config_sizes
+from recsys_lightning.models.popularity import Popularity
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.projector import log_item_embeddings
 from recsys_lightning.runs.atomic import atomic_file
@@ -166,7 +169,8 @@ def _fit_and_test(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals, 
     metrics["best_checkpoint"] = os.path.relpath(best_checkpoint, run_folder.path)
 
     if trainer.is_global_zero:
-        log_run_table(trainer.loggers, cfg, _hydra_choices(), metrics, trainer.global_step)
+        chosen = OmegaConf.merge(cfg, {"data": {"batch_size": datamodule.batch_size}})  # auto shown as what it chose
+        log_run_table(trainer.loggers, chosen, _hydra_choices(), metrics, trainer.global_step)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and cfg.projector.max_items > 0:
                 # The module holds the best checkpoint's weights here: validate and test loaded them.
@@ -174,7 +178,9 @@ def _fit_and_test(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals, 
         with atomic_file(run_folder.path / "metrics.json") as handle:
             json.dump(metrics, handle, indent=2, sort_keys=True)
         tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers) and not _in_sweep()
-        print(run_summary(metrics, str(cfg.monitor.metric), list(cfg.eval.ks), run_folder.path, tensorboard), flush=True)
+        monitor, ks = str(cfg.monitor.metric), list(cfg.eval.ks)
+        note = closing_note(metrics, monitor, datamodule, ks, isinstance(module.model, Popularity))
+        print(run_summary(metrics, monitor, ks, run_folder.path, tensorboard, note), flush=True)
     return metrics
 
 
@@ -204,7 +210,7 @@ def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataMod
     datamodule.setup("fit")  # the model's size depends on the data
     check_memory(cfg, datamodule.training_data.num_users, datamodule.training_data.num_items)
     module = build_module(cfg, datamodule.training_data)
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback] + [RunRecord(cfg)]
+    callbacks = [_instantiate_callback(callback, datamodule, cfg) for callback in cfg.callbacks.values() if callback] + [RunRecord(cfg)]
     if resume_from is not None:
         check_resume_fits(resume_state, resume_from, module)
         # Only this folder's own fit, stopped before its test wrote metrics.json, may be resumed just to be tested.
@@ -222,6 +228,18 @@ def _features_unread(cfg: DictConfig) -> dict[str, list[str]]:
     if named:
         log.info("model.features is off: %s not read", " and ".join(f"data.{key}" for key in named))
     return {key: [] for key in named}
+
+
+def _instantiate_callback(callback: DictConfig, datamodule: InteractionDataModule, cfg: DictConfig) -> pl.Callback:
+    """A callback of the config; `patience: auto` (early stopping's default) is chosen from the steps between
+    validations (sized_defaults.auto_patience) and logged."""
+    if callback.get("patience") != AUTO:
+        return instantiate(callback)
+    steps = datamodule.steps_per_epoch * (OmegaConf.select(cfg, "trainer.check_val_every_n_epoch") or 1)
+    patience = auto_patience(steps)
+    if is_rank_zero():
+        log.info("early stopping patience %d validations (auto: %d training steps between validations)", patience, steps)
+    return instantiate(callback, patience=patience)
 
 
 def _best_checkpoint(trainer: pl.Trainer, run_folder: RunFolder, resumed_from: Path | None) -> str:

@@ -83,7 +83,7 @@ TRAINING_RULES: dict[str, Rule] = {
     "trainer.deterministic": AnyOf((FLAG, Choice(("warn",)))),
     "trainer.gradient_clip_val": optional(NON_NEGATIVE),
     "trainer.gradient_clip_algorithm": Choice(("norm", "value")),
-    "callbacks.early_stopping.patience": integer(0),
+    "callbacks.early_stopping.patience": AnyOf((Choice(("auto",)), integer(0))),  # auto: sized_defaults.auto_patience
     "callbacks.early_stopping.mode": MODE,
     "callbacks.model_checkpoint.mode": MODE,
     "callbacks.model_checkpoint.save_top_k": integer(-1),

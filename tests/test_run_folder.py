@@ -323,7 +323,7 @@ def test_resuming_from_another_folders_checkpoint_into_a_fresh_folder_continues_
         (["optimizer.lr=0.5"], "this run changes optimizer.lr (0.003 -> 0.5), which a resumed run cannot change"),
         (["loss=bce"], "this run changes loss._target_"),
         (["scheduler=cosine"], "this run changes scheduler"),
-        (["callbacks.early_stopping.patience=1"], "this run changes callbacks.early_stopping.patience (10 -> 1)"),
+        (["callbacks.early_stopping.patience=1"], "this run changes callbacks.early_stopping.patience (auto -> 1)"),
         (["callbacks.early_stopping.monitor=val/recall@10"], "callbacks.early_stopping.monitor (${monitor.metric} -> val/recall@10)"),
         (["trainer.max_epochs=2"], "it already holds 3 epochs, so trainer.max_epochs=2 leaves nothing to train"),
     ],

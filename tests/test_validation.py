@@ -107,11 +107,11 @@ BAD_VALUES = [
     (["model=hybrid", "model.dropout=1.0"], "model.dropout=1.0: must be a number in [0, 1)"),
     (["model=ncf", "model.dropout=-0.1"], "model.dropout=-0.1: must be a number in [0, 1)"),
     (["model.init_std=0"], "model.init_std=0: must be a number > 0"),
-    (["data.batch_size=0"], "data.batch_size=0: must be an integer >= 1"),
-    (["data.batch_size=-5"], "data.batch_size=-5: must be an integer >= 1"),
-    (["data.batch_size=12.5"], "data.batch_size=12.5: must be an integer >= 1"),
-    (["data.batch_size=abc"], "data.batch_size=abc: must be an integer >= 1"),
-    (["data.batch_size=true"], "data.batch_size=true: must be an integer >= 1"),
+    (["data.batch_size=0"], "data.batch_size=0: must be auto or an integer >= 1"),
+    (["data.batch_size=-5"], "data.batch_size=-5: must be auto or an integer >= 1"),
+    (["data.batch_size=12.5"], "data.batch_size=12.5: must be auto or an integer >= 1"),
+    (["data.batch_size=abc"], "data.batch_size=abc: must be auto or an integer >= 1"),
+    (["data.batch_size=true"], "data.batch_size=true: must be auto or an integer >= 1"),
     (["data.eval_chunk_size=0"], "data.eval_chunk_size=0: must be an integer >= 1"),
     (["data.eval_chunk_size=1.5"], "data.eval_chunk_size=1.5: must be an integer >= 1"),
     (["eval.ks=[]"], "eval.ks=[]: must be a non-empty list, each entry an integer >= 1, e.g. [10,20]"),
@@ -146,7 +146,7 @@ BAD_VALUES = [
     (["loss=softmax", "loss.temperature=0"], "loss.temperature=0: must be a number > 0"),
     (["loss=full_softmax", "loss.temperature=-1"], "loss.temperature=-1: must be a number > 0"),
     (["loss.l2=-0.01"], "loss.l2=-0.01: must be a number >= 0"),
-    (["callbacks.early_stopping.patience=-1"], "callbacks.early_stopping.patience=-1: must be an integer >= 0"),
+    (["callbacks.early_stopping.patience=-1"], "callbacks.early_stopping.patience=-1: must be auto or an integer >= 0"),
 ]
 
 

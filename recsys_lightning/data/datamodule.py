@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,11 +20,12 @@ from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.features import FeatureColumns, index_features
 from recsys_lightning.data.interactions import ITEM, PART, TARGET, USER, Interactions, latest_per_pair
 from recsys_lightning.data.positives import TrainingPositives
+from recsys_lightning.data.sized_defaults import AUTO, auto_batch_size
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.split import SPLIT_KINDS, Split, split_by_parts, split_interactions
 from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.errors import DataError, quote
-from recsys_lightning.ranges import Choice, Range, Shares
+from recsys_lightning.ranges import AnyOf, Choice, Range, Shares, integer
 from recsys_lightning.seeds import stream_seed
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,8 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         split: Annotated[str, Choice(SPLIT_KINDS)] = "ratio",
         split_ratios: Annotated[Sequence[float], Shares()] = (0.8, 0.1, 0.1),
         min_rating: Annotated[float | None, Range()] = None,
-        batch_size: Annotated[int, Range(1)] = 4096,
+        batch_size: Annotated[int | str, AnyOf((Choice((AUTO,)), integer(1)))] = 4096,  # auto: sized_defaults.auto_batch_size
+        _X_=0,
         eval_chunk_size: Annotated[int, Range(1)] = 1024,
         eval_max_scores: Annotated[int, Range(1)] = 2**27,
         val_users: Annotated[int | None, Range(1)] = None,
@@ -71,7 +74,8 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         self.split_kind = split
         self.split_ratios = tuple(split_ratios)
         self.min_rating = min_rating
-        self.batch_size = batch_size
+        self.batch_size_setting = batch_size  # an integer, or "auto": chosen in `setup` from the training pairs
+        self.batch_size: int | None = None if batch_size == AUTO else batch_size
         self.eval_chunk_size = eval_chunk_size
         self.eval_max_scores = eval_max_scores
         self.val_users = val_users
@@ -119,6 +123,9 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
                 f"{self.source}: no test interaction is left: {self._why_no_test(test_rows)}; test needs new "
                 "(user, item) pairs of users and items seen in train: fix the test file or leave it out"
             )
+        if self.batch_size_setting == AUTO:
+            self.batch_size = auto_batch_size(len(self.split.train))
+            log.info("batch size %d (auto: %s training pairs)", self.batch_size, f"{len(self.split.train):,}")
         self.train_positives = self._csr(self.split.train)
         self.valid_positives = self._csr(self.split.valid)
         self.test_positives = self._csr(self.split.test)
@@ -145,6 +152,11 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         return len(self.split.test) > 0
 
     @property
+    def steps_per_epoch(self) -> int:
+        """Training steps of one epoch in one process."""
+        return math.ceil(len(self.split.train) / self.batch_size)
+
+    @property
     def num_users(self) -> int:
         return self.interactions.num_users
 
@@ -169,10 +181,10 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         return DataLoader(pairs, sampler=batches, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._ranking_chunks("valid", *self._shard()), batch_size=None)
+        return DataLoader(self.ranking_chunks("valid", *self._shard()), batch_size=None)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self._ranking_chunks("test", *self._shard()), batch_size=None)
+        return DataLoader(self.ranking_chunks("test", *self._shard()), batch_size=None)
 
     def _shard(self) -> tuple[int, int]:
         """(rank, number of processes): each DDP process trains and evaluates its own disjoint share."""
@@ -192,7 +204,7 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         log.info("validation ranks a fixed sample of %d of the %d users with validation items (data.val_users)", self.val_users, len(users))
         return users[sample.sort().values]
 
-    def _ranking_chunks(self, part: str, rank: int, num_replicas: int) -> RankingChunks:
+    def ranking_chunks(self, part: str, rank: int = 0, num_replicas: int = 1) -> RankingChunks:
         """Built once per part: fit, validate and test reuse them (seconds at 20M interactions).
 
         Chunks hold at most `eval_max_scores` scores (chunk x num_items), so a million-item catalogue

@@ -30,6 +30,7 @@ RESUME_MAY_CHANGE = (
     "trainer.default_root_dir",  # Lightning's fallback output folder
     "logger",  # whether and where metrics are logged
     "callbacks.progress_bar",  # display only
+    "callbacks.progress_log",  # display only
     "trainer.enable_progress_bar",  # display only
     "trainer.log_every_n_steps",  # how often logged, not what is trained
     "projector.max_items",  # the TensorBoard export after training

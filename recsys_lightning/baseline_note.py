@@ -1,0 +1,52 @@
+"""The closing table's one-line note on a run that learnt too little: its best checkpoint ranks the
+validation users' items worse than the most popular items do, or no epoch after the first improved it.
+
+Defaults that fit one data set can learn nothing on another (a batch too large for a small CSV), and a
+table of small numbers does not say so. The popularity figure is counted from the training positives and
+ranked for the same validation users the run was judged on: no second training run, no model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from recsys_lightning.data.datamodule import InteractionDataModule
+from recsys_lightning.metrics import METRIC_NAMES, RankingMetrics
+from recsys_lightning.ranking import top_k_unseen
+
+
+def popularity_on_validation(datamodule: InteractionDataModule, ks: Sequence[int]) -> dict[str, float]:
+    """`val/<metric>@K` of ranking each validation user's unseen items by their number of training users
+    (model=popularity's ranking), one evaluation chunk of scores at a time."""
+    popularity = datamodule.training_data.positives.item_counts.float()
+    metrics = RankingMetrics(ks)
+    for chunk in datamodule.ranking_chunks("valid"):
+        scores = popularity.expand(len(chunk.users), -1).clone()  # top_k_unseen overwrites what it hides
+        top_items = top_k_unseen(scores, chunk.exclude_rows, chunk.exclude_items, metrics.max_k)
+        metrics.update_ranked(top_items, chunk, len(popularity))
+    return {f"val/{name}": value.item() for name, value in metrics.compute().items()}
+
+
+def closing_note(
+    metrics: Mapping[str, Any], monitor: str, datamodule: InteractionDataModule, ks: Sequence[int], is_popularity: bool
+) -> str | None:
+    """What the closing table adds when the run learnt too little, with what to try; None otherwise.
+
+    The popularity comparison needs a ranking monitor (`val/ndcg@10`, not `val/rmse`) and a model other
+    than popularity itself."""
+    value = metrics.get(monitor)
+    ranking_monitor = monitor.startswith("val/") and monitor.removeprefix("val/").split("@")[0] in METRIC_NAMES
+    if ranking_monitor and not is_popularity and isinstance(value, float):
+        baseline = popularity_on_validation(datamodule, ks)[monitor]
+        if value < baseline:
+            return (
+                f"note: {monitor} {value:.4f} is below the most popular items' {baseline:.4f} on the same users; try more "
+                f"epochs (trainer.max_epochs), a smaller data.batch_size (now {datamodule.batch_size}) or another optimizer.lr"
+            )
+    if metrics.get("best_epoch") == 0 and (metrics.get("epochs") or 0) > 1:
+        return (
+            f"note: no epoch after the first improved {monitor}; try a lower optimizer.lr or a higher loss.l2, "
+            "or a smaller data.batch_size and a higher callbacks.early_stopping.patience"
+        )
+    return None
