@@ -142,6 +142,24 @@ def test_a_record_naming_a_class_by_its_name_before_a_move_is_no_difference():
     assert [key for key, _, _ in changed_settings(recorded, cfg)] == ["trainer.plugins"]
 
 
+def test_a_run_recorded_before_auto_resumes_with_its_own_numbers():
+    """Before issue 27 a record held data.batch_size 4096 and patience 10 where the config now says auto: the
+    resume takes the recorded numbers (in range only) and is no difference; an explicit other number is one."""
+    recorded = config_record(training_config(*SMALL_RUN, "data.batch_size=4096", "callbacks.early_stopping.patience=10", run_dir="/a"))
+    cfg = training_config(*SMALL_RUN, "data.batch_size=auto", run_dir="/a")
+    assert (cfg.data.batch_size, cfg.callbacks.early_stopping.patience) == ("auto", "auto")
+    check_same_config(recorded, cfg, "x.ckpt")
+    assert (cfg.data.batch_size, cfg.callbacks.early_stopping.patience) == (4096, 10)
+    recorded["config"]["data"]["batch_size"] = 2**40  # a crafted record sizes nothing: auto stays, and differs
+    cfg = training_config(*SMALL_RUN, "data.batch_size=auto", run_dir="/a")
+    with pytest.raises(ConfigError, match=r"this run changes data.batch_size \(1099511627776 -> auto\)"):
+        check_same_config(recorded, cfg, "x.ckpt")
+    assert cfg.data.batch_size == "auto"
+    recorded["config"]["data"]["batch_size"] = 4096
+    with pytest.raises(ConfigError, match=r"this run changes data.batch_size \(4096 -> 256\)"):
+        check_same_config(recorded, training_config(*SMALL_RUN, "data.batch_size=256", run_dir="/a"), "x.ckpt")
+
+
 @pytest.mark.parametrize("record", [None, {"should_stop": False}])
 def test_a_checkpoint_without_a_config_record_is_refused(record):
     with pytest.raises(ConfigError, match=r"^ckpt_path=x.ckpt: it carries no record of the config it was trained with"):

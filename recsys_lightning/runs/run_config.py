@@ -8,6 +8,7 @@ resolved or instantiated, so a crafted one can neither read the environment nor 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytorch_lightning as pl
@@ -16,6 +17,9 @@ from pytorch_lightning.callbacks.early_stopping import EarlyStopping, EarlyStopp
 
 from recsys_lightning.errors import ConfigError, cut
 from recsys_lightning.models.closed_form import ClosedFormRecommender
+from recsys_lightning.ranges import MAX_COUNT, integer
+
+log = logging.getLogger(__name__)
 
 # Keys (and whole subtrees) a resumed run may change, each because it neither changes what is trained nor
 # how a checkpoint is judged; every other key must equal the checkpoint's record. Left out on purpose:
@@ -46,6 +50,10 @@ SHOWN_KEYS = 3  # differing keys one error line names
 # Classes a config names that moved since older checkpoints recorded them: the same class under its new
 # name, so a run folder made before the move still resumes (issue 23 moved the run-folder modules to runs/).
 MOVED_TARGETS = {"recsys_lightning.checkpoint_io.AtomicCheckpointIO": "recsys_lightning.runs.checkpoint_io.AtomicCheckpointIO"}
+# Keys whose `auto` a run resolves from its data (data/sized_defaults.py), with the numbers a record may hold: a
+# run recorded before `auto` existed (issue 27) holds the number it trained with, which its resume keeps.
+AUTO_SIZED = {"data.batch_size": integer(1, MAX_COUNT), "callbacks.early_stopping.patience": integer(0, MAX_COUNT)}
+AUTO = "auto"
 _MAX_DEPTH = 32  # a record nested deeper is not one this code wrote
 _MAX_LEAVES = 100_000
 
@@ -102,6 +110,7 @@ def check_same_config(recorded: Any, cfg: DictConfig, ckpt_path: str) -> None:
             "it), so a resume cannot be checked; start a new run folder (drop ckpt_path and hydra.run.dir)"
         )
     try:
+        _keep_recorded_sizes(recorded, cfg)
         changed = changed_settings(recorded, cfg)
     except (ValueError, RecursionError):
         raise ConfigError(
@@ -170,6 +179,18 @@ def _absent_root(key: str, side: dict[str, Any]) -> str:
         if not any(name == prefix or name.startswith(prefix + ".") for name in side):
             return prefix
     return key
+
+
+def _keep_recorded_sizes(recorded: Any, cfg: DictConfig) -> None:
+    """A resume asking `auto` for a key its checkpoint recorded as a number in range trains on with that number."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("config"), dict):
+        raise ValueError("not a record")
+    old = _flat(recorded["config"])
+    for key, rule in AUTO_SIZED.items():
+        number = old.get(key)
+        if OmegaConf.select(cfg, key, default=None) == AUTO and isinstance(number, int) and rule.accepts(number):
+            OmegaConf.update(cfg, key, number)
+            log.info("%s=%d, as the checkpoint recorded it (a run from before `auto`)", key, number)
 
 
 def _may_change(key: str) -> bool:
