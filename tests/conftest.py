@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import SMALL_RUN, random_interactions, run_module
+from helpers import SMALL_RUN, SMALL_SWEEP, random_interactions, run_module
 
 
 @pytest.fixture
@@ -40,3 +40,13 @@ def finished_run(tmp_path_factory) -> Path:
     result = run_module("recsys_lightning.train", *SMALL_RUN, "trainer.max_epochs=3", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(tmp_path_factory) -> Path:
+    """One finished `SMALL_SWEEP` through the training entry point (two jobs, multirun.yaml), shared by
+    the tests of sweep folders; each works on a copy."""
+    sweep_dir = tmp_path_factory.mktemp("finished_sweep") / "sweep"
+    result = run_module("recsys_lightning.train", *SMALL_SWEEP, f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir

@@ -28,6 +28,8 @@ CONF = ROOT / "conf"
 SMALL_DATA = ["data=synthetic", "data.num_users=300", "data.num_items=200", "data.num_interactions=6000", "data.batch_size=512"]
 # A quiet CPU run on it; tests add what they vary (trainer.max_epochs, ~logger, ...): a later override wins.
 SMALL_RUN = [*SMALL_DATA, "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0", "projector.max_items=0"]
+# A sweep of two one-epoch jobs on it (`finished_sweep` in conftest.py), without TensorBoard events.
+SMALL_SWEEP = ["-m", *SMALL_RUN, "~logger", "trainer.max_epochs=1", "model.dim=8,16"]
 
 
 def random_interactions(num_users: int, num_items: int, per_user: int, seed: int = 0) -> pd.DataFrame:

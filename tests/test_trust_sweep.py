@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -243,17 +244,10 @@ def test_a_sweep_stopped_by_sigterm_resumes_as_a_whole_with_the_printed_command(
     assert sorted(summary["overrides"].str.extract(r"model.dim=(\d+)")[0].astype(int)) == [8, 16, 32]
 
 
-@pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory):
-    sweep_dir = tmp_path_factory.mktemp("finished") / "sweep"
-    result = run_module("recsys_lightning.train", "-m", *RUN, "trainer.max_epochs=1", "model.dim=8,16", f"hydra.sweep.dir={sweep_dir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return sweep_dir
-
-
 @pytest.mark.slow
-def test_a_sweep_resumed_with_other_overrides_is_refused_with_a_command_that_works(finished_sweep):
-    jobs = sorted(path.parent for path in finished_sweep.glob("*/.hydra"))
+def test_a_sweep_resumed_with_other_overrides_is_refused_with_a_command_that_works(finished_sweep, tmp_path):
+    sweep_dir = shutil.copytree(finished_sweep, tmp_path / "sweep")  # `finished_sweep` (conftest.py) is shared
+    jobs = sorted(path.parent for path in sweep_dir.glob("*/.hydra"))
     (jobs[1] / "metrics.json").unlink()  # as if killed before its first checkpoint
     for path in (jobs[1] / "checkpoints").iterdir():
         path.unlink()
@@ -263,22 +257,22 @@ def test_a_sweep_resumed_with_other_overrides_is_refused_with_a_command_that_wor
         *RUN,
         "trainer.max_epochs=1",
         "model.dim=8,32",
-        f"hydra.sweep.dir={finished_sweep}",
+        f"hydra.sweep.dir={sweep_dir}",
         "ckpt_path=last",
     )
     assert refused.returncode == 1
     (line,) = error_lines(refused)
     assert line.startswith(
-        f"error: hydra.sweep.dir={finished_sweep}: the sweep there was started with other overrides (multirun.yaml: it has "
+        f"error: hydra.sweep.dir={sweep_dir}: the sweep there was started with other overrides (multirun.yaml: it has "
         "model.dim=8,16, this command model.dim=8,32); resume it with: "
     )
-    assert sorted(path.parent for path in finished_sweep.glob("*/.hydra")) == jobs  # nothing written
+    assert sorted(path.parent for path in sweep_dir.glob("*/.hydra")) == jobs  # nothing written
 
     resumed = paste(line.split("resume it with: ", 1)[1])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert sorted(path.parent for path in finished_sweep.glob("*/.hydra")) == jobs
+    assert sorted(path.parent for path in sweep_dir.glob("*/.hydra")) == jobs
     assert json.loads((jobs[1] / "metrics.json").read_text())["best_checkpoint"] == "checkpoints/epoch000.ckpt"  # run fresh
-    assert pd.read_csv(finished_sweep / "summary.csv")["error"].isna().all()
+    assert pd.read_csv(sweep_dir / "summary.csv")["error"].isna().all()
 
 
 def test_a_sweep_resumed_with_its_overrides_in_another_order_is_refused(tmp_path):
