@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from hypothesis import settings
 
-from helpers import random_interactions, run_module
+from helpers import SMALL_RUN, SMALL_SWEEP, random_interactions, run_module
 
 # The generated-input tests run the same examples on every run (derandomize, which also means no example
 # database): a run never depends on what an earlier run left in .hypothesis/, and a suite that passed passes
@@ -38,3 +38,24 @@ def movielens_run(tmp_path_factory) -> Path:
     run_dirs = [path.parent for path in output_dir.glob("runs/*/*/.hydra")]
     assert len(run_dirs) == 1, run_dirs
     return run_dirs[0]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """One run of `SMALL_RUN` for three epochs through the training entry point, finished (metrics.json,
+    best and last checkpoints, .hydra/), shared by the tests of run folders, resume and run records.
+    A test that changes it works on a copy; the few that train into it must be refused and change nothing."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    result = run_module("recsys_lightning.train", *SMALL_RUN, "trainer.max_epochs=3", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(tmp_path_factory) -> Path:
+    """One finished `SMALL_SWEEP` through the training entry point (two jobs, multirun.yaml), shared by
+    the tests of sweep folders; each works on a copy."""
+    sweep_dir = tmp_path_factory.mktemp("finished_sweep") / "sweep"
+    result = run_module("recsys_lightning.train", *SMALL_SWEEP, f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir

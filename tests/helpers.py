@@ -3,6 +3,8 @@ and the entry points run as a user runs them. Fixtures stay in conftest.py; this
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import subprocess
 import sys
@@ -21,6 +23,13 @@ from recsys_lightning.data.training_data import TrainingData
 
 ROOT = PROJECT_ROOT  # where the entry points run, as a user runs them
 CONF = ROOT / "conf"
+
+# Small synthetic data (10 training batches an epoch) that the entry-point tests train on in seconds.
+SMALL_DATA = ["data=synthetic", "data.num_users=300", "data.num_items=200", "data.num_interactions=6000", "data.batch_size=512"]
+# A quiet CPU run on it; tests add what they vary (trainer.max_epochs, ~logger, ...): a later override wins.
+SMALL_RUN = [*SMALL_DATA, "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0", "projector.max_items=0"]
+# A sweep of two one-epoch jobs on it (`finished_sweep` in conftest.py), without TensorBoard events.
+SMALL_SWEEP = ["-m", *SMALL_RUN, "~logger", "trainer.max_epochs=1", "model.dim=8,16"]
 
 
 def random_interactions(num_users: int, num_items: int, per_user: int, seed: int = 0) -> pd.DataFrame:
@@ -111,6 +120,17 @@ def training_config(*overrides: str, run_dir: Path | str = ".", return_hydra_con
     """The training config outside a Hydra run: paths.run_dir and run_name read Hydra's runtime, which
     only a run has, so they are given here."""
     return compose_config("config", f"paths.run_dir={run_dir}", "run_name=test", *overrides, return_hydra_config=return_hydra_config)
+
+
+@functools.cache
+def _option_config(group: str, option: str) -> DictConfig:
+    return training_config(f"{group}={option}")
+
+
+def option_config(group: str, option: str) -> DictConfig:
+    """`training_config(f"{group}={option}")`, composed once per session for the tests that read every
+    option (a copy, so a test may resolve or change it)."""
+    return copy.deepcopy(_option_config(group, option))
 
 
 def run_module(module: str, *overrides: str, fault_injection: bool = False) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ refused (Hydra's callback, before fit, inside fit)."""
 import fcntl
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -23,29 +24,19 @@ from recsys_lightning.runs.checkpoint_io import AtomicCheckpointIO
 from recsys_lightning.runs.run_folder import RunFolder
 from recsys_lightning.train import train as run_training
 
-from helpers import ROOT, run_module, training_config
+from helpers import ROOT, SMALL_RUN, SMALL_SWEEP, run_module, training_config
 
-SMALL_RUN = [
-    "data=synthetic",
-    "data.num_users=300",
-    "data.num_items=200",
-    "data.num_interactions=6000",
-    "data.batch_size=512",
-    "trainer.max_epochs=3",
-    "trainer.accelerator=cpu",
-    "callbacks.progress_bar.refresh_rate=0",
-    "projector.max_items=0",
-]
+RUN = [*SMALL_RUN, "trainer.max_epochs=3"]  # as `finished_run` (conftest.py) was trained
 
 
 def train(run_dir, *overrides, fault_injection=False):
-    return run_module("recsys_lightning.train", *SMALL_RUN, f"hydra.run.dir={run_dir}", *overrides, fault_injection=fault_injection)
+    return run_module("recsys_lightning.train", *RUN, f"hydra.run.dir={run_dir}", *overrides, fault_injection=fault_injection)
 
 
 def train_in_process(run_dir, *overrides):
     """The same run in this process: the function the entry point calls with the config Hydra composed
     (no interpreter to start; no Hydra run record written, nor its callbacks' checks run)."""
-    return run_training(training_config(*SMALL_RUN, *overrides, run_dir=run_dir))
+    return run_training(training_config(*RUN, *overrides, run_dir=run_dir))
 
 
 def refusal(run_dir, *overrides) -> str:
@@ -64,14 +55,6 @@ def error_lines(result) -> list[str]:
 
 def checkpoint_epoch(path) -> int:
     return torch.load(path, weights_only=True)["epoch"]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    result = train(run_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
 
 
 @pytest.mark.slow
@@ -398,10 +381,9 @@ def test_a_moved_run_folder_resumes_with_its_best_score(finished_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sweep_into_a_folder_holding_a_sweep_is_refused(tmp_path):
-    sweep = ["-m", *SMALL_RUN, "trainer.max_epochs=1", "model.dim=8,16", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    first = run_module("recsys_lightning.train", *sweep)
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_a_sweep_into_a_folder_holding_a_sweep_is_refused(finished_sweep, tmp_path):
+    shutil.copytree(finished_sweep, tmp_path / "sweep")  # a finished sweep (conftest.py), shared: changed here on a copy
+    sweep = [*SMALL_SWEEP, f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     before = {path: path.read_bytes() for path in (tmp_path / "sweep").rglob("*.yaml")}
     for job in (tmp_path / "sweep").glob("*/metrics.json"):
         job.unlink()  # jobs killed before they finished still hold their checkpoints
@@ -442,4 +424,6 @@ def test_a_checkpoint_path_that_is_no_file_says_so(finished_run, tmp_path, ckpt_
 @pytest.mark.slow
 def test_a_resume_may_reorder_eval_ks(finished_run, tmp_path):
     run_dir = copy_run(finished_run, tmp_path)
-    train_in_process(run_dir, "ckpt_path=last", "trainer.max_epochs=4", "eval.ks=[20,10]")
+    metrics = train_in_process(run_dir, "ckpt_path=last", "trainer.max_epochs=4", "eval.ks=[20,10]")
+    assert metrics["epochs"] == 4 and json.loads((run_dir / "metrics.json").read_text()) == metrics  # resumed and finished
+    assert {f"{stage}/ndcg@{k}" for stage in ("val", "test") for k in (10, 20)} <= set(metrics)  # both ks, whatever the order

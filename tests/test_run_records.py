@@ -22,37 +22,19 @@ from recsys_lightning.serving.arguments import CSV_COLUMNS, check_serving_config
 
 from helpers import compose_config, run_module, training_config
 
-# Every test here reads a run trained through the entry point (the `trained` fixture).
+# Every test here reads a run trained through the entry point (`finished_run`, conftest.py).
 pytestmark = pytest.mark.slow
 
-SMALL_RUN = [
-    "data=synthetic",
-    "data.num_users=200",
-    "data.num_items=150",
-    "data.num_interactions=4000",
-    "trainer.max_epochs=2",
-    "trainer.accelerator=cpu",
-    "callbacks.progress_bar.refresh_rate=0",
-    "projector.max_items=0",
-]
 DAMAGED = "metrics.json is damaged"
 BILLION_LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
     f"{chr(98 + level)}: &{chr(98 + level)} [{', '.join([f'*{chr(97 + level)}'] * 9)}]\n" for level in range(8)
 )
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("records") / "run"
-    result = run_module("recsys_lightning.train", *SMALL_RUN, f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
-
-
 @pytest.fixture
-def run(trained, tmp_path):
+def run(finished_run, tmp_path):
     """A copy of the trained run that a test may damage."""
-    return shutil.copytree(trained, tmp_path / "run")
+    return shutil.copytree(finished_run, tmp_path / "run")
 
 
 def error_lines(result) -> list[str]:
@@ -204,7 +186,7 @@ def test_damaged_metrics_json_through_the_entry_points(run, module, content):
 
 def test_evaluate_refuses_a_checkpoint_of_other_data_of_the_same_size(run):
     config = OmegaConf.load(run / ".hydra" / "config.yaml")
-    config.data.seed = 7  # another sample and split of 200 users x 150 items
+    config.data.seed = 7  # another sample and split of 300 users x 200 items
     OmegaConf.save(config, run / ".hydra" / "config.yaml")
     with pytest.raises(ConfigError, match=r"trained on other data than .*config.yaml rebuilds \(same sizes, but its users, items"):
         evaluate(run, accelerator="cpu")
@@ -265,8 +247,8 @@ def test_run_yaml_over_1_mib_or_not_a_mapping_is_refused(run):
         read_run_yaml(path)
 
 
-def test_the_real_run_config_reads_back_whole(trained):
-    assert read_run_yaml(trained / ".hydra" / "config.yaml").data.num_users == 200
+def test_the_real_run_config_reads_back_whole(finished_run):
+    assert read_run_yaml(finished_run / ".hydra" / "config.yaml").data.num_users == 300
 
 
 # 5. a recorded data_dir is read, never created or downloaded into

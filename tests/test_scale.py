@@ -11,24 +11,14 @@ import torch
 from recsys_lightning.data.batches import EpochBatchSampler
 from recsys_lightning.evaluate import compare_with_recorded, evaluate
 
-from helpers import run_module, training_config
+from helpers import SMALL_RUN, run_module, training_config
 
 # Small synthetic data, a few quick epochs, bit-exact on CPU.
-SMALL_RUN = [
-    "data=synthetic",
-    "data.num_users=600",
-    "data.num_items=400",
-    "data.num_interactions=20000",
-    "data.batch_size=512",
-    "trainer.max_epochs=4",
-    "trainer.accelerator=cpu",
-    "trainer.deterministic=true",
-    "callbacks.progress_bar.refresh_rate=0",
-]
+RUN = [*SMALL_RUN, "trainer.max_epochs=4", "trainer.deterministic=true"]
 
 
 def train(output_dir: Path, *overrides: str, fault_injection: bool = False):
-    return run_module("recsys_lightning.train", *SMALL_RUN, f"paths.output_dir={output_dir}", *overrides, fault_injection=fault_injection)
+    return run_module("recsys_lightning.train", *RUN, f"paths.output_dir={output_dir}", *overrides, fault_injection=fault_injection)
 
 
 def run_dir_of(output_dir: Path) -> Path:

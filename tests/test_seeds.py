@@ -23,7 +23,10 @@ def test_the_collision_of_arithmetic_seeds_is_gone():
 
 
 def test_seeds_are_stable_and_accepted_by_every_generator():
-    assert stream_seed(42, "negatives", 0, 3) == stream_seed(42, "negatives", 0, 3)
+    # The values runs recorded so far were drawn with: a change to the derivation (or a hash that varies
+    # between processes, such as Python's hash()) changes every seeded metric, so it must show here.
+    assert stream_seed(42, "negatives", 0, 3) == 3995143859043179282
+    assert stream_seed(0, "split") == 1474116239038544637
     for seed in (stream_seed(2**32 - 1, stream, 7, 10_000) for stream in STREAMS):
         assert 0 <= seed < 2**SEED_BITS
         torch.Generator().manual_seed(seed)

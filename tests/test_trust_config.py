@@ -74,8 +74,14 @@ def test_every_swapped_group_a_preset_tuned_for_is_refused(overrides, pinned):
 
 def test_a_swap_with_every_tuned_key_set_by_hand_or_the_preset_own_choice_trains():
     typed = [f"{key}={'null' if value is None else value}" for key, value in preset_keys("ml100k_ratings").items()]
-    check_training_config(training_config("experiment=ml100k_ratings", "loss=bpr", *typed, return_hydra_config=True))
-    check_training_config(training_config("experiment=ml100k_mf", "model=mf", "loss=full_softmax", return_hydra_config=True))
+    swapped = training_config("experiment=ml100k_ratings", "loss=bpr", *typed, return_hydra_config=True)
+    check_training_config(swapped)  # raises ConfigError if refused
+    assert swapped.loss._target_.endswith(".BPRLoss") and swapped.model.dim == preset_keys("ml100k_ratings")["model.dim"]
+    # one tuned key left to the preset is enough to refuse the swap
+    assert refusal("experiment=ml100k_ratings", "loss=bpr", *typed[1:]).startswith("experiment=ml100k_ratings is tuned for loss=mse")
+    own_choices = training_config("experiment=ml100k_mf", "model=mf", "loss=full_softmax", return_hydra_config=True)
+    check_training_config(own_choices)
+    assert own_choices.loss._target_.endswith(".FullSoftmaxLoss") and own_choices.loss.l2 == pytest.approx(0.1)  # the preset's tuning
 
 
 @pytest.mark.parametrize("preset", sorted(group_options("experiment")))

@@ -16,23 +16,13 @@ from recsys_lightning.runs.resume_command import command_line
 from recsys_lightning.runs.run_config import changed_settings, check_same_config, config_record
 from recsys_lightning.train import train as run_training
 
-from helpers import ROOT, run_module, training_config
+from helpers import ROOT, SMALL_DATA, SMALL_RUN, run_module, training_config
 
-SMALL_RUN = [
-    "data=synthetic",
-    "data.num_users=300",
-    "data.num_items=200",
-    "data.num_interactions=6000",
-    "data.batch_size=512",
-    "trainer.max_epochs=2",
-    "trainer.accelerator=cpu",
-    "callbacks.progress_bar.refresh_rate=0",
-    "projector.max_items=0",
-]
+RUN = [*SMALL_RUN, "trainer.max_epochs=2"]  # the fresh runs here; `finished_run` (conftest.py) holds 3 epochs
 
 
 def train(run_dir, *overrides):
-    return run_module("recsys_lightning.train", *SMALL_RUN, f"hydra.run.dir={run_dir}", *overrides, fault_injection=True)
+    return run_module("recsys_lightning.train", *RUN, f"hydra.run.dir={run_dir}", *overrides, fault_injection=True)
 
 
 def error_line(result) -> str:
@@ -51,14 +41,6 @@ def snapshot(run_dir) -> dict:
     return {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file() and path.suffix in (".ckpt", ".json", ".yaml")}
 
 
-@pytest.fixture(scope="module")
-def two_epoch_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("two_epochs") / "run"
-    result = train(run_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
-
-
 def copy_run(run_dir, tmp_path):
     copy = tmp_path / "run"
     subprocess.run(["cp", "-r", str(run_dir), str(copy)], check=True)
@@ -69,10 +51,10 @@ def copy_run(run_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resuming_with_another_val_users_is_refused_and_changes_nothing(two_epoch_run, tmp_path):
-    run_dir = copy_run(two_epoch_run, tmp_path)
+def test_resuming_with_another_val_users_is_refused_and_changes_nothing(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
     before = snapshot(run_dir)
-    result = train(run_dir, "ckpt_path=last", "trainer.max_epochs=3", "data.val_users=50")
+    result = train(run_dir, "ckpt_path=last", "trainer.max_epochs=4", "data.val_users=50")
     assert result.returncode == 1
     line = error_line(result)
     assert "this run changes data.val_users (null -> 50), which a resumed run cannot change" in line, line
@@ -96,8 +78,8 @@ def test_resuming_with_another_val_users_is_refused_and_changes_nothing(two_epoc
 def test_resuming_with_a_key_that_trains_or_judges_changed_is_refused(override, expected):
     """The neighbours of data.val_users (above, through the entry point), compared as train() compares them
     before any data loads: the checkpoint's record against the resuming run's config."""
-    recorded = config_record(training_config(*SMALL_RUN, run_dir="/a"))
-    resuming = training_config(*SMALL_RUN, "ckpt_path=last", "trainer.max_epochs=3", override, run_dir="/a")
+    recorded = config_record(training_config(*RUN, run_dir="/a"))
+    resuming = training_config(*RUN, "ckpt_path=last", "trainer.max_epochs=3", override, run_dir="/a")
     with pytest.raises(ConfigError) as refused:
         check_same_config(recorded, resuming, "last.ckpt")
     line = str(refused.value)
@@ -105,17 +87,17 @@ def test_resuming_with_a_key_that_trains_or_judges_changed_is_refused(override, 
 
 
 @pytest.mark.slow
-def test_resuming_with_only_keys_a_resume_may_change_continues(two_epoch_run, tmp_path):
-    run_dir = copy_run(two_epoch_run, tmp_path)
-    result = train(run_dir, "ckpt_path=last", "trainer.max_epochs=3", "eval.ks=[20,10]", "callbacks.progress_bar.refresh_rate=1", "~logger")
+def test_resuming_with_only_keys_a_resume_may_change_continues(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    result = train(run_dir, "ckpt_path=last", "trainer.max_epochs=4", "eval.ks=[20,10]", "callbacks.progress_bar.refresh_rate=1", "~logger")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 4
 
 
 def test_keys_a_resume_may_change_are_not_differences():
-    recorded = config_record(training_config(*SMALL_RUN, run_dir="/a"))
+    recorded = config_record(training_config(*RUN, run_dir="/a"))
     changed = training_config(
-        *SMALL_RUN[:5],
+        *SMALL_DATA,
         "trainer.max_epochs=9",
         "trainer.accelerator=auto",
         "callbacks.progress_bar.refresh_rate=5",
@@ -229,7 +211,7 @@ def test_sigterm_while_the_best_checkpoint_is_tested_prints_a_command_that_only_
     assert "train/loss" not in resumed.stdout + resumed.stderr  # no epoch trained: EpochLog writes one line per epoch
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == epochs and metrics["test/ndcg@10"] > 0 and (run_dir / metrics["best_checkpoint"]).is_file()
-    overrides = [*SMALL_RUN, *extra, *stop, f"+callbacks.stop.once={tmp_path / 'once'}", "ckpt_path=last"]
+    overrides = [*RUN, *extra, *stop, f"+callbacks.stop.once={tmp_path / 'once'}", "ckpt_path=last"]
     with pytest.raises(ConfigError) as finished:  # tested now: nothing is left to resume
         run_training(training_config(*overrides, run_dir=run_dir))
     expected = "early stopping ended its training after 2 epochs" if ended_by == "early stopping" else "raise trainer.max_epochs above 2"
@@ -272,9 +254,9 @@ def test_sigterm_while_data_loads_prints_the_command_that_starts_it_again(tmp_pa
 
 
 @pytest.mark.slow
-def test_sigterm_while_a_resumed_run_loads_data_names_the_kept_checkpoint(two_epoch_run, tmp_path, monkeypatch):
+def test_sigterm_while_a_resumed_run_loads_data_names_the_kept_checkpoint(finished_run, tmp_path, monkeypatch):
     """In this process: the handler is the entry point's, the data source sends the signal as it loads."""
-    run_dir = copy_run(two_epoch_run, tmp_path)
+    run_dir = copy_run(finished_run, tmp_path)
 
     def load_and_stop(self):
         os.kill(os.getpid(), 15)
@@ -282,7 +264,7 @@ def test_sigterm_while_a_resumed_run_loads_data_names_the_kept_checkpoint(two_ep
 
     monkeypatch.setattr(SyntheticDataModule, "load", load_and_stop)
     with pytest.raises(RunInterrupted) as stopped:
-        run_training(training_config(*SMALL_RUN, "trainer.max_epochs=3", "ckpt_path=last", run_dir=run_dir))
+        run_training(training_config(*RUN, "trainer.max_epochs=4", "ckpt_path=last", run_dir=run_dir))
     message = str(stopped.value)
     assert stopped.value.exit_code == 143
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -15,6 +16,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.runs.checkpoint_file import find_checkpoint
@@ -23,19 +26,9 @@ from recsys_lightning.runs.trained_run import load_trained
 from recsys_lightning.train import train as run_training
 from recsys_lightning.validation import check_training_config
 
-from helpers import ROOT, run_module, training_config
+from helpers import ROOT, SMALL_RUN, run_module, training_config
 
-SMALL_RUN = [
-    "data=synthetic",
-    "data.num_users=300",
-    "data.num_items=200",
-    "data.num_interactions=6000",
-    "data.batch_size=512",  # 10 training batches per epoch
-    "trainer.accelerator=cpu",
-    "callbacks.progress_bar.refresh_rate=0",
-    "projector.max_items=0",
-    "~logger",
-]
+RUN = [*SMALL_RUN, "~logger"]  # 10 training batches per epoch; no TensorBoard events, which nothing here reads
 
 
 class SleepAt(pl.Callback):
@@ -78,7 +71,7 @@ def test_validating_every_2_epochs_of_3_checkpoints_the_last_one_also_in_a_run_r
     """Stopped by SIGTERM at the start of epoch 2, resumed by pasting the command it printed: the resumed
     run validates and checkpoints its last epoch, which check_val_every_n_epoch=2 would skip."""
     run_dir = tmp_path / "run"
-    overrides = [*SMALL_RUN, "trainer.check_val_every_n_epoch=2", "trainer.max_epochs=3"]
+    overrides = [*RUN, "trainer.check_val_every_n_epoch=2", "trainer.max_epochs=3"]
     term = ["+callbacks.term._target_=test_trust_sweep.TermOnce", "+callbacks.term.epoch=2"]
     stopped = run_module("recsys_lightning.train", *overrides, *term, f"hydra.run.dir={run_dir}", fault_injection=True)
     assert stopped.returncode == 143, stopped.stderr[-3000:]
@@ -123,7 +116,7 @@ def test_validating_every_2_epochs_of_3_checkpoints_the_last_one_also_in_a_run_r
 )
 def test_whatever_ends_training_the_last_step_is_validated_and_checkpointed(tmp_path, overrides, checkpoints):
     run_dir = tmp_path / "run"
-    metrics = run_training(training_config(*SMALL_RUN, "trainer.max_epochs=20", *overrides, run_dir=run_dir))
+    metrics = run_training(training_config(*RUN, "trainer.max_epochs=20", *overrides, run_dir=run_dir))
     found = checkpoint_steps(run_dir)
     assert {name: found[name] for name in checkpoints} == checkpoints
     assert (run_dir / metrics["best_checkpoint"]).is_file() and find_checkpoint(run_dir, "last").is_file()
@@ -133,7 +126,7 @@ def test_whatever_ends_training_the_last_step_is_validated_and_checkpointed(tmp_
 def test_a_run_stopped_before_its_first_step_fails_instead_of_writing_metrics_without_a_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     with pytest.raises(ConfigError) as refused:
-        run_training(training_config(*SMALL_RUN, "+trainer.max_time=00:00:00:00", run_dir=run_dir))
+        run_training(training_config(*RUN, "+trainer.max_time=00:00:00:00", run_dir=run_dir))
     assert str(refused.value) == (
         "training ended at epoch 0, step 0, before any validation, so no checkpoint was written to test or serve; "
         "give it more time or steps (trainer.max_time, trainer.max_steps)"
@@ -164,9 +157,27 @@ def test_a_setting_that_would_leave_no_best_checkpoint_is_refused_up_front(overr
     assert str(refused.value).startswith(message)
 
 
-@pytest.mark.parametrize("unset", ["+callbacks.model_checkpoint.every_n_epochs=1", "+callbacks.last_checkpoint.every_n_train_steps=0"])
+@pytest.mark.parametrize(
+    "unset",
+    [
+        "+callbacks.model_checkpoint.every_n_epochs=1",
+        pytest.param(
+            "+callbacks.last_checkpoint.every_n_train_steps=0",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="accepted today, but Lightning reads every_n_train_steps=0 alone as every_n_epochs=0: "
+                "no checkpoint at any validation (check_checkpoint_schedule takes each key alone)",
+            ),
+        ),
+    ],
+)
 def test_checkpoint_schedules_that_follow_validation_are_accepted(unset):
-    check_training_config(training_config(unset))
+    key, value = unset.lstrip("+").split("=")
+    cfg = training_config(unset)
+    assert OmegaConf.select(cfg, key) == int(value)  # the schedule is set, and checked...
+    check_training_config(cfg)  # ...and taken (a ConfigError otherwise)
+    callback = instantiate(cfg.callbacks[key.split(".")[1]])
+    assert (callback._every_n_epochs, callback._every_n_train_steps) == (1, 0)  # what Lightning does with neither set
 
 
 def test_advice_on_a_missing_checkpoint_names_only_a_checkpoint_the_run_holds(tmp_path):
@@ -184,7 +195,7 @@ def test_advice_on_a_missing_checkpoint_names_only_a_checkpoint_the_run_holds(tm
 
 # -- defect 10: a stopped sweep resumes as a whole with the command it printed ---------------------------
 
-SWEEP = ["-m", *SMALL_RUN, "trainer.max_epochs=3", "model.dim=8,16,32"]
+SWEEP = ["-m", *RUN, "trainer.max_epochs=3", "model.dim=8,16,32"]
 TERM_JOB_1 = ["+callbacks.term._target_=test_trust_sweep.TermOnce", "+callbacks.term.job=1"]
 
 
@@ -232,44 +243,35 @@ def test_a_sweep_stopped_by_sigterm_resumes_as_a_whole_with_the_printed_command(
     assert sorted(summary["overrides"].str.extract(r"model.dim=(\d+)")[0].astype(int)) == [8, 16, 32]
 
 
-@pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory):
-    sweep_dir = tmp_path_factory.mktemp("finished") / "sweep"
-    result = run_module(
-        "recsys_lightning.train", "-m", *SMALL_RUN, "trainer.max_epochs=1", "model.dim=8,16", f"hydra.sweep.dir={sweep_dir}"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return sweep_dir
-
-
 @pytest.mark.slow
-def test_a_sweep_resumed_with_other_overrides_is_refused_with_a_command_that_works(finished_sweep):
-    jobs = sorted(path.parent for path in finished_sweep.glob("*/.hydra"))
+def test_a_sweep_resumed_with_other_overrides_is_refused_with_a_command_that_works(finished_sweep, tmp_path):
+    sweep_dir = shutil.copytree(finished_sweep, tmp_path / "sweep")  # `finished_sweep` (conftest.py) is shared
+    jobs = sorted(path.parent for path in sweep_dir.glob("*/.hydra"))
     (jobs[1] / "metrics.json").unlink()  # as if killed before its first checkpoint
     for path in (jobs[1] / "checkpoints").iterdir():
         path.unlink()
     refused = run_module(
         "recsys_lightning.train",
         "-m",
-        *SMALL_RUN,
+        *RUN,
         "trainer.max_epochs=1",
         "model.dim=8,32",
-        f"hydra.sweep.dir={finished_sweep}",
+        f"hydra.sweep.dir={sweep_dir}",
         "ckpt_path=last",
     )
     assert refused.returncode == 1
     (line,) = error_lines(refused)
     assert line.startswith(
-        f"error: hydra.sweep.dir={finished_sweep}: the sweep there was started with other overrides (multirun.yaml: it has "
+        f"error: hydra.sweep.dir={sweep_dir}: the sweep there was started with other overrides (multirun.yaml: it has "
         "model.dim=8,16, this command model.dim=8,32); resume it with: "
     )
-    assert sorted(path.parent for path in finished_sweep.glob("*/.hydra")) == jobs  # nothing written
+    assert sorted(path.parent for path in sweep_dir.glob("*/.hydra")) == jobs  # nothing written
 
     resumed = paste(line.split("resume it with: ", 1)[1])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert sorted(path.parent for path in finished_sweep.glob("*/.hydra")) == jobs
+    assert sorted(path.parent for path in sweep_dir.glob("*/.hydra")) == jobs
     assert json.loads((jobs[1] / "metrics.json").read_text())["best_checkpoint"] == "checkpoints/epoch000.ckpt"  # run fresh
-    assert pd.read_csv(finished_sweep / "summary.csv")["error"].isna().all()
+    assert pd.read_csv(sweep_dir / "summary.csv")["error"].isna().all()
 
 
 def test_a_sweep_resumed_with_its_overrides_in_another_order_is_refused(tmp_path):
@@ -304,7 +306,7 @@ def test_a_sweep_folder_without_a_readable_record_is_not_resumed(tmp_path, recor
 
 @pytest.mark.slow
 def test_ckpt_path_last_into_a_new_sweep_folder_is_refused_not_run_fresh(tmp_path):
-    result = run_module("recsys_lightning.train", "-m", *SMALL_RUN, "model.dim=8,16", "ckpt_path=last", f"paths.output_dir={tmp_path}")
+    result = run_module("recsys_lightning.train", "-m", *RUN, "model.dim=8,16", "ckpt_path=last", f"paths.output_dir={tmp_path}")
     assert result.returncode == 1
     (line,) = error_lines(result)
     assert "holds no sweep to resume (no multirun.yaml)" in line
@@ -313,7 +315,7 @@ def test_ckpt_path_last_into_a_new_sweep_folder_is_refused_not_run_fresh(tmp_pat
 
 def test_ckpt_path_last_outside_a_sweep_still_needs_a_last_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match=r"last.ckpt does not exist; nothing to resume here, drop ckpt_path to start fresh"):
-        run_training(training_config(*SMALL_RUN, "ckpt_path=last", run_dir=tmp_path / "run"))
+        run_training(training_config(*RUN, "ckpt_path=last", run_dir=tmp_path / "run"))
 
 
 @pytest.mark.parametrize(

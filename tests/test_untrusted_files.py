@@ -17,7 +17,7 @@ from recsys_lightning.runs.run_folder import RunFolder
 from recsys_lightning.runs.safe_config import checked_component, checked_module_hyper_parameters
 from recsys_lightning.runs.trained_run import load_trained
 
-from helpers import options, run_module, training_config
+from helpers import option_config, options, run_module
 
 register_resolvers()
 
@@ -236,11 +236,11 @@ def test_every_option_the_configs_offer_passes_the_check(group):
     from omegaconf import OmegaConf
 
     for option in options(group):
-        cfg = training_config(f"{group}={option}")
+        cfg = option_config(group, option)
         node = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) else None
         if group == "scheduler":
             if node:
-                checked_component("scheduler", node["scheduler"], "test")
+                assert checked_component("scheduler", node["scheduler"], "test") == node["scheduler"]
         elif group != "data" or option != "csv":  # csv needs a path to resolve nothing else
             assert checked_component(group, node, "test") == node
 

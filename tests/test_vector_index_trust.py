@@ -338,8 +338,13 @@ def test_bad_kind_or_nprobe_is_refused_with_the_other_arguments(override, messag
 
 
 def test_the_default_nlist_is_valid_for_every_catalogue_size():
-    for num_items in (1, 2, 39, 40, 1682, 10**6):
-        check_nlist(vector_index._nlist(None, num_items), num_items)
+    sizes = (1, 2, 39, 40, 1682, 10**6)
+    defaults = [vector_index._nlist(None, num_items) for num_items in sizes]
+    # about 4 sqrt(items), but never fewer than 39 items a list (FAISS's minimum to train a centroid), nor under 1
+    assert defaults == [1, 1, 1, 1, 43, 4000]
+    for num_items, nlist in zip(sizes, defaults):
+        check_nlist(nlist, num_items)  # raises ConfigError for an nlist outside [1, num_items]
+    assert vector_index._nlist(7, 1682) == 7  # a nlist set by the user is kept
 
 
 def train_mf(folder, seed):
