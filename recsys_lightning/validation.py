@@ -271,6 +271,12 @@ def check_checkpoint_schedule(cfg: DictConfig) -> None:
                     f"callbacks.{name}.{key}={shown(value)}: checkpoints are written at every validation, so the best "
                     "is picked over all of them; drop it, and set how often to validate with trainer.check_val_every_n_epoch"
                 )
+        # Lightning reads any schedule key set without every_n_epochs as every_n_epochs=0: no checkpoint at all.
+        if config_value(cfg, f"callbacks.{name}.every_n_train_steps") == 0 and config_value(cfg, f"callbacks.{name}.every_n_epochs") != 1:
+            raise ConfigError(
+                f"callbacks.{name}.every_n_train_steps=0 alone makes Lightning write no checkpoint at any validation "
+                f"(it then reads every_n_epochs as 0); drop it, or add callbacks.{name}.every_n_epochs=1"
+            )
     if config_value(cfg, "callbacks.model_checkpoint.save_top_k") == 0:
         raise ConfigError("callbacks.model_checkpoint.save_top_k=0 keeps no best checkpoint to test or serve; use 1 (or more)")
 

@@ -146,6 +146,10 @@ def test_a_run_stopped_before_its_first_step_fails_instead_of_writing_metrics_wi
         ),
         ("+callbacks.last_checkpoint.every_n_train_steps=100", "callbacks.last_checkpoint.every_n_train_steps=100: checkpoints are"),
         ("+callbacks.last_checkpoint.train_time_interval=60", "callbacks.last_checkpoint.train_time_interval=60: checkpoints are"),
+        (
+            "+callbacks.last_checkpoint.every_n_train_steps=0",
+            "callbacks.last_checkpoint.every_n_train_steps=0 alone makes Lightning write no checkpoint at any validation",
+        ),
         ("callbacks.model_checkpoint.save_top_k=0", "callbacks.model_checkpoint.save_top_k=0 keeps no best checkpoint to test or serve"),
         ("trainer.limit_val_batches=0", "trainer.limit_val_batches=0: must be an integer >= 1 or a number in (0, 1] or null"),
         ("trainer.limit_val_batches=0.0", "trainer.limit_val_batches=0.0: must be"),
@@ -161,19 +165,13 @@ def test_a_setting_that_would_leave_no_best_checkpoint_is_refused_up_front(overr
     "unset",
     [
         "+callbacks.model_checkpoint.every_n_epochs=1",
-        pytest.param(
-            "+callbacks.last_checkpoint.every_n_train_steps=0",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="accepted today, but Lightning reads every_n_train_steps=0 alone as every_n_epochs=0: "
-                "no checkpoint at any validation (check_checkpoint_schedule takes each key alone)",
-            ),
-        ),
+        "+callbacks.last_checkpoint.every_n_train_steps=0 +callbacks.last_checkpoint.every_n_epochs=1",
     ],
 )
 def test_checkpoint_schedules_that_follow_validation_are_accepted(unset):
-    key, value = unset.lstrip("+").split("=")
-    cfg = training_config(unset)
+    overrides = unset.split()
+    key, value = overrides[0].lstrip("+").split("=")
+    cfg = training_config(*overrides)
     assert OmegaConf.select(cfg, key) == int(value)  # the schedule is set, and checked...
     check_training_config(cfg)  # ...and taken (a ConfigError otherwise)
     callback = instantiate(cfg.callbacks[key.split(".")[1]])
