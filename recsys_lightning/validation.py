@@ -23,7 +23,7 @@ from recsys_lightning import monitor
 from recsys_lightning.config import group_options
 from recsys_lightning.devices import check_cuda_available, check_trainer_devices
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.metrics import METRIC_NAMES
+from recsys_lightning.metrics import CATALOGUE_METRIC_NAMES, METRIC_NAMES
 from recsys_lightning.presets import check_preset_choices, replaced_preset_key
 from recsys_lightning.ranges import (
     FLAG,
@@ -179,10 +179,8 @@ def check_monitors(cfg: DictConfig) -> None:
     the keys a user sets."""
     logged = logged_metrics(cfg)
     # optimized_metric is read from metrics.json: validation and test figures, no training loss.
-    test_metrics = (*METRIC_NAMES, "coverage", "novelty")
-    test_names = [f"test/{metric}@{k}" for metric in test_metrics for k in cfg.eval.ks] + [
-        f"test/{name}" for kind in get_class(cfg.loss._target_).prediction_metrics for name in kind.names
-    ]
+    predicted = [f"test/{name}" for kind in get_class(cfg.loss._target_).prediction_metrics for name in kind.names]
+    test_names = [f"test/{metric}@{k}" for metric in (*METRIC_NAMES, *CATALOGUE_METRIC_NAMES) for k in cfg.eval.ks] + predicted
     recorded = [name for name in logged if name != "train/loss"] + (test_names if cfg.run_test else [])
     watchers = [
         (f"callbacks.{name}.monitor", f"callbacks.{name}.mode")
@@ -249,8 +247,9 @@ def check_loss_and_sampler(cfg: DictConfig) -> None:
     )
 
 
-# ModelCheckpoint settings that save on another schedule than validation's, or not at all (None: unset).
-_OFF_SCHEDULE = {"every_n_epochs": (None, 1), "every_n_train_steps": (None, 0), "train_time_interval": (None,)}
+# ModelCheckpoint settings that save on another schedule than validation's, or not at all (None: unset). Any of
+# them set, even every_n_train_steps=0, makes Lightning read an unset every_n_epochs as 0: no checkpoint at all.
+_OFF_SCHEDULE = {"every_n_epochs": (None, 1), "every_n_train_steps": (None,), "train_time_interval": (None,)}
 
 
 def check_checkpoint_schedule(cfg: DictConfig) -> None:
@@ -271,12 +270,6 @@ def check_checkpoint_schedule(cfg: DictConfig) -> None:
                     f"callbacks.{name}.{key}={shown(value)}: checkpoints are written at every validation, so the best "
                     "is picked over all of them; drop it, and set how often to validate with trainer.check_val_every_n_epoch"
                 )
-        # Lightning reads any schedule key set without every_n_epochs as every_n_epochs=0: no checkpoint at all.
-        if config_value(cfg, f"callbacks.{name}.every_n_train_steps") == 0 and config_value(cfg, f"callbacks.{name}.every_n_epochs") != 1:
-            raise ConfigError(
-                f"callbacks.{name}.every_n_train_steps=0 alone makes Lightning write no checkpoint at any validation "
-                f"(it then reads every_n_epochs as 0); drop it, or add callbacks.{name}.every_n_epochs=1"
-            )
     if config_value(cfg, "callbacks.model_checkpoint.save_top_k") == 0:
         raise ConfigError("callbacks.model_checkpoint.save_top_k=0 keeps no best checkpoint to test or serve; use 1 (or more)")
 
