@@ -20,7 +20,7 @@ def popularity_on_validation(datamodule: InteractionDataModule, ks: Sequence[int
     """`val/<metric>@K` of ranking each validation user's unseen items by their number of training users
     (model=popularity's ranking), one evaluation chunk of scores at a time."""
     popularity = datamodule.training_data.positives.item_counts.float()
-    metrics = RankingMetrics(ks)
+    metrics = RankingMetrics(ks, sync_on_compute=False)  # rank 0 alone ranks every validation user, DDP or not
     for chunk in datamodule.ranking_chunks("valid"):
         scores = popularity.expand(len(chunk.users), -1).clone()  # top_k_unseen overwrites what it hides
         top_items = top_k_unseen(scores, chunk.exclude_rows, chunk.exclude_items, metrics.max_k)

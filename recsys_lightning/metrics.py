@@ -70,8 +70,9 @@ class RankingMetrics(Metric):
     higher_is_better = True
     is_differentiable = False
 
-    def __init__(self, ks: Sequence[int] = (10, 20)) -> None:
-        super().__init__()
+    def __init__(self, ks: Sequence[int] = (10, 20), sync_on_compute: bool = True) -> None:
+        """`sync_on_compute=False` for a figure one process computes over all users alone (no DDP collective)."""
+        super().__init__(sync_on_compute=sync_on_compute)
         self.ks = tuple(sorted(set(int(k) for k in ks)))
         self.add_state("totals", torch.zeros(len(METRIC_NAMES), len(self.ks), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_users", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
