@@ -105,8 +105,10 @@ def prepare_environment(environ: MutableMapping[str, str] = os.environ) -> None:
     `ddp_spawn` worker (it runs no entry point, so no `apply_thread_count`) computes with as it is."""
     if policy_disabled(environ):
         return
-    environ.setdefault(WAIT_POLICY, "PASSIVE")
-    if not any(name in environ for name in COUNT_VARIABLES):
+    # A blank variable (`OMP_NUM_THREADS= python ...`) is unset to OpenMP, so it is to us too.
+    if not environ.get(WAIT_POLICY, "").strip():
+        environ[WAIT_POLICY] = "PASSIVE"
+    if not any(environ.get(name, "").strip() for name in COUNT_VARIABLES):
         _write_count(environ, AUTO_THREADS)
 
 

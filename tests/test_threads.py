@@ -101,6 +101,14 @@ def test_prepare_environment_sets_passive_and_one_thread_when_unset():
     assert environ == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", MARKER: "1"}
 
 
+@pytest.mark.parametrize("blank", ["", " "])
+def test_a_blank_variable_is_unset_as_openmp_reads_it(blank):
+    """`OMP_NUM_THREADS= cmd` leaves OpenMP its default (spinning, a thread per core): it gets ours instead."""
+    environ = {"OMP_NUM_THREADS": blank, "MKL_NUM_THREADS": blank, "OMP_WAIT_POLICY": blank}
+    prepare_environment(environ)
+    assert environ == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", MARKER: "1"}
+
+
 @pytest.mark.parametrize(
     "users",
     [
