@@ -19,6 +19,18 @@ settings.register_profile("explore", database=None)
 settings.load_profile("repeatable")
 
 
+# Session fixtures that train through an entry point: a test using one waits for that run, so it is slow too.
+ENTRY_POINT_RUNS = frozenset({"movielens_run", "finished_run", "finished_sweep"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`-m "not slow"` leaves out every test that runs an entry point or trains on ML-100K, including those
+    that only read such a run (README)."""
+    for item in items:
+        if ENTRY_POINT_RUNS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def small_frame() -> pd.DataFrame:
     return random_interactions(num_users=40, num_items=60, per_user=15)
