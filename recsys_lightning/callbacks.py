@@ -198,10 +198,8 @@ class ProgressLog(pl.Callback):
     def on_validation_batch_end(
         self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self._due():
-            chunks = trainer.num_val_batches[dataloader_idx]
-            where = f"epoch {trainer.current_epoch} validation" if trainer.state.fn == "fit" else "validation"
-            self._write(f"{where}: user chunk {batch_idx + 1} of {chunks}", "", batch_idx + 1, chunks, "its end")
+        where = f"epoch {trainer.current_epoch} validation" if trainer.state.fn == "fit" else "validation"
+        self._ranking_chunk_end(where, batch_idx, trainer.num_val_batches[dataloader_idx])
 
     def on_test_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._start()
@@ -209,9 +207,11 @@ class ProgressLog(pl.Callback):
     def on_test_batch_end(
         self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
+        self._ranking_chunk_end("test", batch_idx, trainer.num_test_batches[dataloader_idx])
+
+    def _ranking_chunk_end(self, where: str, batch_idx: int, chunks: float) -> None:
         if self._due():
-            chunks = trainer.num_test_batches[dataloader_idx]
-            self._write(f"test: user chunk {batch_idx + 1} of {chunks}", "", batch_idx + 1, chunks, "its end")
+            self._write(f"{where}: user chunk {batch_idx + 1} of {chunks}", "", batch_idx + 1, chunks, "its end")
 
     def _start(self) -> None:
         self._started = self._reported = time.perf_counter()
