@@ -75,11 +75,15 @@ def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
         elif action == "similar_users":
             print(_neighbour_table(service, "user", cfg.similar_users, k, cfg.embedding), file=out)
         else:
-            output = in_run_folder(cfg.run_dir, cfg.output) if cfg.output is not None else None
-            export_recommendations(service, _requested_users(cfg.users), k, output, out)
+            export_recommendations(service, _requested_users(cfg.users), k, _output_path(cfg), out)
         out.flush()
     except OSError as error:  # writing to `out`: an output= file's own errors are ConfigErrors already
         raise _cannot_write(error, out) from None
+
+
+def _output_path(cfg: DictConfig) -> str | None:
+    """Where a batch export writes: `output=` inside the run folder when relative, None for standard output."""
+    return in_run_folder(cfg.run_dir, cfg.output) if cfg.output is not None else None
 
 
 def _score_pairs(cfg: DictConfig, out: TextIO) -> None:
@@ -95,8 +99,7 @@ def _score_pairs(cfg: DictConfig, out: TextIO) -> None:
         if chunks is None:
             print(pair_answer(run, cfg.user_id, cfg.item_id), file=out)
         else:
-            output = in_run_folder(cfg.run_dir, cfg.output) if cfg.output is not None else None
-            export_pair_scores(run, cfg.pairs, chunks, output, out)
+            export_pair_scores(run, cfg.pairs, chunks, _output_path(cfg), out)
         out.flush()
     except OSError as error:  # writing to `out`: an output= file's own errors are ConfigErrors already
         raise _cannot_write(error, out) from None
