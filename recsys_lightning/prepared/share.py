@@ -8,6 +8,7 @@ metrics stay local. Only item-sized facts (item count, ids, titles, training pop
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -53,3 +54,28 @@ def user_blocks(counts: np.ndarray, parts: int) -> np.ndarray:
     gaps = np.maximum.accumulate(np.clip(inner - steps, 0, len(counts) - parts))
     inner = steps + gaps
     return np.concatenate([[0], inner, [len(counts)]]).astype(np.int64)
+
+
+class ShareSource(Protocol):
+    """Where a rank gets its share and the few global facts; `PreparedFolder` is the one on disk.
+
+    Everything but `read_share` comes from the manifest and the items file, so a rank learns every
+    rank's step count and the global popularity without reading other ranks' rows or communicating.
+    """
+
+    num_users: int
+    num_items: int
+    item_ids: np.ndarray  # raw item ids in index order
+    titles: list[str] | None  # one per item, or None
+    item_train_counts: np.ndarray  # int64 [num_items]: training positives per item over all users
+    valid_users: int  # users with at least one validation item, over all ranks
+    source: str  # what was prepared, for messages and the run log
+
+    def train_rows_per_rank(self, world: int) -> list[int]:
+        """Training positives each of `world` ranks holds (rank r reads `parts_of(r, world)`)."""
+
+    def read_share(self, rank: int, world: int) -> UserShare:
+        """Rank `rank` of `world`'s users and rows, checked; rows sorted by the single-process order."""
+
+    def reference(self) -> dict[str, str]:
+        """{"path": absolute folder, "manifest_sha256": ...}: names this data in a checkpoint trained on several ranks."""
