@@ -1,0 +1,146 @@
+"""Writes a set-up DataModule's interactions, split and explicit negatives as a prepared folder.
+
+The folder is built under a hidden sibling name and renamed into place at the end, so `output`
+either holds a complete prepared folder or does not exist: a failure or an interrupt leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys_lightning import __version__
+from recsys_lightning.data.datamodule import InteractionDataModule
+from recsys_lightning.errors import ConfigError
+from recsys_lightning.prepared.layout import ITEMS, MANIFEST, PART_SCHEMA, SCHEMA_VERSION, id_array, part_name, sha256_of, users_name
+from recsys_lightning.prepared.share import NEGATIVE, TEST, TRAIN, VALID, user_blocks
+from recsys_lightning.runs.atomic import write_failure
+
+log = logging.getLogger(__name__)
+UNSPLIT = -1  # a row of the interactions no part holds: a pre-split held-out row left out of evaluation
+
+
+def check_output_free(output: Path) -> None:
+    """Before any data is read: a prepared folder is never written over or into, even an empty one."""
+    if output.exists() or output.is_symlink():
+        raise ConfigError(f"output={output}: already exists; prepare writes a new folder: remove it or choose another path")
+
+
+def write_prepared(datamodule: InteractionDataModule, output: Path, parts: int) -> dict[str, Any]:
+    """Write `datamodule` (after `setup`) into `parts` user blocks at `output`; returns the manifest."""
+    check_output_free(output)
+    rows = _rows(datamodule)
+    counts = np.bincount(rows["user"], minlength=datamodule.num_users)
+    if not 1 <= parts <= datamodule.num_users:
+        raise ConfigError(f"parts={parts}: {datamodule.source} has {datamodule.num_users} users; use 1 <= parts <= {datamodule.num_users}")
+    boundaries = user_blocks(counts, parts)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
+    except OSError as error:
+        raise write_failure(output, error, "output") from error
+    try:
+        manifest = _write_folder(datamodule, rows, boundaries, temporary)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o777 & ~umask)  # a plain mkdir's permissions, not mkdtemp's 0700
+        check_output_free(output)  # made since the start: still never touched
+        os.rename(temporary, output)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise write_failure(output, error, "output") from error
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _rows(datamodule: InteractionDataModule) -> dict[str, np.ndarray]:
+    """Every row a part holds, sorted by user and then by single-process order: the split's positives
+    with their part code, then the explicit negatives (rating 0, no timestamp)."""
+    interactions, split = datamodule.interactions, datamodule.split
+    codes = np.full(len(interactions), UNSPLIT, dtype=np.int8)
+    for code, part_rows in ((TRAIN, split.train), (VALID, split.valid), (TEST, split.test)):
+        codes[part_rows] = code
+    kept = np.flatnonzero(codes != UNSPLIT)
+    negatives = datamodule.training_data.explicit_negatives.numpy()
+    columns = {
+        "user": np.concatenate([interactions.users[kept], negatives[:, 0]]).astype(np.int64),
+        "item": np.concatenate([interactions.items[kept], negatives[:, 1]]).astype(np.int64),
+        "rating": np.concatenate([interactions.ratings[kept], np.zeros(len(negatives), np.float32)]).astype(np.float32),
+        "timestamp": np.concatenate([interactions.timestamps[kept], np.full(len(negatives), np.nan)]).astype(np.float64),
+        "part": np.concatenate([codes[kept], np.full(len(negatives), NEGATIVE, np.int8)]),
+        "row": np.concatenate([kept, len(interactions) + np.arange(len(negatives))]).astype(np.int64),
+    }
+    order = np.lexsort((columns["row"], columns["user"]))
+    return {name: column[order] for name, column in columns.items()}
+
+
+def _write_folder(datamodule: InteractionDataModule, rows: dict[str, np.ndarray], boundaries: np.ndarray, folder: Path) -> dict[str, Any]:
+    catalogue = datamodule.training_data.catalogue
+    items = {"item_id": id_array(np.asarray(catalogue.item_ids))}
+    if catalogue.titles is not None:
+        items["title"] = pa.array(catalogue.titles, type=pa.string())
+    items["train_count"] = pa.array(catalogue.popularity.numpy(), type=pa.int64())
+    pq.write_table(pa.table(items), folder / ITEMS)
+    starts = np.searchsorted(rows["user"], boundaries)
+    user_ids = np.asarray(datamodule.interactions.user_ids)
+    parts = []
+    for k in range(len(boundaries) - 1):
+        block = {name: column[starts[k] : starts[k + 1]] for name, column in rows.items()}
+        first, last = int(boundaries[k]), int(boundaries[k + 1])
+        pq.write_table(pa.table(block, schema=PART_SCHEMA), folder / part_name(k))
+        pq.write_table(pa.table({"user_id": id_array(user_ids[first:last])}), folder / users_name(k))
+        code_counts = np.bincount(block["part"], minlength=4)
+        parts.append(
+            {
+                "files": {"rows": _file_record(folder, part_name(k)), "users": _file_record(folder, users_name(k))},
+                "first_user": first,
+                "num_users": last - first,
+                "rows": len(block["row"]),
+                "train": int(code_counts[TRAIN]),
+                "valid": int(code_counts[VALID]),
+                "test": int(code_counts[TEST]),
+                "negatives": int(code_counts[NEGATIVE]),
+                "valid_users": len(np.unique(block["user"][block["part"] == VALID])),
+            }
+        )
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "recsys_lightning_version": __version__,
+        "source": datamodule.source,
+        "seed": int(datamodule.seed),
+        "split": {"kind": datamodule.split_kind, "ratios": list(datamodule.split_ratios), "min_rating": datamodule.min_rating},
+        "num_users": datamodule.num_users,
+        "num_items": datamodule.num_items,
+        "num_interactions": len(datamodule.interactions),
+        "num_negatives": len(datamodule.training_data.explicit_negatives),
+        "part_codes": {"train": TRAIN, "valid": VALID, "test": TEST, "negative": NEGATIVE},
+        "items": _file_record(folder, ITEMS),
+        "parts": parts,
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    log.info(
+        "%s: %d users, %d items, %d rows in %d parts (%s rows each at most)",
+        datamodule.source,
+        datamodule.num_users,
+        datamodule.num_items,
+        len(rows["row"]),
+        len(parts),
+        f"{max(part['rows'] for part in parts):,}",
+    )
+    return manifest
+
+
+def _file_record(folder: Path, name: str) -> dict[str, Any]:
+    path = folder / name
+    return {"name": name, "sha256": sha256_of(path), "bytes": path.stat().st_size}
