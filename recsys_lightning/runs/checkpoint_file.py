@@ -14,11 +14,14 @@ from typing import Any
 import torch
 
 from recsys_lightning.data.catalogue import STATE_VERSION, Catalogue, MalformedCatalogue
-from recsys_lightning.errors import ConfigError, first_line, quote
+from recsys_lightning.errors import ConfigError, cut, first_line, quote
+from recsys_lightning.prepared.folder import PreparedFolder
+from recsys_lightning.prepared.layout import MANIFEST
 
 FORMAT_KEY = "recsys_lightning_format"
 FORMAT_VERSION = 1  # raise it when a checkpoint's layout changes, so old files are refused by name, not by a KeyError
 CATALOGUE_KEY = "catalogue"
+PREPARED_KEY = "prepared"  # in a catalogue state: the prepared folder a run trained on several ranks read (PreparedFolder.reference)
 BEST_CHECKPOINT_KEY = "best_checkpoint"
 METRICS_LIMIT = 1 << 20  # bytes; a real metrics.json is about 1 KiB
 CHECKPOINT_REMEDY = "pass checkpoint=last or checkpoint=<path>"
@@ -228,7 +231,12 @@ def check_format(checkpoint: dict[str, Any], path: str | Path) -> None:
 
 
 def catalogue_from_checkpoint(state: Any, path: str | Path) -> Catalogue:
-    """The checkpoint's catalogue, refused with one line when it is from another version or malformed."""
+    """The checkpoint's catalogue, refused with one line when it is from another version or malformed.
+
+    A run trained on several ranks records the prepared folder it read instead (`PREPARED_KEY`): its
+    catalogue is rebuilt from that folder, once its manifest is the one recorded."""
+    if isinstance(state, dict) and set(state) == {"version", PREPARED_KEY}:
+        return _prepared_catalogue(state, path)
     if not isinstance(state, dict) or type(state.get("version")) is not int or state["version"] != STATE_VERSION:
         found = state.get("version") if isinstance(state, dict) else type(state).__name__
         raise ConfigError(
@@ -239,6 +247,33 @@ def catalogue_from_checkpoint(state: Any, path: str | Path) -> Catalogue:
         return Catalogue.from_state(state)
     except MalformedCatalogue as error:
         raise ConfigError(f"{path}: its serving catalogue is malformed ({error}); the file was altered") from error
+
+
+def _prepared_catalogue(state: dict[str, Any], path: str | Path) -> Catalogue:
+    """The catalogue of the prepared folder `state` names: one line if the reference is malformed, the
+    folder is gone, or its manifest is not the one the run was trained on."""
+    reference = state[PREPARED_KEY]
+    if type(state["version"]) is not int or state["version"] != STATE_VERSION:
+        raise ConfigError(f"{path}: its serving catalogue is version {state['version']!r:.40}, this code reads version {STATE_VERSION}")
+    if not isinstance(reference, dict) or set(reference) != {"path", "manifest_sha256"} or not all(map(_is_text, reference.values())):
+        raise ConfigError(f"{path}: its reference to the prepared data is not a path and a manifest_sha256; the file was altered")
+    folder_path = Path(reference["path"])
+    if not (folder_path / MANIFEST).is_file():
+        raise ConfigError(
+            f"{path}: trained on the prepared folder {cut(str(folder_path), 200)}, which holds no {MANIFEST} any more; "
+            "restore the folder at that path (serving reads its ids and seen items from it)"
+        )
+    folder = PreparedFolder.open(folder_path)
+    if folder.manifest_sha256 != reference["manifest_sha256"]:
+        raise ConfigError(
+            f"{path}: trained on the prepared folder {cut(str(folder_path), 200)}, but its {MANIFEST} changed since "
+            "(another prepare wrote it); restore the folder the run was trained on"
+        )
+    return folder.catalogue()
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
 
 
 def recorded_catalogue(checkpoint: dict[str, Any], path: str | Path, remedy: str, where: str = "") -> Catalogue:
