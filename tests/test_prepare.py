@@ -234,11 +234,24 @@ def test_a_huge_num_items_allocates_nothing(three_parts):
     edit_manifest(three_parts, lambda manifest: manifest.update(num_items=10**15))
     tracemalloc.start()
     try:
-        refused(DataError, lambda: PreparedFolder.open(three_parts), "items.parquet", "1682 rows, not the 1000000000000000")
+        refused(
+            DataError, lambda: PreparedFolder.open(three_parts), "items.parquet", "1000000000000000 rows", "more than prepare ever packs"
+        )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 20 << 20
+
+
+def test_an_items_count_its_file_does_not_hold_is_refused(three_parts):
+    edit_manifest(three_parts, lambda manifest: manifest.update(num_items=1683))
+    refused(DataError, lambda: PreparedFolder.open(three_parts), "items.parquet", "1682 rows, not the 1683")
+
+
+def test_a_part_replaced_by_a_link_is_refused(three_parts, tmp_path):
+    (three_parts / "users-00001.parquet").rename(tmp_path / "elsewhere.parquet")
+    (three_parts / "users-00001.parquet").symlink_to(tmp_path / "elsewhere.parquet")
+    refused(DataError, lambda: PreparedFolder.open(three_parts), "users-00001.parquet", "symbolic link")
 
 
 def test_an_existing_output_is_refused_and_untouched(movielens, tmp_path):

@@ -40,6 +40,9 @@ from recsys_lightning.prepared.layout import (
 from recsys_lightning.prepared.share import NEGATIVE, TEST, TRAIN, VALID, UserShare
 
 MANIFEST_LIMIT = 64 << 20  # bytes: about 300 bytes a part, so a million parts still fit
+# A prepared row takes a few bytes compressed (ML-100K: 12); a file claiming far more rows than that is a
+# crafted one whose decoding would allocate without bound, so it is refused before Parquet reads it.
+ROWS_PER_BYTE = 16
 SHA256 = re.compile(r"[0-9a-f]{64}")
 COUNT_KEYS = ("rows", "train", "valid", "test", "negatives", "valid_users")
 PART_KEYS = frozenset({"files", "first_user", "num_users", *COUNT_KEYS})
@@ -166,8 +169,11 @@ class PreparedFolder:
             UserItemCSR.from_pairs(users[keep], items[keep], self.num_users, self.num_items, values=torch.from_numpy(share.ratings[keep]))
             for keep in (torch.from_numpy(share.parts == code) for code in (TRAIN, VALID, TEST))
         ]
+        user_ids = pd.Index(share.user_ids)
+        if not user_ids.is_unique:
+            raise DataError(f"{self.path}: two users files list the same user id; {REMEDY}")
         item_info = pd.DataFrame({"title": self.titles} if self.titles is not None else {})
-        return Catalogue.from_parts(pd.Index(share.user_ids), pd.Index(self.item_ids), csrs, item_info)
+        return Catalogue.from_parts(user_ids, pd.Index(self.item_ids), csrs, item_info)
 
     def _read_part(self, k: int) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
         """Part k's user ids and rows, each file hashed before it is parsed and checked after."""
@@ -181,7 +187,10 @@ class PreparedFolder:
         user_table = _read_checked(users_path, part.users_file, part.num_users)
         if user_table.column_names != ["user_id"] or user_table.schema.field("user_id").type not in ID_TYPES:
             raise DataError(f"{users_path}: columns {_schema_text(user_table.schema)}, not user_id (int64 or string); {REMEDY}")
-        return user_table.column("user_id").to_numpy(zero_copy_only=False), columns, k
+        user_ids = user_table.column("user_id").to_numpy(zero_copy_only=False)
+        if not pd.Index(user_ids).is_unique:
+            raise DataError(f"{users_path}: user_id lists a user more than once; {REMEDY}")
+        return user_ids, columns, k
 
 
 def _checked_manifest(manifest: Any, path: Path) -> list[PartRecord]:
@@ -207,6 +216,15 @@ def _checked_manifest(manifest: Any, path: Path) -> list[PartRecord]:
         raise bad("source and recsys_lightning_version must be strings")
     if not isinstance(manifest["split"], dict) or not isinstance(manifest["part_codes"], dict):
         raise bad("split and part_codes must be objects")
+    split = manifest["split"]
+    if (
+        set(split) != {"kind", "ratios", "min_rating"}
+        or not isinstance(split["kind"], str)
+        or not isinstance(split["ratios"], list)
+        or not all(_is_number(share) for share in split["ratios"])
+        or not (split["min_rating"] is None or _is_number(split["min_rating"]))
+    ):
+        raise bad("split must be an object of kind (a string), ratios (numbers) and min_rating (a number or null)")
     if manifest["part_codes"] != {"train": TRAIN, "valid": VALID, "test": TEST, "negative": NEGATIVE}:
         raise bad(f"part_codes are not train {TRAIN}, valid {VALID}, test {TEST}, negative {NEGATIVE}")
     for key in ("seed", "num_users", "num_items", "num_interactions", "num_negatives"):
@@ -272,6 +290,10 @@ def _count(record: dict[str, Any], key: str, bad, where: str = "", low: int = 0)
     return value
 
 
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
 def _check_files_listed(path: Path, parts: list[PartRecord]) -> None:
     """Every file the manifest names exists with its recorded size; no part or users file is unlisted."""
     listed = {ITEMS} | {record.name for part in parts for record in (part.rows_file, part.users_file)}
@@ -285,6 +307,8 @@ def _check_files_listed(path: Path, parts: list[PartRecord]) -> None:
 
 
 def _check_size(path: Path, record: FileRecord) -> None:
+    if path.is_symlink():
+        raise DataError(f"{path}: a symbolic link; prepare writes plain files, so this one was replaced: {REMEDY}")
     if not path.is_file():
         raise DataError(f"{path}: missing, though {path.parent / MANIFEST} lists it; restore it or {REMEDY}")
     size = path.stat().st_size
@@ -298,6 +322,8 @@ def _read_checked(path: Path, record: FileRecord, rows: int) -> pa.Table:
     if sha256_of(path) != record.sha256:
         raise DataError(f"{path}: its sha256 is not the one {MANIFEST} records: changed, or from another prepare; {REMEDY}")
     try:
+        if rows > ROWS_PER_BYTE * record.bytes:
+            raise DataError(f"{path}: {MANIFEST} records {rows} rows in {record.bytes} bytes, more than prepare ever packs; {REMEDY}")
         parquet = pq.ParquetFile(path)
         if parquet.metadata.num_rows != rows:
             raise DataError(f"{path}: {parquet.metadata.num_rows} rows, not the {rows} {MANIFEST} records; {REMEDY}")
