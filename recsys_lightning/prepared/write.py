@@ -38,18 +38,19 @@ def check_output_free(output: Path) -> None:
 def write_prepared(datamodule: InteractionDataModule, output: Path, parts: int) -> dict[str, Any]:
     """Write `datamodule` (after `setup`) into `parts` user blocks at `output`; returns the manifest."""
     check_output_free(output)
-    rows = _rows(datamodule)
-    counts = np.bincount(rows["user"], minlength=datamodule.num_users)
     if not 1 <= parts <= datamodule.num_users:
         raise ConfigError(f"parts={parts}: {datamodule.source} has {datamodule.num_users} users; use 1 <= parts <= {datamodule.num_users}")
+    codes = _part_codes(datamodule)
+    rows, counts = _row_order(datamodule, codes)
     boundaries = user_blocks(counts, parts)
+    starts = np.concatenate([[0], np.cumsum(counts)])[boundaries]
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
     except OSError as error:
         raise write_failure(output, error, "output") from error
     try:
-        manifest = _write_folder(datamodule, rows, boundaries, temporary)
+        manifest = _write_folder(datamodule, codes, rows, boundaries, starts, temporary)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o777 & ~umask)  # a plain mkdir's permissions, not mkdtemp's 0700
@@ -64,39 +65,62 @@ def write_prepared(datamodule: InteractionDataModule, output: Path, parts: int) 
     return manifest
 
 
-def _rows(datamodule: InteractionDataModule) -> dict[str, np.ndarray]:
-    """Every row a part holds, sorted by user and then by single-process order: the split's positives
-    with their part code, then the explicit negatives (rating 0, no timestamp)."""
-    interactions, split = datamodule.interactions, datamodule.split
-    codes = np.full(len(interactions), UNSPLIT, dtype=np.int8)
+def _part_codes(datamodule: InteractionDataModule) -> np.ndarray:
+    """Each interaction's split part (TRAIN, VALID, TEST), UNSPLIT where no part holds it."""
+    split = datamodule.split
+    codes = np.full(len(datamodule.interactions), UNSPLIT, dtype=np.int8)
     for code, part_rows in ((TRAIN, split.train), (VALID, split.valid), (TEST, split.test)):
         codes[part_rows] = code
+    return codes
+
+
+def _row_order(datamodule: InteractionDataModule, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The `row` of every row the parts hold, sorted by user and then by single-process order (the split's
+    positives, then the explicit negatives as num_interactions + their position), and rows per user.
+    Only these two columns are held for every row; the others are gathered one part at a time."""
     kept = np.flatnonzero(codes != UNSPLIT)
     negatives = datamodule.training_data.explicit_negatives.numpy()
-    columns = {
-        "user": np.concatenate([interactions.users[kept], negatives[:, 0]]).astype(np.int64),
-        "item": np.concatenate([interactions.items[kept], negatives[:, 1]]).astype(np.int64),
-        "rating": np.concatenate([interactions.ratings[kept], np.zeros(len(negatives), np.float32)]).astype(np.float32),
-        "timestamp": np.concatenate([interactions.timestamps[kept], np.full(len(negatives), np.nan)]).astype(np.float64),
-        "part": np.concatenate([codes[kept], np.full(len(negatives), NEGATIVE, np.int8)]),
-        "row": np.concatenate([kept, len(interactions) + np.arange(len(negatives))]).astype(np.int64),
+    rows = np.concatenate([kept, len(codes) + np.arange(len(negatives))])
+    users = np.concatenate([datamodule.interactions.users[kept], negatives[:, 0]])
+    order = np.argsort(users, kind="stable")  # rows ascend within each user, as they did
+    return rows[order], np.bincount(users, minlength=datamodule.num_users)
+
+
+def _block(datamodule: InteractionDataModule, codes: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The part columns of `rows`: a positive's from the interactions, an explicit negative's (rating 0, no timestamp) from its pair."""
+    interactions = datamodule.interactions
+    positive = rows < len(interactions)
+    found, negatives = rows[positive], datamodule.training_data.explicit_negatives.numpy()[rows[~positive] - len(interactions)]
+
+    def gather(column: np.ndarray, negative_value: Any, dtype: type) -> np.ndarray:
+        out = np.empty(len(rows), dtype)
+        out[positive] = column[found]
+        out[~positive] = negative_value
+        return out
+
+    return {
+        "user": gather(interactions.users, negatives[:, 0], np.int64),
+        "item": gather(interactions.items, negatives[:, 1], np.int64),
+        "rating": gather(interactions.ratings, 0.0, np.float32),
+        "timestamp": gather(interactions.timestamps, np.nan, np.float64),
+        "part": gather(codes, NEGATIVE, np.int8),
+        "row": rows,
     }
-    order = np.lexsort((columns["row"], columns["user"]))
-    return {name: column[order] for name, column in columns.items()}
 
 
-def _write_folder(datamodule: InteractionDataModule, rows: dict[str, np.ndarray], boundaries: np.ndarray, folder: Path) -> dict[str, Any]:
+def _write_folder(
+    datamodule: InteractionDataModule, codes: np.ndarray, rows: np.ndarray, boundaries: np.ndarray, starts: np.ndarray, folder: Path
+) -> dict[str, Any]:
     catalogue = datamodule.training_data.catalogue
     items = {"item_id": id_array(np.asarray(catalogue.item_ids))}
     if catalogue.titles is not None:
         items["title"] = pa.array(catalogue.titles, type=pa.string())
     items["train_count"] = pa.array(catalogue.popularity.numpy(), type=pa.int64())
     pq.write_table(pa.table(items), folder / ITEMS)
-    starts = np.searchsorted(rows["user"], boundaries)
     user_ids = np.asarray(datamodule.interactions.user_ids)
     parts = []
     for k in range(len(boundaries) - 1):
-        block = {name: column[starts[k] : starts[k + 1]] for name, column in rows.items()}
+        block = _block(datamodule, codes, rows[starts[k] : starts[k + 1]])
         first, last = int(boundaries[k]), int(boundaries[k + 1])
         pq.write_table(pa.table(block, schema=PART_SCHEMA), folder / part_name(k))
         pq.write_table(pa.table({"user_id": id_array(user_ids[first:last])}), folder / users_name(k))
@@ -134,7 +158,7 @@ def _write_folder(datamodule: InteractionDataModule, rows: dict[str, np.ndarray]
         datamodule.source,
         datamodule.num_users,
         datamodule.num_items,
-        len(rows["row"]),
+        len(rows),
         len(parts),
         f"{max(part['rows'] for part in parts):,}",
     )
