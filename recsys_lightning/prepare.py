@@ -26,7 +26,7 @@ from recsys_lightning.prepared.write import check_output_free, write_prepared
 from recsys_lightning.ranges import TEXT, Rule, constructor_rules, integer
 from recsys_lightning.runs.atomic import check_writable_folder
 from recsys_lightning.threads import apply_thread_count
-from recsys_lightning.validation import check_rules
+from recsys_lightning.validation import check_known_keys, check_rules
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -42,6 +42,7 @@ def check_prepare_config(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "output") or not cfg.output:
         raise ConfigError("output is not set: set output=<a new folder>, e.g. output=prepared/ml100k")
     check_rules(cfg, PREPARE_RULES)
+    check_known_keys(cfg)  # data.<key> the data option does not take: one line, not instantiate's TypeError
     check_rules(cfg, {f"data.{name}": rule for name, rule in constructor_rules(cfg.data._target_).items()})
     for key in FEATURE_KEYS:
         if cfg.data.get(key):

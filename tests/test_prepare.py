@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 
 from recsys_lightning.data.csv import CsvDataModule
 from recsys_lightning.errors import ConfigError, DataError
+from recsys_lightning.prepare import prepare
 from recsys_lightning.prepared import write
 from recsys_lightning.prepared.folder import PreparedFolder
 from recsys_lightning.prepared.share import NEGATIVE, TEST, TRAIN, VALID
@@ -267,6 +268,20 @@ def test_a_failed_write_leaves_no_folder(movielens, tmp_path, monkeypatch):
     monkeypatch.setattr(write, "_file_record", full_disk)
     refused(WriteFailed, lambda: write_prepared(movielens, tmp_path / "out", 2), "output=", "disk is full")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ([], "output is not set"),
+        (["output=x", "parts=0"], "parts=0: must be an integer >= 1"),
+        (["output=x", "+data.batch_sizee=3"], "did you mean data.batch_size?"),
+        (["output=x", "data.item_features=[genre]"], "prepare does not write side features yet"),
+    ],
+)
+def test_prepare_arguments_are_checked_before_any_data_is_read(overrides, message, monkeypatch):
+    monkeypatch.setattr("recsys_lightning.prepare.instantiate", lambda *args: pytest.fail("data read before the checks"))
+    refused(ConfigError, lambda: prepare(compose_config("prepare", *overrides)), message)
 
 
 # A checkpoint of a run trained on several ranks names its prepared folder instead of holding the catalogue.
