@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ MANIFEST_KEYS = frozenset(
     }
 )
 REMEDY = "run prepare again into a new folder"
+Refusal = Callable[[str], DataError]  # the manifest's error, given what is wrong
 
 
 @dataclass(frozen=True)
@@ -142,13 +144,13 @@ class PreparedFolder:
         return [sum(self.parts[k].train for k in self.parts_of(rank, world)) for rank in range(world)]
 
     def read_share(self, rank: int, world: int) -> UserShare:
-        blocks = [self._read_part(k) for k in self.parts_of(rank, world)]
+        indices = self.parts_of(rank, world)
+        blocks = [self._read_part(k) for k in indices]
         users = [block[0] for block in blocks]
         columns = {name: np.concatenate([block[1][name] for block in blocks]) for name in PART_SCHEMA.names}
         order = np.argsort(columns["row"], kind="stable")
-        first = self.parts[blocks[0][2]].first_user
         return UserShare(
-            first_user=first,
+            first_user=self.parts[indices[0]].first_user,
             num_users=sum(len(block) for block in users),
             users=columns["user"][order],
             items=columns["item"][order],
@@ -175,7 +177,7 @@ class PreparedFolder:
         item_info = pd.DataFrame({"title": self.titles} if self.titles is not None else {})
         return Catalogue.from_parts(user_ids, pd.Index(self.item_ids), csrs, item_info)
 
-    def _read_part(self, k: int) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+    def _read_part(self, k: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Part k's user ids and rows, each file hashed before it is parsed and checked after."""
         part = self.parts[k]
         rows_path, users_path = self.path / part.rows_file.name, self.path / part.users_file.name
@@ -190,7 +192,7 @@ class PreparedFolder:
         user_ids = user_table.column("user_id").to_numpy(zero_copy_only=False)
         if not pd.Index(user_ids).is_unique:
             raise DataError(f"{users_path}: user_id lists a user more than once; {REMEDY}")
-        return user_ids, columns, k
+        return user_ids, columns
 
 
 def _checked_manifest(manifest: Any, path: Path) -> list[PartRecord]:
@@ -250,7 +252,7 @@ def _checked_manifest(manifest: Any, path: Path) -> list[PartRecord]:
     return parts
 
 
-def _part_record(record: Any, k: int, bad) -> PartRecord:
+def _part_record(record: Any, k: int, bad: Refusal) -> PartRecord:
     if not isinstance(record, dict) or set(record) != PART_KEYS:
         raise bad(f"part {k} is not an object with the keys {', '.join(sorted(PART_KEYS))}")
     files = record["files"]
@@ -271,7 +273,7 @@ def _part_record(record: Any, k: int, bad) -> PartRecord:
     return part
 
 
-def _file_record(record: Any, name: str, what: str, bad) -> FileRecord:
+def _file_record(record: Any, name: str, what: str, bad: Refusal) -> FileRecord:
     """A file of the folder: its name is the one the layout gives (never a path out of the folder)."""
     if not isinstance(record, dict) or set(record) != {"name", "sha256", "bytes"}:
         raise bad(f"{what} is not an object of name, sha256 and bytes")
@@ -283,7 +285,7 @@ def _file_record(record: Any, name: str, what: str, bad) -> FileRecord:
     return FileRecord(name, record["sha256"], record["bytes"])
 
 
-def _count(record: dict[str, Any], key: str, bad, where: str = "", low: int = 0) -> int:
+def _count(record: dict[str, Any], key: str, bad: Refusal, where: str = "", low: int = 0) -> int:
     value = record[key]
     if type(value) is not int or value < low:
         raise bad(f"{where}{key} is {quote(value, 40)}, not an integer >= {low}")
