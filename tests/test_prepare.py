@@ -10,6 +10,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -202,6 +203,32 @@ def test_a_part_of_another_prepare_is_refused(prepared, three_parts):
     size = (three_parts / "part-00000.parquet").stat().st_size
     edit_manifest(three_parts, lambda manifest: manifest["parts"][0]["files"]["rows"].update(bytes=size))
     refused(DataError, lambda: PreparedFolder.open(three_parts).read_share(0, 3), "part-00000.parquet", "another prepare")
+
+
+def rewrite_part(folder: Path, k: int, change) -> None:
+    """Part k's rows changed by `change(columns)` and the manifest's sha256 and size made to match: a crafted folder."""
+    path = folder / f"part-{k:05d}.parquet"
+    table = pq.read_table(path)
+    columns = {name: table.column(name).to_numpy().copy() for name in table.column_names}
+    change(columns)
+    pq.write_table(pa.table(columns, schema=table.schema), path)
+    record = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+    edit_manifest(folder, lambda manifest: manifest["parts"][k]["files"]["rows"].update(record))
+
+
+@pytest.mark.parametrize(
+    "column, value, message",
+    [("item", 1682, "item indices outside 0 .. 1681"), ("user", 942, "user indices outside its block 0 .. "), ("part", 7, "part codes")],
+)
+def test_a_crafted_part_with_indices_out_of_range_is_refused(three_parts, column, value, message):
+    rewrite_part(three_parts, 0, lambda columns: columns[column].__setitem__(5, value))
+    refused(DataError, lambda: PreparedFolder.open(three_parts).read_share(0, 3), "part-00000.parquet", message)
+
+
+def test_a_row_position_in_two_parts_is_refused(three_parts):
+    second = pq.read_table(three_parts / "part-00001.parquet").column("row")[0].as_py()
+    rewrite_part(three_parts, 0, lambda columns: columns["row"].__setitem__(0, second))
+    refused(DataError, lambda: PreparedFolder.open(three_parts).read_share(0, 1), f"row position {second} twice")
 
 
 def test_a_missing_part_is_refused(three_parts):
