@@ -22,18 +22,19 @@ from torch.utils.data import DataLoader
 
 from recsys_lightning.data.batches import PositivePairs, RankingChunks, ShareBatchSampler
 from recsys_lightning.data.catalogue import Catalogue
+from recsys_lightning.data.catalogue_reference import CatalogueReference
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.data.sized_defaults import AUTO, auto_batch_size
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.errors import ConfigError, DataError, quote
-from recsys_lightning.prepared.reference import PreparedReference
 from recsys_lightning.prepared.share import NEGATIVE, TEST, TRAIN, VALID, ShareSource, UserShare
 from recsys_lightning.ranges import AnyOf, Choice, Range, integer
 from recsys_lightning.seeds import stream_seed
 
 log = logging.getLogger(__name__)
 
+PREPARED_TARGET = "recsys_lightning.prepared.datamodule.PreparedDataModule"  # conf/data/prepared.yaml
 LAUNCH_HINT = "launch with torchrun --nproc-per-node {world} ... or srun (README, Beyond one machine)"
 
 
@@ -187,13 +188,13 @@ class PreparedDataModule(pl.LightningDataModule):
             catalogue=self._catalogue(share, popularity),
         )
 
-    def _catalogue(self, share: UserShare, popularity: torch.Tensor) -> Catalogue | PreparedReference:
+    def _catalogue(self, share: UserShare, popularity: torch.Tensor) -> Catalogue | CatalogueReference:
         """At one rank the full catalogue, as the single-process datamodule builds it (evaluate, recommend and
         resume then work unchanged); on several ranks the reference that names the prepared data."""
         prepared = self.prepared
         item_ids = pd.Index(prepared.item_ids)
         if self.world > 1:
-            return PreparedReference(item_ids, popularity, prepared.titles, prepared.reference())
+            return CatalogueReference(item_ids, popularity, prepared.titles, prepared.reference())
         item_info = pd.DataFrame({"title": prepared.titles if prepared.titles is not None else [None] * prepared.num_items})
         parts = (self.train_positives, self.valid_positives, self.test_positives)
         return Catalogue.from_parts(pd.Index(share.user_ids), item_ids, parts, item_info)

@@ -19,7 +19,7 @@ PREPARED_KEY = "prepared"  # the state's key holding `ShareSource.reference()`
 
 
 @dataclass(frozen=True)
-class PreparedReference:
+class CatalogueReference:
     """The items of prepared data and the reference (folder, manifest sha256) naming all of it."""
 
     item_ids: pd.Index
@@ -40,4 +40,4 @@ class PreparedReference:
 
     def same_data(self, other: object) -> bool:
         """Whether `other` references the same prepared data (the same manifest, wherever the folder now is)."""
-        return isinstance(other, PreparedReference) and other.reference.get("manifest_sha256") == self.reference.get("manifest_sha256")
+        return isinstance(other, CatalogueReference) and other.reference.get("manifest_sha256") == self.reference.get("manifest_sha256")
