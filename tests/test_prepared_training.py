@@ -23,6 +23,7 @@ from recsys_lightning.data.movielens import MovieLensDataModule
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.errors import ConfigError, DataError
 from recsys_lightning.prepared.datamodule import PreparedDataModule, sampled_validation_users
+from recsys_lightning.prepared.share import TEST, VALID
 from recsys_lightning.runs.same_data import same_training_data
 from recsys_lightning.seeds import stream_seed
 from recsys_lightning.validation import check_prepared_data
@@ -245,3 +246,17 @@ def test_two_gloo_ranks_step_together_and_validate_as_one_process(tmp_path):
         assert sorted(map(tuple, ranks[0]["epochs"][epoch] + ranks[1]["epochs"][epoch])) == sorted(map(tuple, single["epochs"][epoch]))
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
     assert abs(ranks[0]["metrics"]["val/ndcg@10"] - single["metrics"]["val/ndcg@10"]) < 0.01
+
+
+def test_val_users_keeps_one_user_on_a_rank_its_share_of_n_would_leave_empty():
+    kept = sampled_validation_users(np.arange(1000, 1005), 1, 1_000_000, seed=0)
+    assert kept.sum() == 1
+
+
+def test_a_share_without_validation_users_is_refused_naming_the_rank(small):
+    source = MemoryShares(small)
+    low, high = source.blocks(2)[1:]
+    source.parts[(source.users >= low) & (source.users < high) & (source.parts == VALID)] = TEST
+    prepared = PreparedDataModule.from_source(source)
+    with pytest.raises(DataError, match=rf"rank 1 of 2 \(users {low}..{high - 1}\) holds no validation interaction"):
+        prepared._read_share(1, 2)

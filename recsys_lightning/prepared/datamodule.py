@@ -66,7 +66,9 @@ def steps_per_epoch(train_rows_per_rank: list[int], batch_size: int) -> int:
 
 def sampled_validation_users(users: np.ndarray, val_users: int, valid_users: int, seed: int) -> np.ndarray:
     """Which of `users` (global indices, with validation items) validation ranks with `data.val_users`:
-    those whose hash of (seed, user) falls below val_users / valid_users, about `val_users` over all ranks.
+    those whose hash of (seed, user) falls below val_users / valid_users, about `val_users` over all ranks,
+    and at least the lowest of `users`, so that no rank has nothing to validate (the others would wait
+    on its share of the summed metrics).
 
     Decided per user, so every rank chooses its own without communicating, and the choice is the same on
     every call and on resume. The hash is splitmix64's finaliser (Steele et al. 2014), vectorised.
@@ -77,7 +79,10 @@ def sampled_validation_users(users: np.ndarray, val_users: int, valid_users: int
         state = (state ^ (state >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         state ^= state >> np.uint64(31)
     uniform = (state >> np.uint64(11)).astype(np.float64) * 2.0**-53
-    return uniform < val_users / max(1, valid_users)
+    kept = uniform < val_users / max(1, valid_users)
+    if len(users) and not kept.any():
+        kept[np.argmin(uniform)] = True
+    return kept
 
 
 class PreparedDataModule(pl.LightningDataModule):
@@ -174,6 +179,7 @@ class PreparedDataModule(pl.LightningDataModule):
         self.train_pairs = PositivePairs(
             torch.from_numpy(share.users[share.parts == TRAIN]), items[masks["train"]], ratings[masks["train"]]
         )
+        self._check_evaluated(share)
         full_users = torch.nonzero(self.train_positives.counts() >= prepared.num_items).flatten()
         if len(full_users):
             raw = share.user_ids[full_users[0].item()]
@@ -187,6 +193,18 @@ class PreparedDataModule(pl.LightningDataModule):
             explicit_negatives=torch.from_numpy(np.stack([share.users[negative], share.items[negative]], 1).astype(np.int64)),
             catalogue=self._catalogue(share, popularity),
         )
+
+    def _check_evaluated(self, share: UserShare) -> None:
+        """Every rank validates (and on several ranks tests) its own users, and the summed metrics wait for every
+        rank: a share with nothing to rank would leave the others waiting, so it is refused here."""
+        parts = [("validation", self.valid_positives)] + ([("test", self.test_positives)] if self.world > 1 else [])
+        for name, positives in parts:
+            if positives.indptr[-1].item() == 0:
+                last = share.first_user + share.num_users - 1
+                raise DataError(
+                    f"{self.source}: rank {self.rank} of {self.world} (users {share.first_user}..{last}) holds no {name} "
+                    "interaction, and every rank ranks its own users; run fewer processes, or prepare the data with fewer parts"
+                )
 
     def _catalogue(self, share: UserShare, popularity: torch.Tensor) -> Catalogue | CatalogueReference:
         """At one rank the full catalogue, as the single-process datamodule builds it (evaluate, recommend and
