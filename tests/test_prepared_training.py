@@ -37,7 +37,7 @@ def shares_of(datamodule, world: int, **settings) -> list[PreparedDataModule]:
     ranks = []
     for rank in range(world):
         prepared = PreparedDataModule.from_source(source, **settings)
-        prepared._read_share(rank, world)
+        prepared.read_share(rank, world)
         ranks.append(prepared)
     return ranks
 
@@ -259,4 +259,4 @@ def test_a_share_without_validation_users_is_refused_naming_the_rank(small):
     source.parts[(source.users >= low) & (source.users < high) & (source.parts == VALID)] = TEST
     prepared = PreparedDataModule.from_source(source)
     with pytest.raises(DataError, match=rf"rank 1 of 2 \(users {low}..{high - 1}\) holds no validation interaction"):
-        prepared._read_share(1, 2)
+        prepared.read_share(1, 2)

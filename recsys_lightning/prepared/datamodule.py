@@ -123,7 +123,7 @@ class PreparedDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.training_data is None:
-            self._read_share(*launched_rank())
+            self.read_share(*launched_rank())
         if self.trainer is not None and (self.trainer.global_rank, self.trainer.world_size) != (self.rank, self.world):
             world = self.trainer.world_size
             raise ConfigError(
@@ -131,7 +131,8 @@ class PreparedDataModule(pl.LightningDataModule):
                 f"{self.world} and trains as rank {self.trainer.global_rank} of {world}: {LAUNCH_HINT.format(world=world)}"
             )
 
-    def _read_share(self, rank: int, world: int) -> None:
+    def read_share(self, rank: int, world: int) -> None:
+        """Read and index rank `rank` of `world`'s share: what `setup` does with the launcher's rank and world."""
         if self.prepared is None:
             self.prepared = open_prepared(self.path)
         prepared = self.prepared
