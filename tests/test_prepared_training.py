@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 
 from recsys_lightning.build import build_module
 from recsys_lightning.data.batches import EpochBatchSampler, ShareBatchSampler
@@ -22,13 +23,15 @@ from recsys_lightning.data.catalogue_reference import CatalogueReference
 from recsys_lightning.data.movielens import MovieLensDataModule
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.errors import ConfigError, DataError
+from recsys_lightning.prepared import datamodule as prepared_datamodule
 from recsys_lightning.prepared.datamodule import PreparedDataModule, sampled_validation_users
 from recsys_lightning.prepared.share import TEST, VALID
 from recsys_lightning.runs.same_data import same_training_data
 from recsys_lightning.seeds import stream_seed
+from recsys_lightning.train import train
 from recsys_lightning.validation import check_prepared_data
 
-from helpers import ROOT, FrameDataModule, MemoryShares, quiet_trainer, random_interactions, training_config
+from helpers import ROOT, SMALL_DATA, FrameDataModule, MemoryShares, quiet_trainer, random_interactions, training_config
 
 
 def shares_of(datamodule, world: int, **settings) -> list[PreparedDataModule]:
@@ -260,3 +263,18 @@ def test_a_share_without_validation_users_is_refused_naming_the_rank(small):
     prepared = PreparedDataModule.from_source(source)
     with pytest.raises(DataError, match=rf"rank 1 of 2 \(users {low}..{high - 1}\) holds no validation interaction"):
         prepared.read_share(1, 2)
+
+
+def test_training_on_one_rank_of_prepared_data_gives_the_single_process_run(tmp_path, monkeypatch):
+    """Through `train`: callbacks, the best checkpoint (with its full catalogue) tested, metrics.json."""
+    common = ["debug=quick", "~logger", "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0", "projector.max_items=0"]
+    single = instantiate(training_config(*SMALL_DATA).data)
+    single.setup("fit")
+    monkeypatch.setattr(prepared_datamodule, "open_prepared", lambda path: MemoryShares(single))
+    expected = train(training_config(*SMALL_DATA, *common, run_dir=tmp_path / "single"))
+    prepared = train(training_config("data=prepared", "data.path=/memory", "data.batch_size=512", *common, run_dir=tmp_path / "prepared"))
+    ignored = {"train_seconds", "data_source"}
+    assert {name: value for name, value in prepared.items() if name not in ignored} == {
+        name: value for name, value in expected.items() if name not in ignored
+    }
+    assert "test/ndcg@10" in prepared and json.loads((tmp_path / "prepared" / "metrics.json").read_text())["epochs"] == 1
