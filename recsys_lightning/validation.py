@@ -24,7 +24,7 @@ from recsys_lightning.config import group_options
 from recsys_lightning.devices import check_cuda_available, check_trainer_devices
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.metrics import CATALOGUE_METRIC_NAMES, METRIC_NAMES
-from recsys_lightning.prepared.datamodule import PREPARED_TARGET, launched_rank
+from recsys_lightning.prepared.datamodule import LAUNCH_HINT, PREPARED_TARGET, launched_rank
 from recsys_lightning.presets import check_preset_choices, replaced_preset_key
 from recsys_lightning.ranges import (
     FLAG,
@@ -44,6 +44,7 @@ from recsys_lightning.ranges import (
     optional,
     shown,
 )
+from recsys_lightning.threads import processes_per_host
 
 _ABSENT = object()
 # A Lightning batch limit: a count of batches (int) or a share of them (float); null = all.
@@ -113,8 +114,9 @@ def check_training_config(cfg: DictConfig) -> None:
 
 
 def check_prepared_data(cfg: DictConfig) -> None:
-    """What data=prepared cannot do yet, refused before any part is read: side features (not prepared), and on
-    several processes what needs every user's history in one (the retrieved sampler's run, pretrained runs)."""
+    """What data=prepared cannot do, refused before any part is read: processes Lightning would spawn itself
+    (each reads its share as the launcher placed it), side features (not prepared yet), and on several
+    processes what needs every user's history in one (the retrieved sampler's run, pretrained runs)."""
     if cfg.data.get("_target_") != PREPARED_TARGET:
         return
     if cfg.model.get("features"):
@@ -122,6 +124,13 @@ def check_prepared_data(cfg: DictConfig) -> None:
             "model.features=true: data=prepared holds no side features yet; set model.features=false or use data=movielens|csv"
         )
     _, world = launched_rank()
+    nodes = config_value(cfg, "trainer.num_nodes")
+    processes = processes_per_host(config_value(cfg, "trainer.devices")) * (nodes if isinstance(nodes, int) else 1)
+    if world == 1 and processes > 1:
+        raise ConfigError(
+            f"data=prepared reads one share per process, and {processes} processes were asked for (trainer.devices, "
+            f"trainer.num_nodes) without a launcher: {LAUNCH_HINT.format(world=processes)}"
+        )
     if world == 1:
         return
     if str(cfg.sampler.get("_target_", "")).endswith(".RetrievedSampler"):

@@ -26,6 +26,7 @@ from recsys_lightning.errors import ConfigError, DataError
 from recsys_lightning.prepared import datamodule as prepared_datamodule
 from recsys_lightning.prepared.datamodule import PreparedDataModule, sampled_validation_users
 from recsys_lightning.prepared.share import TEST, VALID
+from recsys_lightning.runs.checkpoint_file import load_checkpoint
 from recsys_lightning.runs.same_data import same_training_data
 from recsys_lightning.seeds import stream_seed
 from recsys_lightning.train import train
@@ -278,3 +279,41 @@ def test_training_on_one_rank_of_prepared_data_gives_the_single_process_run(tmp_
         name: value for name, value in expected.items() if name not in ignored
     }
     assert "test/ndcg@10" in prepared and json.loads((tmp_path / "prepared" / "metrics.json").read_text())["epochs"] == 1
+
+
+def test_processes_lightning_would_spawn_itself_are_refused_before_any_data_is_read(monkeypatch):
+    for variable in ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(variable, raising=False)
+    cfg = training_config("data=prepared", "data.path=/prepared", "trainer=ddp", "trainer.devices=2")
+    with pytest.raises(ConfigError) as refused:
+        check_prepared_data(cfg)
+    assert str(refused.value) == (
+        "data=prepared reads one share per process, and 2 processes were asked for (trainer.devices, trainer.num_nodes) "
+        "without a launcher: launch with torchrun --nproc-per-node 2 ... or srun (README, Beyond one machine)"
+    )
+
+
+@pytest.mark.slow
+def test_two_ranks_launched_by_torchrun_train_test_and_record_a_reference(tmp_path):
+    """The training entry point on two gloo ranks of in-memory shares (tests/prepared_train.py): metrics.json,
+    each rank's share logged, and checkpoints naming the prepared data instead of holding a catalogue."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    run_dir = tmp_path / "run"
+    overrides = ["data=prepared", "data.path=/memory", "data.batch_size=512", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    overrides += [
+        "trainer.max_epochs=2",
+        "~logger",
+        "callbacks.progress_bar.refresh_rate=0",
+        "projector.max_items=0",
+        f"hydra.run.dir={run_dir}",
+    ]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", str(ROOT / "tests" / "prepared_train.py"), *overrides]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and 0 < metrics["test/ndcg@10"] < 1
+    shares = [line.split("] - ", 1)[1] for line in (run_dir / "train.log").read_text().splitlines() if "] - rank " in line]
+    assert sorted(line.split(":")[0] for line in shares) == ["rank 0 of 2", "rank 1 of 2"]
+    assert all(line.endswith("global batch 512, per-rank batch 256") for line in shares)
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert checkpoint["catalogue"] == {"version": 1, "prepared": {"path": "/memory", "manifest_sha256": "0" * 64}}
