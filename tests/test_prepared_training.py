@@ -24,7 +24,7 @@ from recsys_lightning.data.movielens import MovieLensDataModule
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.errors import ConfigError, DataError
 from recsys_lightning.prepared import datamodule as prepared_datamodule
-from recsys_lightning.prepared.datamodule import PreparedDataModule, sampled_validation_users
+from recsys_lightning.prepared.datamodule import PreparedDataModule, launched_rank, sampled_validation_users
 from recsys_lightning.prepared.share import TEST, VALID
 from recsys_lightning.runs.checkpoint_file import load_checkpoint
 from recsys_lightning.runs.same_data import same_training_data
@@ -317,3 +317,16 @@ def test_two_ranks_launched_by_torchrun_train_test_and_record_a_reference(tmp_pa
     assert all(line.endswith("global batch 512, per-rank batch 256") for line in shares)
     checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert checkpoint["catalogue"] == {"version": 1, "prepared": {"path": "/memory", "manifest_sha256": "0" * 64}}
+
+
+def test_on_several_torchrun_ranks_what_needs_every_user_is_refused(monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert launched_rank() == (1, 4)
+    prepared = ["data=prepared", "data.path=/prepared", "trainer=ddp", "trainer.devices=4"]
+    with pytest.raises(ConfigError, match=r"^sampler=retrieved with data=prepared on 4 processes"):
+        check_prepared_data(training_config(*prepared, "sampler=retrieved", "sampler.run_dir=/run"))
+    with pytest.raises(ConfigError, match=r"^pretrained_from with data=prepared on 4 processes"):
+        check_prepared_data(training_config(*prepared, "pretrained_from=[/run]"))
+    check_prepared_data(training_config(*prepared))
