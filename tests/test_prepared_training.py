@@ -330,3 +330,13 @@ def test_on_several_torchrun_ranks_what_needs_every_user_is_refused(monkeypatch)
     with pytest.raises(ConfigError, match=r"^pretrained_from with data=prepared on 4 processes"):
         check_prepared_data(training_config(*prepared, "pretrained_from=[/run]"))
     check_prepared_data(training_config(*prepared))
+
+
+def test_a_resume_on_several_ranks_compares_the_prepared_data_by_its_manifest(small):
+    data = shares_of(small, 2)[0].training_data
+    recorded = CatalogueReference.from_source(MemoryShares(small))
+    assert same_training_data(recorded, data)
+    other = CatalogueReference(recorded.item_ids, recorded.popularity, None, {"path": "/memory", "manifest_sha256": "1" * 64})
+    assert not same_training_data(other, data)
+    assert not same_training_data(small.training_data.catalogue, data)
+    assert not same_training_data(recorded, small.training_data)

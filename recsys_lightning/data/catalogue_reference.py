@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import torch
 from torch import Tensor
 
 from recsys_lightning.data.catalogue import STATE_VERSION
@@ -26,6 +27,12 @@ class CatalogueReference:
     popularity: Tensor
     titles: list[str] | None
     reference: dict[str, str]
+
+    @classmethod
+    def from_source(cls, source: Any) -> CatalogueReference:
+        """From an open prepared source (`prepared.share.ShareSource`: item_ids, titles, item_train_counts,
+        reference()), whether a rank's or the folder a checkpoint's state names."""
+        return cls(pd.Index(source.item_ids), torch.from_numpy(source.item_train_counts), source.titles, source.reference())
 
     @property
     def num_items(self) -> int:

@@ -192,7 +192,7 @@ class PreparedDataModule(pl.LightningDataModule):
             num_items=prepared.num_items,
             positives=TrainingPositives.from_csr(self.train_positives, share.first_user, popularity),
             explicit_negatives=torch.from_numpy(np.stack([share.users[negative], share.items[negative]], 1).astype(np.int64)),
-            catalogue=self._catalogue(share, popularity),
+            catalogue=self._catalogue(share),
         )
 
     def _check_evaluated(self, share: UserShare) -> None:
@@ -207,16 +207,15 @@ class PreparedDataModule(pl.LightningDataModule):
                     "interaction, and every rank ranks its own users; run fewer processes, or prepare the data with fewer parts"
                 )
 
-    def _catalogue(self, share: UserShare, popularity: torch.Tensor) -> Catalogue | CatalogueReference:
+    def _catalogue(self, share: UserShare) -> Catalogue | CatalogueReference:
         """At one rank the full catalogue, as the single-process datamodule builds it (evaluate, recommend and
         resume then work unchanged); on several ranks the reference that names the prepared data."""
         prepared = self.prepared
-        item_ids = pd.Index(prepared.item_ids)
         if self.world > 1:
-            return CatalogueReference(item_ids, popularity, prepared.titles, prepared.reference())
+            return CatalogueReference.from_source(prepared)
         item_info = pd.DataFrame({"title": prepared.titles if prepared.titles is not None else [None] * prepared.num_items})
         parts = (self.train_positives, self.valid_positives, self.test_positives)
-        return Catalogue.from_parts(pd.Index(share.user_ids), item_ids, parts, item_info)
+        return Catalogue.from_parts(pd.Index(share.user_ids), pd.Index(prepared.item_ids), parts, item_info)
 
     @property
     def has_test(self) -> bool:
