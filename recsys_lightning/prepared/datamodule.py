@@ -23,11 +23,12 @@ from torch.utils.data import DataLoader
 from recsys_lightning.data.batches import PositivePairs, RankingChunks, ShareBatchSampler
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.catalogue_reference import CatalogueReference
+from recsys_lightning.data.datamodule import check_negatives_exist, ranking_chunk_size
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.data.sized_defaults import AUTO, auto_batch_size
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.training_data import TrainingData
-from recsys_lightning.errors import ConfigError, DataError, quote
+from recsys_lightning.errors import ConfigError, DataError
 from recsys_lightning.prepared.share import NEGATIVE, TEST, TRAIN, VALID, ShareSource, UserShare
 from recsys_lightning.ranges import AnyOf, Choice, Range, integer
 from recsys_lightning.seeds import stream_seed
@@ -181,10 +182,7 @@ class PreparedDataModule(pl.LightningDataModule):
             torch.from_numpy(share.users[share.parts == TRAIN]), items[masks["train"]], ratings[masks["train"]]
         )
         self._check_evaluated(share)
-        full_users = torch.nonzero(self.train_positives.counts() >= prepared.num_items).flatten()
-        if len(full_users):
-            raw = share.user_ids[full_users[0].item()]
-            raise DataError(f"user {quote(raw)} interacted with every item, so no negative exists: remove that user")
+        check_negatives_exist(self.train_positives, share.user_ids)
         negative = share.parts == NEGATIVE
         popularity = torch.from_numpy(prepared.item_train_counts)
         self.training_data = TrainingData(
@@ -269,7 +267,7 @@ class PreparedDataModule(pl.LightningDataModule):
         Chunks hold at most `eval_max_scores` scores (chunk x num_items), as in one process.
         """
         if part not in self._chunks:
-            chunk_size = max(1, min(self.eval_chunk_size, self.eval_max_scores // self.num_items))
+            chunk_size = ranking_chunk_size(self.eval_chunk_size, self.eval_max_scores, self.num_items)
             heldout, seen, users = (
                 (self.valid_positives, self.train_positives, self.validation_users())
                 if part == "valid"
