@@ -1,5 +1,7 @@
 """Trains MF for two epochs on in-memory shares of small synthetic data, one rank per process, as
-`torchrun --nproc-per-node W tests/prepared_ranks.py <out dir>` starts it (test_prepared_training.py).
+`torchrun --nproc-per-node W tests/prepared_ranks.py <out dir>` starts it (test_prepared_training.py);
+with a last argument `movielens`, the main job's MF/BPR on ML-100K instead (global batch 4096): the
+issue's W=2 against W=1 figure.
 
 Each rank writes rank<r>.json: the (user, item) training pairs it saw in each epoch, its steps, and
 the validation metrics after training (summed over the ranks by the metrics themselves)."""
@@ -14,14 +16,14 @@ import pytorch_lightning as pl
 import torch
 
 from recsys_lightning.build import build_module
+from recsys_lightning.data.movielens import MovieLensDataModule
 from recsys_lightning.data.synthetic import SyntheticDataModule
 from recsys_lightning.prepared.datamodule import PreparedDataModule
 from recsys_lightning.seeds import stream_seed
 
-from helpers import MemoryShares, module_config
+from helpers import ROOT, MemoryShares, module_config, training_config
 
-SYNTHETIC = dict(num_users=300, num_items=200, num_interactions=6000, seed=0)
-GLOBAL_BATCH = 256
+SYNTHETIC = dict(num_users=300, num_items=200, num_interactions=6000, batch_size=256, seed=0)
 
 
 class PairsSeen(pl.Callback):
@@ -37,14 +39,18 @@ class PairsSeen(pl.Callback):
         self.epochs[-1] += torch.stack([batch.users, batch.items], 1).tolist()
 
 
-def main(out: Path) -> None:
+def main(out: Path, data: str) -> None:
     torch.set_num_threads(1)
-    single = SyntheticDataModule(**SYNTHETIC)
+    if data == "movielens":
+        cfg = training_config()
+        single = MovieLensDataModule(str(ROOT / "data"), seed=cfg.seed)
+    else:
+        cfg, single = module_config(), SyntheticDataModule(**SYNTHETIC)
     single.setup("fit")
-    datamodule = PreparedDataModule.from_source(MemoryShares(single), batch_size=GLOBAL_BATCH, seed=0)
+    datamodule = PreparedDataModule.from_source(MemoryShares(single), batch_size=single.batch_size, seed=cfg.seed)
     datamodule.setup("fit")
-    pl.seed_everything(stream_seed(0, "init") % 2**32)
-    module = build_module(module_config(), datamodule.training_data)
+    pl.seed_everything(stream_seed(cfg.seed, "init") % 2**32)
+    module = build_module(cfg, datamodule.training_data)
     seen = PairsSeen()
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -66,4 +72,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "synthetic")
