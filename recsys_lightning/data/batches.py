@@ -151,7 +151,8 @@ class RankingChunks(Dataset):
             exclude_rows, exclude_items = exclude.coordinates(chunk_users)
             heldout_rows, heldout_items = heldout.coordinates(chunk_users)
             ratings = heldout.values_of(chunk_users)
-            chunk = RankingChunk(chunk_users + first_user, exclude_rows, exclude_items, heldout_rows, heldout_items, ratings)
+            global_users = chunk_users + first_user if first_user else chunk_users
+            chunk = RankingChunk(global_users, exclude_rows, exclude_items, heldout_rows, heldout_items, ratings)
             self.chunks.append(chunk)
         self.num_users = len(users)
 
