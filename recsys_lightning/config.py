@@ -92,14 +92,14 @@ def _run_label(overrides: Any, excluded: Any) -> str:
 
 def _run_name(model: str, loss: str, sampler: str, data: str, *, _root_: DictConfig) -> str:
     """run_name() of the config being composed: closed form from the model's class, the file from data.path
-    (or data.train_path) when data=csv."""
+    (or data.train_path) when data=csv, the folder's name when data=prepared."""
     data_file = OmegaConf.select(_root_, "data.path", default=None) or OmegaConf.select(_root_, "data.train_path", default=None)
     return run_name(
         model,
         loss,
         sampler,
         _fitted_in_closed_form(OmegaConf.select(_root_, "model._target_", default="")),
-        data_file if data == "csv" else None,
+        data_file if data in ("csv", "prepared") else None,
     )
 
 

@@ -24,6 +24,7 @@ from recsys_lightning.config import group_options
 from recsys_lightning.devices import check_cuda_available, check_trainer_devices
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.metrics import CATALOGUE_METRIC_NAMES, METRIC_NAMES
+from recsys_lightning.prepared.datamodule import LAUNCH_HINT, PREPARED_TARGET, launched_rank
 from recsys_lightning.presets import check_preset_choices, replaced_preset_key
 from recsys_lightning.ranges import (
     FLAG,
@@ -43,6 +44,7 @@ from recsys_lightning.ranges import (
     optional,
     shown,
 )
+from recsys_lightning.threads import processes_per_host
 
 _ABSENT = object()
 # A Lightning batch limit: a count of batches (int) or a share of them (float); null = all.
@@ -108,6 +110,37 @@ def check_training_config(cfg: DictConfig) -> None:
     for key in ("paths.data_dir", "paths.run_dir"):
         check_folder_path(key, config_value(cfg, key))
     _check_pretrained_runs(config_value(cfg, "pretrained_from"))
+    check_prepared_data(cfg)
+
+
+def check_prepared_data(cfg: DictConfig) -> None:
+    """What data=prepared cannot do, refused before any part is read: processes Lightning would spawn itself
+    (each reads its share as the launcher placed it), side features (not prepared yet), and on several
+    processes what needs every user's history in one (the retrieved sampler's run, pretrained runs)."""
+    if cfg.data.get("_target_") != PREPARED_TARGET:
+        return
+    if cfg.model.get("features"):
+        raise ConfigError(
+            "model.features=true: data=prepared holds no side features yet; set model.features=false or use data=movielens|csv"
+        )
+    _, world = launched_rank()
+    nodes = config_value(cfg, "trainer.num_nodes")
+    processes = processes_per_host(config_value(cfg, "trainer.devices")) * (nodes if isinstance(nodes, int) else 1)
+    if world == 1 and processes > 1:
+        raise ConfigError(
+            f"data=prepared reads one share per process, and {processes} processes were asked for (trainer.devices, "
+            f"trainer.num_nodes) without a launcher: {LAUNCH_HINT.format(world=processes)}"
+        )
+    if world == 1:
+        return
+    if str(cfg.sampler.get("_target_", "")).endswith(".RetrievedSampler"):
+        raise ConfigError(
+            f"sampler=retrieved with data=prepared on {world} processes: checking the retrieving run needs every user; use another sampler"
+        )
+    if cfg.get("pretrained_from"):
+        raise ConfigError(
+            f"pretrained_from with data=prepared on {world} processes: checking the runs' data needs every user; train in one process"
+        )
 
 
 def _built_nodes(cfg: DictConfig, with_callbacks: bool = False) -> list[tuple[str, DictConfig]]:

@@ -20,6 +20,7 @@ from recsys_lightning.build import build_module
 from recsys_lightning.config import PROJECT_ROOT, register_resolvers
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
 from recsys_lightning.data.training_data import TrainingData
+from recsys_lightning.prepared.share import TEST, TRAIN, VALID, UserShare, user_blocks
 
 ROOT = PROJECT_ROOT  # where the entry points run, as a user runs them
 CONF = ROOT / "conf"
@@ -151,3 +152,44 @@ def trained_run_folder(run_dir: Path, datamodule: InteractionDataModule, config:
     trainer.fit(module, datamodule=datamodule)
     trainer.save_checkpoint(run_dir / "checkpoints" / "epoch000.ckpt")
     return run_dir
+
+
+class MemoryShares:
+    """A ShareSource held in memory, cut from a set-up single-process datamodule as `prepare` cuts a folder:
+    users in count-balanced blocks (`user_blocks`, one block per rank), rows in `datamodule.interactions`
+    order, parts coded from `datamodule.split`."""
+
+    def __init__(self, datamodule: InteractionDataModule) -> None:
+        interactions, split = datamodule.interactions, datamodule.split
+        parts = np.full(len(interactions), -1, dtype=np.int8)
+        for code, rows in ((TRAIN, split.train), (VALID, split.valid), (TEST, split.test)):
+            parts[rows] = code
+        kept = parts >= 0  # rows a pre-split source left out of evaluation
+        self.users, self.items, self.parts = interactions.users[kept], interactions.items[kept], parts[kept]
+        self.ratings, self.timestamps = interactions.ratings[kept], interactions.timestamps[kept]
+        self.user_ids = interactions.user_ids
+        self.num_users, self.num_items = interactions.num_users, interactions.num_items
+        self.item_ids = interactions.item_ids
+        self.titles = datamodule.training_data.catalogue.titles
+        train = self.parts == TRAIN
+        self.item_train_counts = np.bincount(self.items[train], minlength=self.num_items).astype(np.int64)
+        self.valid_users = len(np.unique(self.users[self.parts == VALID]))
+        self.source = f"memory shares of {datamodule.source}"
+        self.counts = np.bincount(self.users, minlength=self.num_users)
+
+    def blocks(self, world: int) -> np.ndarray:
+        return user_blocks(self.counts, world)
+
+    def train_rows_per_rank(self, world: int) -> list[int]:
+        blocks = self.blocks(world)
+        train_users = self.users[self.parts == TRAIN]
+        return [int(((train_users >= low) & (train_users < high)).sum()) for low, high in zip(blocks[:-1], blocks[1:])]
+
+    def read_share(self, rank: int, world: int) -> UserShare:
+        low, high = self.blocks(world)[rank : rank + 2]
+        rows = (self.users >= low) & (self.users < high)
+        columns = (self.users, self.items, self.ratings, self.timestamps, self.parts)
+        return UserShare(int(low), int(high - low), *(column[rows] for column in columns), self.user_ids[low:high])
+
+    def reference(self) -> dict[str, str]:
+        return {"path": "/memory", "manifest_sha256": "0" * 64}

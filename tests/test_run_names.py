@@ -81,6 +81,7 @@ def hydra_run():
         (["ease", "bpr", "uniform", "csv"], "data/shop.csv", "ease-shop"),
         (["mf", "bpr", "uniform", "csv"], "/home/me/clicks.tsv.gz", "mf-bpr-uniform-clicks"),  # runs on other files differ
         (["ncf", "bce", "popularity", "csv"], "views.v2.csv.zip", "ncf-bce-popularity-views.v2"),
+        (["mf", "bpr", "uniform", "prepared"], "/data/prepared/clicks", "mf-bpr-uniform-clicks"),  # the prepared folder's name
     ],
 )
 def test_the_run_name_is_what_was_trained_and_on_which_file(hydra_run, choices, path, name):

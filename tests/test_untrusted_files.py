@@ -17,7 +17,7 @@ from recsys_lightning.runs.run_folder import RunFolder
 from recsys_lightning.runs.safe_config import checked_component, checked_module_hyper_parameters
 from recsys_lightning.runs.trained_run import load_trained
 
-from helpers import option_config, options, run_module
+from helpers import option_config, options, run_module, training_config
 
 register_resolvers()
 
@@ -236,7 +236,8 @@ def test_every_option_the_configs_offer_passes_the_check(group):
     from omegaconf import OmegaConf
 
     for option in options(group):
-        cfg = option_config(group, option)
+        # data=prepared requires its path (???): nothing resolves without one
+        cfg = training_config("data=prepared", "data.path=/prepared") if option == "prepared" else option_config(group, option)
         node = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) else None
         if group == "scheduler":
             if node:

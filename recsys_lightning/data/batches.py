@@ -47,6 +47,38 @@ class EpochBatchSampler(Sampler[Tensor]):
         return math.ceil(self.shard_size / self.batch_size)
 
 
+class ShareBatchSampler(Sampler[Tensor]):
+    """One rank's epoch over its own training pairs (prepared data), in exactly `steps` batches.
+
+    Every rank runs the same `steps` whatever its share, so DDP's gradient averaging never waits on a
+    rank that has finished: batches of `batch_size` when that gives `steps` of them, else `steps`
+    near-equal batches. Each local pair is seen once per epoch. The order depends on (seed, rank, epoch)
+    only, and at rank 0 it is `EpochBatchSampler`'s: one rank reproduces single-process training.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, steps: int, seed: int, rank: int = 0) -> None:
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.steps = steps
+        self.seed = seed
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, "batch_order", self.rank, self.epoch))
+        permutation = torch.randperm(self.num_samples, generator=generator)
+        if math.ceil(self.num_samples / self.batch_size) == self.steps:
+            yield from permutation.split(self.batch_size)
+        else:
+            yield from permutation.tensor_split(self.steps)
+
+    def __len__(self) -> int:
+        return self.steps
+
+
 @dataclass
 class TrainingBatch:
     """Training (user, positive item, rating) triples; negatives are drawn by the module's sampler.
@@ -96,6 +128,8 @@ class RankingChunks(Dataset):
 
     `users` are the users to rank (default: every user with held-out items); each DDP process takes
     its own shard of them. Built once: the chunks are the same every epoch, so only the scoring is repeated.
+    With prepared data the CSRs hold one rank's users, row u being global user `first_user + u`:
+    `users` are rows, and the chunks carry global users, as the model's tables are global.
     """
 
     def __init__(
@@ -106,6 +140,7 @@ class RankingChunks(Dataset):
         rank: int = 0,
         num_replicas: int = 1,
         users: Tensor | None = None,
+        first_user: int = 0,
     ) -> None:
         if users is None:
             users = torch.nonzero(heldout.counts() > 0).flatten()
@@ -115,7 +150,9 @@ class RankingChunks(Dataset):
             chunk_users = chunk_users.clone()  # its own storage, not a view pinning all users
             exclude_rows, exclude_items = exclude.coordinates(chunk_users)
             heldout_rows, heldout_items = heldout.coordinates(chunk_users)
-            chunk = RankingChunk(chunk_users, exclude_rows, exclude_items, heldout_rows, heldout_items, heldout.values_of(chunk_users))
+            ratings = heldout.values_of(chunk_users)
+            global_users = chunk_users + first_user if first_user else chunk_users
+            chunk = RankingChunk(global_users, exclude_rows, exclude_items, heldout_rows, heldout_items, ratings)
             self.chunks.append(chunk)
         self.num_users = len(users)
 

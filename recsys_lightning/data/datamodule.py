@@ -129,10 +129,7 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         self.train_positives = self._csr(self.split.train)
         self.valid_positives = self._csr(self.split.valid)
         self.test_positives = self._csr(self.split.test)
-        full_users = torch.nonzero(self.train_positives.counts() >= self.num_items).flatten()
-        if len(full_users):
-            raw = self.interactions.user_ids[full_users[0].item()]
-            raise DataError(f"user {quote(raw)} interacted with every item, so no negative exists: remove that user")
+        check_negatives_exist(self.train_positives, self.interactions.user_ids)
         item_info = self._index_item_info(loaded.items)
         parts = (self.train_positives, self.valid_positives, self.test_positives)
         self.training_data = TrainingData(
@@ -212,7 +209,7 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         """
         key = (part, rank, num_replicas, self.val_users if part == "valid" else None)
         if key not in self._chunks:
-            chunk_size = max(1, min(self.eval_chunk_size, self.eval_max_scores // self.num_items))
+            chunk_size = ranking_chunk_size(self.eval_chunk_size, self.eval_max_scores, self.num_items)
             heldout, seen, users = (
                 (self.valid_positives, self.train_positives, self.validation_users())
                 if part == "valid"
@@ -286,6 +283,19 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         counts = self.split.left_out.get(part, {})
         listed = [f"{count} {reasons[reason]}" for reason, count in counts.items() if count]
         return f"; left out of {part}: {', '.join(listed)}" if listed else ""
+
+
+def check_negatives_exist(train_positives: UserItemCSR, user_ids: np.ndarray) -> None:
+    """A user with every item in train has no negative to draw: DataError naming the first (`user_ids` by row)."""
+    full_users = torch.nonzero(train_positives.counts() >= train_positives.num_items).flatten()
+    if len(full_users):
+        raw = user_ids[full_users[0].item()]
+        raise DataError(f"user {quote(raw)} interacted with every item, so no negative exists: remove that user")
+
+
+def ranking_chunk_size(eval_chunk_size: int, eval_max_scores: int, num_items: int) -> int:
+    """Users per evaluation chunk: `eval_chunk_size`, fewer where chunk x num_items would pass `eval_max_scores`."""
+    return max(1, min(eval_chunk_size, eval_max_scores // num_items))
 
 
 def _positions(ids: np.ndarray, raw: pd.Series) -> np.ndarray:

@@ -17,19 +17,27 @@ class TrainingPositives:
     One copy serves every consumer on the training device: samplers exclude positives from their
     draws, the full softmax hides a user's other positives. `keys` are user * num_items + item, sorted
     because CSR rows are sorted, so membership is one `searchsorted`.
+
+    On a rank of prepared data (prepared/datamodule.py) the CSR holds only that rank's users, row u
+    being global user `first_user + u`: the methods take global users and subtract once, and
+    `item_counts` are the global training popularity, so popularity samplers see every rank's users.
     """
 
     csr: UserItemCSR
     keys: Tensor
     gap_keys: Tensor
     item_counts: Tensor
+    first_user: int = 0
 
     @classmethod
-    def from_csr(cls, csr: UserItemCSR) -> TrainingPositives:
+    def from_csr(cls, csr: UserItemCSR, first_user: int = 0, item_counts: Tensor | None = None) -> TrainingPositives:
+        """`item_counts` (default: counted from `csr`) is what popularity reads: the global counts on a share."""
         rows = torch.repeat_interleave(torch.arange(csr.num_users, device=csr.indptr.device), csr.counts())
         keys = rows * csr.num_items + csr.indices
         rank_in_row = torch.arange(len(rows), device=rows.device) - csr.indptr[rows]
-        return cls(csr, keys, keys - rank_in_row, torch.bincount(csr.indices, minlength=csr.num_items))
+        if item_counts is None:
+            item_counts = torch.bincount(csr.indices, minlength=csr.num_items)
+        return cls(csr, keys, keys - rank_in_row, item_counts, first_user)
 
     @property
     def num_users(self) -> int:
@@ -44,15 +52,20 @@ class TrainingPositives:
         return self.keys.device
 
     def to(self, device: torch.device | str) -> TrainingPositives:
-        return TrainingPositives(self.csr.to(device), self.keys.to(device), self.gap_keys.to(device), self.item_counts.to(device))
+        moved = (self.csr.to(device), self.keys.to(device), self.gap_keys.to(device), self.item_counts.to(device))
+        return TrainingPositives(*moved, self.first_user)
+
+    def local(self, users: Tensor) -> Tensor:
+        """Rows of the CSR of global `users`: the users themselves in one process (no copy)."""
+        return users - self.first_user if self.first_user else users
 
     def coordinates(self, users: Tensor) -> tuple[Tensor, Tensor]:
         """(row, item) coordinates of the positives of `users`, row being the position in `users`."""
-        return self.csr.coordinates(users)
+        return self.csr.coordinates(self.local(users))
 
     def contains(self, users: Tensor, items: Tensor) -> Tensor:
         """Whether each item of `items` [B] or [B, N] is a training positive of its row's user in `users` [B]."""
-        keys = users.reshape(-1, *[1] * (items.dim() - users.dim())) * self.num_items + items
+        keys = self.local(users).reshape(-1, *[1] * (items.dim() - users.dim())) * self.num_items + items
         position = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
         return self.keys[position] == keys
 
@@ -78,6 +91,7 @@ class TrainingPositives:
         u * num_items + q_j, which are globally sorted. A uniform r in [0, num_items - n_u) thus maps
         to a uniform negative. `shape` is the shape of draws per user.
         """
+        users = self.local(users)
         indptr = self.csr.indptr
         expand = (len(users),) + (1,) * len(shape)
         num_candidates = (self.num_items - (indptr[users + 1] - indptr[users])).view(expand)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from recsys_lightning.data.catalogue import Catalogue
+from recsys_lightning.data.catalogue_reference import CatalogueReference
 from recsys_lightning.data.features import FeatureTable
 from recsys_lightning.data.positives import TrainingPositives
 
@@ -21,7 +22,8 @@ class TrainingData:
 
     - `positives`: the training positives index, on the CPU until the module moves it to its device
     - `explicit_negatives`: [N, 2] (user, item) pairs the data marks as negatives (target 0)
-    - `catalogue`: raw ids, what each user saw in each part, popularity, titles: saved in checkpoints
+    - `catalogue`: raw ids, what each user saw in each part, popularity, titles: saved in checkpoints; on
+      several ranks of prepared data, where no rank sees every user, a `CatalogueReference` to the data
     - `ratings_missing`: why the interactions carry no ratings (each then counts as rating 1) and what
       to set, for losses that predict ratings; None when they carry them
     - `item_features`, `user_features`: categorical features by item / user index, for every item and
@@ -32,7 +34,7 @@ class TrainingData:
     num_items: int
     positives: TrainingPositives
     explicit_negatives: Tensor
-    catalogue: Catalogue
+    catalogue: Catalogue | CatalogueReference
     ratings_missing: str | None = None
     item_features: FeatureTable | None = None
     user_features: FeatureTable | None = None

@@ -13,6 +13,7 @@ OFFERED_TARGETS: dict[str, frozenset[str]] = {
             "recsys_lightning.data.csv.CsvDataModule",
             "recsys_lightning.data.movielens.MovieLensDataModule",
             "recsys_lightning.data.synthetic.SyntheticDataModule",
+            "recsys_lightning.prepared.datamodule.PreparedDataModule",
         }
     ),
     "model": frozenset(

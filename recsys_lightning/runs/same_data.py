@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from recsys_lightning.data.catalogue import Catalogue
+from recsys_lightning.data.catalogue_reference import CatalogueReference
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.training_data import TrainingData
 
@@ -27,6 +28,11 @@ def same_training_pairs(catalogue: Catalogue, train: UserItemCSR) -> bool:
     return torch.equal(trained.indptr.long(), train.indptr.long()) and torch.equal(trained.indices.long(), train.indices.long())
 
 
-def same_training_data(catalogue: Catalogue, data: TrainingData) -> bool:
-    """Whether a checkpoint's catalogue records the same users, items and training pairs as `data`."""
+def same_training_data(catalogue: Catalogue | CatalogueReference, data: TrainingData) -> bool:
+    """Whether a checkpoint's catalogue records the same users, items and training pairs as `data`; trained
+    on several ranks of prepared data, whether both reference the same prepared data."""
+    if isinstance(data.catalogue, CatalogueReference):
+        return data.catalogue.same_data(catalogue)
+    if isinstance(catalogue, CatalogueReference):
+        return False
     return same_ids(catalogue, data.catalogue) and same_training_pairs(catalogue, data.positives.csr)
