@@ -329,10 +329,17 @@ def test_a_checkpoint_whose_prepared_folder_is_gone_or_changed_is_refused(three_
 
 
 @pytest.mark.slow
-def test_prepare_entry_point_writes_a_folder_and_refuses_an_existing_one(tmp_path):
+def test_prepare_entry_point_writes_a_folder_and_refuses_an_existing_one(tmp_path, movielens_run):
     done = run_module("recsys_lightning.prepare", "data=movielens", f"output={tmp_path / 'ml'}", "parts=2")
     assert done.returncode == 0, done.stderr
     assert len(PreparedFolder.open(tmp_path / "ml").parts) == 2
+    # One process on the prepared folder trains exactly the run data=movielens trains (movielens_run's overrides).
+    run_dir = tmp_path / "run"
+    overrides = ["trainer.max_epochs=3", "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={run_dir}"]
+    trained = run_module("recsys_lightning.train", "data=prepared", f"data.path={tmp_path / 'ml'}", *overrides)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    direct, prepared = (json.loads((folder / "metrics.json").read_text()) for folder in (movielens_run, run_dir))
+    assert {k: v for k, v in prepared.items() if k.startswith("test/")} == {k: v for k, v in direct.items() if k.startswith("test/")}
     again = run_module("recsys_lightning.prepare", f"output={tmp_path / 'ml'}")
     assert again.returncode == 1 and again.stderr.strip().splitlines()[-1].startswith("error: output=")
     features = run_module("recsys_lightning.prepare", f"output={tmp_path / 'f'}", "data.item_features=[genre]")

@@ -23,16 +23,17 @@ from recsys_lightning.data.catalogue_reference import CatalogueReference
 from recsys_lightning.data.movielens import MovieLensDataModule
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.errors import ConfigError, DataError
-from recsys_lightning.prepared import datamodule as prepared_datamodule
 from recsys_lightning.prepared.datamodule import PreparedDataModule, launched_rank, sampled_validation_users
+from recsys_lightning.prepared.folder import PreparedFolder
 from recsys_lightning.prepared.share import TEST, VALID
+from recsys_lightning.prepared.write import write_prepared
 from recsys_lightning.runs.checkpoint_file import load_checkpoint
 from recsys_lightning.runs.same_data import same_training_data
 from recsys_lightning.seeds import stream_seed
 from recsys_lightning.train import train
 from recsys_lightning.validation import check_prepared_data
 
-from helpers import ROOT, SMALL_DATA, FrameDataModule, MemoryShares, quiet_trainer, random_interactions, training_config
+from helpers import ROOT, SMALL_DATA, FrameDataModule, MemoryShares, quiet_trainer, random_interactions, run_module, training_config
 
 
 def shares_of(datamodule, world: int, **settings) -> list[PreparedDataModule]:
@@ -266,14 +267,15 @@ def test_a_share_without_validation_users_is_refused_naming_the_rank(small):
         prepared.read_share(1, 2)
 
 
-def test_training_on_one_rank_of_prepared_data_gives_the_single_process_run(tmp_path, monkeypatch):
-    """Through `train`: callbacks, the best checkpoint (with its full catalogue) tested, metrics.json."""
+def test_training_on_one_rank_of_prepared_data_gives_the_single_process_run(tmp_path):
+    """Through `train` on a real prepared folder: callbacks, the best checkpoint (with its full catalogue) tested, metrics.json."""
     common = ["debug=quick", "~logger", "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0", "projector.max_items=0"]
     single = instantiate(training_config(*SMALL_DATA).data)
     single.setup("fit")
-    monkeypatch.setattr(prepared_datamodule, "open_prepared", lambda path: MemoryShares(single))
+    write_prepared(single, tmp_path / "prepared_data", parts=2)
     expected = train(training_config(*SMALL_DATA, *common, run_dir=tmp_path / "single"))
-    prepared = train(training_config("data=prepared", "data.path=/memory", "data.batch_size=512", *common, run_dir=tmp_path / "prepared"))
+    data = ["data=prepared", f"data.path={tmp_path / 'prepared_data'}", "data.batch_size=512"]
+    prepared = train(training_config(*data, *common, run_dir=tmp_path / "prepared"))
     ignored = {"train_seconds", "data_source"}
     assert {name: value for name, value in prepared.items() if name not in ignored} == {
         name: value for name, value in expected.items() if name not in ignored
@@ -294,20 +296,26 @@ def test_processes_lightning_would_spawn_itself_are_refused_before_any_data_is_r
 
 
 @pytest.mark.slow
-def test_two_ranks_launched_by_torchrun_train_test_and_record_a_reference(tmp_path):
-    """The training entry point on two gloo ranks of in-memory shares (tests/prepared_train.py): metrics.json,
-    each rank's share logged, and checkpoints naming the prepared data instead of holding a catalogue."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+def test_two_ranks_launched_by_torchrun_train_test_record_a_reference_and_serve_from_one_process(tmp_path):
+    """The training entry point on two gloo ranks of a real prepared folder: metrics.json, each rank's share
+    logged, checkpoints naming the prepared data instead of holding a catalogue; then `evaluate` and
+    `recommend`, in one process, rebuild the catalogue from the folder the checkpoint names."""
+    single = instantiate(training_config(*SMALL_DATA).data)
+    single.setup("fit")
+    folder = tmp_path / "prepared_data"
+    write_prepared(single, folder, parts=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
     run_dir = tmp_path / "run"
-    overrides = ["data=prepared", "data.path=/memory", "data.batch_size=512", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    overrides = ["data=prepared", f"data.path={folder}", "data.batch_size=512", "trainer=ddp", "trainer.accelerator=cpu"]
     overrides += [
+        "trainer.devices=2",
         "trainer.max_epochs=2",
         "~logger",
         "callbacks.progress_bar.refresh_rate=0",
         "projector.max_items=0",
         f"hydra.run.dir={run_dir}",
     ]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", str(ROOT / "tests" / "prepared_train.py"), *overrides]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "-m", "recsys_lightning.train", *overrides]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -316,7 +324,15 @@ def test_two_ranks_launched_by_torchrun_train_test_and_record_a_reference(tmp_pa
     assert sorted(line.split(":")[0] for line in shares) == ["rank 0 of 2", "rank 1 of 2"]
     assert all(line.endswith("global batch 512, per-rank batch 256") for line in shares)
     checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    assert checkpoint["catalogue"] == {"version": 1, "prepared": {"path": "/memory", "manifest_sha256": "0" * 64}}
+    assert checkpoint["catalogue"] == {"version": 1, "prepared": PreparedFolder.open(folder).reference()}
+
+    evaluated = run_module("recsys_lightning.evaluate", f"run_dir={run_dir}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"{metrics['test/ndcg@10']:.4f}" in evaluated.stdout  # the two ranks' test, ranked again in one process
+    user = single.interactions.user_ids[0]
+    served = run_module("recsys_lightning.recommend", f"run_dir={run_dir}", f"user_id={user}", "k=5")
+    assert served.returncode == 0, served.stderr[-3000:]
+    assert served.stdout.count("\n") >= 5
 
 
 def test_on_several_torchrun_ranks_what_needs_every_user_is_refused(monkeypatch):

@@ -29,6 +29,7 @@ from recsys_lightning.data.sized_defaults import AUTO, auto_batch_size
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.errors import ConfigError, DataError
+from recsys_lightning.prepared.folder import PreparedFolder
 from recsys_lightning.prepared.share import NEGATIVE, TEST, TRAIN, VALID, ShareSource, UserShare
 from recsys_lightning.ranges import AnyOf, Choice, Range, integer
 from recsys_lightning.seeds import stream_seed
@@ -37,13 +38,6 @@ log = logging.getLogger(__name__)
 
 PREPARED_TARGET = "recsys_lightning.prepared.datamodule.PreparedDataModule"  # conf/data/prepared.yaml
 LAUNCH_HINT = "launch with torchrun --nproc-per-node {world} ... or srun (README, Beyond one machine)"
-
-
-def open_prepared(path: str) -> ShareSource:
-    """The prepared folder at `path`, checked against its manifest (prepared/folder.py)."""
-    from recsys_lightning.prepared.folder import PreparedFolder
-
-    return PreparedFolder.open(path)
 
 
 def launched_rank() -> tuple[int, int]:
@@ -135,7 +129,7 @@ class PreparedDataModule(pl.LightningDataModule):
     def read_share(self, rank: int, world: int) -> None:
         """Read and index rank `rank` of `world`'s share: what `setup` does with the launcher's rank and world."""
         if self.prepared is None:
-            self.prepared = open_prepared(self.path)
+            self.prepared = PreparedFolder.open(self.path)
         prepared = self.prepared
         self.rank, self.world, self.source = rank, world, prepared.source
         train_rows = prepared.train_rows_per_rank(world)

@@ -104,7 +104,7 @@ class PreparedFolder:
         self.source: str = manifest["source"]
         self.item_ids = items.column("item_id").to_numpy(zero_copy_only=False)
         self.titles = items.column("title").to_pylist() if "title" in items.column_names else None
-        self.item_train_counts = items.column("train_count").to_numpy()
+        self.item_train_counts = items.column("train_count").to_numpy().copy()  # writable: torch shares it
         self.valid_users = sum(part.valid_users for part in parts)
 
     @classmethod

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from recsys_lightning.data.catalogue import STATE_VERSION, Catalogue, MalformedCatalogue
+from recsys_lightning.data.catalogue_reference import PREPARED_KEY, CatalogueReference
 from recsys_lightning.errors import ConfigError, cut, first_line, quote
 from recsys_lightning.prepared.folder import PreparedFolder
 from recsys_lightning.prepared.layout import MANIFEST
@@ -21,7 +22,6 @@ from recsys_lightning.prepared.layout import MANIFEST
 FORMAT_KEY = "recsys_lightning_format"
 FORMAT_VERSION = 1  # raise it when a checkpoint's layout changes, so old files are refused by name, not by a KeyError
 CATALOGUE_KEY = "catalogue"
-PREPARED_KEY = "prepared"  # in a catalogue state: the prepared folder a run trained on several ranks read (PreparedFolder.reference)
 BEST_CHECKPOINT_KEY = "best_checkpoint"
 METRICS_LIMIT = 1 << 20  # bytes; a real metrics.json is about 1 KiB
 CHECKPOINT_REMEDY = "pass checkpoint=last or checkpoint=<path>"
@@ -230,13 +230,14 @@ def check_format(checkpoint: dict[str, Any], path: str | Path) -> None:
     )
 
 
-def catalogue_from_checkpoint(state: Any, path: str | Path) -> Catalogue:
+def catalogue_from_checkpoint(state: Any, path: str | Path, resolve: bool = True) -> Catalogue | CatalogueReference:
     """The checkpoint's catalogue, refused with one line when it is from another version or malformed.
 
-    A run trained on several ranks records the prepared folder it read instead (`PREPARED_KEY`): its
-    catalogue is rebuilt from that folder, once its manifest is the one recorded."""
+    A run trained on several ranks records the prepared folder it read instead (`PREPARED_KEY`): with
+    `resolve`, its catalogue is rebuilt from that folder (every part read) once its manifest is the one
+    recorded; without, the checked reference is returned (what a resume on several ranks compares)."""
     if isinstance(state, dict) and set(state) == {"version", PREPARED_KEY}:
-        return _prepared_catalogue(state, path)
+        return _prepared_catalogue(state, path, resolve)
     if not isinstance(state, dict) or type(state.get("version")) is not int or state["version"] != STATE_VERSION:
         found = state.get("version") if isinstance(state, dict) else type(state).__name__
         raise ConfigError(
@@ -249,7 +250,7 @@ def catalogue_from_checkpoint(state: Any, path: str | Path) -> Catalogue:
         raise ConfigError(f"{path}: its serving catalogue is malformed ({error}); the file was altered") from error
 
 
-def _prepared_catalogue(state: dict[str, Any], path: str | Path) -> Catalogue:
+def _prepared_catalogue(state: dict[str, Any], path: str | Path, resolve: bool) -> Catalogue | CatalogueReference:
     """The catalogue of the prepared folder `state` names: one line if the reference is malformed, the
     folder is gone, or its manifest is not the one the run was trained on."""
     reference = state[PREPARED_KEY]
@@ -269,18 +270,21 @@ def _prepared_catalogue(state: dict[str, Any], path: str | Path) -> Catalogue:
             f"{path}: trained on the prepared folder {cut(str(folder_path), 200)}, but its {MANIFEST} changed since "
             "(another prepare wrote it); restore the folder the run was trained on"
         )
-    return folder.catalogue()
+    return folder.catalogue() if resolve else CatalogueReference.from_source(folder)
 
 
 def _is_text(value: Any) -> bool:
     return isinstance(value, str) and bool(value)
 
 
-def recorded_catalogue(checkpoint: dict[str, Any], path: str | Path, remedy: str, where: str = "") -> Catalogue:
+def recorded_catalogue(
+    checkpoint: dict[str, Any], path: str | Path, remedy: str, where: str = "", resolve: bool = True
+) -> Catalogue | CatalogueReference:
     """The catalogue `checkpoint` records: the ids and training pairs it was trained on, without which nothing can
-    tell its data from another's. One line naming `where` (by default the file) and `remedy` when it has none."""
+    tell its data from another's. One line naming `where` (by default the file) and `remedy` when it has none.
+    `resolve`: see `catalogue_from_checkpoint`."""
     if CATALOGUE_KEY not in checkpoint:
         raise ConfigError(
             f"{where or path}: carries no record of the data it was trained on (no catalogue: an older version wrote it); {remedy}"
         )
-    return catalogue_from_checkpoint(checkpoint[CATALOGUE_KEY], path)
+    return catalogue_from_checkpoint(checkpoint[CATALOGUE_KEY], path, resolve)

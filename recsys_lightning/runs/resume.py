@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
+from recsys_lightning.data.catalogue_reference import CatalogueReference
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.models.weights import weight_mismatch
 from recsys_lightning.runs.checkpoint_file import recorded_catalogue
@@ -111,8 +112,9 @@ def check_resume_fits(checkpoint: dict[str, Any], path: Path, module: Recommende
             f"ckpt_path={path}: it was trained with another model or data ({problem}); resume with that run's "
             "overrides, or drop ckpt_path to start fresh"
         )
+    on_ranks = isinstance(module.data.catalogue, CatalogueReference)  # several ranks compare references, never every part
     catalogue = recorded_catalogue(
-        checkpoint, path, "resume from a checkpoint this version of the project wrote", where=f"ckpt_path={path}"
+        checkpoint, path, "resume from a checkpoint this version of the project wrote", where=f"ckpt_path={path}", resolve=not on_ranks
     )
     if not same_training_data(catalogue, module.data):
         raise ConfigError(
