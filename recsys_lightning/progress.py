@@ -112,11 +112,13 @@ class _Build:
                 log.info("%s: %s done in %s; %s%s", self.what, self.step, duration(now - self.step_started), step, _of(total))
             self.step, self.step_started, self.total, self.done = step, now, total, None
 
-    def end(self) -> None:
-        self.finished.set()
-        now = time.perf_counter()
-        if self.long or now - self.started >= self.interval:
-            log.info("%s: %s done; built in %s", self.what, self.step, duration(now - self.started))
+    def end(self, completed: bool) -> None:
+        """The watcher stops; a line with the whole time if the work was long and did not fail."""
+        with self.lock:
+            self.finished.set()
+            now = time.perf_counter()
+            if completed and (self.long or now - self.started >= self.interval):
+                log.info("%s: %s done; built in %s", self.what, self.step, duration(now - self.started))
 
     def _count(self, now: float) -> str:
         if self.done is None:
@@ -143,13 +145,15 @@ def building(what: str) -> Iterator[None]:
     if not reporting(_interval_seconds):
         yield
         return
-    _build = _Build(what, _interval_seconds)
-    _build.watcher.start()
+    build = _build = _Build(what, _interval_seconds)
+    build.watcher.start()
+    completed = False
     try:
         yield
+        completed = True
     finally:
-        build, _build = _build, None
-        build.end()
+        _build = None
+        build.end(completed)
 
 
 def stage(step: str, total: int | None = None) -> None:

@@ -81,7 +81,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             number = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
             raise RunInterrupted(f"stopped by {by} before the run began, nothing was written; run the command again", number) from stop
         try:
-            with progress.every(progress_interval(cfg)):
+            with progress.every(_progress_interval(cfg)):
                 return _train(cfg, run_folder, signals)
         except MemoryError as error:  # e.g. data.num_users=100000000000: numpy cannot allocate the arrays
             raise RecsysError(
@@ -186,7 +186,7 @@ def _fit_and_test(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals, 
     return metrics
 
 
-def progress_interval(cfg: DictConfig) -> float:
+def _progress_interval(cfg: DictConfig) -> float:
     """Seconds between progress lines (progress.py), for the data build as for ProgressLog: one key,
     `callbacks.progress_log.interval_seconds`; without that callback no lines at all."""
     return float(OmegaConf.select(cfg, "callbacks.progress_log.interval_seconds", default=None) or 0)

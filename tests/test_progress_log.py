@@ -114,6 +114,16 @@ def test_a_long_step_gets_a_line_every_interval_with_its_rows_so_far(monkeypatch
     assert lines[-1].startswith("data: reading interactions.csv done; built in ")
 
 
+def test_a_build_that_fails_says_nothing_was_built(monkeypatch, caplog):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    with caplog.at_level(logging.INFO, logger="recsys_lightning.progress"), progress.every(1e-9):
+        with pytest.raises(ValueError), progress.building("data"):
+            progress.stage("splitting (ratio)", 10)
+            raise ValueError("a bad row")
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == ["data: loading done in 0 s; splitting (ratio) (10 rows)"]
+
+
 def test_no_data_progress_lines_at_the_default_interval_in_a_terminal_or_at_zero(monkeypatch, caplog):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
     with caplog.at_level(logging.INFO, logger="recsys_lightning.progress"):
