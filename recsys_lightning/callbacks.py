@@ -14,6 +14,7 @@ import torch
 from pytorch_lightning.callbacks import Timer, TQDMProgressBar
 
 from recsys_lightning.errors import ConfigError, TrainingDiverged
+from recsys_lightning.progress import DEFAULT_INTERVAL_SECONDS, ProgressClock
 from recsys_lightning.ranges import Range
 
 log = logging.getLogger(__name__)
@@ -167,30 +168,29 @@ class TerminalProgressBar(TQDMProgressBar):
 class ProgressLog(pl.Callback):
     """A progress line every `interval_seconds` while training, validating or testing, when stdout is not a
     terminal (CI, nohup, a scheduler's log): there the progress bar is off and EpochLog writes only when an
-    epoch ends, so an hour-long epoch would otherwise be silent. Each line says the epoch, the step, pairs
-    per second while training, and the time left to the stage's end at the pace so far. In a terminal the
-    progress bar shows the same; 0 turns the lines off. One clock read per batch, nothing per sample.
+    epoch ends, so an hour-long epoch would otherwise be silent. Each line says the epoch, the step (or the
+    user chunk ranked), pairs (or users) per second, and the time left to the stage's end at the pace so
+    far. In a terminal the progress bar shows the same; 0 turns the lines off. One clock read per batch,
+    nothing per sample; the lines and their timing are progress.ProgressClock's, as while data is built.
     """
 
-    def __init__(self, interval_seconds: Annotated[float, Range(0)] = 30.0) -> None:
+    def __init__(self, interval_seconds: Annotated[float, Range(0)] = DEFAULT_INTERVAL_SECONDS) -> None:
         self.interval_seconds = interval_seconds
-        self.enabled = False
-        self._started = self._reported = 0.0
-        self._pairs = 0
+        self.clock = ProgressClock(0)
+        self._counted = 0
 
     def setup(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
-        self.enabled = self.interval_seconds > 0 and not sys.stdout.isatty() and trainer.is_global_zero
+        self.clock = ProgressClock(self.interval_seconds)  # off on DDP ranks other than 0: progress.reporting
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._start()
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._pairs += len(batch)
-        if self._due():
-            pace = f"{self._pairs / (time.perf_counter() - self._started):,.0f} pairs/s, "
+        self._counted += len(batch)
+        if self.clock.due():
             steps = trainer.num_training_batches
             where = f"epoch {trainer.current_epoch}: step {batch_idx + 1} of {steps} (global step {trainer.global_step})"
-            self._write(where, pace, batch_idx + 1, steps, "the epoch's end")
+            self.clock.report(where, batch_idx + 1, steps, "the epoch's end", self._counted, "pairs")
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._start()
@@ -199,7 +199,7 @@ class ProgressLog(pl.Callback):
         self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         where = f"epoch {trainer.current_epoch} validation" if trainer.state.fn == "fit" else "validation"
-        self._ranking_chunk_end(where, batch_idx, trainer.num_val_batches[dataloader_idx])
+        self._ranking_chunk_end(where, batch, batch_idx, trainer.num_val_batches[dataloader_idx])
 
     def on_test_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._start()
@@ -207,28 +207,16 @@ class ProgressLog(pl.Callback):
     def on_test_batch_end(
         self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._ranking_chunk_end("test", batch_idx, trainer.num_test_batches[dataloader_idx])
+        self._ranking_chunk_end("test", batch, batch_idx, trainer.num_test_batches[dataloader_idx])
 
-    def _ranking_chunk_end(self, where: str, batch_idx: int, chunks: float) -> None:
-        if self._due():
-            self._write(f"{where}: user chunk {batch_idx + 1} of {chunks}", "", batch_idx + 1, chunks, "its end")
+    def _ranking_chunk_end(self, where: str, chunk: Any, batch_idx: int, chunks: float) -> None:
+        self._counted += len(chunk.users)
+        if self.clock.due():
+            self.clock.report(f"{where}: user chunk {batch_idx + 1} of {chunks}", batch_idx + 1, chunks, "its end", self._counted, "users")
 
     def _start(self) -> None:
-        self._started = self._reported = time.perf_counter()
-        self._pairs = 0
-
-    def _due(self) -> bool:
-        return self.enabled and time.perf_counter() - self._reported >= self.interval_seconds
-
-    def _write(self, where: str, pace: str, done: int, total: float, end: str) -> None:
-        now = time.perf_counter()
-        self._reported = now
-        left = (total - done) * (now - self._started) / done if math.isfinite(total) else math.nan
-        log.info("%s, %s%s", where, pace, f"~{_duration(left)} to {end}" if math.isfinite(left) else "time left unknown")
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+        self.clock.start()
+        self._counted = 0
 
 
 class FinalValidation(pl.Callback):

@@ -23,6 +23,8 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from recsys_lightning import progress
+from recsys_lightning.callbacks import ProgressLog
 from recsys_lightning.config import check_override_keys, register_resolvers
 from recsys_lightning.console import quiet_library_noise
 from recsys_lightning.data.datamodule import InteractionDataModule
@@ -61,6 +63,7 @@ EVALUATE_RULES: dict[str, Rule] = {
     "tolerance": NON_NEGATIVE,
     "retrieval.run_dir": optional(TEXT),
     "retrieval.candidates": integer(1),
+    "callbacks.progress_log.interval_seconds": NON_NEGATIVE,
 }
 
 
@@ -100,7 +103,13 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
     except RuntimeError as error:  # a value a model's own load hook refuses (ItemKNN's neighbours out of range)
         raise ConfigError(f"{path}: its weights do not fit its model config ({load_error_detail(error)})") from error
     trainer = pl.Trainer(
-        accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ProgressLog(progress.interval_seconds())],  # chunks ranked, users/s, time left, off a terminal
     )
     run, prefix = (trainer.test, "test/") if split == "test" else (trainer.validate, "val/")
     run(module, datamodule=datamodule, verbose=False)
@@ -175,12 +184,14 @@ def main(cfg: DictConfig) -> None:
         check_evaluate_config(cfg)
         apply_thread_count(OmegaConf.select(cfg, "runtime.threads", default="auto"))
         if cfg.retrieval.run_dir is not None:
-            table, heading = evaluate_two_stage(
-                cfg.run_dir, cfg.retrieval.run_dir, cfg.retrieval.candidates, cfg.checkpoint, cfg.split, cfg.accelerator
-            )
+            with progress.every(cfg.callbacks.progress_log.interval_seconds):
+                table, heading = evaluate_two_stage(
+                    cfg.run_dir, cfg.retrieval.run_dir, cfg.retrieval.candidates, cfg.checkpoint, cfg.split, cfg.accelerator
+                )
             print(heading + "\n" + table.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
             return
-        evaluated = evaluate(cfg.run_dir, cfg.checkpoint, cfg.split, cfg.accelerator)
+        with progress.every(cfg.callbacks.progress_log.interval_seconds):
+            evaluated = evaluate(cfg.run_dir, cfg.checkpoint, cfg.split, cfg.accelerator)
         table = compare_with_recorded(evaluated, cfg.run_dir, cfg.tolerance)
         report(table)
         recorded = table[table["metrics.json"].notna()]  # a metric the run did not record cannot contradict it

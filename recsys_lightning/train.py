@@ -24,6 +24,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from recsys_lightning import progress
 from recsys_lightning.baseline_note import closing_note
 from recsys_lightning.build import build_module
 from recsys_lightning.callbacks import TrainingTime, final_validation_callbacks
@@ -80,7 +81,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             number = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
             raise RunInterrupted(f"stopped by {by} before the run began, nothing was written; run the command again", number) from stop
         try:
-            return _train(cfg, run_folder, signals)
+            with progress.every(_progress_interval(cfg)):
+                return _train(cfg, run_folder, signals)
         except MemoryError as error:  # e.g. data.num_users=100000000000: numpy cannot allocate the arrays
             raise RecsysError(
                 f"out of memory ({first_line(error, 120)}); lower the sizes in the config "
@@ -182,6 +184,12 @@ def _fit_and_test(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals, 
         note = closing_note(metrics, monitor, datamodule, ks, isinstance(module.model, Popularity))
         print(run_summary(metrics, monitor, ks, run_folder.path, tensorboard, note), flush=True)
     return metrics
+
+
+def _progress_interval(cfg: DictConfig) -> float:
+    """Seconds between progress lines (progress.py), for the data build as for ProgressLog: one key,
+    `callbacks.progress_log.interval_seconds`; without that callback no lines at all."""
+    return float(OmegaConf.select(cfg, "callbacks.progress_log.interval_seconds", default=None) or 0)
 
 
 def _resume_sweep_job(cfg: DictConfig, run_folder: RunFolder) -> dict[str, Any] | None:

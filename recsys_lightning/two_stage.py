@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from recsys_lightning import progress
 from recsys_lightning.data.batches import RankingChunk, RankingChunks
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.metrics import RankingMetrics
@@ -46,7 +47,8 @@ def compare_stages(
     hidden, heldout_part = PROTOCOL[split]
     heldout = catalogue.seen_in([heldout_part])
     heldout = replace(heldout, values=torch.ones(len(heldout.indices)))  # ratings the chunks carry; no ranking metric reads them
-    chunks = RankingChunks(heldout.to(device), catalogue.seen_in(hidden).to(device), chunk_size)
+    with progress.building(f"{split} ranking chunks"):
+        chunks = RankingChunks(heldout.to(device), catalogue.seen_in(hidden).to(device), chunk_size)
     depth = max(candidates, *ks)
     rankers: tuple[Callable[[RankingChunk], Tensor], ...] = (
         lambda chunk: retrieve(retriever, chunk.users, chunk.exclude_rows, chunk.exclude_items, depth)[0],
@@ -56,14 +58,18 @@ def compare_stages(
     rows = []
     for stage, ranker in zip(STAGES, rankers):
         metrics = RankingMetrics([*ks, candidates])
-        seconds = 0.0
-        for chunk in chunks:
+        seconds, users, clock = 0.0, 0, progress.ProgressClock()
+        for index, chunk in enumerate(chunks):
             start = time.perf_counter()
             ranked = ranker(chunk)
             if ranked.is_cuda:
                 torch.cuda.synchronize()
             seconds += time.perf_counter() - start
             metrics.update_ranked(ranked, chunk, catalogue.num_items)
+            users += len(chunk.users)
+            if clock.due():
+                where = f"{split} split, {stage}: user chunk {index + 1} of {len(chunks)}"
+                clock.report(where, index + 1, len(chunks), "its end", users, "users")
         rows.append(_row(stage, metrics, candidates, ks, 1e6 * seconds / max(chunks.num_users, 1)))
     return pd.DataFrame(rows)
 

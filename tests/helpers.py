@@ -14,6 +14,9 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
 from recsys_lightning.build import build_module
@@ -111,10 +114,41 @@ def all_options() -> list[tuple[str, str]]:
 
 
 def compose_config(config_name: str, *overrides: str, return_hydra_config: bool = False) -> DictConfig:
-    """`conf/<config_name>.yaml` with `overrides`, composed as its entry point composes it."""
+    """`conf/<config_name>.yaml` with `overrides`, composed as its entry point composes it.
+
+    Composing the defaults list (a YAML file read and merged per group) is most of a test's time, and most
+    tests only add key=value overrides to the same group choices: those choices are composed once per
+    session (`_composed_choices`) and the key overrides applied to a copy by Hydra's own code, in order,
+    as `compose` applies them after the defaults list. Anything else (the Hydra node, a `hydra.` key, a
+    package, a sweep) is composed in full. tests/test_config.py checks both ways give the same config.
+    """
+    register_resolvers()
+    parsed = OverridesParser.create().parse_overrides(list(overrides))  # a malformed override fails here as in compose
+    in_full = (override.is_hydra_override() or override.is_sweep_override() or override.package is not None for override in parsed)
+    if return_hydra_config or any(in_full):
+        return compose_in_full(config_name, *overrides, return_hydra_config=return_hydra_config)
+    choices = tuple(override.input_line for override in parsed if _is_group_choice(override))
+    cfg = copy.deepcopy(_composed_choices(config_name, choices))
+    ConfigLoaderImpl._apply_overrides_to_config([override for override in parsed if not _is_group_choice(override)], cfg)
+    return cfg
+
+
+def compose_in_full(config_name: str, *overrides: str, return_hydra_config: bool = False) -> DictConfig:
+    """Hydra's `compose`, every override through it."""
     register_resolvers()
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+@functools.cache
+def _composed_choices(config_name: str, choices: tuple[str, ...]) -> DictConfig:
+    return compose_in_full(config_name, *choices)
+
+
+def _is_group_choice(override: Override) -> bool:
+    """A defaults-list override (`model=ncf`, `~logger`) as Hydra tells them: its key names a config group
+    folder and its value is no dict; every other override sets, adds or deletes a key."""
+    return (CONF / override.key_or_group).is_dir() and not isinstance(override.value(), dict)
 
 
 def training_config(*overrides: str, run_dir: Path | str = ".", return_hydra_config: bool = False) -> DictConfig:

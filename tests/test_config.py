@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from recsys_lightning.build import build_module
 
-from helpers import CONF, FrameDataModule, all_options, option_config, random_interactions, training_config
+from helpers import CONF, FrameDataModule, all_options, compose_config, compose_in_full, option_config, random_interactions, training_config
 
 
 def set_by(group: str, option: str) -> dict[str, Any]:
@@ -99,3 +99,33 @@ def test_debug_quick_trains_a_few_batches_and_evaluates_in_full_even_over_an_exp
     assert (cfg.trainer.max_epochs, cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches) == (1, 3, None)
     assert cfg.projector.max_items == 0 and cfg.callbacks.progress_bar.refresh_rate == 0
     assert cfg.run_test is True and cfg.model._target_.endswith("NeuMF")
+
+
+@pytest.mark.parametrize(
+    ("config_name", "overrides"),
+    [
+        ("config", ["paths.run_dir=.", "run_name=test"]),
+        ("config", ["paths.run_dir=.", "run_name=test", "model=mf", "model.dim=8", "data.batch_size=auto", "+extra.key=1"]),
+        ("config", ["paths.run_dir=.", "run_name=test", "experiment=ml100k_ncf", "loss=bce", "~callbacks.early_stopping"]),
+        ("config", ["paths.run_dir=.", "run_name=test", "~logger", "trainer.max_epochs=1", "trainer.max_epochs=3", "++seed=5"]),
+        ("config", ["paths.run_dir=.", "run_name=test", "data=csv", "data.path=x.csv", "debug=quick", "eval.ks=[5,10]"]),
+        ("evaluate", ["run_dir=/a", "retrieval.run_dir=/b", "callbacks.progress_log.interval_seconds=0"]),
+        ("recommend", ["run_dir=/a", "user_id=42", "item_id=1"]),
+    ],
+)
+def test_composing_choices_once_then_the_key_overrides_equals_hydra_compose(config_name, overrides):
+    """compose_config (the tests' helper) composes group choices once a session and applies key overrides to
+    a copy: every config a test reads must be the one Hydra's compose gives for the same overrides."""
+    composed, in_full = compose_config(config_name, *overrides), compose_in_full(config_name, *overrides)
+    assert OmegaConf.to_yaml(composed) == OmegaConf.to_yaml(in_full)
+    assert OmegaConf.is_struct(composed) and OmegaConf.is_struct(in_full)
+
+
+@pytest.mark.parametrize("bad", ["model.no_such_key=1", "~callbacks.no_such_callback", "model=no_such_model", "trainer.max_epochs=[1"])
+def test_a_bad_override_fails_as_in_hydra_compose(bad):
+    failures = []
+    for compose in (compose_config, compose_in_full):
+        with pytest.raises(Exception) as error:
+            compose("config", "paths.run_dir=.", "run_name=test", bad)
+        failures.append((type(error.value), str(error.value)))
+    assert failures[0] == failures[1]

@@ -16,9 +16,10 @@ def imports_of(path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
             if node.module == "recsys_lightning":  # `from recsys_lightning import train` imports recsys_lightning.train
                 found |= {f"{node.module}.{alias.name}" for alias in node.names}
+            else:
+                found.add(node.module)
         elif isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
     return {name for name in found if name.startswith("recsys_lightning")}
@@ -34,8 +35,14 @@ def test_only_serving_imports_serving(path):
 
 
 @pytest.mark.parametrize("path", sorted((PACKAGE / "data").glob("*.py")), ids=lambda path: path.name)
-def test_data_imports_only_data_errors_and_seeds(path):
-    allowed = ("recsys_lightning.data", "recsys_lightning.errors", "recsys_lightning.ranges", "recsys_lightning.seeds")
+def test_data_imports_only_data_errors_seeds_and_progress(path):
+    allowed = (
+        "recsys_lightning.data",
+        "recsys_lightning.errors",
+        "recsys_lightning.ranges",
+        "recsys_lightning.seeds",
+        "recsys_lightning.progress",
+    )
     assert not [name for name in imports_of(path) if not name.startswith(allowed)]
 
 
@@ -69,6 +76,11 @@ def test_the_arrows_see_what_they_check():
     assert "recsys_lightning.runs.other_runs" in imports_of(PACKAGE / "samplers.py")
     assert "recsys_lightning.runs.checkpoint_file" in imports_of(PACKAGE / "runs" / "trained_run.py")
     assert "recsys_lightning.monitor" in imports_of(PACKAGE / "validation.py")
+
+
+def test_progress_imports_nothing_of_the_package():
+    """Data, callbacks and the entry points all report through progress.py: it must stay below them all."""
+    assert not imports_of(PACKAGE / "progress.py")
 
 
 def test_losses_import_nothing_from_samplers():

@@ -291,9 +291,13 @@ def test_evaluate_reproduces_metrics_json(movielens_run, split, prefix):
 
 @pytest.mark.slow
 def test_evaluate_entry_point_prints_the_comparison(movielens_run):
-    result = run_module("recsys_lightning.evaluate", f"run_dir={movielens_run}", "accelerator=cpu")
+    interval = "callbacks.progress_log.interval_seconds=0.000001"
+    result = run_module("recsys_lightning.evaluate", f"run_dir={movielens_run}", "accelerator=cpu", interval)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "test/ndcg@10" in result.stdout and "metrics equal metrics.json" in result.stdout
+    # Off a terminal, progress lines while the data is rebuilt and ranked, in the log (stderr), not the table.
+    assert "data: training positives and the catalogue done; built in " in result.stderr
+    assert "test: user chunk 1 of 1, " in result.stderr and " users/s, ~0 s to its end" in result.stderr
     for noise in ("Tip:", "litlogger", "LeafSpec", "TPU available", "GPU available: False"):  # filtered as in train (console.py)
         assert noise not in result.stdout + result.stderr, noise
 

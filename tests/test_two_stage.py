@@ -1,12 +1,15 @@
 """Two-stage serving and evaluation: a retriever's candidates re-ranked by a second run, on small planted data."""
 
 import io
+import logging
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from recsys_lightning import progress
 from recsys_lightning.data.catalogue import PARTS
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.evaluate import evaluate_two_stage
@@ -82,6 +85,17 @@ def test_candidate_recall_is_the_share_of_test_items_among_the_candidates(runs):
         shares.append(len(test_items & set(ranked[:7])) / len(test_items))
     assert table["recall@7"][0] == pytest.approx(np.mean(shares))
     assert table["recall@7"][2] == pytest.approx(table["recall@7"][0])  # the second stage reorders the same items
+
+
+def test_each_stage_logs_chunks_ranked_users_per_second_and_time_left(runs, monkeypatch, caplog):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    retriever, reranker = load_trained(find_checkpoint(runs["retriever"])), load_trained(find_checkpoint(runs["reranker"]))
+    with caplog.at_level(logging.INFO, logger="recsys_lightning.progress"), progress.every(1e-9):
+        compare_stages(retriever.model, reranker.model, reranker.catalogue, candidates=7, ks=[3], chunk_size=25)
+    lines = [record.getMessage() for record in caplog.records if "user chunk" in record.getMessage()]
+    assert [line.split(":")[0] for line in lines] == [f"test split, {stage}" for stage in STAGES for _ in range(3)]
+    assert lines[0].startswith("test split, retriever: user chunk 1 of 3, ") and " users/s, ~" in lines[0]
+    assert lines[-1].endswith("~0 s to its end")
 
 
 def test_evaluate_two_stage_beside_each_model_alone(runs):
@@ -161,9 +175,14 @@ def test_recommend_entry_point_prints_both_scores(runs):
 @pytest.mark.slow
 def test_evaluate_entry_point_prints_the_stages(runs):
     result = run_module(
-        "recsys_lightning.evaluate", f"run_dir={runs['reranker']}", f"retrieval.run_dir={runs['retriever']}", "accelerator=cpu"
+        "recsys_lightning.evaluate",
+        f"run_dir={runs['reranker']}",
+        f"retrieval.run_dir={runs['retriever']}",
+        "accelerator=cpu",
+        "callbacks.progress_log.interval_seconds=0.000001",
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "test split, two-stage: user chunk 1 of 1, " in result.stderr  # progress lines go to the log, not the table
     heading, columns, *rows = result.stdout.strip().splitlines()
     assert "candidate recall@200" in heading
     assert columns.split()[:3] == ["stage", "model", "recall@200"] and [row.split()[0] for row in rows] == list(STAGES)

@@ -23,6 +23,7 @@ import pandas as pd
 from pandas.api.types import union_categoricals
 from pandas.io.common import get_handle
 
+from recsys_lightning import progress
 from recsys_lightning.data.csv_fields import FieldCheckedStream, separator_byte
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
 from recsys_lightning.data.features import FeatureColumns, refuse_unmatched
@@ -82,6 +83,7 @@ def read_interactions(
     optional = {RATING: rating_col, TIMESTAMP: timestamp_col, TARGET: target_col}
     columns = {USER: user_col, ITEM: item_col, **{name: column for name, column in optional.items() if column and column in found}}
     reader = _ChunkReader(path, columns)
+    progress.stage(f"reading {path}")
     chunks = [
         reader.parse(chunk, first_row, line_of_row) for first_row, chunk, line_of_row in _chunks(path, sep, encoding, columns) if len(chunk)
     ]
@@ -249,6 +251,7 @@ def _chunks(path: Path, sep: str, encoding: str, columns: dict[str, str], rows: 
             for chunk in reader:
                 yield first_row, chunk, stream.line_of_row
                 first_row += len(chunk)
+                progress.advance(first_row)
 
 
 @contextmanager

@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from recsys_lightning import progress
 from recsys_lightning.data.batches import EpochBatchSampler, PositivePairs, RankingChunks
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.features import FeatureColumns, index_features
@@ -64,7 +65,6 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         split_ratios: Annotated[Sequence[float], Shares()] = (0.8, 0.1, 0.1),
         min_rating: Annotated[float | None, Range()] = None,
         batch_size: Annotated[int | str, AnyOf((Choice((AUTO,)), integer(1)))] = 4096,  # auto: sized_defaults.auto_batch_size
-        _X_=0,
         eval_chunk_size: Annotated[int, Range(1)] = 1024,
         eval_max_scores: Annotated[int, Range(1)] = 2**27,
         val_users: Annotated[int | None, Range(1)] = None,
@@ -91,8 +91,14 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
     def setup(self, stage: str | None = None) -> None:
         if self.interactions is not None:
             return
+        with progress.building("data"):
+            self._build()
+
+    def _build(self) -> None:
+        """`setup`'s work, each long step named for the progress lines (progress.py)."""
         loaded = self.load()
         self.source = loaded.source
+        progress.stage("keeping the latest row of each (user, item)", len(loaded.interactions))
         frame = latest_per_pair(loaded.interactions)
         negative = (frame[TARGET] == 0).to_numpy() if TARGET in frame else np.zeros(len(frame), dtype=bool)
         in_train = (frame[PART] == 0).to_numpy() if PART in frame else True  # a held-out file's negatives would leak into training
@@ -100,10 +106,12 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         positives = frame[~negative]
         if positives.empty:
             raise DataError(f"{self.source}: every row has target 0, so there is no positive to learn from; check the target column")
+        progress.stage("indexing users and items", len(positives))
         try:
             self.interactions = Interactions.from_frame(positives, self.min_rating)
         except DataError as error:
             raise DataError(f"{self.source}: {error}") from error
+        progress.stage(f"splitting ({self.split_kind if self.interactions.parts is None else 'given parts'})", len(self.interactions))
         if self.interactions.parts is not None:
             try:
                 self.split = split_by_parts(self.interactions, self.on_overlap)
@@ -126,10 +134,12 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         if self.batch_size_setting == AUTO:
             self.batch_size = auto_batch_size(len(self.split.train))
             log.info("batch size %d (auto: %s training pairs)", self.batch_size, f"{len(self.split.train):,}")
+        progress.stage("user x item CSRs of train, valid and test", len(self.interactions))
         self.train_positives = self._csr(self.split.train)
         self.valid_positives = self._csr(self.split.valid)
         self.test_positives = self._csr(self.split.test)
         check_negatives_exist(self.train_positives, self.interactions.user_ids)
+        progress.stage("training positives and the catalogue", len(self.split.train))
         item_info = self._index_item_info(loaded.items)
         parts = (self.train_positives, self.valid_positives, self.test_positives)
         self.training_data = TrainingData(
@@ -215,7 +225,8 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
                 if part == "valid"
                 else (self.test_positives, self.train_positives.union(self.valid_positives), None)
             )
-            self._chunks[key] = RankingChunks(heldout, seen, chunk_size, rank, num_replicas, users)
+            with progress.building(f"{part} ranking chunks"):
+                self._chunks[key] = RankingChunks(heldout, seen, chunk_size, rank, num_replicas, users)
         return self._chunks[key]
 
     def _csr(self, rows) -> UserItemCSR:

@@ -15,6 +15,7 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 
+from recsys_lightning import progress
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
 from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER
 from recsys_lightning.errors import ConfigError
@@ -69,16 +70,20 @@ def generate_interactions(
             point = np.where(from_home, mass_before[home] + rng.random(size) * cluster_mass[home], rng.random(size) * cumulative[-1])
             positions = np.minimum(np.searchsorted(cumulative, point, side="right"), num_items - 1)
             keys.append(chunk_users.astype(np.int64) * num_items + by_cluster[positions])
+            progress.advance(start + size)
         return np.concatenate(keys)
 
     # Popular items repeat for the same user, so draw in rounds until there are enough distinct pairs,
     # keeping each pair's first draw in draw order.
     keys = np.zeros(0, dtype=np.int64)
-    for _ in range(20):
+    for attempt in range(20):
         missing = num_interactions - len(keys)
         if missing <= 0:
             break
-        keys = np.concatenate([keys, draw(int(missing * 1.2) + 1000)])
+        count = int(missing * 1.2) + 1000
+        progress.stage(f"drawing synthetic interactions, round {attempt + 1}", count)
+        keys = np.concatenate([keys, draw(count)])
+        progress.stage("dropping repeated draws", len(keys))
         _, first = np.unique(keys, return_index=True)
         keys = keys[np.sort(first)]
     if len(keys) < num_interactions:
