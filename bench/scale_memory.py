@@ -1,0 +1,140 @@
+"""Memory per DDP rank as a formula of interactions N, users U, items I, embedding width d and ranks W,
+for today's path (every rank sets up all the data) and for the prepared path of issue 24 (rank r of W
+reads its share: about N/W rows and U/W users; item-sized arrays and the model tables stay global).
+
+    .venv/bin/python bench/scale_memory.py                      # the on-paper table: 1B x 100M users x 10M items
+    .venv/bin/python bench/scale_memory.py --interactions 8e6 --users 2e5 --items 5e4 --worlds 1 2 4
+
+bench/bench_scale.py prints `today_rank_bytes` beside each measured peak. Every factor is what the code
+allocates (bytes per interaction, per user, per item); the comments name the arrays, so a change in the
+code shows here as a factor to revise. Figures are the data- and model-dependent peak: what a process
+holds beyond its imports (about 0.45 GiB of Python, torch and Lightning).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+FLOAT = 4
+TRAIN_SHARE = 0.8  # data.split_ratios' default train share: the arrays of training pairs hold this share of N
+
+# Today's path, InteractionDataModule.setup: at its end these are alive at once, so they are the peak of
+# the whole run (what comes later, the training pairs, the epoch permutation and the ranking chunks, fits
+# into the memory the setup's frames free when it returns, and the allocator keeps).
+TODAY_PER_INTERACTION = {
+    # loaded.interactions (user, item int64, rating float32, timestamp float64), latest_per_pair's sorted
+    # copy and the positives' copy: three frames of 28 bytes, all referenced until setup returns
+    "three 28-byte frames": 3 * 28,
+    "Interactions.users, .items (int64)": 16,
+    "split row indices (int64)": 8,
+    "train/valid/test CSRs: indices int64 + values float32": 12,
+    "TrainingPositives keys + gap_keys (int64, train rows)": 16 * TRAIN_SHARE,
+    "Catalogue.seen: indices int64 + part int8": 9,
+    # Catalogue.from_parts: each part's coordinates (rows, items int64, codes int8), their concatenation,
+    # from_pairs' keys and argsort
+    "Catalogue build transients": 17 + 17 + 16,
+}
+# indptr of three CSRs and the catalogue's, raw user ids, the split's per-user counts and ends
+TODAY_PER_USER = 8 * 4 + 8 + 8 * 3
+# raw item ids, TrainingPositives.item_counts, Catalogue.popularity, the item metadata frame
+TODAY_PER_ITEM = 8 * 4 + 8
+
+# The prepared path as issue 24 specifies it (recsys_lightning/prepared/, /work/briefs/share24.md): not
+# measured yet. Per row of the rank's share: the Parquet columns as numpy (user, item int64, rating float32,
+# part int8: 21 bytes) and their Arrow buffers while converting (21), the three local CSRs (12),
+# TrainingPositives (16 per training row), the training pairs and the epoch permutation (28 per training
+# row), the rank's ranking chunks (valid: 16 per training row of its users + 20 per valid row; test: the
+# same for train+valid, 31 in all).
+PREPARED_PER_ROW = 21 + 21 + 12 + (16 + 28) * TRAIN_SHARE + 31
+PREPARED_PER_USER = 8 * 3 + 8 + 8  # local indptrs, validation users, the val_users hash
+PREPARED_PER_ITEM = 8 * 3 + 8  # global item counts, popularity, raw item ids (id map) and the local counts
+
+# Model: each (user or item) row of width d (+1 with MF's bias) as float32 weight, dense gradient and
+# Adam's two moments; DDP (W > 1) adds its gradient buckets, one more copy (Lightning leaves
+# gradient_as_bucket_view off).
+WEIGHT_COPIES = 4
+DDP_BUCKET_COPIES = 1
+# An evaluation chunk: chunk x I scores, a masked copy, top-K work (memory_estimate.EVALUATION_COPIES).
+EVALUATION_COPIES = 3
+
+
+@dataclass(frozen=True)
+class Sizes:
+    interactions: int
+    users: int
+    items: int
+    dim: int = 64
+    bias: bool = True
+    eval_chunk_size: int = 1024
+    eval_max_scores: int = 2**27
+
+
+def model_bytes(sizes: Sizes, world: int) -> int:
+    """Embedding tables, gradients, Adam state (and DDP buckets): full on every rank (issue 25 shards them)."""
+    width = sizes.dim + int(sizes.bias)
+    copies = WEIGHT_COPIES + (DDP_BUCKET_COPIES if world > 1 else 0)
+    return (sizes.users + sizes.items) * width * FLOAT * copies
+
+
+def evaluation_bytes(sizes: Sizes) -> int:
+    chunk = max(1, min(sizes.eval_chunk_size, sizes.eval_max_scores // max(sizes.items, 1)))
+    return chunk * sizes.items * FLOAT * EVALUATION_COPIES
+
+
+def today_data_bytes(sizes: Sizes) -> int:
+    """Every rank runs the whole setup: nothing here depends on W."""
+    per_interaction = sum(TODAY_PER_INTERACTION.values())
+    return int(per_interaction * sizes.interactions + TODAY_PER_USER * sizes.users + TODAY_PER_ITEM * sizes.items)
+
+
+def prepared_data_bytes(sizes: Sizes, world: int) -> int:
+    """A rank's share: its rows and users fall as 1/W; the item-sized arrays do not."""
+    rows, users = sizes.interactions / world, sizes.users / world
+    return int(PREPARED_PER_ROW * rows + PREPARED_PER_USER * users + PREPARED_PER_ITEM * sizes.items)
+
+
+def today_rank_bytes(sizes: Sizes, world: int) -> int:
+    return today_data_bytes(sizes) + model_bytes(sizes, world) + evaluation_bytes(sizes)
+
+
+def prepared_rank_bytes(sizes: Sizes, world: int) -> int:
+    return prepared_data_bytes(sizes, world) + model_bytes(sizes, world) + evaluation_bytes(sizes)
+
+
+def table(sizes: Sizes, worlds: list[int]) -> str:
+    """Markdown: per W, each part of a rank's memory on both paths, in GiB."""
+    gib = 2**30
+    lines = [
+        f"N={sizes.interactions:,} interactions, U={sizes.users:,} users, I={sizes.items:,} items, d={sizes.dim}"
+        f"{' + bias' if sizes.bias else ''}, Adam, dense gradients",
+        "",
+        "| W | today: data | prepared: data | model tables + grads + Adam (+DDP buckets) | eval chunk "
+        "| today per rank | prepared per rank | prepared data x W (all ranks) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for world in worlds:
+        lines.append(
+            f"| {world} | {today_data_bytes(sizes) / gib:,.1f} | {prepared_data_bytes(sizes, world) / gib:,.2f} "
+            f"| {model_bytes(sizes, world) / gib:,.1f} | {evaluation_bytes(sizes) / gib:,.2f} "
+            f"| {today_rank_bytes(sizes, world) / gib:,.1f} | {prepared_rank_bytes(sizes, world) / gib:,.1f} "
+            f"| {prepared_data_bytes(sizes, world) * world / gib:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--interactions", type=float, default=1e9)
+    parser.add_argument("--users", type=float, default=1e8)
+    parser.add_argument("--items", type=float, default=1e7)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--worlds", type=int, nargs="+", default=[8, 64, 512])
+    args = parser.parse_args()
+    sizes = Sizes(int(args.interactions), int(args.users), int(args.items), args.dim)
+    print(f"bytes per interaction: today {sum(TODAY_PER_INTERACTION.values()):.0f}, prepared {PREPARED_PER_ROW:.0f} per row of a share")
+    print(table(sizes, args.worlds))
+
+
+if __name__ == "__main__":
+    main()
