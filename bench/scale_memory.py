@@ -41,12 +41,16 @@ TODAY_PER_USER = 8 * 4 + 8 + 8 * 3
 TODAY_PER_ITEM = 8 * 4 + 8
 
 # The prepared path as issue 24 specifies it (recsys_lightning/prepared/, /work/briefs/share24.md): not
-# measured yet. Per row of the rank's share: the Parquet columns as numpy (user, item int64, rating float32,
-# part int8: 21 bytes) and their Arrow buffers while converting (21), the three local CSRs (12),
-# TrainingPositives (16 per training row), the training pairs and the epoch permutation (28 per training
-# row), the rank's ranking chunks (valid: 16 per training row of its users + 20 per valid row; test: the
-# same for train+valid, 31 in all).
-PREPARED_PER_ROW = 21 + 21 + 12 + (16 + 28) * TRAIN_SHARE + 31
+# measured yet. Per row of the rank's share, two phases that do not overlap (the allocator reuses the
+# first's memory for the second):
+# - reading its parts: each part's columns (user, item int64, rating float32, timestamp float64, part int8,
+#   row int64: 37 bytes) as Arrow buffers and as numpy, then sorted by row (argsort 8 + a sorted copy 37);
+# - training: the columns kept (37), three local CSRs (12), TrainingPositives (16 per training row), the
+#   training pairs and the epoch permutation (28 per training row), the ranking chunks (valid and test:
+#   about 31 per row).
+PREPARED_READ_PER_ROW = 37 + 37 + 8 + 37
+PREPARED_TRAIN_PER_ROW = 37 + 12 + (16 + 28) * TRAIN_SHARE + 31
+PREPARED_PER_ROW = max(PREPARED_READ_PER_ROW, PREPARED_TRAIN_PER_ROW)
 PREPARED_PER_USER = 8 * 3 + 8 + 8  # local indptrs, validation users, the val_users hash
 PREPARED_PER_ITEM = 8 * 3 + 8  # global item counts, popularity, raw item ids (id map) and the local counts
 
@@ -134,6 +138,10 @@ def main() -> None:
     sizes = Sizes(int(args.interactions), int(args.users), int(args.items), args.dim)
     print(f"bytes per interaction: today {sum(TODAY_PER_INTERACTION.values()):.0f}, prepared {PREPARED_PER_ROW:.0f} per row of a share")
     print(table(sizes, args.worlds))
+    gib = 2**30
+    print(f"\nprepare (one process, once: today's setup in memory): {today_data_bytes(sizes) / gib:,.0f} GiB")
+    gradient = model_bytes(sizes, 1) // WEIGHT_COPIES
+    print(f"dense gradients all-reduced every step: {gradient / gib:,.1f} GiB (a ring sends and receives about twice that per rank)")
 
 
 if __name__ == "__main__":
