@@ -19,10 +19,12 @@ from dataclasses import dataclass
 FLOAT = 4
 TRAIN_SHARE = 0.8  # data.split_ratios' default train share: the arrays of training pairs hold this share of N
 
-# Today's path, InteractionDataModule.setup: at its end these are alive at once, so they are the peak of
-# the whole run (what comes later, the training pairs, the epoch permutation and the ranking chunks, fits
-# into the memory the setup's frames free when it returns, and the allocator keeps).
-TODAY_PER_INTERACTION = {
+# A run has two phases whose peaks do not add up: the data's setup, before the model exists (train.py sets
+# up the data first, to size the model), and training, with the model, the training pairs, the ranking
+# chunks and an evaluation chunk. What the setup frees when it returns is reused by training.
+
+# Today's path, InteractionDataModule.setup on every rank: at its end these are alive at once.
+TODAY_SETUP_PER_INTERACTION = {
     # loaded.interactions (user, item int64, rating float32, timestamp float64), latest_per_pair's sorted
     # copy and the positives' copy: three frames of 28 bytes, all referenced until setup returns
     "three 28-byte frames": 3 * 28,
@@ -35,22 +37,29 @@ TODAY_PER_INTERACTION = {
     # from_pairs' keys and argsort
     "Catalogue build transients": 17 + 17 + 16,
 }
+# Today's path while training: what setup keeps, every rank's copy of all training pairs and its
+# randperm over all of them (EpochBatchSampler), and its 1/W of the ranking chunks.
+TODAY_STEADY_PER_INTERACTION = {
+    "Interactions, split, CSRs, TrainingPositives, Catalogue.seen": 16 + 8 + 12 + 16 * TRAIN_SHARE + 9,
+    "training pairs: user, item int64, rating float32 (train rows)": 20 * TRAIN_SHARE,
+    "the epoch's randperm (int64, train rows)": 8 * TRAIN_SHARE,
+}
+# Ranking chunks, shared out among the ranks: valid hides each ranked user's training items (row, item
+# int64: 16 per train row) and holds its valid items (20 per valid row); test hides train + valid items.
+CHUNKS_PER_INTERACTION = 16 * TRAIN_SHARE + 20 * 0.1 + 16 * 0.9 + 20 * 0.1
 # indptr of three CSRs and the catalogue's, raw user ids, the split's per-user counts and ends
 TODAY_PER_USER = 8 * 4 + 8 + 8 * 3
 # raw item ids, TrainingPositives.item_counts, Catalogue.popularity, the item metadata frame
 TODAY_PER_ITEM = 8 * 4 + 8
 
 # The prepared path as issue 24 specifies it (recsys_lightning/prepared/, /work/briefs/share24.md): not
-# measured yet. Per row of the rank's share, two phases that do not overlap (the allocator reuses the
-# first's memory for the second):
+# measured yet. Per row of the rank's share:
 # - reading its parts: each part's columns (user, item int64, rating float32, timestamp float64, part int8,
 #   row int64: 37 bytes) as Arrow buffers and as numpy, then sorted by row (argsort 8 + a sorted copy 37);
 # - training: the columns kept (37), three local CSRs (12), TrainingPositives (16 per training row), the
-#   training pairs and the epoch permutation (28 per training row), the ranking chunks (valid and test:
-#   about 31 per row).
+#   training pairs and the epoch permutation (28 per training row); its ranking chunks come on top.
 PREPARED_READ_PER_ROW = 37 + 37 + 8 + 37
-PREPARED_TRAIN_PER_ROW = 37 + 12 + (16 + 28) * TRAIN_SHARE + 31
-PREPARED_PER_ROW = max(PREPARED_READ_PER_ROW, PREPARED_TRAIN_PER_ROW)
+PREPARED_STEADY_PER_ROW = 37 + 12 + (16 + 28) * TRAIN_SHARE
 PREPARED_PER_USER = 8 * 3 + 8 + 8  # local indptrs, validation users, the val_users hash
 PREPARED_PER_ITEM = 8 * 3 + 8  # global item counts, popularity, raw item ids (id map) and the local counts
 
@@ -86,24 +95,38 @@ def evaluation_bytes(sizes: Sizes) -> int:
     return chunk * sizes.items * FLOAT * EVALUATION_COPIES
 
 
-def today_data_bytes(sizes: Sizes) -> int:
+def today_setup_bytes(sizes: Sizes) -> int:
     """Every rank runs the whole setup: nothing here depends on W."""
-    per_interaction = sum(TODAY_PER_INTERACTION.values())
+    per_interaction = sum(TODAY_SETUP_PER_INTERACTION.values())
     return int(per_interaction * sizes.interactions + TODAY_PER_USER * sizes.users + TODAY_PER_ITEM * sizes.items)
 
 
+def today_data_bytes(sizes: Sizes, world: int) -> int:
+    """The data a rank holds while training: all of it but its 1/W of the ranking chunks."""
+    per_interaction = sum(TODAY_STEADY_PER_INTERACTION.values()) + CHUNKS_PER_INTERACTION / world
+    return int(per_interaction * sizes.interactions + TODAY_PER_USER * sizes.users + TODAY_PER_ITEM * sizes.items)
+
+
+def prepared_read_bytes(sizes: Sizes, world: int) -> int:
+    return int(PREPARED_READ_PER_ROW * sizes.interactions / world + PREPARED_PER_ITEM * sizes.items)
+
+
 def prepared_data_bytes(sizes: Sizes, world: int) -> int:
-    """A rank's share: its rows and users fall as 1/W; the item-sized arrays do not."""
+    """A rank's share while training: its rows and users fall as 1/W; the item-sized arrays do not."""
     rows, users = sizes.interactions / world, sizes.users / world
-    return int(PREPARED_PER_ROW * rows + PREPARED_PER_USER * users + PREPARED_PER_ITEM * sizes.items)
+    per_row = PREPARED_STEADY_PER_ROW + CHUNKS_PER_INTERACTION
+    return int(per_row * rows + PREPARED_PER_USER * users + PREPARED_PER_ITEM * sizes.items)
 
 
 def today_rank_bytes(sizes: Sizes, world: int) -> int:
-    return today_data_bytes(sizes) + model_bytes(sizes, world) + evaluation_bytes(sizes)
+    """The larger of the two phases' peaks: setup, or training with the model and an evaluation chunk."""
+    training = today_data_bytes(sizes, world) + model_bytes(sizes, world) + evaluation_bytes(sizes)
+    return max(today_setup_bytes(sizes), training)
 
 
 def prepared_rank_bytes(sizes: Sizes, world: int) -> int:
-    return prepared_data_bytes(sizes, world) + model_bytes(sizes, world) + evaluation_bytes(sizes)
+    training = prepared_data_bytes(sizes, world) + model_bytes(sizes, world) + evaluation_bytes(sizes)
+    return max(prepared_read_bytes(sizes, world), training)
 
 
 def table(sizes: Sizes, worlds: list[int]) -> str:
@@ -111,19 +134,24 @@ def table(sizes: Sizes, worlds: list[int]) -> str:
     gib = 2**30
     lines = [
         f"N={sizes.interactions:,} interactions, U={sizes.users:,} users, I={sizes.items:,} items, d={sizes.dim}"
-        f"{' + bias' if sizes.bias else ''}, Adam, dense gradients",
+        f"{' + bias' if sizes.bias else ''}, Adam, dense gradients; GiB per rank",
         "",
-        "| W | today: data | prepared: data | model tables + grads + Adam (+DDP buckets) | eval chunk "
-        "| today per rank | prepared per rank | prepared data x W (all ranks) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| W | today: setup | today: data training | prepared: read | prepared: data training "
+        "| model + grads + Adam (+DDP buckets) | eval chunk | today peak | prepared peak |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for world in worlds:
-        lines.append(
-            f"| {world} | {today_data_bytes(sizes) / gib:,.1f} | {prepared_data_bytes(sizes, world) / gib:,.2f} "
-            f"| {model_bytes(sizes, world) / gib:,.1f} | {evaluation_bytes(sizes) / gib:,.2f} "
-            f"| {today_rank_bytes(sizes, world) / gib:,.1f} | {prepared_rank_bytes(sizes, world) / gib:,.1f} "
-            f"| {prepared_data_bytes(sizes, world) * world / gib:,.0f} |"
+        figures = (
+            today_setup_bytes(sizes),
+            today_data_bytes(sizes, world),
+            prepared_read_bytes(sizes, world),
+            prepared_data_bytes(sizes, world),
+            model_bytes(sizes, world),
+            evaluation_bytes(sizes),
+            today_rank_bytes(sizes, world),
+            prepared_rank_bytes(sizes, world),
         )
+        lines.append(f"| {world} | " + " | ".join(f"{figure / gib:,.2f}" for figure in figures) + " |")
     return "\n".join(lines)
 
 
@@ -136,10 +164,9 @@ def main() -> None:
     parser.add_argument("--worlds", type=int, nargs="+", default=[8, 64, 512])
     args = parser.parse_args()
     sizes = Sizes(int(args.interactions), int(args.users), int(args.items), args.dim)
-    print(f"bytes per interaction: today {sum(TODAY_PER_INTERACTION.values()):.0f}, prepared {PREPARED_PER_ROW:.0f} per row of a share")
     print(table(sizes, args.worlds))
     gib = 2**30
-    print(f"\nprepare (one process, once: today's setup in memory): {today_data_bytes(sizes) / gib:,.0f} GiB")
+    print(f"\nprepare (one process, once: today's setup in memory): {today_setup_bytes(sizes) / gib:,.0f} GiB")
     gradient = model_bytes(sizes, 1) // WEIGHT_COPIES
     print(f"dense gradients all-reduced every step: {gradient / gib:,.1f} GiB (a ring sends and receives about twice that per rank)")
 
