@@ -129,10 +129,12 @@ def watch(process: subprocess.Popen, poll: float, ranked: bool) -> Watch:
     """Poll until `process` exits: the VmHWM of its rank processes (or of itself, when not `ranked`) and the load."""
     seen = Watch()
     while process.poll() is None:
-        pids = [pid for pid in descendants(process.pid) if pid in seen.ranks or rank_of(pid) is not None] if ranked else [process.pid]
-        for pid in pids:
+        for pid in descendants(process.pid) if ranked else [process.pid]:
             if pid not in seen.ranks:
-                seen.ranks[pid] = rank_of(pid) if ranked else 0
+                rank = rank_of(pid) if ranked else 0
+                if rank is None:
+                    continue
+                seen.ranks[pid] = rank
             peak = high_water_mark(pid)
             if peak is not None:
                 seen.peaks[pid] = peak
