@@ -23,7 +23,9 @@ same command runs the prepared path with `--overrides "data=prepared data.path=<
 - Load: /proc/loadavg's 1-minute figure just before each run, and the highest read during it (which
   counts the run's own W ranks). The runs are not niced: on a shared host, read the figures beside the load.
 - Predicted: bench/scale_memory.py's formula for today's path, from the users, items and interactions the
-  run logs and the model.dim it recorded (not for data=prepared, whose log says its share instead).
+  run logs and the config it recorded, as a range: the larger of the setup and training phases (freed
+  memory returned to the system) to their sum (kept in the heap). Not for data=prepared, whose log says
+  its share instead.
 
 --global-batch B keeps the batch all ranks step on together fixed across W: today's data.batch_size is per
 process (B // W is passed), data=prepared's is global (B is passed).
@@ -76,7 +78,7 @@ class RunFigures:
     load_during: float
     peaks: dict[int, int]  # rank -> data-dependent peak (bytes)
     pairs_per_second: float | None
-    predicted: int | None
+    predicted: tuple[int, int] | None  # (larger phase, both phases)
 
 
 def load_average() -> float:
@@ -173,15 +175,26 @@ def pairs_per_second(log: str, world: int) -> float | None:
     return world * paces[max(paces)] if paces else None
 
 
-def predicted_bytes(log: str, run_dir: Path, world: int) -> int | None:
-    """Today's formula for the users, items and interactions the run logged (None when it logged none)."""
+def predicted_bytes(log: str, run_dir: Path, world: int) -> tuple[int, int] | None:
+    """Today's formula (larger phase, both phases) for the sizes the run logged and the config it recorded;
+    None when it logged no sizes."""
     found = SIZES.search(log)
     if found is None:
         return None
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     users, items, interactions = (int(value) for value in found.groups())
-    dim = OmegaConf.select(cfg, "model.dim", default=64)
-    sizes = Sizes(interactions, users, items, dim=int(dim), bias=bool(OmegaConf.select(cfg, "model.bias", default=False)))
+    val_users = OmegaConf.select(cfg, "data.val_users")
+    sizes = Sizes(
+        interactions,
+        users,
+        items,
+        dim=int(OmegaConf.select(cfg, "model.dim", default=64)),
+        bias=bool(OmegaConf.select(cfg, "model.bias", default=False)),
+        eval_chunk_size=int(OmegaConf.select(cfg, "data.eval_chunk_size", default=1024)),
+        eval_max_scores=int(OmegaConf.select(cfg, "data.eval_max_scores", default=2**27)),
+        validated_share=1.0 if val_users is None else int(val_users) / users,
+        tested=bool(OmegaConf.select(cfg, "run_test", default=True)),
+    )
     return today_rank_bytes(sizes, world)
 
 
@@ -215,7 +228,8 @@ def markdown(runs: list[RunFigures], baseline: int) -> str:
     lines = [
         f"import-only peak (subtracted): {baseline / MIB:,.0f} MiB",
         "",
-        "| W | load before | load during (max) | peak - imports per rank (MiB) | largest vs W=1/W | predicted today (MiB) "
+        "| W | load before | load during (max) | peak - imports per rank (MiB) | largest vs W=1/W "
+        "| predicted today, MiB (max - sum of phases) "
         "| total pairs/s | vs W=1 |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -223,7 +237,7 @@ def markdown(runs: list[RunFigures], baseline: int) -> str:
         largest = max(run.peaks.values())
         per_rank = " / ".join(f"{peak / MIB:,.0f}" for peak in run.peaks.values())
         share = f"{largest / (max(first.peaks.values()) / run.world):.2f}" if first else "n/a"
-        predicted = f"{run.predicted / MIB:,.0f}" if run.predicted is not None else "n/a"
+        predicted = f"{run.predicted[0] / MIB:,.0f} - {run.predicted[1] / MIB:,.0f}" if run.predicted is not None else "n/a"
         pace = f"{run.pairs_per_second:,.0f}" if run.pairs_per_second is not None else "n/a"
         speedup = (
             f"{run.pairs_per_second / first.pairs_per_second:.2f}" if first and run.pairs_per_second and first.pairs_per_second else "n/a"

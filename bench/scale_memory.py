@@ -19,34 +19,38 @@ from dataclasses import dataclass
 FLOAT = 4
 TRAIN_SHARE = 0.8  # data.split_ratios' default train share: the arrays of training pairs hold this share of N
 
-# A run has two phases whose peaks do not add up: the data's setup, before the model exists (train.py sets
-# up the data first, to size the model), and training, with the model, the training pairs, the ranking
-# chunks and an evaluation chunk. What the setup frees when it returns is reused by training.
+# A run has two phases: the data's setup, before the model exists (train.py sets up the data first, to size
+# the model), and training, with the model, the training pairs, the ranking chunks and an evaluation chunk.
+# Arrays above glibc's mmap threshold (32 MiB: int64 arrays of more than 4M rows) go back to the system when
+# freed, so the peak is the larger phase; smaller ones stay in the heap, and the phases add up. The
+# bench prints both bounds.
 
-# Today's path, InteractionDataModule.setup on every rank: at its end these are alive at once.
+# Today's path, InteractionDataModule.setup on every rank: at its end these are alive at once. Rows already
+# in timestamp order with no repeated pair (synthetic data) make one frame: pandas' copy-on-write shares it
+# with latest_per_pair's result and the positives; rows to reorder (CSV, MovieLens) add up to two copies.
 TODAY_SETUP_PER_INTERACTION = {
-    # loaded.interactions (user, item int64, rating float32, timestamp float64), latest_per_pair's sorted
-    # copy and the positives' copy: three frames of 28 bytes, all referenced until setup returns
-    "three 28-byte frames": 3 * 28,
-    "Interactions.users, .items (int64)": 16,
+    "the loaded frame: user, item int64, rating float32, timestamp float64": 28,
+    "Interactions.users, .items (int64; ratings and timestamps are views of the frame)": 16,
     "split row indices (int64)": 8,
     "train/valid/test CSRs: indices int64 + values float32": 12,
     "TrainingPositives keys + gap_keys (int64, train rows)": 16 * TRAIN_SHARE,
     "Catalogue.seen: indices int64 + part int8": 9,
     # Catalogue.from_parts: each part's coordinates (rows, items int64, codes int8), their concatenation,
-    # from_pairs' keys and argsort
-    "Catalogue build transients": 17 + 17 + 16,
+    # from_pairs' keys, its argsort and the sort's workspace
+    "Catalogue build transients": 17 + 17 + 8 + 8 + 16,
 }
-# Today's path while training: what setup keeps, every rank's copy of all training pairs and its
-# randperm over all of them (EpochBatchSampler), and its 1/W of the ranking chunks.
+# Today's path while training: what setup keeps (the frame's rating and timestamp columns with it), every
+# rank's copy of all training pairs and its randperm over all of them (EpochBatchSampler).
 TODAY_STEADY_PER_INTERACTION = {
-    "Interactions, split, CSRs, TrainingPositives, Catalogue.seen": 16 + 8 + 12 + 16 * TRAIN_SHARE + 9,
+    "Interactions (28), split (8), CSRs (12), TrainingPositives, Catalogue.seen (9)": 28 + 8 + 12 + 16 * TRAIN_SHARE + 9,
     "training pairs: user, item int64, rating float32 (train rows)": 20 * TRAIN_SHARE,
     "the epoch's randperm (int64, train rows)": 8 * TRAIN_SHARE,
 }
 # Ranking chunks, shared out among the ranks: valid hides each ranked user's training items (row, item
-# int64: 16 per train row) and holds its valid items (20 per valid row); test hides train + valid items.
-CHUNKS_PER_INTERACTION = 16 * TRAIN_SHARE + 20 * 0.1 + 16 * 0.9 + 20 * 0.1
+# int64: 16 per train row) and holds its valid items (20 per valid row), for the share of users validation
+# ranks (data.val_users); test hides train + valid items and holds the test items, when the run tests.
+VALID_CHUNKS_PER_INTERACTION = 16 * TRAIN_SHARE + 20 * 0.1
+TEST_CHUNKS_PER_INTERACTION = 16 * 0.9 + 20 * 0.1
 # indptr of three CSRs and the catalogue's, raw user ids, the split's per-user counts and ends
 TODAY_PER_USER = 8 * 4 + 8 + 8 * 3
 # raw item ids, TrainingPositives.item_counts, Catalogue.popularity, the item metadata frame
@@ -57,7 +61,7 @@ TODAY_PER_ITEM = 8 * 4 + 8
 # - reading its parts: each part's columns (user, item int64, rating float32, timestamp float64, part int8,
 #   row int64: 37 bytes) as Arrow buffers and as numpy, then sorted by row (argsort 8 + a sorted copy 37);
 # - training: the columns kept (37), three local CSRs (12), TrainingPositives (16 per training row), the
-#   training pairs and the epoch permutation (28 per training row); its ranking chunks come on top.
+#   training pairs and the epoch permutation (28 per training row); its ranking chunks come on top, as today.
 PREPARED_READ_PER_ROW = 37 + 37 + 8 + 37
 PREPARED_STEADY_PER_ROW = 37 + 12 + (16 + 28) * TRAIN_SHARE
 PREPARED_PER_USER = 8 * 3 + 8 + 8  # local indptrs, validation users, the val_users hash
@@ -68,8 +72,9 @@ PREPARED_PER_ITEM = 8 * 3 + 8  # global item counts, popularity, raw item ids (i
 # gradient_as_bucket_view off).
 WEIGHT_COPIES = 4
 DDP_BUCKET_COPIES = 1
-# An evaluation chunk: chunk x I scores, a masked copy, top-K work (memory_estimate.EVALUATION_COPIES).
-EVALUATION_COPIES = 3
+# An evaluation chunk: chunk x I scores and the masked copy the ranking sorts (memory_estimate.py counts 3
+# copies as its upper bound; 2 matches bench_scale's measurements).
+EVALUATION_COPIES = 2
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ class Sizes:
     bias: bool = True
     eval_chunk_size: int = 1024
     eval_max_scores: int = 2**27
+    validated_share: float = 1.0  # share of the users validation ranks: data.val_users / users, at most 1
+    tested: bool = True  # run_test: the test chunks are built
 
 
 def model_bytes(sizes: Sizes, world: int) -> int:
@@ -95,6 +102,12 @@ def evaluation_bytes(sizes: Sizes) -> int:
     return chunk * sizes.items * FLOAT * EVALUATION_COPIES
 
 
+def chunk_bytes_per_interaction(sizes: Sizes, world: int) -> float:
+    """A rank's 1/W of the valid and test ranking chunks."""
+    valid = VALID_CHUNKS_PER_INTERACTION * min(1.0, sizes.validated_share)
+    return (valid + (TEST_CHUNKS_PER_INTERACTION if sizes.tested else 0)) / world
+
+
 def today_setup_bytes(sizes: Sizes) -> int:
     """Every rank runs the whole setup: nothing here depends on W."""
     per_interaction = sum(TODAY_SETUP_PER_INTERACTION.values())
@@ -103,7 +116,7 @@ def today_setup_bytes(sizes: Sizes) -> int:
 
 def today_data_bytes(sizes: Sizes, world: int) -> int:
     """The data a rank holds while training: all of it but its 1/W of the ranking chunks."""
-    per_interaction = sum(TODAY_STEADY_PER_INTERACTION.values()) + CHUNKS_PER_INTERACTION / world
+    per_interaction = sum(TODAY_STEADY_PER_INTERACTION.values()) + chunk_bytes_per_interaction(sizes, world)
     return int(per_interaction * sizes.interactions + TODAY_PER_USER * sizes.users + TODAY_PER_ITEM * sizes.items)
 
 
@@ -112,21 +125,23 @@ def prepared_read_bytes(sizes: Sizes, world: int) -> int:
 
 
 def prepared_data_bytes(sizes: Sizes, world: int) -> int:
-    """A rank's share while training: its rows and users fall as 1/W; the item-sized arrays do not."""
+    """A rank's share while training: its rows, users and chunks fall as 1/W; the item-sized arrays do not."""
     rows, users = sizes.interactions / world, sizes.users / world
-    per_row = PREPARED_STEADY_PER_ROW + CHUNKS_PER_INTERACTION
+    per_row = PREPARED_STEADY_PER_ROW + chunk_bytes_per_interaction(sizes, 1)
     return int(per_row * rows + PREPARED_PER_USER * users + PREPARED_PER_ITEM * sizes.items)
 
 
-def today_rank_bytes(sizes: Sizes, world: int) -> int:
-    """The larger of the two phases' peaks: setup, or training with the model and an evaluation chunk."""
+def today_rank_bytes(sizes: Sizes, world: int) -> tuple[int, int]:
+    """(larger phase, both phases): a rank's peak when freed setup memory goes back to the system, and when it stays."""
+    setup = today_setup_bytes(sizes)
     training = today_data_bytes(sizes, world) + model_bytes(sizes, world) + evaluation_bytes(sizes)
-    return max(today_setup_bytes(sizes), training)
+    return max(setup, training), setup + training
 
 
-def prepared_rank_bytes(sizes: Sizes, world: int) -> int:
+def prepared_rank_bytes(sizes: Sizes, world: int) -> tuple[int, int]:
+    read = prepared_read_bytes(sizes, world)
     training = prepared_data_bytes(sizes, world) + model_bytes(sizes, world) + evaluation_bytes(sizes)
-    return max(prepared_read_bytes(sizes, world), training)
+    return max(read, training), read + training
 
 
 def table(sizes: Sizes, worlds: list[int]) -> str:
@@ -137,7 +152,7 @@ def table(sizes: Sizes, worlds: list[int]) -> str:
         f"{' + bias' if sizes.bias else ''}, Adam, dense gradients; GiB per rank",
         "",
         "| W | today: setup | today: data training | prepared: read | prepared: data training "
-        "| model + grads + Adam (+DDP buckets) | eval chunk | today peak | prepared peak |",
+        "| model + grads + Adam (+DDP buckets) | eval chunk | today peak (larger phase) | prepared peak (larger phase) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for world in worlds:
@@ -148,8 +163,8 @@ def table(sizes: Sizes, worlds: list[int]) -> str:
             prepared_data_bytes(sizes, world),
             model_bytes(sizes, world),
             evaluation_bytes(sizes),
-            today_rank_bytes(sizes, world),
-            prepared_rank_bytes(sizes, world),
+            today_rank_bytes(sizes, world)[0],
+            prepared_rank_bytes(sizes, world)[0],
         )
         lines.append(f"| {world} | " + " | ".join(f"{figure / gib:,.2f}" for figure in figures) + " |")
     return "\n".join(lines)
