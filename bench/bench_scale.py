@@ -194,6 +194,7 @@ def predicted_bytes(log: str, run_dir: Path, world: int) -> tuple[int, int] | No
         eval_max_scores=int(OmegaConf.select(cfg, "data.eval_max_scores", default=2**27)),
         validated_share=1.0 if val_users is None else int(val_users) / users,
         tested=bool(OmegaConf.select(cfg, "run_test", default=True)),
+        sparse_gradients=bool(OmegaConf.select(cfg, "model.sparse_gradients", default=False)),
     )
     return today_rank_bytes(sizes, world)
 

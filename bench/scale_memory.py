@@ -69,7 +69,8 @@ PREPARED_PER_ITEM = 8 * 3 + 8  # global item counts, popularity, raw item ids (i
 
 # Model: each (user or item) row of width d (+1 with MF's bias) as float32 weight, dense gradient and
 # Adam's two moments; DDP (W > 1) adds its gradient buckets, one more copy (Lightning leaves
-# gradient_as_bucket_view off).
+# gradient_as_bucket_view off). Sparse gradients (optimizer=sparse_adam) keep no table-sized gradient and
+# no bucket: weight and the two moments.
 WEIGHT_COPIES = 4
 DDP_BUCKET_COPIES = 1
 # An evaluation chunk: chunk x I scores and the masked copy the ranking sorts (memory_estimate.py counts 3
@@ -88,12 +89,16 @@ class Sizes:
     eval_max_scores: int = 2**27
     validated_share: float = 1.0  # share of the users validation ranks: data.val_users / users, at most 1
     tested: bool = True  # run_test: the test chunks are built
+    sparse_gradients: bool = False  # model.sparse_gradients (optimizer=sparse_adam)
 
 
 def model_bytes(sizes: Sizes, world: int) -> int:
     """Embedding tables, gradients, Adam state (and DDP buckets): full on every rank (issue 25 shards them)."""
     width = sizes.dim + int(sizes.bias)
-    copies = WEIGHT_COPIES + (DDP_BUCKET_COPIES if world > 1 else 0)
+    if sizes.sparse_gradients:
+        copies = WEIGHT_COPIES - 1
+    else:
+        copies = WEIGHT_COPIES + (DDP_BUCKET_COPIES if world > 1 else 0)
     return (sizes.users + sizes.items) * width * FLOAT * copies
 
 
