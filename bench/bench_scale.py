@@ -1,0 +1,270 @@
+"""Memory per rank and total training pairs/s of DDP ranks launched by torchrun, at W = 1, 2, 4 (issue 24).
+
+    .venv/bin/python bench/bench_scale.py --epochs 2 --global-batch 8192 --overrides "data=synthetic \\
+        data.num_users=200000 data.num_items=50000 data.num_interactions=2000000 data.val_users=2000 run_test=false"
+
+For each W of --worlds it runs, in a fresh run folder, one thread per rank (OMP_NUM_THREADS=1, runtime.threads=1):
+
+    torchrun --standalone --nproc-per-node W -m recsys_lightning.train <overrides> trainer=ddp \\
+        trainer.accelerator=cpu trainer.devices=W runtime.threads=1 trainer.max_epochs=<epochs>
+
+Lightning reads torchrun's environment (TorchElasticEnvironment) and starts no processes of its own. The
+same command runs the prepared path with `--overrides "data=prepared data.path=<folder> ..."`.
+
+- Memory: every rank's VmHWM (peak RSS) from /proc/<pid>/status, read every --poll seconds while it runs
+  (the last value read per process: the peak never falls), minus the VmHWM of a process that imports
+  recsys_lightning.train and sleeps, measured the same way: the data- and model-dependent peak of each rank.
+  `vs W=1/W` is the largest rank's figure over (W=1's / W): the issue asks for <= 1.15.
+- Pairs/s: rank 0's ProgressLog lines in train.log (pairs per second of its training steps since the epoch
+  began; validation excluded) for the last epoch, times W: under DDP every rank runs the same number of
+  steps of the same batch in lockstep (the gradient all-reduce), so W x rank 0's pace is the total.
+  Throughput's train/samples_per_second is not used: its epoch clock also runs through the validation,
+  which Lightning runs before on_train_epoch_end.
+- Load: /proc/loadavg's 1-minute figure just before each run, and the highest read during it (which
+  counts the run's own W ranks). The runs are not niced: on a shared host, read the figures beside the load.
+- Predicted: bench/scale_memory.py's formula for today's path, from the users, items and interactions the
+  run logs and the config it recorded, as a range: the larger of the setup and training phases (freed
+  memory returned to the system) to their sum (kept in the heap). Not for data=prepared, whose log says
+  its share instead.
+
+--global-batch B keeps the batch all ranks step on together fixed across W: today's data.batch_size is per
+process (B // W is passed), data=prepared's is global (B is passed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from scale_memory import Sizes, today_rank_bytes
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MIB = 2**20
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+PACE = re.compile(r"epoch (\d+): step \d+ of \d+ \(global step \d+\), ([\d,]+) pairs/s")
+SIZES = re.compile(r"(\d+) users, (\d+) items, (\d+) interactions")
+
+
+@dataclass
+class Watch:
+    """What polling saw of one run: each rank process's last VmHWM (bytes) and the 1-minute loads read."""
+
+    peaks: dict[int, int] = field(default_factory=dict)  # pid -> VmHWM
+    ranks: dict[int, int] = field(default_factory=dict)  # pid -> RANK
+    loads: list[float] = field(default_factory=list)
+
+    def rank_peaks(self) -> dict[int, int]:
+        """The largest VmHWM of each rank (one process each, unless torchrun restarted one)."""
+        peaks: dict[int, int] = {}
+        for pid, peak in self.peaks.items():
+            rank = self.ranks[pid]
+            peaks[rank] = max(peaks.get(rank, 0), peak)
+        return dict(sorted(peaks.items()))
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    world: int
+    load_before: float
+    load_during: float
+    peaks: dict[int, int]  # rank -> data-dependent peak (bytes)
+    pairs_per_second: float | None
+    predicted: tuple[int, int] | None  # (larger phase, both phases)
+
+
+def load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def high_water_mark(pid: int) -> int | None:
+    """VmHWM of `pid` in bytes, or None once it has exited."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torchrun's workers are children of its agent)."""
+    found, pending = [], [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = [int(child) for child in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(children)
+            pending.extend(children)
+    return found
+
+
+def rank_of(pid: int) -> int | None:
+    """RANK from a torchrun worker's environment; None for any other process (the agent, a compiler)."""
+    try:
+        variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for variable in variables:
+        if variable.startswith(b"RANK="):
+            return int(variable[5:])
+    return None
+
+
+def watch(process: subprocess.Popen, poll: float, ranked: bool) -> Watch:
+    """Poll until `process` exits: the VmHWM of its rank processes (or of itself, when not `ranked`) and the load."""
+    seen = Watch()
+    while process.poll() is None:
+        for pid in descendants(process.pid) if ranked else [process.pid]:
+            if pid not in seen.ranks:
+                rank = rank_of(pid) if ranked else 0
+                if rank is None:
+                    continue
+                seen.ranks[pid] = rank
+            peak = high_water_mark(pid)
+            if peak is not None:
+                seen.peaks[pid] = peak
+        seen.loads.append(load_average())
+        time.sleep(poll)
+    return seen
+
+
+def import_only_peak(poll: float) -> int:
+    """VmHWM of a process that imports what train imports, then sleeps so the last read follows the imports."""
+    command = [sys.executable, "-c", "import time, recsys_lightning.train; time.sleep(1)"]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **ONE_THREAD})
+    seen = watch(process, poll, ranked=False)
+    if process.returncode != 0 or not seen.peaks:
+        raise SystemExit(f"the import-only process failed (exit {process.returncode})")
+    return max(seen.peaks.values())
+
+
+def torchrun_command(world: int, overrides: list[str], epochs: int, global_batch: int | None, run_dir: Path) -> list[str]:
+    batch = []
+    if global_batch is not None:
+        prepared = "data=prepared" in overrides
+        batch = [f"data.batch_size={global_batch if prepared else max(1, global_batch // world)}"]
+    return [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world)),
+        *("-m", "recsys_lightning.train", *overrides, *batch),
+        *("trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={world}", "runtime.threads=1"),
+        *(f"trainer.max_epochs={epochs}", "projector.max_items=0", "callbacks.progress_bar.refresh_rate=0"),
+        *("callbacks.progress_log.interval_seconds=0.5", f"hydra.run.dir={run_dir}"),
+    ]
+
+
+def pairs_per_second(log: str, world: int) -> float | None:
+    """W x rank 0's pace at its last progress line of the last epoch that logged one."""
+    paces = {int(epoch): float(pace.replace(",", "")) for epoch, pace in PACE.findall(log)}  # later lines win
+    return world * paces[max(paces)] if paces else None
+
+
+def predicted_bytes(log: str, run_dir: Path, world: int) -> tuple[int, int] | None:
+    """Today's formula (larger phase, both phases) for the sizes the run logged and the config it recorded;
+    None when it logged no sizes."""
+    found = SIZES.search(log)
+    if found is None:
+        return None
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    users, items, interactions = (int(value) for value in found.groups())
+    val_users = OmegaConf.select(cfg, "data.val_users")
+    sizes = Sizes(
+        interactions,
+        users,
+        items,
+        dim=int(OmegaConf.select(cfg, "model.dim", default=64)),
+        bias=bool(OmegaConf.select(cfg, "model.bias", default=False)),
+        eval_chunk_size=int(OmegaConf.select(cfg, "data.eval_chunk_size", default=1024)),
+        eval_max_scores=int(OmegaConf.select(cfg, "data.eval_max_scores", default=2**27)),
+        validated_share=1.0 if val_users is None else int(val_users) / users,
+        tested=bool(OmegaConf.select(cfg, "run_test", default=True)),
+        sparse_gradients=bool(OmegaConf.select(cfg, "model.sparse_gradients", default=False)),
+    )
+    return today_rank_bytes(sizes, world)
+
+
+def run_world(world: int, args: argparse.Namespace, baseline: int) -> RunFigures:
+    with tempfile.TemporaryDirectory(prefix=f"bench_scale_w{world}_") as folder:
+        run_dir = Path(folder) / "run"
+        command = torchrun_command(world, shlex.split(args.overrides), args.epochs, args.global_batch, run_dir)
+        load_before = load_average()
+        with open(Path(folder) / "output.txt", "w") as output:
+            process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **ONE_THREAD}, stdout=output, stderr=subprocess.STDOUT)
+            seen = watch(process, args.poll, ranked=True)
+        printed = (Path(folder) / "output.txt").read_text()
+        if process.returncode != 0:
+            raise SystemExit(f"W={world} failed (exit {process.returncode}): {shlex.join(command)}\n{printed[-3000:]}")
+        log = (run_dir / "train.log").read_text() if (run_dir / "train.log").is_file() else printed
+        peaks = {rank: peak - baseline for rank, peak in seen.rank_peaks().items()}
+        if len(peaks) != world:
+            raise SystemExit(f"W={world}: saw {len(peaks)} rank processes; lower --poll")
+        return RunFigures(
+            world,
+            load_before,
+            max(seen.loads, default=load_before),
+            peaks,
+            pairs_per_second(log, world),
+            predicted_bytes(log, run_dir, world),
+        )
+
+
+def markdown(runs: list[RunFigures], baseline: int) -> str:
+    first = runs[0] if runs and runs[0].world == 1 else None
+    lines = [
+        f"import-only peak (subtracted): {baseline / MIB:,.0f} MiB",
+        "",
+        "| W | load before | load during (max) | peak - imports per rank (MiB) | largest vs W=1/W "
+        "| predicted today, MiB (max - sum of phases) "
+        "| total pairs/s | vs W=1 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        largest = max(run.peaks.values())
+        per_rank = " / ".join(f"{peak / MIB:,.0f}" for peak in run.peaks.values())
+        share = f"{largest / (max(first.peaks.values()) / run.world):.2f}" if first else "n/a"
+        predicted = f"{run.predicted[0] / MIB:,.0f} - {run.predicted[1] / MIB:,.0f}" if run.predicted is not None else "n/a"
+        pace = f"{run.pairs_per_second:,.0f}" if run.pairs_per_second is not None else "n/a"
+        speedup = (
+            f"{run.pairs_per_second / first.pairs_per_second:.2f}" if first and run.pairs_per_second and first.pairs_per_second else "n/a"
+        )
+        lines.append(
+            f"| {run.world} | {run.load_before:.2f} | {run.load_during:.2f} | {per_rank} | {share} | {predicted} | {pace} | {speedup} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4], help="numbers of ranks to run (W=1 first gives the ratios)")
+    parser.add_argument("--overrides", default="data=synthetic", help="data and model overrides, one string")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--global-batch", type=int, default=None, help="pairs per step over all ranks (default: the data's batch_size)")
+    parser.add_argument("--poll", type=float, default=0.05, help="seconds between reads of /proc")
+    args = parser.parse_args()
+    baseline = import_only_peak(args.poll)
+    runs = []
+    for world in args.worlds:
+        runs.append(run_world(world, args, baseline))
+        print(f"W={world} done: load {runs[-1].load_before:.2f} before, {runs[-1].load_during:.2f} during", file=sys.stderr, flush=True)
+    print(f"overrides: {args.overrides}; epochs {args.epochs}; global batch {args.global_batch or 'the data default'}")
+    print(markdown(runs, baseline))
+
+
+if __name__ == "__main__":
+    main()
