@@ -13,7 +13,7 @@ def test_train_help_lists_groups_keys_and_outputs():
     text = result.stdout
     assert text.startswith("python -m recsys_lightning.train")
     assert f"model: {', '.join(options('model'))}" in text  # the groups come from conf/, so they stay current
-    assert "data: csv, movielens, synthetic\n" in text  # only options: the part they share is not one
+    assert "data: csv, movielens, prepared, synthetic\n" in text  # only options: the part they share is not one
     assert "== Keys users turn most ==" in text and "== Where outputs go ==" in text
     assert "Powered by Hydra" not in text
 

@@ -72,8 +72,9 @@ def test_sigkilled_run_resumes_from_last_checkpoint_to_the_same_metrics(tmp_path
 
 
 @pytest.mark.slow
-def test_two_process_ddp_metrics_equal_one_process_evaluation_of_the_same_model(tmp_path):
-    result = train(tmp_path, "trainer=ddp", "trainer.devices=2", "trainer.max_epochs=2")
+@pytest.mark.parametrize("optimizer", ["adam", "sparse_adam"])  # sparse: the tables' sparse gradients all-reduced as such (ddp.py)
+def test_two_process_ddp_metrics_equal_one_process_evaluation_of_the_same_model(tmp_path, optimizer):
+    result = train(tmp_path, "trainer=ddp", "trainer.devices=2", "trainer.max_epochs=2", f"optimizer={optimizer}")
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = run_dir_of(tmp_path)
     assert (run_dir / "train_ddp_process_1.log").is_file()  # a second process really trained
