@@ -16,20 +16,25 @@ from recsys_lightning.validation import check_training_config
 
 from helpers import ROOT, compose_config, training_config
 
-ENTRY = re.compile(r"^(?:srun )?\.venv/bin/python -m recsys_lightning\.(train|recommend|evaluate) ?(.*)$")
+ENTRY = re.compile(r"^(?:srun )?\.venv/bin/python -m recsys_lightning\.(train|recommend|evaluate|prepare) ?(.*)$")
 NEEDS_FILES = ("pretrained_from=", "data.path=", "data.train_path=", "trainer=ddp")  # files or GPUs a test machine lacks
 ABSENT = object()
 
 
+TORCHRUN = re.compile(r"^\.venv/bin/torchrun .*? -m (recsys_lightning\.)")  # its options, then the module it runs
+
+
 def readme_commands() -> list[str]:
-    """Lines of the README's bash blocks, comments cut."""
+    """Commands of the README's bash blocks, comments cut, lines continued with a backslash joined."""
     blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
-    return [line for line in lines if line and not line.startswith("#")]
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    return [" ".join(line.split()) for line in lines if line and not line.startswith("#")]
 
 
 def entry_commands() -> list[str]:
-    return [line for line in readme_commands() if ENTRY.match(line) and "<" not in line]
+    """Entry-point commands, a torchrun one as the python command each of its processes runs."""
+    commands = [TORCHRUN.sub(r".venv/bin/python -m \1", line) for line in readme_commands()]
+    return [line for line in commands if ENTRY.match(line) and "<" not in line]
 
 
 def test_every_command_uses_the_virtual_environment():
@@ -55,8 +60,8 @@ def test_readme_command_composes(line, tmp_path):
     # a sweep composes as each of its jobs: the first value of every swept key stands for the rest
     overrides = [re.sub(r"=([^\[,]+),.*$", r"=\1", word) if sweep else word for word in words if word != "-m"]
     if entry != "train":
-        cfg = compose_config(entry, *overrides)
-        assert [word for word in overrides if str(OmegaConf.select(cfg, word.split("=")[0])) != word.split("=", 1)[1]] == []
+        cfg = compose_config(entry, *overrides, return_hydra_config=True)
+        assert not_applied(cfg, overrides) == []
         return
     cfg = training_config(*overrides, run_dir=tmp_path / "run", return_hydra_config=True)
     assert not_applied(cfg, overrides) == []
