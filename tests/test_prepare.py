@@ -20,6 +20,7 @@ from recsys_lightning.data.csv import CsvDataModule
 from recsys_lightning.errors import ConfigError, DataError
 from recsys_lightning.prepare import prepare
 from recsys_lightning.prepared import write
+from recsys_lightning.prepared.datamodule import PreparedDataModule
 from recsys_lightning.prepared.folder import PreparedFolder
 from recsys_lightning.prepared.share import NEGATIVE, TEST, TRAIN, VALID
 from recsys_lightning.prepared.write import write_prepared
@@ -344,3 +345,25 @@ def test_prepare_entry_point_writes_a_folder_and_refuses_an_existing_one(tmp_pat
     assert again.returncode == 1 and again.stderr.strip().splitlines()[-1].startswith("error: output=")
     features = run_module("recsys_lightning.prepare", f"output={tmp_path / 'f'}", "data.item_features=[genre]")
     assert features.returncode == 1 and "does not write side features" in features.stderr and not (tmp_path / "f").exists()
+
+
+def test_a_source_without_ratings_stays_without_ratings_when_prepared(movielens, prepared, tmp_path):
+    """A rating loss on prepared synthetic data was trained on ratings all 1 instead of refused as on the source."""
+    synthetic = instantiate(
+        compose_config(
+            "prepare", "output=unused", "data=synthetic", "data.num_users=40", "data.num_items=30", "data.num_interactions=500"
+        ).data
+    )
+    synthetic.setup("fit")
+    write_prepared(synthetic, tmp_path / "synthetic", 2)
+    assert PreparedFolder.open(tmp_path / "synthetic").ratings_missing == synthetic.training_data.ratings_missing
+    assert "synthetic data has no ratings" in synthetic.training_data.ratings_missing
+    datamodule = PreparedDataModule(path=str(tmp_path / "synthetic"))
+    datamodule.read_share(1, 2)
+    assert datamodule.training_data.ratings_missing == synthetic.training_data.ratings_missing  # what MSE refuses on
+    assert PreparedFolder.open(prepared / "parts3").ratings_missing is None == movielens.training_data.ratings_missing
+
+
+def test_a_manifest_whose_ratings_missing_is_not_text_is_refused(three_parts):
+    edit_manifest(three_parts, lambda manifest: manifest.update(ratings_missing=3))
+    refused(DataError, lambda: PreparedFolder.open(three_parts), "manifest.json", "ratings_missing")

@@ -185,6 +185,7 @@ class PreparedDataModule(pl.LightningDataModule):
             positives=TrainingPositives.from_csr(self.train_positives, share.first_user, popularity),
             explicit_negatives=torch.from_numpy(np.stack([share.users[negative], share.items[negative]], 1).astype(np.int64)),
             catalogue=self._catalogue(share),
+            ratings_missing=prepared.ratings_missing,
         )
 
     def _check_evaluated(self, share: UserShare) -> None:
