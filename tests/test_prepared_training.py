@@ -217,6 +217,18 @@ def test_shares_too_uneven_for_the_common_step_count_are_refused(small):
         shares_of(small, 3, batch_size=3)
 
 
+def test_a_global_batch_too_small_for_uneven_shares_is_refused_naming_the_batch_that_works(small):
+    """data.batch_size=1 on 3 processes was refused with only 'run fewer processes, or prepare again', where
+    the usual cause is a per-rank batch so small that the largest share needs more steps than the smallest has pairs."""
+    with pytest.raises(DataError) as caught:
+        shares_of(small, 3, batch_size=1)
+    suggested = int(str(caught.value).split("set data.batch_size >= ")[1].split(" ")[0])
+    assert "\n" not in str(caught.value) and suggested % 3 == 0
+    assert all(rank.steps_per_epoch for rank in shares_of(small, 3, batch_size=suggested))  # the batch named works
+    with pytest.raises(DataError):
+        shares_of(small, 3, batch_size=suggested - 3)  # and is the smallest that does
+
+
 def test_side_features_are_refused_with_prepared_data():
     cfg = training_config("data=prepared", "data.path=/prepared", "model.features=true")
     with pytest.raises(ConfigError, match=r"^model.features=true: data=prepared holds no side features"):

@@ -59,6 +59,15 @@ def steps_per_epoch(train_rows_per_rank: list[int], batch_size: int) -> int:
     return math.ceil(max(train_rows_per_rank) / batch_size)
 
 
+def uneven_share_remedy(train_rows_per_rank: list[int]) -> str:
+    """What lets every rank run the largest share's step count: a per-rank batch of at least largest / smallest
+    (ceil(largest / b) <= smallest), that is the global batch times W, where the smallest share has pairs at all."""
+    fewest, world = min(train_rows_per_rank), len(train_rows_per_rank)
+    if fewest == 0:
+        return "run fewer processes, or prepare the data again with fewer parts"
+    return f"set data.batch_size >= {world * -(-max(train_rows_per_rank) // fewest)}, or run fewer processes"
+
+
 def sampled_validation_users(users: np.ndarray, val_users: int, valid_users: int, seed: int) -> np.ndarray:
     """Which of `users` (global indices, with validation items) validation ranks with `data.val_users`:
     those whose hash of (seed, user) falls below val_users / valid_users, about `val_users` over all ranks,
@@ -143,7 +152,7 @@ class PreparedDataModule(pl.LightningDataModule):
         if train_rows[fewest] < self.steps:
             raise DataError(
                 f"{self.source}: rank {fewest} of {world} holds {train_rows[fewest]} training pairs, fewer than the {self.steps} "
-                "steps every rank runs per epoch; run fewer processes, or prepare the data again with balanced parts"
+                f"steps every rank runs per epoch at data.batch_size={self.batch_size}; {uneven_share_remedy(train_rows)}"
             )
         share = prepared.read_share(rank, world)
         self.first_user, self.share_users = share.first_user, share.num_users
