@@ -222,7 +222,7 @@ def test_a_global_batch_too_small_for_uneven_shares_is_refused_naming_the_batch_
     the usual cause is a per-rank batch so small that the largest share needs more steps than the smallest has pairs."""
     with pytest.raises(DataError) as caught:
         shares_of(small, 3, batch_size=1)
-    suggested = int(str(caught.value).split("set data.batch_size >= ")[1].split(" ")[0])
+    suggested = int(str(caught.value).split("set data.batch_size >= ")[1].split(",")[0])
     assert "\n" not in str(caught.value) and suggested % 3 == 0
     assert all(rank.steps_per_epoch for rank in shares_of(small, 3, batch_size=suggested))  # the batch named works
     with pytest.raises(DataError):
