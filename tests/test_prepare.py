@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 import tracemalloc
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from recsys_lightning.prepared.write import write_prepared
 from recsys_lightning.runs.atomic import WriteFailed
 from recsys_lightning.runs.checkpoint_file import catalogue_from_checkpoint
 
-from helpers import compose_config, run_module
+from helpers import ROOT, compose_config, run_module
 
 
 @pytest.fixture(scope="module")
@@ -367,3 +368,11 @@ def test_a_source_without_ratings_stays_without_ratings_when_prepared(movielens,
 def test_a_manifest_whose_ratings_missing_is_not_text_is_refused(three_parts):
     edit_manifest(three_parts, lambda manifest: manifest.update(ratings_missing=3))
     refused(DataError, lambda: PreparedFolder.open(three_parts), "manifest.json", "ratings_missing")
+
+
+def test_the_documented_output_folder_is_ignored_by_git():
+    """README and conf/prepare.yaml write to prepared/<name> inside the checkout: its Parquet parts (gigabytes,
+    and data under the source's licence) must not be one `git add -A` away from a commit."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    assert subprocess.run(["git", "check-ignore", "-q", "prepared/ml100k/part-00000.parquet"], cwd=ROOT).returncode == 0
