@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from recsys_lightning.build import build_datamodule
 from recsys_lightning.config import check_override_keys, register_resolvers
 from recsys_lightning.console import quiet_library_noise
 from recsys_lightning.data.datamodule import InteractionDataModule
@@ -54,7 +54,7 @@ def check_prepare_config(cfg: DictConfig) -> None:
 def prepare(cfg: DictConfig) -> dict[str, Any]:
     """Load, split and write `cfg.data` to `cfg.output`; returns the manifest written."""
     check_prepare_config(cfg)
-    datamodule: InteractionDataModule = instantiate(cfg.data)
+    datamodule: InteractionDataModule = build_datamodule(cfg.data)
     datamodule.setup("fit")
     manifest = write_prepared(datamodule, Path(cfg.output), cfg.parts)
     log.info("prepared %s into %s (%d parts)", datamodule.source, cfg.output, len(manifest["parts"]))

@@ -376,3 +376,10 @@ def test_the_documented_output_folder_is_ignored_by_git():
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     assert subprocess.run(["git", "check-ignore", "-q", "prepared/ml100k/part-00000.parquet"], cwd=ROOT).returncode == 0
+
+
+def test_a_data_option_refusing_its_settings_is_one_line_not_hydras_wrapper(tmp_path):
+    """`prepare data=csv` without a path ended in Hydra's InstantiationException over several lines."""
+    cfg = compose_config("prepare", "data=csv", f"output={tmp_path / 'out'}")
+    refused(DataError, lambda: prepare(cfg), "set either data.path")
+    assert not (tmp_path / "out").exists()

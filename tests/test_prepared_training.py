@@ -368,3 +368,14 @@ def test_a_resume_on_several_ranks_compares_the_prepared_data_by_its_manifest(sm
     assert not same_training_data(other, data)
     assert not same_training_data(small.training_data.catalogue, data)
     assert not same_training_data(recorded, small.training_data)
+
+
+def test_prepared_data_without_a_path_is_refused_in_one_line():
+    """`train data=prepared` without data.path ended in omegaconf's MissingMandatoryValue traceback."""
+    with pytest.raises(ConfigError, match=r"^data.path is not set: data=prepared reads a folder written by"):
+        check_prepared_data(training_config("data=prepared"))
+
+
+def test_training_on_a_data_option_that_refuses_its_settings_is_one_line(tmp_path):
+    with pytest.raises(DataError, match=r"^set either data.path"):
+        train(training_config("data=csv", run_dir=tmp_path))
