@@ -309,7 +309,7 @@ def test_a_failed_write_leaves_no_folder(movielens, tmp_path, monkeypatch):
     ],
 )
 def test_prepare_arguments_are_checked_before_any_data_is_read(overrides, message, monkeypatch):
-    monkeypatch.setattr("recsys_lightning.prepare.instantiate", lambda *args: pytest.fail("data read before the checks"))
+    monkeypatch.setattr("recsys_lightning.prepare.build_datamodule", lambda *args: pytest.fail("data read before the checks"))
     refused(ConfigError, lambda: prepare(compose_config("prepare", *overrides)), message)
 
 
