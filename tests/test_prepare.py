@@ -383,3 +383,10 @@ def test_a_data_option_refusing_its_settings_is_one_line_not_hydras_wrapper(tmp_
     cfg = compose_config("prepare", "data=csv", f"output={tmp_path / 'out'}")
     refused(DataError, lambda: prepare(cfg), "set either data.path")
     assert not (tmp_path / "out").exists()
+
+
+def test_preparing_a_prepared_folder_again_is_refused_before_reading(prepared, tmp_path, monkeypatch):
+    """`prepare data=prepared` (to cut a folder into other parts) ended in an AttributeError traceback."""
+    monkeypatch.setattr("recsys_lightning.prepare.build_datamodule", lambda *args: pytest.fail("data read before the checks"))
+    cfg = compose_config("prepare", "data=prepared", f"data.path={prepared / 'parts3'}", f"output={tmp_path / 'out'}", "parts=2")
+    refused(ConfigError, lambda: prepare(cfg), "data=prepared", "prepare the source again")
