@@ -390,3 +390,9 @@ def test_preparing_a_prepared_folder_again_is_refused_before_reading(prepared, t
     monkeypatch.setattr("recsys_lightning.prepare.build_datamodule", lambda *args: pytest.fail("data read before the checks"))
     cfg = compose_config("prepare", "data=prepared", f"data.path={prepared / 'parts3'}", f"output={tmp_path / 'out'}", "parts=2")
     refused(ConfigError, lambda: prepare(cfg), "data=prepared", "prepare the source again")
+
+
+def test_a_file_given_as_the_prepared_folder_is_named_as_a_file(tmp_path):
+    """data.path=<the source CSV> was answered 'no such folder' although the path exists."""
+    (tmp_path / "ratings.csv").write_text("userId,itemId\n1,2\n")
+    refused(ConfigError, lambda: PreparedFolder.open(tmp_path / "ratings.csv"), "ratings.csv: a file, not a folder", "prepare")
