@@ -119,10 +119,6 @@ def check_prepared_data(cfg: DictConfig) -> None:
     processes what needs every user's history in one (the retrieved sampler's run, pretrained runs)."""
     if cfg.data.get("_target_") != PREPARED_TARGET:
         return
-    if OmegaConf.is_missing(cfg.data, "path") or not cfg.data.path:
-        raise ConfigError(
-            "data.path is not set: data=prepared reads a folder written by python -m recsys_lightning.prepare; set data.path=<it>"
-        )
     if cfg.model.get("features"):
         raise ConfigError(
             "model.features=true: data=prepared holds no side features yet; set model.features=false or use data=movielens|csv"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -31,7 +32,7 @@ from recsys_lightning.runs.checkpoint_file import load_checkpoint
 from recsys_lightning.runs.same_data import same_training_data
 from recsys_lightning.seeds import stream_seed
 from recsys_lightning.train import train
-from recsys_lightning.validation import check_prepared_data
+from recsys_lightning.validation import check_prepared_data, check_training_config
 
 from helpers import ROOT, SMALL_DATA, FrameDataModule, MemoryShares, quiet_trainer, random_interactions, run_module, training_config
 
@@ -372,8 +373,17 @@ def test_a_resume_on_several_ranks_compares_the_prepared_data_by_its_manifest(sm
 
 def test_prepared_data_without_a_path_is_refused_in_one_line():
     """`train data=prepared` without data.path ended in omegaconf's MissingMandatoryValue traceback."""
-    with pytest.raises(ConfigError, match=r"^data.path is not set: data=prepared reads a folder written by"):
-        check_prepared_data(training_config("data=prepared"))
+    with pytest.raises(ConfigError, match=r"^data.path is not set: give it a value, data.path=<value>$"):
+        check_training_config(training_config("data=prepared"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"), [("data.path=[1,2]", "data.path=[1,2]: must be a non-empty string"), ("data.seed=-1", "data.seed=-1: must be")]
+)
+def test_prepared_settings_of_the_wrong_kind_are_refused_in_one_line(override, message):
+    """data.path=[1,2] ended in a TypeError traceback; data.seed=-1 trained, where the top-level seed=-1 is refused."""
+    with pytest.raises(ConfigError, match=rf"^{re.escape(message)}"):
+        check_training_config(training_config("data=prepared", "data.path=/p", override))
 
 
 def test_training_on_a_data_option_that_refuses_its_settings_is_one_line(tmp_path):

@@ -31,7 +31,7 @@ from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.errors import ConfigError, DataError
 from recsys_lightning.prepared.folder import PreparedFolder
 from recsys_lightning.prepared.share import NEGATIVE, TEST, TRAIN, VALID, ShareSource, UserShare
-from recsys_lightning.ranges import AnyOf, Choice, Range, integer
+from recsys_lightning.ranges import TEXT, AnyOf, Choice, Range, integer
 from recsys_lightning.seeds import stream_seed
 
 log = logging.getLogger(__name__)
@@ -99,12 +99,12 @@ class PreparedDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        path: str,
+        path: Annotated[str, TEXT],
         batch_size: Annotated[int | str, AnyOf((Choice((AUTO,)), integer(1)))] = AUTO,
         eval_chunk_size: Annotated[int, Range(1)] = 1024,
         eval_max_scores: Annotated[int, Range(1)] = 2**27,
         val_users: Annotated[int | None, Range(1)] = None,
-        seed: int = 0,
+        seed: Annotated[int, integer(0, 2**32 - 1)] = 0,
     ) -> None:
         super().__init__()
         self.path = path

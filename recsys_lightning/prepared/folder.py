@@ -115,9 +115,7 @@ class PreparedFolder:
         path = Path(path)
         manifest_path = path / MANIFEST
         if path.exists() and not path.is_dir():
-            raise ConfigError(
-                f"{path}: a file, not a folder; data.path names the folder python -m recsys_lightning.prepare wrote from such a source"
-            )
+            raise ConfigError(f"{path}: a file, not a folder; point it at the folder python -m recsys_lightning.prepare wrote")
         if not path.is_dir():
             raise ConfigError(f"{path}: no such folder; point it at a folder written by python -m recsys_lightning.prepare")
         if not manifest_path.is_file():
