@@ -97,6 +97,7 @@ def test_a_key_the_chosen_option_lacks_names_the_closest_in_one_line(arguments, 
         ["data=prepared", "data.path=/p", "data.val_users=5", "data.batch_size=auto"],
         ["data=csv", "data.split=cold_items", "data.split_ratios=[0.8,0.1,0.1]", "trainer=ddp", "trainer.max_epochs=1"],
         ["experiment=ml100k_mf", "data.anything=1"],  # an experiment may pick other options: left to Hydra
+        ["optimizer=sparse_adam", "optimizer.lr=0.01", "model.sparse_gradients=true"],  # a _global_ option's keys sit elsewhere
         ["data=nosuch", "data.pth=1", "callbacks.early_stopping.patience=3", "model.dim=8"],
     ],
 )
