@@ -1,18 +1,32 @@
-"""One way to build the LightningModule from a composed config, used by training, evaluation, bench and tests."""
+"""One way to build the LightningModule (and the DataModule) from a composed config, used by training,
+evaluation, prepare, bench and tests."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recsys_lightning.data.training_data import TrainingData
-from recsys_lightning.errors import ConfigError
+from recsys_lightning.errors import ConfigError, RecsysError
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.pretrained import load_pretrained
 
 # Model keys the data sets (never a user): the sizes of the side-feature vocabularies.
 FEATURE_COUNT_KEYS = ("num_user_features", "num_item_features")
+
+
+def build_datamodule(data: DictConfig, **kwargs: Any) -> Any:
+    """The DataModule the `data` option names. A user error its constructor raises (`data=csv` without a
+    path) comes out as itself, one line, not wrapped in Hydra's InstantiationException."""
+    try:
+        return instantiate(data, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, RecsysError):
+            raise error.__cause__ from None
+        raise
 
 
 def build_module(cfg: DictConfig, data: TrainingData) -> RecommenderModule:

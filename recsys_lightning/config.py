@@ -29,8 +29,10 @@ def group_options(group: str) -> dict[str, dict[str, Any]]:
 
 def check_override_keys(arguments: Sequence[str], config_name: str) -> None:
     """A command line's `key=value` whose first part is neither a config group nor a key of
-    `conf/<config_name>.yaml` (`modle=ncf`) is a ConfigError naming the closest one, before Hydra answers
-    with advice to add the misspelt key (`+modle=ncf`). `+`/`~` overrides and flags are left to Hydra."""
+    `conf/<config_name>.yaml` (`modle=ncf`), or names a key the group's chosen options do not hold
+    (`data=prepared data.pth=x`), is a ConfigError naming the closest one, before Hydra answers with
+    advice to add the misspelt key (`+modle=ncf`) over several lines. `+`/`~` overrides and flags are
+    left to Hydra."""
     if any(argument.startswith(("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")) for argument in arguments):
         return  # another config: its names are not these
     known = _top_level_names(config_name)
@@ -40,6 +42,7 @@ def check_override_keys(arguments: Sequence[str], config_name: str) -> None:
         key, _, value = argument.partition("=")
         first = re.split(r"[./@]", key.strip(), maxsplit=1)[0]
         if first in known:
+            _check_group_key(key.strip(), value, arguments, config_name)
             continue
         close = difflib.get_close_matches(first, sorted(known), n=1)
         if close:
@@ -47,6 +50,68 @@ def check_override_keys(arguments: Sequence[str], config_name: str) -> None:
         else:
             hint = f"the groups and keys are {', '.join(sorted(known))}; a key of your own is added with +{argument}"
         raise ConfigError(f"{argument}: no config group or key {first!r}; {hint}")
+
+
+def _check_group_key(key: str, value: str, arguments: Sequence[str], config_name: str) -> None:
+    """`<group>.<name>=value` where every option of `group` the command line picks (or the config's default)
+    lacks `name`: Hydra would refuse it over several lines. Left to Hydra where the options cannot be
+    known here: a `_global_` option (an experiment, debug) picked on the command line may change them."""
+    group, dot, rest = key.partition(".")
+    name = re.split(r"[./@]", rest, maxsplit=1)[0]
+    if not dot or "@" in group or not name or group == "hydra" or not (PROJECT_ROOT / "conf" / group).is_dir():
+        return
+    chosen = {option.split("=", 1)[0].removeprefix("+"): option.split("=", 1)[1] for option in arguments if "=" in option}
+    if any(_is_global_option(other, options) for other, options in chosen.items() if "." not in other and "/" not in other):
+        return
+    picked = chosen.get(group, _default_options(config_name).get(group))
+    if picked is None:
+        return
+    for option in picked.split(","):
+        names = _option_keys(group, option.strip())
+        if names is None or name in names:
+            continue
+        close = difflib.get_close_matches(name, sorted(names), n=1)
+        hint = f"did you mean {group}.{close[0]}{rest[len(name) :]}={value}?" if close else f"its keys are {', '.join(sorted(names))}"
+        if not names:
+            hint = f"it takes no keys; pick another {group} option"
+        raise ConfigError(f"{key}={value}: {group}={option.strip()} has no key {name!r}; {hint}")
+
+
+def _is_global_option(group: str, options: str) -> bool:
+    """Whether `group=options` picks a `# @package _global_` file, which may change any other group."""
+    paths = [PROJECT_ROOT / "conf" / group / f"{option.strip()}.yaml" for option in options.split(",")]
+    return any(path.is_file() and "@package _global_" in path.read_text().split("\n", 1)[0] for path in paths)
+
+
+@cache
+def _default_options(config_name: str) -> dict[str, str]:
+    """The option `conf/<config_name>.yaml` picks for each group by default (`data: movielens`)."""
+    config = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / f"{config_name}.yaml"), resolve=False) or {}
+    entries = [next(iter(entry.items())) for entry in config.get("defaults", []) if isinstance(entry, dict) and entry]
+    return {str(group): str(option) for group, option in entries if option is not None and "/" not in str(group)}
+
+
+@cache
+def _option_keys(group: str, option: str) -> frozenset[str] | None:
+    """The top-level keys of `conf/<group>/<option>.yaml` with those its defaults list adds (`/data_split@_here_`,
+    another option of the group); None where a default is of a form not followed here, so nothing is refused."""
+    path = PROJECT_ROOT / "conf" / group / f"{option}.yaml"
+    if not path.is_file():
+        return None
+    config = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    names = set(config) - {"defaults"}
+    for entry in config.get("defaults", []):
+        if entry == "_self_":
+            continue
+        if isinstance(entry, str) and entry.startswith("/") and entry.endswith("@_here_"):
+            included = PROJECT_ROOT / "conf" / f"{entry[1 : -len('@_here_')]}.yaml"
+            names |= set(OmegaConf.to_container(OmegaConf.load(included), resolve=False) or {}) if included.is_file() else set()
+            continue
+        inherited = _option_keys(group, entry) if isinstance(entry, str) and "/" not in entry and "@" not in entry else None
+        if inherited is None:
+            return None
+        names |= inherited
+    return frozenset(names)
 
 
 @cache

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from recsys_lightning.build import build_datamodule
 from recsys_lightning.config import check_override_keys, register_resolvers
 from recsys_lightning.console import quiet_library_noise
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
+from recsys_lightning.prepared.datamodule import PREPARED_TARGET
 from recsys_lightning.prepared.write import check_output_free, write_prepared
 from recsys_lightning.ranges import TEXT, Rule, constructor_rules, integer
 from recsys_lightning.runs.atomic import check_writable_folder
@@ -42,6 +43,11 @@ def check_prepare_config(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "output") or not cfg.output:
         raise ConfigError("output is not set: set output=<a new folder>, e.g. output=prepared/ml100k")
     check_rules(cfg, PREPARE_RULES)
+    if cfg.data.get("_target_") == PREPARED_TARGET:
+        raise ConfigError(
+            "data=prepared: prepare reads a data source (data=movielens|csv|synthetic), not a prepared folder; "
+            "to cut the data into other parts, prepare the source again with parts=N"
+        )
     check_known_keys(cfg)  # data.<key> the data option does not take: one line, not instantiate's TypeError
     check_rules(cfg, {f"data.{name}": rule for name, rule in constructor_rules(cfg.data._target_).items()})
     for key in FEATURE_KEYS:
@@ -54,7 +60,7 @@ def check_prepare_config(cfg: DictConfig) -> None:
 def prepare(cfg: DictConfig) -> dict[str, Any]:
     """Load, split and write `cfg.data` to `cfg.output`; returns the manifest written."""
     check_prepare_config(cfg)
-    datamodule: InteractionDataModule = instantiate(cfg.data)
+    datamodule: InteractionDataModule = build_datamodule(cfg.data)
     datamodule.setup("fit")
     manifest = write_prepared(datamodule, Path(cfg.output), cfg.parts)
     log.info("prepared %s into %s (%d parts)", datamodule.source, cfg.output, len(manifest["parts"]))

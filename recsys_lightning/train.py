@@ -26,7 +26,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recsys_lightning import progress
 from recsys_lightning.baseline_note import closing_note
-from recsys_lightning.build import build_module
+from recsys_lightning.build import build_datamodule, build_module
 from recsys_lightning.callbacks import TrainingTime, final_validation_callbacks
 from recsys_lightning.config import check_override_keys, register_resolvers
 from recsys_lightning.console import fit_messages, quiet_library_noise, run_summary, without_restore_messages
@@ -214,7 +214,7 @@ def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataMod
         check_same_config(recorded_state(resume_state), cfg, str(resume_from))
     pl.seed_everything(stream_seed(cfg.seed, "init") % 2**32, workers=True)  # model initialisation
     check_memory(cfg, *config_sizes(cfg))  # what config alone sizes (a batch of negatives), before the data loads
-    datamodule: InteractionDataModule = instantiate(cfg.data, **_features_unread(cfg))
+    datamodule: InteractionDataModule = build_datamodule(cfg.data, **_features_unread(cfg))
     datamodule.setup("fit")  # the model's size depends on the data
     check_memory(cfg, datamodule.training_data.num_users, datamodule.training_data.num_items)
     module = build_module(cfg, datamodule.training_data)

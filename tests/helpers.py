@@ -209,6 +209,7 @@ class MemoryShares:
         self.item_train_counts = np.bincount(self.items[train], minlength=self.num_items).astype(np.int64)
         self.valid_users = len(np.unique(self.users[self.parts == VALID]))
         self.source = f"memory shares of {datamodule.source}"
+        self.ratings_missing = datamodule.training_data.ratings_missing
         self.counts = np.bincount(self.users, minlength=self.num_users)
 
     def blocks(self, world: int) -> np.ndarray:

@@ -59,3 +59,47 @@ def test_the_entry_point_answers_a_typo_in_one_line_and_exit_1():
     result = run_module("recsys_lightning.train", "modle=ncf")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["error: modle=ncf: no config group or key 'modle'; did you mean model=ncf?"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "config_name", "message"),
+    [
+        (["data=prepared", "data.pth=/p"], "config", "data.pth=/p: data=prepared has no key 'pth'; did you mean data.path=/p?"),
+        (["data.data_dri=/d"], "prepare", "data.data_dri=/d: data=movielens has no key 'data_dri'; did you mean data.data_dir=/d?"),
+        (
+            ["data.split_ratio=[1]"],
+            "config",
+            "data.split_ratio=[1]: data=movielens has no key 'split_ratio'; did you mean data.split_ratios=[1]?",
+        ),
+        (
+            ["-m", "data=csv,prepared", "data.split=temporal"],
+            "config",
+            "data.split=temporal: data=prepared has no key 'split'; "
+            "its keys are _target_, batch_size, eval_chunk_size, eval_max_scores, path, seed, val_users",
+        ),
+        (
+            ["trainer=ddp", "trainer.devics=2"],
+            "config",
+            "trainer.devics=2: trainer=ddp has no key 'devics'; did you mean trainer.devices=2?",
+        ),
+    ],
+)
+def test_a_key_the_chosen_option_lacks_names_the_closest_in_one_line(arguments, config_name, message):
+    """Hydra answered `data.pth=...` over several lines with advice to append it (`+data.pth`)."""
+    with pytest.raises(ConfigError) as error:
+        check_override_keys(arguments, config_name)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["data=prepared", "data.path=/p", "data.val_users=5", "data.batch_size=auto"],
+        ["data=csv", "data.split=cold_items", "data.split_ratios=[0.8,0.1,0.1]", "trainer=ddp", "trainer.max_epochs=1"],
+        ["experiment=ml100k_mf", "data.anything=1"],  # an experiment may pick other options: left to Hydra
+        ["optimizer=sparse_adam", "optimizer.lr=0.01", "model.sparse_gradients=true"],  # a _global_ option's keys sit elsewhere
+        ["data=nosuch", "data.pth=1", "callbacks.early_stopping.patience=3", "model.dim=8"],
+    ],
+)
+def test_keys_the_chosen_options_hold_pass(arguments):
+    check_override_keys(arguments, "config")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 import tracemalloc
 from pathlib import Path
 
@@ -20,13 +21,14 @@ from recsys_lightning.data.csv import CsvDataModule
 from recsys_lightning.errors import ConfigError, DataError
 from recsys_lightning.prepare import prepare
 from recsys_lightning.prepared import write
+from recsys_lightning.prepared.datamodule import PreparedDataModule
 from recsys_lightning.prepared.folder import PreparedFolder
 from recsys_lightning.prepared.share import NEGATIVE, TEST, TRAIN, VALID
 from recsys_lightning.prepared.write import write_prepared
 from recsys_lightning.runs.atomic import WriteFailed
 from recsys_lightning.runs.checkpoint_file import catalogue_from_checkpoint
 
-from helpers import compose_config, run_module
+from helpers import ROOT, compose_config, run_module
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +309,7 @@ def test_a_failed_write_leaves_no_folder(movielens, tmp_path, monkeypatch):
     ],
 )
 def test_prepare_arguments_are_checked_before_any_data_is_read(overrides, message, monkeypatch):
-    monkeypatch.setattr("recsys_lightning.prepare.instantiate", lambda *args: pytest.fail("data read before the checks"))
+    monkeypatch.setattr("recsys_lightning.prepare.build_datamodule", lambda *args: pytest.fail("data read before the checks"))
     refused(ConfigError, lambda: prepare(compose_config("prepare", *overrides)), message)
 
 
@@ -344,3 +346,53 @@ def test_prepare_entry_point_writes_a_folder_and_refuses_an_existing_one(tmp_pat
     assert again.returncode == 1 and again.stderr.strip().splitlines()[-1].startswith("error: output=")
     features = run_module("recsys_lightning.prepare", f"output={tmp_path / 'f'}", "data.item_features=[genre]")
     assert features.returncode == 1 and "does not write side features" in features.stderr and not (tmp_path / "f").exists()
+
+
+def test_a_source_without_ratings_stays_without_ratings_when_prepared(movielens, prepared, tmp_path):
+    """A rating loss on prepared synthetic data was trained on ratings all 1 instead of refused as on the source."""
+    synthetic = instantiate(
+        compose_config(
+            "prepare", "output=unused", "data=synthetic", "data.num_users=40", "data.num_items=30", "data.num_interactions=500"
+        ).data
+    )
+    synthetic.setup("fit")
+    write_prepared(synthetic, tmp_path / "synthetic", 2)
+    assert PreparedFolder.open(tmp_path / "synthetic").ratings_missing == synthetic.training_data.ratings_missing
+    assert "synthetic data has no ratings" in synthetic.training_data.ratings_missing
+    datamodule = PreparedDataModule(path=str(tmp_path / "synthetic"))
+    datamodule.read_share(1, 2)
+    assert datamodule.training_data.ratings_missing == synthetic.training_data.ratings_missing  # what MSE refuses on
+    assert PreparedFolder.open(prepared / "parts3").ratings_missing is None == movielens.training_data.ratings_missing
+
+
+def test_a_manifest_whose_ratings_missing_is_not_text_is_refused(three_parts):
+    edit_manifest(three_parts, lambda manifest: manifest.update(ratings_missing=3))
+    refused(DataError, lambda: PreparedFolder.open(three_parts), "manifest.json", "ratings_missing")
+
+
+def test_the_documented_output_folder_is_ignored_by_git():
+    """README and conf/prepare.yaml write to prepared/<name> inside the checkout: its Parquet parts (gigabytes,
+    and data under the source's licence) must not be one `git add -A` away from a commit."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    assert subprocess.run(["git", "check-ignore", "-q", "prepared/ml100k/part-00000.parquet"], cwd=ROOT).returncode == 0
+
+
+def test_a_data_option_refusing_its_settings_is_one_line_not_hydras_wrapper(tmp_path):
+    """`prepare data=csv` without a path ended in Hydra's InstantiationException over several lines."""
+    cfg = compose_config("prepare", "data=csv", f"output={tmp_path / 'out'}")
+    refused(DataError, lambda: prepare(cfg), "set either data.path")
+    assert not (tmp_path / "out").exists()
+
+
+def test_preparing_a_prepared_folder_again_is_refused_before_reading(prepared, tmp_path, monkeypatch):
+    """`prepare data=prepared` (to cut a folder into other parts) ended in an AttributeError traceback."""
+    monkeypatch.setattr("recsys_lightning.prepare.build_datamodule", lambda *args: pytest.fail("data read before the checks"))
+    cfg = compose_config("prepare", "data=prepared", f"data.path={prepared / 'parts3'}", f"output={tmp_path / 'out'}", "parts=2")
+    refused(ConfigError, lambda: prepare(cfg), "data=prepared", "prepare the source again")
+
+
+def test_a_file_given_as_the_prepared_folder_is_named_as_a_file(tmp_path):
+    """data.path=<the source CSV> was answered 'no such folder' although the path exists."""
+    (tmp_path / "ratings.csv").write_text("userId,itemId\n1,2\n")
+    refused(ConfigError, lambda: PreparedFolder.open(tmp_path / "ratings.csv"), "ratings.csv: a file, not a folder", "prepare")

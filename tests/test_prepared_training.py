@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -31,7 +32,7 @@ from recsys_lightning.runs.checkpoint_file import load_checkpoint
 from recsys_lightning.runs.same_data import same_training_data
 from recsys_lightning.seeds import stream_seed
 from recsys_lightning.train import train
-from recsys_lightning.validation import check_prepared_data
+from recsys_lightning.validation import check_prepared_data, check_training_config
 
 from helpers import ROOT, SMALL_DATA, FrameDataModule, MemoryShares, quiet_trainer, random_interactions, run_module, training_config
 
@@ -217,6 +218,18 @@ def test_shares_too_uneven_for_the_common_step_count_are_refused(small):
         shares_of(small, 3, batch_size=3)
 
 
+def test_a_global_batch_too_small_for_uneven_shares_is_refused_naming_the_batch_that_works(small):
+    """data.batch_size=1 on 3 processes was refused with only 'run fewer processes, or prepare again', where
+    the usual cause is a per-rank batch so small that the largest share needs more steps than the smallest has pairs."""
+    with pytest.raises(DataError) as caught:
+        shares_of(small, 3, batch_size=1)
+    suggested = int(str(caught.value).split("set data.batch_size >= ")[1].split(",")[0])
+    assert "\n" not in str(caught.value) and suggested % 3 == 0
+    assert all(rank.steps_per_epoch for rank in shares_of(small, 3, batch_size=suggested))  # the batch named works
+    with pytest.raises(DataError):
+        shares_of(small, 3, batch_size=suggested - 3)  # and is the smallest that does
+
+
 def test_side_features_are_refused_with_prepared_data():
     cfg = training_config("data=prepared", "data.path=/prepared", "model.features=true")
     with pytest.raises(ConfigError, match=r"^model.features=true: data=prepared holds no side features"):
@@ -356,3 +369,23 @@ def test_a_resume_on_several_ranks_compares_the_prepared_data_by_its_manifest(sm
     assert not same_training_data(other, data)
     assert not same_training_data(small.training_data.catalogue, data)
     assert not same_training_data(recorded, small.training_data)
+
+
+def test_prepared_data_without_a_path_is_refused_in_one_line():
+    """`train data=prepared` without data.path ended in omegaconf's MissingMandatoryValue traceback."""
+    with pytest.raises(ConfigError, match=r"^data.path is not set: give it a value, data.path=<value>$"):
+        check_training_config(training_config("data=prepared"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"), [("data.path=[1,2]", "data.path=[1,2]: must be a non-empty string"), ("data.seed=-1", "data.seed=-1: must be")]
+)
+def test_prepared_settings_of_the_wrong_kind_are_refused_in_one_line(override, message):
+    """data.path=[1,2] ended in a TypeError traceback; data.seed=-1 trained, where the top-level seed=-1 is refused."""
+    with pytest.raises(ConfigError, match=rf"^{re.escape(message)}"):
+        check_training_config(training_config("data=prepared", "data.path=/p", override))
+
+
+def test_training_on_a_data_option_that_refuses_its_settings_is_one_line(tmp_path):
+    with pytest.raises(DataError, match=r"^set either data.path"):
+        train(training_config("data=csv", run_dir=tmp_path))

@@ -59,9 +59,11 @@ def one_cuda_device(monkeypatch):
 @pytest.mark.parametrize(("group", "option"), all_options())
 def test_every_config_option_passes(group, option, monkeypatch, tmp_path):
     pretend_cuda_devices(monkeypatch, 2)  # trainer=gpu needs one, trainer=ddp two
-    # the one preset that starts from other runs names placeholders for them (tested below)
+    # the one preset that starts from other runs names placeholders for them (tested below), data=prepared a folder
     if option == "ml100k_ncf_pretrained":
         cfg = training_config(f"{group}={option}", f"pretrained_from=[{tmp_path},{tmp_path}]")
+    elif option == "prepared":  # the one data option without a default source: its folder is required
+        cfg = training_config(f"{group}={option}", f"data.path={tmp_path}")
     else:
         cfg = option_config(group, option)
     assert accepted(check_training_config, cfg)

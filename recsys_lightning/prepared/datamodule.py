@@ -31,7 +31,7 @@ from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.errors import ConfigError, DataError
 from recsys_lightning.prepared.folder import PreparedFolder
 from recsys_lightning.prepared.share import NEGATIVE, TEST, TRAIN, VALID, ShareSource, UserShare
-from recsys_lightning.ranges import AnyOf, Choice, Range, integer
+from recsys_lightning.ranges import TEXT, AnyOf, Choice, Range, integer
 from recsys_lightning.seeds import stream_seed
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,15 @@ def per_rank_batch(global_batch: int, world: int) -> int:
 def steps_per_epoch(train_rows_per_rank: list[int], batch_size: int) -> int:
     """Steps every rank runs: those the largest share needs at the per-rank batch."""
     return math.ceil(max(train_rows_per_rank) / batch_size)
+
+
+def uneven_share_remedy(train_rows_per_rank: list[int]) -> str:
+    """What lets every rank run the largest share's step count: a per-rank batch of at least largest / smallest
+    (ceil(largest / b) <= smallest), that is the global batch times W, where the smallest share has pairs at all."""
+    fewest, world = min(train_rows_per_rank), len(train_rows_per_rank)
+    if fewest == 0:
+        return "run fewer processes, or prepare the data again with fewer parts"
+    return f"set data.batch_size >= {world * -(-max(train_rows_per_rank) // fewest)}, or run fewer processes"
 
 
 def sampled_validation_users(users: np.ndarray, val_users: int, valid_users: int, seed: int) -> np.ndarray:
@@ -90,12 +99,12 @@ class PreparedDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        path: str,
+        path: Annotated[str, TEXT],
         batch_size: Annotated[int | str, AnyOf((Choice((AUTO,)), integer(1)))] = AUTO,
         eval_chunk_size: Annotated[int, Range(1)] = 1024,
         eval_max_scores: Annotated[int, Range(1)] = 2**27,
         val_users: Annotated[int | None, Range(1)] = None,
-        seed: int = 0,
+        seed: Annotated[int, integer(0, 2**32 - 1)] = 0,
     ) -> None:
         super().__init__()
         self.path = path
@@ -143,7 +152,7 @@ class PreparedDataModule(pl.LightningDataModule):
         if train_rows[fewest] < self.steps:
             raise DataError(
                 f"{self.source}: rank {fewest} of {world} holds {train_rows[fewest]} training pairs, fewer than the {self.steps} "
-                "steps every rank runs per epoch; run fewer processes, or prepare the data again with balanced parts"
+                f"steps every rank runs per epoch at data.batch_size={self.batch_size}; {uneven_share_remedy(train_rows)}"
             )
         share = prepared.read_share(rank, world)
         self.first_user, self.share_users = share.first_user, share.num_users
@@ -185,6 +194,7 @@ class PreparedDataModule(pl.LightningDataModule):
             positives=TrainingPositives.from_csr(self.train_positives, share.first_user, popularity),
             explicit_negatives=torch.from_numpy(np.stack([share.users[negative], share.items[negative]], 1).astype(np.int64)),
             catalogue=self._catalogue(share),
+            ratings_missing=prepared.ratings_missing,
         )
 
     def _check_evaluated(self, share: UserShare) -> None:

@@ -58,6 +58,7 @@ MANIFEST_KEYS = frozenset(
         "num_items",
         "num_interactions",
         "num_negatives",
+        "ratings_missing",
         "part_codes",
         "items",
         "parts",
@@ -102,6 +103,7 @@ class PreparedFolder:
         self.num_items: int = manifest["num_items"]
         self.num_rows: int = manifest["num_interactions"] + manifest["num_negatives"]
         self.source: str = manifest["source"]
+        self.ratings_missing: str | None = manifest["ratings_missing"]
         self.item_ids = items.column("item_id").to_numpy(zero_copy_only=False)
         self.titles = items.column("title").to_pylist() if "title" in items.column_names else None
         self.item_train_counts = items.column("train_count").to_numpy().copy()  # writable: torch shares it
@@ -112,6 +114,8 @@ class PreparedFolder:
         """The folder at `path`, checked as the module docstring says; DataError naming the file otherwise."""
         path = Path(path)
         manifest_path = path / MANIFEST
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{path}: a file, not a folder; point it at the folder python -m recsys_lightning.prepare wrote")
         if not path.is_dir():
             raise ConfigError(f"{path}: no such folder; point it at a folder written by python -m recsys_lightning.prepare")
         if not manifest_path.is_file():
@@ -220,6 +224,8 @@ def _checked_manifest(manifest: Any, path: Path) -> list[PartRecord]:
         raise bad(f"its keys differ from a manifest's at {quote(odd[0], 40)}")
     if not isinstance(manifest["source"], str) or not isinstance(manifest["recsys_lightning_version"], str):
         raise bad("source and recsys_lightning_version must be strings")
+    if not (manifest["ratings_missing"] is None or isinstance(manifest["ratings_missing"], str)):
+        raise bad("ratings_missing must be a string or null")
     if not isinstance(manifest["split"], dict) or not isinstance(manifest["part_codes"], dict):
         raise bad("split and part_codes must be objects")
     split = manifest["split"]

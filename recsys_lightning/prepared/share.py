@@ -70,6 +70,7 @@ class ShareSource(Protocol):
     item_train_counts: np.ndarray  # int64 [num_items]: training positives per item over all users
     valid_users: int  # users with at least one validation item, over all ranks
     source: str  # what was prepared, for messages and the run log
+    ratings_missing: str | None  # why the source has no ratings (a rating loss is refused), None where it has them
 
     def train_rows_per_rank(self, world: int) -> list[int]:
         """Training positives each of `world` ranks holds (rank r reads `parts_of(r, world)`)."""

@@ -148,6 +148,7 @@ def _write_folder(
         "num_items": datamodule.num_items,
         "num_interactions": len(datamodule.interactions),
         "num_negatives": len(datamodule.training_data.explicit_negatives),
+        "ratings_missing": datamodule.training_data.ratings_missing,
         "part_codes": {"train": TRAIN, "valid": VALID, "test": TEST, "negative": NEGATIVE},
         "items": _file_record(folder, ITEMS),
         "parts": parts,
