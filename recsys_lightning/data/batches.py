@@ -118,6 +118,9 @@ class PositivePairs(Dataset):
     def __len__(self) -> int:
         return len(self.users)
 
+    def to(self, device: torch.device | str) -> PositivePairs:
+        return PositivePairs(self.users.to(device), self.items.to(device), self.ratings.to(device))
+
     def __getitem__(self, index: Tensor) -> TrainingBatch:
         index = index.to(self.users.device)
         return TrainingBatch(self.users[index], self.items[index], self.ratings[index])
@@ -161,3 +164,8 @@ class RankingChunks(Dataset):
 
     def __getitem__(self, index: int) -> RankingChunk:
         return self.chunks[index]
+
+
+def training_device(trainer) -> torch.device:
+    """Where training pairs live: the trainer's root device (CPU without a trainer), so a batch is one indexing op there."""
+    return trainer.strategy.root_device if trainer is not None else torch.device("cpu")

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from recsys_lightning import progress
-from recsys_lightning.data.batches import EpochBatchSampler, PositivePairs, RankingChunks
+from recsys_lightning.data.batches import EpochBatchSampler, PositivePairs, RankingChunks, training_device
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.features import FeatureColumns, index_features
 from recsys_lightning.data.interactions import ITEM, PART, TARGET, USER, Interactions, latest_per_pair
@@ -176,14 +176,9 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
 
         `batch_size` is per process: under DDP a step sees batch_size x world_size pairs.
         """
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         rows = self.split.train
-        pairs = PositivePairs(
-            *(
-                torch.from_numpy(column[rows]).to(device)
-                for column in (self.interactions.users, self.interactions.items, self.interactions.ratings)
-            )
-        )
+        columns = (self.interactions.users, self.interactions.items, self.interactions.ratings)
+        pairs = PositivePairs(*(torch.from_numpy(column[rows]) for column in columns)).to(training_device(self.trainer))
         batches = EpochBatchSampler(len(pairs), self.batch_size, self.seed, *self._shard())
         return DataLoader(pairs, sampler=batches, batch_size=None)
 

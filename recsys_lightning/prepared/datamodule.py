@@ -20,7 +20,7 @@ import torch
 from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from torch.utils.data import DataLoader
 
-from recsys_lightning.data.batches import PositivePairs, RankingChunks, ShareBatchSampler
+from recsys_lightning.data.batches import PositivePairs, RankingChunks, ShareBatchSampler, training_device
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.catalogue_reference import CatalogueReference
 from recsys_lightning.data.datamodule import check_negatives_exist, ranking_chunk_size
@@ -238,8 +238,7 @@ class PreparedDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """This rank's training pairs on the training device, in `steps_per_epoch` batches of about `batch_size // W`."""
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        pairs = PositivePairs(self.train_pairs.users.to(device), self.train_pairs.items.to(device), self.train_pairs.ratings.to(device))
+        pairs = self.train_pairs.to(training_device(self.trainer))
         batches = ShareBatchSampler(len(pairs), self.rank_batch_size, self.steps, self.seed, self.rank)
         return DataLoader(pairs, sampler=batches, batch_size=None)
 
