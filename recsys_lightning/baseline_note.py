@@ -3,7 +3,9 @@ validation users' items worse than the most popular items do, or no epoch after 
 
 Defaults that fit one data set can learn nothing on another (a batch too large for a small CSV), and a
 table of small numbers does not say so. The popularity figure is counted from the training positives and
-ranked for the same validation users the run was judged on: no second training run, no model.
+ranked for the same validation users the run was judged on: no second training run, no model. On several
+processes each ranks its own share of those users (with `data=prepared` it holds no others) and the sums
+are added, as validation's are.
 """
 
 from __future__ import annotations
@@ -16,33 +18,38 @@ from recsys_lightning.metrics import METRIC_NAMES, RankingMetrics
 from recsys_lightning.ranking import top_k_unseen
 
 
-def popularity_on_validation(datamodule: InteractionDataModule, ks: Sequence[int]) -> dict[str, float]:
+def popularity_on_validation(datamodule: InteractionDataModule, ks: Sequence[int], distributed: bool = False) -> dict[str, float]:
     """`val/<metric>@K` of ranking each validation user's unseen items by their number of training users
-    (model=popularity's ranking), one evaluation chunk of scores at a time."""
+    (model=popularity's ranking), one evaluation chunk of scores at a time.
+
+    The users are this process's share (its validation loader); `distributed` sums every process's, so
+    every process must call it then."""
     popularity = datamodule.training_data.positives.item_counts.float()
-    metrics = RankingMetrics(ks, sync_on_compute=False)  # rank 0 alone ranks every validation user, DDP or not
-    for chunk in datamodule.ranking_chunks("valid"):
+    metrics = RankingMetrics(ks, sync_on_compute=distributed)
+    for chunk in datamodule.val_dataloader():
         scores = popularity.expand(len(chunk.users), -1).clone()  # top_k_unseen overwrites what it hides
         top_items = top_k_unseen(scores, chunk.exclude_rows, chunk.exclude_items, metrics.max_k)
         metrics.update_ranked(top_items, chunk, len(popularity))
     return {f"val/{name}": value.item() for name, value in metrics.compute().items()}
 
 
-def closing_note(
-    metrics: Mapping[str, Any], monitor: str, datamodule: InteractionDataModule, ks: Sequence[int], is_popularity: bool
-) -> str | None:
+def compared_with_popularity(monitor: str, is_popularity: bool) -> bool:
+    """Whether the closing note weighs the run against the most popular items: a ranking monitor
+    (`val/ndcg@10`, not `val/rmse`) and a model other than popularity itself."""
+    return monitor.startswith("val/") and monitor.removeprefix("val/").split("@")[0] in METRIC_NAMES and not is_popularity
+
+
+def closing_note(metrics: Mapping[str, Any], monitor: str, baseline: float | None, batch_size: int) -> str | None:
     """What the closing table adds when the run learnt too little, with what to try; None otherwise.
 
-    The popularity comparison needs a ranking monitor (`val/ndcg@10`, not `val/rmse`) and a model other
-    than popularity itself."""
+    `baseline` is the popularity ranking's `monitor` (`popularity_on_validation`), None where the run is
+    not compared with it (`compared_with_popularity`)."""
     value = metrics.get(monitor)
-    ranking_monitor = monitor.startswith("val/") and monitor.removeprefix("val/").split("@")[0] in METRIC_NAMES
-    if ranking_monitor and not is_popularity and isinstance(value, float):
-        baseline = popularity_on_validation(datamodule, ks)[monitor]
+    if baseline is not None and isinstance(value, float):
         if value < baseline:
             return (
                 f"note: {monitor} {value:.4f} is below the most popular items' {baseline:.4f} on the same users; try more "
-                f"epochs (trainer.max_epochs), a smaller data.batch_size (now {datamodule.batch_size}) or another optimizer.lr"
+                f"epochs (trainer.max_epochs), a smaller data.batch_size (now {batch_size}) or another optimizer.lr"
             )
     if metrics.get("best_epoch") == 0 and (metrics.get("epochs") or 0) > 1:
         return (

@@ -25,7 +25,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recsys_lightning import progress
-from recsys_lightning.baseline_note import closing_note
+from recsys_lightning.baseline_note import closing_note, compared_with_popularity, popularity_on_validation
 from recsys_lightning.build import build_datamodule, build_module
 from recsys_lightning.callbacks import TrainingTime, final_validation_callbacks
 from recsys_lightning.config import check_override_keys, register_resolvers
@@ -170,6 +170,10 @@ def _fit_and_test(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals, 
     metrics["data_source"] = datamodule.source
     metrics["best_checkpoint"] = os.path.relpath(best_checkpoint, run_folder.path)
 
+    monitor, ks = str(cfg.monitor.metric), list(cfg.eval.ks)
+    baseline = None
+    if compared_with_popularity(monitor, isinstance(module.model, Popularity)):  # every process ranks its share
+        baseline = popularity_on_validation(datamodule, ks, distributed=trainer.world_size > 1)[monitor]
     if trainer.is_global_zero:
         chosen = OmegaConf.merge(cfg, {"data": {"batch_size": datamodule.batch_size}})  # auto shown as what it chose
         log_run_table(trainer.loggers, chosen, _hydra_choices(), metrics, trainer.global_step)
@@ -180,8 +184,7 @@ def _fit_and_test(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals, 
         with atomic_file(run_folder.path / "metrics.json") as handle:
             json.dump(metrics, handle, indent=2, sort_keys=True)
         tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers) and not _in_sweep()
-        monitor, ks = str(cfg.monitor.metric), list(cfg.eval.ks)
-        note = closing_note(metrics, monitor, datamodule, ks, isinstance(module.model, Popularity))
+        note = closing_note(metrics, monitor, baseline, datamodule.batch_size)
         print(run_summary(metrics, monitor, ks, run_folder.path, tensorboard, note), flush=True)
     return metrics
 

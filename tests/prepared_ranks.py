@@ -4,7 +4,8 @@ with a last argument `movielens`, the main job's MF/BPR on ML-100K instead (glob
 issue's W=2 against W=1 figure.
 
 Each rank writes rank<r>.json: the (user, item) training pairs it saw in each epoch, its steps, and
-the validation metrics after training (summed over the ranks by the metrics themselves)."""
+the validation metrics after training (summed over the ranks by the metrics themselves), and the closing
+note's popularity baseline on the same validation users."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from recsys_lightning.baseline_note import popularity_on_validation
 from recsys_lightning.build import build_module
 from recsys_lightning.data.movielens import MovieLensDataModule
 from recsys_lightning.data.synthetic import SyntheticDataModule
@@ -67,7 +69,9 @@ def main(out: Path, data: str) -> None:
     )
     trainer.fit(module, datamodule=datamodule)
     metrics = {name: value.item() for name, value in trainer.callback_metrics.items() if name.startswith("val/")}
+    popularity = popularity_on_validation(datamodule, [10], distributed=datamodule.world > 1)
     record = {"steps": trainer.global_step, "epochs": seen.epochs, "metrics": metrics, "batch": datamodule.rank_batch_size}
+    record["popularity"] = popularity
     (out / f"rank{datamodule.rank}.json").write_text(json.dumps(record))
 
 

@@ -264,6 +264,9 @@ def test_two_gloo_ranks_step_together_and_validate_as_one_process(tmp_path):
         assert sorted(map(tuple, ranks[0]["epochs"][epoch] + ranks[1]["epochs"][epoch])) == sorted(map(tuple, single["epochs"][epoch]))
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
     assert abs(ranks[0]["metrics"]["val/ndcg@10"] - single["metrics"]["val/ndcg@10"]) < 0.01
+    # the closing note's popularity figure counts every rank's validation users, not rank 0's alone
+    assert ranks[0]["popularity"] == ranks[1]["popularity"]
+    assert ranks[0]["popularity"]["val/ndcg@10"] == pytest.approx(single["popularity"]["val/ndcg@10"], abs=1e-6)
 
 
 def test_val_users_keeps_one_user_on_a_rank_its_share_of_n_would_leave_empty():

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from recsys_lightning.baseline_note import closing_note, popularity_on_validation
+from recsys_lightning.baseline_note import closing_note, compared_with_popularity, popularity_on_validation
 from recsys_lightning.build import build_module
 from recsys_lightning.data.sized_defaults import auto_batch_size, auto_patience
 from recsys_lightning.data.synthetic import generate_interactions
@@ -61,17 +61,23 @@ def test_the_closing_note_names_a_run_below_popularity_or_stuck_at_its_first_epo
     datamodule.setup("fit")
     baseline = popularity_on_validation(datamodule, [10])["val/ndcg@10"]
     below = {"val/ndcg@10": baseline - 0.01, "best_epoch": 4, "epochs": 10}
-    note = closing_note(below, "val/ndcg@10", datamodule, [10], is_popularity=False)
+    note = closing_note(below, "val/ndcg@10", baseline, datamodule.batch_size)
     assert note.startswith(f"note: val/ndcg@10 {baseline - 0.01:.4f} is below the most popular items' {baseline:.4f}")
     assert "data.batch_size (now 4096)" in note
-    assert closing_note(below, "val/ndcg@10", datamodule, [10], is_popularity=True) is None
+    assert closing_note(below, "val/ndcg@10", None, 4096) is None  # not compared: popularity itself, or a rating monitor
     stuck = {"val/ndcg@10": baseline + 0.1, "best_epoch": 0, "epochs": 11}
-    assert closing_note(stuck, "val/ndcg@10", datamodule, [10], False).startswith("note: no epoch after the first improved val/ndcg@10")
-    assert closing_note({**stuck, "best_epoch": 3}, "val/ndcg@10", datamodule, [10], False) is None
+    assert closing_note(stuck, "val/ndcg@10", baseline, 4096).startswith("note: no epoch after the first improved val/ndcg@10")
+    assert closing_note({**stuck, "best_epoch": 3}, "val/ndcg@10", baseline, 4096) is None
     closed_form = {"val/ndcg@10": baseline, "best_epoch": 0, "epochs": 1}  # one fit, one epoch: nothing to improve on
-    assert closing_note(closed_form, "val/ndcg@10", datamodule, [10], False) is None
-    ratings = {"val/rmse": 0.9, "best_epoch": 5, "epochs": 12}  # a rating monitor is not compared with popularity
-    assert closing_note(ratings, "val/rmse", datamodule, [10], False) is None
+    assert closing_note(closed_form, "val/ndcg@10", baseline, 4096) is None
+
+
+def test_only_a_ranking_monitor_of_a_model_other_than_popularity_is_compared_with_popularity():
+    assert compared_with_popularity("val/ndcg@10", is_popularity=False)
+    assert compared_with_popularity("val/recall@20", is_popularity=False)
+    assert not compared_with_popularity("val/ndcg@10", is_popularity=True)
+    assert not compared_with_popularity("val/rmse", is_popularity=False)
+    assert not compared_with_popularity("train/loss", is_popularity=False)
 
 
 def small_csv(path):
