@@ -176,6 +176,16 @@ def test_ranking_chunks_of_all_ranks_together_are_the_single_process_chunks(smal
         assert [pair for chunks in ranks for pair in pairs(chunks, rows, items)] == pairs(single, rows, items)
 
 
+@pytest.mark.parametrize("world, largest", [(1, 8), (2, 4), (3, 3)])
+def test_the_evaluation_chunk_is_global_each_rank_scoring_its_wth_of_it(small, world, largest):
+    """eval_chunk_size=8 over W ranks: a rank scores at most ceil(8 / W) users at a time, so its score matrix
+    shrinks as ranks are added (as batch_size is split, not repeated)."""
+    for prepared in shares_of(small, world, eval_chunk_size=8):
+        sizes = [len(chunk.users) for chunk in prepared.ranking_chunks("test")]
+        tested = int((prepared.test_positives.counts() > 0).sum())
+        assert max(sizes) == largest and sum(sizes) == tested
+
+
 def test_val_users_keeps_about_n_users_decided_per_user_the_same_on_every_call():
     users = np.arange(200_000)
     kept = sampled_validation_users(users, 5_000, len(users), seed=7)

@@ -267,10 +267,12 @@ class PreparedDataModule(pl.LightningDataModule):
     def ranking_chunks(self, part: str) -> RankingChunks:
         """This share's users of `part` in chunks carrying global users, built once per part.
 
-        Chunks hold at most `eval_max_scores` scores (chunk x num_items), as in one process.
+        `eval_chunk_size` and `eval_max_scores` are global, like `batch_size`: each of W ranks scores a
+        W-th of one process's chunk at a time (rounded up), so the scores a rank holds fall as ranks are
+        added, and the ranks together step through the users in as many chunks as one process would.
         """
         if part not in self._chunks:
-            chunk_size = ranking_chunk_size(self.eval_chunk_size, self.eval_max_scores, self.num_items)
+            chunk_size = -(-ranking_chunk_size(self.eval_chunk_size, self.eval_max_scores, self.num_items) // self.world)
             heldout, seen, users = (
                 (self.valid_positives, self.train_positives, self.validation_users())
                 if part == "valid"
