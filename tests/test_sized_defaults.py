@@ -22,11 +22,17 @@ def test_auto_batch_size_gives_small_data_ten_steps_and_keeps_4096_for_movielens
     assert auto_batch_size(100) == 32  # no smaller than 32
 
 
-def test_auto_patience_waits_a_hundred_steps_and_never_fewer_than_ten_validations():
+def test_auto_patience_waits_a_hundred_steps_and_ten_validations_and_about_ten_thousand_steps_on_large_data():
     assert auto_patience(20) == 10  # ML-100K at batch 4096
     assert auto_patience(10) == 10  # the ratings preset (batch 8192)
     assert auto_patience(2) == 50  # batch 4096 on a 5,000-pair CSV: 100 steps, not 20
     assert auto_patience(0) == 100
+    assert auto_patience(195) == 10  # ML-1M at batch 4096: 1,950 steps
+    assert auto_patience(1000) == 10  # 10,000 steps: still ten validations
+    assert auto_patience(1001) == 10  # 10,010 steps: ceil(10,000 / 1,001) = 10
+    assert auto_patience(2000) == 5  # ML-10M-sized
+    assert auto_patience(3907) == 3  # the README's 20M synthetic example: 3 epochs of 16M pairs, not 10
+    assert auto_patience(100_000) == 3  # never fewer than 3 validations
 
 
 def test_the_datamodule_chooses_and_logs_an_auto_batch_size_and_keeps_an_explicit_one(caplog):
