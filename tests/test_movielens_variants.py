@@ -13,7 +13,9 @@ import pytest
 from recsys_lightning.data.movielens import MovieLensDataModule
 from recsys_lightning.data.movielens_releases import RELEASES, DoubleColonAsTab, ReleaseCounts, resolve_release
 from recsys_lightning.errors import ConfigError, DataError
-from tests.helpers import training_config
+from recsys_lightning.train import train
+
+from helpers import run_module, training_config
 
 UNREACHABLE = "http://127.0.0.1:9/"  # discard port: connection refused at once
 CSV_RELEASES = ("ml-20m", "ml-25m", "ml-32m", "ml-latest-small")
@@ -165,6 +167,21 @@ def test_a_malformed_ratings_line_is_refused_naming_file_and_line(tmp_path, name
     assert f"line {line}" in message and f"replace {folder} with a fresh copy of {UNREACHABLE}{name}.zip" in message
 
 
+@pytest.mark.parametrize(
+    ("name", "write", "file", "line", "movie"),
+    [("ml-20m", csv_files, "movies.csv", 2, "02"), ("ml-1m", ml1m_files, "movies.dat", 1, "1193.0")],
+)
+def test_a_movie_id_not_written_as_the_ratings_write_it_is_refused(tmp_path, name, write, file, line, movie):
+    folder = write(tmp_path / RELEASES[name].folder)
+    text = (folder / file).read_text(encoding="latin-1" if RELEASES[name].dat else "utf-8").splitlines()
+    text[line - 1] = movie + text[line - 1][text[line - 1].index(":" if RELEASES[name].dat else ",") :]
+    (folder / file).write_text("\n".join(text) + "\n", encoding="latin-1" if RELEASES[name].dat else "utf-8")
+    with pytest.raises(
+        DataError, match=rf"{file}: cannot be read as {RELEASES[name].title} \(line {line}: movie id '{movie}' is not a whole"
+    ):
+        resolve_release(tmp_path, fixture_release(name, ratings=4 if RELEASES[name].dat else 3, users=3 if RELEASES[name].dat else 2))
+
+
 def test_a_csv_release_with_another_header_is_refused(tmp_path):
     folder = csv_files(tmp_path / "ml-25m")
     (folder / "ratings.csv").write_text("user,item,rating,timestamp\n1,2,3.5,1\n")
@@ -270,3 +287,45 @@ def test_ml1m_preset_picks_the_variant_with_ml100k_mf_settings(tmp_path):
     ml100k = training_config("experiment=ml100k_mf", run_dir=tmp_path)
     assert ml1m.data.variant == "ml-1m" and ml100k.data.variant == "ml-100k"
     assert (ml1m.model, ml1m.loss, ml1m.optimizer) == (ml100k.model, ml100k.loss, ml100k.optimizer)
+
+
+def many_ml1m_users(folder: Path, users: int = 40, items: int = 30) -> Path:
+    """A fake ml-1m big enough to split and train on: every user rates 12 items, in the exact .dat formats."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ratings = [f"{u}::{(u * 7 + k) % items + 1}::{k % 5 + 1}::{978300000 + u * 100 + k}" for u in range(1, users + 1) for k in range(12)]
+    (folder / "ratings.dat").write_text("\n".join(ratings) + "\n")
+    genres = ("Drama", "Comedy|Romance", "Action|Sci-Fi")
+    (folder / "movies.dat").write_text("".join(f"{i}::Movie {i} ({1990 + i % 10})::{genres[i % 3]}\n" for i in range(1, items + 1)))
+    (folder / "users.dat").write_text(
+        "".join(f"{u}::{'MF'[u % 2]}::{(1, 18, 25, 35)[u % 4]}::{u % 21}::0{u:04d}\n" for u in range(1, users + 1))
+    )
+    return folder
+
+
+@pytest.mark.slow
+def test_ml1m_preset_trains_on_the_variant_with_its_features(tmp_path, monkeypatch):
+    many_ml1m_users(tmp_path / "data" / "ml-1m")
+    monkeypatch.setitem(RELEASES, "ml-1m", fixture_release("ml-1m", ratings=480, users=40))
+    features = ["data.item_features=[genre,year]", "data.user_features=[age,gender,occupation]", "model.features=true"]
+    config = training_config(
+        "experiment=ml1m_mf", f"paths.data_dir={tmp_path / 'data'}", *features, "debug=quick", "~logger", run_dir=tmp_path / "run"
+    )
+    metrics = train(config)
+    assert metrics["data_source"] == "grouplens-local"
+    assert 0.0 <= metrics["test/ndcg@10"] <= 1.0
+
+
+@pytest.mark.slow
+def test_train_on_a_wrong_ml1m_folder_fails_in_one_line(tmp_path):
+    """The entry point as a user runs it: variant -> folder -> parser -> the README's counts -> one line, exit 1."""
+    many_ml1m_users(tmp_path / "data" / "ml-1m")
+    result = run_module(
+        "recsys_lightning.train", "experiment=ml1m_mf", f"paths.data_dir={tmp_path / 'data'}", "debug=quick", f"paths.output_dir={tmp_path}"
+    )
+    assert result.returncode == 1
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines == [
+        f"error: {tmp_path / 'data' / 'ml-1m' / 'ratings.dat'}: found 480 ratings by 40 users; MovieLens-1M has 1,000,209 ratings, "
+        f"6,040 users; replace {tmp_path / 'data' / 'ml-1m'} with a fresh copy of https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+    ]
+    assert "Traceback" not in result.stderr

@@ -17,7 +17,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 GROUPLENS_DATASETS = "https://files.grouplens.org/datasets/movielens/"
 CHUNK_ROWS = 1 << 20  # ratings parsed at once: bounds the float64 cells held before the typed columns
+CANONICAL_ID = r"0|[1-9][0-9]{0,14}"  # a movie id as an integer prints it, below WHOLE_LIMIT
 WHOLE_LIMIT = 2**53  # ids and timestamps beyond this are not exact in the float64 they are parsed as
 NO_GENRES = "(no genres listed)"  # what the CSV releases write for a movie without genres
 # ml-1m's users.dat codes age as the first year of a range (its README); the labels are those ranges.
@@ -166,11 +167,9 @@ def read_release(
         if "tag" in item_features:
             features["tag"] = movies["text_id"].map(reader.tags()).fillna("")
         columns = FeatureColumns(str(reader.path("movies")), movies["text_id"], features[list(item_features)], "|", reader.first_line)
-        loaded = LoadedInteractions(interactions, items, source, item_features=columns)
+        loaded = replace(loaded, item_features=columns)
     if user_features:
-        loaded = LoadedInteractions(
-            interactions, items, source, item_features=loaded.item_features, user_features=reader.users(user_features)
-        )
+        loaded = replace(loaded, user_features=reader.users(user_features))
     return loaded
 
 
@@ -245,11 +244,13 @@ class ReleaseReader:
         with open(path, "rb") as raw, self._refusing(path):
             movies = self._table(raw, "movies", dtype=str, keep_default_na=False)
         text_id = movies["movieId"]
-        item = pd.to_numeric(text_id, errors="coerce")
-        bad = (item.isna() | (movies["title"] == "")).to_numpy()
+        bad = (~text_id.str.fullmatch(CANONICAL_ID) | (movies["title"] == "")).to_numpy()  # ids as the ratings file's integers
         if bad.any():
             row = int(np.argmax(bad))
-            raise self._unreadable(path, f"line {row + self.first_line}: movie id {quote(text_id.iloc[row])} or its title is not valid")
+            raise self._unreadable(
+                path, f"line {row + self.first_line}: movie id {quote(text_id.iloc[row])} is not a whole number, or no title"
+            )
+        item = pd.to_numeric(text_id)
         genre = movies["genres"].where(movies["genres"] != NO_GENRES, "")
         year = movies["title"].str.extract(r"\((\d{4})\)\s*$", expand=False).fillna("")  # "Toy Story (1995)"; a few have none
         return pd.DataFrame({"text_id": text_id, "item": item.astype("int64"), "title": movies["title"], "genre": genre, "year": year})
