@@ -3,9 +3,9 @@ official GroupLens archive holds and how its files are read.
 
 ml-1m and ml-10m are `::`-separated latin-1 `.dat` files without a header; the later releases are quoted
 UTF-8 CSV files with a header. Ratings are parsed by pandas' C parser in chunks (no per-row Python; the
-`.dat` files reach it through `DoubleColonAsTab`), so a release costs about 28 bytes per rating once read
-(int64 user, int64 item, float32 rating, int64 timestamp) and about twice that at the peak, while the
-chunks are joined: ~1.8 GB for ml-32m's 32M ratings. Ids are read as the files write them; titles,
+`.dat` files reach it through `DoubleColonAsTab`), so a release costs 28 bytes per rating once read (int64
+user, int64 item, float32 rating, int64 timestamp) and 60-70 at the peak (chunks, their join and the
+allocator's slack; measured on 5M and 12M synthetic rows): ~2 GB for ml-32m's 32M ratings. Ids are read as the files write them; titles,
 genres and tags are small files read whole.
 """
 
