@@ -25,9 +25,10 @@ from recsys_lightning.data import movielens_releases
 from recsys_lightning.data.movielens_releases import RELEASES, Release, resolve_release
 from recsys_lightning.train import train
 
-# Users and rated movies of each release (ml-1m: 3,706 of its 3,883 movies are rated); used only to size ids.
-ID_RANGES = {"ml-1m": (6_040, 3_706), "ml-10m": (69_878, 10_677), "ml-20m": (138_493, 26_744), "ml-25m": (162_541, 59_047)}
-ID_RANGES |= {"ml-32m": (200_948, 84_432), "ml-latest-small": (610, 9_724)}
+# Users x movies to draw ids from: ML-1M's and ML-20M's rated movies as published statistics give them, the others'
+# user and movie counts as their READMEs state them. They only size the synthetic ids.
+ID_RANGES = {"ml-1m": (6_040, 3_706), "ml-10m": (71_567, 10_681), "ml-20m": (138_493, 26_744), "ml-25m": (162_541, 62_423)}
+ID_RANGES |= {"ml-32m": (200_948, 87_585), "ml-latest-small": (610, 9_742)}
 CHUNK = 1 << 20
 
 
