@@ -61,8 +61,9 @@ class ReleaseCounts:
 class Release:
     """One official archive: `<name>.zip` on GroupLens unpacks to `folder/`, which holds the files read here.
 
-    `archive_md5` is the digest GroupLens publishes beside each zip (`<name>.zip.md5`); no sha256 of these
-    archives is published, and none is made up here. `counts` None: checked by structure only.
+    `archive_md5` is the digest GroupLens publishes beside each zip (`<name>.zip.md5`), None where it was not
+    found; no sha256 of these archives was found from a reliable source, and none is made up here. `counts`
+    None: checked by structure only.
     """
 
     name: str
@@ -88,7 +89,8 @@ class Release:
 
 
 # Counts from each release's README (files.grouplens.org/datasets/movielens/<name>-README.{txt,html}); MD5s as
-# GroupLens publishes them. No digest of a ratings file is known from a reliable source: counts are checked.
+# GroupLens publishes them, identical in several independent downloaders (ml-32m's and ml-latest-small's not
+# found). No digest of a ratings file is known from a reliable source: counts are checked instead.
 def _grouplens(name: str, title: str, folder: str, md5: str | None, counts: ReleaseCounts | None, **layout: bool) -> Release:
     return Release(name, title, folder, f"{GROUPLENS_DATASETS}{name}.zip", md5, counts, **layout)
 
