@@ -1,8 +1,9 @@
-"""Fetching MovieLens-100K where no copy is on disk yet: the official GroupLens zip, else the copy of
+"""Fetching MovieLens where no copy is on disk yet. ML-100K: the official GroupLens zip, else the copy of
 ML-100K inside the `recbole==1.2.1` wheel on PyPI, which is reachable from networks that only reach a
-package index (that wheel is only unzipped, never installed).
+package index (that wheel is only unzipped, never installed). The later releases: their GroupLens zip,
+checked against the MD5 GroupLens publishes, else one line saying which archive to unzip where.
 
-Both unpack into `<data_dir>/ml-100k`, through a scratch folder, so an interrupted fetch never leaves a
+All unpack into `<data_dir>/<folder>`, through a scratch folder, so an interrupted fetch never leaves a
 truncated file there; `movielens.py` reads and verifies whatever lands there, as it does a local copy.
 """
 
@@ -39,7 +40,7 @@ def fetch_ml100k(data_dir: Path, url: str, wheel: str, wheel_sha256: str, timeou
     """Unpack ML-100K into `data_dir / DATASET_DIR` from the first source that answers, and name that
     source as the run records it: "grouplens-download" or "pypi-recbole-wheel"."""
     # Before any download: a folder it cannot write would end in a raw OSError after the attempt.
-    _check_writable(data_dir)
+    _check_writable(data_dir, "MovieLens-100K", DATASET_DIR)
     try:
         _download_grouplens_zip(url, data_dir, timeout)
         return "grouplens-download"
@@ -49,7 +50,21 @@ def fetch_ml100k(data_dir: Path, url: str, wheel: str, wheel_sha256: str, timeou
         return "pypi-recbole-wheel"
 
 
-def _check_writable(data_dir: Path) -> None:
+def fetch_archive(url: str, md5: str | None, data_dir: Path, folder: str, title: str, timeout: float) -> None:
+    """Unpack the release's official zip into `data_dir` (it holds `folder/`), or one DataError saying which
+    archive to download and where to unzip it: GroupLens is the only source of these releases."""
+    _check_writable(data_dir, title, folder)
+    try:
+        _download_grouplens_zip(url, data_dir, timeout, md5)
+    except (OSError, zipfile.BadZipFile) as error:
+        reason = cut(str(getattr(error, "reason", error)), 120)  # a URLError's reason says it best
+        raise DataError(
+            f"{cut(str(data_dir / folder), 200)}: no {title} here and {url} could not be fetched ({reason}): download that "
+            f"archive and unzip it into {cut(str(data_dir), 200)}, so that it makes {folder}/ there"
+        ) from error
+
+
+def _check_writable(data_dir: Path, title: str, folder: str) -> None:
     """Prove a file can be made in `data_dir`, or in its nearest existing parent, creating nothing: as
     root a permission bit proves nothing, so the probe really writes (atomic.check_writable_folder's
     rule, which data code does not import)."""
@@ -60,21 +75,30 @@ def _check_writable(data_dir: Path) -> None:
     except OSError as error:
         raise DataError(
             f"paths.data_dir={cut(str(data_dir), 200)}: cannot write in {cut(str(existing), 200)} ({error.strerror or error}); "
-            "MovieLens-100K is not there yet and is fetched into it: set RECSYS_DATA_DIR (or paths.data_dir) to a folder you "
-            "can write, or put the ml-100k folder there"
+            f"{title} is not there yet and is fetched into it: set RECSYS_DATA_DIR (or paths.data_dir) to a folder you "
+            f"can write, or put the {folder} folder there"
         ) from error
 
 
-def _download_grouplens_zip(url: str, data_dir: Path, timeout: float) -> None:
+def _download_grouplens_zip(url: str, data_dir: Path, timeout: float, md5: str | None = None) -> None:
+    """Download `url` into a scratch file and unzip it into `data_dir`; with `md5`, only an archive of that digest."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    name = url.rsplit("/", 1)[-1] or "archive.zip"
     with tempfile.TemporaryDirectory(dir=data_dir) as scratch:
-        archive = Path(scratch) / "ml-100k.zip"
+        archive = Path(scratch) / "archive.zip"
+        digest = hashlib.md5(usedforsecurity=False)
         with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc="ml-100k.zip") as progress:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=cut(name, 40)) as progress:
                 while chunk := response.read(1 << 16):
                     out.write(chunk)
+                    digest.update(chunk)
                     progress.update(len(chunk))
+        if md5 is not None and digest.hexdigest() != md5:
+            raise DataError(
+                f"{cut(url, 200)}: the download's md5 is {digest.hexdigest()}, not {md5} as GroupLens publishes it; retry, or "
+                f"download it yourself and unzip it into {cut(str(data_dir), 200)}"
+            )
         with zipfile.ZipFile(archive) as zipped:
             _safe_extract(zipped, zipped.namelist(), "", data_dir)
 

@@ -1,7 +1,8 @@
-"""MovieLens-100K: find it on disk, else fetch it (`fetch.py`), and check it is the real thing before use.
+"""MovieLens: find it on disk, else fetch it (`fetch.py`), and check it is the real thing before use.
 
-Files already in the data directory (GroupLens or RecBole layout) come first; without them ML-100K is
-fetched into it (the GroupLens zip, else the RecBole wheel on PyPI), then read and verified like them.
+ML-100K (the default variant) is read here: files already in the data directory (GroupLens or RecBole
+layout) come first; without them it is fetched into it (the GroupLens zip, else the RecBole wheel on
+PyPI), then read and verified like them. The later releases are read by `movielens_releases.py`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from recsys_lightning.data.datamodule import InteractionDataModule, LoadedIntera
 from recsys_lightning.data.features import FeatureColumns
 from recsys_lightning.data.fetch import DATASET_DIR, GROUPLENS_URL, RECBOLE_WHEEL, RECBOLE_WHEEL_SHA256, PipDownload, fetch_ml100k
 from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER
+from recsys_lightning.data.movielens_releases import RELEASES, resolve_release
 from recsys_lightning.errors import ConfigError, DataError, cut, first_line, quote
-from recsys_lightning.ranges import POSITIVE, TEXT, ListOf
+from recsys_lightning.ranges import POSITIVE, TEXT, Choice, ListOf
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ GENRES = (
 ITEM_FEATURES = ("genre", "year")  # genre: the 19 genre flags, several per movie; year: of release
 USER_FEATURES = ("age", "gender", "occupation")  # age by decade: "age=20s" for 20-29
 USER_COLUMNS = (USER, "age", "gender", "occupation", "zip_code")  # u.user's cells, in order
+VARIANTS = ("ml-100k", *RELEASES)
 
 
 @dataclass(frozen=True)
@@ -308,23 +311,32 @@ def _verify(loaded: LoadedInteractions, expected: ExpectedContent, ratings_path:
 
 
 class MovieLensDataModule(InteractionDataModule):
-    """ML-100K out of the box; see `resolve_movielens` for where it comes from."""
+    """ML-100K out of the box (see `resolve_movielens` for where it comes from); `variant` picks another
+    release (`movielens_releases.RELEASES`). The URL and wheel keys are ML-100K's."""
 
     def __init__(
         self,
         data_dir: str,
+        variant: Annotated[str, Choice(VARIANTS)] = "ml-100k",
         grouplens_url: str = GROUPLENS_URL,
         recbole_wheel: str = RECBOLE_WHEEL,
         recbole_wheel_sha256: str = RECBOLE_WHEEL_SHA256,
         download_timeout: Annotated[float, POSITIVE] = 10.0,
         download: bool = True,
-        item_features: Annotated[Sequence[str], ListOf(TEXT, 0, "[genre,year]")] = (),
+        item_features: Annotated[Sequence[str], ListOf(TEXT, 0, "[genre,year,tag]")] = (),
         user_features: Annotated[Sequence[str], ListOf(TEXT, 0, "[age,gender,occupation]")] = (),
         **split_and_batching,
     ) -> None:
         super().__init__(**split_and_batching)
-        self.item_features = _known_features("data.item_features", item_features, ITEM_FEATURES)
-        self.user_features = _known_features("data.user_features", user_features, USER_FEATURES)
+        release = RELEASES.get(variant)
+        title = release.title if release else "MovieLens-100K"
+        self.item_features = _known_features(
+            "data.item_features", item_features, release.item_features if release else ITEM_FEATURES, title
+        )
+        self.user_features = _known_features(
+            "data.user_features", user_features, release.user_features if release else USER_FEATURES, title
+        )
+        self.variant = variant
         self.data_dir = data_dir
         self.grouplens_url = grouplens_url
         self.recbole_wheel = recbole_wheel
@@ -333,6 +345,15 @@ class MovieLensDataModule(InteractionDataModule):
         self.download = download
 
     def load(self) -> LoadedInteractions:
+        if self.variant in RELEASES:
+            return resolve_release(
+                self.data_dir,
+                RELEASES[self.variant],
+                timeout=self.download_timeout,
+                download=self.download,
+                item_features=self.item_features,
+                user_features=self.user_features,
+            )
         return resolve_movielens(
             self.data_dir,
             url=self.grouplens_url,
@@ -345,9 +366,10 @@ class MovieLensDataModule(InteractionDataModule):
         )
 
 
-def _known_features(key: str, names: Sequence[str], available: tuple[str, ...]) -> tuple[str, ...]:
+def _known_features(key: str, names: Sequence[str], available: tuple[str, ...], title: str) -> tuple[str, ...]:
     """Checked before any file is read, so a typo costs nothing; a name given twice counts once."""
     unknown = [name for name in names if name not in available]
     if unknown:
-        raise ConfigError(f"{key}: {quote(unknown[0])} is not a MovieLens-100K feature; available: {', '.join(available)}")
+        has = ", ".join(available) or "none (set it to [])"
+        raise ConfigError(f"{key}: {quote(unknown[0])} is not a {title} feature; available: {has}")
     return tuple(dict.fromkeys(names))
