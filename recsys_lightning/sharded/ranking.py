@@ -51,10 +51,13 @@ class RowBlocks:
         return torch.div(rows, max(self.block_rows, 1), rounding_mode="floor")
 
 
-def padded_chunks(chunks: Sequence[Chunk], group: dist.ProcessGroup | None = None) -> Iterator[Chunk | None]:
+def padded_chunks(
+    chunks: Sequence[Chunk], group: dist.ProcessGroup | None = None, device: torch.device | str = "cpu"
+) -> Iterator[Chunk | None]:
     """The rank's `chunks`, then None until every rank has yielded as many: `sharded_top_k` is a
-    collective, so a rank with fewer chunks ranks empty ones (no queries) while the others finish."""
-    count = torch.tensor([len(chunks)])
+    collective, so a rank with fewer chunks ranks empty ones (no queries) while the others finish.
+    `device`: where the backend communicates (a CUDA device for NCCL)."""
+    count = torch.tensor([len(chunks)], device=device)
     dist.all_reduce(count, dist.ReduceOp.MAX, group=group)
     for index in range(int(count)):
         yield chunks[index] if index < len(chunks) else None
