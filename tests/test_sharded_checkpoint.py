@@ -15,16 +15,17 @@ import torch.multiprocessing as mp
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
 
-from recsys_lightning.sharded.checkpoint import CheckpointRefused, load_sharded_tables, read_index, save_sharded
+from recsys_lightning.sharded.checkpoint import CheckpointRefused, load_into, load_sharded_tables, read_index, save_sharded
 from recsys_lightning.sharded.ranking import RowBlocks
 
 TABLES = {"item_embedding": (11, 8), "user_embedding": (7, 8)}  # uneven over 2 and 3 ranks
 SHAPES = {f"embeddings.{name}.weight": shape for name, shape in TABLES.items()}
 
 
-def save_from_dmp(rank: int, world: int, store: Path, out: Path) -> None:
+def dmp_rank(rank: int, world: int, store: Path, out: Path, save: bool) -> None:
     """One gloo rank of a TorchRec EmbeddingCollection sharded row-wise by DistributedModelParallel: it saves
-    the model's state dict, and its own rows (offset, tensor) for the test to compare."""
+    the model's state dict (`save`) or loads the checkpoint into it, and records its own rows (offset, tensor)
+    and what the model looks up for every id, for the test to compare."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     from torchrec import EmbeddingCollection, EmbeddingConfig
@@ -32,6 +33,7 @@ def save_from_dmp(rank: int, world: int, store: Path, out: Path) -> None:
     from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
     from torchrec.distributed.types import ShardingType
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     torch.manual_seed(rank)
     configs = [
@@ -45,36 +47,55 @@ def save_from_dmp(rank: int, world: int, store: Path, out: Path) -> None:
     sharders = [EmbeddingCollectionSharder()]
     plan = planner.collective_plan(collection, sharders, dist.GroupMember.WORLD)
     model = DistributedModelParallel(collection, device=torch.device("cpu"), plan=plan, sharders=sharders)
+    if save:
+        save_sharded(model.state_dict(), out / "checkpoint")
+    else:
+        load_into(model.state_dict(), out / "checkpoint")
     state = model.state_dict()
     local = {
         name: [(shard.metadata.shard_offsets, shard.tensor.clone()) for shard in value.local_shards()] for name, value in state.items()
     }
-    save_sharded(state, out / "checkpoint")
-    torch.save({"types": {name: type(value).__name__ for name, value in state.items()}, "local": local}, out / f"rank{rank}.pt")
+    batch = max(rows for rows, _ in TABLES.values())  # every key has a length per example: 1 while a table has ids left
+    every_id = KeyedJaggedTensor.from_lengths_sync(
+        keys=list(TABLES),
+        values=torch.cat([torch.arange(rows) for rows, _ in TABLES.values()]),
+        lengths=torch.cat([(torch.arange(batch) < rows).long() for rows, _ in TABLES.values()]),
+    )
+    looked_up = {name: embeddings.values().detach().clone() for name, embeddings in model(every_id).items()}
+    record = {"types": {name: type(value).__name__ for name, value in state.items()}, "local": local, "looked_up": looked_up}
+    torch.save(record, out / f"{'saved' if save else 'loaded'}{rank}.pt")
     dist.destroy_process_group()
+
+
+def whole_tables(records: list[dict], world: int) -> dict[str, torch.Tensor]:
+    """The tables the ranks' own rows make up, each rank's rows where TorchRec's row-wise layout puts them."""
+    tables = {name: torch.full(shape, torch.nan) for name, shape in SHAPES.items()}
+    for rank, record in enumerate(records):
+        for name, shards in record["local"].items():
+            for (row, column), tensor in shards:
+                assert column == 0 and row == RowBlocks(SHAPES[name][0], world).bounds(rank)[0]  # rows [r*B, (r+1)*B), B = ceil(R/W)
+                tables[name][row : row + len(tensor)] = tensor
+    return tables
 
 
 @pytest.mark.slow
 def test_dmp_tables_saved_at_two_ranks_load_bit_equal_at_one_and_three(tmp_path):
-    mp.spawn(save_from_dmp, args=(2, tmp_path / "store", tmp_path), nprocs=2)
-    records = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
-    assert set(records[0]["types"].values()) == {"ShardedTensor"}  # TorchRec 1.8 on CPU: not DTensor
-    expected = {name: torch.empty(shape) for name, shape in SHAPES.items()}
-    for record in records:
-        for name, shards in record["local"].items():
-            for (row, column), tensor in shards:
-                assert column == 0 and row == RowBlocks(SHAPES[name][0], 2).bounds(records.index(record))[0]  # the ceil layout
-                expected[name][row : row + len(tensor)] = tensor
+    mp.spawn(dmp_rank, args=(2, tmp_path / "store2", tmp_path, True), nprocs=2)
+    saved = [torch.load(tmp_path / f"saved{rank}.pt") for rank in range(2)]
+    assert set(saved[0]["types"].values()) == {"ShardedTensor"}  # TorchRec 1.8 on CPU: not DTensor
+    expected = whole_tables(saved, 2)
     assert sorted(path.name for path in (tmp_path / "checkpoint").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert not list(tmp_path.glob(".checkpoint*"))  # the hidden folder became the checkpoint
 
-    whole = load_sharded_tables(tmp_path / "checkpoint", SHAPES)
+    whole = load_sharded_tables(tmp_path / "checkpoint", SHAPES)  # one plain process
     assert whole.keys() == expected.keys() and all(torch.equal(whole[name], expected[name]) for name in SHAPES)
-    for rank in range(3):
-        ranges = {name: RowBlocks(shape[0], 3).bounds(rank) for name, shape in SHAPES.items()}
-        block = load_sharded_tables(tmp_path / "checkpoint", SHAPES, ranges)
-        for name, (start, stop) in ranges.items():
-            assert torch.equal(block[name], expected[name][start:stop])
+
+    mp.spawn(dmp_rank, args=(3, tmp_path / "store3", tmp_path, False), nprocs=3)  # 3 ranks, other seeds: other initial rows
+    loaded = [torch.load(tmp_path / f"loaded{rank}.pt") for rank in range(3)]
+    assert all(torch.equal(table, expected[name]) for name, table in whole_tables(loaded, 3).items())
+    for record in loaded:  # the model itself looks up the saved rows, not only its state dict's copy
+        for name, (rows, _) in TABLES.items():
+            assert torch.equal(record["looked_up"][name], expected[f"embeddings.{name}.weight"][:rows])
 
 
 TABLE = torch.arange(40.0).view(10, 4)
@@ -211,3 +232,11 @@ def test_another_models_checkpoint_is_refused_by_its_keys(saved):
 def test_the_index_reads_without_allocating_the_tables(saved):
     index = read_index(saved, SHAPE)
     assert index["table"].size == (10, 4) and [block.rows for block in index["table"].blocks] == [10]
+
+
+def test_load_into_fills_a_plain_state_dict_in_one_process(saved):
+    state = {"table": torch.zeros(10, 4), "bias": torch.zeros(10)}
+    load_into(state, saved)
+    assert torch.equal(state["table"], TABLE) and torch.equal(state["bias"], TABLE[:, 0])
+    with pytest.raises(CheckpointRefused, match="'table' is \\[10, 4\\], the model's at most \\[8, 4\\]"):
+        load_into({"table": torch.zeros(8, 4), "bias": torch.zeros(10)}, saved)

@@ -33,8 +33,10 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import Tensor
+from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.filesystem import _StorageInfo
+from torch.distributed.tensor import DTensor
 
 from recsys_lightning.errors import ConfigError, cut, first_line, quote
 from recsys_lightning.ranges import MAX_WIDTH
@@ -105,6 +107,30 @@ def load_sharded_tables(
             raise ValueError(f"rows {start}..{stop} of {name!r}, which has {entry.size[0] if entry.size else 0}")
         tables[name] = _read_rows(folder, name, entry, start, stop) if entry.size else _read_block(folder, name, entry.blocks[0], entry)
     return tables
+
+
+def load_into(state_dict: Mapping[str, Tensor], folder: str | Path) -> None:
+    """Fill a model's state dict from a checkpoint saved at any number of ranks (resharding): each row-wise
+    ShardedTensor gets the rows this rank holds, each plain tensor all of it. The model's own shapes bound
+    every read. Every rank calls it, or one process with a plain state dict."""
+    ranges, targets = {}, {}
+    for name, value in state_dict.items():
+        if isinstance(value, ShardedTensor):
+            shards = value.local_shards()
+            if len(shards) > 1 or any(offset != 0 for shard in shards for offset in shard.metadata.shard_offsets[1:]):
+                raise ValueError(f"{name!r} is not sharded row-wise (one block of whole rows per rank)")
+            first_row = shards[0].metadata.shard_offsets[0] if shards else 0
+            ranges[name] = (first_row, first_row + (len(shards[0].tensor) if shards else 0))
+            targets[name] = shards[0].tensor if shards else None
+        elif isinstance(value, DTensor):
+            raise ValueError(f"{name!r} is a DTensor; TorchRec's row-wise tables are ShardedTensors, which this reads")
+        else:
+            targets[name] = value
+    tables = load_sharded_tables(folder, {name: tuple(value.shape) for name, value in state_dict.items()}, ranges)
+    with torch.no_grad():
+        for name, target in targets.items():
+            if target is not None:
+                target.copy_(tables[name])
 
 
 @dataclass(frozen=True)
