@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.checkpoint.filesystem import _StorageInfo
-from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
+from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, Metadata, MetadataIndex, TensorProperties, TensorStorageMetadata
 
 from recsys_lightning.sharded.checkpoint import CheckpointRefused, load_into, load_sharded_tables, read_index, save_sharded
 from recsys_lightning.sharded.ranking import RowBlocks
@@ -240,3 +240,27 @@ def test_load_into_fills_a_plain_state_dict_in_one_process(saved):
     assert torch.equal(state["table"], TABLE) and torch.equal(state["bias"], TABLE[:, 0])
     with pytest.raises(CheckpointRefused, match="'table' is \\[10, 4\\], the model's at most \\[8, 4\\]"):
         load_into({"table": torch.zeros(8, 4), "bias": torch.zeros(10)}, saved)
+
+
+def test_an_index_of_dcp_classes_without_their_fields_is_refused(saved):
+    original = (saved / ".metadata").read_bytes()
+    module, name = Metadata.__module__.encode(), Metadata.__name__.encode()
+    hollow_metadata = (
+        b"\x80\x04\x8c" + bytes([len(module)]) + module + b"\x8c" + bytes([len(name)]) + name + b"\x93)\x81."
+    )  # NEWOBJ, no BUILD
+    (saved / ".metadata").write_bytes(hollow_metadata)
+    assert "it holds no DCP Metadata" in refused(saved)
+
+    def hollow(metadata):
+        metadata.state_dict_metadata["table"] = TensorStorageMetadata.__new__(TensorStorageMetadata)
+
+    (saved / ".metadata").write_bytes(original)
+    rewrite_metadata(saved, hollow)
+    assert "the tensor 'table' is not stored as a tensor" in refused(saved)
+
+    def listed_dtype(metadata):
+        metadata.state_dict_metadata["table"] = TensorStorageMetadata(TensorProperties(dtype=[]), torch.Size([10, 4]), [])
+
+    (saved / ".metadata").write_bytes(original)
+    rewrite_metadata(saved, listed_dtype)
+    assert "the tensor 'table' has the dtype '[]'" in refused(saved)

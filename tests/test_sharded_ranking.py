@@ -15,7 +15,7 @@ from recsys_lightning.sharded.ranking import RowBlocks, padded_chunks, sharded_t
 
 NUM_USERS, NUM_ITEMS, DIM = 53, 47, 6
 KS = (5, 30)  # 30 is more than a block at W = 2 (24 rows) and W = 3 (16)
-CHUNK_SIZE = 5  # ranks hold 27/26 or 18/18/17 users: their numbers of chunks differ
+CHUNK_SIZE = 5  # and one more on each next rank, so ranks rank different numbers of chunks of different sizes
 
 
 def interactions(seed: int, num_items: int = NUM_ITEMS) -> tuple[UserItemCSR, UserItemCSR]:
@@ -80,7 +80,8 @@ def rank_on(rank, world, store, out, users_table, items_table, seen, heldout, k)
     metrics = RankingMetrics(KS)
     tops = {}
     empty = torch.zeros(0, dtype=torch.long)
-    for chunk in padded_chunks(RankingChunks(heldout, seen, CHUNK_SIZE, rank, world)):
+    chunks = RankingChunks(heldout, seen, CHUNK_SIZE + rank, rank, world)
+    for chunk in padded_chunks(chunks):
         users = empty if chunk is None else chunk.users
         rows, items = (empty, empty) if chunk is None else (chunk.exclude_rows, chunk.exclude_items)
         top, scores = sharded_top_k(users_table[users], items_table[start:stop], rows, items, k, layout)
@@ -88,7 +89,7 @@ def rank_on(rank, world, store, out, users_table, items_table, seen, heldout, k)
             metrics.update_ranked(top, chunk, len(items_table))
             tops.update({int(user): (items, values) for user, items, values in zip(users, top, scores)})
     computed = {name: float(value) for name, value in metrics.compute().items()}
-    torch.save({"metrics": computed, "tops": tops}, out / f"rank{rank}.pt")
+    torch.save({"metrics": computed, "tops": tops, "chunks": len(chunks)}, out / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -106,6 +107,7 @@ def test_metrics_over_row_sharded_items_equal_one_process(world, tmp_path):
     expected_metrics, expected_tops = rank_in_one_process(users_table, items_table, seen, heldout, max(KS))
     metrics, tops, records = ranked_at(world, tmp_path, users_table, items_table, seen, heldout, max(KS))
     assert all(record["metrics"] == metrics for record in records)  # summed over the ranks, the same on each
+    assert len({record["chunks"] for record in records}) == min(world, 2)  # some ranks padded with empty chunks
     assert metrics.keys() == expected_metrics.keys()
     assert all(abs(metrics[name] - expected_metrics[name]) < 1e-6 for name in metrics)
     assert tops.keys() == expected_tops.keys() and len(tops) > 40

@@ -164,11 +164,13 @@ def read_index(folder: Path, max_shapes: Mapping[str, Sequence[int]]) -> dict[st
         metadata = _MetadataUnpickler(io.BytesIO(path.read_bytes())).load()
     except Exception as error:  # a refused global, a truncated stream, a __setstate__ given junk
         raise _altered(path, f"it is not DCP metadata ({first_line(error, 120)})") from error
-    if not isinstance(metadata, dcp_metadata.Metadata) or not isinstance(metadata.state_dict_metadata, dict):
+    # Fields are read with getattr: an object the unpickler built without its state has none of them.
+    tensors = getattr(metadata, "state_dict_metadata", None)
+    if not isinstance(metadata, dcp_metadata.Metadata) or not isinstance(tensors, dict):
         raise _altered(path, "it holds no DCP Metadata")
-    storage = _storage_by_block(path, metadata.storage_data)
+    storage = _storage_by_block(path, getattr(metadata, "storage_data", None))
     index = {}
-    for name, stored in metadata.state_dict_metadata.items():
+    for name, stored in tensors.items():
         if name not in max_shapes:
             raise CheckpointRefused(
                 f"{path}: holds the tensor {quote(name, 80)}, which the model has not; it is another model's checkpoint"
@@ -206,18 +208,18 @@ def _storage_by_block(path: Path, storage_data: Any) -> dict[tuple[str, int], _S
         raise _altered(path, "its storage index is not a mapping")
     storage = {}
     for key, info in storage_data.items():
-        offsets = _sizes(getattr(key, "offset", None))
+        offsets, fqn = _sizes(getattr(key, "offset", None)), getattr(key, "fqn", None)
         if (
             not isinstance(key, dcp_metadata.MetadataIndex)
-            or not isinstance(key.fqn, str)
+            or not isinstance(fqn, str)
             or offsets is None
             or not isinstance(info, _StorageInfo)
         ):
             raise _altered(path, "its storage index holds an entry that is not DCP's")
         first_row = offsets[0] if offsets else 0  # a 0-dim tensor is one block at row 0
-        if (key.fqn, first_row) in storage:
-            raise _altered(path, f"it stores rows {first_row}.. of {quote(key.fqn, 80)} twice")
-        storage[(key.fqn, first_row)] = info
+        if (fqn, first_row) in storage:
+            raise _altered(path, f"it stores rows {first_row}.. of {quote(fqn, 80)} twice")
+        storage[(fqn, first_row)] = info
     return storage
 
 
@@ -226,9 +228,11 @@ def _checked_tensor(
 ) -> StoredTensor:
     """A tensor's entry: no larger than the model's, in row blocks of whole rows that cover it exactly once."""
     what = f"the tensor {quote(name, 80)}"
-    if not isinstance(stored, dcp_metadata.TensorStorageMetadata) or not isinstance(stored.properties, dcp_metadata.TensorProperties):
+    properties, stored_size, stored_chunks = (getattr(stored, field, None) for field in ("properties", "size", "chunks"))
+    dtype = getattr(properties, "dtype", None)
+    if not isinstance(stored, dcp_metadata.TensorStorageMetadata) or not isinstance(properties, dcp_metadata.TensorProperties):
         raise _altered(path, f"{what} is not stored as a tensor")
-    size = _sizes(stored.size)
+    size = _sizes(stored_size)
     if (
         size is None
         or len(size) != len(max_shape)
@@ -236,18 +240,20 @@ def _checked_tensor(
         or any(dim > MAX_WIDTH for dim in size[1:])
     ):
         raise CheckpointRefused(
-            f"{path}: {what} is {list(stored.size) if size else 'of no size'}, the model's at most {list(max_shape)}; "
+            f"{path}: {what} is {list(size) if size is not None else 'of no size'}, the model's at most {list(max_shape)}; "
             "it is another model's checkpoint, or altered"
         )
-    if stored.properties.dtype not in TABLE_DTYPES:
-        raise _altered(path, f"{what} has the dtype {quote(str(stored.properties.dtype), 40)}")
-    if not isinstance(stored.chunks, list):
+    if not isinstance(dtype, torch.dtype) or dtype not in TABLE_DTYPES:
+        raise _altered(path, f"{what} has the dtype {quote(str(dtype), 40)}")
+    if not isinstance(stored_chunks, list):
         raise _altered(path, f"{what} lists no blocks")
     blocks, next_row = [], 0
     chunks = [
-        (_sizes(chunk.offsets), _sizes(chunk.sizes)) for chunk in stored.chunks if isinstance(chunk, dcp_metadata.ChunkStorageMetadata)
+        (_sizes(getattr(chunk, "offsets", None)), _sizes(getattr(chunk, "sizes", None)))
+        for chunk in stored_chunks
+        if isinstance(chunk, dcp_metadata.ChunkStorageMetadata)
     ]
-    if len(chunks) != len(stored.chunks) or any(offsets is None or sizes is None for offsets, sizes in chunks):
+    if len(chunks) != len(stored_chunks) or any(offsets is None or sizes is None for offsets, sizes in chunks):
         raise _altered(path, f"{what} lists a block that is not DCP's")
     for offsets, sizes in sorted(chunks, key=lambda chunk: chunk[0][:1]):
         whole_rows = len(offsets) == len(sizes) == len(size) and list(offsets[1:]) == [0] * (len(size) - 1) and sizes[1:] == size[1:]
@@ -262,14 +268,14 @@ def _checked_tensor(
         next_row = first_row + rows
     if (size and next_row != size[0]) or not blocks:
         raise _altered(path, f"the blocks of {what} end at row {next_row}, not at its {size[0] if size else 1} rows")
-    return StoredTensor(size, stored.properties.dtype, tuple(blocks))
+    return StoredTensor(size, dtype, tuple(blocks))
 
 
 def _checked_block(path: Path, what: str, first_row: int, rows: int, info: _StorageInfo) -> Block:
-    file, offset, length = info.relative_path, info.offset, info.length
+    file, offset, length = (getattr(info, field, None) for field in ("relative_path", "offset", "length"))
     if not isinstance(file, str) or not SHARD_FILE.fullmatch(file):
         raise _altered(path, f"{what} names the file {quote(file, 80)}, not a shard file of this folder")
-    if type(offset) is not int or type(length) is not int or offset < 0 or length <= 0 or info.transform_descriptors:
+    if type(offset) is not int or type(length) is not int or offset < 0 or length <= 0 or getattr(info, "transform_descriptors", None):
         raise _altered(path, f"{what} is stored at bytes {quote(offset, 40)}+{quote(length, 40)} of {file}")
     return Block(first_row, rows, file, offset, length)
 
