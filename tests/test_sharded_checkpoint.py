@@ -3,6 +3,7 @@ and a crafted or damaged folder refused in one line that names the file, without
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import shutil
@@ -15,6 +16,7 @@ import torch.multiprocessing as mp
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, Metadata, MetadataIndex, TensorProperties, TensorStorageMetadata
 
+from recsys_lightning.runs.atomic import WriteFailed
 from recsys_lightning.sharded.checkpoint import CheckpointRefused, load_into, load_sharded_tables, read_index, save_sharded
 from recsys_lightning.sharded.ranking import RowBlocks
 
@@ -142,6 +144,18 @@ def test_saving_again_replaces_the_checkpoint_and_a_failed_save_keeps_the_previo
     with pytest.raises(KeyboardInterrupt):
         save_sharded({"table": TABLE + 2, "bias": TABLE[:, 0].clone()}, saved)
     assert torch.equal(load_sharded_tables(saved, SHAPE)["table"], TABLE + 1)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(saved, monkeypatch):
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteFailed, match=r"checkpoint: cannot write .*the disk is full: free space there and run again$"):
+        save_sharded({"table": TABLE + 2, "bias": TABLE[:, 0].clone()}, saved)
+    monkeypatch.undo()
+    assert torch.equal(load_sharded_tables(saved, SHAPE)["table"], TABLE)
+    assert sorted(path.name for path in saved.parent.iterdir()) == ["checkpoint"]  # no hidden folder left
 
 
 class Payload:

@@ -40,7 +40,7 @@ from torch.distributed.tensor import DTensor
 
 from recsys_lightning.errors import ConfigError, cut, first_line, quote
 from recsys_lightning.ranges import MAX_WIDTH
-from recsys_lightning.runs.atomic import write_failure
+from recsys_lightning.runs.atomic import WriteFailed, write_failure
 from recsys_lightning.runs.checkpoint_file import TORCH_RECORD
 
 METADATA = ".metadata"
@@ -81,14 +81,29 @@ def save_sharded(state_dict: Mapping[str, Tensor], folder: str | Path, group: di
         failure = _attempt(folder, lambda: _fresh_folder(hidden))
     failure = _agreed(failure, distributed, group)
     if not failure:
-        with warnings.catch_warnings():  # DCP warns that one process saves alone, which is what was asked
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.save(dict(state_dict), storage_writer=dcp.FileSystemWriter(hidden), process_group=group, no_dist=not distributed)
+        _write(state_dict, hidden, folder, leader, distributed, group)
         if leader:
             failure = _attempt(folder, lambda: _publish(hidden, folder))
         failure = _agreed(failure, distributed, group)
     if failure:
-        raise CheckpointRefused(failure)
+        raise WriteFailed(failure)
+
+
+def _write(
+    state_dict: Mapping[str, Tensor], hidden: Path, folder: Path, leader: bool, distributed: bool, group: dist.ProcessGroup | None
+) -> None:
+    """DCP's save into `hidden`; a write the system refused on any rank (DCP gathers them) is one line on every rank."""
+    try:
+        with warnings.catch_warnings():  # DCP warns that one process saves alone, which is what was asked
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.save(dict(state_dict), storage_writer=dcp.FileSystemWriter(hidden), process_group=group, no_dist=not distributed)
+    except dcp.CheckpointException as error:
+        if leader:
+            shutil.rmtree(hidden, ignore_errors=True)
+        refused = [cause for cause, _ in error.failures.values() if isinstance(cause, OSError)]
+        if refused:
+            raise write_failure(folder, refused[0]) from error
+        raise
 
 
 def load_sharded_tables(
