@@ -137,3 +137,27 @@ def test_row_blocks_follow_torchrec_row_wise_layout():
     assert [layout.bounds(rank) for rank in range(3)] == [(0, 4), (4, 8), (8, 11)]
     assert layout.owners(torch.arange(11)).tolist() == [0] * 4 + [1] * 4 + [2] * 3
     assert [RowBlocks(4, 3).bounds(rank) for rank in range(3)] == [(0, 2), (2, 4), (4, 4)]
+
+
+@pytest.fixture
+def one_rank(tmp_path):
+    """A gloo group of this process alone, for the fast loop (the several-rank tests above are slow)."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_one_rank_ranks_as_today_and_pads_to_the_whole_catalogue(one_rank):
+    seen, heldout = interactions(3)
+    users_table, items_table = tables(3, tied=False)
+    chunk = RankingChunks(heldout, seen, 64)[0]
+    queries = users_table[chunk.users]
+    expected = top_k_unseen(queries @ items_table.T, chunk.exclude_rows, chunk.exclude_items, 20)
+    top, scores = sharded_top_k(queries, items_table, chunk.exclude_rows, chunk.exclude_items, 20, RowBlocks(NUM_ITEMS, 1))
+    assert torch.equal(top, expected) and torch.equal(scores, (queries @ items_table.T).gather(1, expected))
+    top, scores = sharded_top_k(queries, items_table, chunk.exclude_rows, chunk.exclude_items, 10**9, RowBlocks(NUM_ITEMS, 1))
+    assert top.shape == (len(queries), NUM_ITEMS)  # k past the catalogue: every item once, the hidden last by index
+    hidden = scores == -torch.inf
+    assert torch.equal(hidden.sum(1), seen.counts(chunk.users)) and all(row[mask].diff().gt(0).all() for row, mask in zip(top, hidden))
+    empty = sharded_top_k(queries[:0], items_table, chunk.exclude_rows[:0], chunk.exclude_items[:0], 20, RowBlocks(NUM_ITEMS, 1))
+    assert empty[0].shape == (0, 20)
