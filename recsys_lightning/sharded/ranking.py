@@ -148,12 +148,15 @@ def _all_to_all(outgoing: Tensor, send_sizes: list[int], receive_sizes: list[int
 
 def _block_top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """(values, indices) [n, k] of each row's k best, ordered by score descending then index ascending,
-    the k-th score's ties taken from the lowest indices: `top_k` chooses among them arbitrarily."""
-    indices = top_k(scores, k)
+    the k-th score's ties taken from the lowest indices: `top_k` chooses among them arbitrarily. One more
+    than k is ranked to see which rows tie across the cut (the (k+1)-th score equals the k-th): only
+    those rows are scanned again."""
+    ranked = top_k(scores, min(k + 1, scores.shape[1]))
+    indices = ranked[:, :k]
     values = scores.gather(1, indices)
-    if indices.numel():
-        kth = values.amin(1, keepdim=True)
-        ambiguous = ((scores == kth).sum(1) > (values == kth).sum(1)).nonzero().flatten()
+    if ranked.shape[1] > k > 0:
+        kth = values[:, k - 1 : k]
+        ambiguous = (scores.gather(1, ranked[:, k:]) == kth).flatten().nonzero().flatten()
         if len(ambiguous):  # rare: only rows with more items at the k-th score than places left
             row_scores, row_kth = scores[ambiguous], kth[ambiguous]
             level = row_scores == row_kth
