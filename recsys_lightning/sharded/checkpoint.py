@@ -27,7 +27,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 import torch.distributed as dist
@@ -317,6 +317,11 @@ def _check_files(folder: Path, blocks: list[Block]) -> None:
 
 
 def _read_rows(folder: Path, name: str, entry: StoredTensor, start: int, stop: int) -> Tensor:
+    """Rows [start, stop): the stored block itself when it is exactly those rows, else copied from each
+    block they overlap, one block at a time (at most the result and one block in memory)."""
+    exact = [block for block in entry.blocks if (block.first_row, block.first_row + block.rows) == (start, stop)]
+    if exact:
+        return _read_block(folder, name, exact[0], entry)
     rows = torch.empty((stop - start, *entry.size[1:]), dtype=entry.dtype)  # sized by the model's shapes, checked above
     for block in entry.blocks:
         low, high = max(start, block.first_row), min(stop, block.first_row + block.rows)
@@ -327,19 +332,20 @@ def _read_rows(folder: Path, name: str, entry: StoredTensor, start: int, stop: i
 
 
 def _read_block(folder: Path, name: str, block: Block, entry: StoredTensor) -> Tensor:
-    """One block's tensor, read from its byte range with weights_only, exactly the shape and dtype listed."""
+    """One block's tensor, read from its byte range with weights_only, exactly the shape and dtype listed.
+    torch reads the range in place (no copy of its bytes first), so a block costs its size once."""
     path = folder / block.file
-    with path.open("rb") as handle:
-        handle.seek(block.offset)
-        data = handle.read(block.length)
     where = f"{path}: refused, the bytes {block.offset:,}+{block.length:,} of {quote(name, 80)}"
-    _check_zip(data, where)
-    try:
-        tensor = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointRefused(f"{where} hold pickled objects beyond a tensor ({first_line(error, 120)}); the file was altered") from error
-    except Exception as error:  # torch reports a damaged record as RuntimeError, EOFError, ...
-        raise CheckpointRefused(f"{where} are not a readable tensor ({first_line(error, 120)}); the file was altered or cut") from error
+    with path.open("rb") as handle:
+        _check_zip(FileRange(handle, block.offset, block.length), block.length, where)
+        try:
+            tensor = torch.load(FileRange(handle, block.offset, block.length), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise CheckpointRefused(
+                f"{where} hold pickled objects beyond a tensor ({first_line(error, 120)}); the file was altered"
+            ) from error
+        except Exception as error:  # torch reports a damaged record as RuntimeError, EOFError, ...
+            raise CheckpointRefused(f"{where} are not a readable tensor ({first_line(error, 120)}); the file was altered or cut") from error
     shape = (block.rows, *entry.size[1:]) if entry.size else ()
     if not isinstance(tensor, Tensor) or tuple(tensor.shape) != shape or tensor.dtype != entry.dtype or tensor.layout != torch.strided:
         found = f"{tuple(tensor.shape)} {tensor.dtype}" if isinstance(tensor, Tensor) else type(tensor).__name__
@@ -347,16 +353,47 @@ def _read_block(folder: Path, name: str, block: Block, entry: StoredTensor) -> T
     return tensor
 
 
-def _check_zip(data: bytes, where: str) -> None:
+class FileRange(io.RawIOBase):
+    """Bytes [offset, offset + length) of an open file as a file of their own: what zipfile and torch.load
+    see of one stored block, never a byte outside it."""
+
+    def __init__(self, handle: BinaryIO, offset: int, length: int) -> None:
+        super().__init__()
+        self.handle, self.offset, self.length, self.position = handle, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.length}[whence]
+        self.position = max(0, base + position)
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        wanted = max(0, min(len(view), self.length - self.position))
+        self.handle.seek(self.offset + self.position)
+        read = self.handle.readinto(view[:wanted]) or 0
+        self.position += read
+        return read
+
+
+def _check_zip(data: BinaryIO, length: int, where: str) -> None:
     """As runs/checkpoint_file.check_archive: torch's records only, stored uncompressed, adding up to at most the bytes read."""
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        with zipfile.ZipFile(data) as archive:
             entries = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, EOFError) as error:
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as error:
         raise CheckpointRefused(f"{where} are not a torch record ({first_line(error, 120)}); the file was altered or cut") from error
     folders = {entry.filename.split("/", 1)[0] for entry in entries}
     bad = [entry for entry in entries if not TORCH_RECORD.fullmatch(entry.filename) or entry.compress_type != zipfile.ZIP_STORED]
-    if bad or len(folders) != 1 or sum(entry.file_size for entry in entries) > len(data):
+    if bad or len(folders) != 1 or sum(entry.file_size for entry in entries) > length:
         raise CheckpointRefused(f"{where} hold a zip torch never writes; the file was altered")
 
 
