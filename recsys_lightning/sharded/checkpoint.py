@@ -350,7 +350,7 @@ def _read_block(folder: Path, name: str, block: Block, entry: StoredTensor) -> T
     if not isinstance(tensor, Tensor) or tuple(tensor.shape) != shape or tensor.dtype != entry.dtype or tensor.layout != torch.strided:
         found = f"{tuple(tensor.shape)} {tensor.dtype}" if isinstance(tensor, Tensor) else type(tensor).__name__
         raise CheckpointRefused(f"{where} hold {found}, not the {shape} {entry.dtype} its index lists; the file was altered")
-    return tensor
+    return tensor.contiguous()  # a stored view (stride 0, an offset) becomes rows of its own, at most the listed size
 
 
 class FileRange(io.RawIOBase):
