@@ -1,0 +1,91 @@
+"""One rank of a trainer=sharded check, as `torchrun --nproc-per-node W tests/sharded_ranks.py <check> <out dir>`
+starts it (test_sharded_training.py); each rank writes rank<r>.json.
+
+- `lookup`: a TorchRec table of 10 rows filled from one plain table; each rank gathers every row and reports
+  its own rows' place (first row, count) and the gathered values.
+- `losses`: MF/BPR with SGD on small synthetic data, global batch 64 (64 / W per rank), uniform negatives:
+  the global mean loss of each of the first 20 steps."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from recsys_lightning.build import build_module
+from recsys_lightning.data.synthetic import SyntheticDataModule
+from recsys_lightning.sharded import STRATEGY
+from recsys_lightning.sharded.strategy import ShardedTablesStrategy
+from recsys_lightning.sharded.tables import ShardedRowTables, TableSpec, initial_rows, local_rows
+
+from helpers import module_config
+
+GLOBAL_BATCH = 64
+STEPS = 20
+
+
+def lookup(out: Path) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    full = torch.arange(10 * 6, dtype=torch.float32).view(10, 6).sin()
+    tables = ShardedRowTables([TableSpec("rows", 10, 6, 0.1)], 1, torch.optim.SGD, {"lr": 0.1}, seed=0, device=torch.device("cpu"))
+    rows, first, total = tables.local_rows("rows")
+    with torch.no_grad():
+        rows.copy_(full[first : first + len(rows)])
+    gathered = tables.gather("rows", torch.arange(10).flip(0).view(2, 5))
+    record = {"first": first, "count": len(rows), "total": total, "equal": bool(torch.equal(gathered, full.flip(0).view(2, 5, 6)))}
+    (out / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+class StepLosses(pl.Callback):
+    """The mean training loss of every step over all ranks' examples."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        total = torch.stack([outputs["loss"].detach() * len(batch), torch.tensor(float(len(batch)))])
+        dist.all_reduce(total)
+        self.losses.append((total[0] / total[1]).item())
+
+
+def losses(out: Path) -> None:
+    world = int(__import__("os").environ["WORLD_SIZE"])
+    datamodule = SyntheticDataModule(num_users=300, num_items=200, num_interactions=6000, batch_size=GLOBAL_BATCH // world, seed=0)
+    datamodule.setup("fit")
+    cfg = OmegaConf.merge(
+        module_config(optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.5}),
+        {"trainer": {"strategy": {"_target_": STRATEGY}}},
+    )
+    module = build_module(cfg, datamodule.training_data)
+    steps = StepLosses()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=world,
+        strategy=ShardedTablesStrategy(row_wise_min_rows=100),
+        max_steps=STEPS,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        callbacks=[steps],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    rows, first, total = local_rows(module.model, "item_factors")
+    spec = module.model.sharded_tables.specs["item_factors"]
+    moved = (rows - initial_rows(cfg.seed, spec, first, first + len(rows))).abs().max().item()
+    record = {"losses": steps.losses, "item_rows": [first, len(rows), total], "moved": moved}
+    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    {"lookup": lookup, "losses": losses}[sys.argv[1]](Path(sys.argv[2]))
