@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
-from helpers import ROOT
+from recsys_lightning.build import build_module
+from recsys_lightning.errors import ConfigError
+from recsys_lightning.samplers import UniformSampler
+from recsys_lightning.sharded.strategy import check_shardable, fused_optimizer
+
+from helpers import ROOT, module_config, planted_data
 
 
 def _ranks(check: str, world: int, out) -> list[dict]:
@@ -42,12 +49,70 @@ def test_sharded_lookups_equal_one_plain_table_with_ceil_rows_per_rank(tmp_path,
 
 
 @pytest.mark.slow
-def test_first_twenty_sgd_losses_at_two_ranks_equal_one_rank(tmp_path):
+def test_first_twenty_sgd_losses_at_two_ranks_equal_one_rank_and_one_plain_process(tmp_path):
     """Same global batch, negatives drawn by example (seed, epoch, user, item), table gradients averaged over
-    ranks as DDP does: the two ranks' global loss is one process's, step by step, and the tables did move."""
+    ranks as DDP does: the global loss of each step at W=2 (users sharded row-wise, items replicated) is W=1's
+    and a plain process's without TorchRec, and both tables moved."""
+    (plain,) = _ranks("plain", 1, tmp_path / "plain")
     (single,) = _ranks("losses", 1, tmp_path / "w1")
     pair = _ranks("losses", 2, tmp_path / "w2")
     assert len(single["losses"]) == 20
-    assert max(abs(a - b) for a, b in zip(single["losses"], pair[0]["losses"])) < 1e-5
-    assert [rank["item_rows"] for rank in pair] == [[0, 100, 200], [100, 100, 200]]
-    assert all(rank["moved"] > 1e-3 for rank in [single, *pair])
+    for other in (plain, pair[0], pair[1]):
+        assert max(abs(a - b) for a, b in zip(single["losses"], other["losses"])) < 1e-5
+    assert [rank["moved"]["user_factors"][:3] for rank in pair] == [[0, 150, 300], [150, 150, 300]]
+    assert [rank["moved"]["item_factors"][:3] for rank in pair] == [[0, 200, 200]] * 2
+    assert all(moved[3] > 1e-3 for rank in [single, *pair] for moved in rank["moved"].values())
+
+
+def test_full_softmax_over_the_sharded_item_table_is_refused_in_one_line():
+    module = build_module(module_config(loss={"_target_": "recsys_lightning.losses.FullSoftmaxLoss"}), planted_data())
+    with pytest.raises(ConfigError) as refused:
+        check_shardable(module)
+    assert str(refused.value) == (
+        "loss=full_softmax scores the whole item table every step, which trainer=sharded splits; use loss=softmax sampler=shared_pool"
+    )
+
+
+def test_a_model_other_than_mf_is_refused_naming_what_trains_it():
+    ncf = {"_target_": "recsys_lightning.models.NeuMF"}
+    with pytest.raises(ConfigError, match="^trainer=sharded trains model=mf; train NeuMF with trainer=ddp optimizer=sparse_adagrad$"):
+        check_shardable(build_module(module_config(model=ncf), planted_data()))
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "message"),
+    [
+        (
+            {"_target_": "torch.optim.Adam", "lr": 0.1},
+            "torch.optim.Adam has no fused table update on cpu (FBGEMM); use optimizer=sparse_adagrad",
+        ),
+        ({"_target_": "torch.optim.SparseAdam", "lr": 0.1}, "trainer=sharded updates tables with optimizer=sgd, sparse_adagrad"),
+        (
+            {"_target_": "torch.optim.Adagrad", "lr": 0.1, "initial_accumulator_value": 0.1},
+            "no optimizer.initial_accumulator_value; set it to 0",
+        ),
+    ],
+)
+def test_optimizers_fbgemm_cannot_fuse_are_refused(optimizer, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        fused_optimizer(optimizer, torch.device("cpu"))
+
+
+def test_fused_optimizer_arguments_are_fbgemm_names():
+    adagrad = {"_target_": "torch.optim.Adagrad", "_partial_": True, "lr": 0.05, "initial_accumulator_value": 0.0, "eps": 1e-8}
+    assert fused_optimizer(adagrad, torch.device("cpu")) == (torch.optim.Adagrad, {"lr": 0.05, "eps": 1e-8})
+    adam = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 3e-3, "betas": [0.9, 0.99], "fused": True}
+    assert fused_optimizer(adam, torch.device("cuda")) == (torch.optim.Adam, {"lr": 3e-3, "beta1": 0.9, "beta2": 0.99})
+
+
+def test_keyed_negatives_depend_on_the_example_not_on_what_was_drawn_before():
+    """Drawn by (seed, user, positive item), an example's negatives are the same in any batch it lands in."""
+    sampler = UniformSampler(num_negatives=3)
+    sampler.bind(planted_data().positives)
+    sampler.reseed(7)
+    sampler.by_example = True
+    users, items = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 3])
+    together = sampler.sample(users, items, None)
+    apart = torch.cat([sampler.sample(users[2:], items[2:], None), sampler.sample(users[:2], items[:2], None)])
+    assert torch.equal(together, apart.roll(2, 0))
+    assert not sampler.positives.contains(users, together).any()

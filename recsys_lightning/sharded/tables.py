@@ -14,8 +14,11 @@ holds rows [r * B, min((r + 1) * B, R)).
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +28,10 @@ from torch import Tensor, nn
 
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.seeds import stream_seed
+
+# FBGEMM's CPU lookup of a replicated table warns in backward that it has no autograd kernel registered; its
+# gradients are right (test_sharded_training.py compares them with a plain process).
+warnings.filterwarnings("ignore", "fbgemm::dense_embedding_codegen_lookup_function")
 
 # FBGEMM's fused kernels take widths in multiples of 4: a narrower table (a bias) is stored padded with zero
 # columns no lookup returns, so they never get a gradient and stay zero.
@@ -69,6 +76,24 @@ def initial_rows(seed: int, spec: TableSpec, first: int, stop: int) -> Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, spec.dim)
 
 
+@contextmanager
+def _quiet_torchrec() -> Iterator[None]:
+    """TorchRec's planner and FBGEMM log hundreds of INFO lines (some on the root logger) and warn about their
+    own deprecations while tables are sharded: none of it is the user's to act on."""
+    root, library = logging.getLogger(), logging.getLogger("torchrec")
+    levels = root.level, library.level
+    root.setLevel(logging.ERROR)
+    library.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        root.setLevel(levels[0])
+        library.setLevel(levels[1])
+
+
 class TableRows:
     """What a model holds in place of a table it reads by row: `gather(index)` is `table[index]`."""
 
@@ -98,6 +123,18 @@ class ShardedRowTables(nn.Module):
         device: torch.device,
     ) -> None:
         super().__init__()
+        with _quiet_torchrec():
+            self._shard(list(specs), row_wise_min_rows, optimizer, optimizer_kwargs, device)
+        self._initialise(seed)
+
+    def _shard(
+        self,
+        specs: list[TableSpec],
+        row_wise_min_rows: int,
+        optimizer: type[torch.optim.Optimizer],
+        optimizer_kwargs: Mapping[str, Any],
+        device: torch.device,
+    ) -> None:
         # TorchRec loads lazily: only trainer=sharded pays its import.
         from torchrec import EmbeddingCollection, EmbeddingConfig
         from torchrec.distributed.embedding import EmbeddingCollectionSharder
@@ -138,7 +175,6 @@ class ShardedRowTables(nn.Module):
         self.sharded = DistributedModelParallel(
             collections, env=ShardingEnv.from_process_group(group), device=device, plan=plan, sharders=sharders, init_data_parallel=True
         )
-        self._initialise(seed)
 
     def _weights(self) -> dict[str, Any]:
         """Each table's weight as the sharded module holds it: a ShardedTensor (this rank's rows) or a full tensor."""
