@@ -184,8 +184,12 @@ class ShardedRowTables(nn.Module):
     @torch.no_grad()
     def _initialise(self, seed: int) -> None:
         for name, weight in self._weights().items():
+            spec = self.specs[name]
             for local, first in _local_parts(weight):
-                local[:, : self.specs[name].dim].copy_(initial_rows(seed, self.specs[name], first, first + len(local)))
+                # Block by block: a rank never holds a second copy of its rows.
+                for start in range(0, len(local), INIT_BLOCK_ROWS):
+                    stop = min(start + INIT_BLOCK_ROWS, len(local))
+                    local[start:stop, : spec.dim].copy_(initial_rows(seed, spec, first + start, first + stop))
 
     def gather(self, name: str, index: Tensor) -> Tensor:
         """`table[index]` of table `name` for any index shape: one lookup through TorchRec (a collective)."""
