@@ -10,7 +10,8 @@ Each W runs as `torchrun --standalone --nproc-per-node W bench/bench_sharded.py 
   `ShardedRowTables`, all row-wise, with Adagrad fused into backward (FBGEMM's CPU kernels have no Adam;
   exact Adagrad keeps one state value per weight, as each of Adam's two moments does), then trains 3 steps
   of 8192 random (user, item) rows. Its figure is its VmHWM (peak RSS) minus that of an import-only process
-  (torch, torchrec and the tables module imported, the gloo group joined): the table-dependent peak.
+  (torch, torchrec and the tables module imported, the gloo group joined), rank by rank: the
+  table-dependent peak.
   `vs W=1/W` is the largest rank's figure over (W=1's / W); the issue asks for <= 1.15.
 - Throughput: MF/BPR (dim 64, uniform negatives, sparse Adagrad) on synthetic data through Lightning with
   `ShardedTablesStrategy` (tables row-wise) and with trainer=ddp's `SparseTablesDDPStrategy`, global batch
@@ -153,19 +154,20 @@ def launch(world: int, worker_args: list[str]) -> list[dict]:
 
 def memory(worlds: list[int]) -> None:
     print(f"Memory: {USERS:,} users x {ITEMS:,} items x dim {DIM}, Adagrad state, all tables row-wise")
-    print("| W | load | rows per rank (users, items) | table-dependent peak per rank, MiB | vs W=1/W |")
-    print("|---|---|---|---|---|")
+    print("| W | load | rows per rank (users, items) | import-only peak, MiB | table-dependent peak per rank, MiB | vs W=1/W |")
+    print("|---|---|---|---|---|---|")
     single = None
     for world in worlds:
         load = load_average()
-        baseline = max(record["peak"] for record in launch(world, ["memory-baseline"]))
+        baselines = [record["peak"] for record in launch(world, ["memory-baseline"])]
         records = launch(world, ["memory"])
-        peaks = [record["peak"] - baseline for record in records]
+        peaks = [record["peak"] - baseline for record, baseline in zip(records, baselines)]
         single = single or max(peaks)
         rows = sorted({(record["rows"]["user_factors"], record["rows"]["item_factors"]) for record in records})
         ratio = max(peaks) / (single / world)
         shown = ", ".join(f"{peak / 2**20:,.0f}" for peak in peaks)
-        print(f"| {world} | {load:.2f} | {' / '.join(f'{u:,}, {i:,}' for u, i in rows)} | {shown} | {ratio:.2f} |", flush=True)
+        imports = ", ".join(f"{baseline / 2**20:,.0f}" for baseline in baselines)
+        print(f"| {world} | {load:.2f} | {' / '.join(f'{u:,}, {i:,}' for u, i in rows)} | {imports} | {shown} | {ratio:.2f} |", flush=True)
 
 
 def throughput(worlds: list[int], global_batch: int, steps: int) -> None:

@@ -38,8 +38,9 @@ warnings.filterwarnings("ignore", "fbgemm::dense_embedding_codegen_lookup_functi
 WIDTH_MULTIPLE = 4
 
 # Initial rows are drawn in blocks of this many rows, each from its own seed: a rank draws only the blocks
-# over its rows, and every W gives the same initial table.
-INIT_BLOCK_ROWS = 65536
+# over its rows, and every W gives the same initial table. Small, so that drawing adds little to a rank's
+# peak (2 MiB a block at dim 64).
+INIT_BLOCK_ROWS = 8192
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,10 @@ def initial_rows(seed: int, spec: TableSpec, first: int, stop: int) -> Tensor:
         start = block * INIT_BLOCK_ROWS
         rows = min(INIT_BLOCK_ROWS, spec.num_rows - start)
         generator = torch.Generator().manual_seed(stream_seed(seed, f"table/{spec.name}", epoch=block))
-        values = torch.randn(rows, spec.dim, generator=generator) * spec.init_std
+        values = torch.randn(rows, spec.dim, generator=generator).mul_(spec.init_std)
         parts.append(values[max(first - start, 0) : stop - start])
+    if len(parts) == 1:
+        return parts[0]
     return torch.cat(parts) if parts else torch.zeros(0, spec.dim)
 
 
