@@ -5,7 +5,8 @@ starts it (test_sharded_training.py); each rank writes rank<r>.json.
   its own rows' place (first row, count) and the gathered values.
 - `losses`: MF/BPR with SGD on small synthetic data, global batch 64 (64 / W per rank), uniform negatives:
   the global mean loss of each of the first 20 steps, and how far each table's rows moved; `plain` the same
-  in one process without TorchRec, from the same initial rows and negatives."""
+  in one process without TorchRec, from the same initial rows and negatives; `prepared` the same with each
+  rank reading its own share of users (data=prepared)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ from omegaconf import OmegaConf
 
 from recsys_lightning.build import build_module
 from recsys_lightning.data.synthetic import SyntheticDataModule
+from recsys_lightning.prepared.datamodule import PreparedDataModule
 from recsys_lightning.sharded import STRATEGY
 from recsys_lightning.sharded.strategy import ShardedTablesStrategy
 from recsys_lightning.sharded.tables import ShardedRowTables, TableSpec, initial_rows, local_rows
 
-from helpers import module_config
+from helpers import MemoryShares, module_config
 
 GLOBAL_BATCH = 64
 STEPS = 20
@@ -57,10 +59,13 @@ class StepLosses(pl.Callback):
         self.losses.append((total[0] / total[1]).item())
 
 
-def losses(out: Path, sharded: bool = True) -> None:
+def losses(out: Path, sharded: bool = True, prepared: bool = False) -> None:
     world = int(os.environ["WORLD_SIZE"])
     datamodule = SyntheticDataModule(num_users=300, num_items=200, num_interactions=6000, batch_size=GLOBAL_BATCH // world, seed=0)
     datamodule.setup("fit")
+    if prepared:  # each rank reads its share of users; data.batch_size is then the global batch
+        datamodule = PreparedDataModule.from_source(MemoryShares(datamodule), batch_size=GLOBAL_BATCH, seed=0)
+        datamodule.setup("fit")
     cfg = module_config(optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.5})
     if sharded:
         cfg = OmegaConf.merge(cfg, {"trainer": {"strategy": {"_target_": STRATEGY}}})
@@ -97,4 +102,5 @@ def losses(out: Path, sharded: bool = True) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    {"lookup": lookup, "losses": losses, "plain": partial(losses, sharded=False)}[sys.argv[1]](Path(sys.argv[2]))
+    checks = {"lookup": lookup, "losses": losses, "plain": partial(losses, sharded=False), "prepared": partial(losses, prepared=True)}
+    checks[sys.argv[1]](Path(sys.argv[2]))

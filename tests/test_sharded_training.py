@@ -116,3 +116,13 @@ def test_keyed_negatives_depend_on_the_example_not_on_what_was_drawn_before():
     apart = torch.cat([sampler.sample(users[2:], items[2:], None), sampler.sample(users[:2], items[:2], None)])
     assert torch.equal(together, apart.roll(2, 0))
     assert not sampler.positives.contains(users, together).any()
+
+
+@pytest.mark.slow
+def test_prepared_shares_train_sharded_tables_on_two_ranks(tmp_path):
+    """data=prepared: each rank reads its own users' pairs (global user ids) and looks their rows up wherever they live."""
+    ranks = _ranks("prepared", 2, tmp_path / "out")
+    assert all(len(rank["losses"]) == 20 and all(0.6 < loss < 0.8 for loss in rank["losses"]) for rank in ranks)
+    assert ranks[0]["losses"] == ranks[1]["losses"]
+    assert [rank["moved"]["user_factors"][:3] for rank in ranks] == [[0, 150, 300], [150, 150, 300]]
+    assert all(moved[3] > 1e-3 for rank in ranks for moved in rank["moved"].values())
