@@ -143,9 +143,12 @@ class PopularitySampler(NegativeSampler):
     def _sample_by_example(self, users: Tensor, positive_items: Tensor) -> Tensor:
         """`sample` with keyed uniforms: each round's draws by inverse CDF, rejected ones replaced by the next round's."""
         cumulative = self.probabilities.cumsum(0)
-        draw = lambda round: torch.searchsorted(cumulative, self.uniforms(users, positive_items, self.num_negatives, round)).clamp(  # noqa: E731
-            max=len(cumulative) - 1
-        )
+        last = len(cumulative) - 1
+
+        def draw(round: int) -> Tensor:
+            uniform = self.uniforms(users, positive_items, self.num_negatives, round)
+            return torch.searchsorted(cumulative, uniform, right=True).clamp(max=last)
+
         negatives = draw(0)
         for round in range(1, self.max_rounds + 1):
             rejected = self.positives.contains(users, negatives)

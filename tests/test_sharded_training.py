@@ -13,7 +13,7 @@ import torch
 
 from recsys_lightning.build import build_module
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.samplers import UniformSampler
+from recsys_lightning.samplers import PopularitySampler, UniformSampler
 from recsys_lightning.sharded.strategy import check_shardable, fused_optimizer
 
 from helpers import ROOT, module_config, planted_data
@@ -105,9 +105,10 @@ def test_fused_optimizer_arguments_are_fbgemm_names():
     assert fused_optimizer(adam, torch.device("cuda")) == (torch.optim.Adam, {"lr": 3e-3, "beta1": 0.9, "beta2": 0.99})
 
 
-def test_keyed_negatives_depend_on_the_example_not_on_what_was_drawn_before():
+@pytest.mark.parametrize("kind", [UniformSampler, PopularitySampler])
+def test_keyed_negatives_depend_on_the_example_not_on_what_was_drawn_before(kind):
     """Drawn by (seed, user, positive item), an example's negatives are the same in any batch it lands in."""
-    sampler = UniformSampler(num_negatives=3)
+    sampler = kind(num_negatives=3)
     sampler.bind(planted_data().positives)
     sampler.reseed(7)
     sampler.by_example = True
