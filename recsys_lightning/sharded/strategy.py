@@ -97,6 +97,14 @@ def hand_over_tables(module: RecommenderModule, row_wise_min_rows: int, device: 
     return tables
 
 
+def check_sharded_run(module: RecommenderModule, accelerator: str) -> None:
+    """trainer=sharded's refusals, made when the module is built: a refusal inside the fit would be hidden
+    by Lightning's teardown, which cannot move the model's unallocated (meta) tables."""
+    check_shardable(module)
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    fused_optimizer(module.hparams.optimizer, torch.device("cuda" if on_gpu else "cpu"))
+
+
 def check_shardable(module: RecommenderModule) -> None:
     """One line for what trainer=sharded does not train, naming the key and what to use instead."""
     model, loss = module.model, module.loss
