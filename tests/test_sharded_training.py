@@ -10,10 +10,12 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from recsys_lightning.build import build_module
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.samplers import PopularitySampler, UniformSampler
+from recsys_lightning.sharded import STRATEGY
 from recsys_lightning.sharded.strategy import check_shardable, fused_optimizer
 
 from helpers import ROOT, module_config, planted_data
@@ -127,3 +129,14 @@ def test_prepared_shares_train_sharded_tables_on_two_ranks(tmp_path):
     assert ranks[0]["losses"] == ranks[1]["losses"]
     assert [rank["moved"]["user_factors"][:3] for rank in ranks] == [[0, 150, 300], [150, 150, 300]]
     assert all(moved[3] > 1e-3 for rank in ranks for moved in rank["moved"].values())
+
+
+def test_a_sharded_run_allocates_no_table_and_is_refused_when_built():
+    """The model's tables are built on the meta device (TorchRec holds each rank's rows), and a refusal comes
+    when the module is built: inside the fit, Lightning's teardown hid it behind 'Cannot copy out of meta tensor'."""
+    sharded = {"trainer": {"strategy": {"_target_": STRATEGY}, "accelerator": "cpu"}}
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    module = build_module(OmegaConf.merge(module_config(optimizer=sgd), sharded), planted_data())
+    assert all(table.is_meta for table in module.model.row_tables())
+    with pytest.raises(ConfigError, match="^torch.optim.Adam has no fused table update on cpu"):
+        build_module(OmegaConf.merge(module_config(), sharded), planted_data())
