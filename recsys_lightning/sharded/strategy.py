@@ -1,8 +1,8 @@
 """`trainer=sharded`: Lightning's DDP strategy, after it hands the model's row tables to TorchRec.
 
-Lightning's `ModelParallelStrategy` was the first choice (it skips the DDP wrap and calls `configure_model`),
-but it builds a DTensor device mesh for FSDP2/tensor parallelism, which TorchRec's ShardedTensor tables do
-not use, and saves checkpoints as DTensor state dicts. DDP's process set-up (torchrun, SLURM, Lightning's own
+Lightning's `ModelParallelStrategy` (it skips the DDP wrap and calls `configure_model`) was read first, not
+run: it builds a DTensor device mesh for FSDP2/tensor parallelism, which TorchRec's ShardedTensor tables do
+not use, and saves checkpoints through DTensor state dicts. DDP's process set-up (torchrun, SLURM, Lightning's own
 spawning; gloo on CPU, NCCL on GPU) is what the tables need; this strategy only takes the tables over before
 the optimizers are built, and wraps in DDP what is left of the model, if anything.
 """
