@@ -2,7 +2,8 @@
 starts it (test_sharded_training.py); each rank writes rank<r>.json.
 
 - `lookup`: a TorchRec table of 10 rows filled from one plain table; each rank gathers every row and reports
-  its own rows' place (first row, count) and the gathered values.
+  its own rows' place (first row, count) and the gathered values; then odd ranks gather no ids while the
+  others gather three, from it and from a replicated table.
 - `losses`: MF/BPR with SGD on small synthetic data, global batch 64 (64 / W per rank), uniform negatives:
   the global mean loss of each of the first 20 steps, and how far each table's rows moved; `plain` the same
   in one process without TorchRec, from the same initial rows and negatives; `prepared` the same with each
@@ -38,12 +39,22 @@ def lookup(out: Path) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     full = torch.arange(10 * 6, dtype=torch.float32).view(10, 6).sin()
-    tables = ShardedRowTables([TableSpec("rows", 10, 6, 0.1)], 1, torch.optim.SGD, {"lr": 0.1}, seed=0, device=torch.device("cpu"))
+    specs = [TableSpec("rows", 10, 6, 0.1), TableSpec("small", 3, 6, 0.1)]  # row-wise; replicated
+    tables = ShardedRowTables(specs, 5, torch.optim.SGD, {"lr": 0.1}, seed=0, device=torch.device("cpu"))
     rows, first, total = tables.local_rows("rows")
     with torch.no_grad():
         rows.copy_(full[first : first + len(rows)])
     gathered = tables.gather("rows", torch.arange(10).flip(0).view(2, 5))
-    record = {"first": first, "count": len(rows), "total": total, "equal": bool(torch.equal(gathered, full.flip(0).view(2, 5, 6)))}
+    # Odd ranks gather nothing (a padding chunk) while the others gather: the collective still completes.
+    wanted = torch.arange(0) if rank % 2 else torch.tensor([0, 2, 2])
+    empty = [tuple(tables.gather(name, wanted).shape) for name in ("rows", "small")]
+    record = {
+        "first": first,
+        "count": len(rows),
+        "total": total,
+        "equal": bool(torch.equal(gathered, full.flip(0).view(2, 5, 6))),
+        "shapes": empty,
+    }
     (out / f"rank{rank}.json").write_text(json.dumps(record))
 
 

@@ -43,11 +43,13 @@ def _ranks(check: str, world: int, out) -> list[dict]:
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_sharded_lookups_equal_one_plain_table_with_ceil_rows_per_rank(tmp_path, world):
     """10 rows over W ranks: rank r holds rows [r * B, (r + 1) * B) with B = ceil(10 / W) (TorchRec's
-    row-wise layout, which the evaluation slice relies on), and every rank's gather equals the plain table's."""
+    row-wise layout, which the evaluation slice relies on), and every rank's gather equals the plain table's.
+    A rank with no ids to look up (a padding chunk of evaluation) still takes part in the collective."""
     ranks = _ranks("lookup", world, tmp_path / "out")
     block = -(-10 // world)
     assert [(rank["first"], rank["count"]) for rank in ranks] == [(r * block, min(block, 10 - r * block)) for r in range(world)]
     assert all(rank["equal"] and rank["total"] == 10 for rank in ranks)
+    assert [rank["shapes"] for rank in ranks] == [[[0, 6]] * 2 if r % 2 else [[3, 6]] * 2 for r in range(world)]
 
 
 @pytest.mark.slow

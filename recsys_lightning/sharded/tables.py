@@ -195,13 +195,17 @@ class ShardedRowTables(nn.Module):
                     local[start:stop, : spec.dim].copy_(initial_rows(seed, spec, first + start, first + stop))
 
     def gather(self, name: str, index: Tensor) -> Tensor:
-        """`table[index]` of table `name` for any index shape: one lookup through TorchRec (a collective)."""
+        """`table[index]` of table `name` for any index shape, empty included: one lookup through TorchRec (a
+        collective: every rank calls it, with or without ids)."""
         from torchrec import KeyedJaggedTensor
 
         flat = index.reshape(-1)
-        features = KeyedJaggedTensor.from_lengths_sync(keys=[name], values=flat, lengths=torch.ones_like(flat, dtype=torch.int32))
+        # A rank with no ids (a padding chunk) still joins the collective: it looks up row 0 and keeps none of
+        # it (TorchRec fails on an empty batch of a replicated table).
+        ids = flat if len(flat) else torch.zeros(1, dtype=flat.dtype, device=flat.device)
+        features = KeyedJaggedTensor.from_lengths_sync(keys=[name], values=ids, lengths=torch.ones_like(ids, dtype=torch.int32))
         dim = self.specs[name].dim
-        return self.sharded.module[name](features.to(self.device))[name].values()[:, :dim].reshape(*index.shape, dim)
+        return self.sharded.module[name](features.to(self.device))[name].values()[: len(flat), :dim].reshape(*index.shape, dim)
 
     def local_rows(self, name: str) -> tuple[Tensor, int, int]:
         """(this rank's rows of table `name`, its first row, the table's rows): the whole table where replicated."""
