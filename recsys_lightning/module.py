@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import pytorch_lightning as pl
@@ -52,11 +53,14 @@ class RecommenderModule(pl.LightningModule):
         ks: Sequence[int] = (10, 20),
         seed: int = 0,
         data: TrainingData | None = None,
+        tables_elsewhere: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["data"], logger=False)
+        self.save_hyperparameters(ignore=["data", "tables_elsewhere"], logger=False)
         self.data = data
-        self.model: Recommender = build_recommender(model, num_users, num_items)
+        # trainer=sharded holds the row tables in TorchRec, each rank its rows: the model's own are never allocated.
+        with torch.device("meta") if tables_elsewhere else nullcontext():
+            self.model: Recommender = build_recommender(model, num_users, num_items)
         # A closed-form model has no optimizer: its one training step fits it (`fit_closed_form`).
         self.automatic_optimization = not isinstance(self.model, ClosedFormRecommender)
         self.loss: RankingLoss = instantiate(loss)
@@ -124,7 +128,8 @@ class RecommenderModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         # Everything random in an epoch (negatives, dropout) derives from (seed, rank, epoch) alone, so
         # a run resumed at an epoch boundary replays exactly what the uninterrupted run did.
-        seed, rank, epoch = self.hparams.seed, self.global_rank, self.current_epoch
+        # Negatives drawn by example (trainer=sharded) take no rank: the same at any number of ranks.
+        seed, rank, epoch = self.hparams.seed, 0 if self.sampler.by_example else self.global_rank, self.current_epoch
         self.sampler.reseed(stream_seed(seed, "negatives", rank, epoch))
         torch.manual_seed(stream_seed(seed, "dropout", rank, epoch))
         self._epoch_loss_sum = torch.zeros((), device=self.device)
@@ -201,7 +206,11 @@ class RecommenderModule(pl.LightningModule):
         if not self.automatic_optimization:
             return None  # a closed-form model has no parameters to optimise
         self._check_sparse_optimizer()
-        optimizer = instantiate(self.hparams.optimizer)(self.parameters())
+        # A table whose optimizer runs inside backward (trainer=sharded) is not this optimizer's.
+        parameters = [parameter for parameter in self.parameters() if not hasattr(parameter, "_in_backward_optimizers")]
+        if not parameters:
+            return None
+        optimizer = instantiate(self.hparams.optimizer)(parameters)
         if not self.hparams.scheduler:
             return optimizer
         lightning_options = dict(self.hparams.scheduler)

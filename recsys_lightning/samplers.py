@@ -20,6 +20,7 @@ from recsys_lightning.ranges import NON_NEGATIVE, TEXT, Range
 from recsys_lightning.retrieval import retrieve_for_every_user
 from recsys_lightning.runs.other_runs import best_checkpoint_of, check_trained_on
 from recsys_lightning.runs.trained_run import load_trained
+from recsys_lightning.seeds import keyed_uniform
 
 if TYPE_CHECKING:
     from recsys_lightning.models.base import Recommender
@@ -62,6 +63,10 @@ class NegativeSampler(ABC):
     def __init__(self, num_negatives: Annotated[int, Range(1)] = 1) -> None:
         self.num_negatives = num_negatives
         self.generator: torch.Generator | None = None
+        # Set by trainer=sharded: uniform and popularity draws hash (seed, user, positive item), so an example's
+        # negatives are the same at any number of ranks.
+        self.by_example = False
+        self.seed = 0
 
     def bind(self, positives: TrainingPositives) -> None:
         """Sample against these positives; they live on the training device."""
@@ -70,6 +75,14 @@ class NegativeSampler(ABC):
     def reseed(self, seed: int) -> None:
         """Restart the sampler's own random stream: same seed, same negatives, on any run."""
         self.generator = torch.Generator(device=self.positives.device).manual_seed(seed)
+        self.seed = seed
+
+    def uniforms(self, users: Tensor, positive_items: Tensor, count: int, draw: int = 0) -> Tensor:
+        """[B, count] float64 uniforms for the batch's examples: the sampler's stream, or with `by_example` a
+        hash of (seed, user, positive item, draw, column)."""
+        if not self.by_example:
+            return torch.rand((len(users), count), generator=self.generator, device=users.device, dtype=torch.float64)
+        return keyed_uniform(self.seed, (users, positive_items, torch.full_like(users, draw)), count)
 
     @abstractmethod
     def sample(self, users: Tensor, positive_items: Tensor, model: Recommender) -> Tensor | SharedPool:
@@ -88,7 +101,7 @@ class UniformSampler(NegativeSampler):
     uniform_unseen = True
 
     def sample(self, users: Tensor, positive_items: Tensor, model: Recommender) -> Tensor:
-        return self.positives.uniform_unseen(users, (self.num_negatives,), self.generator)
+        return self.positives.unseen_at(users, self.uniforms(users, positive_items, self.num_negatives))
 
 
 class PopularitySampler(NegativeSampler):
@@ -114,6 +127,8 @@ class PopularitySampler(NegativeSampler):
         self.probabilities = weights / weights.sum()
 
     def sample(self, users: Tensor, positive_items: Tensor, model: Recommender) -> Tensor:
+        if self.by_example:
+            return self._sample_by_example(users, positive_items)
         draw = lambda count: torch.multinomial(self.probabilities, count, replacement=True, generator=self.generator)  # noqa: E731
         negatives = draw(len(users) * self.num_negatives).view(len(users), self.num_negatives)
         for _ in range(self.max_rounds):
@@ -124,6 +139,24 @@ class PopularitySampler(NegativeSampler):
         rejected = self.positives.contains(users, negatives)
         fallback = self.positives.uniform_unseen(users, (self.num_negatives,), self.generator)
         return torch.where(rejected, fallback, negatives)
+
+    def _sample_by_example(self, users: Tensor, positive_items: Tensor) -> Tensor:
+        """`sample` with keyed uniforms: each round's draws by inverse CDF, rejected ones replaced by the next round's."""
+        cumulative = self.probabilities.cumsum(0)
+        last = len(cumulative) - 1
+
+        def draw(round: int) -> Tensor:
+            uniform = self.uniforms(users, positive_items, self.num_negatives, round)
+            return torch.searchsorted(cumulative, uniform, right=True).clamp(max=last)
+
+        negatives = draw(0)
+        for round in range(1, self.max_rounds + 1):
+            rejected = self.positives.contains(users, negatives)
+            if not rejected.any():
+                return negatives
+            negatives = torch.where(rejected, draw(round), negatives)
+        fallback = self.positives.unseen_at(users, self.uniforms(users, positive_items, self.num_negatives, self.max_rounds + 1))
+        return torch.where(self.positives.contains(users, negatives), fallback, negatives)
 
     def log_probability(self, items: Tensor) -> Tensor:
         return self.probabilities.log()[items].float()

@@ -91,11 +91,14 @@ class TrainingPositives:
         u * num_items + q_j, which are globally sorted. A uniform r in [0, num_items - n_u) thus maps
         to a uniform negative. `shape` is the shape of draws per user.
         """
+        return self.unseen_at(users, torch.rand((len(users), *shape), generator=generator, device=users.device, dtype=torch.float64))
+
+    def unseen_at(self, users: Tensor, uniform: Tensor) -> Tensor:
+        """`uniform_unseen` for given uniforms in [0, 1) ([len(users), ...]): the same map, drawn elsewhere."""
         users = self.local(users)
         indptr = self.csr.indptr
-        expand = (len(users),) + (1,) * len(shape)
+        expand = (len(users),) + (1,) * (uniform.dim() - 1)
         num_candidates = (self.num_items - (indptr[users + 1] - indptr[users])).view(expand)
-        uniform = torch.rand((len(users), *shape), generator=generator, device=users.device, dtype=torch.float64)
         rank = torch.minimum((uniform * num_candidates).long(), num_candidates - 1)
         keys = users.view(expand) * self.num_items + rank
         positives_before = torch.searchsorted(self.gap_keys, keys.reshape(len(users), -1), right=True).view_as(keys)

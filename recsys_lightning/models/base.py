@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,12 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from recsys_lightning.errors import RecsysError
+
+
+class HeldRows(Protocol):
+    """A table held outside the model (trainer=sharded's TorchRec tables): it gathers its own rows."""
+
+    def gather(self, index: Tensor) -> Tensor: ...
 
 
 class Recommender(nn.Module, ABC):
@@ -24,9 +30,12 @@ class Recommender(nn.Module, ABC):
         self.num_items = num_items
         self.sparse_gradients = sparse_gradients
 
-    def rows(self, table: Tensor, index: Tensor) -> Tensor:
-        """`table[index]`, with a sparse gradient when `sparse_gradients` is set."""
-        return gather_rows(table, index, self.sparse_gradients)
+    def rows(self, table: Tensor | HeldRows, index: Tensor) -> Tensor:
+        """`table[index]`, with a sparse gradient when `sparse_gradients` is set; a table held elsewhere
+        gathers its own rows, so the same model code trains on one process and on sharded tables."""
+        if isinstance(table, Tensor):
+            return gather_rows(table, index, self.sparse_gradients)
+        return table.gather(index)
 
     @abstractmethod
     def row_tables(self) -> list[nn.Parameter]:

@@ -45,7 +45,9 @@ OFFERED_TARGETS: dict[str, frozenset[str]] = {
             "recsys_lightning.samplers.UniformSampler",
         }
     ),
-    "optimizer": frozenset({"torch.optim.Adagrad", "torch.optim.Adam", "torch.optim.SparseAdam"}),
+    "optimizer": frozenset(
+        {"torch.optim.Adagrad", "torch.optim.Adam", "torch.optim.SGD", "torch.optim.SparseAdam", "torchrec.optim.RowWiseAdagrad"}
+    ),
     "scheduler": frozenset({"torch.optim.lr_scheduler.CosineAnnealingLR", "torch.optim.lr_scheduler.ReduceLROnPlateau"}),
 }
 

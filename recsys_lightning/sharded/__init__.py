@@ -1,0 +1,15 @@
+"""trainer=sharded: the models' row tables held by TorchRec, sharded row-wise over the ranks (tables.py), and
+the Lightning strategy that hands them over and trains them with optimizers fused into backward (strategy.py).
+
+TorchRec is imported only here, and only when trainer=sharded runs."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+STRATEGY = "recsys_lightning.sharded.strategy.ShardedTablesStrategy"
+
+
+def holds_tables(cfg: DictConfig) -> bool:
+    """Whether the run's trainer keeps the row tables in TorchRec (trainer=sharded), so the model's are not built."""
+    return OmegaConf.select(cfg, "trainer.strategy._target_", default=None) == STRATEGY

@@ -1,0 +1,141 @@
+"""`trainer=sharded`: Lightning's DDP strategy, after it hands the model's row tables to TorchRec.
+
+Lightning's `ModelParallelStrategy` (it skips the DDP wrap and calls `configure_model`) was read first, not
+run: it builds a DTensor device mesh for FSDP2/tensor parallelism, which TorchRec's ShardedTensor tables do
+not use, and saves checkpoints through DTensor state dicts. DDP's process set-up (torchrun, SLURM, Lightning's own
+spawning; gloo on CPU, NCCL on GPU) is what the tables need; this strategy only takes the tables over before
+the optimizers are built, and wraps in DDP what is left of the model, if anything.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.trainer.states import TrainerFn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from recsys_lightning.errors import ConfigError
+from recsys_lightning.losses import Candidates
+from recsys_lightning.models.mf import MatrixFactorization
+from recsys_lightning.module import RecommenderModule
+from recsys_lightning.ranges import Range
+from recsys_lightning.sharded.tables import ShardedRowTables, TableRows, TableSpec
+
+# The optimizers FBGEMM fuses into backward, by the `optimizer._target_` that names them, and the devices
+# that have them (its CPU kernels have no Adam).
+FUSED_OPTIMIZERS = {
+    "torch.optim.SGD": ("torch.optim.SGD", ("cpu", "cuda")),
+    "torch.optim.Adagrad": ("torch.optim.Adagrad", ("cpu", "cuda")),
+    "torchrec.optim.RowWiseAdagrad": ("torchrec.optim.RowWiseAdagrad", ("cpu", "cuda")),
+    "torch.optim.Adam": ("torch.optim.Adam", ("cuda",)),
+}
+# Optimizer keys with no effect on a fused table step (`fused` is torch's own kernel choice).
+IGNORED_KEYS = {"_target_", "_partial_", "fused", "foreach"}
+
+
+class ShardedTablesStrategy(DDPStrategy):
+    """DDP whose module's row tables are TorchRec's: sharded row-wise at `row_wise_min_rows` rows or more,
+    replicated below."""
+
+    def __init__(self, row_wise_min_rows: Annotated[int, Range(1)] = 100_000, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.row_wise_min_rows = row_wise_min_rows
+
+    def setup(self, trainer: pl.Trainer) -> None:
+        module = self.lightning_module
+        if not hasattr(module.model, "sharded_tables"):  # once: validate and test after fit find them held already
+            hand_over_tables(module, self.row_wise_min_rows, self.root_device)
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().setup(trainer)
+            return
+        # DDP's set-up outside fit broadcasts rank 0's parameters, which would overwrite each rank's own rows.
+        self.accelerator.setup(trainer)
+        self.model_to_device()
+        self.setup_precision_plugin()
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        """DDP over the parameters TorchRec does not hold (none for mf): its tables reduce their own gradients."""
+        held = {id(parameter) for parameter in self.lightning_module.model.sharded_tables.parameters()}
+        held_names = [name for name, parameter in model.named_parameters() if id(parameter) in held]
+        if len(held_names) == len(list(model.parameters())):
+            return model
+        model._ddp_params_and_buffers_to_ignore = held_names
+        return DistributedDataParallel(model, device_ids=self.determine_ddp_device_ids(), **self._ddp_kwargs)
+
+    def _register_ddp_hooks(self) -> None:
+        if isinstance(self.model, DistributedDataParallel):
+            super()._register_ddp_hooks()
+
+
+def hand_over_tables(module: RecommenderModule, row_wise_min_rows: int, device: torch.device) -> ShardedRowTables:
+    """Replace the model's row tables (built on the meta device, never allocated) by TorchRec's, each attribute
+    by a `TableRows` handle, and draw negatives by example so that they do not depend on the number of ranks."""
+    check_shardable(module)
+    model = module.model
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    init_std = float(module.hparams.model.get("init_std", 0.1))
+    # A one-column table is a bias: it starts at zero, as the models' own do.
+    specs = [
+        TableSpec(names[id(table)], table.shape[0], table.shape[1], 0.0 if table.shape[1] == 1 else init_std)
+        for table in model.row_tables()
+    ]
+    optimizer, kwargs = fused_optimizer(module.hparams.optimizer, device)
+    tables = ShardedRowTables(specs, row_wise_min_rows, optimizer, kwargs, module.hparams.seed, device)
+    for spec in specs:
+        delattr(model, spec.name)
+        setattr(model, spec.name, TableRows(tables, spec.name))
+    model.sharded_tables = tables
+    for name, buffer in list(model.named_buffers()):  # what else was built on meta (mf's global mean): zeros
+        if buffer.is_meta:
+            owner, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(owner), leaf, torch.zeros(buffer.shape, dtype=buffer.dtype, device=device))
+    module.sampler.by_example = True
+    return tables
+
+
+def check_sharded_run(module: RecommenderModule, accelerator: str) -> None:
+    """trainer=sharded's refusals, made when the module is built: a refusal inside the fit would be hidden
+    by Lightning's teardown, which cannot move the model's unallocated (meta) tables."""
+    check_shardable(module)
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    fused_optimizer(module.hparams.optimizer, torch.device("cuda" if on_gpu else "cpu"))
+
+
+def check_shardable(module: RecommenderModule) -> None:
+    """One line for what trainer=sharded does not train, naming the key and what to use instead."""
+    model, loss = module.model, module.loss
+    if not isinstance(model, MatrixFactorization):
+        raise ConfigError(f"trainer=sharded trains model=mf; train {type(model).__name__} with trainer=ddp optimizer=sparse_adagrad")
+    if model.user_features is not None or model.item_features is not None:
+        raise ConfigError("trainer=sharded does not train model.features=true (feature tables stay whole); set model.features=false")
+    if loss.candidates is Candidates.CATALOGUE:
+        raise ConfigError(
+            "loss=full_softmax scores the whole item table every step, which trainer=sharded splits; use loss=softmax sampler=shared_pool"
+        )
+    if loss.predicts_ratings:
+        raise ConfigError("trainer=sharded trains ranking losses; use loss=bpr, loss=bce or loss=softmax")
+
+
+def fused_optimizer(config: dict[str, Any], device: torch.device) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The optimizer class and arguments FBGEMM fuses into backward, from `optimizer=`'s config."""
+    target = config["_target_"]
+    if target not in FUSED_OPTIMIZERS:
+        raise ConfigError(f"trainer=sharded updates tables with optimizer=sgd, sparse_adagrad, rowwise_adagrad or adam (GPU), not {target}")
+    name, devices = FUSED_OPTIMIZERS[target]
+    if device.type not in devices:
+        raise ConfigError(
+            f"{target} has no fused table update on {device.type} (FBGEMM); use optimizer=sparse_adagrad, rowwise_adagrad or sgd"
+        )
+    kwargs = {key: value for key, value in config.items() if key not in IGNORED_KEYS}
+    for key in ("initial_accumulator_value", "momentum", "lr_decay"):
+        if kwargs.pop(key, 0):
+            raise ConfigError(f"trainer=sharded's fused table update has no optimizer.{key}; set it to 0")
+    if "betas" in kwargs:
+        kwargs["beta1"], kwargs["beta2"] = kwargs.pop("betas")
+    module_name, _, class_name = name.rpartition(".")
+    optimizer = getattr(__import__(module_name, fromlist=[class_name]), class_name)
+    return optimizer, kwargs

@@ -1,0 +1,144 @@
+"""trainer=sharded: TorchRec tables sharded row-wise over gloo ranks, against one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from recsys_lightning.build import build_module
+from recsys_lightning.errors import ConfigError
+from recsys_lightning.samplers import PopularitySampler, UniformSampler
+from recsys_lightning.sharded import STRATEGY
+from recsys_lightning.sharded.strategy import check_shardable, fused_optimizer
+
+from helpers import ROOT, module_config, planted_data
+
+
+def _ranks(check: str, world: int, out) -> list[dict]:
+    """Run tests/sharded_ranks.py `check` on `world` gloo ranks (one thread each) and read what each rank wrote."""
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={world}",
+        str(ROOT / "tests" / "sharded_ranks.py"),
+        check,
+        str(out),
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(world)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_sharded_lookups_equal_one_plain_table_with_ceil_rows_per_rank(tmp_path, world):
+    """10 rows over W ranks: rank r holds rows [r * B, (r + 1) * B) with B = ceil(10 / W) (TorchRec's
+    row-wise layout, which the evaluation slice relies on), and every rank's gather equals the plain table's.
+    A rank with no ids to look up (a padding chunk of evaluation) still takes part in the collective."""
+    ranks = _ranks("lookup", world, tmp_path / "out")
+    block = -(-10 // world)
+    assert [(rank["first"], rank["count"]) for rank in ranks] == [(r * block, min(block, 10 - r * block)) for r in range(world)]
+    assert all(rank["equal"] and rank["total"] == 10 for rank in ranks)
+    assert [rank["shapes"] for rank in ranks] == [[[0, 6]] * 2 if r % 2 else [[3, 6]] * 2 for r in range(world)]
+
+
+@pytest.mark.slow
+def test_first_twenty_sgd_losses_at_two_ranks_equal_one_rank_and_one_plain_process(tmp_path):
+    """Same global batch, negatives drawn by example (seed, epoch, user, item), table gradients averaged over
+    ranks as DDP does: the global loss of each step at W=2 (users sharded row-wise, items replicated) is W=1's
+    and a plain process's without TorchRec, and both tables moved."""
+    (plain,) = _ranks("plain", 1, tmp_path / "plain")
+    (single,) = _ranks("losses", 1, tmp_path / "w1")
+    pair = _ranks("losses", 2, tmp_path / "w2")
+    assert len(single["losses"]) == 20
+    for other in (plain, pair[0], pair[1]):
+        assert max(abs(a - b) for a, b in zip(single["losses"], other["losses"])) < 1e-5
+    assert [rank["moved"]["user_factors"][:3] for rank in pair] == [[0, 150, 300], [150, 150, 300]]
+    assert [rank["moved"]["item_factors"][:3] for rank in pair] == [[0, 200, 200]] * 2
+    assert all(moved[3] > 1e-3 for rank in [single, *pair] for moved in rank["moved"].values())
+
+
+def test_full_softmax_over_the_sharded_item_table_is_refused_in_one_line():
+    module = build_module(module_config(loss={"_target_": "recsys_lightning.losses.FullSoftmaxLoss"}), planted_data())
+    with pytest.raises(ConfigError) as refused:
+        check_shardable(module)
+    assert str(refused.value) == (
+        "loss=full_softmax scores the whole item table every step, which trainer=sharded splits; use loss=softmax sampler=shared_pool"
+    )
+
+
+def test_a_model_other_than_mf_is_refused_naming_what_trains_it():
+    ncf = {"_target_": "recsys_lightning.models.NeuMF"}
+    with pytest.raises(ConfigError, match="^trainer=sharded trains model=mf; train NeuMF with trainer=ddp optimizer=sparse_adagrad$"):
+        check_shardable(build_module(module_config(model=ncf), planted_data()))
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "message"),
+    [
+        (
+            {"_target_": "torch.optim.Adam", "lr": 0.1},
+            "torch.optim.Adam has no fused table update on cpu (FBGEMM); use optimizer=sparse_adagrad",
+        ),
+        ({"_target_": "torch.optim.SparseAdam", "lr": 0.1}, "trainer=sharded updates tables with optimizer=sgd, sparse_adagrad"),
+        (
+            {"_target_": "torch.optim.Adagrad", "lr": 0.1, "initial_accumulator_value": 0.1},
+            "no optimizer.initial_accumulator_value; set it to 0",
+        ),
+    ],
+)
+def test_optimizers_fbgemm_cannot_fuse_are_refused(optimizer, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        fused_optimizer(optimizer, torch.device("cpu"))
+
+
+def test_fused_optimizer_arguments_are_fbgemm_names():
+    adagrad = {"_target_": "torch.optim.Adagrad", "_partial_": True, "lr": 0.05, "initial_accumulator_value": 0.0, "eps": 1e-8}
+    assert fused_optimizer(adagrad, torch.device("cpu")) == (torch.optim.Adagrad, {"lr": 0.05, "eps": 1e-8})
+    adam = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 3e-3, "betas": [0.9, 0.99], "fused": True}
+    assert fused_optimizer(adam, torch.device("cuda")) == (torch.optim.Adam, {"lr": 3e-3, "beta1": 0.9, "beta2": 0.99})
+
+
+@pytest.mark.parametrize("kind", [UniformSampler, PopularitySampler])
+def test_keyed_negatives_depend_on_the_example_not_on_what_was_drawn_before(kind):
+    """Drawn by (seed, user, positive item), an example's negatives are the same in any batch it lands in."""
+    sampler = kind(num_negatives=3)
+    sampler.bind(planted_data().positives)
+    sampler.reseed(7)
+    sampler.by_example = True
+    users, items = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 3])
+    together = sampler.sample(users, items, None)
+    apart = torch.cat([sampler.sample(users[2:], items[2:], None), sampler.sample(users[:2], items[:2], None)])
+    assert torch.equal(together, apart.roll(2, 0))
+    assert not sampler.positives.contains(users, together).any()
+
+
+@pytest.mark.slow
+def test_prepared_shares_train_sharded_tables_on_two_ranks(tmp_path):
+    """data=prepared: each rank reads its own users' pairs (global user ids) and looks their rows up wherever they live."""
+    ranks = _ranks("prepared", 2, tmp_path / "out")
+    assert all(len(rank["losses"]) == 20 and all(0.6 < loss < 0.8 for loss in rank["losses"]) for rank in ranks)
+    assert ranks[0]["losses"] == ranks[1]["losses"]
+    assert [rank["moved"]["user_factors"][:3] for rank in ranks] == [[0, 150, 300], [150, 150, 300]]
+    assert all(moved[3] > 1e-3 for rank in ranks for moved in rank["moved"].values())
+
+
+def test_a_sharded_run_allocates_no_table_and_is_refused_when_built():
+    """The model's tables are built on the meta device (TorchRec holds each rank's rows), and a refusal comes
+    when the module is built: inside the fit, Lightning's teardown hid it behind 'Cannot copy out of meta tensor'."""
+    sharded = {"trainer": {"strategy": {"_target_": STRATEGY}, "accelerator": "cpu"}}
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    module = build_module(OmegaConf.merge(module_config(optimizer=sgd), sharded), planted_data())
+    assert all(table.is_meta for table in module.model.row_tables())
+    with pytest.raises(ConfigError, match="^torch.optim.Adam has no fused table update on cpu"):
+        build_module(OmegaConf.merge(module_config(), sharded), planted_data())
