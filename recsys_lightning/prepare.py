@@ -37,7 +37,7 @@ register_resolvers()
 quiet_library_noise()
 
 # prepare's own arguments (conf/prepare.yaml); the data keys are ruled by the data option's constructor.
-PREPARE_RULES: dict[str, Rule] = {"seed": integer(0, 2**32 - 1), "output": TEXT, "parts": integer(1), "chunk_rows": integer(16, 2**40)}
+PREPARE_RULES: dict[str, Rule] = {"seed": integer(0, 2**32 - 1), "output": TEXT, "parts": integer(1), "chunk_rows": integer(16)}
 FEATURE_KEYS = ("item_features", "user_features")
 
 
