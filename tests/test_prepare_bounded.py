@@ -149,3 +149,20 @@ def test_a_source_whose_every_row_is_a_negative_is_refused_and_writes_nothing(tm
     with pytest.raises(DataError, match="every row has target 0"):
         prepare(cfg)
     assert list(tmp_path.iterdir()) == [tmp_path / "n.csv"]
+
+
+def test_titles_of_an_items_file_are_written_as_setup_reads_them(tmp_path):
+    overrides = csv_source(tmp_path, text_ids=False, timestamps=True, ratings=True, targets=False)
+    (tmp_path / "items.csv").write_text("itemId,title\n" + "".join(f"{item},Title {item}\n" for item in (0, 5, 17, 200)))
+    expected, found = prepared_both_ways(tmp_path, [*overrides, f"data.items_path={tmp_path / 'items.csv'}"], chunk_rows=97, parts=2)
+    assert_same_folder(expected, found)
+    titles = pq.read_table(found / "items.parquet").column("title").to_pylist()
+    assert titles[:2] == ["Title 0", ""] and "Title 17" in titles
+
+
+def test_pre_split_files_are_still_prepared_whole(tmp_path):
+    train = write_csv(tmp_path / "train.csv", text_ids=True, timestamps=True, ratings=True, targets=False)
+    valid = write_csv(tmp_path / "valid.csv", text_ids=True, timestamps=True, ratings=True, targets=False, seed=1)
+    overrides = ["data=csv", "data.path=null", f"data.train_path={train}", f"data.valid_path={valid}"]
+    expected, found = prepared_both_ways(tmp_path, overrides, chunk_rows=97, parts=2)
+    assert_same_folder(expected, found)
