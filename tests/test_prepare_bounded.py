@@ -3,10 +3,12 @@ writes (issue 24, open item 1): same rows, indices, part codes and `row`, for ev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from hydra.utils import instantiate
@@ -166,3 +168,20 @@ def test_pre_split_files_are_still_prepared_whole(tmp_path):
     overrides = ["data=csv", "data.path=null", f"data.train_path={train}", f"data.valid_path={valid}"]
     expected, found = prepared_both_ways(tmp_path, overrides, chunk_rows=97, parts=2)
     assert_same_folder(expected, found)
+
+
+def test_a_source_that_changes_between_its_two_readings_is_refused(tmp_path):
+    path = write_csv(tmp_path / "interactions.csv", text_ids=True, timestamps=True, ratings=True, targets=False)
+    datamodule = instantiate(compose_config("prepare", "data=csv", f"data.path={path}", "output=unused").data)
+    chunked = datamodule.load_chunks(97)
+    readings = []
+
+    def chunks():
+        readings.append(1)
+        for chunk in chunked.chunks():
+            yield chunk.assign(user_id=pd.Categorical(["new"] * len(chunk))) if len(readings) == 2 else chunk
+
+    changed = dataclasses.replace(chunked, chunks=chunks)
+    with pytest.raises(DataError, match="changed while prepare read it"):
+        bounded.write_prepared_bounded(datamodule, changed, tmp_path / "out", 1, 97)
+    assert not (tmp_path / "out").exists()

@@ -120,6 +120,8 @@ class _Preparation:
             rows["source_row"] = source_row + np.arange(len(chunk))
             rows["target"] = chunk[TARGET].to_numpy(np.int8) if TARGET in chunk else 1
             source_row += len(chunk)
+            if (rows["user"] < 0).any() or (rows["item"] < 0).any():
+                raise DataError(f"{self.chunked.source}: changed while prepare read it (an id its first reading lacked); run prepare again")
             blocks = self.block_of_user[rows["user"]]
             order = np.argsort(blocks, kind="stable")
             rows, ends = rows[order], np.searchsorted(blocks[order], np.arange(self.blocks), "right")
