@@ -93,16 +93,14 @@ class _Preparation:
 
     def _read_ids(self) -> None:
         """Step 1: the sorted distinct raw ids (as the chunks give them, and as setup keeps them) and rows per user."""
-        user_rows, items = None, None
+        users, items = _Tally(), _Tally()
         for chunk in self.chunked.chunks():
-            values, counts = _value_counts(chunk[USER])
-            rows = pd.Series(counts, index=values)
-            user_rows = rows if user_rows is None else user_rows.add(rows, fill_value=0)
-            chunk_items = _value_counts(chunk[ITEM])[0]
-            items = chunk_items if items is None else np.union1d(items, chunk_items)
-        self.user_keys, self.user_ids, order = _sorted_ids(user_rows.index.to_numpy(), self.chunked.index_ids)
-        self.item_keys, self.item_ids, _ = _sorted_ids(items, self.chunked.index_ids)
-        rows = user_rows.to_numpy(np.int64)[order]
+            users.add(chunk[USER])
+            items.add(chunk[ITEM])
+        distinct_users, user_rows = users.result()
+        self.user_keys, self.user_ids, order = _sorted_ids(distinct_users, self.chunked.index_ids)
+        self.item_keys, self.item_ids, _ = _sorted_ids(items.result()[0], self.chunked.index_ids)
+        rows = user_rows[order]
         # Blocks of whole users: a user starting within the k-th `chunk_rows` rows is in block k (renumbered without gaps).
         _, self.block_of_user = np.unique((np.cumsum(rows) - rows) // self.chunk_rows, return_inverse=True)
         self.blocks = int(self.block_of_user.max()) + 1
@@ -282,20 +280,45 @@ class _Preparation:
         return write_manifest(self.folder, facts, entries)
 
 
-def _value_counts(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct values of a chunk's id column and their rows; a categorical's counted by code, once per category."""
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        counts = np.bincount(column.cat.codes.to_numpy(), minlength=len(column.cat.categories))
-        present = counts > 0
-        return np.asarray(column.cat.categories)[present], counts[present]
-    return np.unique(column.to_numpy(), return_counts=True)
+class _Tally:
+    """The distinct values of an id column and each one's rows, a chunk at a time. Each chunk's distinct values
+    wait in a list, merged by one hashing pass once they outnumber those known: a merge per chunk would
+    rehash every known id each time (most of a read, with many small chunks)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.waiting = 0
+        self.known: tuple[np.ndarray, np.ndarray] | None = None
+
+    def add(self, column: pd.Series) -> None:
+        if isinstance(column.dtype, pd.CategoricalDtype):  # counted by code, once per category
+            counts = np.bincount(column.cat.codes.to_numpy(), minlength=len(column.cat.categories))
+            values, counts = np.asarray(column.cat.categories, dtype=object)[counts > 0], counts[counts > 0]
+        else:
+            values, counts = np.unique(column.to_numpy(), return_counts=True)
+        self.pending.append((values, counts))
+        self.waiting += len(values)
+        if self.known is None or self.waiting > len(self.known[0]):
+            self._merge()
+
+    def _merge(self) -> None:
+        parts = self.pending if self.known is None else [self.known, *self.pending]
+        codes, distinct = pd.factorize(np.concatenate([values for values, _ in parts]))
+        rows = np.bincount(codes, weights=np.concatenate([counts for _, counts in parts]), minlength=len(distinct))
+        self.known, self.pending, self.waiting = (np.asarray(distinct), rows.astype(np.int64)), [], 0
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct values, rows of each)."""
+        if self.pending:
+            self._merge()
+        return self.known
 
 
 def _sorted_ids(distinct: np.ndarray, index_ids) -> tuple[pd.Index, np.ndarray, np.ndarray]:
     """(the ids as chunks give them, the ids as setup keeps them, the order), both sorted as setup's factorisation sorts."""
     ids = np.asarray(index_ids(distinct))
     order = np.argsort(ids, kind="stable")
-    return pd.Index(distinct[order]), ids[order], order
+    return pd.Index(distinct[order], dtype=distinct.dtype), ids[order], order
 
 
 def _places(keys: pd.Index, column: pd.Series) -> np.ndarray:

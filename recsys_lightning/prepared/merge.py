@@ -26,9 +26,12 @@ class _Run:
         self.buffer = np.zeros(0, dtype)
 
     def fill(self) -> None:
-        if not len(self.buffer) and self.read < self.total:
-            count = min(self.buffer_rows, self.total - self.read)
-            self.buffer = np.fromfile(self.path, self.dtype, count=count, offset=self.read * self.dtype.itemsize)
+        """Tops the buffer up: with every buffer full, the smallest last key lets most of each be ranked at once
+        (refilled only when empty, the buffers' ends drift apart and a round ranks about one buffer)."""
+        count = min(self.buffer_rows - len(self.buffer), self.total - self.read)
+        if count > 0:
+            more = np.fromfile(self.path, self.dtype, count=count, offset=self.read * self.dtype.itemsize)
+            self.buffer = np.concatenate([self.buffer, more])
             self.read += count
 
     @property
