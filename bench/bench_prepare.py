@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_prepare.py                         # ML-100K, 8M and 20M; chunk 1,000,000 and 250,000
     .venv/bin/python bench/bench_prepare.py --sizes 8000000 --chunks 1000000
+    .venv/bin/python bench/bench_prepare.py --sizes 4000000 --chunks 250000 --users 2000000 --items 1000000 --csv-only  # id maps' cost
 
 Each prepare runs through the entry point in its own process; its peak RSS comes from wait4, and the
 data-dependent part is that minus the peak of a process that only imports what prepare imports.
@@ -24,12 +25,11 @@ from pathlib import Path
 
 IMPORTS = "import recsys_lightning.prepare, recsys_lightning.data.movielens, recsys_lightning.data.synthetic, recsys_lightning.data.csv"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-SYNTHETIC = ["data.num_users=200000", "data.num_items=50000"]
 WRITE_CSV = """
 import sys
 import pyarrow as pa, pyarrow.csv
 from recsys_lightning.data.synthetic import generate_interactions
-frame = generate_interactions(200_000, 50_000, int(sys.argv[2]), seed=42)
+frame = generate_interactions(int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[2]), seed=42)
 table = pa.table({"userId": frame["user_id"], "itemId": frame["item_id"], "timestamp": frame["timestamp"].astype("int64")})
 pyarrow.csv.write_csv(table, sys.argv[1], pyarrow.csv.WriteOptions(quoting_style="none"))
 """
@@ -50,17 +50,22 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[8_000_000, 20_000_000], help="synthetic interaction counts")
     parser.add_argument("--chunks", type=int, nargs="*", default=[1_000_000, 250_000], help="chunk_rows values")
     parser.add_argument("--parts", type=int, default=4)
+    parser.add_argument("--users", type=int, default=200_000)
+    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--csv-only", action="store_true", help="only prepare from the CSV files (no ML-100K, no synthetic source)")
     arguments = parser.parse_args()
     baseline, _ = peak_rss_mib([sys.executable, "-c", IMPORTS])
     print(f"import-only peak RSS {baseline:.0f} MiB (load {os.getloadavg()[0]:.1f})")
     with tempfile.TemporaryDirectory() as scratch:
-        runs = [("ML-100K", 100_000, arguments.chunks[0], ["data=movielens"])]
+        runs = [] if arguments.csv_only else [("ML-100K", 100_000, arguments.chunks[0], ["data=movielens"])]
         for size in arguments.sizes:
             csv = Path(scratch) / f"synthetic{size}.csv"
-            subprocess.run([sys.executable, "-c", WRITE_CSV, str(csv), str(size)], env=ENV, check=True)
+            shape = [str(size), str(arguments.users), str(arguments.items)]
+            subprocess.run([sys.executable, "-c", WRITE_CSV, str(csv), *shape], env=ENV, check=True)
             runs += [(f"synthetic {size:,} CSV", size, chunk, ["data=csv", f"data.path={csv}"]) for chunk in arguments.chunks]
-            source = ["data=synthetic", *SYNTHETIC, f"data.num_interactions={size}"]
-            runs.append((f"synthetic {size:,} source", size, arguments.chunks[0], source))
+            shape_keys = [f"data.num_users={arguments.users}", f"data.num_items={arguments.items}", f"data.num_interactions={size}"]
+            source = ["data=synthetic", *shape_keys]
+            runs += [] if arguments.csv_only else [(f"synthetic {size:,} source", size, arguments.chunks[0], source)]
         for name, interactions, chunk, overrides in runs:
             output = Path(scratch) / "out"
             options = [*overrides, f"output={output}", f"parts={arguments.parts}", f"chunk_rows={chunk}"]
