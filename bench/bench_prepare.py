@@ -1,11 +1,16 @@
-"""Peak memory of `prepare` (issue 24): ML-100K and synthetic data of 2M and 8M interactions.
+"""Peak memory and time of `prepare` (issue 24): ML-100K, and synthetic 200k users x 50k items at 8M and 20M.
 
-    .venv/bin/python bench/bench_prepare.py            # ML-100K, 2M and 8M (200k users x 50k items), 4 parts
-    .venv/bin/python bench/bench_prepare.py --sizes 20000000
+    .venv/bin/python bench/bench_prepare.py                         # ML-100K, 8M and 20M; chunk 1,000,000 and 250,000
+    .venv/bin/python bench/bench_prepare.py --sizes 8000000 --chunks 1000000
+    .venv/bin/python bench/bench_prepare.py --sizes 4000000 --chunks 250000 --users 2000000 --items 1000000 --csv-only  # id maps' cost
 
 Each prepare runs through the entry point in its own process; its peak RSS comes from wait4, and the
 data-dependent part is that minus the peak of a process that only imports what prepare imports.
-prepare loads and splits with the single-process setup, so this is that setup's peak plus the writer's.
+
+The synthetic generator draws distinct pairs, so it holds every pair while it draws: the synthetic
+source's own peak grows with the interactions whatever prepare does. So the synthetic data is written
+once to a CSV (by a separate process, not measured) and prepare is measured reading that file; the
+synthetic source itself is measured once at the default chunk, for comparison.
 """
 
 from __future__ import annotations
@@ -15,41 +20,63 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-IMPORTS = "import recsys_lightning.prepare, recsys_lightning.data.movielens, recsys_lightning.data.synthetic"
+IMPORTS = "import recsys_lightning.prepare, recsys_lightning.data.movielens, recsys_lightning.data.synthetic, recsys_lightning.data.csv"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+WRITE_CSV = """
+import sys
+import pyarrow as pa, pyarrow.csv
+from recsys_lightning.data.synthetic import generate_interactions
+frame = generate_interactions(int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[2]), seed=42)
+table = pa.table({"userId": frame["user_id"], "itemId": frame["item_id"], "timestamp": frame["timestamp"].astype("int64")})
+pyarrow.csv.write_csv(table, sys.argv[1], pyarrow.csv.WriteOptions(quoting_style="none"))
+"""
 
 
-def peak_rss_mib(command: list[str]) -> float:
-    """The peak resident memory of `command`, a child of this process, in MiB (Linux reports KiB)."""
+def peak_rss_mib(command: list[str]) -> tuple[float, float]:
+    """The peak resident memory of `command`, a child of this process, in MiB (Linux reports KiB), and its seconds."""
+    start = time.perf_counter()
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
     if status:
         sys.exit(f"failed: {' '.join(command)}\n{process.stderr.read().decode()[-2000:]}")
-    return usage.ru_maxrss / 1024
+    return usage.ru_maxrss / 1024, time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="*", default=[2_000_000, 8_000_000], help="synthetic interaction counts")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[8_000_000, 20_000_000], help="synthetic interaction counts")
+    parser.add_argument("--chunks", type=int, nargs="*", default=[1_000_000, 250_000], help="chunk_rows values")
     parser.add_argument("--parts", type=int, default=4)
+    parser.add_argument("--users", type=int, default=200_000)
+    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--csv-only", action="store_true", help="only prepare from the CSV files (no ML-100K, no synthetic source)")
     arguments = parser.parse_args()
-    baseline = peak_rss_mib([sys.executable, "-c", IMPORTS])
+    baseline, _ = peak_rss_mib([sys.executable, "-c", IMPORTS])
     print(f"import-only peak RSS {baseline:.0f} MiB (load {os.getloadavg()[0]:.1f})")
-    runs = [("ML-100K", 100_000, ["data=movielens"])] + [
-        (f"synthetic {size:,}", size, ["data=synthetic", "data.num_users=200000", "data.num_items=50000", f"data.num_interactions={size}"])
-        for size in arguments.sizes
-    ]
-    for name, interactions, overrides in runs:
-        with tempfile.TemporaryDirectory() as folder:
-            arguments_of_run = [*overrides, f"output={Path(folder) / 'out'}", f"parts={arguments.parts}"]
-            peak = peak_rss_mib([sys.executable, "-m", "recsys_lightning.prepare", *arguments_of_run])
-        data = peak - baseline
-        print(
-            f"{name:>22}: peak RSS {peak:.0f} MiB, data-dependent {data:.0f} MiB = {data * 2**20 / interactions:.0f} B/interaction "
-            f"(load {os.getloadavg()[0]:.1f})"
-        )
+    with tempfile.TemporaryDirectory() as scratch:
+        runs = [] if arguments.csv_only else [("ML-100K", 100_000, arguments.chunks[0], ["data=movielens"])]
+        for size in arguments.sizes:
+            csv = Path(scratch) / f"synthetic{size}.csv"
+            shape = [str(size), str(arguments.users), str(arguments.items)]
+            subprocess.run([sys.executable, "-c", WRITE_CSV, str(csv), *shape], env=ENV, check=True)
+            runs += [(f"synthetic {size:,} CSV", size, chunk, ["data=csv", f"data.path={csv}"]) for chunk in arguments.chunks]
+            shape_keys = [f"data.num_users={arguments.users}", f"data.num_items={arguments.items}", f"data.num_interactions={size}"]
+            source = ["data=synthetic", *shape_keys]
+            runs += [] if arguments.csv_only else [(f"synthetic {size:,} source", size, arguments.chunks[0], source)]
+        for name, interactions, chunk, overrides in runs:
+            output = Path(scratch) / "out"
+            options = [*overrides, f"output={output}", f"parts={arguments.parts}", f"chunk_rows={chunk}"]
+            peak, seconds = peak_rss_mib([sys.executable, "-m", "recsys_lightning.prepare", *options])
+            subprocess.run(["rm", "-rf", str(output)], check=True)
+            data = peak - baseline
+            print(
+                f"{name:>28}, chunk {chunk:>9,}: peak RSS {peak:.0f} MiB, data-dependent {data:.0f} MiB "
+                f"({data * 2**20 / interactions:.0f} B/interaction), {seconds:.0f} s (load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
     python -m recsys_lightning.prepare data=movielens output=prepared/ml100k parts=4
 
-The data is loaded and split by the same DataModule training uses (same rules and seed), so a
-prepared folder holds exactly the split `data=<source>` trains on; its memory is therefore that of
-the single-process setup. `data=prepared data.path=<folder>` then lets each DDP rank read only its parts.
+The data is split with the rules and seed training uses, so a prepared folder holds exactly the split
+`data=<source>` trains on. It is read `chunk_rows` rows at a time and split one block of users at a time
+(prepared/bounded.py), so memory follows the chunk and the id maps, not the rows; pre-split files and
+k-core filtering are loaded and split whole, by the DataModule itself. `data=prepared data.path=<folder>`
+then lets each DDP rank read only its parts.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from recsys_lightning.config import check_override_keys, register_resolvers
 from recsys_lightning.console import quiet_library_noise
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
+from recsys_lightning.prepared.bounded import write_prepared_bounded
 from recsys_lightning.prepared.datamodule import PREPARED_TARGET
 from recsys_lightning.prepared.write import check_output_free, write_prepared
 from recsys_lightning.ranges import TEXT, Rule, constructor_rules, integer
@@ -34,7 +37,7 @@ register_resolvers()
 quiet_library_noise()
 
 # prepare's own arguments (conf/prepare.yaml); the data keys are ruled by the data option's constructor.
-PREPARE_RULES: dict[str, Rule] = {"seed": integer(0, 2**32 - 1), "output": TEXT, "parts": integer(1)}
+PREPARE_RULES: dict[str, Rule] = {"seed": integer(0, 2**32 - 1), "output": TEXT, "parts": integer(1), "chunk_rows": integer(16)}
 FEATURE_KEYS = ("item_features", "user_features")
 
 
@@ -61,9 +64,13 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     """Load, split and write `cfg.data` to `cfg.output`; returns the manifest written."""
     check_prepare_config(cfg)
     datamodule: InteractionDataModule = build_datamodule(cfg.data)
-    datamodule.setup("fit")
-    manifest = write_prepared(datamodule, Path(cfg.output), cfg.parts)
-    log.info("prepared %s into %s (%d parts)", datamodule.source, cfg.output, len(manifest["parts"]))
+    chunked = datamodule.load_chunks(cfg.chunk_rows)
+    if chunked is None:  # pre-split files, k-core filtering: loaded and split whole, as training does
+        datamodule.setup("fit")
+        manifest = write_prepared(datamodule, Path(cfg.output), cfg.parts)
+    else:
+        manifest = write_prepared_bounded(datamodule, chunked, Path(cfg.output), cfg.parts, cfg.chunk_rows)
+    log.info("prepared %s into %s (%d parts)", manifest["source"], cfg.output, len(manifest["parts"]))
     return manifest
 
 

@@ -25,6 +25,13 @@ INT64 = np.iinfo(np.int64)
 CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]{0,18}")  # the one spelling of an int64: no sign, zeros or spaces
 
 
+def item_titles(item_info: pd.DataFrame) -> list[str] | None:
+    """One title per row of `item_info` (items in index order; "" where an item has none), or None when no item has one."""
+    if "title" in item_info and item_info["title"].notna().any():
+        return item_info["title"].fillna("").astype(str).tolist()
+    return None
+
+
 @dataclass(frozen=True)
 class Catalogue:
     """Indices <-> raw ids, each user's seen items tagged by split part, training popularity, titles.
@@ -59,10 +66,7 @@ class Catalogue:
             items.append(part_items)
             codes.append(torch.full_like(part_rows, code, dtype=torch.int8))
         seen = UserItemCSR.from_pairs(torch.cat(rows), torch.cat(items), num_users, num_items, values=torch.cat(codes))
-        titles = None
-        if "title" in item_info and item_info["title"].notna().any():
-            titles = item_info["title"].fillna("").astype(str).tolist()
-        return cls(user_ids=user_ids, item_ids=item_ids, seen=seen, popularity=parts[0].counts_per_item(), titles=titles)
+        return cls(user_ids=user_ids, item_ids=item_ids, seen=seen, popularity=parts[0].counts_per_item(), titles=item_titles(item_info))
 
     def user_index(self, raw_id: Any) -> int | None:
         """Index of a raw user id, or None when the id is unknown."""

@@ -24,6 +24,7 @@ from pandas.api.types import union_categoricals
 from pandas.io.common import get_handle
 
 from recsys_lightning import progress
+from recsys_lightning.data.chunked import ChunkedInteractions
 from recsys_lightning.data.csv_fields import FieldCheckedStream, separator_byte
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
 from recsys_lightning.data.features import FeatureColumns, refuse_unmatched
@@ -65,6 +66,39 @@ def read_interactions(
     Ids come back as categories whose categories are the raw text of the file.
     Every problem a user can cause raises DataError with the file and the line or column.
     """
+    chunks = list(
+        read_interaction_chunks(
+            path,
+            user_col=user_col,
+            item_col=item_col,
+            rating_col=rating_col,
+            timestamp_col=timestamp_col,
+            target_col=target_col,
+            sep=sep,
+            encoding=encoding,
+        )
+    )
+    merged = {name: union_categoricals([chunk[name] for chunk in chunks], sort_categories=True) for name in (USER, ITEM)}
+    for name in chunks[0].columns.drop([USER, ITEM]):
+        merged[name] = np.concatenate([chunk[name].to_numpy() for chunk in chunks])
+    return pd.DataFrame(merged)
+
+
+def read_interaction_chunks(
+    path: str | Path,
+    *,
+    user_col: str,
+    item_col: str,
+    rating_col: str | None = "rating",
+    timestamp_col: str | None = "timestamp",
+    target_col: str | None = "target",
+    sep: str | None = None,
+    encoding: str = "utf-8",
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[pd.DataFrame]:
+    """`read_interactions` a chunk of `chunk_rows` rows at a time, with the same checks: each chunk's ids are
+    categories of their raw text, a file without ratings rates every row 1, and one without timestamps
+    numbers its rows in file order. The file and its header are checked before the first chunk is asked for."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; point data.path (or data.train_path/valid_path/test_path) at an existing file")
@@ -82,21 +116,26 @@ def read_interactions(
             raise DataError(f"{path}: no column {column!r}; columns found: {_column_list(found)}. Set {key} to the right one")
     optional = {RATING: rating_col, TIMESTAMP: timestamp_col, TARGET: target_col}
     columns = {USER: user_col, ITEM: item_col, **{name: column for name, column in optional.items() if column and column in found}}
+    return _parsed_chunks(path, sep, encoding, columns, chunk_rows)
+
+
+def _parsed_chunks(path: Path, sep: str, encoding: str, columns: dict[str, str], chunk_rows: int) -> Iterator[pd.DataFrame]:
     reader = _ChunkReader(path, columns)
     progress.stage(f"reading {path}")
-    chunks = [
-        reader.parse(chunk, first_row, line_of_row) for first_row, chunk, line_of_row in _chunks(path, sep, encoding, columns) if len(chunk)
-    ]
-    if not chunks:
+    read_any = False
+    for first_row, chunk, line_of_row in _chunks(path, sep, encoding, columns, chunk_rows):
+        if not len(chunk):
+            continue
+        read_any = True
+        parsed = reader.parse(chunk, first_row, line_of_row)
+        frame = {USER: parsed[USER], ITEM: parsed[ITEM]}
+        frame[RATING] = parsed.get(RATING, np.ones(len(chunk), dtype=np.float32))
+        frame[TIMESTAMP] = parsed.get(TIMESTAMP, np.arange(first_row, first_row + len(chunk), dtype=np.float64))
+        if TARGET in parsed:
+            frame[TARGET] = parsed[TARGET]
+        yield pd.DataFrame(frame)
+    if not read_any:
         raise DataError(f"{path}: has a header but no rows; add interactions below the header")
-    merged = {name: union_categoricals([chunk[name] for chunk in chunks], sort_categories=True) for name in (USER, ITEM)}
-    joined = {name: np.concatenate([chunk[name] for chunk in chunks]) for name in columns.keys() - {USER, ITEM}}
-    rows = len(merged[USER])
-    merged[RATING] = joined.get(RATING, np.ones(rows, dtype=np.float32))
-    merged[TIMESTAMP] = joined.get(TIMESTAMP, np.arange(rows, dtype=np.float64))
-    if TARGET in joined:
-        merged[TARGET] = joined[TARGET]
-    return pd.DataFrame(merged)
 
 
 def read_id_pairs(path: str | Path, *, user_col: str, item_col: str, key: str, columns_key: str, chunk_rows: int) -> IdChunks:
@@ -509,6 +548,39 @@ class CsvDataModule(InteractionDataModule):
             if names
         }
         return LoadedInteractions(frame, items, source=f"csv:{source}", ratings_missing=ratings_missing, **features)
+
+    def load_chunks(self, chunk_rows: int) -> ChunkedInteractions | None:
+        """One file read `chunk_rows` rows at a time, checked as `load` checks it; None (load it whole) for
+        pre-split files or k-core filtering, which need every row at once."""
+        if "all" not in self.paths or max(self.min_user_interactions, self.min_item_interactions) > 1:
+            return None
+        if self.read_options["sep"] is not None:
+            separator_byte(self.read_options["sep"])
+        _check_distinct_columns(**{key: value for key, value in self.read_options.items() if key.endswith("_col")})
+        path = self.paths["all"]
+        read_interaction_chunks(path, **self.read_options, chunk_rows=1)  # the file and its header, checked now
+
+        def items(item_ids: np.ndarray) -> pd.DataFrame:
+            if not self.items_path:
+                return pd.DataFrame({ITEM: pd.Series([], dtype=object), "title": []})
+            titles = read_item_titles(
+                self.items_path,
+                item_col=self.read_options["item_col"],
+                title_col=self.title_col,
+                sep=self.read_options["sep"],
+                encoding=self.read_options["encoding"],
+                titles_required=True,
+            )
+            known = pd.Series(pd.Categorical(item_ids, categories=np.sort(item_ids)))
+            return _with_interaction_ids(titles, known, self.items_path, self.read_options["item_col"])
+
+        return ChunkedInteractions(
+            chunks=lambda: read_interaction_chunks(path, **self.read_options, chunk_rows=chunk_rows),
+            source=f"csv:all={path}",
+            ratings_missing=self._ratings_missing(Path(path)),
+            index_ids=lambda distinct: np.asarray(integer_ids_if_exact(pd.Series(pd.Categorical(distinct, categories=distinct)))),
+            items=items,
+        )
 
     def _ratings_missing(self, path: Path) -> str | None:
         """Why `path` gives no ratings (read_interactions then rates every row 1), or None when it does."""

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from recsys_lightning import progress
 from recsys_lightning.data.batches import EpochBatchSampler, PositivePairs, RankingChunks, training_device
 from recsys_lightning.data.catalogue import Catalogue
+from recsys_lightning.data.chunked import ChunkedInteractions, frame_chunks
 from recsys_lightning.data.features import FeatureColumns, index_features
 from recsys_lightning.data.interactions import ITEM, PART, TARGET, USER, Interactions, latest_per_pair
 from recsys_lightning.data.positives import TrainingPositives
@@ -87,6 +88,20 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
     @abstractmethod
     def load(self) -> LoadedInteractions:
         """Read (or fetch) the raw interactions of this source."""
+
+    def load_chunks(self, chunk_rows: int) -> ChunkedInteractions | None:
+        """This source for `prepare`, `chunk_rows` rows at a time; None where only `load` can give it (pre-split
+        data). Here every row is loaded once and handed out in chunks: sources read in bounded memory override it."""
+        loaded = self.load()
+        if PART in loaded.interactions:
+            return None
+        return ChunkedInteractions(
+            chunks=frame_chunks(loaded.interactions, chunk_rows),
+            source=loaded.source,
+            ratings_missing=loaded.ratings_missing,
+            index_ids=lambda distinct: distinct,
+            items=lambda item_ids: loaded.items,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.interactions is not None:

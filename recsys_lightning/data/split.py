@@ -45,14 +45,33 @@ def split_interactions(interactions: Interactions, kind: str, ratios: Sequence[f
         raise ConfigError(f"data.split={kind!r} is not a split kind: use one of {', '.join(SPLIT_KINDS)}")
     if kind == "cold_items":
         return _split_items(interactions, ratios, seed)
-    users = interactions.users
-    tiebreak = np.random.default_rng(stream_seed(seed, "split")).random(len(users))
+    tiebreak = np.random.default_rng(stream_seed(seed, "split")).random(len(interactions))
+    part, train_only = split_users(interactions.users, interactions.timestamps, tiebreak, kind, ratios, interactions.num_users)
+    if train_only:
+        log.warning("%d users have too few interactions for a %s split and are kept in train only", train_only, kind)
+    return Split(
+        train=np.flatnonzero(part == 0),
+        valid=np.flatnonzero(part == 1),
+        test=np.flatnonzero(part == 2),
+        train_only_users=train_only,
+    )
+
+
+def split_users(
+    users: np.ndarray, timestamps: np.ndarray, tiebreak: np.ndarray, kind: str, ratios: Sequence[float], num_users: int
+) -> tuple[np.ndarray, int]:
+    """The part (0 train, 1 valid, 2 test) of each row of a per-user split, and how many users could only train.
+
+    The rules of `split_interactions`, for any rows holding whole users (`users` in 0..num_users-1, e.g. one
+    contiguous block of users counted from its first), in single-process order with the row's draw of the
+    split stream as `tiebreak`: a block gives each of its rows the part the whole data would.
+    """
     if kind == "ratio":
         order = np.lexsort((tiebreak, users))
     else:
-        order = np.lexsort((tiebreak, interactions.timestamps, users))
+        order = np.lexsort((tiebreak, timestamps, users))
 
-    counts = np.bincount(users, minlength=interactions.num_users)
+    counts = np.bincount(users, minlength=num_users)
     if kind == "leave_one_out":
         train_end, valid_end = counts - 2, counts - 1
     else:
@@ -66,37 +85,16 @@ def split_interactions(interactions: Interactions, kind: str, ratios: Sequence[f
     sorted_users = users[order]
     group_start = np.cumsum(counts) - counts
     position = np.arange(len(users)) - group_start[sorted_users]
-    part = (position >= train_end[sorted_users]).astype(np.int8) + (position >= valid_end[sorted_users])
-
-    train_only = int(((~splittable) & (counts > 0)).sum())
-    if train_only:
-        log.warning("%d users have too few interactions for a %s split and are kept in train only", train_only, kind)
-    return Split(
-        train=np.sort(order[part == 0]),
-        valid=np.sort(order[part == 1]),
-        test=np.sort(order[part == 2]),
-        train_only_users=train_only,
-    )
+    part = np.empty(len(users), dtype=np.int8)
+    part[order] = (position >= train_end[sorted_users]).astype(np.int8) + (position >= valid_end[sorted_users])
+    return part, int(((~splittable) & (counts > 0)).sum())
 
 
 def _split_items(interactions: Interactions, ratios: Sequence[float], seed: int) -> Split:
     """Held-out items never occur in train, so the split measures how a model ranks items it has only
     seen through their features. Users whose items are all held out keep no training row; they stay,
     and are evaluated like everyone else."""
-    train_share, valid_share, _ = _check_ratios(ratios)
-    num_items = interactions.num_items
-    train_end = int(np.floor(num_items * train_share + 0.5))
-    valid_end = int(np.floor(num_items * (train_share + valid_share) + 0.5))
-    if not 1 <= train_end < valid_end < num_items:
-        raise DataError(
-            f"data.split=cold_items with data.split_ratios={list(ratios)} gives {train_end} train, {valid_end - train_end} valid "
-            f"and {num_items - valid_end} test items of {num_items}; each part needs at least one: change the ratios or use another split"
-        )
-    shuffled = np.random.default_rng(stream_seed(seed, "split")).permutation(num_items)
-    item_part = np.zeros(num_items, dtype=np.int8)  # 0 train, 1 valid, 2 test
-    item_part[shuffled[train_end:valid_end]] = 1
-    item_part[shuffled[valid_end:]] = 2
-    part = item_part[interactions.items]
+    part = item_parts(interactions.num_items, ratios, seed)[interactions.items]
     trains = np.bincount(interactions.users[part == 0], minlength=interactions.num_users)
     holds_out = np.bincount(interactions.users[part > 0], minlength=interactions.num_users)
     untrained = int(np.count_nonzero((trains == 0) & (holds_out > 0)))
@@ -110,6 +108,23 @@ def _split_items(interactions: Interactions, ratios: Sequence[float], seed: int)
         test=np.flatnonzero(part == 2),
         train_only_users=int(np.count_nonzero((trains > 0) & (holds_out == 0))),
     )
+
+
+def item_parts(num_items: int, ratios: Sequence[float], seed: int) -> np.ndarray:
+    """Each item's part (0 train, 1 valid, 2 test) in the `cold_items` split: a seeded share of the items per part."""
+    train_share, valid_share, _ = _check_ratios(ratios)
+    train_end = int(np.floor(num_items * train_share + 0.5))
+    valid_end = int(np.floor(num_items * (train_share + valid_share) + 0.5))
+    if not 1 <= train_end < valid_end < num_items:
+        raise DataError(
+            f"data.split=cold_items with data.split_ratios={list(ratios)} gives {train_end} train, {valid_end - train_end} valid "
+            f"and {num_items - valid_end} test items of {num_items}; each part needs at least one: change the ratios or use another split"
+        )
+    shuffled = np.random.default_rng(stream_seed(seed, "split")).permutation(num_items)
+    item_part = np.zeros(num_items, dtype=np.int8)
+    item_part[shuffled[train_end:valid_end]] = 1
+    item_part[shuffled[valid_end:]] = 2
+    return item_part
 
 
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:

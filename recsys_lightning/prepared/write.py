@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +39,29 @@ def check_output_free(output: Path) -> None:
 def write_prepared(datamodule: InteractionDataModule, output: Path, parts: int) -> dict[str, Any]:
     """Write `datamodule` (after `setup`) into `parts` user blocks at `output`; returns the manifest."""
     check_output_free(output)
-    if not 1 <= parts <= datamodule.num_users:
-        raise ConfigError(f"parts={parts}: {datamodule.source} has {datamodule.num_users} users; use 1 <= parts <= {datamodule.num_users}")
+    check_parts(parts, datamodule.num_users, datamodule.source)
     codes = _part_codes(datamodule)
     rows, counts = _row_order(datamodule, codes)
     boundaries = user_blocks(counts, parts)
     starts = np.concatenate([[0], np.cumsum(counts)])[boundaries]
+    return build_folder(output, lambda folder: _write_folder(datamodule, codes, rows, boundaries, starts, folder))
+
+
+def check_parts(parts: int, num_users: int, source: str) -> None:
+    if not 1 <= parts <= num_users:
+        raise ConfigError(f"parts={parts}: {source} has {num_users} users; use 1 <= parts <= {num_users}")
+
+
+def build_folder(output: Path, fill: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """`fill(folder)` writes a prepared folder (and may keep its working files in it, removed before it
+    returns) in a hidden sibling of `output`, renamed to `output` once complete; returns what `fill` does."""
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
     except OSError as error:
         raise write_failure(output, error, "output") from error
     try:
-        manifest = _write_folder(datamodule, codes, rows, boundaries, starts, temporary)
+        manifest = fill(temporary)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o777 & ~umask)  # a plain mkdir's permissions, not mkdtemp's 0700
@@ -112,35 +123,16 @@ def _write_folder(
     datamodule: InteractionDataModule, codes: np.ndarray, rows: np.ndarray, boundaries: np.ndarray, starts: np.ndarray, folder: Path
 ) -> dict[str, Any]:
     catalogue = datamodule.training_data.catalogue
-    items = {"item_id": id_array(np.asarray(catalogue.item_ids))}
-    if catalogue.titles is not None:
-        items["title"] = pa.array(catalogue.titles, type=pa.string())
-    items["train_count"] = pa.array(catalogue.popularity.numpy(), type=pa.int64())
-    pq.write_table(pa.table(items), folder / ITEMS)
+    write_items(folder, np.asarray(catalogue.item_ids), catalogue.titles, catalogue.popularity.numpy())
     user_ids = np.asarray(datamodule.interactions.user_ids)
     parts = []
     for k in range(len(boundaries) - 1):
         block = _block(datamodule, codes, rows[starts[k] : starts[k + 1]])
         first, last = int(boundaries[k]), int(boundaries[k + 1])
         pq.write_table(pa.table(block, schema=PART_SCHEMA), folder / part_name(k))
-        pq.write_table(pa.table({"user_id": id_array(user_ids[first:last])}), folder / users_name(k))
-        code_counts = np.bincount(block["part"], minlength=4)
-        parts.append(
-            {
-                "files": {"rows": _file_record(folder, part_name(k)), "users": _file_record(folder, users_name(k))},
-                "first_user": first,
-                "num_users": last - first,
-                "rows": len(block["row"]),
-                "train": int(code_counts[TRAIN]),
-                "valid": int(code_counts[VALID]),
-                "test": int(code_counts[TEST]),
-                "negatives": int(code_counts[NEGATIVE]),
-                "valid_users": len(np.unique(block["user"][block["part"] == VALID])),
-            }
-        )
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "recsys_lightning_version": __version__,
+        valid_users = len(np.unique(block["user"][block["part"] == VALID]))
+        parts.append(part_entry(folder, k, user_ids[first:last], first, np.bincount(block["part"], minlength=4), valid_users))
+    facts = {
         "source": datamodule.source,
         "seed": int(datamodule.seed),
         "split": {"kind": datamodule.split_kind, "ratios": list(datamodule.split_ratios), "min_rating": datamodule.min_rating},
@@ -149,6 +141,44 @@ def _write_folder(
         "num_interactions": len(datamodule.interactions),
         "num_negatives": len(datamodule.training_data.explicit_negatives),
         "ratings_missing": datamodule.training_data.ratings_missing,
+    }
+    return write_manifest(folder, facts, parts)
+
+
+def write_items(folder: Path, item_ids: np.ndarray, titles: list[str] | None, train_counts: np.ndarray) -> None:
+    """items.parquet: raw ids in index order, titles where the source has them, training positives per item."""
+    items = {"item_id": id_array(item_ids)}
+    if titles is not None:
+        items["title"] = pa.array(titles, type=pa.string())
+    items["train_count"] = pa.array(train_counts, type=pa.int64())
+    pq.write_table(pa.table(items), folder / ITEMS)
+
+
+def part_entry(folder: Path, k: int, user_ids: np.ndarray, first_user: int, code_counts: np.ndarray, valid_users: int) -> dict[str, Any]:
+    """Writes block k's users file (its part file is written already) and returns the manifest's entry of the
+    block: `code_counts` are its rows per part code, `valid_users` its users with a validation row."""
+    pq.write_table(pa.table({"user_id": id_array(user_ids)}), folder / users_name(k))
+    return {
+        "files": {"rows": _file_record(folder, part_name(k)), "users": _file_record(folder, users_name(k))},
+        "first_user": first_user,
+        "num_users": len(user_ids),
+        "rows": int(code_counts.sum()),
+        "train": int(code_counts[TRAIN]),
+        "valid": int(code_counts[VALID]),
+        "test": int(code_counts[TEST]),
+        "negatives": int(code_counts[NEGATIVE]),
+        "valid_users": int(valid_users),
+    }
+
+
+def write_manifest(folder: Path, facts: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """manifest.json of a folder whose items and parts are written: `facts` are the source, seed, split and
+    counts (keys as `_write_folder` gives them), `parts` the entries of `part_entry`."""
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "recsys_lightning_version": __version__,
+        **{key: facts[key] for key in ("source", "seed", "split", "num_users", "num_items", "num_interactions", "num_negatives")},
+        "ratings_missing": facts["ratings_missing"],
         "part_codes": {"train": TRAIN, "valid": VALID, "test": TEST, "negative": NEGATIVE},
         "items": _file_record(folder, ITEMS),
         "parts": parts,
@@ -156,10 +186,10 @@ def _write_folder(
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     log.info(
         "%s: %d users, %d items, %d rows in %d parts (%s rows each at most)",
-        datamodule.source,
-        datamodule.num_users,
-        datamodule.num_items,
-        len(rows),
+        facts["source"],
+        facts["num_users"],
+        facts["num_items"],
+        sum(part["rows"] for part in parts),
         len(parts),
         f"{max(part['rows'] for part in parts):,}",
     )

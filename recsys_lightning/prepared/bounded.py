@@ -1,0 +1,342 @@
+"""`prepare` in memory bounded by a chunk size: a source read in chunks, cut into blocks of whole users on disk,
+and split one block at a time, with the single-process rules and seed.
+
+Held at once: one chunk of rows, the id maps and per-user and per-item counts, and one block (a block holds
+whole users, about `chunk_rows` rows, more only where one user has more). The steps:
+
+1. read the source: every distinct raw user and item id, and each user's rows;
+2. read it again: each row, its ids as places in the sorted id lists, appended to its user block's file;
+3. per block: the latest row of each (user, item) (by timestamp, then source order, as `latest_per_pair`),
+   the positives that `min_rating` keeps, written sorted by (timestamp, source row): a run;
+4. `merge_ranks` of the runs: each positive's place in the single-process interactions (its `row`) and that
+   place's draw of the split stream; the explicit negatives get their places the same way;
+5. per block: final indices (setup's sorted-id factorisation), the split (`split_users` or `item_parts`),
+   the rows sorted as `write_prepared` sorts them, written to the block's file;
+6. the parts, cut by `user_blocks` from the users' final row counts, each written from the blocks it spans.
+
+The folder holds the rows `write_prepared` writes after `setup`; a part file's row groups follow the blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from recsys_lightning.data.catalogue import item_titles
+from recsys_lightning.data.chunked import ChunkedInteractions
+from recsys_lightning.data.datamodule import InteractionDataModule, check_negatives_exist
+from recsys_lightning.data.interactions import ITEM, RATING, TARGET, TIMESTAMP, USER
+from recsys_lightning.data.sparse import UserItemCSR
+from recsys_lightning.data.split import item_parts, split_users
+from recsys_lightning.errors import DataError
+from recsys_lightning.prepared.layout import PART_SCHEMA, part_name
+from recsys_lightning.prepared.merge import DRAWS, RANKS, merge_ranks
+from recsys_lightning.prepared.share import NEGATIVE, TRAIN, VALID, user_blocks
+from recsys_lightning.prepared.write import build_folder, check_output_free, check_parts, part_entry, write_items, write_manifest
+from recsys_lightning.seeds import stream_seed
+
+log = logging.getLogger(__name__)
+
+# A source row: user and item as places in the sorted distinct raw ids, and its place in the source.
+SOURCE_ROW = np.dtype(
+    [
+        ("user", np.int64),
+        ("item", np.int64),
+        ("rating", np.float32),
+        ("timestamp", np.float64),
+        ("source_row", np.int64),
+        ("target", np.int8),
+    ]
+)
+# A row of a part, as PART_SCHEMA has it.
+PART_ROW = np.dtype([(field.name, field.type.to_pandas_dtype()) for field in PART_SCHEMA])
+WORK = ".work"  # the working files' folder inside the folder being built
+
+
+def write_prepared_bounded(
+    datamodule: InteractionDataModule, chunked: ChunkedInteractions, output: Path, parts: int, chunk_rows: int
+) -> dict[str, Any]:
+    """Prepare `chunked` (from `datamodule.load_chunks`) into `parts` user blocks at `output`, `chunk_rows` rows
+    at a time; `datamodule` gives the split settings and seed. Returns the manifest."""
+    check_output_free(output)
+    return build_folder(output, lambda folder: _Preparation(datamodule, chunked, folder, parts, chunk_rows).run())
+
+
+class _Preparation:
+    """The steps of one bounded prepare, in `run` order; working files live in `folder`/WORK."""
+
+    def __init__(self, datamodule: InteractionDataModule, chunked: ChunkedInteractions, folder: Path, parts: int, chunk_rows: int) -> None:
+        self.datamodule, self.chunked, self.folder, self.parts, self.chunk_rows = datamodule, chunked, folder, parts, chunk_rows
+        self.work = folder / WORK
+        self.work.mkdir()
+
+    def run(self) -> dict[str, Any]:
+        self._read_ids()
+        self._write_blocks()
+        self._keep_latest()
+        self._rank()
+        self._split_blocks()
+        manifest = self._write_parts()
+        shutil.rmtree(self.work)
+        return manifest
+
+    def _file(self, kind: str, block: int) -> Path:
+        return self.work / f"{kind}-{block:06d}"
+
+    def _read_ids(self) -> None:
+        """Step 1: the sorted distinct raw ids (as the chunks give them, and as setup keeps them) and rows per user."""
+        users, items = _Tally(), _Tally()
+        for chunk in self.chunked.chunks():
+            users.add(chunk[USER])
+            items.add(chunk[ITEM])
+        distinct_users, user_rows = users.result()
+        self.user_keys, self.user_ids, order = _sorted_ids(distinct_users, self.chunked.index_ids)
+        self.item_keys, self.item_ids, _ = _sorted_ids(items.result()[0], self.chunked.index_ids)
+        rows = user_rows[order]
+        # Blocks of whole users: a user starting within the k-th `chunk_rows` rows is in block k (renumbered without gaps).
+        _, self.block_of_user = np.unique((np.cumsum(rows) - rows) // self.chunk_rows, return_inverse=True)
+        self.blocks = int(self.block_of_user.max()) + 1
+        log.info("%s: %s rows, %d users in %d blocks", self.chunked.source, f"{rows.sum():,}", len(rows), self.blocks)
+
+    def _write_blocks(self) -> None:
+        """Step 2: every row appended, in source order, to its user block's file."""
+        source_row = 0
+        for chunk in self.chunked.chunks():
+            rows = np.empty(len(chunk), SOURCE_ROW)
+            rows["user"] = _places(self.user_keys, chunk[USER])
+            rows["item"] = _places(self.item_keys, chunk[ITEM])
+            rows["rating"] = chunk[RATING].to_numpy(np.float32)
+            rows["timestamp"] = chunk[TIMESTAMP].to_numpy(np.float64)
+            rows["source_row"] = source_row + np.arange(len(chunk))
+            rows["target"] = chunk[TARGET].to_numpy(np.int8) if TARGET in chunk else 1
+            source_row += len(chunk)
+            if (rows["user"] < 0).any() or (rows["item"] < 0).any():
+                raise DataError(f"{self.chunked.source}: changed while prepare read it (an id its first reading lacked); run prepare again")
+            blocks = self.block_of_user[rows["user"]]
+            order = np.argsort(blocks, kind="stable")
+            rows, ends = rows[order], np.searchsorted(blocks[order], np.arange(self.blocks), "right")
+            for block in np.unique(blocks):
+                with open(self._file("rows", block), "ab") as handle:
+                    rows[(ends[block - 1] if block else 0) : ends[block]].tofile(handle)
+
+    def _keep_latest(self) -> None:
+        """Step 3: per block, the latest row of each pair; the kept positives sorted by key as a run, the explicit
+        negatives set aside; which users and items have a kept positive."""
+        min_rating = self.datamodule.min_rating
+        self.user_kept = np.zeros(len(self.user_ids), bool)
+        self.item_kept = np.zeros(len(self.item_ids), bool)
+        dropped = repeated = positives = 0
+        for block in range(self.blocks):
+            rows = np.fromfile(self._file("rows", block), SOURCE_ROW)
+            self._file("rows", block).unlink()
+            rows = rows[np.lexsort((rows["source_row"], rows["timestamp"], rows["item"], rows["user"]))]
+            same_pair = (rows["user"][1:] == rows["user"][:-1]) & (rows["item"][1:] == rows["item"][:-1])
+            last = np.append(~same_pair, True)
+            dropped += int(same_pair.sum())
+            repeated += int((last[1:] & same_pair).sum())
+            rows = rows[last]
+            negative = rows["target"] == 0
+            kept = rows[~negative]
+            positives += len(kept)
+            if min_rating is not None:
+                kept = kept[kept["rating"] >= min_rating]
+            self.user_kept[kept["user"]] = True
+            self.item_kept[kept["item"]] = True
+            _by_key(kept).tofile(self._file("positives", block))
+            rows[negative].tofile(self._file("negatives", block))
+        if dropped:
+            log.warning(
+                "dropped %d repeated (user, item) rows of %d pairs, keeping the latest of each (by timestamp, then file order)",
+                dropped,
+                repeated,
+            )
+        source = self.chunked.source
+        if not positives:
+            raise DataError(f"{source}: every row has target 0, so there is no positive to learn from; check the target column")
+        if not self.user_kept.any():
+            if min_rating is None:
+                raise DataError(f"{source}: there are no positive interactions to learn from")
+            raise DataError(f"{source}: no interaction has rating >= {min_rating}: lower data.min_rating or set it to null")
+
+    def _rank(self) -> None:
+        """Step 4: each kept positive's place among all, with its split draw; each known explicit negative's place."""
+        for block in range(self.blocks):  # a negative counts only where setup indexes both its user and its item
+            negatives = np.fromfile(self._file("negatives", block), SOURCE_ROW)
+            known = self.user_kept[negatives["user"]] & self.item_kept[negatives["item"]]
+            _by_key(negatives[known]).tofile(self._file("negatives", block))
+        split = self.datamodule.split_kind
+        draws = None if split == "cold_items" else np.random.default_rng(stream_seed(self.datamodule.seed, "split"))
+        self.num_interactions = merge_ranks([self._file("positives", b) for b in range(self.blocks)], SOURCE_ROW, self.chunk_rows, draws)
+        self.num_negatives = merge_ranks([self._file("negatives", b) for b in range(self.blocks)], SOURCE_ROW, self.chunk_rows)
+
+    def _split_blocks(self) -> None:
+        """Step 5: per block, final indices, the split and the part rows, sorted by user and then by `row`."""
+        user_index = np.cumsum(self.user_kept) - 1
+        item_index = np.cumsum(self.item_kept) - 1
+        self.user_ids, self.item_ids = self.user_ids[self.user_kept], self.item_ids[self.item_kept]
+        num_items = len(self.item_ids)
+        kind, ratios = self.datamodule.split_kind, self.datamodule.split_ratios
+        items_part = item_parts(num_items, ratios, self.datamodule.seed) if kind == "cold_items" else None
+        self.user_rows = np.zeros(len(self.user_ids), np.int64)
+        self.train_counts = np.zeros(num_items, np.int64)
+        train_only = valid = 0
+        full_user: DataError | None = None
+        for block in range(self.blocks):
+            positives = np.fromfile(self._file("positives", block), SOURCE_ROW)
+            negatives = np.fromfile(self._file("negatives", block), SOURCE_ROW)
+            if not len(positives):
+                continue
+            users, items = user_index[positives["user"]], item_index[positives["item"]]
+            first = int(users.min())
+            if items_part is None:
+                draws = np.fromfile(f"{self._file('positives', block)}{DRAWS}", np.float64)
+                parts, block_train_only = split_users(
+                    users - first, positives["timestamp"], draws, kind, ratios, int(users.max()) - first + 1
+                )
+                train_only += block_train_only
+            else:
+                parts = items_part[items]
+            rows = np.empty(len(positives) + len(negatives), PART_ROW)
+            rows["user"] = np.concatenate([users, user_index[negatives["user"]]])
+            rows["item"] = np.concatenate([items, item_index[negatives["item"]]])
+            rows["rating"] = np.concatenate([positives["rating"], np.zeros(len(negatives), np.float32)])
+            rows["timestamp"] = np.concatenate([positives["timestamp"], np.full(len(negatives), np.nan)])
+            rows["part"] = np.concatenate([parts, np.full(len(negatives), NEGATIVE, np.int8)])
+            positive_rows = np.fromfile(f"{self._file('positives', block)}{RANKS}", np.int64)
+            negative_rows = self.num_interactions + np.fromfile(f"{self._file('negatives', block)}{RANKS}", np.int64)
+            rows["row"] = np.concatenate([positive_rows, negative_rows])
+            rows = rows[np.lexsort((rows["row"], rows["user"]))]
+            rows.tofile(self._file("parts", block))
+            last = int(rows["user"][-1]) + 1
+            self.user_rows[first:last] = np.bincount(rows["user"] - first, minlength=last - first)
+            train = rows[rows["part"] == TRAIN]
+            self.train_counts += np.bincount(train["item"], minlength=num_items)
+            valid += int(np.count_nonzero(rows["part"] == VALID))
+            if full_user is None:
+                full_user = _full_user(train, first, last - first, num_items, self.user_ids[first:last])
+        if train_only:
+            log.warning("%d users have too few interactions for a %s split and are kept in train only", train_only, kind)
+        if not valid:
+            raise DataError(
+                f"{self.chunked.source}: no validation interaction is left; "
+                "validation needs new (user, item) pairs of users and items seen in train"
+            )
+        if full_user is not None:
+            raise full_user
+
+    def _write_parts(self) -> dict[str, Any]:
+        """Step 6: items.parquet, the parts (each from the blocks its users span) and the manifest."""
+        item_info = self.chunked.items(self.item_ids).drop_duplicates(ITEM).set_index(ITEM)
+        titles = item_titles(item_info.reindex(pd.Index(self.item_ids, name=ITEM)).reset_index())
+        write_items(self.folder, self.item_ids, titles, self.train_counts)
+        check_parts(self.parts, len(self.user_ids), self.chunked.source)
+        boundaries = user_blocks(self.user_rows, self.parts)
+        entries, part, writer = [], 0, None
+        code_counts, valid_users = np.zeros(4, np.int64), 0
+        for block in range(self.blocks):
+            path = self._file("parts", block)
+            if not path.exists():
+                continue
+            rows = np.fromfile(path, PART_ROW)
+            while len(rows):
+                end = int(np.searchsorted(rows["user"], boundaries[part + 1]))
+                piece, rows = rows[:end], rows[end:]
+                if len(piece):
+                    if writer is None:
+                        writer = pq.ParquetWriter(self.folder / part_name(part), PART_SCHEMA)
+                    writer.write_table(pa.table({name: piece[name] for name in PART_ROW.names}, schema=PART_SCHEMA))
+                    code_counts += np.bincount(piece["part"], minlength=4)
+                    valid_users += len(np.unique(piece["user"][piece["part"] == VALID]))
+                if len(rows):  # the part ends inside this block
+                    writer.close()
+                    first, last = int(boundaries[part]), int(boundaries[part + 1])
+                    entries.append(part_entry(self.folder, part, self.user_ids[first:last], first, code_counts, valid_users))
+                    part, writer, code_counts, valid_users = part + 1, None, np.zeros(4, np.int64), 0
+        writer.close()
+        first, last = int(boundaries[part]), int(boundaries[part + 1])
+        entries.append(part_entry(self.folder, part, self.user_ids[first:last], first, code_counts, valid_users))
+        facts = {
+            "source": self.chunked.source,
+            "seed": int(self.datamodule.seed),
+            "split": {
+                "kind": self.datamodule.split_kind,
+                "ratios": list(self.datamodule.split_ratios),
+                "min_rating": self.datamodule.min_rating,
+            },
+            "num_users": len(self.user_ids),
+            "num_items": len(self.item_ids),
+            "num_interactions": self.num_interactions,
+            "num_negatives": self.num_negatives,
+            "ratings_missing": self.chunked.ratings_missing,
+        }
+        return write_manifest(self.folder, facts, entries)
+
+
+class _Tally:
+    """The distinct values of an id column and each one's rows, a chunk at a time. Each chunk's distinct values
+    wait in a list, merged by one hashing pass once they outnumber those known: a merge per chunk would
+    rehash every known id each time (most of a read, with many small chunks)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.waiting = 0
+        self.known: tuple[np.ndarray, np.ndarray] | None = None
+
+    def add(self, column: pd.Series) -> None:
+        if isinstance(column.dtype, pd.CategoricalDtype):  # counted by code, once per category
+            counts = np.bincount(column.cat.codes.to_numpy(), minlength=len(column.cat.categories))
+            values, counts = np.asarray(column.cat.categories, dtype=object)[counts > 0], counts[counts > 0]
+        else:
+            values, counts = np.unique(column.to_numpy(), return_counts=True)
+        self.pending.append((values, counts))
+        self.waiting += len(values)
+        if self.known is None or self.waiting > len(self.known[0]):
+            self._merge()
+
+    def _merge(self) -> None:
+        parts = self.pending if self.known is None else [self.known, *self.pending]
+        codes, distinct = pd.factorize(np.concatenate([values for values, _ in parts]))
+        rows = np.bincount(codes, weights=np.concatenate([counts for _, counts in parts]), minlength=len(distinct))
+        self.known, self.pending, self.waiting = (np.asarray(distinct), rows.astype(np.int64)), [], 0
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct values, rows of each)."""
+        if self.pending:
+            self._merge()
+        return self.known
+
+
+def _sorted_ids(distinct: np.ndarray, index_ids) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+    """(the ids as chunks give them, the ids as setup keeps them, the order), both sorted as setup's factorisation sorts."""
+    ids = np.asarray(index_ids(distinct))
+    order = np.argsort(ids, kind="stable")
+    return pd.Index(distinct[order], dtype=distinct.dtype), ids[order], order
+
+
+def _places(keys: pd.Index, column: pd.Series) -> np.ndarray:
+    """Each row's id as its place in `keys` (every id of the column is there)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return keys.get_indexer(column.cat.categories)[column.cat.codes.to_numpy()]
+    return keys.get_indexer(column.to_numpy())
+
+
+def _by_key(rows: np.ndarray) -> np.ndarray:
+    return rows[np.lexsort((rows["source_row"], rows["timestamp"]))]
+
+
+def _full_user(train: np.ndarray, first: int, num_users: int, num_items: int, user_ids: np.ndarray) -> DataError | None:
+    """`check_negatives_exist` of one block's training rows: the error naming its first user with every item, or None."""
+    csr = UserItemCSR.from_pairs(torch.from_numpy(train["user"] - first), torch.from_numpy(train["item"].copy()), num_users, num_items)
+    try:
+        check_negatives_exist(csr, user_ids)
+    except DataError as error:
+        return error
+    return None
