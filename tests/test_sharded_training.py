@@ -18,7 +18,7 @@ from recsys_lightning.samplers import PopularitySampler, UniformSampler
 from recsys_lightning.sharded import STRATEGY
 from recsys_lightning.sharded.strategy import check_shardable, fused_optimizer
 
-from helpers import ROOT, module_config, planted_data
+from helpers import ROOT, module_config, planted_data, quiet_trainer
 
 
 def _ranks(check: str, world: int, out) -> list[dict]:
@@ -142,3 +142,43 @@ def test_a_sharded_run_allocates_no_table_and_is_refused_when_built():
     assert all(table.is_meta for table in module.model.row_tables())
     with pytest.raises(ConfigError, match="^torch.optim.Adam has no fused table update on cpu"):
         build_module(OmegaConf.merge(module_config(), sharded), planted_data())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("check", ["ranking", "ranking_replicated"])
+def test_validation_and_test_of_held_tables_equal_one_process_ranking_the_same_weights(tmp_path, check):
+    """Trainer.validate and Trainer.test of a trainer=sharded module at W=2, the item table row-wise (top-K
+    merged across its blocks) or replicated, give the metrics of one plain process ranking the same tables;
+    the ranks hold 2 and 1 validation chunks, so one ranks a padding chunk while the other ranks its second."""
+    from sharded_ranks import known_tables, ranking_data
+
+    ranks = _ranks(check, 2, tmp_path / "out")
+    datamodule = ranking_data()
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    module = build_module(module_config(optimizer=sgd, eval={"ks": [5, 10]}), datamodule.training_data)
+    with torch.no_grad():
+        for name, full in known_tables().items():
+            getattr(module.model, name).copy_(full)
+    trainer = quiet_trainer()
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    validated = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    (tested,) = quiet_trainer().test(module, datamodule=datamodule, verbose=False)
+    assert sorted(rank["chunks"] for rank in ranks) == [1, 2]
+    assert [rank["row_wise"] for rank in ranks] == [check == "ranking"] * 2
+    assert "test/coverage@10" in tested and validated["val/ndcg@10"] > 0
+    for rank in ranks:
+        assert rank["val"].keys() == validated.keys() and rank["test"].keys() == tested.keys()
+        assert all(abs(rank["val"][name] - value) < 1e-6 for name, value in validated.items())
+        assert all(abs(rank["test"][name] - value) < 1e-6 for name, value in tested.items())
+
+
+def test_bce_over_a_row_wise_item_table_is_refused_when_built_and_trains_below_the_threshold():
+    """loss=bce's val/bce and val/auc read a chunk's scores against every item, which a row-wise item table never forms."""
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    config = module_config(optimizer=sgd, loss={"_target_": "recsys_lightning.losses.BCELoss"})
+    data = planted_data()
+    sharded = {"trainer": {"strategy": {"_target_": STRATEGY, "row_wise_min_rows": data.num_items}, "accelerator": "cpu"}}
+    with pytest.raises(ConfigError, match=r"^val/bce, val/auc score every item .* trainer=sharded splits the \d+ items"):
+        build_module(OmegaConf.merge(config, sharded), data)
+    sharded["trainer"]["strategy"]["row_wise_min_rows"] = data.num_items + 1
+    assert build_module(OmegaConf.merge(config, sharded), data).loss.prediction_metrics
