@@ -236,7 +236,9 @@ class RecommenderModule(pl.LightningModule):
             return None  # a closed-form model has no parameters to optimise
         self._check_sparse_optimizer()
         # A table whose optimizer runs inside backward (trainer=sharded) is not this optimizer's.
-        parameters = [parameter for parameter in self.parameters() if not hasattr(parameter, "_in_backward_optimizers")]
+        # A replicated TorchRec table (held apart from the module: `sharded_tables`) is stepped here, with the dense parameters.
+        held = self.model.sharded_tables.parameters() if hasattr(self.model, "sharded_tables") else ()
+        parameters = [parameter for parameter in (*self.parameters(), *held) if not hasattr(parameter, "_in_backward_optimizers")]
         if not parameters:
             return None
         optimizer = instantiate(self.hparams.optimizer)(parameters)
