@@ -14,11 +14,13 @@ from omegaconf import OmegaConf
 
 from recsys_lightning.build import build_module
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.runs.checkpoint_file import with_held_tables
 from recsys_lightning.samplers import PopularitySampler, UniformSampler
-from recsys_lightning.sharded import STRATEGY
+from recsys_lightning.sharded import STRATEGY, tables_folder
+from recsys_lightning.sharded.checkpoint import save_sharded
 from recsys_lightning.sharded.strategy import check_shardable, fused_optimizer
 
-from helpers import ROOT, compose_config, module_config, planted_data, quiet_trainer
+from helpers import ROOT, compose_config, module_config, planted_data, quiet_trainer, run_module
 
 
 def _ranks(check: str, world: int, out) -> list[dict]:
@@ -238,3 +240,45 @@ def test_trainer_sharded_alone_trains_validates_and_tests_through_torchrun_at_tw
     checkpoints = tmp_path / "w2" / "checkpoints"
     assert sorted(path.name for path in (checkpoints / "last.tables").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert (checkpoints / f"epoch{pair['best_epoch']:03d}.tables").is_dir()
+    # One process serves the two ranks' run: the tables read whole from beside the best .ckpt.
+    evaluated = run_module("recsys_lightning.evaluate", f"run_dir={tmp_path / 'w2'}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"{pair['test/ndcg@10']:.6f}" in evaluated.stdout and "all 14 metrics equal metrics.json" in evaluated.stdout
+    served = run_module("recsys_lightning.recommend", f"run_dir={tmp_path / 'w2'}", "user_id=1", "k=3")
+    assert served.returncode == 0 and sum(line.endswith(" model") for line in served.stdout.splitlines()) == 3, served.stderr[-3000:]
+
+
+def _sharded_checkpoint(tmp_path, tables: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """A plain module's checkpoint with its row tables moved to `<name>.tables` beside it, as trainer=sharded saves."""
+    module = build_module(module_config(), planted_data())
+    hyper_parameters = dict(module.hparams)
+    state_dict = {name: value for name, value in module.state_dict().items() if "factors" not in name and "bias" not in name}
+    save_sharded(tables, tables_folder(tmp_path / "epoch001.ckpt"))
+    return {"state_dict": state_dict}, hyper_parameters
+
+
+def test_a_sharded_checkpoint_is_read_whole_in_one_process_bounded_by_the_recorded_model(tmp_path):
+    data = planted_data()
+    shapes = {"user_factors": (data.num_users, 16), "item_factors": (data.num_items, 16), "user_bias": (data.num_users, 1)}
+    shapes["item_bias"] = (data.num_items, 1)
+    stored = {name: torch.randn(rows, -(-dim // 4) * 4) for name, (rows, dim) in shapes.items()}
+    checkpoint, hyper_parameters = _sharded_checkpoint(
+        tmp_path, {f"{name}.embeddings.{name}.weight": value for name, value in stored.items()}
+    )
+    with_held_tables(checkpoint, tmp_path / "epoch001.ckpt", hyper_parameters)
+    for name, (_, dim) in shapes.items():
+        assert torch.equal(checkpoint["state_dict"][f"model.{name}"], stored[name][:, :dim])
+    with pytest.raises(ConfigError, match=r"epoch001.ckpt: holds model.user_factors, which epoch001.tables beside it holds too"):
+        with_held_tables(checkpoint, tmp_path / "epoch001.ckpt", hyper_parameters)
+
+
+def test_a_sharded_checkpoint_larger_than_its_recorded_model_is_refused(tmp_path):
+    data = planted_data()
+    shapes = {"user_factors": (data.num_users + 1, 16), "item_factors": (data.num_items, 16), "user_bias": (data.num_users, 4)}
+    shapes["item_bias"] = (data.num_items, 4)
+    checkpoint, hyper_parameters = _sharded_checkpoint(
+        tmp_path, {f"{name}.embeddings.{name}.weight": torch.zeros(shape) for name, shape in shapes.items()}
+    )
+    with pytest.raises(ConfigError) as refused:
+        with_held_tables(checkpoint, tmp_path / "epoch001.ckpt", hyper_parameters)
+    assert "epoch001.tables" in str(refused.value) and "\n" not in str(refused.value)
