@@ -246,6 +246,9 @@ def test_trainer_sharded_alone_trains_validates_and_tests_through_torchrun_at_tw
     assert f"{pair['test/ndcg@10']:.6f}" in evaluated.stdout and "all 14 metrics equal metrics.json" in evaluated.stdout
     served = run_module("recsys_lightning.recommend", f"run_dir={tmp_path / 'w2'}", "user_id=1", "k=3")
     assert served.returncode == 0 and sum(line.endswith(" model") for line in served.stdout.splitlines()) == 3, served.stderr[-3000:]
+    # Resumed at W=2: each rank reads its rows back before the fit goes on (the fused Adagrad state is not saved).
+    resumed = _torchrun_train(2, tmp_path / "w2", "data.batch_size=256", "trainer.max_epochs=4", "ckpt_path=last")
+    assert resumed["epochs"] == 4 and resumed["val/ndcg@10"] > 0.2
 
 
 def _sharded_checkpoint(tmp_path, tables: dict[str, torch.Tensor]) -> tuple[dict, dict]:

@@ -97,6 +97,9 @@ class ShardedTablesStrategy(DDPStrategy):
     def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
         """The .ckpt's dense rest, then each rank's rows from the tables beside it (saved at any W: the
         reader takes the rows this rank holds, sized by the model, never by the files)."""
+        module = self.lightning_module
+        if not hasattr(module.model, "sharded_tables"):  # fit restores before `setup`: the tables are still on meta
+            hand_over_tables(module, self.row_wise_min_rows, self.root_device)
         super().load_model_state_dict(checkpoint, strict)
         load_into(self.lightning_module.model.sharded_tables.sharded.state_dict(), tables_folder(self._loading_from))
 
