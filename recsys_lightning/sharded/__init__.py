@@ -22,3 +22,9 @@ def tables_folder(checkpoint: str | Path) -> Path:
     rest), named after it (`epoch003.ckpt`: `epoch003.tables`)."""
     checkpoint = Path(checkpoint)
     return checkpoint.with_name(f"{checkpoint.stem}.tables")
+
+
+def table_optimizer_folder(checkpoint: str | Path) -> Path:
+    """Where the fused table optimizer's state (Adagrad's accumulators, each rank its rows) is, beside the .ckpt."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}.table_optimizer")

@@ -26,7 +26,7 @@ from recsys_lightning.losses import Candidates
 from recsys_lightning.models.mf import MatrixFactorization
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.ranges import Range
-from recsys_lightning.sharded import tables_folder
+from recsys_lightning.sharded import table_optimizer_folder, tables_folder
 from recsys_lightning.sharded.checkpoint import load_into, save_sharded
 from recsys_lightning.sharded.tables import ShardedRowTables, TableRows, TableSpec
 
@@ -80,15 +80,21 @@ class ShardedTablesStrategy(DDPStrategy):
     # -- checkpoints: rank 0 writes the .ckpt (the dense rest), every rank its rows of the tables beside it ----
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
-        """The tables first, then the .ckpt: a .ckpt is never there without its tables (a crash between leaves
-        new tables beside the previous .ckpt of that name, whose dense rest is the mean rating alone for mf)."""
-        save_sharded(self.lightning_module.model.sharded_tables.sharded.state_dict(), tables_folder(filepath))
+        """The fused optimizer's state, the tables, then the .ckpt: a .ckpt is never there without its tables (a
+        crash between leaves newer folders beside the previous .ckpt of that name, whose dense rest is the mean
+        rating alone for mf)."""
+        tables = self.lightning_module.model.sharded_tables
+        state = fused_optimizer_state(tables)
+        if state:  # sgd keeps none
+            save_sharded(state, table_optimizer_folder(filepath))
+        save_sharded(tables.sharded.state_dict(), tables_folder(filepath))
         super().save_checkpoint(checkpoint, filepath, storage_options)
 
     def remove_checkpoint(self, filepath: Any) -> None:
         super().remove_checkpoint(filepath)
         if self.is_global_zero:
             shutil.rmtree(tables_folder(filepath), ignore_errors=True)
+            shutil.rmtree(table_optimizer_folder(filepath), ignore_errors=True)
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         self._loading_from = Path(checkpoint_path)
@@ -101,7 +107,18 @@ class ShardedTablesStrategy(DDPStrategy):
         if not hasattr(module.model, "sharded_tables"):  # fit restores before `setup`: the tables are still on meta
             hand_over_tables(module, self.row_wise_min_rows, self.root_device)
         super().load_model_state_dict(checkpoint, strict)
-        load_into(self.lightning_module.model.sharded_tables.sharded.state_dict(), tables_folder(self._loading_from))
+        tables = module.model.sharded_tables
+        load_into(tables.sharded.state_dict(), tables_folder(self._loading_from))
+        state = fused_optimizer_state(tables)
+        if state:  # the accumulators too, so that a resumed run steps as the uninterrupted one
+            load_into(state, table_optimizer_folder(self._loading_from))
+
+
+def fused_optimizer_state(tables: ShardedRowTables) -> dict[str, Any]:
+    """The optimizer state fused into backward, by `<table key>/<state>` (row-wise Adagrad: one accumulator per
+    row, a ShardedTensor of this rank's rows); the tensors alias the optimizer's, so loading into them restores it."""
+    state = tables.sharded.fused_optimizer.state_dict()["state"]
+    return {f"{key}/{name}": value for key, values in state.items() for name, value in values.items() if isinstance(value, torch.Tensor)}
 
 
 def hand_over_tables(module: RecommenderModule, row_wise_min_rows: int, device: torch.device) -> ShardedRowTables:
