@@ -14,7 +14,7 @@ from recsys_lightning.errors import ConfigError, RecsysError
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.pretrained import load_pretrained
 from recsys_lightning.sharded import holds_tables
-from recsys_lightning.sharded.strategy import ROW_WISE_MIN_ROWS, check_sharded_run
+from recsys_lightning.sharded.strategy import check_sharded_run
 
 # Model keys the data sets (never a user): the sizes of the side-feature vocabularies.
 FEATURE_COUNT_KEYS = ("num_user_features", "num_item_features")
@@ -52,8 +52,7 @@ def build_module(cfg: DictConfig, data: TrainingData) -> RecommenderModule:
         tables_elsewhere=holds_tables(cfg),
     )
     if holds_tables(cfg):
-        row_wise_min_rows = cfg.trainer.strategy.get("row_wise_min_rows", ROW_WISE_MIN_ROWS)
-        check_sharded_run(module, str(cfg.trainer.get("accelerator", "auto")), row_wise_min_rows)
+        check_sharded_run(module, str(cfg.trainer.get("accelerator", "auto")))
     if cfg.get("pretrained_from"):
         load_pretrained(module.model, list(cfg.pretrained_from), data.catalogue)
     return module

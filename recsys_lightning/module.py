@@ -199,8 +199,22 @@ class RecommenderModule(pl.LightningModule):
             for metric in predictions:
                 metric.update(scores, chunk, stream_seed(self.hparams.seed, stage, self.global_rank, batch_idx))
 
+        def predict_pairs(model: Recommender, entry: tuple[RankingChunk, int] | None) -> None:
+            empty = torch.zeros(0, dtype=torch.long, device=self.device)
+            for metric in predictions:
+                users = items = empty  # a padding chunk: the same lookups, of nothing
+                if entry is not None:
+                    chunk, batch_idx = entry
+                    seed = stream_seed(self.hparams.seed, stage, self.global_rank, batch_idx)
+                    rows, positives, negatives = metric.pairs_of(chunk, seed, model.num_items)
+                    users, items = chunk.users[rows].repeat(2), torch.cat([positives, negatives])
+                scores = model.score(users, items)
+                if entry is not None:
+                    metric.update_scored(scores[: len(rows)], scores[len(rows) :])
+
         chunks, self._held_chunks = self._held_chunks, []
-        for chunk, _, top_items in held_ranking(self.model, chunks, metrics.max_k, predict):
+        pairs = predict_pairs if len(predictions) else None
+        for chunk, _, top_items in held_ranking(self.model, chunks, metrics.max_k, predict, pairs):
             metrics.update_ranked(top_items, chunk, self.model.num_items)
             if catalogue is not None:
                 catalogue.update(top_items, self.item_self_information)

@@ -10,7 +10,8 @@ starts it (test_sharded_training.py); each rank writes rank<r>.json.
   rank reading its own share of users (data=prepared).
 - `ranking` / `ranking_replicated`: MF tables (biases included) set to `known_tables`, each rank its rows, then
   Trainer.validate and Trainer.test through the module: every table row-wise, or the item tables replicated.
-  61 validation users in chunks of 30: at W=2 one rank ranks 2 chunks, the other 1 (padded)."""
+  61 validation users in chunks of 30: at W=2 one rank ranks 2 chunks, the other 1 (padded). `bce` and
+  `bce_replicated` the same with loss=bce, whose val/bce and val/auc score held-out and drawn pairs."""
 
 from __future__ import annotations
 
@@ -127,11 +128,12 @@ def known_tables() -> dict[str, torch.Tensor]:
     return {name: torch.randn(*shape, generator=torch.Generator().manual_seed(index)) for index, (name, shape) in enumerate(shapes.items())}
 
 
-def ranking(out: Path, row_wise_min_rows: int = 150) -> None:
+def ranking(out: Path, row_wise_min_rows: int = 150, loss: str = "BPRLoss") -> None:
     world = int(os.environ["WORLD_SIZE"])
     datamodule = ranking_data()
     sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
-    cfg = OmegaConf.merge(module_config(optimizer=sgd, eval={"ks": [5, 10]}), {"trainer": {"strategy": {"_target_": STRATEGY}}})
+    losses = {"loss": {"_target_": f"recsys_lightning.losses.{loss}"}}
+    cfg = OmegaConf.merge(module_config(optimizer=sgd, eval={"ks": [5, 10]}, **losses), {"trainer": {"strategy": {"_target_": STRATEGY}}})
     module = build_module(cfg, datamodule.training_data)
     tables = known_tables()
 
@@ -162,5 +164,7 @@ if __name__ == "__main__":
         "prepared": partial(losses, prepared=True),
         "ranking": ranking,
         "ranking_replicated": partial(ranking, row_wise_min_rows=250),
+        "bce": partial(ranking, loss="BCELoss"),
+        "bce_replicated": partial(ranking, row_wise_min_rows=250, loss="BCELoss"),
     }
     checks[sys.argv[1]](Path(sys.argv[2]))

@@ -174,18 +174,6 @@ def test_validation_and_test_of_held_tables_equal_one_process_ranking_the_same_w
         assert all(abs(rank["test"][name] - value) < 1e-6 for name, value in tested.items())
 
 
-def test_bce_over_a_row_wise_item_table_is_refused_when_built_and_trains_below_the_threshold():
-    """loss=bce's val/bce and val/auc read a chunk's scores against every item, which a row-wise item table never forms."""
-    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
-    config = module_config(optimizer=sgd, loss={"_target_": "recsys_lightning.losses.BCELoss"})
-    data = planted_data()
-    sharded = {"trainer": {"strategy": {"_target_": STRATEGY, "row_wise_min_rows": data.num_items}, "accelerator": "cpu"}}
-    with pytest.raises(ConfigError, match=r"^val/bce, val/auc score every item .* trainer=sharded splits the \d+ items"):
-        build_module(OmegaConf.merge(config, sharded), data)
-    sharded["trainer"]["strategy"]["row_wise_min_rows"] = data.num_items + 1
-    assert build_module(OmegaConf.merge(config, sharded), data).loss.prediction_metrics
-
-
 @pytest.mark.parametrize(
     ("overrides", "target"),
     [
@@ -288,3 +276,19 @@ def test_a_sharded_checkpoint_larger_than_its_recorded_model_is_refused(tmp_path
     with pytest.raises(ConfigError) as refused:
         with_held_tables(checkpoint, tmp_path / "epoch001.ckpt", hyper_parameters)
     assert "epoch001.tables" in str(refused.value) and "\n" not in str(refused.value)
+
+
+@pytest.mark.slow
+def test_bce_and_auc_over_a_row_wise_item_table_equal_those_over_a_replicated_one(tmp_path):
+    """loss=bce's val/bce and val/auc judge each held-out item against one drawn from the chunk's seed: over a
+    row-wise item table only those pairs are looked up (no chunk's scores against every item), and give what
+    the replicated table's scores give at the same W (the draws depend on the rank's chunks, not on one process's)."""
+    row_wise = _ranks("bce", 2, tmp_path / "rows")
+    replicated = _ranks("bce_replicated", 2, tmp_path / "replicated")
+    assert [rank["row_wise"] for rank in row_wise + replicated] == [True, True, False, False]
+    for split in ("val", "test"):
+        expected = replicated[0][split]
+        assert {f"{split}/bce", f"{split}/auc"} <= expected.keys() and 0.3 < expected[f"{split}/auc"] < 0.9
+        for rank in row_wise:
+            assert rank[split].keys() == expected.keys()
+            assert all(abs(rank[split][name] - value) < 1e-6 for name, value in expected.items()), (rank[split], expected)

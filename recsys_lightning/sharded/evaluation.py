@@ -23,14 +23,21 @@ from recsys_lightning.sharded.tables import local_rows
 
 # Called with a chunk's scores [B, num_items] before ranking overwrites them (the loss's prediction metrics).
 ScoresHook = Callable[[Tensor, RankingChunk, int], None]
+PairsHook = Callable[[Recommender, tuple[RankingChunk, int] | None], None]
 
 
 def held_ranking(
-    model: Recommender, chunks: Sequence[tuple[RankingChunk, int]], k: int, before_ranking: ScoresHook
+    model: Recommender,
+    chunks: Sequence[tuple[RankingChunk, int]],
+    k: int,
+    before_ranking: ScoresHook,
+    pairs_hook: PairsHook | None = None,
 ) -> Iterator[tuple[RankingChunk, int, Tensor]]:
     """(chunk, batch index, top `k` items [B, min(k, num_items)]) of each of this rank's `chunks` (with
     their batch index); every rank iterates it to the end, together. `before_ranking` sees the scores of
-    a replicated item table; a row-wise one never has a chunk's scores against the whole catalogue."""
+    a replicated item table; a row-wise one never has a chunk's scores against the whole catalogue, so
+    `pairs_hook` (when given) is called instead with each chunk and its index, or None for a padding
+    chunk, on every rank, to score just the pairs it needs (each lookup a collective)."""
     tables = model.sharded_tables
     block, row_wise = item_block(model), tables.row_wise("item_factors")
     layout = RowBlocks(model.num_items, dist.get_world_size())
@@ -40,6 +47,8 @@ def held_ranking(
         users, rows, items = (empty, empty, empty) if chunk is None else (chunk.users, chunk.exclude_rows, chunk.exclude_items)
         queries = model.query_vectors(users)  # lookups: collectives, made on every rank
         if row_wise:
+            if pairs_hook is not None:  # lookups too: every rank scores its pairs, none for a padding chunk
+                pairs_hook(model, None if entry is None else entry)
             top_items, _ = sharded_top_k(queries, block, rows, items, k, layout)
         else:
             scores = queries @ block.T

@@ -38,8 +38,6 @@ FUSED_OPTIMIZERS = {
     "torchrec.optim.RowWiseAdagrad": ("torchrec.optim.RowWiseAdagrad", ("cpu", "cuda")),
     "torch.optim.Adam": ("torch.optim.Adam", ("cuda",)),
 }
-# Tables of at least this many rows are split row-wise, unless trainer.strategy.row_wise_min_rows says otherwise.
-ROW_WISE_MIN_ROWS = 100_000
 # Optimizer keys with no effect on a fused table step (`fused` is torch's own kernel choice).
 IGNORED_KEYS = {"_target_", "_partial_", "fused", "foreach"}
 
@@ -48,7 +46,7 @@ class ShardedTablesStrategy(DDPStrategy):
     """DDP whose module's row tables are TorchRec's: sharded row-wise at `row_wise_min_rows` rows or more,
     replicated below."""
 
-    def __init__(self, row_wise_min_rows: Annotated[int, Range(1)] = ROW_WISE_MIN_ROWS, **kwargs: Any) -> None:
+    def __init__(self, row_wise_min_rows: Annotated[int, Range(1)] = 100_000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.row_wise_min_rows = row_wise_min_rows
 
@@ -149,16 +147,10 @@ def hand_over_tables(module: RecommenderModule, row_wise_min_rows: int, device: 
     return tables
 
 
-def check_sharded_run(module: RecommenderModule, accelerator: str, row_wise_min_rows: int) -> None:
+def check_sharded_run(module: RecommenderModule, accelerator: str) -> None:
     """trainer=sharded's refusals, made when the module is built: a refusal inside the fit would be hidden
     by Lightning's teardown, which cannot move the model's unallocated (meta) tables."""
     check_shardable(module)
-    if module.loss.prediction_metrics and module.model.num_items >= row_wise_min_rows:
-        names = ", ".join(f"val/{name}" for kind in module.loss.prediction_metrics for name in kind.names)
-        raise ConfigError(
-            f"{names} score every item for each validation user, but trainer=sharded splits the {module.model.num_items} items "
-            f"(trainer.strategy.row_wise_min_rows={row_wise_min_rows}); use loss=bpr or loss=softmax, or raise row_wise_min_rows"
-        )
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     fused_optimizer(module.hparams.optimizer, torch.device("cuda" if on_gpu else "cpu"))
 
