@@ -49,6 +49,7 @@ class ShardedTablesStrategy(DDPStrategy):
     def __init__(self, row_wise_min_rows: Annotated[int, Range(1)] = 100_000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.row_wise_min_rows = row_wise_min_rows
+        self._loading_from: Path | None = None  # the .ckpt being restored, whose tables are beside it
 
     def setup(self, trainer: pl.Trainer) -> None:
         module = self.lightning_module
