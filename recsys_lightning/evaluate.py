@@ -39,6 +39,7 @@ from recsys_lightning.runs.checkpoint_file import (
     load_checkpoint,
     read_run_metrics,
     recorded_catalogue,
+    with_held_tables,
 )
 from recsys_lightning.runs.hydra_record import recorded_data_config
 from recsys_lightning.runs.other_runs import best_checkpoint_of, check_same_data
@@ -81,6 +82,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
     state = load_checkpoint(path)
     hyper_parameters = checked_module_hyper_parameters(state.get("hyper_parameters"), str(path))
     catalogue = recorded_catalogue(state, path, "evaluate cannot tell its data from another's: retrain the run to evaluate it")
+    with_held_tables(state, path, hyper_parameters)  # trainer=sharded: the tables beside the .ckpt
     check_weights_fit(hyper_parameters, model_weights(state["state_dict"], path), path)  # before anything is built from its config
     datamodule: InteractionDataModule = instantiate(recorded_data_config(run_dir))
     datamodule.setup("test")

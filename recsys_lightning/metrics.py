@@ -201,21 +201,31 @@ class PointwiseMetrics(PredictionMetric):
         self.add_state("count", torch.zeros(()), dist_reduce_fx="sum")
 
     def update(self, scores: Tensor, chunk: RankingChunk, chunk_seed: int) -> None:
+        rows, items, negatives = self.pairs_of(chunk, chunk_seed, scores.shape[1])
+        self.update_scored(scores[rows, items], scores[rows, negatives])
+
+    @staticmethod
+    def pairs_of(chunk: RankingChunk, chunk_seed: int, num_items: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(row, held-out item, drawn negative) of each pair judged, drawn from the chunk alone: a caller without
+        the chunk's scores against every item (trainer=sharded) scores just these."""
         rows, items = chunk.heldout_rows, chunk.heldout_items
-        allowed = torch.ones_like(scores, dtype=torch.bool)
+        allowed = torch.ones(len(chunk.users), num_items, dtype=torch.bool, device=rows.device)
         allowed[chunk.exclude_rows, chunk.exclude_items] = False
         allowed[rows, items] = False
-        generator = torch.Generator(device=scores.device).manual_seed(chunk_seed)
-        counts = torch.bincount(rows, minlength=len(scores))
+        generator = torch.Generator(device=rows.device).manual_seed(chunk_seed)
+        counts = torch.bincount(rows, minlength=len(chunk.users))
         drawn = torch.multinomial(allowed.float(), int(counts.max()), replacement=True, generator=generator)
         position_in_row = torch.arange(len(rows), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
-        positive, negative = scores[rows, items], scores[rows, drawn[rows, position_in_row]]
+        return rows, items, drawn[rows, position_in_row]
+
+    def update_scored(self, positive: Tensor, negative: Tensor) -> None:
+        """Count pairs whose positive and negative scores are given."""
         logits = torch.cat([positive, negative])
-        labels = torch.cat([torch.ones_like(rows), torch.zeros_like(rows)]).float()
+        labels = torch.cat([torch.ones_like(positive), torch.zeros_like(negative)])
         self.bce_sum += F.binary_cross_entropy_with_logits(logits, labels) * len(labels)
         self.count += len(labels)
         self.ordered += (positive > negative).float().sum() + 0.5 * (positive == negative).float().sum()
-        self.pairs += len(rows)
+        self.pairs += len(positive)
 
     def compute(self) -> dict[str, Tensor]:
         return {"bce": self.bce_sum / self.count, "auc": self.ordered / self.pairs.clamp(min=1)}

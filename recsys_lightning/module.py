@@ -27,6 +27,7 @@ from recsys_lightning.runs.checkpoint_file import CATALOGUE_KEY, FORMAT_KEY, FOR
 from recsys_lightning.samplers import NegativeSampler
 from recsys_lightning.scoring import score_candidates
 from recsys_lightning.seeds import stream_seed
+from recsys_lightning.sharded.evaluation import held_ranking
 
 # A closed-form model has no optimizer by design (configure_optimizers returns None): nothing to warn about.
 warnings.filterwarnings("ignore", "`LightningModule.configure_optimizers` returned `None`")
@@ -75,6 +76,8 @@ class RecommenderModule(pl.LightningModule):
         # The epoch's summed loss; none when a resumed run starts by ending an epoch it trained no batch of.
         self._epoch_loss_sum: Tensor | None = None
         self._epoch_samples = 0
+        # trainer=sharded: this epoch's evaluation chunks, ranked together at its end (`_rank_held`).
+        self._held_chunks: list[tuple[RankingChunk, int]] = []
         if data is not None and self.loss.predicts_ratings:  # before any training: a run without ratings is refused here
             if data.ratings_missing:
                 loss_name = type(self.loss).__name__
@@ -158,6 +161,9 @@ class RecommenderModule(pl.LightningModule):
     # -- evaluation: full ranking of the catalogue, chunk by chunk --------------------------------------
 
     def validation_step(self, chunk: RankingChunk, batch_idx: int) -> None:
+        if hasattr(self.model, "sharded_tables"):
+            self._held_chunks.append((chunk, batch_idx))
+            return
         scores = self.model.score_all(chunk.users)
         chunk_seed = stream_seed(self.hparams.seed, "validation", self.global_rank, batch_idx)
         for metric in self.val_predictions:  # before ranking: ranking overwrites the scores it hides
@@ -165,6 +171,9 @@ class RecommenderModule(pl.LightningModule):
         self._rank(scores, chunk, self.val_metrics)
 
     def test_step(self, chunk: RankingChunk, batch_idx: int) -> None:
+        if hasattr(self.model, "sharded_tables"):
+            self._held_chunks.append((chunk, batch_idx))
+            return
         scores = self.model.score_all(chunk.users)
         chunk_seed = stream_seed(self.hparams.seed, "test", self.global_rank, batch_idx)
         for metric in self.test_predictions:  # before ranking, as in validation_step
@@ -178,7 +187,40 @@ class RecommenderModule(pl.LightningModule):
         metrics.update_ranked(top_items, chunk, self.model.num_items)
         return top_items
 
+    def _rank_held(
+        self, stage: str, metrics: RankingMetrics, predictions: nn.ModuleList, catalogue: CatalogueMetrics | None = None
+    ) -> None:
+        """trainer=sharded: rank the epoch's chunks now, all ranks together (each lookup is a collective, and
+        ranks hold different numbers of chunks): what the steps do in one process."""
+        if not hasattr(self.model, "sharded_tables"):
+            return
+
+        def predict(scores: Tensor, chunk: RankingChunk, batch_idx: int) -> None:
+            for metric in predictions:
+                metric.update(scores, chunk, stream_seed(self.hparams.seed, stage, self.global_rank, batch_idx))
+
+        def predict_pairs(model: Recommender, entry: tuple[RankingChunk, int] | None) -> None:
+            empty = torch.zeros(0, dtype=torch.long, device=self.device)
+            for metric in predictions:
+                users = items = empty  # a padding chunk: the same lookups, of nothing
+                if entry is not None:
+                    chunk, batch_idx = entry
+                    seed = stream_seed(self.hparams.seed, stage, self.global_rank, batch_idx)
+                    rows, positives, negatives = metric.pairs_of(chunk, seed, model.num_items)
+                    users, items = chunk.users[rows].repeat(2), torch.cat([positives, negatives])
+                scores = model.score(users, items)
+                if entry is not None:
+                    metric.update_scored(scores[: len(rows)], scores[len(rows) :])
+
+        chunks, self._held_chunks = self._held_chunks, []
+        pairs = predict_pairs if len(predictions) else None
+        for chunk, _, top_items in held_ranking(self.model, chunks, metrics.max_k, predict, pairs):
+            metrics.update_ranked(top_items, chunk, self.model.num_items)
+            if catalogue is not None:
+                catalogue.update(top_items, self.item_self_information)
+
     def on_validation_epoch_end(self) -> None:
+        self._rank_held("validation", self.val_metrics, self.val_predictions)
         values = _computed("val", self.val_metrics)
         for metric in self.val_predictions:
             self._log_histograms(metric)
@@ -187,6 +229,7 @@ class RecommenderModule(pl.LightningModule):
         self.log_dict(values, logger=self.trainer.state.fn == "fit", sync_dist=True)  # equal on every rank already
 
     def on_test_epoch_end(self) -> None:
+        self._rank_held("test", self.test_metrics, self.test_predictions, self.test_catalogue)
         values = _computed("test", self.test_metrics) | _computed("test", self.test_catalogue)
         for metric in self.test_predictions:
             values |= _computed("test", metric)
@@ -207,7 +250,9 @@ class RecommenderModule(pl.LightningModule):
             return None  # a closed-form model has no parameters to optimise
         self._check_sparse_optimizer()
         # A table whose optimizer runs inside backward (trainer=sharded) is not this optimizer's.
-        parameters = [parameter for parameter in self.parameters() if not hasattr(parameter, "_in_backward_optimizers")]
+        # A replicated TorchRec table (held apart from the module: `sharded_tables`) is stepped here, with the dense parameters.
+        held = self.model.sharded_tables.parameters() if hasattr(self.model, "sharded_tables") else ()
+        parameters = [parameter for parameter in (*self.parameters(), *held) if not hasattr(parameter, "_in_backward_optimizers")]
         if not parameters:
             return None
         optimizer = instantiate(self.hparams.optimizer)(parameters)

@@ -24,6 +24,9 @@ def log_item_embeddings(writer, model: Recommender, catalogue: Catalogue, max_it
         log.info("projector: %s has no item embeddings, nothing to export", type(model).__name__)
         return
     name, (_, item_table) = next(iter(tables.items()))
+    if not isinstance(item_table, torch.Tensor):  # gathering its rows would be a collective, and rank 0 logs alone
+        log.info("projector: the item table is split over the ranks (trainer=sharded), nothing to export")
+        return
     order = torch.argsort(catalogue.popularity.cpu(), descending=True, stable=True)[:max_items]
     titles = catalogue.title_of(order.tolist())
     metadata = [

@@ -7,7 +7,11 @@ starts it (test_sharded_training.py); each rank writes rank<r>.json.
 - `losses`: MF/BPR with SGD on small synthetic data, global batch 64 (64 / W per rank), uniform negatives:
   the global mean loss of each of the first 20 steps, and how far each table's rows moved; `plain` the same
   in one process without TorchRec, from the same initial rows and negatives; `prepared` the same with each
-  rank reading its own share of users (data=prepared)."""
+  rank reading its own share of users (data=prepared).
+- `ranking` / `ranking_replicated`: MF tables (biases included) set to `known_tables`, each rank its rows, then
+  Trainer.validate and Trainer.test through the module: every table row-wise, or the item tables replicated.
+  61 validation users in chunks of 30: at W=2 one rank ranks 2 chunks, the other 1 (padded). `bce` and
+  `bce_replicated` the same with loss=bce, whose val/bce and val/auc score held-out and drawn pairs."""
 
 from __future__ import annotations
 
@@ -111,7 +115,56 @@ def losses(out: Path, sharded: bool = True, prepared: bool = False) -> None:
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps({"losses": steps.losses, "moved": moved}))
 
 
+def ranking_data() -> SyntheticDataModule:
+    """Small synthetic data whose evaluation ranks hold unequal numbers of chunks at W=2."""
+    datamodule = SyntheticDataModule(num_users=300, num_items=200, num_interactions=6000, batch_size=64, eval_chunk_size=30, val_users=61)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def known_tables() -> dict[str, torch.Tensor]:
+    """Whole MF tables drawn from fixed seeds, the same on every rank and in the test's one process."""
+    shapes = {"user_factors": (300, 16), "item_factors": (200, 16), "user_bias": (300, 1), "item_bias": (200, 1)}
+    return {name: torch.randn(*shape, generator=torch.Generator().manual_seed(index)) for index, (name, shape) in enumerate(shapes.items())}
+
+
+def ranking(out: Path, row_wise_min_rows: int = 150, loss: str = "BPRLoss") -> None:
+    world = int(os.environ["WORLD_SIZE"])
+    datamodule = ranking_data()
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    losses = {"loss": {"_target_": f"recsys_lightning.losses.{loss}"}}
+    cfg = OmegaConf.merge(module_config(optimizer=sgd, eval={"ks": [5, 10]}, **losses), {"trainer": {"strategy": {"_target_": STRATEGY}}})
+    module = build_module(cfg, datamodule.training_data)
+    tables = known_tables()
+
+    class KnownTables(ShardedTablesStrategy):
+        def setup(self, trainer: pl.Trainer) -> None:  # the tables exist once they are handed over
+            super().setup(trainer)
+            with torch.no_grad():
+                for name, full in tables.items():
+                    rows, first, _ = local_rows(module.model, name)
+                    rows.copy_(full[first : first + len(rows)])
+
+    options = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
+    trainer = pl.Trainer(accelerator="cpu", devices=world, strategy=KnownTables(row_wise_min_rows=row_wise_min_rows), **options)
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    validated = {name: float(value) for name, value in trainer.callback_metrics.items()}  # not logged outside fit: not returned
+    (tested,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    chunks = len(datamodule.ranking_chunks("valid", trainer.global_rank, world))
+    record = {"val": validated, "test": tested, "chunks": chunks, "row_wise": module.model.sharded_tables.row_wise("item_factors")}
+    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    checks = {"lookup": lookup, "losses": losses, "plain": partial(losses, sharded=False), "prepared": partial(losses, prepared=True)}
+    checks = {
+        "lookup": lookup,
+        "losses": losses,
+        "plain": partial(losses, sharded=False),
+        "prepared": partial(losses, prepared=True),
+        "ranking": ranking,
+        "ranking_replicated": partial(ranking, row_wise_min_rows=250),
+        "bce": partial(ranking, loss="BCELoss"),
+        "bce_replicated": partial(ranking, row_wise_min_rows=250, loss="BCELoss"),
+    }
     checks[sys.argv[1]](Path(sys.argv[2]))

@@ -288,3 +288,38 @@ def recorded_catalogue(
             f"{where or path}: carries no record of the data it was trained on (no catalogue: an older version wrote it); {remedy}"
         )
     return catalogue_from_checkpoint(checkpoint[CATALOGUE_KEY], path, resolve)
+
+
+def with_held_tables(checkpoint: dict[str, Any], path: str | Path, hyper_parameters: dict[str, Any]) -> None:
+    """Add to `checkpoint`'s state dict the row tables a trainer=sharded run keeps beside it (`tables_folder`,
+    one file per rank of the run), read whole at any number of ranks it was saved at: evaluate, recommend and
+    export serve it in one process. Each table is bounded by the shape the checked `hyper_parameters` give it
+    (built on the meta device), never by the files. A checkpoint with no such folder is left as it is."""
+    from recsys_lightning.models.base import build_recommender
+    from recsys_lightning.sharded import tables_folder
+    from recsys_lightning.sharded.checkpoint import load_sharded_tables
+    from recsys_lightning.sharded.tables import WIDTH_MULTIPLE
+
+    folder = tables_folder(path)
+    if not folder.is_dir():
+        return
+    with torch.device("meta"):
+        model = build_recommender(hyper_parameters["model"], hyper_parameters["num_users"], hyper_parameters["num_items"])
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    shapes = {names[id(table)]: tuple(table.shape) for table in model.row_tables()}
+    state_dict = checkpoint["state_dict"]
+    twice = next((name for name in shapes if f"model.{name}" in state_dict), None)
+    if twice is not None:
+        raise ConfigError(f"{path}: holds model.{twice}, which {folder.name} beside it holds too; the files were altered")
+    # FBGEMM stores a table's rows in a multiple of 4 columns (a bias 4 wide): the columns past `dim` are zeros.
+    stored = {
+        f"{name}.embeddings.{name}.weight": (rows, -(-dim // WIDTH_MULTIPLE) * WIDTH_MULTIPLE) for name, (rows, dim) in shapes.items()
+    }
+    tables = load_sharded_tables(folder, stored)
+    for name, (rows, dim) in shapes.items():
+        table = tables[f"{name}.embeddings.{name}.weight"]
+        if tuple(table.shape) != stored[f"{name}.embeddings.{name}.weight"]:
+            raise ConfigError(
+                f"{folder}: its table {name} is {tuple(table.shape)}, the run's model has {rows} x {dim}; the files were altered"
+            )
+        state_dict[f"model.{name}"] = table[:, :dim].contiguous()

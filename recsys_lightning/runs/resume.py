@@ -106,7 +106,10 @@ def _is_file_in(value: Any, folder: str) -> bool:
 def check_resume_fits(checkpoint: dict[str, Any], path: Path, module: RecommenderModule) -> None:
     """The checkpoint was trained with this run's model shapes, data (same raw ids, same training
     pairs) and optimizer kind; otherwise one line saying what differs."""
-    problem = weight_mismatch(module.state_dict(), checkpoint["state_dict"])
+    # trainer=sharded builds its row tables on the meta device and keeps them beside the .ckpt, read by their own checks.
+    held = {f"model.{name}" for name, table in module.model.named_parameters() if table.is_meta}
+    expected = {name: value for name, value in module.state_dict().items() if name not in held}
+    problem = weight_mismatch(expected, checkpoint["state_dict"])
     if problem is not None:
         raise ConfigError(
             f"ckpt_path={path}: it was trained with another model or data ({problem}); resume with that run's "
@@ -121,7 +124,8 @@ def check_resume_fits(checkpoint: dict[str, Any], path: Path, module: Recommende
             f"ckpt_path={path}: it was trained on other data (its users, items or training pairs differ from this "
             "run's); resume with that run's data overrides, or drop ckpt_path to start fresh"
         )
-    _check_same_optimizer(checkpoint, path, module)
+    if not held:  # trainer=sharded: which tables Lightning's optimizer steps is known only once TorchRec holds them
+        _check_same_optimizer(checkpoint, path, module)
 
 
 def _check_same_optimizer(checkpoint: dict[str, Any], path: Path, module: Any) -> None:

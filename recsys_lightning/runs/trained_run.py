@@ -18,7 +18,7 @@ from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.errors import ConfigError, RecsysError, first_line
 from recsys_lightning.models.base import Recommender
 from recsys_lightning.models.weights import WeightsMismatch, build_with_weights, check_weights
-from recsys_lightning.runs.checkpoint_file import first_non_finite, load_checkpoint, recorded_catalogue
+from recsys_lightning.runs.checkpoint_file import first_non_finite, load_checkpoint, recorded_catalogue, with_held_tables
 from recsys_lightning.runs.safe_config import checked_module_hyper_parameters
 
 
@@ -46,6 +46,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
             f"{path}: its catalogue ({catalogue.num_users} users x {catalogue.num_items} items) does not match "
             f"its model ({hyper_parameters['num_users']} x {hyper_parameters['num_items']}); the file was altered"
         )
+    with_held_tables(checkpoint, path, hyper_parameters)  # trainer=sharded: the tables beside the .ckpt
     weights = model_weights(checkpoint["state_dict"], path)
     model = rebuilt_model(hyper_parameters, weights, path)
     broken = first_non_finite(weights)

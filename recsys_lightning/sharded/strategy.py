@@ -9,6 +9,9 @@ the optimizers are built, and wraps in DDP what is left of the model, if anythin
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any
 
 import pytorch_lightning as pl
@@ -23,6 +26,8 @@ from recsys_lightning.losses import Candidates
 from recsys_lightning.models.mf import MatrixFactorization
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.ranges import Range
+from recsys_lightning.sharded import table_optimizer_folder, tables_folder
+from recsys_lightning.sharded.checkpoint import load_into, save_sharded
 from recsys_lightning.sharded.tables import ShardedRowTables, TableRows, TableSpec
 
 # The optimizers FBGEMM fuses into backward, by the `optimizer._target_` that names them, and the devices
@@ -44,6 +49,7 @@ class ShardedTablesStrategy(DDPStrategy):
     def __init__(self, row_wise_min_rows: Annotated[int, Range(1)] = 100_000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.row_wise_min_rows = row_wise_min_rows
+        self._loading_from: Path | None = None  # the .ckpt being restored, whose tables are beside it
 
     def setup(self, trainer: pl.Trainer) -> None:
         module = self.lightning_module
@@ -70,6 +76,49 @@ class ShardedTablesStrategy(DDPStrategy):
         if isinstance(self.model, DistributedDataParallel):
             super()._register_ddp_hooks()
 
+    # -- checkpoints: rank 0 writes the .ckpt (the dense rest), every rank its rows of the tables beside it ----
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        """The fused optimizer's state, the tables, then the .ckpt: a .ckpt is never there without its tables (a
+        crash between leaves newer folders beside the previous .ckpt of that name, whose dense rest is the mean
+        rating alone for mf)."""
+        tables = self.lightning_module.model.sharded_tables
+        state = fused_optimizer_state(tables)
+        if state:  # sgd keeps none
+            save_sharded(state, table_optimizer_folder(filepath))
+        save_sharded(tables.sharded.state_dict(), tables_folder(filepath))
+        super().save_checkpoint(checkpoint, filepath, storage_options)
+
+    def remove_checkpoint(self, filepath: Any) -> None:
+        super().remove_checkpoint(filepath)
+        if self.is_global_zero:
+            shutil.rmtree(tables_folder(filepath), ignore_errors=True)
+            shutil.rmtree(table_optimizer_folder(filepath), ignore_errors=True)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        self._loading_from = Path(checkpoint_path)
+        return super().load_checkpoint(checkpoint_path, weights_only)
+
+    def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
+        """The .ckpt's dense rest, then each rank's rows from the tables beside it (saved at any W: the
+        reader takes the rows this rank holds, sized by the model, never by the files)."""
+        module = self.lightning_module
+        if not hasattr(module.model, "sharded_tables"):  # fit restores before `setup`: the tables are still on meta
+            hand_over_tables(module, self.row_wise_min_rows, self.root_device)
+        super().load_model_state_dict(checkpoint, strict)
+        tables = module.model.sharded_tables
+        load_into(tables.sharded.state_dict(), tables_folder(self._loading_from))
+        state = fused_optimizer_state(tables)
+        if state:  # the accumulators too, so that a resumed run steps as the uninterrupted one
+            load_into(state, table_optimizer_folder(self._loading_from))
+
+
+def fused_optimizer_state(tables: ShardedRowTables) -> dict[str, Any]:
+    """The optimizer state fused into backward, by `<table key>/<state>` (row-wise Adagrad: one accumulator per
+    row, a ShardedTensor of this rank's rows); the tensors alias the optimizer's, so loading into them restores it."""
+    state = tables.sharded.fused_optimizer.state_dict()["state"]
+    return {f"{key}/{name}": value for key, values in state.items() for name, value in values.items() if isinstance(value, torch.Tensor)}
+
 
 def hand_over_tables(module: RecommenderModule, row_wise_min_rows: int, device: torch.device) -> ShardedRowTables:
     """Replace the model's row tables (built on the meta device, never allocated) by TorchRec's, each attribute
@@ -88,7 +137,9 @@ def hand_over_tables(module: RecommenderModule, row_wise_min_rows: int, device: 
     for spec in specs:
         delattr(model, spec.name)
         setattr(model, spec.name, TableRows(tables, spec.name))
-    model.sharded_tables = tables
+    # Not a submodule: the module's state dict (the .ckpt rank 0 writes) keeps the dense rest, and the tables,
+    # each rank's rows, are saved and loaded by every rank beside it (`save_checkpoint`, `load_model_state_dict`).
+    object.__setattr__(model, "sharded_tables", tables)
     for name, buffer in list(model.named_buffers()):  # what else was built on meta (mf's global mean): zeros
         if buffer.is_meta:
             owner, _, leaf = name.rpartition(".")

@@ -207,6 +207,10 @@ class ShardedRowTables(nn.Module):
         dim = self.specs[name].dim
         return self.sharded.module[name](features.to(self.device))[name].values()[: len(flat), :dim].reshape(*index.shape, dim)
 
+    def row_wise(self, name: str) -> bool:
+        """Whether table `name` is split row-wise over the ranks (else each rank holds all of it)."""
+        return hasattr(self._weights()[name], "local_shards")
+
     def local_rows(self, name: str) -> tuple[Tensor, int, int]:
         """(this rank's rows of table `name`, its first row, the table's rows): the whole table where replicated."""
         parts = _local_parts(self._weights()[name])

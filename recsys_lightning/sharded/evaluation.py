@@ -1,0 +1,71 @@
+"""Full ranking of evaluation chunks when the model's tables are TorchRec's (trainer=sharded).
+
+Every lookup of a held table is a collective, and so is the merged top-K over a row-wise item table, so
+every rank must rank as many chunks as the others: Lightning hands a rank only its own chunks, so the
+module collects them during the epoch and ranks them here at its end, padded to the longest rank
+(`padded_chunks`). A row-wise item table is scored block by block on its ranks and the candidates merged
+(`sharded_top_k`); a replicated one is whole on every rank and ranked as in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from recsys_lightning.data.batches import RankingChunk
+from recsys_lightning.models.base import Recommender
+from recsys_lightning.ranking import top_k_unseen
+from recsys_lightning.sharded.ranking import RowBlocks, padded_chunks, sharded_top_k
+from recsys_lightning.sharded.tables import local_rows
+
+# Called with a chunk's scores [B, num_items] before ranking overwrites them (the loss's prediction metrics).
+ScoresHook = Callable[[Tensor, RankingChunk, int], None]
+PairsHook = Callable[[Recommender, tuple[RankingChunk, int] | None], None]
+
+
+def held_ranking(
+    model: Recommender,
+    chunks: Sequence[tuple[RankingChunk, int]],
+    k: int,
+    before_ranking: ScoresHook,
+    pairs_hook: PairsHook | None = None,
+) -> Iterator[tuple[RankingChunk, int, Tensor]]:
+    """(chunk, batch index, top `k` items [B, min(k, num_items)]) of each of this rank's `chunks` (with
+    their batch index); every rank iterates it to the end, together. `before_ranking` sees the scores of
+    a replicated item table; a row-wise one never has a chunk's scores against the whole catalogue, so
+    `pairs_hook` (when given) is called instead with each chunk and its index, or None for a padding
+    chunk, on every rank, to score just the pairs it needs (each lookup a collective)."""
+    tables = model.sharded_tables
+    block, row_wise = item_block(model), tables.row_wise("item_factors")
+    layout = RowBlocks(model.num_items, dist.get_world_size())
+    empty = torch.zeros(0, dtype=torch.long, device=tables.device)
+    for entry in padded_chunks(chunks, device=tables.device):
+        chunk = None if entry is None else entry[0]
+        users, rows, items = (empty, empty, empty) if chunk is None else (chunk.users, chunk.exclude_rows, chunk.exclude_items)
+        queries = model.query_vectors(users)  # lookups: collectives, made on every rank
+        if row_wise:
+            if pairs_hook is not None:  # lookups too: every rank scores its pairs, none for a padding chunk
+                pairs_hook(model, None if entry is None else entry)
+            top_items, _ = sharded_top_k(queries, block, rows, items, k, layout)
+        else:
+            scores = queries @ block.T
+            if entry is not None:
+                before_ranking(scores, *entry)
+            top_items = top_k_unseen(scores, rows, items, k)
+        if entry is not None:
+            yield entry[0], entry[1], top_items
+
+
+def item_block(model: Recommender) -> Tensor:
+    """This rank's rows of the item vectors `query_vectors` is scored against: [q_i, 1, b_i] (MF's biases
+    ride in the product), the whole table where it is replicated."""
+    factors, first, _ = local_rows(model, "item_factors")
+    if model.item_bias is None:
+        return factors
+    bias, bias_first, _ = local_rows(model, "item_bias")
+    if bias_first != first or len(bias) != len(factors):
+        raise ValueError(f"item_factors rows {first}+{len(factors)} and item_bias rows {bias_first}+{len(bias)} differ on this rank")
+    return torch.cat([factors, torch.ones_like(bias), bias], 1)
