@@ -66,6 +66,7 @@ def dmp_rank(rank: int, world: int, store: Path, out: Path, save: bool) -> None:
     looked_up = {name: embeddings.values().detach().clone() for name, embeddings in model(every_id).items()}
     record = {"types": {name: type(value).__name__ for name, value in state.items()}, "local": local, "looked_up": looked_up}
     torch.save(record, out / f"{'saved' if save else 'loaded'}{rank}.pt")
+    dist.barrier()  # no rank tears gloo down while another's last exchange is in flight (a C++ terminate)
     dist.destroy_process_group()
 
 

@@ -90,6 +90,7 @@ def rank_on(rank, world, store, out, users_table, items_table, seen, heldout, k)
             tops.update({int(user): (items, values) for user, items, values in zip(users, top, scores)})
     computed = {name: float(value) for name, value in metrics.compute().items()}
     torch.save({"metrics": computed, "tops": tops, "chunks": len(chunks)}, out / f"rank{rank}.pt")
+    dist.barrier()  # no rank tears gloo down while another's last exchange is in flight (a C++ terminate)
     dist.destroy_process_group()
 
 
