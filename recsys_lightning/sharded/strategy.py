@@ -51,6 +51,14 @@ class ShardedTablesStrategy(DDPStrategy):
         self.row_wise_min_rows = row_wise_min_rows
         self._loading_from: Path | None = None  # the .ckpt being restored, whose tables are beside it
 
+    def teardown(self) -> None:
+        """Every rank waits for the others before Lightning tears down: TorchRec's all-to-alls over gloo can
+        leave a send in flight after a rank's last lookup, and a process exiting under it ends in a C++
+        terminate ("terminate called without an active exception"), seen once in CI at the end of a test."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        super().teardown()
+
     def setup(self, trainer: pl.Trainer) -> None:
         module = self.lightning_module
         if not hasattr(module.model, "sharded_tables"):  # once: validate and test after fit find them held already
