@@ -73,6 +73,9 @@ def main(out: Path, data: str) -> None:
     record = {"steps": trainer.global_step, "epochs": seen.epochs, "metrics": metrics, "batch": datamodule.rank_batch_size}
     record["popularity"] = popularity
     (out / f"rank{datamodule.rank}.json").write_text(json.dumps(record))
+    if torch.distributed.is_initialized():  # no rank exits while another's last exchange is in flight (a C++ terminate)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
