@@ -19,8 +19,9 @@ from recsys_lightning.ranking import top_k_unseen
 
 
 def popularity_on_validation(datamodule: InteractionDataModule, ks: Sequence[int], distributed: bool = False) -> dict[str, float]:
-    """`val/<metric>@K` of ranking each validation user's unseen items by their number of training users
-    (model=popularity's ranking), one evaluation chunk of scores at a time.
+    """`val/<metric>@K` of ranking each validation user's unseen items (among the chunks' candidates, as the
+    run ranked them) by their number of training users (model=popularity's ranking), one evaluation chunk of
+    scores at a time.
 
     The users are this process's share (its validation loader); `distributed` sums every process's, so
     every process must call it then."""
@@ -28,7 +29,7 @@ def popularity_on_validation(datamodule: InteractionDataModule, ks: Sequence[int
     metrics = RankingMetrics(ks, sync_on_compute=distributed)
     for chunk in datamodule.val_dataloader():
         scores = popularity.expand(len(chunk.users), -1).clone()  # top_k_unseen overwrites what it hides
-        top_items = top_k_unseen(scores, chunk.exclude_rows, chunk.exclude_items, metrics.max_k)
+        top_items = top_k_unseen(scores, chunk.exclude_rows, chunk.exclude_items, metrics.max_k, chunk.candidates)
         metrics.update_ranked(top_items, chunk, len(popularity))
     return {f"val/{name}": value.item() for name, value in metrics.compute().items()}
 

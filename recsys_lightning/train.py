@@ -168,6 +168,7 @@ def _fit_and_test(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals, 
     metrics["train_seconds"] = round(train_seconds, 2)
     metrics["epochs"] = trainer.current_epoch
     metrics["data_source"] = datamodule.source
+    metrics["eval_candidates"] = str(cfg.eval.candidates)  # which items val/ and test/ ranked: all, or each part's new ones
     metrics["best_checkpoint"] = os.path.relpath(best_checkpoint, run_folder.path)
 
     monitor, ks = str(cfg.monitor.metric), list(cfg.eval.ks)
