@@ -53,19 +53,21 @@ def test_popularity_scores_each_item_by_its_number_of_training_users(interaction
 def test_feature_popularity_scores_a_hand_computed_case():
     """Features A, B: item 0 is A, 1 B, 2 A and B, 3 A, 4 B and new (no training user). User 0 trained on items
     0 and 3 (A shares 1, B 0), user 1 on 0, 1 and 2 (A 2/3, B 2/3), user 2 on none. Popularity 2, 1, 1, 1, 0
-    breaks ties as p / (max p + 1) / n_u: user 0 gets 1 + 2/3/2 for item 0, 1/3/2 for item 1; user 2 popularity alone."""
+    (plus r_i in [0, 1), seed 0's draw) breaks ties as (p + r) / (max p + 1) / n_u: user 0 gets 1 + (2 + r_0)/3/2
+    for item 0, (1 + r_1)/3/2 for item 1; user 2 popularity alone."""
     genres = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [1.0, 0.0], [0.0, 1.0]]).to_sparse()  # row means, as the data gives them
     model = FeaturePopularity(3, 5, num_item_features=2)
     model.set_features(genres, None, torch.zeros(5), torch.zeros(3))
     training = torch.zeros(3, 5)
     training[0, [0, 3]] = training[1, [0, 1, 2]] = 1
     model.fit(training.to_sparse())
-    expected = [
-        [1 + 2 / 3 / 2, 1 / 3 / 2, 1 + 1 / 3 / 2, 1 + 1 / 3 / 2, 0.0],
-        [2 / 3 + 2 / 3 / 3, 2 / 3 + 1 / 3 / 3, 4 / 3 + 1 / 3 / 3, 2 / 3 + 1 / 3 / 3, 2 / 3],
-        [2 / 3, 1 / 3, 1 / 3, 1 / 3, 0.0],
-    ]
-    torch.testing.assert_close(model.score_all(torch.arange(3)), torch.tensor(expected))
+    matches = torch.tensor([[2.0, 0, 2, 2, 0], [2, 2, 4, 2, 2], [0, 0, 0, 0, 0]])  # training items sharing each feature
+    order = (torch.tensor([2.0, 1, 1, 1, 0]) + torch.rand(5, generator=torch.Generator().manual_seed(0))) / 3
+    expected = (matches + order) / torch.tensor([[2.0], [3.0], [1.0]])
+    torch.testing.assert_close(model.score_all(torch.arange(3)), expected)
+    # popularity then the draw order what features leave tied: items 2 and 3 for user 0, every new item
+    ranked = model.score_all(torch.arange(3)).argsort(1, descending=True)
+    assert ranked[0, :3].tolist() == [0, *sorted([2, 3], key=lambda item: -model.item_tiebreak[item])]
 
 
 def test_feature_popularity_without_item_features_is_one_line():

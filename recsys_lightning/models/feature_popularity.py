@@ -21,10 +21,12 @@ class FeaturePopularity(ClosedFormRecommender):
     by, since a new item's popularity is 0 and its genres are all it has. A user with no training item
     gets plain popularity.
 
-    One inner product, so a vector index can serve it: query [c_u, 1] / n_u, item [g_i, p_i / (max p + 1)],
+    One inner product, so a vector index can serve it: query [c_u, 1] / n_u, item [g_i, (p_i + r_i) / (max p + 1)],
     with c_u the user's count of training items per feature, n_u their training items, g_i the item's
-    0/1 features and p_i its popularity. The integer match count c_u . g_i decides and the popularity
-    term, below 1, only orders its ties (exact in float32 while matches x (max p + 1) < 2^24).
+    0/1 features, p_i its popularity and r_i in [0, 1) drawn once from seed 0. The integer match count
+    c_u . g_i decides and the popularity term, below 1, only orders its ties (exact in float32 while
+    matches x (max p + 1) < 2^24). r_i orders what popularity leaves tied, new items above all (each 0):
+    without it `topk` would keep them in index order, which on MovieLens (ids by release) is no neutral order.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class FeaturePopularity(ClosedFormRecommender):
         # Buffers, so a checkpoint ranks without the data: the item features and what `fit` counts.
         self.register_buffer("item_features", torch.zeros(num_items, num_item_features))
         self.register_buffer("item_popularity", torch.zeros(num_items))
+        self.register_buffer("item_tiebreak", torch.rand(num_items, generator=torch.Generator().manual_seed(0)))
         self.register_buffer("user_queries", torch.zeros(num_users, num_item_features + 1))
 
     def set_features(self, item_features: Tensor | None, user_features: Tensor | None, item_counts: Tensor, user_counts: Tensor) -> None:
@@ -69,5 +72,5 @@ class FeaturePopularity(ClosedFormRecommender):
         return self.user_queries.index_select(0, users)
 
     def item_vectors(self) -> Tensor:
-        tiebreak = self.item_popularity / (self.item_popularity.max() + 1)
-        return torch.cat([self.item_features, tiebreak.unsqueeze(1)], 1)
+        order = (self.item_popularity + self.item_tiebreak) / (self.item_popularity.max() + 1)
+        return torch.cat([self.item_features, order.unsqueeze(1)], 1)
