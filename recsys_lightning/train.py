@@ -173,7 +173,7 @@ def _fit_and_test(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals, 
 
     monitor, ks = str(cfg.monitor.metric), list(cfg.eval.ks)
     baseline = None
-    if compared_with_popularity(monitor, isinstance(module.model, Popularity)):  # every process ranks its share
+    if compared_with_popularity(monitor, isinstance(module.model, Popularity), str(cfg.eval.candidates)):  # every process ranks its share
         baseline = popularity_on_validation(datamodule, ks, distributed=trainer.world_size > 1)[monitor]
     if trainer.is_global_zero:
         chosen = OmegaConf.merge(cfg, {"data": {"batch_size": datamodule.batch_size}})  # auto shown as what it chose
