@@ -292,8 +292,16 @@ _OFF_SCHEDULE = {"every_n_epochs": (None, 1), "every_n_train_steps": (None,), "t
 def check_eval_candidates(cfg: DictConfig) -> None:
     """eval.candidates=cold ranks only the items new in valid and test, which only data.split=cold_items makes
     (pre-split files drop held-out items absent from train; data=prepared has no such split), and masks them in
-    one process's score rows, which trainer=sharded's merged row blocks never hold."""
-    if config_value(cfg, "eval.candidates") != "cold":
+    one process's score rows, which trainer=sharded's merged row blocks never hold. The data's copy of the key
+    (data.eval_candidates, what its DataModule reads) follows eval.candidates and is never set apart from it."""
+    candidates = config_value(cfg, "eval.candidates")
+    followed = config_value(cfg, "data.eval_candidates")
+    if followed not in (_ABSENT, candidates):
+        raise ConfigError(
+            f"data.eval_candidates={shown(followed)} differs from eval.candidates={shown(candidates)}: "
+            "set eval.candidates, which it follows"
+        )
+    if candidates != "cold":
         return
     split = cfg.data.get("split", "its own (data=prepared)")
     if split != "cold_items":

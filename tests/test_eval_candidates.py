@@ -140,8 +140,12 @@ def test_cold_candidates_are_refused_up_front_where_no_item_is_new(overrides, me
 
 def test_cold_candidates_with_cold_items_and_other_values_are_checked():
     check_training_config(training_config("eval.candidates=cold", "data.split=cold_items"))
+    check_training_config(training_config("data=prepared", "data.path=.", "model.features=false"))  # no data.eval_candidates
     with pytest.raises(ConfigError, match="eval.candidates"):
         check_training_config(training_config("eval.candidates=new"))
+    with pytest.raises(ConfigError) as caught:  # the data's copy is set from eval.candidates, never by itself
+        check_training_config(training_config("data.eval_candidates=cold", "data.split=cold_items"))
+    assert str(caught.value) == "data.eval_candidates=cold differs from eval.candidates=all: set eval.candidates, which it follows"
 
 
 def test_evaluate_ranks_other_candidates_only_where_the_run_split_items_out():
