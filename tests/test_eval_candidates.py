@@ -14,7 +14,7 @@ from recsys_lightning.data.batches import RankingChunk
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.evaluate import ranking
-from recsys_lightning.metrics import RankingMetrics
+from recsys_lightning.metrics import PointwiseMetrics, RankingMetrics
 from recsys_lightning.ranking import top_k_unseen
 from recsys_lightning.validation import check_training_config
 
@@ -105,6 +105,25 @@ def test_a_hand_ranked_chunk_ranks_only_its_candidates():
     assert computed["ndcg@2"].item() == pytest.approx((1 / math.log2(3) + 0) / 2)
     assert computed["recall@2"].item() == pytest.approx(0.5)
     assert top_k_unseen(scores.clone(), torch.tensor([0]), torch.tensor([2]), 2).tolist() == [[0, 4], [0, 4]]  # no candidates: all items
+
+
+def test_pointwise_negatives_are_drawn_among_the_candidates():
+    """AUC pairs each held-out item with a negative: a candidate too, unless the user holds out all of them."""
+    candidates = torch.zeros(50, dtype=torch.bool)
+    candidates[[3, 7, 11, 20]] = True
+    chunk = RankingChunk(
+        users=torch.tensor([0, 1]),
+        exclude_rows=torch.tensor([0]),
+        exclude_items=torch.tensor([20]),
+        heldout_rows=torch.tensor([0, 0, 1, 1, 1, 1]),
+        heldout_items=torch.tensor([3, 7, 3, 7, 11, 20]),
+        heldout_ratings=torch.ones(6),
+        candidates=candidates,
+    )
+    for seed in range(20):
+        rows, _, negatives = PointwiseMetrics.pairs_of(chunk, seed, 50)
+        assert set(negatives[rows == 0].tolist()) == {11}  # user 0's only candidate neither seen nor held out
+        assert not set(negatives[rows == 1].tolist()) & {3, 7, 11, 20}  # user 1 holds out every candidate
 
 
 @pytest.mark.parametrize(
