@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from recsys_lightning.build import build_module
+from recsys_lightning.console import run_summary
 from recsys_lightning.data.batches import RankingChunk
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.evaluate import ranking
+from recsys_lightning.hparams_tab import hparams_row
 from recsys_lightning.metrics import PointwiseMetrics, RankingMetrics
 from recsys_lightning.ranking import top_k_unseen
 from recsys_lightning.validation import check_training_config
@@ -177,6 +179,14 @@ def test_evaluate_ranks_other_candidates_only_where_the_run_split_items_out():
     assert str(caught.value) == (
         "candidates=cold ranks only items held out of training, and runs/a split with data.split=ratio: use candidates=all"
     )
+
+
+def test_the_closing_table_and_the_hparams_row_say_which_items_were_ranked():
+    figures = {"val/ndcg@10": 0.2, "test/ndcg@10": 0.1, "best_epoch": 0, "epochs": 1, "train_seconds": 1.0}
+    line = "ranked: each part's new items only (eval.candidates=cold), not the whole catalogue"
+    assert line in run_summary({**figures, "eval_candidates": "cold"}, "val/ndcg@10", [10], ".", tensorboard=False).splitlines()
+    assert "ranked:" not in run_summary({**figures, "eval_candidates": "all"}, "val/ndcg@10", [10], ".", tensorboard=False)
+    assert hparams_row(training_config("eval.candidates=cold", "data.split=cold_items"), {})["eval.candidates"] == "cold"
 
 
 @pytest.mark.slow
