@@ -169,6 +169,12 @@ def test_cold_candidates_with_cold_items_and_other_values_are_checked():
     assert str(caught.value) == "data.eval_candidates=cold differs from eval.candidates=all: set eval.candidates, which it follows"
 
 
+def test_a_data_module_asked_for_cold_candidates_without_cold_items_refuses():
+    with pytest.raises(ConfigError) as caught:
+        FrameDataModule(random_interactions(10, 20, 5), split="ratio", eval_candidates="cold")
+    assert str(caught.value) == "data.eval_candidates=cold ranks only items held out of training: it needs data.split=cold_items, not ratio"
+
+
 def test_evaluate_ranks_other_candidates_only_where_the_run_split_items_out():
     cold_items = {"_target_": "x", "split": "cold_items", "eval_candidates": "all"}
     assert ranking(cold_items, "cold", "run")["eval_candidates"] == "cold"

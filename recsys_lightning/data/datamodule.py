@@ -26,7 +26,7 @@ from recsys_lightning.data.sized_defaults import AUTO, auto_batch_size
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.split import SPLIT_KINDS, Split, split_by_parts, split_interactions
 from recsys_lightning.data.training_data import TrainingData
-from recsys_lightning.errors import DataError, quote
+from recsys_lightning.errors import ConfigError, DataError, quote
 from recsys_lightning.ranges import AnyOf, Choice, Range, Shares, integer
 from recsys_lightning.seeds import stream_seed
 
@@ -77,6 +77,10 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         eval_candidates: Annotated[str, Choice(EVAL_CANDIDATES)] = "all",
     ) -> None:
         super().__init__()
+        if eval_candidates == "cold" and split != "cold_items":  # a recorded config (evaluate) is not checked by train
+            raise ConfigError(
+                f"data.eval_candidates=cold ranks only items held out of training: it needs data.split=cold_items, not {split}"
+            )
         self.split_kind = split
         self.split_ratios = tuple(split_ratios)
         self.min_rating = min_rating
