@@ -100,17 +100,21 @@ class Pattern(Rule):
 
 @dataclass(frozen=True)
 class ListOf(Rule):
-    """A list of at least `min_length` entries, each accepted by `entry`."""
+    """A list of at least `min_length` (and, given `max_length`, at most that many) entries, each accepted by `entry`."""
 
     entry: Rule
     min_length: int
     example: str
+    max_length: int | None = None
 
     def accepts(self, value: Any) -> bool:
-        return isinstance(value, list) and len(value) >= self.min_length and all(self.entry.accepts(item) for item in value)
+        if not isinstance(value, list) or len(value) < self.min_length:
+            return False
+        return (self.max_length is None or len(value) <= self.max_length) and all(self.entry.accepts(item) for item in value)
 
     def __str__(self) -> str:
-        return f"a {'non-empty ' if self.min_length else ''}list, each entry {self.entry}, e.g. {self.example}"
+        most = f" of at most {self.max_length} entries" if self.max_length is not None else ""
+        return f"a {'non-empty ' if self.min_length else ''}list{most}, each entry {self.entry}, e.g. {self.example}"
 
 
 @dataclass(frozen=True)
