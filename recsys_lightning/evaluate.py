@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,7 +33,7 @@ from recsys_lightning.devices import check_cuda_available
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
 from recsys_lightning.models.weights import load_error_detail
 from recsys_lightning.module import RecommenderModule
-from recsys_lightning.ranges import NON_NEGATIVE, TEXT, Choice, Rule, integer, optional
+from recsys_lightning.ranges import NON_NEGATIVE, TEXT, AnyOf, Choice, ListOf, Rule, integer, optional, shown
 from recsys_lightning.runs.checkpoint_file import (
     BEST_CHECKPOINT_KEY,
     find_checkpoint,
@@ -47,8 +48,8 @@ from recsys_lightning.runs.safe_config import checked_module_hyper_parameters
 from recsys_lightning.runs.same_data import same_training_data
 from recsys_lightning.runs.trained_run import check_weights_fit, load_trained, model_weights, torch_device
 from recsys_lightning.threads import apply_thread_count
-from recsys_lightning.two_stage import compare_stages
-from recsys_lightning.validation import check_rules, check_run_dir_given
+from recsys_lightning.two_stage import MAX_CANDIDATE_COUNTS, compare_stages, gains_over_retriever
+from recsys_lightning.validation import check_rules, check_run_dir_given, config_value
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -64,7 +65,7 @@ EVALUATE_RULES: dict[str, Rule] = {
     "tolerance": NON_NEGATIVE,
     "candidates": optional(Choice(EVAL_CANDIDATES)),
     "retrieval.run_dir": optional(TEXT),
-    "retrieval.candidates": integer(1),
+    "retrieval.candidates": AnyOf((integer(1), ListOf(integer(1), 1, "[50,100,200,500]", MAX_CANDIDATE_COUNTS))),
     "callbacks.progress_log.interval_seconds": NON_NEGATIVE,
 }
 
@@ -142,12 +143,13 @@ def recorded_candidates(run_dir: str | Path) -> str:
 def evaluate_two_stage(
     run_dir: str | Path,
     retriever_dir: str | Path,
-    candidates: int,
+    candidates: int | Sequence[int],
     checkpoint: str = "best",
     split: str = "test",
     accelerator: str = "auto",
 ) -> tuple[pd.DataFrame, str]:
-    """The stages side by side (see `compare_stages`) and a heading naming both runs."""
+    """The stages side by side (see `compare_stages`; a list of `candidates` sweeps the count) and a heading
+    naming both runs."""
     if split not in SPLITS:
         raise ConfigError(f"split={split!r}: use test or valid")
     # Loaded on the CPU, where their catalogues are compared and ranked; the models move to the device.
@@ -156,13 +158,51 @@ def evaluate_two_stage(
     check_same_data(retriever.catalogue, reranker.catalogue, retriever_dir, run_dir)
     device = torch_device(accelerator)
     ks = reranker.hyper_parameters["ks"]
+    candidates = candidate_counts(candidates, reranker.catalogue.num_items)
     table = compare_stages(retriever.model.to(device), reranker.model.to(device), reranker.catalogue, candidates, ks, split, device=device)
-    table.insert(1, "model", [retriever.model_name, reranker.model_name, f"{retriever.model_name} -> {reranker.model_name}"])
+    names = {
+        "retriever": retriever.model_name,
+        "re-ranker": reranker.model_name,
+        "two-stage": f"{retriever.model_name} -> {reranker.model_name}",
+    }
+    table.insert(1, "model", table["stage"].map(names))
+    if not isinstance(candidates, int):
+        return table, (
+            f"{split} split: retriever {retriever_dir} ({retriever.model_name}) hands its top {', '.join(map(str, candidates))} "
+            f"unseen items per user to re-ranker {run_dir} ({reranker.model_name}); each count re-ranks a prefix of one "
+            f"retrieval at {candidates[-1]}, whose time every count's ms includes"
+        )
     heading = (
         f"{split} split: retriever {retriever_dir} ({retriever.model_name}) hands its top {candidates} unseen items per user "
         f"to re-ranker {run_dir} ({reranker.model_name}); candidate recall@{candidates} {table[f'recall@{candidates}'][0]:.4f}"
     )
     return table, heading
+
+
+def candidate_counts(candidates: int | Sequence[int], num_items: int) -> int | list[int]:
+    """A sweep's counts ascending, each at most the catalogue (those beyond it cut to it, in one logged line);
+    a single count as given, as the table always showed it."""
+    if isinstance(candidates, int):
+        return candidates
+    beyond = sorted({count for count in candidates if count > num_items})
+    if beyond:
+        cut = ", ".join(map(str, beyond)) + (" is" if len(beyond) == 1 else " are")
+        log.warning(
+            "retrieval.candidates=%s: this run has %s items, so %s cut to %d (every unseen item a candidate)",
+            shown(list(candidates)),
+            f"{num_items:,}",
+            cut,
+            num_items,
+        )
+    return sorted({min(count, num_items) for count in candidates})
+
+
+def print_two_stage(table: pd.DataFrame, heading: str, out: TextIO = sys.stdout) -> None:
+    """The stages' table, then each stage's NDCG and recall over the retriever's under it: a table of its own,
+    as the ratios beside every figure would wrap a terminal's line."""
+    print(heading + "\n" + table.to_string(index=False, na_rep="-", float_format=lambda value: f"{value:.4f}"), file=out)
+    print("\nover the retriever (each stage's figure / the retriever's; - where the retriever's is 0):", file=out)
+    print(gains_over_retriever(table).to_string(index=False, na_rep="-", float_format=lambda value: f"{value:.3f}"), file=out)
 
 
 def compare_with_recorded(evaluated: dict[str, float], run_dir: str | Path, tolerance: float) -> pd.DataFrame:
@@ -206,11 +246,12 @@ def main(cfg: DictConfig) -> None:
         check_evaluate_config(cfg)
         apply_thread_count(OmegaConf.select(cfg, "runtime.threads", default="auto"))
         if cfg.retrieval.run_dir is not None:
+            candidates = config_value(cfg, "retrieval.candidates")  # a list as a plain list
             with progress.every(cfg.callbacks.progress_log.interval_seconds):
                 table, heading = evaluate_two_stage(
-                    cfg.run_dir, cfg.retrieval.run_dir, cfg.retrieval.candidates, cfg.checkpoint, cfg.split, cfg.accelerator
+                    cfg.run_dir, cfg.retrieval.run_dir, candidates, cfg.checkpoint, cfg.split, cfg.accelerator
                 )
-            print(heading + "\n" + table.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
+            print_two_stage(table, heading)
             return
         with progress.every(cfg.callbacks.progress_log.interval_seconds):
             evaluated = evaluate(cfg.run_dir, cfg.checkpoint, cfg.split, cfg.accelerator, cfg.candidates)

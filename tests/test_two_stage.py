@@ -12,13 +12,13 @@ import torch
 from recsys_lightning import progress
 from recsys_lightning.data.catalogue import PARTS
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.evaluate import evaluate_two_stage
+from recsys_lightning.evaluate import candidate_counts, check_evaluate_config, evaluate_two_stage, print_two_stage
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.recommend import serve
 from recsys_lightning.runs.checkpoint_file import find_checkpoint
 from recsys_lightning.runs.trained_run import load_trained
 from recsys_lightning.serving.service import RecommendationService, TwoStageService
-from recsys_lightning.two_stage import STAGES, compare_stages
+from recsys_lightning.two_stage import STAGES, compare_stages, gains_over_retriever
 
 from helpers import FrameDataModule, compose_config, module_config, planted_frame, quiet_trainer, run_module, trained_run_folder
 
@@ -109,6 +109,66 @@ def test_evaluate_two_stage_beside_each_model_alone(runs):
     assert (table["ms/1k users"] > 0).all()
 
 
+def test_a_candidate_sweep_equals_a_separate_run_at_each_count(runs):
+    retriever, reranker = load_trained(find_checkpoint(runs["retriever"])), load_trained(find_checkpoint(runs["reranker"]))
+    stages = (retriever.model, reranker.model, reranker.catalogue)
+    sweep = compare_stages(*stages, candidates=[20, 5, 50], ks=[3, 10], chunk_size=25)  # one retrieval, at 50
+    assert list(sweep["stage"]) == ["retriever", "re-ranker", "two-stage", "two-stage", "two-stage"]
+    assert list(sweep["candidates"]) == ["-", "-", 5, 20, 50] and sweep["candidate recall"][:2].isna().all()
+    metrics = ["ndcg@3", "recall@3", "ndcg@10", "recall@10"]
+    for row, count in zip(range(2, 5), (5, 20, 50)):
+        alone = compare_stages(*stages, candidates=count, ks=[3, 10], chunk_size=25)  # its own retrieval at `count`
+        assert sweep["candidate recall"][row] == alone[f"recall@{count}"][2] == alone[f"recall@{count}"][0]
+        assert sweep.loc[row, metrics].tolist() == alone.loc[2, metrics].tolist()
+        assert sweep.loc[:1, metrics].values.tolist() == alone.loc[:1, metrics].values.tolist()
+
+
+def test_gains_are_each_stage_over_the_retriever_and_a_zero_retriever_figure_prints_a_dash():
+    table = pd.DataFrame(
+        {
+            "stage": ["retriever", "re-ranker", "two-stage"],
+            "model": ["MF", "NeuMF", "MF -> NeuMF"],
+            "recall@50": [0.8, 0.7, 0.8],  # candidate recall: no gain is taken of it
+            "ndcg@10": [0.2, 0.3, 0.1],
+            "recall@10": [0.0, 0.1, 0.0],
+            "ms/1k users": [1.0, 2.0, 3.0],
+        }
+    )
+    gains = gains_over_retriever(table)
+    assert list(gains.columns) == ["stage", "ndcg@10", "recall@10"]
+    assert gains["ndcg@10"].tolist() == pytest.approx([1.0, 1.5, 0.5])
+    assert gains["recall@10"].isna().all()
+    out = io.StringIO()
+    print_two_stage(table, "heading", out)
+    assert out.getvalue().splitlines()[-1].split() == ["two-stage", "0.500", "-"]
+
+
+def test_a_sweep_prints_one_row_per_count_cut_to_the_catalogue(runs, caplog):
+    with caplog.at_level(logging.WARNING, logger="recsys_lightning.evaluate"):
+        table, heading = evaluate_two_stage(runs["reranker"], runs["retriever"], candidates=[10, 500, 200], accelerator="cpu")
+    assert [record.getMessage() for record in caplog.records] == [
+        "retrieval.candidates=[10,500,200]: this run has 100 items, so 200, 500 are cut to 100 (every unseen item a candidate)"
+    ]
+    assert list(table["candidates"]) == ["-", "-", 10, 100] and "top 10, 100 unseen items" in heading
+    assert table["candidate recall"][3] == pytest.approx(1.0)
+    assert table.loc[3, "ndcg@10"] == pytest.approx(table.loc[1, "ndcg@10"], abs=1e-6)  # every item a candidate: the re-ranker's ranking
+    assert candidate_counts(200, NUM_ITEMS) == 200  # one count: the table as it always was, recall@200
+
+
+@pytest.mark.parametrize(
+    "candidates",
+    ["[]", "[0,10]", "[10.5]", "[a]", "[" + ",".join(str(count) for count in range(1, 18)) + "]", "true"],
+)
+def test_a_bad_candidate_list_is_refused_in_one_line_naming_the_key(runs, candidates):
+    cfg = compose_config(
+        "evaluate", f"run_dir={runs['reranker']}", f"retrieval.run_dir={runs['retriever']}", f"retrieval.candidates={candidates}"
+    )
+    with pytest.raises(ConfigError) as error:
+        check_evaluate_config(cfg)
+    assert str(error.value).startswith("retrieval.candidates=") and "\n" not in str(error.value)
+    assert "a non-empty list of at most 16 entries, each entry an integer >= 1" in str(error.value)
+
+
 def test_a_retriever_of_another_split_is_refused_naming_both_runs(runs):
     with pytest.raises(ConfigError) as error:
         evaluate_two_stage(runs["reranker"], runs["other_split"], candidates=10, accelerator="cpu")
@@ -185,4 +245,7 @@ def test_evaluate_entry_point_prints_the_stages(runs):
     assert "test split, two-stage: user chunk 1 of 1, " in result.stderr  # progress lines go to the log, not the table
     heading, columns, *rows = result.stdout.strip().splitlines()
     assert "candidate recall@200" in heading
-    assert columns.split()[:3] == ["stage", "model", "recall@200"] and [row.split()[0] for row in rows] == list(STAGES)
+    stages, gains = "\n".join(rows).split("\n\nover the retriever")
+    assert columns.split()[:3] == ["stage", "model", "recall@200"] and [row.split()[0] for row in stages.splitlines()] == list(STAGES)
+    assert gains.splitlines()[1].split() == ["stage", "ndcg@10", "recall@10"]  # the runs' eval.ks
+    assert gains.splitlines()[2].split() == ["retriever", "1.000", "1.000"]
