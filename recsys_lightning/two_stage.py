@@ -1,5 +1,6 @@
 """Two-stage recommendation measured: a retriever's top-N candidates per user re-scored by a second model,
-beside each model alone, ranked as the test loop ranks (`evaluate retrieval.run_dir=...`).
+beside each model alone, ranked as the test loop ranks (`evaluate retrieval.run_dir=...`), at one candidate
+count or a sweep of them, and each stage's figures over the retriever's.
 
 The stages themselves are in retrieval.py; that the two runs were trained on the same data and split is
 checked in runs/other_runs.py before they are compared.
