@@ -19,8 +19,9 @@ from recsys_lightning.ranking import top_k_unseen
 
 
 def popularity_on_validation(datamodule: InteractionDataModule, ks: Sequence[int], distributed: bool = False) -> dict[str, float]:
-    """`val/<metric>@K` of ranking each validation user's unseen items by their number of training users
-    (model=popularity's ranking), one evaluation chunk of scores at a time.
+    """`val/<metric>@K` of ranking each validation user's unseen items (among the chunks' candidates, as the
+    run ranked them) by their number of training users (model=popularity's ranking), one evaluation chunk of
+    scores at a time.
 
     The users are this process's share (its validation loader); `distributed` sums every process's, so
     every process must call it then."""
@@ -28,15 +29,18 @@ def popularity_on_validation(datamodule: InteractionDataModule, ks: Sequence[int
     metrics = RankingMetrics(ks, sync_on_compute=distributed)
     for chunk in datamodule.val_dataloader():
         scores = popularity.expand(len(chunk.users), -1).clone()  # top_k_unseen overwrites what it hides
-        top_items = top_k_unseen(scores, chunk.exclude_rows, chunk.exclude_items, metrics.max_k)
+        top_items = top_k_unseen(scores, chunk.exclude_rows, chunk.exclude_items, metrics.max_k, chunk.candidates)
         metrics.update_ranked(top_items, chunk, len(popularity))
     return {f"val/{name}": value.item() for name, value in metrics.compute().items()}
 
 
-def compared_with_popularity(monitor: str, is_popularity: bool) -> bool:
+def compared_with_popularity(monitor: str, is_popularity: bool, eval_candidates: str = "all") -> bool:
     """Whether the closing note weighs the run against the most popular items: a ranking monitor
-    (`val/ndcg@10`, not `val/rmse`) and a model other than popularity itself."""
-    return monitor.startswith("val/") and monitor.removeprefix("val/").split("@")[0] in METRIC_NAMES and not is_popularity
+    (`val/ndcg@10`, not `val/rmse`), a model other than popularity itself, and the whole catalogue ranked.
+    With eval.candidates=cold every candidate is new, popularity 0: popularity leaves them in index order,
+    no ranking to weigh a run against (on ML-100K that order is not even random: bench/RESULTS.md)."""
+    ranking_monitor = monitor.startswith("val/") and monitor.removeprefix("val/").split("@")[0] in METRIC_NAMES
+    return ranking_monitor and not is_popularity and eval_candidates == "all"
 
 
 def closing_note(metrics: Mapping[str, Any], monitor: str, baseline: float | None, batch_size: int) -> str | None:

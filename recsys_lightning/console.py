@@ -101,7 +101,8 @@ def fit_messages(resuming: bool) -> Iterator[None]:
 def run_summary(
     metrics: Mapping[str, Any], monitor: str, ks: Sequence[int], run_dir: str | Path, tensorboard: bool, note: str | None = None
 ) -> str:
-    """The closing table of a run: rows for the monitored metric and NDCG/recall at the first K, a `note`
+    """The closing table of a run: rows for the monitored metric and NDCG/recall at the first K, which items
+    were ranked when not the whole catalogue (metrics' `eval_candidates`), a `note`
     when the run learnt too little (baseline_note.py), the run folder, and the command that opens it in
     TensorBoard when the run logged there (`tensorboard=False` for a sweep's job too: the sweep ends with
     the command for all its jobs)."""
@@ -115,6 +116,8 @@ def run_summary(
 
     lines = [f"{'':{width}}  {'val':>8}  {'test':>8}"]
     lines += [f"{name:{width}}  {shown('val/' + name)}  {shown('test/' + name)}" for name in rows]
+    if metrics.get("eval_candidates") == "cold":
+        lines.append("ranked: each part's new items only (eval.candidates=cold), not the whole catalogue")
     lines.append(f"best epoch {metrics.get('best_epoch')} of {metrics.get('epochs')}, {metrics.get('train_seconds')} s training")
     if note:
         lines.append(note)

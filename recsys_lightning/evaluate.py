@@ -15,7 +15,7 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import hydra
 import pandas as pd
@@ -27,7 +27,7 @@ from recsys_lightning import progress
 from recsys_lightning.callbacks import ProgressLog
 from recsys_lightning.config import check_override_keys, register_resolvers
 from recsys_lightning.console import quiet_library_noise
-from recsys_lightning.data.datamodule import InteractionDataModule
+from recsys_lightning.data.datamodule import EVAL_CANDIDATES, InteractionDataModule
 from recsys_lightning.devices import check_cuda_available
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
 from recsys_lightning.models.weights import load_error_detail
@@ -62,6 +62,7 @@ EVALUATE_RULES: dict[str, Rule] = {
     "split": Choice(SPLITS),
     "accelerator": Choice(("auto", "cpu", "gpu", "cuda")),
     "tolerance": NON_NEGATIVE,
+    "candidates": optional(Choice(EVAL_CANDIDATES)),
     "retrieval.run_dir": optional(TEXT),
     "retrieval.candidates": integer(1),
     "callbacks.progress_log.interval_seconds": NON_NEGATIVE,
@@ -73,8 +74,11 @@ class MetricsDiffer(RecsysError):
     code or a file of the run changed since training, so one of the two cannot be trusted."""
 
 
-def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test", accelerator: str = "auto") -> dict[str, float]:
-    """Metrics of `split` for the run's checkpoint, named as in metrics.json (test/ndcg@10, ...)."""
+def evaluate(
+    run_dir: str | Path, checkpoint: str = "best", split: str = "test", accelerator: str = "auto", candidates: str | None = None
+) -> dict[str, float]:
+    """Metrics of `split` for the run's checkpoint, named as in metrics.json (test/ndcg@10, ...), ranking the
+    items the run ranked (its eval.candidates), or `candidates` (all, cold) instead."""
     if split not in SPLITS:
         raise ConfigError(f"split={split!r}: use test or valid")
     run_dir = Path(run_dir)
@@ -84,7 +88,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
     catalogue = recorded_catalogue(state, path, "evaluate cannot tell its data from another's: retrain the run to evaluate it")
     with_held_tables(state, path, hyper_parameters)  # trainer=sharded: the tables beside the .ckpt
     check_weights_fit(hyper_parameters, model_weights(state["state_dict"], path), path)  # before anything is built from its config
-    datamodule: InteractionDataModule = instantiate(recorded_data_config(run_dir))
+    datamodule: InteractionDataModule = instantiate(ranking(recorded_data_config(run_dir), candidates, run_dir))
     datamodule.setup("test")
     trained_shape = (hyper_parameters["num_users"], hyper_parameters["num_items"])
     if trained_shape != (datamodule.num_users, datamodule.num_items):
@@ -117,6 +121,22 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "test",
     run(module, datamodule=datamodule, verbose=False)
     # callback_metrics, as train.py records them: validation metrics reach no logger outside fit.
     return {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith(prefix)}
+
+
+def ranking(data: dict[str, Any], candidates: str | None, run_dir: str | Path) -> dict[str, Any]:
+    """The run's data config, ranking `candidates` in place of what the run ranked (None: as it did); cold only
+    where the run's split held items out of training, as training refuses it otherwise."""
+    if candidates == "cold" and data.get("split") != "cold_items":
+        split = data.get("split", "its own (data=prepared)")
+        raise ConfigError(
+            f"candidates=cold ranks only items held out of training, and {run_dir} split with data.split={split}: use candidates=all"
+        )
+    return {**data, "eval_candidates": candidates} if candidates is not None and "split" in data else data
+
+
+def recorded_candidates(run_dir: str | Path) -> str:
+    """What the run's metrics.json figures ranked: its eval_candidates, all for a run from before that key."""
+    return str(read_run_metrics(run_dir, remedy=METRICS_REMEDY).get("eval_candidates", "all"))
 
 
 def evaluate_two_stage(
@@ -193,7 +213,12 @@ def main(cfg: DictConfig) -> None:
             print(heading + "\n" + table.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
             return
         with progress.every(cfg.callbacks.progress_log.interval_seconds):
-            evaluated = evaluate(cfg.run_dir, cfg.checkpoint, cfg.split, cfg.accelerator)
+            evaluated = evaluate(cfg.run_dir, cfg.checkpoint, cfg.split, cfg.accelerator, cfg.candidates)
+        ranked = recorded_candidates(cfg.run_dir)
+        if cfg.candidates not in (None, ranked):  # other items ranked: metrics.json holds nothing to compare with
+            print(pd.DataFrame({"metric": list(evaluated), "evaluated": list(evaluated.values())}).to_string(index=False))
+            print(f"candidates={cfg.candidates}: the run's metrics.json ranked {ranked[:20]!r} items, so nothing was compared")
+            return
         table = compare_with_recorded(evaluated, cfg.run_dir, cfg.tolerance)
         report(table)
         recorded = table[table["metrics.json"].notna()]  # a metric the run did not record cannot contradict it

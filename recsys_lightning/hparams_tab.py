@@ -46,6 +46,7 @@ RUN_KEYS: tuple[tuple[str, Kind], ...] = (
     ("data.batch_size", "number"),
     ("data.split", "text"),
     ("eval.ks", "text"),
+    ("eval.candidates", "text"),
 )
 OPTION_GROUPS = ("model", "loss", "sampler")
 # Option keys that describe how a run is computed, not what is learnt (memory guards, retries, the

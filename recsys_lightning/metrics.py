@@ -207,11 +207,16 @@ class PointwiseMetrics(PredictionMetric):
     @staticmethod
     def pairs_of(chunk: RankingChunk, chunk_seed: int, num_items: int) -> tuple[Tensor, Tensor, Tensor]:
         """(row, held-out item, drawn negative) of each pair judged, drawn from the chunk alone: a caller without
-        the chunk's scores against every item (trainer=sharded) scores just these."""
+        the chunk's scores against every item (trainer=sharded) scores just these. With the chunk's `candidates`
+        (eval.candidates=cold) the negatives are candidates too, as the ranking's items are, except for a user
+        holding out every candidate left to them, who draws from the catalogue."""
         rows, items = chunk.heldout_rows, chunk.heldout_items
         allowed = torch.ones(len(chunk.users), num_items, dtype=torch.bool, device=rows.device)
         allowed[chunk.exclude_rows, chunk.exclude_items] = False
         allowed[rows, items] = False
+        if chunk.candidates is not None:
+            among_candidates = allowed & chunk.candidates
+            allowed = torch.where(among_candidates.any(1, keepdim=True), among_candidates, allowed)
         generator = torch.Generator(device=rows.device).manual_seed(chunk_seed)
         counts = torch.bincount(rows, minlength=len(chunk.users))
         drawn = torch.multinomial(allowed.float(), int(counts.max()), replacement=True, generator=generator)

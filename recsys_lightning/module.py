@@ -158,7 +158,7 @@ class RecommenderModule(pl.LightningModule):
             self.log("train/loss", self._epoch_loss_sum / max(self._epoch_samples, 1), prog_bar=True, sync_dist=True)
         self._epoch_loss_sum = None
 
-    # -- evaluation: full ranking of the catalogue, chunk by chunk --------------------------------------
+    # -- evaluation: full ranking of the catalogue (or the chunk's candidates), chunk by chunk ------------------------
 
     def validation_step(self, chunk: RankingChunk, batch_idx: int) -> None:
         if hasattr(self.model, "sharded_tables"):
@@ -182,8 +182,9 @@ class RecommenderModule(pl.LightningModule):
         self.test_catalogue.update(top_items, self.item_self_information)
 
     def _rank(self, scores: Tensor, chunk: RankingChunk, metrics: RankingMetrics) -> Tensor:
-        """Hide each user's known items, take the top K of the chunk's scores, count held-out hits."""
-        top_items = top_k_unseen(scores, chunk.exclude_rows, chunk.exclude_items, metrics.max_k)
+        """Hide each user's known items (and items not among the chunk's candidates), take the top K of the
+        chunk's scores, count held-out hits."""
+        top_items = top_k_unseen(scores, chunk.exclude_rows, chunk.exclude_items, metrics.max_k, chunk.candidates)
         metrics.update_ranked(top_items, chunk, self.model.num_items)
         return top_items
 

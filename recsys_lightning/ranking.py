@@ -12,11 +12,15 @@ from torch import Tensor
 BLOCKED_TOP_K_MIN_ITEMS = 2**16
 
 
-def top_k_unseen(scores: Tensor, exclude_rows: Tensor, exclude_items: Tensor, k: int) -> Tensor:
-    """Indices of the `k` best items per row of `scores` [B, num_items], never an excluded one.
+def top_k_unseen(scores: Tensor, exclude_rows: Tensor, exclude_items: Tensor, k: int, candidates: Tensor | None = None) -> Tensor:
+    """Indices of the `k` best items per row of `scores` [B, num_items], never an excluded one, and with
+    `candidates` (a bool [num_items] mask, e.g. the new items of eval.candidates=cold) only among those:
+    every other item scores -inf, one broadcast op over the chunk, so it ranks after every candidate.
 
     `scores` is overwritten: it is a chunk's scratch buffer, and copying it would double memory.
     """
+    if candidates is not None:
+        scores.masked_fill_(~candidates, -torch.inf)
     scores[exclude_rows, exclude_items] = -torch.inf
     return top_k(scores, k)
 

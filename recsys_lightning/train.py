@@ -169,11 +169,12 @@ def _fit_and_test(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals, 
     metrics["train_seconds"] = round(train_seconds, 2)
     metrics["epochs"] = trainer.current_epoch
     metrics["data_source"] = datamodule.source
+    metrics["eval_candidates"] = str(cfg.eval.candidates)  # which items val/ and test/ ranked: all, or each part's new ones
     metrics["best_checkpoint"] = os.path.relpath(best_checkpoint, run_folder.path)
 
     monitor, ks = str(cfg.monitor.metric), list(cfg.eval.ks)
     baseline = None
-    if compared_with_popularity(monitor, isinstance(module.model, Popularity)):  # every process ranks its share
+    if compared_with_popularity(monitor, isinstance(module.model, Popularity), str(cfg.eval.candidates)):  # every process ranks its share
         baseline = popularity_on_validation(datamodule, ks, distributed=trainer.world_size > 1)[monitor]
     if trainer.is_global_zero:
         chosen = OmegaConf.merge(cfg, {"data": {"batch_size": datamodule.batch_size}})  # auto shown as what it chose

@@ -21,6 +21,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from recsys_lightning import monitor
 from recsys_lightning.config import group_options
+from recsys_lightning.data.datamodule import EVAL_CANDIDATES
 from recsys_lightning.devices import check_cuda_available, check_trainer_devices
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.metrics import CATALOGUE_METRIC_NAMES, METRIC_NAMES
@@ -44,6 +45,7 @@ from recsys_lightning.ranges import (
     optional,
     shown,
 )
+from recsys_lightning.sharded import holds_tables
 from recsys_lightning.threads import processes_per_host
 
 _ABSENT = object()
@@ -55,6 +57,7 @@ TRAINING_RULES: dict[str, Rule] = {
     # conf/config.yaml
     "seed": integer(0, 2**32 - 1),  # numpy's seed range
     "eval.ks": ListOf(integer(1), 1, "[10,20]"),
+    "eval.candidates": Choice(EVAL_CANDIDATES),
     "projector.max_items": integer(0),
     "run_test": FLAG,
     "monitor.metric": TEXT,
@@ -104,6 +107,7 @@ def check_training_config(cfg: DictConfig) -> None:
         check_rules(cfg, {f"{key}.{name}": rule for name, rule in constructor_rules(node._target_).items()})
     check_monitors(cfg)
     check_loss_and_sampler(cfg)
+    check_eval_candidates(cfg)
     check_checkpoint_schedule(cfg)
     check_cuda_available("trainer.accelerator", cfg.trainer.accelerator)
     check_trainer_devices(cfg.trainer.accelerator, config_value(cfg, "trainer.devices"))
@@ -283,6 +287,36 @@ def check_loss_and_sampler(cfg: DictConfig) -> None:
 # ModelCheckpoint settings that save on another schedule than validation's, or not at all (None: unset). Any of
 # them set, even every_n_train_steps=0, makes Lightning read an unset every_n_epochs as 0: no checkpoint at all.
 _OFF_SCHEDULE = {"every_n_epochs": (None, 1), "every_n_train_steps": (None,), "train_time_interval": (None,)}
+
+
+def check_eval_candidates(cfg: DictConfig) -> None:
+    """eval.candidates=cold ranks only the items new in valid and test, which only data.split=cold_items makes
+    (pre-split files drop held-out items absent from train; data=prepared has no such split), and masks them in
+    one process's score rows, which trainer=sharded's merged row blocks never hold. The data's copy of the key
+    (data.eval_candidates, what its DataModule reads) follows eval.candidates and is never set apart from it."""
+    candidates = config_value(cfg, "eval.candidates")
+    followed = config_value(cfg, "data.eval_candidates")
+    if followed not in (_ABSENT, candidates):
+        raise ConfigError(
+            f"data.eval_candidates={shown(followed)} differs from eval.candidates={shown(candidates)}: "
+            "set eval.candidates, which it follows"
+        )
+    if candidates != "cold":
+        return
+    split = cfg.data.get("split", "its own (data=prepared)")
+    if split != "cold_items":
+        raise ConfigError(
+            f"eval.candidates=cold ranks only items held out of training, and data.split={split} holds none out: "
+            "set data.split=cold_items, or eval.candidates=all"
+        )
+    given = [key for key in ("train_path", "valid_path", "test_path") if cfg.data.get(key)]
+    if given:
+        raise ConfigError(
+            f"eval.candidates=cold with pre-split files (data.{given[0]}): their held-out items absent from train are "
+            "left out, so none is new; use data.path with data.split=cold_items, or eval.candidates=all"
+        )
+    if holds_tables(cfg):
+        raise ConfigError("eval.candidates=cold is not implemented with trainer=sharded; train in one process, or eval.candidates=all")
 
 
 def check_checkpoint_schedule(cfg: DictConfig) -> None:

@@ -1,4 +1,4 @@
-"""The closed-form baselines (popularity, itemknn, ease) against direct references, and through the same
+"""The closed-form baselines (popularity, feature_popularity, itemknn, ease) against direct references, and through the same
 training, checkpoint, serving and sweep paths as every other model."""
 
 import io
@@ -13,7 +13,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from recsys_lightning.build import build_module
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.models import EASE, ItemKNN, Popularity
+from recsys_lightning.models import EASE, FeaturePopularity, ItemKNN, Popularity
 from recsys_lightning.models.base import build_recommender
 from recsys_lightning.runs.trained_run import TrainedRun
 from recsys_lightning.serving.service import ITEM_ITEM, RecommendationService
@@ -48,6 +48,35 @@ def test_popularity_scores_each_item_by_its_number_of_training_users(interaction
     counts = Counter(items.tolist())
     scores = all_scores(fitted(Popularity(NUM_USERS, NUM_ITEMS), interactions))
     assert scores.tolist() == [[float(counts[item]) for item in range(NUM_ITEMS)]] * NUM_USERS
+
+
+def test_feature_popularity_scores_a_hand_computed_case():
+    """Features A, B: item 0 is A, 1 B, 2 A and B, 3 A, 4 B and new (no training user). User 0 trained on items
+    0 and 3 (A shares 1, B 0), user 1 on 0, 1 and 2 (A 2/3, B 2/3), user 2 on none. Popularity 2, 1, 1, 1, 0
+    (plus r_i in [0, 1), seed 0's draw) breaks ties as (p + r) / (max p + 1) / n_u: user 0 gets 1 + (2 + r_0)/3/2
+    for item 0, (1 + r_1)/3/2 for item 1; user 2 popularity alone."""
+    genres = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [1.0, 0.0], [0.0, 1.0]]).to_sparse()  # row means, as the data gives them
+    model = FeaturePopularity(3, 5, num_item_features=2)
+    model.set_features(genres, None, torch.zeros(5), torch.zeros(3))
+    training = torch.zeros(3, 5)
+    training[0, [0, 3]] = training[1, [0, 1, 2]] = 1
+    model.fit(training.to_sparse())
+    matches = torch.tensor([[2.0, 0, 2, 2, 0], [2, 2, 4, 2, 2], [0, 0, 0, 0, 0]])  # training items sharing each feature
+    order = (torch.tensor([2.0, 1, 1, 1, 0]) + torch.rand(5, generator=torch.Generator().manual_seed(0))) / 3
+    expected = (matches + order) / torch.tensor([[2.0], [3.0], [1.0]])
+    torch.testing.assert_close(model.score_all(torch.arange(3)), expected)
+    # popularity then the draw order what features leave tied: items 2 and 3 for user 0, every new item
+    ranked = model.score_all(torch.arange(3)).argsort(1, descending=True)
+    assert ranked[0, :3].tolist() == [0, *sorted([2, 3], key=lambda item: -model.item_tiebreak[item])]
+
+
+def test_feature_popularity_without_item_features_is_one_line():
+    with pytest.raises(ConfigError) as caught:
+        FeaturePopularity(3, 5).set_features(None, torch.eye(3).to_sparse(), torch.zeros(5), torch.zeros(3))
+    assert str(caught.value) == (
+        "model=feature_popularity ranks items by their features, and the data has none: "
+        "set data.item_features (ML-100K: [genre]) and keep model.features=true"
+    )
 
 
 @pytest.mark.parametrize("l2", [1.0, 50.0])

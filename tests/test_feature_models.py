@@ -122,9 +122,10 @@ class GroupFeatureDataModule(FrameDataModule):
         return replace(super().load(), item_features=columns)
 
 
-def cold_item_ndcg(model: dict) -> float:
-    """Test NDCG@10 after training on the warm items: every test item is one training never saw."""
-    datamodule = GroupFeatureDataModule(planted_frame(), split="cold_items", batch_size=128)
+def cold_item_ndcg(model: dict, eval_candidates: str = "all") -> float:
+    """Test NDCG@10 after training on the warm items: every test item is one training never saw; ranked
+    among all items, or (`eval_candidates="cold"`) among the test part's new items only."""
+    datamodule = GroupFeatureDataModule(planted_frame(), split="cold_items", batch_size=128, eval_candidates=eval_candidates)
     datamodule.setup("fit")
     torch.manual_seed(0)
     module = build_module(module_config(model=model), datamodule.training_data)
@@ -144,6 +145,15 @@ def test_features_rank_cold_items_and_ids_alone_cannot():
     assert popularity == 0.0
     assert without < 0.05, without
     assert with_features > 0.1, with_features  # 0.21 at seed 0; 0.0 with id_dropout=0
+
+
+def test_feature_popularity_ranks_cold_items_by_the_users_preferred_features():
+    """The content baseline on the planted taste groups, where a user's group is the feature of all their
+    items: among the new items it puts the user's group first; among all items the group's trained items,
+    which have popularity, come before every new one."""
+    model = {"_target_": "recsys_lightning.models.FeaturePopularity", "features": True}
+    assert cold_item_ndcg(model, eval_candidates="cold") > 0.5
+    assert cold_item_ndcg(model) == 0.0
 
 
 def test_a_feature_run_serves_from_its_checkpoint_alone(tmp_path):

@@ -37,8 +37,8 @@ def test_a_name_close_to_nothing_lists_the_names_and_how_to_add_a_key():
     with pytest.raises(ConfigError) as error:
         check_override_keys(["zzz=1"], "evaluate")
     assert str(error.value) == (
-        "zzz=1: no config group or key 'zzz'; the groups and keys are accelerator, callbacks, checkpoint, hydra, retrieval, run_dir, "
-        "runtime, split, tolerance; a key of your own is added with +zzz=1"
+        "zzz=1: no config group or key 'zzz'; the groups and keys are accelerator, callbacks, candidates, checkpoint, hydra, retrieval, "
+        "run_dir, runtime, split, tolerance; a key of your own is added with +zzz=1"
     )
 
 

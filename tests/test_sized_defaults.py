@@ -78,12 +78,13 @@ def test_the_closing_note_names_a_run_below_popularity_or_stuck_at_its_first_epo
     assert closing_note(closed_form, "val/ndcg@10", baseline, 4096) is None
 
 
-def test_only_a_ranking_monitor_of_a_model_other_than_popularity_is_compared_with_popularity():
+def test_only_a_ranking_monitor_of_a_model_other_than_popularity_over_all_items_is_compared_with_popularity():
     assert compared_with_popularity("val/ndcg@10", is_popularity=False)
     assert compared_with_popularity("val/recall@20", is_popularity=False)
     assert not compared_with_popularity("val/ndcg@10", is_popularity=True)
     assert not compared_with_popularity("val/rmse", is_popularity=False)
     assert not compared_with_popularity("train/loss", is_popularity=False)
+    assert not compared_with_popularity("val/ndcg@10", is_popularity=False, eval_candidates="cold")  # new items: popularity 0
 
 
 def small_csv(path):

@@ -97,7 +97,9 @@ class TrainingBatch:
 @dataclass
 class RankingChunk:
     """Evaluation users with, as (row, item) coordinates, the items to hide from their ranking and
-    the held-out items (and ratings) to find; row is the position in `users`."""
+    the held-out items (and ratings) to find; row is the position in `users`. `candidates`, a bool
+    [num_items] mask shared by every chunk of a part, restricts the ranking to those items
+    (eval.candidates=cold: the part's new items); None ranks the whole catalogue."""
 
     users: Tensor
     exclude_rows: Tensor
@@ -105,6 +107,7 @@ class RankingChunk:
     heldout_rows: Tensor
     heldout_items: Tensor
     heldout_ratings: Tensor
+    candidates: Tensor | None = None
 
 
 class PositivePairs(Dataset):
@@ -130,7 +133,8 @@ class RankingChunks(Dataset):
     """Evaluation users in chunks, each with the items to hide from its ranking and the held-out items.
 
     `users` are the users to rank (default: every user with held-out items); each DDP process takes
-    its own shard of them. Built once: the chunks are the same every epoch, so only the scoring is repeated.
+    its own shard of them. `candidates` (a bool [num_items] mask, or None for all) is the items every
+    chunk ranks. Built once: the chunks are the same every epoch, so only the scoring is repeated.
     With prepared data the CSRs hold one rank's users, row u being global user `first_user + u`:
     `users` are rows, and the chunks carry global users, as the model's tables are global.
     """
@@ -144,6 +148,7 @@ class RankingChunks(Dataset):
         num_replicas: int = 1,
         users: Tensor | None = None,
         first_user: int = 0,
+        candidates: Tensor | None = None,
     ) -> None:
         if users is None:
             users = torch.nonzero(heldout.counts() > 0).flatten()
@@ -155,7 +160,7 @@ class RankingChunks(Dataset):
             heldout_rows, heldout_items = heldout.coordinates(chunk_users)
             ratings = heldout.values_of(chunk_users)
             global_users = chunk_users + first_user if first_user else chunk_users
-            chunk = RankingChunk(global_users, exclude_rows, exclude_items, heldout_rows, heldout_items, ratings)
+            chunk = RankingChunk(global_users, exclude_rows, exclude_items, heldout_rows, heldout_items, ratings, candidates)
             self.chunks.append(chunk)
         self.num_users = len(users)
 

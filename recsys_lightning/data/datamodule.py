@@ -26,11 +26,15 @@ from recsys_lightning.data.sized_defaults import AUTO, auto_batch_size
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.split import SPLIT_KINDS, Split, split_by_parts, split_interactions
 from recsys_lightning.data.training_data import TrainingData
-from recsys_lightning.errors import DataError, quote
+from recsys_lightning.errors import ConfigError, DataError, quote
 from recsys_lightning.ranges import AnyOf, Choice, Range, Shares, integer
 from recsys_lightning.seeds import stream_seed
 
 log = logging.getLogger(__name__)
+
+# eval.candidates: the items validation and test rank. all: the catalogue; cold: only the part's new items
+# (held-out items with no training interaction: data.split=cold_items), as a catalogue owner asks.
+EVAL_CANDIDATES = ("all", "cold")
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,13 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         eval_max_scores: Annotated[int, Range(1)] = 2**27,
         val_users: Annotated[int | None, Range(1)] = None,
         seed: int = 0,
+        eval_candidates: Annotated[str, Choice(EVAL_CANDIDATES)] = "all",
     ) -> None:
         super().__init__()
+        if eval_candidates == "cold" and split != "cold_items":  # a recorded config (evaluate) is not checked by train
+            raise ConfigError(
+                f"data.eval_candidates=cold ranks only items held out of training: it needs data.split=cold_items, not {split}"
+            )
         self.split_kind = split
         self.split_ratios = tuple(split_ratios)
         self.min_rating = min_rating
@@ -81,6 +90,7 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         self.eval_max_scores = eval_max_scores
         self.val_users = val_users
         self.seed = seed
+        self.eval_candidates = eval_candidates
         self.interactions: Interactions | None = None
         self.training_data: TrainingData | None = None
         self._chunks: dict[tuple[str, int, int, int | None], RankingChunks] = {}
@@ -235,9 +245,26 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
                 if part == "valid"
                 else (self.test_positives, self.train_positives.union(self.valid_positives), None)
             )
+            candidates = self.candidate_items(part)
             with progress.building(f"{part} ranking chunks"):
-                self._chunks[key] = RankingChunks(heldout, seen, chunk_size, rank, num_replicas, users)
+                self._chunks[key] = RankingChunks(heldout, seen, chunk_size, rank, num_replicas, users, candidates=candidates)
         return self._chunks[key]
+
+    def candidate_items(self, part: str) -> torch.Tensor | None:
+        """The items `part` (valid or test) ranks, as a bool [num_items] mask: None (every item) with
+        eval_candidates=all; with cold, the items `part` holds that have no training interaction."""
+        if self.eval_candidates == "all":
+            return None
+        heldout = self.valid_positives if part == "valid" else self.test_positives
+        new_items = (heldout.counts_per_item() > 0) & (self.train_positives.counts_per_item() == 0)
+        count = int(new_items.sum())
+        if not count:
+            raise DataError(
+                f"{self.source}: eval.candidates=cold, but the {part} part holds no item without training interactions; "
+                "use data.split=cold_items, or eval.candidates=all"
+            )
+        log.info("eval.candidates=cold: %s ranks only its %d new items (of %d)", part, count, self.num_items)
+        return new_items
 
     def _csr(self, rows) -> UserItemCSR:
         return UserItemCSR.from_pairs(

@@ -19,6 +19,7 @@ OFFERED_TARGETS: dict[str, frozenset[str]] = {
     "model": frozenset(
         {
             "recsys_lightning.models.EASE",
+            "recsys_lightning.models.FeaturePopularity",
             "recsys_lightning.models.HybridMF",
             "recsys_lightning.models.ItemKNN",
             "recsys_lightning.models.MatrixFactorization",
