@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from recsys_lightning.sharded import STRATEGY, tables_folder
 from recsys_lightning.sharded.checkpoint import save_sharded
 from recsys_lightning.sharded.strategy import check_shardable, fused_optimizer
 
-from helpers import ROOT, compose_config, module_config, planted_data, quiet_trainer, run_module
+from helpers import ROOT, compose_config, module_config, planted_data, quiet_trainer, run_module, torchrun
 
 # Every check tests/sharded_ranks.py runs at each world size, all of one size in one launch (ranks_of).
 CHECKS = {
@@ -51,7 +50,7 @@ def ranks_of(tmp_path_factory) -> Callable[[str, int], list[dict]]:
 def _launch(checks: list[str], world: int, out: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
     script = str(ROOT / "tests" / "sharded_ranks.py")
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}", script, ",".join(checks), str(out)]
+    command = [*torchrun(world), script, ",".join(checks), str(out)]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -220,7 +219,7 @@ SHARDED_RUN = [
 
 def _torchrun_train(world: int, run_dir, *overrides: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}", "-m", "recsys_lightning.train"]
+    command = [*torchrun(world), "-m", "recsys_lightning.train"]
     command += [*SHARDED_RUN, f"trainer.devices={world}", f"hydra.run.dir={run_dir}", *overrides]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
