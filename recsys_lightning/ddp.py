@@ -12,6 +12,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
+import torch.distributed as dist
 from pytorch_lightning.strategies import DDPStrategy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -42,3 +43,17 @@ class SparseTablesDDPStrategy(DDPStrategy):
         context = torch.cuda.stream(torch.cuda.Stream()) if device_ids is not None else nullcontext()  # as Lightning does
         with context:
             return SparseTablesDDP(model, sparse, device_ids=device_ids, **self._ddp_kwargs)
+
+
+def leave_together(destroy: bool) -> None:
+    """Every rank waits for the others at the end of a distributed run, then (`destroy`) closes its process group.
+
+    A run's last collective (the popularity baseline's sum, after testing) can leave a gloo send in flight on a
+    rank that already returned; a process exiting under it dies in a C++ terminate ("terminate called without an
+    active exception"), as CI saw in tests. Waiting at a barrier, then destroying the group, drains it. A sweep
+    keeps its group: the next job in the same processes reuses it (Lightning initialises only once)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    if destroy:
+        dist.destroy_process_group()

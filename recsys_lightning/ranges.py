@@ -26,6 +26,7 @@ from hydra.utils import get_class
 MAX_WIDTH = 2**16  # an embedding or layer width: far beyond any useful one, and no checkpoint asks for terabytes
 MAX_COUNT = 2**31 - 1  # indices are int64, but counts beyond 2^31 users or items are a typo on any machine this runs on
 MAX_SHOWN = 80  # characters of a bad value quoted in a message
+MAX_SHOWN_PATH = 200  # characters of a path quoted in a message: real ones are long, and their end names the file
 
 
 class Rule:
@@ -243,6 +244,16 @@ def _rule_of(hint: Any) -> Rule | None:
     if isinstance(rule, Range) and int in options and float not in options:
         rule = replace(rule, integer=True)
     return optional(rule) if type(None) in options else rule
+
+
+def shown_path(path: Any, limit: int = MAX_SHOWN_PATH) -> str:
+    """A path as a message shows it: whole up to `limit` characters, else its start and its end (the file the
+    message is about) around "..."."""
+    text = str(path)
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    return text[:head] + "..." + text[len(text) - (limit - head - 3) :]
 
 
 def shown(value: Any, limit: int = MAX_SHOWN) -> str:

@@ -30,7 +30,7 @@ from recsys_lightning.config import check_override_keys, register_resolvers
 from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.csv import read_id_pairs
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, interruptions_raise, quote
-from recsys_lightning.ranges import shown
+from recsys_lightning.ranges import shown_path
 from recsys_lightning.runs.atomic import atomic_file
 from recsys_lightning.runs.checkpoint_file import find_checkpoint
 from recsys_lightning.runs.other_runs import best_checkpoint_of, check_same_data
@@ -191,7 +191,7 @@ def export_recommendations(
             rows = _write_csv(progress, raw_user_ids, catalogue, handle, columns)
     except OSError as error:  # a full disk or a file-size limit (EFBIG) mid-export: atomic_file left nothing behind
         raise ConfigError(
-            f"output={shown(output)}: cannot write the recommendations ({error.strerror or error}); nothing was written: "
+            f"output={shown_path(output)}: cannot write the recommendations ({error.strerror or error}); nothing was written: "
             "free space, raise the file-size limit (ulimit -f) or pick another path"
         ) from None
     log.info("wrote %d rows for %d users to %s", rows, len(users), target)

@@ -32,6 +32,7 @@ from recsys_lightning.config import check_override_keys, register_resolvers
 from recsys_lightning.console import fit_messages, quiet_library_noise, run_summary, without_restore_messages
 from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.data.sized_defaults import AUTO, auto_patience
+from recsys_lightning.ddp import leave_together
 from recsys_lightning.errors import ConfigError, RecsysError, RunInterrupted, exit_with_message, first_line
 from recsys_lightning.hparams_tab import log_run_table
 from recsys_lightning.memory_estimate import check_memory, config_sizes
@@ -299,6 +300,7 @@ def main(cfg: DictConfig) -> float | None:
     """
     try:
         metrics = train(cfg)
+        leave_together(destroy=HydraConfig.get().mode != RunMode.MULTIRUN)
     except Exception as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN and not isinstance(error, RunInterrupted):
             user_error = isinstance(error, RecsysError)

@@ -44,6 +44,7 @@ from recsys_lightning.ranges import (
     integer,
     optional,
     shown,
+    shown_path,
 )
 from recsys_lightning.sharded import holds_tables
 from recsys_lightning.threads import processes_per_host
@@ -345,8 +346,8 @@ def check_folder_path(key: str, path: Any) -> None:
     """A folder the run creates or reads: nothing on its path may be a file (mkdir would fail later)."""
     blocking = _first_existing(Path(str(path)))
     if not blocking.is_dir():
-        where = "is a file" if blocking == Path(str(path)) else f"cannot be created: {shown(str(blocking))} is a file"
-        raise ConfigError(f"{key}={shown(str(path))} {where}; point it at a folder (or a path that does not exist yet)")
+        where = "is a file" if blocking == Path(str(path)) else f"cannot be created: {shown_path(blocking)} is a file"
+        raise ConfigError(f"{key}={shown_path(path)} {where}; point it at a folder (or a path that does not exist yet)")
 
 
 def _first_existing(path: Path) -> Path:

@@ -168,6 +168,13 @@ def option_config(group: str, option: str) -> DictConfig:
     return copy.deepcopy(_option_config(group, option))
 
 
+def torchrun(world: int) -> list[str]:
+    """The start of a `torchrun --nproc-per-node <world>` command, as this interpreter runs it. `--standalone`
+    lets the launch pick a free port on this host: the default fixed port would collide with another launch
+    running at the same time (pytest-xdist runs two test files at once)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]
+
+
 def run_module(module: str, *overrides: str, fault_injection: bool = False) -> subprocess.CompletedProcess:
     """`python -m <module> overrides...` from the project root, as a user runs it; with
     `fault_injection` the callbacks of tests/fault_injection.py can be added from the command line."""

@@ -1,5 +1,7 @@
-"""One rank of a trainer=sharded check, as `torchrun --nproc-per-node W tests/sharded_ranks.py <check> <out dir>`
-starts it (test_sharded_training.py); each rank writes rank<r>.json.
+"""One rank of trainer=sharded checks, as `torchrun --nproc-per-node W tests/sharded_ranks.py <check>[,<check>...] <out dir>`
+starts it (test_sharded_training.py); each rank writes <out dir>/<check>/rank<r>.json. The checks of one world size
+run one after another in one launch over one process group: a launch's start-up (torch, TorchRec and Lightning
+imported by every rank) costs more than most checks.
 
 - `lookup`: a TorchRec table of 10 rows filled from one plain table; each rank gathers every row and reports
   its own rows' place (first row, count) and the gathered values; then odd ranks gather no ids while the
@@ -40,7 +42,6 @@ STEPS = 20
 
 
 def lookup(out: Path) -> None:
-    dist.init_process_group("gloo")
     rank = dist.get_rank()
     full = torch.arange(10 * 6, dtype=torch.float32).view(10, 6).sin()
     specs = [TableSpec("rows", 10, 6, 0.1), TableSpec("small", 3, 6, 0.1)]  # row-wise; replicated
@@ -60,8 +61,6 @@ def lookup(out: Path) -> None:
         "shapes": empty,
     }
     (out / f"rank{rank}.json").write_text(json.dumps(record))
-    dist.barrier()  # no rank exits while another's last exchange is in flight (a C++ terminate)
-    dist.destroy_process_group()
 
 
 class StepLosses(pl.Callback):
@@ -169,4 +168,10 @@ if __name__ == "__main__":
         "bce": partial(ranking, loss="BCELoss"),
         "bce_replicated": partial(ranking, row_wise_min_rows=250, loss="BCELoss"),
     }
-    checks[sys.argv[1]](Path(sys.argv[2]))
+    dist.init_process_group("gloo")
+    for name in sys.argv[1].split(","):
+        torch.manual_seed(0)  # each check as if it ran alone
+        (Path(sys.argv[2]) / name).mkdir(exist_ok=True)
+        checks[name](Path(sys.argv[2]) / name)
+        dist.barrier()
+    dist.destroy_process_group()  # after a barrier: no rank exits while another's last exchange is in flight (a C++ terminate)

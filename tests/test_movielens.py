@@ -4,7 +4,9 @@ and the checks that refuse a damaged local copy of the real ML-100K."""
 import hashlib
 import os
 import shutil
+import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -125,6 +127,43 @@ def test_unreachable_grouplens_falls_back_to_pypi_wheel_once(tmp_path):
     assert sorted(p.name for p in (data_dir / "ml-100k").iterdir()) == ["ml-100k.inter", "ml-100k.item", "ml-100k.user"]
     assert not (data_dir / "recbole").exists()
     check_fixture(resolve_movielens(data_dir, url=UNREACHABLE, expected=FIXTURE_COUNTS), "recbole-local")
+
+
+def test_runs_started_together_on_a_fresh_machine_fetch_once_and_read_the_same_copy(tmp_path):
+    """Two resolves at once (a parallel sweep's jobs, two test workers): the second waits on the fetch lock
+    while the first downloads slowly, then reads the first's copy instead of downloading into the same files."""
+    wheel, sha256 = fake_wheel(tmp_path)
+    calls = []
+    copy = copying_pip(wheel, calls)
+
+    def slow_pip(requirement: str, dest: Path) -> None:
+        time.sleep(0.5)  # the other resolve finds no copy meanwhile and must wait, not download too
+        copy(requirement, dest)
+
+    def resolve():
+        options = dict(url=UNREACHABLE, wheel="recbole==1.2.1", wheel_sha256=sha256, expected=FIXTURE_COUNTS, pip_download=slow_pip)
+        return resolve_movielens(tmp_path / "data", **options)
+
+    with ThreadPoolExecutor(2) as pool:
+        sources = sorted(loaded.source for loaded in pool.map(lambda _: resolve(), range(2)))
+    assert calls == ["recbole==1.2.1"] and sources == ["pypi-recbole-wheel", "recbole-local"]
+
+
+def test_an_extraction_moves_the_ratings_file_in_last(tmp_path, monkeypatch):
+    """A process that reads while another extracts finds the ratings file only once every other file is there."""
+    wheel, sha256 = fake_wheel(tmp_path)
+    moved = []
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda source, target: (moved.append(Path(target).name), replace(source, target)))
+    resolve_movielens(
+        tmp_path / "data",
+        url=UNREACHABLE,
+        wheel="recbole==1.2.1",
+        wheel_sha256=sha256,
+        expected=FIXTURE_COUNTS,
+        pip_download=copying_pip(wheel, []),
+    )
+    assert moved[-1] == "ml-100k.inter" and sorted(moved) == ["ml-100k.inter", "ml-100k.item", "ml-100k.user"]
 
 
 def test_without_download_a_local_copy_is_read_and_nothing_is_fetched_or_created(tmp_path):

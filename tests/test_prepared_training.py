@@ -9,7 +9,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -34,7 +33,17 @@ from recsys_lightning.seeds import stream_seed
 from recsys_lightning.train import train
 from recsys_lightning.validation import check_prepared_data, check_training_config
 
-from helpers import ROOT, SMALL_DATA, FrameDataModule, MemoryShares, quiet_trainer, random_interactions, run_module, training_config
+from helpers import (
+    ROOT,
+    SMALL_DATA,
+    FrameDataModule,
+    MemoryShares,
+    quiet_trainer,
+    random_interactions,
+    run_module,
+    torchrun,
+    training_config,
+)
 
 
 def shares_of(datamodule, world: int, **settings) -> list[PreparedDataModule]:
@@ -256,14 +265,7 @@ def test_two_gloo_ranks_step_together_and_validate_as_one_process(tmp_path):
     for world in (1, 2):
         out = tmp_path / f"w{world}"
         out.mkdir()
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc-per-node={world}",
-            str(ROOT / "tests" / "prepared_ranks.py"),
-            str(out),
-        ]
+        command = [*torchrun(world), str(ROOT / "tests" / "prepared_ranks.py"), str(out)]
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         records[world] = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(world)]
@@ -341,7 +343,7 @@ def test_two_ranks_launched_by_torchrun_train_test_record_a_reference_and_serve_
         "projector.max_items=0",
         f"hydra.run.dir={run_dir}",
     ]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "-m", "recsys_lightning.train", *overrides]
+    command = [*torchrun(2), "-m", "recsys_lightning.train", *overrides]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())

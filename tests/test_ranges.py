@@ -14,7 +14,7 @@ from recsys_lightning.config import group_options
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.losses import BPRLoss
 from recsys_lightning.models import MatrixFactorization
-from recsys_lightning.ranges import FLAG, MAX_WIDTH, POSITIVE, TEXT, Range, constructor_rules
+from recsys_lightning.ranges import FLAG, MAX_WIDTH, POSITIVE, TEXT, Range, constructor_rules, shown_path
 from recsys_lightning.runs.safe_config import checked_component
 from recsys_lightning.samplers import UniformSampler
 from recsys_lightning.validation import TRAINING_RULES, check_training_config
@@ -130,3 +130,10 @@ def test_ranges_imports_nothing_of_the_project():
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert not [name for name in imported if name and name.startswith("recsys_lightning")]
     assert get_class("recsys_lightning.ranges.Range") is Range
+
+
+def test_a_long_path_is_shown_by_its_start_and_the_file_it_names():
+    long = "/tmp/" + "deep/" * 60 + "recs.csv"
+    assert shown_path("/tmp/out/recs.csv") == "/tmp/out/recs.csv"
+    assert len(shown_path(long)) == 200 and shown_path(long).startswith("/tmp/deep/") and shown_path(long).endswith("/deep/recs.csv")
+    assert "..." in shown_path(long) and len(shown_path(long, 30)) == 30

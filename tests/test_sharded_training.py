@@ -6,7 +6,8 @@ import json
 import os
 import re
 import subprocess
-import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,34 +21,47 @@ from recsys_lightning.sharded import STRATEGY, tables_folder
 from recsys_lightning.sharded.checkpoint import save_sharded
 from recsys_lightning.sharded.strategy import check_shardable, fused_optimizer
 
-from helpers import ROOT, compose_config, module_config, planted_data, quiet_trainer, run_module
+from helpers import ROOT, compose_config, module_config, planted_data, quiet_trainer, run_module, torchrun
+
+# Every check tests/sharded_ranks.py runs at each world size, all of one size in one launch (ranks_of).
+CHECKS = {
+    1: ["lookup", "plain", "losses"],
+    2: ["lookup", "losses", "prepared", "ranking", "ranking_replicated", "bce", "bce_replicated"],
+    4: ["lookup"],
+}
 
 
-def _ranks(check: str, world: int, out) -> list[dict]:
-    """Run tests/sharded_ranks.py `check` on `world` gloo ranks (one thread each) and read what each rank wrote."""
-    out.mkdir()
+@pytest.fixture(scope="module")
+def ranks_of(tmp_path_factory) -> Callable[[str, int], list[dict]]:
+    """What each rank of a check wrote: `ranks_of(check, world)`. The first call at a world size runs all of
+    that size's CHECKS in one torchrun launch of tests/sharded_ranks.py (one thread per rank); the tests of
+    this module then read the records, so seven checks at W=2 cost one start-up instead of seven."""
+    launched: dict[int, Path] = {}
+
+    def ranks(check: str, world: int) -> list[dict]:
+        if world not in launched:
+            launched[world] = tmp_path_factory.mktemp(f"world{world}")
+            _launch(CHECKS[world], world, launched[world])
+        return [json.loads((launched[world] / check / f"rank{rank}.json").read_text()) for rank in range(world)]
+
+    return ranks
+
+
+def _launch(checks: list[str], world: int, out: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={world}",
-        str(ROOT / "tests" / "sharded_ranks.py"),
-        check,
-        str(out),
-    ]
+    script = str(ROOT / "tests" / "sharded_ranks.py")
+    command = [*torchrun(world), script, ",".join(checks), str(out)]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(world)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [1, 2, 4])
-def test_sharded_lookups_equal_one_plain_table_with_ceil_rows_per_rank(tmp_path, world):
+def test_sharded_lookups_equal_one_plain_table_with_ceil_rows_per_rank(ranks_of, world):
     """10 rows over W ranks: rank r holds rows [r * B, (r + 1) * B) with B = ceil(10 / W) (TorchRec's
     row-wise layout, which the evaluation slice relies on), and every rank's gather equals the plain table's.
     A rank with no ids to look up (a padding chunk of evaluation) still takes part in the collective."""
-    ranks = _ranks("lookup", world, tmp_path / "out")
+    ranks = ranks_of("lookup", world)
     block = -(-10 // world)
     assert [(rank["first"], rank["count"]) for rank in ranks] == [(r * block, min(block, 10 - r * block)) for r in range(world)]
     assert all(rank["equal"] and rank["total"] == 10 for rank in ranks)
@@ -55,13 +69,13 @@ def test_sharded_lookups_equal_one_plain_table_with_ceil_rows_per_rank(tmp_path,
 
 
 @pytest.mark.slow
-def test_first_twenty_sgd_losses_at_two_ranks_equal_one_rank_and_one_plain_process(tmp_path):
+def test_first_twenty_sgd_losses_at_two_ranks_equal_one_rank_and_one_plain_process(ranks_of):
     """Same global batch, negatives drawn by example (seed, epoch, user, item), table gradients averaged over
     ranks as DDP does: the global loss of each step at W=2 (users sharded row-wise, items replicated) is W=1's
     and a plain process's without TorchRec, and both tables moved."""
-    (plain,) = _ranks("plain", 1, tmp_path / "plain")
-    (single,) = _ranks("losses", 1, tmp_path / "w1")
-    pair = _ranks("losses", 2, tmp_path / "w2")
+    (plain,) = ranks_of("plain", 1)
+    (single,) = ranks_of("losses", 1)
+    pair = ranks_of("losses", 2)
     assert len(single["losses"]) == 20
     for other in (plain, pair[0], pair[1]):
         assert max(abs(a - b) for a, b in zip(single["losses"], other["losses"])) < 1e-5
@@ -126,9 +140,9 @@ def test_keyed_negatives_depend_on_the_example_not_on_what_was_drawn_before(kind
 
 
 @pytest.mark.slow
-def test_prepared_shares_train_sharded_tables_on_two_ranks(tmp_path):
+def test_prepared_shares_train_sharded_tables_on_two_ranks(ranks_of):
     """data=prepared: each rank reads its own users' pairs (global user ids) and looks their rows up wherever they live."""
-    ranks = _ranks("prepared", 2, tmp_path / "out")
+    ranks = ranks_of("prepared", 2)
     assert all(len(rank["losses"]) == 20 and all(0.6 < loss < 0.8 for loss in rank["losses"]) for rank in ranks)
     assert ranks[0]["losses"] == ranks[1]["losses"]
     assert [rank["moved"]["user_factors"][:3] for rank in ranks] == [[0, 150, 300], [150, 150, 300]]
@@ -148,13 +162,13 @@ def test_a_sharded_run_allocates_no_table_and_is_refused_when_built():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("check", ["ranking", "ranking_replicated"])
-def test_validation_and_test_of_held_tables_equal_one_process_ranking_the_same_weights(tmp_path, check):
+def test_validation_and_test_of_held_tables_equal_one_process_ranking_the_same_weights(ranks_of, check):
     """Trainer.validate and Trainer.test of a trainer=sharded module at W=2, the item table row-wise (top-K
     merged across its blocks) or replicated, give the metrics of one plain process ranking the same tables;
     the ranks hold 2 and 1 validation chunks, so one ranks a padding chunk while the other ranks its second."""
     from sharded_ranks import known_tables, ranking_data
 
-    ranks = _ranks(check, 2, tmp_path / "out")
+    ranks = ranks_of(check, 2)
     datamodule = ranking_data()
     sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
     module = build_module(module_config(optimizer=sgd, eval={"ks": [5, 10]}), datamodule.training_data)
@@ -205,7 +219,7 @@ SHARDED_RUN = [
 
 def _torchrun_train(world: int, run_dir, *overrides: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}", "-m", "recsys_lightning.train"]
+    command = [*torchrun(world), "-m", "recsys_lightning.train"]
     command += [*SHARDED_RUN, f"trainer.devices={world}", f"hydra.run.dir={run_dir}", *overrides]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -279,12 +293,12 @@ def test_a_sharded_checkpoint_larger_than_its_recorded_model_is_refused(tmp_path
 
 
 @pytest.mark.slow
-def test_bce_and_auc_over_a_row_wise_item_table_equal_those_over_a_replicated_one(tmp_path):
+def test_bce_and_auc_over_a_row_wise_item_table_equal_those_over_a_replicated_one(ranks_of):
     """loss=bce's val/bce and val/auc judge each held-out item against one drawn from the chunk's seed: over a
     row-wise item table only those pairs are looked up (no chunk's scores against every item), and give what
     the replicated table's scores give at the same W (the draws depend on the rank's chunks, not on one process's)."""
-    row_wise = _ranks("bce", 2, tmp_path / "rows")
-    replicated = _ranks("bce_replicated", 2, tmp_path / "replicated")
+    row_wise = ranks_of("bce", 2)
+    replicated = ranks_of("bce_replicated", 2)
     assert [rank["row_wise"] for rank in row_wise + replicated] == [True, True, False, False]
     for split in ("val", "test"):
         expected = replicated[0][split]

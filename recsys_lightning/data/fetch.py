@@ -5,10 +5,14 @@ checked against the MD5 GroupLens publishes, else one line saying which archive 
 
 All unpack into `<data_dir>/<folder>`, through a scratch folder, so an interrupted fetch never leaves a
 truncated file there; `movielens.py` reads and verifies whatever lands there, as it does a local copy.
+Processes started together on a fresh machine (a parallel sweep's jobs) fetch one at a time (`one_fetch_at_a_time`),
+and each moves the ratings file in last, so a reader never finds the ratings without the files beside them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -18,7 +22,7 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tqdm import tqdm
@@ -34,6 +38,8 @@ RECBOLE_DATASET_PREFIX = "recbole/dataset_example/ml-100k/"
 DATASET_DIR = "ml-100k"
 
 PipDownload = Callable[[str, Path], None]
+# Moved in after every other file of a release: a reader that finds the ratings finds the rest too.
+RATINGS_FILES = frozenset({"u.data", "ml-100k.inter", "ratings.dat", "ratings.csv"})
 
 
 def fetch_ml100k(data_dir: Path, url: str, wheel: str, wheel_sha256: str, timeout: float, pip_download: PipDownload | None = None) -> str:
@@ -62,6 +68,22 @@ def fetch_archive(url: str, md5: str | None, data_dir: Path, folder: str, title:
             f"{cut(str(data_dir / folder), 200)}: no {title} here and {url} could not be fetched ({reason}): download that "
             f"archive and unzip it into {cut(str(data_dir), 200)}, so that it makes {folder}/ there"
         ) from error
+
+
+@contextlib.contextmanager
+def one_fetch_at_a_time(data_dir: Path, title: str, folder: str) -> Iterator[None]:
+    """Hold an advisory lock on `<data_dir>/.fetch.lock` (the kernel drops it if the process dies): a second
+    process that finds no copy waits here while the first fetches, then reads what the first unpacked
+    instead of downloading into the same files. Only taken to fetch, so a read-only data folder still reads;
+    one that cannot be written is refused in one line before the lock file is made."""
+    _check_writable(data_dir, title, folder)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / ".fetch.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _check_writable(data_dir: Path, title: str, folder: str) -> None:
@@ -160,6 +182,6 @@ def _safe_extract(zipped: zipfile.ZipFile, members: list[str], strip_prefix: str
             with zipped.open(name) as source, open(staging, "wb") as out:
                 shutil.copyfileobj(source, out)
             staged.append((staging, target))
-        for staging, target in staged:
+        for staging, target in sorted(staged, key=lambda pair: pair[1].name in RATINGS_FILES):
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging, target)

@@ -21,7 +21,15 @@ import pandas as pd
 
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
 from recsys_lightning.data.features import FeatureColumns
-from recsys_lightning.data.fetch import DATASET_DIR, GROUPLENS_URL, RECBOLE_WHEEL, RECBOLE_WHEEL_SHA256, PipDownload, fetch_ml100k
+from recsys_lightning.data.fetch import (
+    DATASET_DIR,
+    GROUPLENS_URL,
+    RECBOLE_WHEEL,
+    RECBOLE_WHEEL_SHA256,
+    PipDownload,
+    fetch_ml100k,
+    one_fetch_at_a_time,
+)
 from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER
 from recsys_lightning.data.movielens_releases import RELEASES, resolve_release
 from recsys_lightning.errors import ConfigError, DataError, cut, first_line, quote
@@ -114,11 +122,14 @@ def resolve_movielens(
             "once (which fetches it) or fix data_dir in <run>/.hydra/config.yaml"
         )
     if loaded is None:
-        source = fetch_ml100k(data_dir, url, wheel, wheel_sha256, timeout, pip_download)
-        loaded = _read_local(dataset_dir, expected, **features)
-        if loaded is None:
-            raise DataError(f"{dataset_dir}: the downloaded archive held no ML-100K files; delete the folder and retry")
-        loaded = replace(loaded, source=source)
+        with one_fetch_at_a_time(data_dir, "MovieLens-100K", DATASET_DIR):
+            loaded = _read_local(dataset_dir, expected, **features)  # fetched by another process while this one waited
+            if loaded is None:
+                source = fetch_ml100k(data_dir, url, wheel, wheel_sha256, timeout, pip_download)
+                loaded = _read_local(dataset_dir, expected, **features)
+                if loaded is None:
+                    raise DataError(f"{dataset_dir}: the downloaded archive held no ML-100K files; delete the folder and retry")
+                loaded = replace(loaded, source=source)
     log.info("MovieLens-100K from %s (%s)", loaded.source, dataset_dir)
     return loaded
 

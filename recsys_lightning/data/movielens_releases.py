@@ -26,7 +26,7 @@ import pandas as pd
 
 from recsys_lightning.data.datamodule import LoadedInteractions
 from recsys_lightning.data.features import FeatureColumns
-from recsys_lightning.data.fetch import fetch_archive
+from recsys_lightning.data.fetch import fetch_archive, one_fetch_at_a_time
 from recsys_lightning.data.interactions import ITEM, RATING, TIMESTAMP, USER
 from recsys_lightning.errors import DataError, cut, first_line, quote
 
@@ -142,8 +142,10 @@ def resolve_release(
                 f"{cut(str(dataset_dir), 200)}: no {release.title} here; evaluate reads the run's data, it does not fetch it: "
                 f"unzip {release.url} into {cut(str(data_dir), 200)} or fix data_dir in <run>/.hydra/config.yaml"
             )
-        fetch_archive(release.url, release.archive_md5, data_dir, release.folder, release.title, timeout)
-        source = "grouplens-download"
+        with one_fetch_at_a_time(data_dir, release.title, release.folder):
+            if not (dataset_dir / release.file("ratings")).is_file():  # else fetched by another process while this one waited
+                fetch_archive(release.url, release.archive_md5, data_dir, release.folder, release.title, timeout)
+                source = "grouplens-download"
     loaded = read_release(dataset_dir, release, item_features, user_features, source)
     log.info("%s from %s (%s)", release.title, source, dataset_dir)
     return loaded

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from recsys_lightning.data.catalogue import PARTS
 from recsys_lightning.devices import check_cuda_available
 from recsys_lightning.errors import ConfigError
-from recsys_lightning.ranges import NULL, SCALAR_ID, TEXT, AnyOf, Choice, ListOf, Pattern, Rule, integer, optional, shown
+from recsys_lightning.ranges import NULL, SCALAR_ID, TEXT, AnyOf, Choice, ListOf, Pattern, Rule, integer, optional, shown, shown_path
 from recsys_lightning.serving.vector_index import KINDS
 from recsys_lightning.validation import check_rules, check_run_dir_given
 
@@ -98,13 +98,13 @@ def _check_output_file(output: str) -> None:
     header): a slip such as output=<run>/checkpoints/last.ckpt must not destroy a checkpoint."""
     target = Path(output)
     if target.is_dir():
-        raise ConfigError(f"output={shown(output)} is a folder; give a file path, e.g. output={shown(str(target / 'recs.csv'))}")
+        raise ConfigError(f"output={shown_path(output)} is a folder; give a file path, e.g. output={shown_path(target / 'recs.csv')}")
     if not target.parent.is_dir():
         problem = "is not a folder" if target.parent.exists() else "does not exist"
-        raise ConfigError(f"output={shown(output)}: folder {shown(str(target.parent))} {problem}; create it or pick another path")
+        raise ConfigError(f"output={shown_path(output)}: folder {shown_path(target.parent)} {problem}; create it or pick another path")
     if (target.exists() or target.is_symlink()) and not _is_our_export(target):
         raise ConfigError(
-            f"output={shown(output, 200)} exists and is not a recommendations CSV this project wrote; "
+            f"output={shown_path(output)} exists and is not a recommendations CSV this project wrote; "
             "refusing to overwrite it: remove it or pick another path"
         )
     try:  # the export is written beside its target and renamed: the folder must take a new file
@@ -112,7 +112,7 @@ def _check_output_file(output: str) -> None:
             pass
     except OSError as error:
         raise ConfigError(
-            f"output={shown(output)}: cannot create a file in folder {shown(str(target.parent))} ({error.strerror or error}); "
+            f"output={shown_path(output)}: cannot create a file in folder {shown_path(target.parent)} ({error.strerror or error}); "
             "pick a folder you can write to"
         ) from None
 

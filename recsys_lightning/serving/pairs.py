@@ -20,7 +20,7 @@ from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.csv import IdChunks
 from recsys_lightning.data.interactions import ITEM, USER
 from recsys_lightning.errors import ConfigError, UnknownId, quote
-from recsys_lightning.ranges import shown
+from recsys_lightning.ranges import shown_path
 from recsys_lightning.runs.atomic import atomic_file
 from recsys_lightning.runs.trained_run import TrainedRun
 from recsys_lightning.serving.arguments import PAIR_ID_COLUMNS
@@ -84,7 +84,7 @@ def export_pair_scores(run: TrainedRun, path: str, chunks: IdChunks, output: str
             pairs = _write_scores(run, path, chunks, handle)
     except OSError as error:  # a full disk or a file-size limit (EFBIG) mid-export: atomic_file left nothing behind
         raise ConfigError(
-            f"output={shown(output)}: cannot write the pair scores ({error.strerror or error}); nothing was written: "
+            f"output={shown_path(output)}: cannot write the pair scores ({error.strerror or error}); nothing was written: "
             "free space, raise the file-size limit (ulimit -f) or pick another path"
         ) from None
     log.info("wrote the scores of %d pairs to %s", pairs, output)
