@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from hypothesis import settings
 
-from helpers import SMALL_RUN, SMALL_SWEEP, random_interactions, run_module
+from recsys_lightning.data.movielens import resolve_movielens
+
+from helpers import ROOT, SMALL_RUN, SMALL_SWEEP, random_interactions, run_module
 
 # The generated-input tests run the same examples on every run (derandomize, which also means no example
 # database): a run never depends on what an earlier run left in .hypothesis/, and a suite that passed passes
@@ -29,6 +32,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if ENTRY_POINT_RUNS & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def movielens_on_disk() -> None:
+    """ML-100K fetched into the data folder once, before any test, as a user's first run fetches it: tests
+    spread over workers run in any order, and one that limits its process (a file-size limit, a folder it
+    cannot write) must not be the first to need the data and fetch it. Workers starting together fetch once
+    (the fetch lock); with the data already there this reads it and costs a second."""
+    resolve_movielens(Path(os.environ.get("RECSYS_DATA_DIR") or ROOT / "data"))
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from omegaconf import OmegaConf
 from recsys_lightning.build import build_module
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.runs.checkpoint_file import with_held_tables
+from recsys_lightning.runs.other_runs import PRETRAINED_KEY, best_checkpoint_of, warm_start_weights
+from recsys_lightning.runs.trained_run import load_trained
 from recsys_lightning.samplers import PopularitySampler, UniformSampler
 from recsys_lightning.sharded import STRATEGY, tables_folder
 from recsys_lightning.sharded.checkpoint import save_sharded
@@ -249,6 +251,11 @@ def test_trainer_sharded_alone_trains_validates_and_tests_through_torchrun_at_tw
     assert f"{pair['test/ndcg@10']:.6f}" in evaluated.stdout and "all 14 metrics equal metrics.json" in evaluated.stdout
     served = run_module("recsys_lightning.recommend", f"run_dir={tmp_path / 'w2'}", "user_id=1", "k=3")
     assert served.returncode == 0 and sum(line.endswith(" model") for line in served.stdout.splitlines()) == 3, served.stderr[-3000:]
+    # pretrained_from=[the two ranks' run]: a plain run starts from every table, read whole from beside the .ckpt.
+    trained = load_trained(best_checkpoint_of(tmp_path / "w2", PRETRAINED_KEY))
+    weights = warm_start_weights(tmp_path / "w2", trained.model, trained.catalogue)
+    assert weights.keys() == trained.model.state_dict().keys()
+    assert all(torch.equal(value, trained.model.state_dict()[name]) for name, value in weights.items())
     # Resumed at W=2, each rank reading back its rows and their Adagrad accumulators: the uninterrupted run's metrics.
     resumed = _torchrun_train(2, tmp_path / "w2", "data.batch_size=256", "trainer.max_epochs=4", "ckpt_path=last")
     uninterrupted = _torchrun_train(2, tmp_path / "w2-4", "data.batch_size=256", "trainer.max_epochs=4")

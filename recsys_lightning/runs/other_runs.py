@@ -17,7 +17,8 @@ from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.models.base import Recommender
 from recsys_lightning.models.weights import weight_mismatch
-from recsys_lightning.runs.checkpoint_file import find_checkpoint, first_non_finite, load_checkpoint, recorded_catalogue
+from recsys_lightning.runs.checkpoint_file import find_checkpoint, first_non_finite, load_checkpoint, recorded_catalogue, with_held_tables
+from recsys_lightning.runs.safe_config import checked_module_hyper_parameters
 from recsys_lightning.runs.same_data import same_ids, same_training_pairs
 from recsys_lightning.runs.trained_run import model_weights
 
@@ -60,6 +61,8 @@ def warm_start_weights(run_dir: str | Path, model: Recommender, catalogue: Catal
     checkpoint = load_checkpoint(path)
     theirs = recorded_catalogue(checkpoint, path, "retrain that run with this version", where=f"{PRETRAINED_KEY}: {path}")
     _check_same_split(theirs, catalogue, path)
+    # A trainer=sharded run keeps its tables beside the .ckpt, read whole here within its checked model's shapes.
+    with_held_tables(checkpoint, path, checked_module_hyper_parameters(checkpoint.get("hyper_parameters"), str(path)))
     expected = model.state_dict()
     offered = model_weights(checkpoint["state_dict"], path)
     weights = {name: value for name, value in offered.items() if name in expected}
