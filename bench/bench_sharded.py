@@ -13,9 +13,10 @@ Each W runs as `torchrun --standalone --nproc-per-node W bench/bench_sharded.py 
   (torch, torchrec and the tables module imported, the gloo group joined), rank by rank: the
   table-dependent peak.
   `vs W=1/W` is the largest rank's figure over (W=1's / W); the issue asks for <= 1.15.
-- Throughput: MF/BPR (dim 64, uniform negatives, sparse Adagrad) on synthetic data through Lightning with
-  `ShardedTablesStrategy` (tables row-wise) and with trainer=ddp's `SparseTablesDDPStrategy`, global batch
-  fixed across W; pairs/s of the training steps after the first 3, summed over ranks (they step in lockstep).
+- Throughput: MF/BPR (dim 64, uniform negatives) on synthetic data through Lightning with trainer=ddp's
+  `SparseTablesDDPStrategy` (sparse Adagrad) and `ShardedTablesStrategy` (tables row-wise; exact Adagrad and
+  trainer=sharded's default row-wise Adagrad), global batch fixed across W; pairs/s of the training steps after
+  the first 3, summed over ranks (they step in lockstep), and its ratio to the first W's.
 - Load: /proc/loadavg's 1-minute figure before each run: the host is shared, read the figures beside it.
 """
 
@@ -78,6 +79,11 @@ def memory_worker(out: Path, baseline: bool) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(record))
 
 
+# The table optimizer of each trainer=sharded column: exact Adagrad (as trainer=ddp's sparse Adagrad), or
+# row-wise Adagrad (TorchRec's, one accumulator per row: trainer=sharded's default, which DDP has no counterpart of).
+SHARDED_OPTIMIZERS = {"adagrad": "torch.optim.Adagrad", "rowwise_adagrad": "torchrec.optim.RowWiseAdagrad"}
+
+
 def throughput_worker(out: Path, strategy: str, global_batch: int, steps: int) -> None:
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
@@ -98,10 +104,14 @@ def throughput_worker(out: Path, strategy: str, global_batch: int, steps: int) -
             "model": {"_target_": "recsys_lightning.models.MatrixFactorization", "dim": 64, "sparse_gradients": True},
             "loss": {"_target_": "recsys_lightning.losses.BPRLoss"},
             "sampler": {"_target_": "recsys_lightning.samplers.UniformSampler"},
-            "optimizer": {"_target_": "torch.optim.Adagrad", "_partial_": True, "lr": 0.05},
+            "optimizer": {
+                "_target_": SHARDED_OPTIMIZERS.get(strategy.removeprefix("sharded-"), "torch.optim.Adagrad"),
+                "_partial_": True,
+                "lr": 0.05,
+            },
             "eval": {"ks": [10]},
             "seed": 0,
-            "trainer": {"strategy": {"_target_": STRATEGY}} if strategy == "sharded" else {},
+            "trainer": {"strategy": {"_target_": STRATEGY}} if strategy.startswith("sharded") else {},
         }
     )
     module = build_module(cfg, datamodule.training_data)
@@ -117,7 +127,7 @@ def throughput_worker(out: Path, strategy: str, global_batch: int, steps: int) -
                 self.pairs += len(batch)
 
     pace = Pace()
-    chosen = ShardedTablesStrategy(row_wise_min_rows=1) if strategy == "sharded" else SparseTablesDDPStrategy()
+    chosen = ShardedTablesStrategy(row_wise_min_rows=1) if strategy.startswith("sharded") else SparseTablesDDPStrategy()
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=world,
@@ -171,16 +181,22 @@ def memory(worlds: list[int]) -> None:
 
 
 def throughput(worlds: list[int], global_batch: int, steps: int) -> None:
-    print(f"Throughput: MF/BPR dim 64, 200k users x 50k items, 2M pairs, global batch {global_batch}, sparse Adagrad, {steps} steps")
-    print("| W | load | trainer=ddp pairs/s | trainer=sharded pairs/s |")
-    print("|---|---|---|---|")
+    print(f"Throughput: MF/BPR dim 64, 200k users x 50k items, 2M pairs, global batch {global_batch}, {steps} steps")
+    print("| W | load | trainer=ddp, sparse Adagrad | trainer=sharded, Adagrad | trainer=sharded, row-wise Adagrad |")
+    print("|---|---|---|---|---|")
+    strategies = ("ddp", *(f"sharded-{name}" for name in SHARDED_OPTIMIZERS))
+    paces: dict[int, dict[str, float]] = {}
     for world in worlds:
         load = load_average()
-        paces = {}
-        for strategy in ("ddp", "sharded"):
-            records = launch(world, ["throughput", strategy, str(global_batch), str(steps)])
-            paces[strategy] = sum(record["pairs_per_second"] for record in records)
-        print(f"| {world} | {load:.2f} | {paces['ddp']:,.0f} | {paces['sharded']:,.0f} |", flush=True)
+        paces[world] = {
+            strategy: sum(record["pairs_per_second"] for record in launch(world, ["throughput", strategy, str(global_batch), str(steps)]))
+            for strategy in strategies
+        }
+        shown = " | ".join(
+            f"{paces[world][strategy]:,.0f} ({paces[world][strategy] / paces[worlds[0]][strategy]:.2f}x)" for strategy in strategies
+        )
+        print(f"| {world} | {load:.2f} | {shown} |", flush=True)
+    print(f"(x: pairs/s over W={worlds[0]}'s with the same trainer and optimizer)")
 
 
 def main() -> None:
