@@ -5,7 +5,7 @@
 
 For each W of --worlds it runs, in a fresh run folder, one thread per rank (OMP_NUM_THREADS=1, runtime.threads=1):
 
-    torchrun --standalone --nproc-per-node W -m recsys_lightning.train <overrides> trainer=ddp \\
+    torchrun --standalone --nproc-per-node W -m recsys_lightning.train <overrides> trainer=<ddp|sharded: --trainer> \\
         trainer.accelerator=cpu trainer.devices=W runtime.threads=1 trainer.max_epochs=<epochs>
 
 Lightning reads torchrun's environment (TorchElasticEnvironment) and starts no processes of its own. The
@@ -155,7 +155,9 @@ def import_only_peak(poll: float) -> int:
     return max(seen.peaks.values())
 
 
-def torchrun_command(world: int, overrides: list[str], epochs: int, global_batch: int | None, run_dir: Path) -> list[str]:
+def torchrun_command(
+    world: int, overrides: list[str], epochs: int, global_batch: int | None, run_dir: Path, trainer: str = "ddp"
+) -> list[str]:
     batch = []
     if global_batch is not None:
         prepared = "data=prepared" in overrides
@@ -163,7 +165,7 @@ def torchrun_command(world: int, overrides: list[str], epochs: int, global_batch
     return [
         *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world)),
         *("-m", "recsys_lightning.train", *overrides, *batch),
-        *("trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={world}", "runtime.threads=1"),
+        *(f"trainer={trainer}", "trainer.accelerator=cpu", f"trainer.devices={world}", "runtime.threads=1"),
         *(f"trainer.max_epochs={epochs}", "projector.max_items=0", "callbacks.progress_bar.refresh_rate=0"),
         *("callbacks.progress_log.interval_seconds=0.5", f"hydra.run.dir={run_dir}"),
     ]
@@ -202,7 +204,7 @@ def predicted_bytes(log: str, run_dir: Path, world: int) -> tuple[int, int] | No
 def run_world(world: int, args: argparse.Namespace, baseline: int) -> RunFigures:
     with tempfile.TemporaryDirectory(prefix=f"bench_scale_w{world}_") as folder:
         run_dir = Path(folder) / "run"
-        command = torchrun_command(world, shlex.split(args.overrides), args.epochs, args.global_batch, run_dir)
+        command = torchrun_command(world, shlex.split(args.overrides), args.epochs, args.global_batch, run_dir, args.trainer)
         load_before = load_average()
         with open(Path(folder) / "output.txt", "w") as output:
             process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **ONE_THREAD}, stdout=output, stderr=subprocess.STDOUT)
@@ -254,6 +256,9 @@ def main() -> None:
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4], help="numbers of ranks to run (W=1 first gives the ratios)")
     parser.add_argument("--overrides", default="data=synthetic", help="data and model overrides, one string")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--trainer", choices=["ddp", "sharded"], default="ddp", help="trainer=ddp (whole tables per rank) or trainer=sharded"
+    )
     parser.add_argument("--global-batch", type=int, default=None, help="pairs per step over all ranks (default: the data's batch_size)")
     parser.add_argument("--poll", type=float, default=0.05, help="seconds between reads of /proc")
     args = parser.parse_args()
@@ -262,7 +267,9 @@ def main() -> None:
     for world in args.worlds:
         runs.append(run_world(world, args, baseline))
         print(f"W={world} done: load {runs[-1].load_before:.2f} before, {runs[-1].load_during:.2f} during", file=sys.stderr, flush=True)
-    print(f"overrides: {args.overrides}; epochs {args.epochs}; global batch {args.global_batch or 'the data default'}")
+    print(
+        f"trainer={args.trainer}; overrides: {args.overrides}; epochs {args.epochs}; global batch {args.global_batch or 'the data default'}"
+    )
     print(markdown(runs, baseline))
 
 
