@@ -1,6 +1,7 @@
 """Item and user features (CSV, MovieLens, indexed once by the DataModule) and the cold-item split."""
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +244,16 @@ def test_ml100k_vocabularies_and_shapes():
     assert (torch.diff(users.indptr) == 3).all()  # every user has one of each
     toy_story = datamodule.training_data.catalogue.item_index(1)
     assert features_of(items, toy_story) == ["genre=Animation", "genre=Children's", "genre=Comedy", "year=1995"]
+
+
+def test_ml100k_years_are_four_digits_as_the_grouplens_reader_keeps_them():
+    """RecBole's copy holds release_year "unkonwn" (the unknown movie) and "V" (a video whose year stayed in its
+    title, "Land Before Time III: ... (1995)"): no year for the first, the title's for the second."""
+    datamodule = MovieLensDataModule(str(ROOT / "data"), item_features=["year"])
+    datamodule.setup("fit")
+    items, catalogue = datamodule.training_data.item_features, datamodule.training_data.catalogue
+    assert all(re.fullmatch(r"year=\d{4}", name) for name in items.names)
+    assert features_of(items, catalogue.item_index(267)) == [] and features_of(items, catalogue.item_index(1412)) == ["year=1995"]
 
 
 # ---- the cold-item split ----

@@ -199,7 +199,11 @@ def _read_recbole(ratings_path: Path, items_path: Path) -> tuple[pd.DataFrame, p
         item_ids = items[ITEM].astype("int64")
         title = items["movie_title"].where(items["release_year"] == "", items["movie_title"] + " (" + items["release_year"] + ")")
         genres = items["class"].str.split().str.join("|")
-    features = pd.DataFrame({"genre": genres, "year": items["release_year"]})
+    # A year as the GroupLens reader keeps it, four digits: RecBole's release_year holds "unkonwn" for the
+    # unknown movie and "V" (a video release) for one whose year stayed in its title, "... (1995)".
+    in_title = items["movie_title"].str.extract(r"\((\d{4})\)$", expand=False).fillna("")
+    year = items["release_year"].where(items["release_year"].str.fullmatch(r"\d{4}"), in_title)
+    features = pd.DataFrame({"genre": genres, "year": year})
     item_columns = FeatureColumns(str(items_path), items[ITEM], features, sep="|", first_line=2)
     return interactions, pd.DataFrame({ITEM: item_ids, "title": title, "genres": genres}), item_columns
 
