@@ -64,6 +64,8 @@ def compare_stages(
     The catalogue records every user's split parts, so no data needs rebuilding; the models are on `device`.
     """
     counts = [candidates] if isinstance(candidates, int) else sorted(set(candidates))
+    if not counts or min(counts) < 1:  # evaluate checks retrieval.candidates first; this guards a direct call
+        raise ValueError(f"candidates={candidates!r}: give a count >= 1, or a non-empty list of them")
     hidden, heldout_part = PROTOCOL[split]
     heldout = catalogue.seen_in([heldout_part])
     heldout = replace(heldout, values=torch.ones(len(heldout.indices)))  # ratings the chunks carry; no ranking metric reads them

@@ -249,3 +249,9 @@ def test_evaluate_entry_point_prints_the_stages(runs):
     assert columns.split()[:3] == ["stage", "model", "recall@200"] and [row.split()[0] for row in stages.splitlines()] == list(STAGES)
     assert gains.splitlines()[1].split() == ["stage", "ndcg@10", "recall@10"]  # the runs' eval.ks
     assert gains.splitlines()[2].split() == ["retriever", "1.000", "1.000"]
+
+
+@pytest.mark.parametrize("candidates", [[], 0, [5, 0]])
+def test_compare_stages_called_with_no_count_is_refused_before_ranking(candidates):
+    with pytest.raises(ValueError, match=r"give a count >= 1, or a non-empty list of them"):
+        compare_stages(None, None, None, candidates, [10])
