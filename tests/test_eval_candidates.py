@@ -187,6 +187,19 @@ def test_evaluate_ranks_other_candidates_only_where_the_run_split_items_out():
     )
 
 
+def test_evaluate_refuses_a_recorded_cold_ranking_on_a_split_without_new_items_naming_the_file():
+    """A run folder's .hydra/config.yaml is untrusted: eval_candidates edited to cold on a ratio split is refused
+    in one line naming the file, not left to the DataModule (whose error Hydra wraps in several lines)."""
+    edited = {"_target_": "x", "split": "ratio", "eval_candidates": "cold"}
+    with pytest.raises(ConfigError) as caught:
+        ranking(edited, None, "runs/a")
+    assert str(caught.value) == (
+        "runs/a/.hydra/config.yaml: data.eval_candidates=cold ranks only items held out of training, and the run split "
+        "with data.split=ratio: the file was edited; restore it, or pass candidates=all"
+    )
+    assert ranking(edited, "all", "runs/a")["eval_candidates"] == "all"  # ranking all instead is still possible
+
+
 def test_the_closing_table_and_the_hparams_row_say_which_items_were_ranked():
     figures = {"val/ndcg@10": 0.2, "test/ndcg@10": 0.1, "best_epoch": 0, "epochs": 1, "train_seconds": 1.0}
     line = "ranked: each part's new items only (eval.candidates=cold), not the whole catalogue"
