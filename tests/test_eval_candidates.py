@@ -70,6 +70,22 @@ def test_cold_ranking_equals_ranking_each_user_over_the_new_items_alone(seed):
     assert expected["val"]["ndcg"] > 0 and expected["test"]["ndcg"] > 0  # some hits: the comparison says something
 
 
+def test_a_k_beyond_the_candidates_counts_only_candidates_in_coverage_and_novelty():
+    """With eval.ks above the part's new items (12 here, K=30), the top K ends in hidden items (-inf: not
+    candidates, or seen): they were never recommended, so coverage and novelty count only the candidates."""
+    frame = random_interactions(num_users=40, num_items=60, per_user=15, seed=0)
+    datamodule = FrameDataModule(frame, split="cold_items", split_ratios=[0.6, 0.2, 0.2], eval_candidates="cold")
+    datamodule.setup("fit")
+    candidates = datamodule.candidate_items("test")
+    assert 0 < candidates.sum() < 30
+    module = build_module(module_config(eval={"ks": [30]}), datamodule.training_data)
+    figures = quiet_trainer().test(module, datamodule=datamodule, verbose=False)[0]
+    assert figures["test/coverage@30"] == pytest.approx(candidates.sum().item() / 60)  # every candidate, nothing else
+    users = datamodule.training_data.num_users
+    information = -torch.log2(datamodule.train_positives.counts_per_item().clamp(min=1) / users)
+    assert figures["test/novelty@30"] == pytest.approx(information[candidates].mean().item(), abs=1e-5)  # every user's whole list
+
+
 def test_candidates_are_each_parts_new_items():
     datamodule = FrameDataModule(random_interactions(40, 60, 15), split="cold_items", eval_candidates="cold")
     datamodule.setup("fit")
