@@ -241,6 +241,11 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     """`evaluate`'s arguments, checked before any data or checkpoint is read."""
     check_run_dir_given(cfg)
     check_rules(cfg, EVALUATE_RULES)
+    if cfg.retrieval.run_dir is not None and cfg.candidates == "cold":  # compare_stages has no candidate mask
+        raise ConfigError(
+            "candidates=cold is not implemented with retrieval.run_dir (the two stages rank the whole catalogue): "
+            "drop candidates, or evaluate each run alone with candidates=cold"
+        )
     check_cuda_available("accelerator", cfg.accelerator)
 
 
