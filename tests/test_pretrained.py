@@ -136,3 +136,21 @@ def test_refuses_other_data_and_non_finite_weights(tmp_path):
     torch.save(checkpoint, path)
     with pytest.raises(ConfigError, match="model.item_factors holds NaN"):
         pretrained([broken], MF)
+
+
+@pytest.mark.parametrize("tables", ["missing", "a file"])
+def test_a_sharded_run_without_its_tables_folder_is_refused_not_half_warm_started(tmp_path, tables):
+    """A trainer=sharded checkpoint keeps its row tables in `epoch000.tables/` beside it; with that folder gone
+    (or a file in its place) the warm start took the one weight left (MF's global mean) and trained from
+    scratch, saying nothing."""
+    model = trained_run(tmp_path, MF)
+    path = tmp_path / "checkpoints" / "epoch000.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    tables = {id(table) for table in model.row_tables()}
+    held = [f"model.{name}" for name, parameter in model.named_parameters() if id(parameter) in tables]
+    checkpoint["state_dict"] = {name: value for name, value in checkpoint["state_dict"].items() if name not in held}
+    torch.save(checkpoint, path)
+    if tables == "a file":
+        (tmp_path / "checkpoints" / "epoch000.tables").write_text("x")
+    with pytest.raises(ConfigError, match=r"epoch000\.ckpt: holds none of its model's row tables .* epoch000\.tables"):
+        pretrained([tmp_path], MF)
