@@ -48,6 +48,7 @@ def gmf_and_mlp(tmp_path_factory) -> tuple[Path, torch.nn.Module, Path, torch.nn
 
 
 def test_single_path_models_score_with_their_own_path_only():
+    torch.manual_seed(0)  # about 1 draw in 100 leaves hidden=[4]'s ReLUs all dead: every item tied, whatever ran before
     gmf = NeuMF(5, 7, gmf_dim=3, mlp_dim=4, hidden=[4], paths=["gmf"])
     users = torch.arange(5)
     expected = (gmf.user_gmf * gmf.gmf_output) @ gmf.item_gmf.T
