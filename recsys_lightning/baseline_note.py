@@ -43,18 +43,21 @@ def compared_with_popularity(monitor: str, is_popularity: bool, eval_candidates:
     return ranking_monitor and not is_popularity and eval_candidates == "all"
 
 
-def closing_note(metrics: Mapping[str, Any], monitor: str, baseline: float | None, batch_size: int) -> str | None:
+def closing_note(
+    metrics: Mapping[str, Any], monitor: str, baseline: float | None, batch_size: int, closed_form: bool = False
+) -> str | None:
     """What the closing table adds when the run learnt too little, with what to try; None otherwise.
 
     `baseline` is the popularity ranking's `monitor` (`popularity_on_validation`), None where the run is
-    not compared with it (`compared_with_popularity`)."""
+    not compared with it (`compared_with_popularity`). A `closed_form` model (EASE, ItemKNN, feature_popularity)
+    is fitted once, so training settings are not what to try."""
     value = metrics.get(monitor)
     if baseline is not None and isinstance(value, float):
+        below = f"note: {monitor} {value:.4f} is below the most popular items' {baseline:.4f} on the same users; "
+        if value < baseline and closed_form:
+            return below + "a model fitted in closed form: no epoch count, batch size or learning rate changes it; try its own model keys"
         if value < baseline:
-            return (
-                f"note: {monitor} {value:.4f} is below the most popular items' {baseline:.4f} on the same users; try more "
-                f"epochs (trainer.max_epochs), a smaller data.batch_size (now {batch_size}) or another optimizer.lr"
-            )
+            return below + (f"try more epochs (trainer.max_epochs), a smaller data.batch_size (now {batch_size}) or another optimizer.lr")
     if metrics.get("best_epoch") == 0 and (metrics.get("epochs") or 0) > 1:
         return (
             f"note: no epoch after the first improved {monitor}; try a lower optimizer.lr or a higher loss.l2, "

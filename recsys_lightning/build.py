@@ -20,7 +20,7 @@ from recsys_lightning.sharded.strategy import check_sharded_run
 FEATURE_COUNT_KEYS = ("num_user_features", "num_item_features")
 
 
-def build_datamodule(data: DictConfig, **kwargs: Any) -> Any:
+def build_datamodule(data: DictConfig | dict[str, Any], **kwargs: Any) -> Any:
     """The DataModule the `data` option names. A user error its constructor raises (`data=csv` without a
     path) comes out as itself, one line, not wrapped in Hydra's InstantiationException."""
     try:

@@ -21,10 +21,10 @@ from typing import Any, TextIO
 import hydra
 import pandas as pd
 import pytorch_lightning as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recsys_lightning import progress
+from recsys_lightning.build import build_datamodule
 from recsys_lightning.callbacks import ProgressLog
 from recsys_lightning.config import check_override_keys, register_resolvers
 from recsys_lightning.console import quiet_library_noise
@@ -89,7 +89,7 @@ def evaluate(
     catalogue = recorded_catalogue(state, path, "evaluate cannot tell its data from another's: retrain the run to evaluate it")
     with_held_tables(state, path, hyper_parameters)  # trainer=sharded: the tables beside the .ckpt
     check_weights_fit(hyper_parameters, model_weights(state["state_dict"], path), path)  # before anything is built from its config
-    datamodule: InteractionDataModule = instantiate(ranking(recorded_data_config(run_dir), candidates, run_dir))
+    datamodule: InteractionDataModule = build_datamodule(ranking(recorded_data_config(run_dir), candidates, run_dir))
     datamodule.setup("test")
     trained_shape = (hyper_parameters["num_users"], hyper_parameters["num_items"])
     if trained_shape != (datamodule.num_users, datamodule.num_items):
@@ -131,6 +131,11 @@ def ranking(data: dict[str, Any], candidates: str | None, run_dir: str | Path) -
         split = data.get("split", "its own (data=prepared)")
         raise ConfigError(
             f"candidates=cold ranks only items held out of training, and {run_dir} split with data.split={split}: use candidates=all"
+        )
+    if candidates is None and data.get("eval_candidates") == "cold" and data.get("split") != "cold_items":  # an edited record
+        raise ConfigError(
+            f"{Path(run_dir) / '.hydra' / 'config.yaml'}: data.eval_candidates=cold ranks only items held out of training, "
+            f"and the run split with data.split={data.get('split')}: the file was edited; restore it, or pass candidates=all"
         )
     return {**data, "eval_candidates": candidates} if candidates is not None and "split" in data else data
 
@@ -236,6 +241,11 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     """`evaluate`'s arguments, checked before any data or checkpoint is read."""
     check_run_dir_given(cfg)
     check_rules(cfg, EVALUATE_RULES)
+    if cfg.retrieval.run_dir is not None and cfg.candidates == "cold":  # compare_stages has no candidate mask
+        raise ConfigError(
+            "candidates=cold is not implemented with retrieval.run_dir (the two stages rank the whole catalogue): "
+            "drop candidates, or evaluate each run alone with candidates=cold"
+        )
     check_cuda_available("accelerator", cfg.accelerator)
 
 

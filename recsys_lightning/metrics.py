@@ -112,9 +112,11 @@ class CatalogueMetrics(Metric):
         self.add_state("self_information", torch.zeros(len(self.ks), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("slots", torch.zeros(len(self.ks), dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, top_items: Tensor, item_self_information: Tensor) -> None:
+    def update(self, top_items: Tensor, item_self_information: Tensor, shown: Tensor | None = None) -> None:
+        """`shown` (bool, as `top_items`; None: all) is False where a top K outruns the items a user may be
+        shown and ends in hidden ones: those were never recommended, so they count in neither metric."""
         for j, k in enumerate(self.ks):
-            items = top_items[:, :k].reshape(-1)
+            items = top_items[:, :k].reshape(-1) if shown is None else top_items[:, :k][shown[:, :k]]
             self.recommended[j] += torch.bincount(items, minlength=self.recommended.shape[1])
             self.self_information[j] += item_self_information[items].double().sum()
             self.slots[j] += items.numel()

@@ -179,7 +179,8 @@ class RecommenderModule(pl.LightningModule):
         for metric in self.test_predictions:  # before ranking, as in validation_step
             metric.update(scores, chunk, chunk_seed)
         top_items = self._rank(scores, chunk, self.test_metrics)
-        self.test_catalogue.update(top_items, self.item_self_information)
+        # A K beyond what a user may be shown (eval.candidates=cold's few new items) ends in hidden items, at -inf.
+        self.test_catalogue.update(top_items, self.item_self_information, shown=scores.gather(1, top_items) > -torch.inf)
 
     def _rank(self, scores: Tensor, chunk: RankingChunk, metrics: RankingMetrics) -> Tensor:
         """Hide each user's known items (and items not among the chunk's candidates), take the top K of the

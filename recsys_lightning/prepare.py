@@ -27,7 +27,7 @@ from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
 from recsys_lightning.prepared.bounded import write_prepared_bounded
 from recsys_lightning.prepared.datamodule import PREPARED_TARGET
 from recsys_lightning.prepared.write import check_output_free, write_prepared
-from recsys_lightning.ranges import TEXT, Rule, constructor_rules, integer
+from recsys_lightning.ranges import TEXT, Rule, constructor_rules, integer, shown
 from recsys_lightning.runs.atomic import check_writable_folder
 from recsys_lightning.threads import apply_thread_count
 from recsys_lightning.validation import check_known_keys, check_rules
@@ -56,6 +56,11 @@ def check_prepare_config(cfg: DictConfig) -> None:
     for key in FEATURE_KEYS:
         if cfg.data.get(key):
             raise ConfigError(f"data.{key}={list(cfg.data[key])}: prepare does not write side features yet; set data.{key}=[]")
+    if cfg.data.get("eval_candidates", "all") != "all":  # its default here; another value would be ignored unsaid
+        raise ConfigError(
+            f"data.eval_candidates={shown(cfg.data.eval_candidates)}: prepare ranks nothing, and a prepared folder is ranked "
+            "whole (data=prepared has no cold_items split to rank new items of); drop it"
+        )
     check_output_free(Path(cfg.output))
     check_writable_folder(cfg.output, "output")
 

@@ -36,6 +36,7 @@ from recsys_lightning.ddp import leave_together
 from recsys_lightning.errors import ConfigError, RecsysError, RunInterrupted, exit_with_message, first_line
 from recsys_lightning.hparams_tab import log_run_table
 from recsys_lightning.memory_estimate import check_memory, config_sizes
+from recsys_lightning.models.closed_form import ClosedFormRecommender
 from recsys_lightning.models.popularity import Popularity
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.projector import log_item_embeddings
@@ -186,7 +187,7 @@ def _fit_and_test(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals, 
         with atomic_file(run_folder.path / "metrics.json") as handle:
             json.dump(metrics, handle, indent=2, sort_keys=True)
         tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers) and not _in_sweep()
-        note = closing_note(metrics, monitor, baseline, datamodule.batch_size)
+        note = closing_note(metrics, monitor, baseline, datamodule.batch_size, isinstance(module.model, ClosedFormRecommender))
         print(run_summary(metrics, monitor, ks, run_folder.path, tensorboard, note), flush=True)
     return metrics
 

@@ -70,6 +70,22 @@ def test_cold_ranking_equals_ranking_each_user_over_the_new_items_alone(seed):
     assert expected["val"]["ndcg"] > 0 and expected["test"]["ndcg"] > 0  # some hits: the comparison says something
 
 
+def test_a_k_beyond_the_candidates_counts_only_candidates_in_coverage_and_novelty():
+    """With eval.ks above the part's new items (12 here, K=30), the top K ends in hidden items (-inf: not
+    candidates, or seen): they were never recommended, so coverage and novelty count only the candidates."""
+    frame = random_interactions(num_users=40, num_items=60, per_user=15, seed=0)
+    datamodule = FrameDataModule(frame, split="cold_items", split_ratios=[0.6, 0.2, 0.2], eval_candidates="cold")
+    datamodule.setup("fit")
+    candidates = datamodule.candidate_items("test")
+    assert 0 < candidates.sum() < 30
+    module = build_module(module_config(eval={"ks": [30]}), datamodule.training_data)
+    figures = quiet_trainer().test(module, datamodule=datamodule, verbose=False)[0]
+    assert figures["test/coverage@30"] == pytest.approx(candidates.sum().item() / 60)  # every candidate, nothing else
+    users = datamodule.training_data.num_users
+    information = -torch.log2(datamodule.train_positives.counts_per_item().clamp(min=1) / users)
+    assert figures["test/novelty@30"] == pytest.approx(information[candidates].mean().item(), abs=1e-5)  # every user's whole list
+
+
 def test_candidates_are_each_parts_new_items():
     datamodule = FrameDataModule(random_interactions(40, 60, 15), split="cold_items", eval_candidates="cold")
     datamodule.setup("fit")
@@ -185,6 +201,19 @@ def test_evaluate_ranks_other_candidates_only_where_the_run_split_items_out():
     assert str(caught.value) == (
         "candidates=cold ranks only items held out of training, and runs/a split with data.split=ratio: use candidates=all"
     )
+
+
+def test_evaluate_refuses_a_recorded_cold_ranking_on_a_split_without_new_items_naming_the_file():
+    """A run folder's .hydra/config.yaml is untrusted: eval_candidates edited to cold on a ratio split is refused
+    in one line naming the file, not left to the DataModule (whose error Hydra wraps in several lines)."""
+    edited = {"_target_": "x", "split": "ratio", "eval_candidates": "cold"}
+    with pytest.raises(ConfigError) as caught:
+        ranking(edited, None, "runs/a")
+    assert str(caught.value) == (
+        "runs/a/.hydra/config.yaml: data.eval_candidates=cold ranks only items held out of training, and the run split "
+        "with data.split=ratio: the file was edited; restore it, or pass candidates=all"
+    )
+    assert ranking(edited, "all", "runs/a")["eval_candidates"] == "all"  # ranking all instead is still possible
 
 
 def test_the_closing_table_and_the_hparams_row_say_which_items_were_ranked():

@@ -149,6 +149,20 @@ def test_runs_started_together_on_a_fresh_machine_fetch_once_and_read_the_same_c
     assert calls == ["recbole==1.2.1"] and sources == ["pypi-recbole-wheel", "recbole-local"]
 
 
+@pytest.mark.parametrize("kind", ["folder", "fifo", "symlink"])
+def test_a_fetch_lock_that_is_no_plain_file_is_refused_in_one_line_not_waited_on(tmp_path, kind):
+    """`<data_dir>/.fetch.lock` is untrusted: a folder there was a raw IsADirectoryError, a FIFO a hang
+    (opening it to write waits for a reader), a link a lock taken on whatever file it names."""
+    lock = tmp_path / "data" / ".fetch.lock"
+    lock.parent.mkdir()
+    {"folder": lock.mkdir, "fifo": lambda: os.mkfifo(lock), "symlink": lambda: lock.symlink_to(tmp_path / "elsewhere")}[kind]()
+    with pytest.raises(DataError) as caught:
+        resolve_movielens(tmp_path / "data", url=UNREACHABLE, expected=FIXTURE_COUNTS, pip_download=copying_pip(tmp_path, []))
+    message = str(caught.value)
+    assert message.startswith(f"{lock}: the fetch lock is not a plain file") and message.endswith("delete it and run again")
+    assert "\n" not in message and not (tmp_path / "elsewhere").exists()
+
+
 def test_an_extraction_moves_the_ratings_file_in_last(tmp_path, monkeypatch):
     """A process that reads while another extracts finds the ratings file only once every other file is there."""
     wheel, sha256 = fake_wheel(tmp_path)

@@ -306,6 +306,11 @@ def test_a_failed_write_leaves_no_folder(movielens, tmp_path, monkeypatch):
         (["output=x", "parts=0"], "parts=0: must be an integer >= 1"),
         (["output=x", "+data.batch_sizee=3"], "did you mean data.batch_size?"),
         (["output=x", "data.item_features=[genre]"], "prepare does not write side features yet"),
+        (
+            ["output=x", "data.split=cold_items", "data.eval_candidates=cold"],
+            "data.eval_candidates=cold: prepare ranks nothing, and a prepared folder is ranked whole (data=prepared has no "
+            "cold_items split to rank new items of); drop it",
+        ),
     ],
 )
 def test_prepare_arguments_are_checked_before_any_data_is_read(overrides, message, monkeypatch):

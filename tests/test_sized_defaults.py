@@ -76,6 +76,9 @@ def test_the_closing_note_names_a_run_below_popularity_or_stuck_at_its_first_epo
     assert closing_note({**stuck, "best_epoch": 3}, "val/ndcg@10", baseline, 4096) is None
     closed_form = {"val/ndcg@10": baseline, "best_epoch": 0, "epochs": 1}  # one fit, one epoch: nothing to improve on
     assert closing_note(closed_form, "val/ndcg@10", baseline, 4096) is None
+    fitted = closing_note({**below, "best_epoch": 0, "epochs": 1}, "val/ndcg@10", baseline, 4096, closed_form=True)
+    assert fitted.startswith(f"note: val/ndcg@10 {baseline - 0.01:.4f} is below the most popular items' {baseline:.4f}")
+    assert fitted.endswith("a model fitted in closed form: no epoch count, batch size or learning rate changes it; try its own model keys")
 
 
 def test_only_a_ranking_monitor_of_a_model_other_than_popularity_over_all_items_is_compared_with_popularity():

@@ -388,6 +388,11 @@ def test_output_problems_are_found_before_the_checkpoint_is_loaded(tmp_path):
         (["run_dir=r", "accelerator=tpu"], "accelerator=tpu: must be one of auto, cpu, gpu, cuda"),
         (["run_dir=r", "tolerance=-1"], "tolerance=-1: must be a number >= 0"),
         (["run_dir=r", "tolerance=nan"], "tolerance=nan: must be a number >= 0"),
+        (
+            ["run_dir=r", "retrieval.run_dir=s", "candidates=cold"],
+            "candidates=cold is not implemented with retrieval.run_dir (the two stages rank the whole catalogue): "
+            "drop candidates, or evaluate each run alone with candidates=cold",
+        ),
     ],
 )
 def test_bad_evaluate_argument_is_one_line_naming_it(overrides, message):

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -78,12 +79,26 @@ def one_fetch_at_a_time(data_dir: Path, title: str, folder: str) -> Iterator[Non
     one that cannot be written is refused in one line before the lock file is made."""
     _check_writable(data_dir, title, folder)
     data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / ".fetch.lock", "a") as handle:
+    with os.fdopen(_open_lock_file(data_dir / ".fetch.lock"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open_lock_file(path: Path) -> int:
+    """A descriptor of the plain file `path`, made if missing; a link, folder or FIFO put there is refused, not
+    followed, waited on (a FIFO opened to write blocks until a reader comes) or raised as a raw OSError."""
+    refusal = f"{cut(str(path), 200)}: the fetch lock is not a plain file"
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as error:
+        raise DataError(f"{refusal} ({error.strerror or error}); it is only a lock, so delete it and run again") from error
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise DataError(f"{refusal}; it is only a lock, so delete it and run again")
+    return descriptor
 
 
 def _check_writable(data_dir: Path, title: str, folder: str) -> None:

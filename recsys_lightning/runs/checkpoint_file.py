@@ -301,13 +301,19 @@ def with_held_tables(checkpoint: dict[str, Any], path: str | Path, hyper_paramet
     from recsys_lightning.sharded.tables import WIDTH_MULTIPLE
 
     folder = tables_folder(path)
-    if not folder.is_dir():
-        return
     with torch.device("meta"):
         model = build_recommender(hyper_parameters["model"], hyper_parameters["num_users"], hyper_parameters["num_items"])
     names = {id(parameter): name for name, parameter in model.named_parameters()}
     shapes = {names[id(table)]: tuple(table.shape) for table in model.row_tables()}
     state_dict = checkpoint["state_dict"]
+    if not folder.is_dir():
+        # A sharded run's .ckpt without its tables: a warm start (partial by design) would take what is left, unsaid.
+        if shapes and not any(f"model.{name}" in state_dict for name in shapes):
+            raise ConfigError(
+                f"{path}: holds none of its model's row tables ({', '.join(sorted(shapes))}), and no {folder.name} folder "
+                "beside it, where a trainer=sharded run keeps them; restore that folder, or train the run again"
+            )
+        return
     twice = next((name for name in shapes if f"model.{name}" in state_dict), None)
     if twice is not None:
         raise ConfigError(f"{path}: holds model.{twice}, which {folder.name} beside it holds too; the files were altered")
