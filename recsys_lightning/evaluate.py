@@ -185,21 +185,22 @@ def evaluate_two_stage(
 
 
 def candidate_counts(candidates: int | Sequence[int], num_items: int) -> int | list[int]:
-    """A sweep's counts ascending, each at most the catalogue (those beyond it cut to it, in one logged line);
-    a single count as given, as the table always showed it."""
-    if isinstance(candidates, int):
-        return candidates
-    beyond = sorted({count for count in candidates if count > num_items})
+    """A sweep's counts ascending, or a single count, each at most the catalogue (those beyond it cut to it,
+    in one logged line: the table's recall@<count> column then names the catalogue, not a number typed)."""
+    counts = [candidates] if isinstance(candidates, int) else list(candidates)
+    beyond = sorted({count for count in counts if count > num_items})
     if beyond:
         cut = ", ".join(map(str, beyond)) + (" is" if len(beyond) == 1 else " are")
         log.warning(
             "retrieval.candidates=%s: this run has %s items, so %s cut to %d (every unseen item a candidate)",
-            shown(list(candidates)),
+            shown(candidates),
             f"{num_items:,}",
             cut,
             num_items,
         )
-    return sorted({min(count, num_items) for count in candidates})
+    if isinstance(candidates, int):
+        return min(candidates, num_items)
+    return sorted({min(count, num_items) for count in counts})
 
 
 def print_two_stage(table: pd.DataFrame, heading: str, out: TextIO = sys.stdout) -> None:

@@ -152,7 +152,15 @@ def test_a_sweep_prints_one_row_per_count_cut_to_the_catalogue(runs, caplog):
     assert list(table["candidates"]) == ["-", "-", 10, 100] and "top 10, 100 unseen items" in heading
     assert table["candidate recall"][3] == pytest.approx(1.0)
     assert table.loc[3, "ndcg@10"] == pytest.approx(table.loc[1, "ndcg@10"], abs=1e-6)  # every item a candidate: the re-ranker's ranking
-    assert candidate_counts(200, NUM_ITEMS) == 200  # one count: the table as it always was, recall@200
+
+
+def test_a_single_count_beyond_the_catalogue_is_cut_to_it_as_a_sweeps_are(caplog):
+    """recall@100 (every item), not a recall@100000000000 column named after a number the user typed."""
+    with caplog.at_level(logging.WARNING, logger="recsys_lightning.evaluate"):
+        assert candidate_counts(10**11, NUM_ITEMS) == NUM_ITEMS and candidate_counts(7, NUM_ITEMS) == 7
+    assert [record.getMessage() for record in caplog.records] == [
+        f"retrieval.candidates={10**11}: this run has 100 items, so {10**11} is cut to 100 (every unseen item a candidate)"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -244,9 +252,10 @@ def test_evaluate_entry_point_prints_the_stages(runs):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "test split, two-stage: user chunk 1 of 1, " in result.stderr  # progress lines go to the log, not the table
     heading, columns, *rows = result.stdout.strip().splitlines()
-    assert "candidate recall@200" in heading
+    assert "hands its top 100 unseen items" in heading and "candidate recall@100" in heading  # retrieval.candidates=200 of 100 items
+    assert "retrieval.candidates=200: this run has 100 items, so 200 is cut to 100 (every unseen item a candidate)" in result.stderr
     stages, gains = "\n".join(rows).split("\n\nover the retriever")
-    assert columns.split()[:3] == ["stage", "model", "recall@200"] and [row.split()[0] for row in stages.splitlines()] == list(STAGES)
+    assert columns.split()[:3] == ["stage", "model", "recall@100"] and [row.split()[0] for row in stages.splitlines()] == list(STAGES)
     assert gains.splitlines()[1].split() == ["stage", "ndcg@10", "recall@10"]  # the runs' eval.ks
     assert gains.splitlines()[2].split() == ["retriever", "1.000", "1.000"]
 
