@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
@@ -49,35 +49,16 @@ def infer_separator(path: Path) -> str:
     return "\t" if suffixes and suffixes[-1].lower() in {".tsv", ".tab"} else ","
 
 
-def read_interactions(
-    path: str | Path,
-    *,
-    user_col: str,
-    item_col: str,
-    rating_col: str | None = "rating",
-    timestamp_col: str | None = "timestamp",
-    target_col: str | None = "target",
-    sep: str | None = None,
-    encoding: str = "utf-8",
-) -> pd.DataFrame:
-    """Read one interaction file into columns user_id, item_id, rating, timestamp (and target if present).
+def read_interactions(path: str | Path, **options: Any) -> pd.DataFrame:
+    """Read one interaction file into columns user_id, item_id, rating, timestamp (and target if present):
+    every chunk of `read_interaction_chunks(path, **options)` (its keywords: user_col, item_col, rating_col,
+    timestamp_col, target_col, sep, encoding) joined into one frame.
 
     User and item columns must exist; rating, timestamp and target are used when the file has them.
     Ids come back as categories whose categories are the raw text of the file.
     Every problem a user can cause raises DataError with the file and the line or column.
     """
-    chunks = list(
-        read_interaction_chunks(
-            path,
-            user_col=user_col,
-            item_col=item_col,
-            rating_col=rating_col,
-            timestamp_col=timestamp_col,
-            target_col=target_col,
-            sep=sep,
-            encoding=encoding,
-        )
-    )
+    chunks = list(read_interaction_chunks(path, **options))
     merged = {name: union_categoricals([chunk[name] for chunk in chunks], sort_categories=True) for name in (USER, ITEM)}
     for name in chunks[0].columns.drop([USER, ITEM]):
         merged[name] = np.concatenate([chunk[name].to_numpy() for chunk in chunks])
