@@ -19,7 +19,7 @@ from recsys_lightning.runs.checkpoint_file import with_held_tables
 from recsys_lightning.runs.other_runs import PRETRAINED_KEY, best_checkpoint_of, warm_start_weights
 from recsys_lightning.runs.trained_run import load_trained
 from recsys_lightning.samplers import PopularitySampler, UniformSampler
-from recsys_lightning.sharded import STRATEGY, tables_folder
+from recsys_lightning.sharded import SAVE_KEY, STRATEGY, folders_of, save_id_of, table_optimizer_folder, tables_folder
 from recsys_lightning.sharded.checkpoint import save_sharded
 from recsys_lightning.sharded.strategy import check_shardable, fused_optimizer
 
@@ -242,9 +242,15 @@ def test_trainer_sharded_alone_trains_validates_and_tests_through_torchrun_at_tw
     names = [name for name in single if name.startswith(("val/", "test/"))]
     assert len(names) > 20 and all(abs(pair[name] - single[name]) < 0.01 for name in names)
     checkpoints = tmp_path / "w2" / "checkpoints"
-    for folder in ("last.tables", "last.table_optimizer"):
-        assert sorted(path.name for path in (checkpoints / folder).iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
-    assert (checkpoints / f"epoch{pair['best_epoch']:03d}.tables").is_dir()
+    # Each .ckpt names its save's folders, and the folders of its earlier saves (last.ckpt: three) are gone.
+    last = checkpoints / "last.ckpt"
+    save_id = torch.load(last, weights_only=True)[SAVE_KEY]
+    current = [tables_folder(last, save_id), table_optimizer_folder(last, save_id)]
+    assert sorted(folders_of(last)) == sorted(current)
+    for folder in current:
+        assert sorted(path.name for path in folder.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    best = checkpoints / f"epoch{pair['best_epoch']:03d}.ckpt"
+    assert tables_folder(best, torch.load(best, weights_only=True)[SAVE_KEY]).is_dir()
     # One process serves the two ranks' run: the tables read whole from beside the best .ckpt.
     evaluated = run_module("recsys_lightning.evaluate", f"run_dir={tmp_path / 'w2'}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
@@ -263,13 +269,52 @@ def test_trainer_sharded_alone_trains_validates_and_tests_through_torchrun_at_tw
     assert all(abs(resumed[name] - uninterrupted[name]) < 1e-6 for name in names), [(n, resumed[n], uninterrupted[n]) for n in names]
 
 
-def _sharded_checkpoint(tmp_path, tables: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-    """A plain module's checkpoint with its row tables moved to `<name>.tables` beside it, as trainer=sharded saves."""
+SAVED = "0123456789abcdef" * 2  # a save id, as new_save_id makes them
+
+
+def _sharded_checkpoint(tmp_path, tables: dict[str, torch.Tensor], save_id: str = SAVED) -> tuple[dict, dict]:
+    """A plain module's checkpoint with its row tables moved to `<name>.tables-<save id>` beside it, as
+    trainer=sharded saves."""
     module = build_module(module_config(), planted_data())
     hyper_parameters = dict(module.hparams)
     state_dict = {name: value for name, value in module.state_dict().items() if "factors" not in name and "bias" not in name}
-    save_sharded(tables, tables_folder(tmp_path / "epoch001.ckpt"))
-    return {"state_dict": state_dict}, hyper_parameters
+    save_sharded(tables, tables_folder(tmp_path / "epoch001.ckpt", save_id))
+    return {"state_dict": state_dict, SAVE_KEY: save_id}, hyper_parameters
+
+
+def _stored_tables(data, fill: Callable[[int, int], torch.Tensor]) -> dict[str, torch.Tensor]:
+    shapes = {"user_factors": (data.num_users, 16), "item_factors": (data.num_items, 16)}
+    shapes |= {"user_bias": (data.num_users, 4), "item_bias": (data.num_items, 4)}
+    return {f"{name}.embeddings.{name}.weight": fill(rows, dim) for name, (rows, dim) in shapes.items()}
+
+
+def test_a_checkpoint_reads_the_tables_of_its_own_save_not_newer_ones_a_crash_left_beside_it(tmp_path):
+    """A save writes new folders, then the .ckpt naming them: a crash between leaves the previous .ckpt
+    beside the new folders, and that .ckpt must read its own (the old name-only scheme read the new ones)."""
+    data = planted_data()
+    checkpoint, hyper_parameters = _sharded_checkpoint(tmp_path, _stored_tables(data, torch.zeros))
+    save_sharded(_stored_tables(data, torch.ones), tables_folder(tmp_path / "epoch001.ckpt", "f" * 32))  # the crashed save's
+    with_held_tables(checkpoint, tmp_path / "epoch001.ckpt", hyper_parameters)
+    assert not checkpoint["state_dict"]["model.user_factors"].any()
+    assert len(folders_of(tmp_path / "epoch001.ckpt")) == 2
+
+
+@pytest.mark.parametrize("save_id", ["../../etc", "F" * 32, "0" * 31, 7, ["0" * 32]])
+def test_a_save_id_that_is_not_one_this_project_writes_is_refused_in_one_line(tmp_path, save_id):
+    """The .ckpt is untrusted and its save id names a folder: only 32 lowercase hex digits, so that it can
+    only name a sibling of the .ckpt."""
+    with pytest.raises(ConfigError, match=r"epoch001\.ckpt: refused, its sharded_save is not a save id") as refused:
+        save_id_of({SAVE_KEY: save_id}, tmp_path / "epoch001.ckpt")
+    assert "\n" not in str(refused.value)
+    assert save_id_of({}, tmp_path / "epoch001.ckpt") is None and save_id_of({SAVE_KEY: SAVED}, tmp_path / "x.ckpt") == SAVED
+
+
+def test_the_folders_of_a_checkpoint_are_its_own_saves_only(tmp_path):
+    for name in ("epoch001.tables", f"epoch001.tables-{SAVED}", f"epoch001.table_optimizer-{'a' * 32}", "epoch0010.tables",
+                 f"epoch0010.tables-{SAVED}", "epoch001.tables-x", f"epoch001.tables-{SAVED}x", "epoch001.ckpt"):  # fmt: skip
+        (tmp_path / name).mkdir()
+    found = sorted(path.name for path in folders_of(tmp_path / "epoch001.ckpt"))
+    assert found == ["epoch001.table_optimizer-" + "a" * 32, "epoch001.tables", f"epoch001.tables-{SAVED}"]
 
 
 def test_a_sharded_checkpoint_is_read_whole_in_one_process_bounded_by_the_recorded_model(tmp_path):
@@ -283,7 +328,7 @@ def test_a_sharded_checkpoint_is_read_whole_in_one_process_bounded_by_the_record
     with_held_tables(checkpoint, tmp_path / "epoch001.ckpt", hyper_parameters)
     for name, (_, dim) in shapes.items():
         assert torch.equal(checkpoint["state_dict"][f"model.{name}"], stored[name][:, :dim])
-    with pytest.raises(ConfigError, match=r"epoch001.ckpt: holds model.user_factors, which epoch001.tables beside it holds too"):
+    with pytest.raises(ConfigError, match=rf"epoch001.ckpt: holds model.user_factors, which epoch001.tables-{SAVED} beside it holds too"):
         with_held_tables(checkpoint, tmp_path / "epoch001.ckpt", hyper_parameters)
 
 

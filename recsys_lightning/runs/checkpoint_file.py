@@ -18,6 +18,7 @@ from recsys_lightning.data.catalogue_reference import PREPARED_KEY, CatalogueRef
 from recsys_lightning.errors import ConfigError, cut, first_line, quote
 from recsys_lightning.prepared.folder import PreparedFolder
 from recsys_lightning.prepared.layout import MANIFEST
+from recsys_lightning.sharded import SAVE_KEY, save_id_of, tables_folder
 
 FORMAT_KEY = "recsys_lightning_format"
 FORMAT_VERSION = 1  # raise it when a checkpoint's layout changes, so old files are refused by name, not by a KeyError
@@ -45,7 +46,7 @@ LIGHTNING_KEYS = frozenset(
         "MixedPrecision",
     }
 )
-CHECKPOINT_KEYS = LIGHTNING_KEYS | {FORMAT_KEY, CATALOGUE_KEY}
+CHECKPOINT_KEYS = LIGHTNING_KEYS | {FORMAT_KEY, CATALOGUE_KEY, SAVE_KEY}
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
@@ -296,11 +297,10 @@ def with_held_tables(checkpoint: dict[str, Any], path: str | Path, hyper_paramet
     export serve it in one process. Each table is bounded by the shape the checked `hyper_parameters` give it
     (built on the meta device), never by the files. A checkpoint with no such folder is left as it is."""
     from recsys_lightning.models.base import build_recommender
-    from recsys_lightning.sharded import tables_folder
     from recsys_lightning.sharded.checkpoint import load_sharded_tables
     from recsys_lightning.sharded.tables import WIDTH_MULTIPLE
 
-    folder = tables_folder(path)
+    folder = tables_folder(path, save_id_of(checkpoint, path))
     with torch.device("meta"):
         model = build_recommender(hyper_parameters["model"], hyper_parameters["num_users"], hyper_parameters["num_items"])
     names = {id(parameter): name for name, parameter in model.named_parameters()}

@@ -26,7 +26,7 @@ from recsys_lightning.losses import Candidates
 from recsys_lightning.models.mf import MatrixFactorization
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.ranges import Range
-from recsys_lightning.sharded import table_optimizer_folder, tables_folder
+from recsys_lightning.sharded import SAVE_KEY, folders_of, new_save_id, save_id_of, table_optimizer_folder, tables_folder
 from recsys_lightning.sharded.checkpoint import load_into, save_sharded
 from recsys_lightning.sharded.tables import ShardedRowTables, TableRows, TableSpec
 
@@ -49,7 +49,7 @@ class ShardedTablesStrategy(DDPStrategy):
     def __init__(self, row_wise_min_rows: Annotated[int, Range(1)] = 100_000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.row_wise_min_rows = row_wise_min_rows
-        self._loading_from: Path | None = None  # the .ckpt being restored, whose tables are beside it
+        self._loading_from: tuple[Path, str | None] | None = None  # the .ckpt being restored and its save id
 
     def teardown(self) -> None:
         """Every rank waits for the others before Lightning tears down: TorchRec's all-to-alls over gloo can
@@ -87,25 +87,32 @@ class ShardedTablesStrategy(DDPStrategy):
     # -- checkpoints: rank 0 writes the .ckpt (the dense rest), every rank its rows of the tables beside it ----
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
-        """The fused optimizer's state, the tables, then the .ckpt: a .ckpt is never there without its tables (a
-        crash between leaves newer folders beside the previous .ckpt of that name, whose dense rest is the mean
-        rating alone for mf)."""
+        """The fused optimizer's state and the tables into new folders named by a fresh save id, then the .ckpt
+        naming that id (replaced atomically), then the folders of earlier saves: at every moment the .ckpt on
+        disk names complete folders, so a crash anywhere leaves a resumable checkpoint."""
         tables = self.lightning_module.model.sharded_tables
+        save_id = new_save_id()
         state = fused_optimizer_state(tables)
         if state:  # sgd keeps none
-            save_sharded(state, table_optimizer_folder(filepath))
-        save_sharded(tables.sharded.state_dict(), tables_folder(filepath))
-        super().save_checkpoint(checkpoint, filepath, storage_options)
+            save_sharded(state, table_optimizer_folder(filepath, save_id))
+        save_sharded(tables.sharded.state_dict(), tables_folder(filepath, save_id))
+        super().save_checkpoint({**checkpoint, SAVE_KEY: save_id}, filepath, storage_options)
+        if self.is_global_zero:
+            current = {tables_folder(filepath, save_id), table_optimizer_folder(filepath, save_id)}
+            for folder in folders_of(filepath):
+                if folder not in current:
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def remove_checkpoint(self, filepath: Any) -> None:
         super().remove_checkpoint(filepath)
         if self.is_global_zero:
-            shutil.rmtree(tables_folder(filepath), ignore_errors=True)
-            shutil.rmtree(table_optimizer_folder(filepath), ignore_errors=True)
+            for folder in folders_of(filepath):
+                shutil.rmtree(folder, ignore_errors=True)
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-        self._loading_from = Path(checkpoint_path)
-        return super().load_checkpoint(checkpoint_path, weights_only)
+        checkpoint = super().load_checkpoint(checkpoint_path, weights_only)
+        self._loading_from = (Path(checkpoint_path), save_id_of(checkpoint, checkpoint_path))
+        return checkpoint
 
     def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
         """The .ckpt's dense rest, then each rank's rows from the tables beside it (saved at any W: the
@@ -115,10 +122,11 @@ class ShardedTablesStrategy(DDPStrategy):
             hand_over_tables(module, self.row_wise_min_rows, self.root_device)
         super().load_model_state_dict(checkpoint, strict)
         tables = module.model.sharded_tables
-        load_into(tables.sharded.state_dict(), tables_folder(self._loading_from))
+        path, save_id = self._loading_from
+        load_into(tables.sharded.state_dict(), tables_folder(path, save_id))
         state = fused_optimizer_state(tables)
         if state:  # the accumulators too, so that a resumed run steps as the uninterrupted one
-            load_into(state, table_optimizer_folder(self._loading_from))
+            load_into(state, table_optimizer_folder(path, save_id))
 
 
 def fused_optimizer_state(tables: ShardedRowTables) -> dict[str, Any]:
