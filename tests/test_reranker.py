@@ -20,6 +20,7 @@ from recsys_lightning.rerank.build import check_reranker_config
 from recsys_lightning.rerank.features import CandidateFeatures, ItemSide, check_feature_names
 from recsys_lightning.rerank.ranker import LinearReranker, listwise_loss
 from recsys_lightning.rerank.runs import load_fold_retriever, load_retriever
+from recsys_lightning.runs.safe_config import checked_module_hyper_parameters
 from recsys_lightning.validation import check_training_config
 
 from helpers import FrameDataModule, compose_config, module_config, planted_frame, run_module, trained_run_folder
@@ -229,6 +230,12 @@ def test_reranker_config_refusals(overrides, message):
 def test_the_reranker_model_alone_is_refused_naming_its_preset():
     with pytest.raises(ConfigError, match=r"^model=LinearReranker trains on a retriever's candidates: use experiment=ml100k_reranker"):
         check_training_config(compose_config("config", "model=linear_reranker"))
+
+
+def test_a_reranker_checkpoint_is_refused_by_serving_in_one_line():
+    record = {"model": {"_target_": "recsys_lightning.rerank.LinearReranker", "features": ["retriever_z"]}, "num_items": 5}
+    with pytest.raises(ConfigError, match=r"^run.ckpt: a re-ranker's run .* which evaluate and recommend do not load yet"):
+        checked_module_hyper_parameters(record, "run.ckpt")
 
 
 def _train(*overrides: str) -> dict:

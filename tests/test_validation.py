@@ -18,7 +18,17 @@ from recsys_lightning.recommend import serve
 from recsys_lightning.serving.arguments import check_serving_config
 from recsys_lightning.validation import TRAINING_RULES, check_training_config, logged_metrics
 
-from helpers import FrameDataModule, all_options, compose_config, option_config, options, quiet_trainer, run_module, training_config
+from helpers import (
+    FrameDataModule,
+    all_options,
+    compose_config,
+    option_config,
+    options,
+    quiet_trainer,
+    recommender_options,
+    run_module,
+    training_config,
+)
 
 
 def refused(check, cfg) -> str:
@@ -85,7 +95,7 @@ def loss_sampler_pairs() -> list[tuple[str, str, str]]:
     """Every (loss, sampler) pair, the only two keys check_loss_and_sampler reads; the models take turns
     (a Latin square: each model with several losses and samplers), since no check reads the model with them."""
     # A re-ranker is not trained with a loss or sampler (it is refused alone: test_reranker.py).
-    models, losses, samplers = [model for model in options("model") if model != "linear_reranker"], options("loss"), options("sampler")
+    models, losses, samplers = recommender_options(), options("loss"), options("sampler")
     return [
         (models[(i + j) % len(models)], loss, sampler)
         for (i, loss), (j, sampler) in itertools.product(enumerate(losses), enumerate(samplers))
