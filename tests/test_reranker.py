@@ -220,11 +220,15 @@ def test_a_fold_without_holdout_is_refused_naming_the_share(runs):
         (["retrieval.run_dir=r", "rerank.fold_run_dir=f", "data.rerank_holdout=0.125"], r"^data.rerank_holdout=0.125: the re-ranker"),
         (["retrieval.run_dir=r", "rerank.fold_run_dir=f", "rerank.holdout=1.5"], r"^rerank.holdout=1.5: must be a share"),
         (["retrieval.run_dir=r", "rerank.fold_run_dir=f", "retrieval.candidates=5"], r"^retrieval.candidates=5: must be an integer >= max"),
+        (["retrieval.run_dir=r", "rerank.fold_run_dir=f", "rerank.ease_l2=0"], r"^rerank.ease_l2=0: must be a number > 0"),
+        (["retrieval.run_dir={empty}", "rerank.fold_run_dir=f"], r"^retrieval.run_dir: .*: cannot find the 'best' checkpoint"),
     ],
 )
-def test_reranker_config_refusals(overrides, message):
-    with pytest.raises(ConfigError, match=message):
+def test_reranker_config_refusals(overrides, message, tmp_path):
+    overrides = [override.format(empty=tmp_path) for override in overrides]  # a folder without a run
+    with pytest.raises(ConfigError, match=message) as error:
         check_reranker_config(compose_config("config", "experiment=ml100k_reranker", *overrides))
+    assert "\n" not in str(error.value)
 
 
 def test_the_reranker_model_alone_is_refused_naming_its_preset():

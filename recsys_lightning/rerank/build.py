@@ -21,6 +21,7 @@ from recsys_lightning.rerank.features import CandidateFeatures, ItemSide, check_
 from recsys_lightning.rerank.lists import candidate_lists, ms_per_1000_users, retriever_metrics
 from recsys_lightning.rerank.module import STAGE, RerankerModule
 from recsys_lightning.rerank.runs import FOLD_KEY, RETRIEVER_KEY, load_fold_retriever, load_retriever
+from recsys_lightning.runs.other_runs import best_checkpoint_of
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,17 @@ def check_reranker_config(cfg: DictConfig) -> None:
     batch_users = OmegaConf.select(cfg, "rerank.batch_users")
     if batch_users is not None and (isinstance(batch_users, bool) or not isinstance(batch_users, int) or batch_users < 1):
         raise ConfigError(f"rerank.batch_users={batch_users}: must be an integer >= 1, or null (every user's lists in one step)")
+    ease_l2 = OmegaConf.select(cfg, "rerank.ease_l2")
+    if isinstance(ease_l2, bool) or not isinstance(ease_l2, (int, float)) or not ease_l2 > 0:
+        raise ConfigError(f"rerank.ease_l2={ease_l2}: must be a number > 0 (model=ease's l2; 300 on ML-100K)")
     if cfg.get("ckpt_path") is not None:
         raise ConfigError("ckpt_path: a re-ranker run is not resumed (it trains in about a minute); start it again without ckpt_path")
+    for key in (RETRIEVER_KEY, FOLD_KEY):  # a missing run is told before the data loads
+        best_checkpoint_of(str(OmegaConf.select(cfg, key)), key)
 
 
 def build_reranker(cfg: DictConfig) -> tuple[RerankDataModule, RerankerModule]:
-    """The lists, the module and the serving stages of a re-ranker run (`is_reranker(cfg)`)."""
+    """The data module (the lists, and what serving them takes) and the module of a re-ranker run (`is_reranker(cfg)`)."""
     check_reranker_config(cfg)
     data: InteractionDataModule = build_datamodule(cfg.data)
     data.setup("fit")
@@ -72,6 +78,11 @@ def build_reranker(cfg: DictConfig) -> tuple[RerankDataModule, RerankerModule]:
         valid = candidate_lists(retriever.model, data.valid_positives, train, serving, n, chunk_size)
         test = candidate_lists(retriever.model, data.test_positives, train.union(data.valid_positives), serving, n, chunk_size)
     found = sum(int(part.targets.sum()) for part in training)
+    if not found:
+        raise ConfigError(
+            f"none of the {int(held.sum()):,} held-out training rows is among the fold retriever's top {n} "
+            f"({FOLD_KEY}), so the ranker has nothing to learn from: raise retrieval.candidates or rerank.holdout"
+        )
     log.info(
         "re-ranker lists: %s training rows held out (rerank.holdout=%g), %.4f of them among the fold retriever's top %d; "
         "%d validation and %d test users",
