@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from recsys_lightning.config import check_override_keys
 from recsys_lightning.data.features import FeatureTable
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.split import rerank_holdout
@@ -234,6 +235,12 @@ def test_reranker_config_refusals(overrides, message, tmp_path):
 def test_the_reranker_model_alone_is_refused_naming_its_preset():
     with pytest.raises(ConfigError, match=r"^model=LinearReranker trains on a retriever's candidates: use experiment=ml100k_reranker"):
         check_training_config(compose_config("config", "model=linear_reranker"))
+
+
+def test_the_presets_own_keys_are_known_on_the_command_line_only_beside_it():
+    check_override_keys(["experiment=ml100k_reranker", "retrieval.run_dir=r", "rerank.holdout=0.25"], "config")
+    with pytest.raises(ConfigError, match=r"^rerank.holdout=0.25: no config group or key 'rerank'"):
+        check_override_keys(["rerank.holdout=0.25"], "config")
 
 
 def test_a_reranker_checkpoint_is_refused_by_serving_in_one_line():
