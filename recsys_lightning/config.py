@@ -35,7 +35,7 @@ def check_override_keys(arguments: Sequence[str], config_name: str) -> None:
     left to Hydra."""
     if any(argument.startswith(("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")) for argument in arguments):
         return  # another config: its names are not these
-    known = _top_level_names(config_name)
+    known = _top_level_names(config_name) | _global_option_keys(arguments)
     for argument in arguments:
         if argument.startswith(("-", "+", "~")) or "=" not in argument:
             continue
@@ -75,6 +75,21 @@ def _check_group_key(key: str, value: str, arguments: Sequence[str], config_name
         if not names:
             hint = f"it takes no keys; pick another {group} option"
         raise ConfigError(f"{key}={value}: {group}={option.strip()} has no key {name!r}; {hint}")
+
+
+def _global_option_keys(arguments: Sequence[str]) -> frozenset[str]:
+    """The top-level keys the `_global_` options a command line picks add (`experiment=ml100k_reranker` adds
+    `rerank` and `retrieval`): keys of the composed config, so `rerank.holdout=0.25` beside it is no typo."""
+    names: set[str] = set()
+    for argument in arguments:
+        group, _, options = argument.partition("=")
+        if argument.startswith(("-", "+", "~")) or "." in group or not (PROJECT_ROOT / "conf" / group).is_dir():
+            continue
+        for option in options.split(","):
+            path = PROJECT_ROOT / "conf" / group / f"{option.strip()}.yaml"
+            if _is_global_option(group, option):
+                names |= set(OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}) - {"defaults"}
+    return frozenset(names)
 
 
 def _is_global_option(group: str, options: str) -> bool:

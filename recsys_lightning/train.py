@@ -40,6 +40,8 @@ from recsys_lightning.models.closed_form import ClosedFormRecommender
 from recsys_lightning.models.popularity import Popularity
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.projector import log_item_embeddings
+from recsys_lightning.rerank import is_reranker
+from recsys_lightning.rerank.build import build_reranker, closing_lines, reranker_figures
 from recsys_lightning.runs.atomic import atomic_file
 from recsys_lightning.runs.checkpoint_file import load_checkpoint
 from recsys_lightning.runs.resume import check_resume_callbacks, check_resume_fits
@@ -172,6 +174,8 @@ def _fit_and_test(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals, 
     metrics["data_source"] = datamodule.source
     metrics["eval_candidates"] = str(cfg.eval.candidates)  # which items val/ and test/ ranked: all, or each part's new ones
     metrics["best_checkpoint"] = os.path.relpath(best_checkpoint, run_folder.path)
+    if is_reranker(cfg):  # the retriever alone on the same lists, and what each way costs
+        metrics.update(reranker_figures(datamodule, module, list(cfg.eval.ks)))
 
     monitor, ks = str(cfg.monitor.metric), list(cfg.eval.ks)
     baseline = None
@@ -181,13 +185,16 @@ def _fit_and_test(cfg: DictConfig, run_folder: RunFolder, signals: StopSignals, 
         chosen = OmegaConf.merge(cfg, {"data": {"batch_size": datamodule.batch_size}})  # auto shown as what it chose
         log_run_table(trainer.loggers, chosen, _hydra_choices(), metrics, trainer.global_step)
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger) and cfg.projector.max_items > 0:
+            if isinstance(logger, TensorBoardLogger) and cfg.projector.max_items > 0 and isinstance(module, RecommenderModule):
                 # The module holds the best checkpoint's weights here: validate and test loaded them.
                 log_item_embeddings(logger.experiment, module.model, module.data.catalogue, cfg.projector.max_items, trainer.global_step)
         with atomic_file(run_folder.path / "metrics.json") as handle:
             json.dump(metrics, handle, indent=2, sort_keys=True)
         tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers) and not _in_sweep()
-        note = closing_note(metrics, monitor, baseline, datamodule.batch_size, isinstance(module.model, ClosedFormRecommender))
+        if is_reranker(cfg):
+            note = closing_lines(metrics, ks[0])
+        else:
+            note = closing_note(metrics, monitor, baseline, datamodule.batch_size, isinstance(module.model, ClosedFormRecommender))
         print(run_summary(metrics, monitor, ks, run_folder.path, tensorboard, note), flush=True)
     return metrics
 
@@ -219,6 +226,10 @@ def _prepare(cfg: DictConfig, run_folder: RunFolder) -> tuple[InteractionDataMod
     if resume_from is not None:
         check_same_config(recorded_state(resume_state), cfg, str(resume_from))
     pl.seed_everything(stream_seed(cfg.seed, "init") % 2**32, workers=True)  # model initialisation
+    if is_reranker(cfg):  # a second stage: trained on a retriever's candidate lists (recsys_lightning/rerank/)
+        reranker_data, reranker = build_reranker(cfg)
+        callbacks = [_instantiate_callback(callback, reranker_data, cfg) for callback in cfg.callbacks.values() if callback]
+        return reranker_data, reranker, [*callbacks, RunRecord(cfg)], None
     check_memory(cfg, *config_sizes(cfg))  # what config alone sizes (a batch of negatives), before the data loads
     datamodule: InteractionDataModule = build_datamodule(cfg.data, **_features_unread(cfg))
     datamodule.setup("fit")  # the model's size depends on the data

@@ -46,6 +46,8 @@ from recsys_lightning.ranges import (
     shown,
     shown_path,
 )
+from recsys_lightning.rerank import is_reranker
+from recsys_lightning.rerank.module import STAGE as RERANK_STAGE
 from recsys_lightning.sharded import holds_tables
 from recsys_lightning.threads import processes_per_host
 
@@ -103,6 +105,7 @@ def check_training_config(cfg: DictConfig) -> None:
     """Everything `train` can check without data: the entry point calls it first."""
     check_known_keys(cfg)
     check_preset_choices(cfg)
+    check_reranker_preset(cfg)
     check_rules(cfg, TRAINING_RULES)
     for key, node in _built_nodes(cfg, with_callbacks=True):
         check_rules(cfg, {f"{key}.{name}": rule for name, rule in constructor_rules(node._target_).items()})
@@ -116,6 +119,20 @@ def check_training_config(cfg: DictConfig) -> None:
         check_folder_path(key, config_value(cfg, key))
     _check_pretrained_runs(config_value(cfg, "pretrained_from"))
     check_prepared_data(cfg)
+
+
+def check_reranker_preset(cfg: DictConfig) -> None:
+    """A re-ranker trains on a retriever's candidate lists, whose keys (retrieval, rerank) and monitor
+    (val/two_stage/ndcg@10) a preset sets: chosen alone, `model=linear_reranker` is refused in one line."""
+    if is_reranker(cfg) and cfg.get("rerank") is None:
+        raise ConfigError(
+            f"model={_chosen_model(cfg)} trains on a retriever's candidates: use experiment=ml100k_reranker "
+            'retrieval.run_dir=<retriever run> rerank.fold_run_dir=<fold run> (README, "Two stages")'
+        )
+
+
+def _chosen_model(cfg: DictConfig) -> str:
+    return str(cfg.model._target_).rsplit(".", 1)[-1]
 
 
 def check_prepared_data(cfg: DictConfig) -> None:
@@ -204,7 +221,9 @@ def check_rules(cfg: DictConfig, rules: dict[str, Rule]) -> None:
 
 
 def logged_metrics(cfg: DictConfig) -> list[str]:
-    """Names the module logs during fit with this config (module.py): what a monitor may name."""
+    """Names the module logs during fit with this config (module.py, rerank/module.py): what a monitor may name."""
+    if is_reranker(cfg):
+        return [f"val/{RERANK_STAGE}/{metric}@{k}" for metric in METRIC_NAMES for k in cfg.eval.ks] + ["train/loss"]
     loss_class = get_class(cfg.loss._target_)
     names = [f"val/{metric}@{k}" for metric in METRIC_NAMES for k in cfg.eval.ks] + ["train/loss"]
     return names + [f"val/{name}" for kind in loss_class.prediction_metrics for name in kind.names]
@@ -219,6 +238,8 @@ def check_monitors(cfg: DictConfig) -> None:
     # optimized_metric is read from metrics.json: validation and test figures, no training loss.
     predicted = [f"test/{name}" for kind in get_class(cfg.loss._target_).prediction_metrics for name in kind.names]
     test_names = [f"test/{metric}@{k}" for metric in (*METRIC_NAMES, *CATALOGUE_METRIC_NAMES) for k in cfg.eval.ks] + predicted
+    if is_reranker(cfg):
+        test_names = [name.replace("val/", "test/", 1) for name in logged if name.startswith("val/")]
     recorded = [name for name in logged if name != "train/loss"] + (test_names if cfg.run_test else [])
     watchers = [
         (f"callbacks.{name}.monitor", f"callbacks.{name}.mode")

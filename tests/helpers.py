@@ -107,6 +107,12 @@ def options(group: str) -> list[str]:
     return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
 
 
+def recommender_options() -> list[str]:
+    """The `model=` options that are Recommenders (score any (user, item)); not the re-rankers, which order a
+    retriever's candidate lists from their features (recsys_lightning/rerank/) and are built only by train."""
+    return [option for option in options("model") if not option.endswith("_reranker")]
+
+
 def all_options() -> list[tuple[str, str]]:
     """Every (group, option) a user can pick with `group=option` (Hydra's own settings aside)."""
     groups = sorted(group.name for group in CONF.iterdir() if group.is_dir() and group.name != "hydra")

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from recsys_lightning.models import ClosedFormRecommender, Recommender
 
-from helpers import CONF, options
+from helpers import CONF, recommender_options
 
 # Distinct from every width in conf/model/, so a table with a row per user or per item is told by its shape.
 NUM_USERS, NUM_ITEMS = 9, 13
@@ -20,7 +20,7 @@ SCORING_SWITCHES = ("bias", "zero_init_mlp", "sparse_gradients")
 
 
 def model_cases():
-    for option in options("model"):
+    for option in recommender_options():
         defaults = OmegaConf.load(CONF / "model" / f"{option}.yaml")
         yield pytest.param((option, {}), id=option)
         for key in SCORING_SWITCHES:

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from recsys_lightning import config
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.rerank import RERANKER_TARGETS
 from recsys_lightning.runs.offered import OFFERED_TARGETS
 from recsys_lightning.runs.safe_config import checked_component
 
@@ -30,7 +31,9 @@ def test_the_listed_classes_are_exactly_those_conf_offers(group):
     for path in sorted((CONF / group).glob("*.yaml")):
         for target in targets_in(OmegaConf.to_container(OmegaConf.load(path), resolve=False)):
             named_in.setdefault(target, path.relative_to(ROOT))
-    unlisted = sorted(set(named_in) - OFFERED_TARGETS[group])
+    # A re-ranker is built only by train from the composed config; no recorded config may build it (serving
+    # a re-ranker run is not offered yet: evaluate and recommend refuse its checkpoint).
+    unlisted = sorted(set(named_in) - OFFERED_TARGETS[group] - RERANKER_TARGETS)
     assert not unlisted, (
         f"{named_in[unlisted[0]]} names {unlisted[0]}, which recsys_lightning/runs/offered.py does not list: add "
         f'"{unlisted[0]}" to OFFERED_TARGETS["{group}"], or a checkpoint of it cannot be served or evaluated'

@@ -24,7 +24,7 @@ from recsys_lightning.runs.checkpoint_file import catalogue_from_checkpoint, fin
 from recsys_lightning.runs.checkpoint_io import AtomicCheckpointIO
 from recsys_lightning.runs.trained_run import load_trained
 
-from helpers import CONF, ROOT, options
+from helpers import CONF, ROOT, recommender_options
 
 MIB = 1 << 20
 
@@ -241,7 +241,7 @@ def test_a_recorded_model_asking_for_gigabytes_is_one_line_within_4_gb(movielens
         assert line == f"error: {path}: its weights do not fit its model config ({CRAFTED_MODELS[kind][1]})"
 
 
-@pytest.mark.parametrize("option", options("model"))
+@pytest.mark.parametrize("option", recommender_options())
 def test_every_model_is_sized_on_the_meta_device_without_memory(option):
     """Ten million users by 40,000 items: gigabytes for real (EASE's item matrix alone is 6.4 GB), nothing on meta."""
     config = yaml.safe_load((CONF / "model" / f"{option}.yaml").read_text())

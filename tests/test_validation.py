@@ -18,7 +18,17 @@ from recsys_lightning.recommend import serve
 from recsys_lightning.serving.arguments import check_serving_config
 from recsys_lightning.validation import TRAINING_RULES, check_training_config, logged_metrics
 
-from helpers import FrameDataModule, all_options, compose_config, option_config, options, quiet_trainer, run_module, training_config
+from helpers import (
+    FrameDataModule,
+    all_options,
+    compose_config,
+    option_config,
+    options,
+    quiet_trainer,
+    recommender_options,
+    run_module,
+    training_config,
+)
 
 
 def refused(check, cfg) -> str:
@@ -62,6 +72,8 @@ def test_every_config_option_passes(group, option, monkeypatch, tmp_path):
     # the one preset that starts from other runs names placeholders for them (tested below), data=prepared a folder
     if option == "ml100k_ncf_pretrained":
         cfg = training_config(f"{group}={option}", f"pretrained_from=[{tmp_path},{tmp_path}]")
+    elif option in ("linear_reranker", "ml100k_reranker"):  # a re-ranker: its preset, with its two runs
+        cfg = training_config("experiment=ml100k_reranker", f"retrieval.run_dir={tmp_path}", f"rerank.fold_run_dir={tmp_path}")
     elif option == "prepared":  # the one data option without a default source: its folder is required
         cfg = training_config(f"{group}={option}", f"data.path={tmp_path}")
     else:
@@ -82,7 +94,8 @@ def test_a_preset_that_needs_runs_says_so_before_data_is_loaded():
 def loss_sampler_pairs() -> list[tuple[str, str, str]]:
     """Every (loss, sampler) pair, the only two keys check_loss_and_sampler reads; the models take turns
     (a Latin square: each model with several losses and samplers), since no check reads the model with them."""
-    models, losses, samplers = options("model"), options("loss"), options("sampler")
+    # A re-ranker is not trained with a loss or sampler (it is refused alone: test_reranker.py).
+    models, losses, samplers = recommender_options(), options("loss"), options("sampler")
     return [
         (models[(i + j) % len(models)], loss, sampler)
         for (i, loss), (j, sampler) in itertools.product(enumerate(losses), enumerate(samplers))

@@ -6,7 +6,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 import numpy as np
@@ -24,7 +24,7 @@ from recsys_lightning.data.interactions import ITEM, PART, TARGET, USER, Interac
 from recsys_lightning.data.positives import TrainingPositives
 from recsys_lightning.data.sized_defaults import AUTO, auto_batch_size
 from recsys_lightning.data.sparse import UserItemCSR
-from recsys_lightning.data.split import SPLIT_KINDS, Split, split_by_parts, split_interactions
+from recsys_lightning.data.split import SPLIT_KINDS, Split, rerank_holdout, split_by_parts, split_interactions
 from recsys_lightning.data.training_data import TrainingData
 from recsys_lightning.errors import ConfigError, DataError, quote
 from recsys_lightning.ranges import AnyOf, Choice, Range, Shares, integer
@@ -75,6 +75,7 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         val_users: Annotated[int | None, Range(1)] = None,
         seed: int = 0,
         eval_candidates: Annotated[str, Choice(EVAL_CANDIDATES)] = "all",
+        rerank_holdout: Annotated[float, Range(0, 1, open_high=True)] = 0.0,
     ) -> None:
         super().__init__()
         if eval_candidates == "cold" and split != "cold_items":  # a recorded config (evaluate) is not checked by train
@@ -91,6 +92,7 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         self.val_users = val_users
         self.seed = seed
         self.eval_candidates = eval_candidates
+        self.rerank_holdout = rerank_holdout
         self.interactions: Interactions | None = None
         self.training_data: TrainingData | None = None
         self._chunks: dict[tuple[str, int, int, int | None], RankingChunks] = {}
@@ -144,6 +146,8 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
                 raise DataError(f"{self.source}: {error}") from error
         else:
             self.split = split_interactions(self.interactions, self.split_kind, self.split_ratios, self.seed)
+        if self.rerank_holdout:
+            self.split = self._without_rerank_holdout(self.split)
         if len(self.split.valid) == 0:
             raise DataError(
                 f"{self.source}: no validation interaction is left{self._left_out_note('valid')}; "
@@ -178,6 +182,18 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
             user_features=index_features(loaded.user_features, self.interactions.user_ids, "user") if loaded.user_features else None,
         )
         self._log_summary()
+
+    def _without_rerank_holdout(self, split: Split) -> Split:
+        """`split` with `rerank_holdout` of each user's training rows left out of training (split.rerank_holdout
+        draws them); valid and test stay as they are. The run is a re-ranker's fold retriever."""
+        held = rerank_holdout(self.interactions.users[split.train], self.rerank_holdout, self.seed)
+        log.info(
+            "data.rerank_holdout=%g: %s of %s training rows held out of training (a re-ranker's fold retriever)",
+            self.rerank_holdout,
+            f"{int(held.sum()):,}",
+            f"{len(held):,}",
+        )
+        return replace(split, train=split.train[~held])
 
     @property
     def has_test(self) -> bool:

@@ -90,6 +90,26 @@ def split_users(
     return part, int(((~splittable) & (counts > 0)).sum())
 
 
+def rerank_holdout(users: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Which training rows (`users`: each row's user) a re-ranker holds out as its targets: per user, a random
+    `share` of the rows (round(share x count), at least one, never all), drawn from `seed` alone as the
+    ratio split draws, so the same seed holds out the same rows. A bool mask over the rows.
+
+    A retriever trained without them (`data.rerank_holdout`) scores them as it scores unseen items: the
+    honest signal a re-ranker learns from (recsys_lightning/rerank/)."""
+    held = np.zeros(len(users), dtype=bool)
+    if share <= 0 or len(users) == 0:
+        return held
+    draw = np.random.default_rng(stream_seed(seed, "rerank_holdout")).random(len(users))
+    order = np.lexsort((draw, users))
+    counts = np.bincount(users)
+    taken = np.minimum(np.maximum(1, np.floor(counts * share + 0.5)), counts - 1).astype(np.int64)
+    sorted_users = users[order]
+    position = np.arange(len(users)) - (np.cumsum(counts) - counts)[sorted_users]
+    held[order] = position < taken[sorted_users]
+    return held
+
+
 def _split_items(interactions: Interactions, ratios: Sequence[float], seed: int) -> Split:
     """Held-out items never occur in train, so the split measures how a model ranks items it has only
     seen through their features. Users whose items are all held out keep no training row; they stay,

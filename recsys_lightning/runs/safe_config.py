@@ -100,10 +100,20 @@ MODULE_COMPONENTS = ("model", "loss", "sampler", "optimizer")
 MODULE_KEYS = frozenset({"num_users", "num_items", *MODULE_COMPONENTS, "scheduler", "ks", "seed"})
 
 
+# Where re-rankers live (recsys_lightning/rerank/): their runs are told apart by name, never imported here.
+RERANKER_PACKAGE = "recsys_lightning.rerank."
+
+
 def checked_module_hyper_parameters(hyper_parameters: Any, source: str) -> dict[str, Any]:
     """A checkpoint's `hyper_parameters`, checked key by key, ready for `RecommenderModule(**...)`."""
     if not isinstance(hyper_parameters, Mapping):
         raise ConfigError(f"{source}: hyper_parameters is {quote(hyper_parameters)}, not a mapping; not a checkpoint of this project")
+    model = hyper_parameters.get("model")
+    if isinstance(model, Mapping) and str(model.get("_target_", "")).startswith(RERANKER_PACKAGE):
+        raise ConfigError(
+            f"{source}: a re-ranker's run (experiment=ml100k_reranker), which evaluate and recommend do not load yet; "
+            "its metrics.json holds both stages' figures"
+        )
     unknown = sorted(str(key) for key in hyper_parameters if key not in MODULE_KEYS)
     if unknown:
         raise ConfigError(
