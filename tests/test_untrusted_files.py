@@ -17,7 +17,7 @@ from recsys_lightning.runs.run_folder import RunFolder
 from recsys_lightning.runs.safe_config import checked_component, checked_module_hyper_parameters
 from recsys_lightning.runs.trained_run import load_trained
 
-from helpers import option_config, options, run_module, training_config
+from helpers import option_config, options, recommender_options, run_module, training_config
 
 register_resolvers()
 
@@ -235,7 +235,8 @@ def test_catalogue_of_another_version_is_refused(movielens_run, tmp_path):
 def test_every_option_the_configs_offer_passes_the_check(group):
     from omegaconf import OmegaConf
 
-    for option in options(group):
+    # A re-ranker's checkpoint is refused by serving in one line of its own (tests/test_reranker.py).
+    for option in recommender_options() if group == "model" else options(group):
         # data=prepared requires its path (???): nothing resolves without one
         cfg = training_config("data=prepared", "data.path=/prepared") if option == "prepared" else option_config(group, option)
         node = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) else None
