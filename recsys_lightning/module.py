@@ -219,10 +219,10 @@ class RecommenderModule(pl.LightningModule):
 
         chunks, self._held_chunks = self._held_chunks, []
         pairs = predict_pairs if len(predictions) else None
-        for chunk, _, top_items in held_ranking(self.model, chunks, metrics.max_k, predict, pairs):
+        for chunk, _, top_items, shown in held_ranking(self.model, chunks, metrics.max_k, predict, pairs):
             metrics.update_ranked(top_items, chunk, self.model.num_items)
             if catalogue is not None:
-                catalogue.update(top_items, self.item_self_information)
+                catalogue.update(top_items, self.item_self_information, shown=shown)
 
     def on_validation_epoch_end(self) -> None:
         self._rank_held("validation", self.val_metrics, self.val_predictions)

@@ -13,7 +13,11 @@ imported by every rank) costs more than most checks.
 - `ranking` / `ranking_replicated`: MF tables (biases included) set to `known_tables`, each rank its rows, then
   Trainer.validate and Trainer.test through the module: every table row-wise, or the item tables replicated.
   61 validation users in chunks of 30: at W=2 one rank ranks 2 chunks, the other 1 (padded). `bce` and
-  `bce_replicated` the same with loss=bce, whose val/bce and val/auc score held-out and drawn pairs."""
+  `bce_replicated` the same with loss=bce, whose val/bce and val/auc score held-out and drawn pairs.
+  `few_items` / `few_items_replicated` the same over 12 items: K=10 outruns most users' unseen items.
+- `losses_hybrid` / `losses_ncf`: `losses` for HybridMF and NeuMF (MLP on from the first step), with their
+  dense weights at the end.
+- `checkpoint_hybrid` / `checkpoint_ncf`: the model trained 10 SGD steps, saved, then tested from the file."""
 
 from __future__ import annotations
 
@@ -131,27 +135,31 @@ def losses(out: Path, sharded: bool = True, prepared: bool = False, model: str |
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-def ranking_data() -> SyntheticDataModule:
-    """Small synthetic data whose evaluation ranks hold unequal numbers of chunks at W=2."""
-    datamodule = SyntheticDataModule(num_users=300, num_items=200, num_interactions=6000, batch_size=64, eval_chunk_size=30, val_users=61)
+def ranking_data(num_items: int = 200) -> SyntheticDataModule:
+    """Small synthetic data whose evaluation ranks hold unequal numbers of chunks at W=2; with 12 items,
+    most users have fewer unseen items than K=10."""
+    interactions = 6000 if num_items > 12 else 1500
+    datamodule = SyntheticDataModule(
+        num_users=300, num_items=num_items, num_interactions=interactions, batch_size=64, eval_chunk_size=30, val_users=61
+    )
     datamodule.setup("fit")
     return datamodule
 
 
-def known_tables() -> dict[str, torch.Tensor]:
+def known_tables(num_items: int = 200) -> dict[str, torch.Tensor]:
     """Whole MF tables drawn from fixed seeds, the same on every rank and in the test's one process."""
-    shapes = {"user_factors": (300, 16), "item_factors": (200, 16), "user_bias": (300, 1), "item_bias": (200, 1)}
+    shapes = {"user_factors": (300, 16), "item_factors": (num_items, 16), "user_bias": (300, 1), "item_bias": (num_items, 1)}
     return {name: torch.randn(*shape, generator=torch.Generator().manual_seed(index)) for index, (name, shape) in enumerate(shapes.items())}
 
 
-def ranking(out: Path, row_wise_min_rows: int = 150, loss: str = "BPRLoss") -> None:
+def ranking(out: Path, row_wise_min_rows: int = 150, loss: str = "BPRLoss", num_items: int = 200) -> None:
     world = int(os.environ["WORLD_SIZE"])
-    datamodule = ranking_data()
+    datamodule = ranking_data(num_items)
     sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
     losses = {"loss": {"_target_": f"recsys_lightning.losses.{loss}"}}
     cfg = OmegaConf.merge(module_config(optimizer=sgd, eval={"ks": [5, 10]}, **losses), {"trainer": {"strategy": {"_target_": STRATEGY}}})
     module = build_module(cfg, datamodule.training_data)
-    tables = known_tables()
+    tables = known_tables(num_items)
 
     class KnownTables(ShardedTablesStrategy):
         def setup(self, trainer: pl.Trainer) -> None:  # the tables exist once they are handed over
@@ -207,6 +215,8 @@ if __name__ == "__main__":
         "ranking_replicated": partial(ranking, row_wise_min_rows=250),
         "bce": partial(ranking, loss="BCELoss"),
         "bce_replicated": partial(ranking, row_wise_min_rows=250, loss="BCELoss"),
+        "few_items": partial(ranking, row_wise_min_rows=10, num_items=12),
+        "few_items_replicated": partial(ranking, row_wise_min_rows=250, num_items=12),
         "losses_hybrid": partial(losses, model="hybrid"),
         "losses_ncf": partial(losses, model="ncf"),
         "checkpoint_hybrid": partial(checkpoint, model="hybrid"),

@@ -33,12 +33,14 @@ def held_ranking(
     k: int,
     before_ranking: ScoresHook,
     pairs_hook: PairsHook | None = None,
-) -> Iterator[tuple[RankingChunk, int, Tensor]]:
-    """(chunk, batch index, top `k` items [B, min(k, num_items)]) of each of this rank's `chunks` (with
-    their batch index); every rank iterates it to the end, together. `before_ranking` sees the scores of
-    a replicated item table; a row-wise one never has a chunk's scores against the whole catalogue, so
-    `pairs_hook` (when given) is called instead with each chunk and its index, or None for a padding
-    chunk, on every rank, to score just the pairs it needs (each lookup a collective)."""
+) -> Iterator[tuple[RankingChunk, int, Tensor, Tensor]]:
+    """(chunk, batch index, top `k` items [B, min(k, num_items)], which of them are shown) of each of this
+    rank's `chunks` (with their batch index); every rank iterates it to the end, together. A top K longer
+    than a user's unseen items ends in hidden (seen) ones at -inf: not shown, as in one process's test
+    step. `before_ranking` sees the scores of a replicated item table; a row-wise one never has a chunk's
+    scores against the whole catalogue, so `pairs_hook` (when given) is called instead with each chunk and
+    its index, or None for a padding chunk, on every rank, to score just the pairs it needs (each lookup a
+    collective)."""
     tables = model.sharded_tables
     block, row_wise = item_block(model), tables.row_wise(model.item_table_names()[0])
     layout = RowBlocks(model.num_items, dist.get_world_size())
@@ -50,14 +52,15 @@ def held_ranking(
         if row_wise:
             if pairs_hook is not None:  # lookups too: every rank scores its pairs, none for a padding chunk
                 pairs_hook(model, None if entry is None else entry)
-            top_items, _ = sharded_top_k(queries, block, rows, items, k, layout, score=model.score_item_rows)
+            top_items, top_scores = sharded_top_k(queries, block, rows, items, k, layout, score=model.score_item_rows)
         else:
             scores = model.score_item_rows(queries, block)
             if entry is not None:
                 before_ranking(scores, *entry)
             top_items = top_k_unseen(scores, rows, items, k)
+            top_scores = scores.gather(1, top_items)  # the hidden items' -inf included: ranking wrote them
         if entry is not None:
-            yield entry[0], entry[1], top_items
+            yield entry[0], entry[1], top_items, top_scores > -torch.inf
 
 
 def item_block(model: Recommender) -> Tensor:
