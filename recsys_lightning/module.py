@@ -27,7 +27,6 @@ from recsys_lightning.runs.checkpoint_file import CATALOGUE_KEY, FORMAT_KEY, FOR
 from recsys_lightning.samplers import NegativeSampler
 from recsys_lightning.scoring import score_candidates
 from recsys_lightning.seeds import stream_seed
-from recsys_lightning.sharded.dense import build_dense_parts
 from recsys_lightning.sharded.evaluation import held_ranking
 
 # A closed-form model has no optimizer by design (configure_optimizers returns None): nothing to warn about.
@@ -60,11 +59,10 @@ class RecommenderModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["data", "tables_elsewhere"], logger=False)
         self.data = data
-        # trainer=sharded holds the row tables in TorchRec, each rank its rows: the model's own are never allocated.
+        # trainer=sharded holds the row tables in TorchRec, each rank its rows: the model's own are never allocated
+        # (nor, until build_module has it accepted, its dense rest: `sharded.dense.build_dense_parts`).
         with torch.device("meta") if tables_elsewhere else nullcontext():
             self.model: Recommender = build_recommender(model, num_users, num_items)
-        if tables_elsewhere:  # the dense rest (MLP towers), built for real, the same on every rank
-            build_dense_parts(self.model, model, seed)
         # A closed-form model has no optimizer: its one training step fits it (`fit_closed_form`).
         self.automatic_optimization = not isinstance(self.model, ClosedFormRecommender)
         self.loss: RankingLoss = instantiate(loss)

@@ -25,7 +25,18 @@ from recsys_lightning.sharded import STRATEGY, tables_folder
 from recsys_lightning.sharded.checkpoint import save_sharded
 from recsys_lightning.sharded.strategy import check_shardable, fused_optimizer
 
-from helpers import MODULE_CONFIG, ROOT, compose_config, module_config, planted_data, quiet_trainer, run_module, torchrun
+from helpers import (
+    MODULE_CONFIG,
+    ROOT,
+    FrameDataModule,
+    compose_config,
+    module_config,
+    planted_data,
+    quiet_trainer,
+    random_interactions,
+    run_module,
+    torchrun,
+)
 
 # Every check tests/sharded_ranks.py runs at each world size, all of one size in one launch (ranks_of).
 CHECKS = {
@@ -247,6 +258,27 @@ def test_a_sharded_run_allocates_no_table_and_is_refused_when_built():
     assert all(table.is_meta for table in module.model.row_tables())
     with pytest.raises(ConfigError, match="^torch.optim.Adam has no fused table update on cpu"):
         build_module(OmegaConf.merge(module_config(), sharded), planted_data())
+
+
+def test_a_sharded_mlp_model_gets_real_dense_weights_from_the_seed_and_a_refused_model_its_one_line():
+    """NeuMF's tables stay on meta for TorchRec; its MLP and GMF output weights are built for real, the same for
+    the same seed whatever the catalogue. A model trainer=sharded refuses (EASE: a catalogue-sized matrix, not
+    tables) is refused in one line before anything is built for it."""
+    sharded = {"trainer": {"strategy": {"_target_": STRATEGY}, "accelerator": "cpu"}}
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    ncf = {"_target_": "recsys_lightning.models.NeuMF", "gmf_dim": 8, "mlp_dim": 8, "hidden": [16, 8]}
+    cfg = OmegaConf.merge(module_config(optimizer=sgd, model=ncf), sharded)
+    model = build_module(cfg, planted_data()).model
+    assert all(table.is_meta for table in model.row_tables())
+    dense = {name: value for name, value in model.named_parameters() if not value.is_meta}
+    assert {"gmf_output", "mlp.user_in.weight", "mlp.tower.5.weight"} <= dense.keys()
+    datamodule = FrameDataModule(random_interactions(80, 50, 12))
+    datamodule.setup("fit")
+    other = dict(build_module(cfg, datamodule.training_data).model.named_parameters())
+    assert all(torch.equal(value, other[name]) for name, value in dense.items())
+    ease = OmegaConf.merge(module_config(optimizer=sgd, model={"_target_": "recsys_lightning.models.EASE"}), sharded)
+    with pytest.raises(ConfigError, match="^trainer=sharded trains model=mf, hybrid or ncf; train EASE"):
+        build_module(ease, planted_data())
 
 
 @pytest.mark.slow

@@ -40,9 +40,9 @@ FUSED_OPTIMIZERS = {
     "torchrec.optim.RowWiseAdagrad": ("torchrec.optim.RowWiseAdagrad", ("cpu", "cuda")),
     "torch.optim.Adam": ("torch.optim.Adam", ("cuda",)),
 }
+ROW_WISE_ADAGRAD = "torchrec.optim.RowWiseAdagrad"
 # The models whose every row table is read through `Recommender.rows` and ranked through `score_item_rows`.
 SHARDABLE_MODELS = (MatrixFactorization, HybridMF, NeuMF)
-ROW_WISE_ADAGRAD = "torchrec.optim.RowWiseAdagrad"
 # Optimizer keys with no effect on a fused table step (`fused` is torch's own kernel choice).
 IGNORED_KEYS = {"_target_", "_partial_", "fused", "foreach"}
 
