@@ -179,11 +179,13 @@ def pairs_per_second(log: str, world: int) -> float | None:
 
 def predicted_bytes(log: str, run_dir: Path, world: int) -> tuple[int, int] | None:
     """Today's formula (larger phase, both phases) for the sizes the run logged and the config it recorded;
-    None when it logged no sizes."""
+    None when it logged no sizes, or trained another model than MF."""
     found = SIZES.search(log)
     if found is None:
         return None
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    if OmegaConf.select(cfg, "model._target_") != "recsys_lightning.models.MatrixFactorization":
+        return None  # the formula's tables are MF's (user and item factors, biases)
     users, items, interactions = (int(value) for value in found.groups())
     val_users = OmegaConf.select(cfg, "data.val_users")
     sizes = Sizes(

@@ -14,6 +14,7 @@ from recsys_lightning.errors import ConfigError, RecsysError
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.pretrained import load_pretrained
 from recsys_lightning.sharded import holds_tables
+from recsys_lightning.sharded.dense import build_dense_parts
 from recsys_lightning.sharded.strategy import check_sharded_run
 
 # Model keys the data sets (never a user): the sizes of the side-feature vocabularies.
@@ -53,6 +54,7 @@ def build_module(cfg: DictConfig, data: TrainingData) -> RecommenderModule:
     )
     if holds_tables(cfg):
         check_sharded_run(module, str(cfg.trainer.get("accelerator", "auto")))
+        build_dense_parts(module.model, module.hparams.model, cfg.seed)  # the MLP towers, the same on every rank
     if cfg.get("pretrained_from"):
         load_pretrained(module.model, list(cfg.pretrained_from), data.catalogue)
     return module

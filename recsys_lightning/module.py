@@ -59,7 +59,8 @@ class RecommenderModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["data", "tables_elsewhere"], logger=False)
         self.data = data
-        # trainer=sharded holds the row tables in TorchRec, each rank its rows: the model's own are never allocated.
+        # trainer=sharded holds the row tables in TorchRec, each rank its rows: the model's own are never allocated
+        # (nor, until build_module has it accepted, its dense rest: `sharded.dense.build_dense_parts`).
         with torch.device("meta") if tables_elsewhere else nullcontext():
             self.model: Recommender = build_recommender(model, num_users, num_items)
         # A closed-form model has no optimizer: its one training step fits it (`fit_closed_form`).
@@ -216,10 +217,10 @@ class RecommenderModule(pl.LightningModule):
 
         chunks, self._held_chunks = self._held_chunks, []
         pairs = predict_pairs if len(predictions) else None
-        for chunk, _, top_items in held_ranking(self.model, chunks, metrics.max_k, predict, pairs):
+        for chunk, _, top_items, shown in held_ranking(self.model, chunks, metrics.max_k, predict, pairs):
             metrics.update_ranked(top_items, chunk, self.model.num_items)
             if catalogue is not None:
-                catalogue.update(top_items, self.item_self_information)
+                catalogue.update(top_items, self.item_self_information, shown=shown)
 
     def on_validation_epoch_end(self) -> None:
         self._rank_held("validation", self.val_metrics, self.val_predictions)

@@ -13,7 +13,11 @@ imported by every rank) costs more than most checks.
 - `ranking` / `ranking_replicated`: MF tables (biases included) set to `known_tables`, each rank its rows, then
   Trainer.validate and Trainer.test through the module: every table row-wise, or the item tables replicated.
   61 validation users in chunks of 30: at W=2 one rank ranks 2 chunks, the other 1 (padded). `bce` and
-  `bce_replicated` the same with loss=bce, whose val/bce and val/auc score held-out and drawn pairs."""
+  `bce_replicated` the same with loss=bce, whose val/bce and val/auc score held-out and drawn pairs.
+  `few_items` / `few_items_replicated` the same over 12 items: K=10 outruns most users' unseen items.
+- `losses_hybrid` / `losses_ncf`: `losses` for HybridMF and NeuMF (MLP on from the first step), with their
+  dense weights at the end.
+- `checkpoint_hybrid` / `checkpoint_ncf`: the model trained 10 SGD steps, saved, then tested from the file."""
 
 from __future__ import annotations
 
@@ -75,7 +79,15 @@ class StepLosses(pl.Callback):
         self.losses.append((total[0] / total[1]).item())
 
 
-def losses(out: Path, sharded: bool = True, prepared: bool = False) -> None:
+# Small models with an MLP scoring from the first step (zero_init_mlp=false), whose every table is read.
+NN_MODELS = {
+    "hybrid": {"_target_": "recsys_lightning.models.HybridMF", "dim": 8, "hidden": [16, 8], "zero_init_mlp": False},
+    "ncf": {"_target_": "recsys_lightning.models.NeuMF", "gmf_dim": 8, "mlp_dim": 8, "hidden": [16, 8], "zero_init_mlp": False},
+}
+NN_TABLES = {"hybrid": ("user_factors", "item_factors"), "ncf": ("user_gmf", "item_gmf", "user_mlp", "item_mlp")}
+
+
+def losses(out: Path, sharded: bool = True, prepared: bool = False, model: str | None = None) -> None:
     world = int(os.environ["WORLD_SIZE"])
     datamodule = SyntheticDataModule(num_users=300, num_items=200, num_interactions=6000, batch_size=GLOBAL_BATCH // world, seed=0)
     datamodule.setup("fit")
@@ -83,9 +95,12 @@ def losses(out: Path, sharded: bool = True, prepared: bool = False) -> None:
         datamodule = PreparedDataModule.from_source(MemoryShares(datamodule), batch_size=GLOBAL_BATCH, seed=0)
         datamodule.setup("fit")
     cfg = module_config(optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.5})
+    if model is not None:
+        cfg = OmegaConf.merge(cfg, {"model": None}, {"model": NN_MODELS[model]})
     if sharded:
         cfg = OmegaConf.merge(cfg, {"trainer": {"strategy": {"_target_": STRATEGY}}})
     module = build_module(cfg, datamodule.training_data)
+    initial_dense = {name: value.detach().clone() for name, value in module.model.named_parameters()}
     if not sharded:  # one plain process, from the sharded tables' initial rows and negatives
         with torch.no_grad():
             for name, table in module.model.named_parameters():
@@ -109,34 +124,42 @@ def losses(out: Path, sharded: bool = True, prepared: bool = False) -> None:
     )
     trainer.fit(module, datamodule=datamodule)
     moved = {}
-    for name in ("user_factors", "item_factors"):
+    for name in NN_TABLES.get(model, ("user_factors", "item_factors")):
         rows, first, total = local_rows(module.model, name)
         spec = TableSpec(name, total, rows.shape[1], 0.1)
         moved[name] = [first, len(rows), total, (rows - initial_rows(cfg.seed, spec, first, first + len(rows))).abs().max().item()]
-    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps({"losses": steps.losses, "moved": moved}))
+    # The dense rest (none for mf): each parameter's values, and how far it moved.
+    dense = {name: value.detach().flatten().tolist() for name, value in module.model.named_parameters()}
+    dense_moved = {name: (value - initial_dense[name]).abs().max().item() for name, value in module.model.named_parameters()}
+    record = {"losses": steps.losses, "moved": moved, "dense": dense, "dense_moved": dense_moved}
+    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-def ranking_data() -> SyntheticDataModule:
-    """Small synthetic data whose evaluation ranks hold unequal numbers of chunks at W=2."""
-    datamodule = SyntheticDataModule(num_users=300, num_items=200, num_interactions=6000, batch_size=64, eval_chunk_size=30, val_users=61)
+def ranking_data(num_items: int = 200) -> SyntheticDataModule:
+    """Small synthetic data whose evaluation ranks hold unequal numbers of chunks at W=2; with 12 items,
+    most users have fewer unseen items than K=10."""
+    interactions = 6000 if num_items > 12 else 1500
+    datamodule = SyntheticDataModule(
+        num_users=300, num_items=num_items, num_interactions=interactions, batch_size=64, eval_chunk_size=30, val_users=61
+    )
     datamodule.setup("fit")
     return datamodule
 
 
-def known_tables() -> dict[str, torch.Tensor]:
+def known_tables(num_items: int = 200) -> dict[str, torch.Tensor]:
     """Whole MF tables drawn from fixed seeds, the same on every rank and in the test's one process."""
-    shapes = {"user_factors": (300, 16), "item_factors": (200, 16), "user_bias": (300, 1), "item_bias": (200, 1)}
+    shapes = {"user_factors": (300, 16), "item_factors": (num_items, 16), "user_bias": (300, 1), "item_bias": (num_items, 1)}
     return {name: torch.randn(*shape, generator=torch.Generator().manual_seed(index)) for index, (name, shape) in enumerate(shapes.items())}
 
 
-def ranking(out: Path, row_wise_min_rows: int = 150, loss: str = "BPRLoss") -> None:
+def ranking(out: Path, row_wise_min_rows: int = 150, loss: str = "BPRLoss", num_items: int = 200) -> None:
     world = int(os.environ["WORLD_SIZE"])
-    datamodule = ranking_data()
+    datamodule = ranking_data(num_items)
     sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
     losses = {"loss": {"_target_": f"recsys_lightning.losses.{loss}"}}
     cfg = OmegaConf.merge(module_config(optimizer=sgd, eval={"ks": [5, 10]}, **losses), {"trainer": {"strategy": {"_target_": STRATEGY}}})
     module = build_module(cfg, datamodule.training_data)
-    tables = known_tables()
+    tables = known_tables(num_items)
 
     class KnownTables(ShardedTablesStrategy):
         def setup(self, trainer: pl.Trainer) -> None:  # the tables exist once they are handed over
@@ -156,6 +179,31 @@ def ranking(out: Path, row_wise_min_rows: int = 150, loss: str = "BPRLoss") -> N
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
+def checkpoint(out: Path, model: str) -> None:
+    """`model` trained 10 SGD steps with every table row-wise, saved, then tested from the saved checkpoint by a
+    fresh module and Trainer: the .ckpt (dense parameters) and its tables folder (each rank its rows) are read back."""
+    world = int(os.environ["WORLD_SIZE"])
+    datamodule = ranking_data()
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.5}
+    cfg = OmegaConf.merge(module_config(optimizer=sgd, eval={"ks": [5, 10]}), {"model": None}, {"model": NN_MODELS[model]})
+    cfg = OmegaConf.merge(cfg, {"trainer": {"strategy": {"_target_": STRATEGY}}})
+    options = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
+    strategy = partial(ShardedTablesStrategy, row_wise_min_rows=150)  # 300 users and 200 items: all row-wise
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=world, strategy=strategy(), max_steps=10, limit_val_batches=0, enable_checkpointing=False, **options
+    )
+    trainer.fit(build_module(cfg, datamodule.training_data), datamodule=datamodule)
+    path = out / "trained.ckpt"
+    trainer.save_checkpoint(path)
+    module = build_module(cfg, datamodule.training_data)
+    (tested,) = pl.Trainer(accelerator="cpu", devices=world, strategy=strategy(), **options).test(
+        module, datamodule=datamodule, ckpt_path=path, verbose=False
+    )
+    row_wise = [module.model.sharded_tables.row_wise(name) for name in NN_TABLES[model]]
+    record = {"test": tested, "row_wise": row_wise, "checkpoint": str(path), "config": OmegaConf.to_container(cfg)}
+    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     checks = {
@@ -167,6 +215,12 @@ if __name__ == "__main__":
         "ranking_replicated": partial(ranking, row_wise_min_rows=250),
         "bce": partial(ranking, loss="BCELoss"),
         "bce_replicated": partial(ranking, row_wise_min_rows=250, loss="BCELoss"),
+        "few_items": partial(ranking, row_wise_min_rows=10, num_items=12),
+        "few_items_replicated": partial(ranking, row_wise_min_rows=250, num_items=12),
+        "losses_hybrid": partial(losses, model="hybrid"),
+        "losses_ncf": partial(losses, model="ncf"),
+        "checkpoint_hybrid": partial(checkpoint, model="hybrid"),
+        "checkpoint_ncf": partial(checkpoint, model="ncf"),
     }
     dist.init_process_group("gloo")
     for name in sys.argv[1].split(","):

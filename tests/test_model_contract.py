@@ -108,3 +108,19 @@ def test_query_vectors_times_item_vectors_is_the_full_ranking(model):
     query_vectors = model.query_vectors(USERS)
     assert item_vectors.shape[0] == NUM_ITEMS and query_vectors.shape == (len(USERS), item_vectors.shape[1])
     assert_close(query_vectors @ item_vectors.T, model.score_all(USERS))
+
+
+@torch.no_grad()
+def test_ranking_against_item_rows_given_apart_is_the_full_ranking_in_any_blocks(model):
+    """trainer=sharded's ranking (mf, hybrid, ncf): each rank scores the users' `ranking_queries` against its
+    block of the item tables' rows; the blocks side by side are `score_all`. Models it does not train say so."""
+    try:
+        names = model.item_table_names()
+    except NotImplementedError:
+        return
+    queries = model.ranking_queries(USERS)
+    blocks = [slice(0, 5), slice(5, 6), slice(6, NUM_ITEMS)]  # uneven, as TorchRec's last block is
+    tables = {name: getattr(model, name) for name in names}
+    scored = [model.score_item_rows(queries, model.ranking_item_rows({name: t[block] for name, t in tables.items()})) for block in blocks]
+    assert all(getattr(model, name).shape[0] == NUM_ITEMS for name in names)
+    assert_close(torch.cat(scored, 1), model.score_all(USERS))

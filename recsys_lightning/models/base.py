@@ -97,6 +97,27 @@ class Recommender(nn.Module, ABC):
         """[B, D] query vectors of `users`, the counterpart of `item_vectors`."""
         raise NotImplementedError(f"{type(self).__name__} does not score by an inner product")
 
+    # Ranking against item rows given apart from the model: trainer=sharded scores each rank's rows of the item
+    # tables (a row block) without the rest of them. `score_item_rows(ranking_queries(users), ranking_item_rows(
+    # whole tables))` equals `score_all(users)` (side features aside: trainer=sharded refuses them); the models
+    # trainer=sharded trains implement them.
+
+    def item_table_names(self) -> list[str]:
+        """The row tables read per item when ranking (`item_factors`, ...), which `ranking_item_rows` combines."""
+        raise NotImplementedError(f"{type(self).__name__} does not rank against item rows given apart")
+
+    def ranking_item_rows(self, tables: Mapping[str, Tensor]) -> Tensor:
+        """[N, D] rows `score_item_rows` scores against, from the same N rows of each of `item_table_names` by name."""
+        raise NotImplementedError(f"{type(self).__name__} does not rank against item rows given apart")
+
+    def ranking_queries(self, users: Tensor) -> Tensor:
+        """[B, Dq]: all `score_item_rows` needs of each of `users`, gathered once per chunk of users."""
+        raise NotImplementedError(f"{type(self).__name__} does not rank against item rows given apart")
+
+    def score_item_rows(self, queries: Tensor, item_rows: Tensor) -> Tensor:
+        """[B, N] scores of the users of `queries` (`ranking_queries`) against the items of `item_rows`."""
+        return queries @ item_rows.T
+
     def item_similarities(self, items: Tensor) -> Tensor | None:
         """[len(items), num_items] weights from `items` to every item, for models that hold an item-item
         matrix in place of embeddings (itemknn, ease), so serving can list similar items; else None."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated
 
 import torch
@@ -68,6 +68,18 @@ class HybridMF(SideFeatures, Recommender):
 
     def _score_matrix(self, user_vectors: Tensor, item_vectors: Tensor) -> Tensor:
         return user_vectors @ item_vectors.T + self.mlp.score_all(user_vectors, item_vectors)
+
+    def item_table_names(self) -> list[str]:
+        return ["item_factors"]
+
+    def ranking_item_rows(self, tables: Mapping[str, Tensor]) -> Tensor:
+        return tables["item_factors"]
+
+    def ranking_queries(self, users: Tensor) -> Tensor:
+        return self.rows(self.user_factors, users)
+
+    def score_item_rows(self, queries: Tensor, item_rows: Tensor) -> Tensor:
+        return self._score_matrix(queries, item_rows)
 
     def embedding_tables(self) -> dict[str, tuple[Tensor, Tensor]]:
         return {"factors": (self.user_factors, self.item_factors)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated
 
 import torch
@@ -107,6 +108,19 @@ class MatrixFactorization(SideFeatures, Recommender):
         if item_bias is None:
             return item_vectors
         return torch.cat([item_vectors, torch.ones_like(item_vectors[:, :1]), item_bias], 1)
+
+    def item_table_names(self) -> list[str]:
+        return ["item_factors"] if self.item_bias is None else ["item_factors", "item_bias"]
+
+    def ranking_item_rows(self, tables: Mapping[str, Tensor]) -> Tensor:
+        """[q_i, 1, b_i], as `item_vectors`: the biases ride in the product with `query_vectors`."""
+        if self.item_bias is None:
+            return tables["item_factors"]
+        factors, bias = tables["item_factors"], tables["item_bias"]
+        return torch.cat([factors, torch.ones_like(bias), bias], 1)
+
+    def ranking_queries(self, users: Tensor) -> Tensor:
+        return self.query_vectors(users)
 
     def embedding_tables(self) -> dict[str, tuple[Tensor, Tensor]]:
         return {"factors": (self.user_factors, self.item_factors)}

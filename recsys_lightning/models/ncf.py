@@ -87,6 +87,27 @@ class NeuMF(Recommender):
             scores = scores + self.mlp.score_all(self.rows(self.user_mlp, users), item_mlp)
         return scores
 
+    # Ranking rows: [q_i ; q'_i] against [p_u * h_gmf ; p'_u], the GMF columns first.
+
+    def item_table_names(self) -> list[str]:
+        return (["item_gmf"] if self.gmf else []) + (["item_mlp"] if self.mlp is not None else [])
+
+    def ranking_item_rows(self, tables: Mapping[str, Tensor]) -> Tensor:
+        return torch.cat([tables[name] for name in self.item_table_names()], 1)
+
+    def ranking_queries(self, users: Tensor) -> Tensor:
+        parts = [self.rows(self.user_gmf, users) * self.gmf_output] if self.gmf else []
+        return torch.cat(parts + ([self.rows(self.user_mlp, users)] if self.mlp is not None else []), 1)
+
+    def score_item_rows(self, queries: Tensor, item_rows: Tensor) -> Tensor:
+        gmf_width = self.gmf_output.shape[0] if self.gmf else 0
+        scores: Tensor | int = 0
+        if self.gmf:
+            scores = queries[:, :gmf_width] @ item_rows[:, :gmf_width].T
+        if self.mlp is not None:
+            scores = scores + self.mlp.score_all(queries[:, gmf_width:], item_rows[:, gmf_width:])
+        return scores
+
     def load_pretrained(self, sources: Sequence[Mapping[str, Tensor]]) -> None:
         """The paper's fusion: when the GMF and the MLP output layers come from two separately trained
         models, each of which scored alone, their sum is weighted alpha and 1 - alpha."""

@@ -8,6 +8,13 @@ about W x chunk x dim query values and chunk x W x K candidates, never a table b
 the blocks to every rank instead would move the whole table once per chunk. Memory is one chunk x
 one block of scores at a time (the sources' queries are scored one after the other).
 
+A model scored by more than a product (an MLP over [user; item]: hybrid, ncf) ranks the same way: its
+queries are all it needs of a user (`Recommender.ranking_queries`: NeuMF's GMF and MLP rows side by side),
+and `score` runs its scoring on the block (`score_item_rows`). Only user rows travel, as for a product:
+no rank ever gathers another's item rows, and the MLP's work over the catalogue is split by item block,
+each rank running it for every rank's users against its own items (W x chunk users x block items a chunk,
+what one process runs for its chunk against the whole catalogue).
+
 Ties are broken by the lower global item index, at every W: `torch.topk`, which today's ranking
 (`ranking.top_k`) uses, promises no order among equal scores on CPU, so equal scores (an item
 table's untrained twins, the hidden items when K exceeds a user's unseen ones) would otherwise
@@ -16,7 +23,7 @@ rank differently at different W.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -27,6 +34,8 @@ from torch import Tensor
 from recsys_lightning.ranking import top_k
 
 Chunk = TypeVar("Chunk")
+# Scores [n, rows] of n queries [n, dim] against a block of item rows [rows, dim].
+BlockScore = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -71,12 +80,13 @@ def sharded_top_k(
     k: int,
     layout: RowBlocks,
     group: dist.ProcessGroup | None = None,
+    score: BlockScore | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(global item indices, scores), each [n, min(k, num_items)], best first, of the rank's `queries`
     [n, dim] (n = 0 for a padding chunk) against every rank's `item_block` [rows it holds, dim], the
     items (`exclude_rows`, `exclude_items`) global coordinates never ranked: what `ranking.top_k_unseen`
-    gives over `queries @ table.T` in one process, ties to the lower index. Every rank calls it, the same
-    number of times (`padded_chunks`).
+    gives over `score(queries, table)` (by default `queries @ table.T`) in one process, ties to the lower
+    index. Every rank calls it, the same number of times (`padded_chunks`).
     """
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     start, stop = layout.bounds(rank)
@@ -98,7 +108,8 @@ def sharded_top_k(
     local_width = min(k, stop - start)
     candidates = []
     for source in range(world):  # one chunk x one block of scores at a time
-        scores = all_queries[source][: num_queries[source]] @ item_block.T
+        source_queries = all_queries[source][: num_queries[source]]
+        scores = _block_scores(source_queries, item_block, score)
         rows, items = exclusions[source].unbind(1)
         scores[rows, items] = -torch.inf
         values, indices = _block_top_k(scores, local_width)
@@ -110,6 +121,15 @@ def sharded_top_k(
     best = merged[..., 0].sort(dim=1, descending=True, stable=True).indices[:, :width]
     chosen = merged.gather(1, best.unsqueeze(2).expand(-1, -1, 2))
     return chosen[..., 1].long(), chosen[..., 0].to(queries.dtype)
+
+
+def _block_scores(queries: Tensor, item_block: Tensor, score: BlockScore | None) -> Tensor:
+    """[n, rows] scores; a padding source's (no queries) or an empty block's are never handed to `score`."""
+    if score is None:
+        return queries @ item_block.T
+    if not len(queries) or not len(item_block):
+        return queries.new_zeros(len(queries), len(item_block))
+    return score(queries, item_block)
 
 
 def _gathered_queries(queries: Tensor, max_queries: int, world: int, group: dist.ProcessGroup | None) -> list[Tensor]:

@@ -23,7 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.losses import Candidates
+from recsys_lightning.models.hybrid import HybridMF
 from recsys_lightning.models.mf import MatrixFactorization
+from recsys_lightning.models.ncf import NeuMF
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.ranges import Range
 from recsys_lightning.sharded import SAVE_KEY, folders_of, new_save_id, save_id_of, table_optimizer_folder, tables_folder
@@ -38,6 +40,9 @@ FUSED_OPTIMIZERS = {
     "torchrec.optim.RowWiseAdagrad": ("torchrec.optim.RowWiseAdagrad", ("cpu", "cuda")),
     "torch.optim.Adam": ("torch.optim.Adam", ("cuda",)),
 }
+ROW_WISE_ADAGRAD = "torchrec.optim.RowWiseAdagrad"
+# The models whose every row table is read through `Recommender.rows` and ranked through `score_item_rows`.
+SHARDABLE_MODELS = (MatrixFactorization, HybridMF, NeuMF)
 # Optimizer keys with no effect on a fused table step (`fused` is torch's own kernel choice).
 IGNORED_KEYS = {"_target_", "_partial_", "fused", "foreach"}
 
@@ -156,10 +161,6 @@ def hand_over_tables(module: RecommenderModule, row_wise_min_rows: int, device: 
     # Not a submodule: the module's state dict (the .ckpt rank 0 writes) keeps the dense rest, and the tables,
     # each rank's rows, are saved and loaded by every rank beside it (`save_checkpoint`, `load_model_state_dict`).
     object.__setattr__(model, "sharded_tables", tables)
-    for name, buffer in list(model.named_buffers()):  # what else was built on meta (mf's global mean): zeros
-        if buffer.is_meta:
-            owner, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(owner), leaf, torch.zeros(buffer.shape, dtype=buffer.dtype, device=device))
     module.sampler.by_example = True
     return tables
 
@@ -175,9 +176,11 @@ def check_sharded_run(module: RecommenderModule, accelerator: str) -> None:
 def check_shardable(module: RecommenderModule) -> None:
     """One line for what trainer=sharded does not train, naming the key and what to use instead."""
     model, loss = module.model, module.loss
-    if not isinstance(model, MatrixFactorization):
-        raise ConfigError(f"trainer=sharded trains model=mf; train {type(model).__name__} with trainer=ddp optimizer=sparse_adagrad")
-    if model.user_features is not None or model.item_features is not None:
+    if not isinstance(model, SHARDABLE_MODELS):
+        raise ConfigError(
+            f"trainer=sharded trains model=mf, hybrid or ncf; train {type(model).__name__} with trainer=ddp optimizer=sparse_adagrad"
+        )
+    if getattr(model, "user_features", None) is not None or getattr(model, "item_features", None) is not None:
         raise ConfigError("trainer=sharded does not train model.features=true (feature tables stay whole); set model.features=false")
     if loss.candidates is Candidates.CATALOGUE:
         raise ConfigError(
@@ -185,6 +188,11 @@ def check_shardable(module: RecommenderModule) -> None:
         )
     if loss.predicts_ratings:
         raise ConfigError("trainer=sharded trains ranking losses; use loss=bpr, loss=bce or loss=softmax")
+    if module.hparams.optimizer["_target_"] == ROW_WISE_ADAGRAD and not isinstance(model, MatrixFactorization):
+        raise ConfigError(
+            f"optimizer=rowwise_adagrad has no step for {type(model).__name__}'s dense layers (one accumulator per row); "
+            "use optimizer=sparse_adagrad or sgd"
+        )
 
 
 def fused_optimizer(config: dict[str, Any], device: torch.device) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
