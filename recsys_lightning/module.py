@@ -258,7 +258,7 @@ class RecommenderModule(pl.LightningModule):
         parameters = [parameter for parameter in (*self.parameters(), *held) if not hasattr(parameter, "_in_backward_optimizers")]
         if not parameters:
             return None
-        optimizer = instantiate(self.hparams.optimizer)(parameters)
+        optimizer = instantiate(dense_step_optimizer(self.hparams.optimizer, parameters))(parameters)
         if not self.hparams.scheduler:
             return optimizer
         lightning_options = dict(self.hparams.scheduler)
@@ -286,3 +286,18 @@ def _computed(stage: str, metric: Metric) -> dict[str, Tensor]:
     values = {f"{stage}/{name}": value.float() for name, value in metric.compute().items()}
     metric.reset()
     return values
+
+
+ROW_WISE_ADAGRAD = "torchrec.optim.RowWiseAdagrad"
+# The arguments torchrec's RowWiseAdagrad and torch's Adagrad share (and _partial_, which instantiate reads).
+ADAGRAD_KEYS = ("_partial_", "lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize")
+
+
+def dense_step_optimizer(config: dict[str, Any], parameters: list[nn.Parameter]) -> dict[str, Any]:
+    """The optimizer config Lightning steps `parameters` with. Row-wise Adagrad (trainer=sharded's default)
+    keeps one accumulator per row of a table and has no step for a vector, such as an MLP's bias: where one
+    is among them (hybrid's and ncf's dense layers) they take Adagrad's step with the same arguments, while
+    the tables FBGEMM updates in backward keep the row-wise one. MF has only tables, and keeps it."""
+    if config["_target_"] != ROW_WISE_ADAGRAD or all(parameter.dim() >= 2 for parameter in parameters):
+        return config
+    return {"_target_": "torch.optim.Adagrad", **{key: config[key] for key in ADAGRAD_KEYS if key in config}}

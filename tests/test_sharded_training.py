@@ -179,15 +179,22 @@ def test_a_model_other_than_mf_hybrid_or_ncf_is_refused_naming_what_trains_it():
         check_shardable(build_module(module_config(model=ease), planted_data()))
 
 
-@pytest.mark.parametrize("model", ["HybridMF", "NeuMF"])
-def test_row_wise_adagrad_is_refused_for_a_model_with_dense_layers(model):
-    """Its step keeps one accumulator per row of a matrix: a bias vector has none (torchrec's fails inside the step)."""
+@pytest.mark.parametrize("model", ["MatrixFactorization", "HybridMF", "NeuMF"])
+def test_row_wise_adagrad_steps_the_dense_layers_with_adagrad_and_mf_keeps_it(model):
+    """trainer=sharded's default, row-wise Adagrad, keeps one accumulator per row of a matrix and has no step
+    for a bias vector (torchrec's fails inside the step): hybrid's and ncf's dense layers take Adagrad's step
+    with the same arguments, so `trainer=sharded model=ncf` trains as it is; MF (tables only) keeps it."""
     module = build_module(module_config(model={"_target_": f"recsys_lightning.models.{model}"}), planted_data())
-    module.hparams.optimizer = {"_target_": "torchrec.optim.RowWiseAdagrad", "lr": 0.1}
-    with pytest.raises(
-        ConfigError, match=f"^optimizer=rowwise_adagrad has no step for {model}'s dense layers .*; use optimizer=sparse_adagrad or sgd$"
-    ):
-        check_shardable(module)
+    module.hparams.optimizer = {"_target_": "torchrec.optim.RowWiseAdagrad", "_partial_": True, "lr": 0.1, "eps": 1e-8}
+    check_shardable(module)
+    optimizer = module.configure_optimizers()
+    expected = "RowWiseAdagrad" if model == "MatrixFactorization" else "Adagrad"
+    assert type(optimizer).__name__ == expected
+    assert optimizer.defaults["lr"] == 0.1 and optimizer.defaults["eps"] == 1e-8
+    if model != "MatrixFactorization":
+        optimizer.zero_grad()
+        sum(parameter.sum() for parameter in module.parameters()).backward()
+        optimizer.step()  # every parameter, bias vectors included, takes a step
 
 
 def test_hybrid_with_side_features_is_refused_in_one_line():

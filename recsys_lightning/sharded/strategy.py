@@ -40,7 +40,6 @@ FUSED_OPTIMIZERS = {
     "torchrec.optim.RowWiseAdagrad": ("torchrec.optim.RowWiseAdagrad", ("cpu", "cuda")),
     "torch.optim.Adam": ("torch.optim.Adam", ("cuda",)),
 }
-ROW_WISE_ADAGRAD = "torchrec.optim.RowWiseAdagrad"
 # The models whose every row table is read through `Recommender.rows` and ranked through `score_item_rows`.
 SHARDABLE_MODELS = (MatrixFactorization, HybridMF, NeuMF)
 # Optimizer keys with no effect on a fused table step (`fused` is torch's own kernel choice).
@@ -188,11 +187,6 @@ def check_shardable(module: RecommenderModule) -> None:
         )
     if loss.predicts_ratings:
         raise ConfigError("trainer=sharded trains ranking losses; use loss=bpr, loss=bce or loss=softmax")
-    if module.hparams.optimizer["_target_"] == ROW_WISE_ADAGRAD and not isinstance(model, MatrixFactorization):
-        raise ConfigError(
-            f"optimizer=rowwise_adagrad has no step for {type(model).__name__}'s dense layers (one accumulator per row); "
-            "use optimizer=sparse_adagrad or sgd"
-        )
 
 
 def fused_optimizer(config: dict[str, Any], device: torch.device) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
