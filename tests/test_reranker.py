@@ -256,7 +256,7 @@ def test_a_reranker_checkpoint_is_refused_by_serving_in_one_line():
     record = {"model": {"_target_": "recsys_lightning.rerank.LinearReranker", "features": ["retriever_z"]}, "num_items": 5}
     with pytest.raises(
         ConfigError,
-        match=r"^run.ckpt: a re-ranker.s run .* recommend serves only with retrieval.run_dir=.* pair scores do not load it",
+        match=r"^run.ckpt: a re-ranker.s run .* only with retrieval.run_dir=<the retriever it was trained with>; pair scores",
     ):
         checked_module_hyper_parameters(record, "run.ckpt")
 
