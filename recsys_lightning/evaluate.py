@@ -6,7 +6,9 @@
 The data is rebuilt from the run's own `.hydra/config.yaml` (same source, split and seed), the model
 from the checkpoint (loaded with weights_only=True), and scored by the same Lightning test loop as in
 training, so the figures must equal the run's metrics.json; the table shows both. With a retriever
-(`retrieval.run_dir`), the retriever alone, the run's model alone and the two stages are compared instead.
+(`retrieval.run_dir`), the retriever alone, the run's model alone and the two stages are compared instead;
+for a re-ranker's run (experiment=ml100k_reranker), its two stages and its retriever alone at the candidate
+count it recorded, which must equal its metrics.json.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, TextIO
 import hydra
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from recsys_lightning import progress
@@ -31,9 +34,13 @@ from recsys_lightning.console import quiet_library_noise
 from recsys_lightning.data.datamodule import EVAL_CANDIDATES, InteractionDataModule
 from recsys_lightning.devices import check_cuda_available
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
+from recsys_lightning.metrics import RankingMetrics
 from recsys_lightning.models.weights import load_error_detail
 from recsys_lightning.module import RecommenderModule
 from recsys_lightning.ranges import NON_NEGATIVE, TEXT, AnyOf, Choice, ListOf, Rule, integer, optional, shown
+from recsys_lightning.rerank.lists import candidate_lists, ranked, retriever_metrics
+from recsys_lightning.rerank.module import STAGE
+from recsys_lightning.rerank.trained import is_reranker_checkpoint, load_reranker
 from recsys_lightning.runs.checkpoint_file import (
     BEST_CHECKPOINT_KEY,
     find_checkpoint,
@@ -48,7 +55,7 @@ from recsys_lightning.runs.safe_config import checked_module_hyper_parameters
 from recsys_lightning.runs.same_data import same_training_data
 from recsys_lightning.runs.trained_run import check_weights_fit, load_trained, model_weights, torch_device
 from recsys_lightning.threads import apply_thread_count
-from recsys_lightning.two_stage import MAX_CANDIDATE_COUNTS, compare_stages, gains_over_retriever
+from recsys_lightning.two_stage import MAX_CANDIDATE_COUNTS, PROTOCOL, compare_stages, gains_over_retriever
 from recsys_lightning.validation import check_rules, check_run_dir_given, config_value
 
 log = logging.getLogger(__name__)
@@ -184,6 +191,29 @@ def evaluate_two_stage(
     return table, heading
 
 
+def evaluate_reranker(
+    state: dict[str, Any], path: Path, run_dir: str | Path, retriever_dir: str | Path, split: str = "test"
+) -> dict[str, float]:
+    """A re-ranker run's figures as its metrics.json names them (test/two_stage/ndcg@10, test/retriever/...;
+    val/ for split=valid): the retriever's top N (the count the run recorded) of every user with held-out
+    items, the split's seen parts hidden, reordered by the run's ranker; the lists built as training built them."""
+    run = load_reranker(state, path, Path(run_dir))
+    retriever = load_trained(best_checkpoint_of(retriever_dir, "retrieval.run_dir"))
+    check_same_data(retriever.catalogue, run.catalogue, retriever_dir, run_dir)
+    hidden, heldout_part = PROTOCOL[split]
+    catalogue = run.catalogue
+    heldout, hidden_parts = catalogue.seen_in([heldout_part]), catalogue.seen_in(hidden)
+    with progress.building(f"{split} candidate lists"):  # 1,024 users a chunk, as compare_stages ranks
+        lists = candidate_lists(retriever.model, heldout, hidden_parts, run.features, run.candidates, chunk_size=1024)
+    two_stages = RankingMetrics(run.ks, sync_on_compute=False)
+    with torch.no_grad():
+        for part in lists:
+            two_stages.update_ranked(ranked(run.model(part.features), part, max(run.ks)), part.chunk, catalogue.num_items)
+    prefix = "test" if split == "test" else "val"
+    figures = {f"{prefix}/{STAGE}/{name}": float(value) for name, value in two_stages.compute().items()}
+    return figures | {f"{prefix}/retriever/{name}": value for name, value in retriever_metrics(lists, run.ks, catalogue.num_items).items()}
+
+
 def candidate_counts(candidates: int | Sequence[int], num_items: int) -> int | list[int]:
     """A sweep's counts ascending, or a single count, each at most the catalogue (those beyond it cut to it,
     in one logged line: the table's recall@<count> column then names the catalogue, not a number typed)."""
@@ -250,6 +280,15 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     check_cuda_available("accelerator", cfg.accelerator)
 
 
+def compare_and_report(evaluated: dict[str, float], cfg: DictConfig) -> None:
+    """The figures beside metrics.json's; MetricsDiffer when they differ for the checkpoint metrics.json names."""
+    table = compare_with_recorded(evaluated, cfg.run_dir, cfg.tolerance)
+    report(table)
+    recorded = table[table["metrics.json"].notna()]  # a metric the run did not record cannot contradict it
+    if not recorded["equal"].all() and is_recorded_checkpoint(cfg.run_dir, cfg.checkpoint):
+        raise MetricsDiffer(differing_summary(recorded))
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     """The comparison table; exit 1 when the checkpoint metrics.json names no longer gives its figures."""
@@ -257,6 +296,12 @@ def main(cfg: DictConfig) -> None:
         check_evaluate_config(cfg)
         apply_thread_count(OmegaConf.select(cfg, "runtime.threads", default="auto"))
         if cfg.retrieval.run_dir is not None:
+            path = find_checkpoint(cfg.run_dir, cfg.checkpoint)
+            if is_reranker_checkpoint(state := load_checkpoint(path)):  # its two stages are the run's own figures
+                with progress.every(cfg.callbacks.progress_log.interval_seconds):
+                    evaluated = evaluate_reranker(state, path, cfg.run_dir, cfg.retrieval.run_dir, cfg.split)
+                compare_and_report(evaluated, cfg)
+                return
             candidates = config_value(cfg, "retrieval.candidates")  # a list as a plain list
             with progress.every(cfg.callbacks.progress_log.interval_seconds):
                 table, heading = evaluate_two_stage(
@@ -271,11 +316,7 @@ def main(cfg: DictConfig) -> None:
             print(pd.DataFrame({"metric": list(evaluated), "evaluated": list(evaluated.values())}).to_string(index=False))
             print(f"candidates={cfg.candidates}: the run's metrics.json ranked {ranked[:20]!r} items, so nothing was compared")
             return
-        table = compare_with_recorded(evaluated, cfg.run_dir, cfg.tolerance)
-        report(table)
-        recorded = table[table["metrics.json"].notna()]  # a metric the run did not record cannot contradict it
-        if not recorded["equal"].all() and is_recorded_checkpoint(cfg.run_dir, cfg.checkpoint):
-            raise MetricsDiffer(differing_summary(recorded))
+        compare_and_report(evaluated, cfg)
     except RecsysError as error:
         exit_with_message(error)
 

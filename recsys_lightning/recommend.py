@@ -31,12 +31,14 @@ from recsys_lightning.data.catalogue import Catalogue
 from recsys_lightning.data.csv import read_id_pairs
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message, interruptions_raise, quote
 from recsys_lightning.ranges import shown_path
+from recsys_lightning.rerank.trained import is_reranker_checkpoint, load_reranker
 from recsys_lightning.runs.atomic import atomic_file
-from recsys_lightning.runs.checkpoint_file import find_checkpoint
+from recsys_lightning.runs.checkpoint_file import find_checkpoint, load_checkpoint
 from recsys_lightning.runs.other_runs import best_checkpoint_of, check_same_data
-from recsys_lightning.runs.trained_run import TrainedRun, load_trained, torch_device
+from recsys_lightning.runs.trained_run import TrainedRun, load_trained, torch_device, trained_from
 from recsys_lightning.serving.arguments import CSV_COLUMNS, TWO_STAGE_CSV_COLUMNS, check_serving_config, in_run_folder
 from recsys_lightning.serving.pairs import export_pair_scores, pair_answer
+from recsys_lightning.serving.reranker import RerankerService, moved_by
 from recsys_lightning.serving.service import ITEM_ITEM, UNKNOWN, Recommendations, RecommendationService, TwoStageService
 from recsys_lightning.serving.vector_index import ItemVectorIndex, open_or_build
 from recsys_lightning.threads import apply_thread_count
@@ -62,9 +64,9 @@ def serve(cfg: DictConfig, out: TextIO = sys.stdout) -> None:
             f"ask one thing per call: set exactly one of {', '.join(ACTIONS)}, or user_id with item_id for one pair's score "
             f"(got {', '.join(chosen) or 'none'})"
         )
-    run = load_trained(find_checkpoint(cfg.run_dir, cfg.checkpoint), torch_device(cfg.device))
-    service = _service(cfg, run)
-    log.info("serving %s from %s", run.model_name, run.checkpoint_path)
+    path = find_checkpoint(cfg.run_dir, cfg.checkpoint)
+    service = _service(cfg, load_checkpoint(path, torch_device(cfg.device)), path)
+    log.info("serving %s from %s", service.run.model_name, path)
     action = chosen[0]
     k = _answerable_k(cfg.k, action, service)
     try:
@@ -135,9 +137,13 @@ def _answerable_k(k: int, action: str, service: RecommendationService) -> int:
     return max(most, 1)
 
 
-def _service(cfg: DictConfig, run: TrainedRun) -> RecommendationService:
-    """`run`'s model over the whole catalogue or, with retrieval.run_dir, re-ranking a retriever's candidates."""
+def _service(cfg: DictConfig, checkpoint: dict[str, Any], path: Path) -> RecommendationService:
+    """The checkpoint's model over the whole catalogue or, with retrieval.run_dir, re-ranking a retriever's
+    candidates; a re-ranker run's (experiment=ml100k_reranker) only the latter."""
     options = {"exclude": list(cfg.exclude), "min_history": cfg.min_history, "chunk_size": cfg.chunk_size}
+    if is_reranker_checkpoint(checkpoint):
+        return _reranker_service(cfg, checkpoint, path, options)
+    run = trained_from(checkpoint, path, torch_device(cfg.device))
     if cfg.retrieval.run_dir is None:
         return RecommendationService(run, **options, index=_vector_index("index", cfg.index, cfg.faiss, run, cfg.run_dir))
     retriever = load_trained(best_checkpoint_of(cfg.retrieval.run_dir, "retrieval.run_dir"), torch_device(cfg.device))
@@ -152,6 +158,28 @@ def _service(cfg: DictConfig, run: TrainedRun) -> RecommendationService:
         retriever, **options, index=_vector_index("retrieval.index", cfg.retrieval.index, cfg.faiss, retriever, cfg.retrieval.run_dir)
     )
     return TwoStageService(run, retrieval, cfg.retrieval.candidates, **options)
+
+
+def _reranker_service(cfg: DictConfig, checkpoint: dict[str, Any], path: Path, options: dict[str, Any]) -> RerankerService:
+    """A re-ranker run re-ranking the top N of retrieval.run_dir, the N it was trained on; the retriever must
+    hold the same data, split and seed (the candidates it was trained and tested on)."""
+    if cfg.retrieval.run_dir is None:
+        raise ConfigError(
+            f"run_dir={cfg.run_dir} is a re-ranker's run: it re-ranks a retriever's candidates, so add "
+            "retrieval.run_dir=<the retriever run it was trained with>"
+        )
+    if torch_device(cfg.device).type != "cpu":
+        raise ConfigError(f"device={cfg.device}: a re-ranker run is served on the CPU, where its features are computed; use device=cpu")
+    retriever_path = best_checkpoint_of(cfg.retrieval.run_dir, "retrieval.run_dir")  # a missing one told before data loads
+    run = load_reranker(checkpoint, path, Path(cfg.run_dir))
+    retriever = load_trained(retriever_path)
+    check_same_data(retriever.catalogue, run.catalogue, cfg.retrieval.run_dir, cfg.run_dir)
+    if cfg.retrieval.candidates != run.candidates:
+        log.info("retrieval.candidates=%d: the re-ranker re-ranks the top %d it was trained on", cfg.retrieval.candidates, run.candidates)
+    retrieval = RecommendationService(
+        retriever, **options, index=_vector_index("retrieval.index", cfg.retrieval.index, cfg.faiss, retriever, cfg.retrieval.run_dir)
+    )
+    return RerankerService(run, retrieval, **options)
 
 
 def export_recommendations(
@@ -230,10 +258,16 @@ def _frame(chunk: Recommendations, raw_user_ids: np.ndarray, catalogue: Catalogu
 
 def _recommendation_table(service: RecommendationService, raw_user: Any, k: int) -> str:
     catalogue = service.catalogue
-    answer = service.recommend_for([raw_user], k)
+    if isinstance(service, RerankerService):
+        answer, retrieval_ranks, lifts = service.explain(service.user_indices([raw_user]), k)
+    else:
+        answer = service.recommend_for([raw_user], k)
     index = int(answer.users[0])
     frame = _frame(answer, np.array([raw_user], dtype=object), catalogue)
     frame.insert(3, "title", catalogue.title_of(answer.items[0, : len(frame)].tolist()))
+    if isinstance(service, RerankerService) and not bool(answer.fallback[0]):
+        frame.insert(2, "retrieval_rank", retrieval_ranks[0, : len(frame)].numpy())
+        frame["moved_by"] = moved_by(lifts[0, : len(frame)], service.run.features.names)
     if index == UNKNOWN:
         heading = f"user {raw_user} is unknown to this run: the {len(frame)} most popular items (source=popularity)"
     elif bool(answer.fallback[0]):

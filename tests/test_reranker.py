@@ -3,8 +3,10 @@ fold retriever holds out, the refusals of the runs it is built from, and the thr
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
 
@@ -17,11 +19,18 @@ from recsys_lightning.data.features import FeatureTable
 from recsys_lightning.data.sparse import UserItemCSR
 from recsys_lightning.data.split import rerank_holdout
 from recsys_lightning.errors import ConfigError
+from recsys_lightning.recommend import serve
 from recsys_lightning.rerank.build import check_reranker_config
 from recsys_lightning.rerank.features import CandidateFeatures, ItemSide, check_feature_names
+from recsys_lightning.rerank.lists import candidate_lists, ranked
 from recsys_lightning.rerank.ranker import LinearReranker, listwise_loss
 from recsys_lightning.rerank.runs import load_fold_retriever, load_retriever
+from recsys_lightning.rerank.trained import load_reranker
+from recsys_lightning.runs.checkpoint_file import find_checkpoint, load_checkpoint
 from recsys_lightning.runs.safe_config import checked_module_hyper_parameters
+from recsys_lightning.runs.trained_run import load_trained
+from recsys_lightning.serving.reranker import RerankerService, feature_lifts, moved_by
+from recsys_lightning.serving.service import RecommendationService
 from recsys_lightning.validation import check_training_config
 
 from helpers import FrameDataModule, compose_config, module_config, planted_frame, run_module, trained_run_folder
@@ -245,8 +254,31 @@ def test_the_presets_own_keys_are_known_on_the_command_line_only_beside_it():
 
 def test_a_reranker_checkpoint_is_refused_by_serving_in_one_line():
     record = {"model": {"_target_": "recsys_lightning.rerank.LinearReranker", "features": ["retriever_z"]}, "num_items": 5}
-    with pytest.raises(ConfigError, match=r"^run.ckpt: a re-ranker's run .* which evaluate and recommend do not load yet"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^run.ckpt: a re-ranker.s run .* only with retrieval.run_dir=<the retriever it was trained with>; pair scores",
+    ):
         checked_module_hyper_parameters(record, "run.ckpt")
+
+
+def test_feature_lifts_of_a_hand_made_list_sum_to_the_score_over_the_average_candidate():
+    names = ["retriever_z", "ease_z", "year"]
+    ranker = LinearReranker(names)
+    with torch.no_grad():
+        ranker.weights.weight.copy_(torch.tensor([[1.0, 2.0, -0.4]]))
+        ranker.weights.bias.fill_(5.0)
+    # Three candidates and a padded fourth, whose values must not count in the list's average.
+    features = torch.tensor([[[1.0, 0.3, 2.0], [0.0, 0.9, -1.0], [-1.0, 0.0, 2.0], [50.0, 50.0, 50.0]]])
+    present = torch.tensor([[True, True, True, False]])
+    lifts = feature_lifts(ranker.weights.weight[0], features, present)
+    # Averages over the three: retriever_z 0, ease_z 0.4, year 1; lift = weight x (value - average).
+    expected = [[1.0, 2 * (0.3 - 0.4), -0.4 * (2 - 1)], [0.0, 2 * (0.9 - 0.4), -0.4 * (-1 - 1)], [-1.0, 2 * (0 - 0.4), -0.4 * (2 - 1)]]
+    assert lifts[0, :3].tolist() == [pytest.approx(row) for row in expected]
+    scores = ranker(features)[0, :3]  # 5.6, 7.3, 3.4: the bias cancels against the average (5.4333)
+    assert lifts[0, :3].sum(-1).tolist() == pytest.approx((scores - scores.mean()).tolist())
+    # The retriever's own order is not a reason to move: the two others, largest first, signed.
+    assert moved_by(lifts[0, :3], names, count=2) == ["year -0.40, ease_z -0.20", "ease_z +1.00, year +0.80", "ease_z -0.80, year -0.40"]
+    assert moved_by(lifts[0, :3, :1], names[:1]) == ["", "", ""]
 
 
 def _train(*overrides: str) -> dict:
@@ -255,9 +287,12 @@ def _train(*overrides: str) -> dict:
     return result
 
 
-@pytest.mark.slow
-def test_three_commands_train_a_reranker_on_ml100k(tmp_path):
-    retriever, fold, reranker = tmp_path / "R", tmp_path / "F", tmp_path / "reranker"
+@pytest.fixture(scope="module")
+def ml100k_runs(tmp_path_factory) -> dict:
+    """The three commands of the README on ML-100K, short (MF 2 epochs, the ranker 10): the retriever R, its
+    fold F and the re-ranker, trained once for the slow tests of this module; `stdout` is the ranker's."""
+    root = tmp_path_factory.mktemp("ml100k_reranker")
+    retriever, fold, reranker = root / "R", root / "F", root / "reranker"
     _train("experiment=ml100k_mf", "trainer.max_epochs=2", "projector.max_items=0", f"hydra.run.dir={retriever}")
     _train("experiment=ml100k_mf", "data.rerank_holdout=0.125", "trainer.max_epochs=2", "projector.max_items=0", f"hydra.run.dir={fold}")
     result = _train(
@@ -267,6 +302,12 @@ def test_three_commands_train_a_reranker_on_ml100k(tmp_path):
         "trainer.max_epochs=10",
         f"hydra.run.dir={reranker}",
     )
+    return {"R": retriever, "F": fold, "reranker": reranker, "stdout": result.stdout}
+
+
+@pytest.mark.slow
+def test_three_commands_train_a_reranker_on_ml100k(ml100k_runs, tmp_path):
+    retriever, reranker = ml100k_runs["R"], ml100k_runs["reranker"]
     metrics = json.loads((reranker / "metrics.json").read_text())
     for part in ("val", "test"):
         assert 0 < metrics[f"{part}/two_stage/ndcg@10"] <= 1
@@ -278,7 +319,7 @@ def test_three_commands_train_a_reranker_on_ml100k(tmp_path):
     assert metrics["best_epoch"] in (4, 9)
     assert (reranker / metrics["best_checkpoint"]).is_file()
     assert (reranker / ".hydra" / "config.yaml").is_file()
-    assert "retriever alone -> two stages, ndcg@10: val" in result.stdout
+    assert "retriever alone -> two stages, ndcg@10: val" in ml100k_runs["stdout"]
     # The same command with the retriever as its own fold is one line and a non-zero exit.
     refused = run_module(
         "recsys_lightning.train",
@@ -288,3 +329,81 @@ def test_three_commands_train_a_reranker_on_ml100k(tmp_path):
         f"hydra.run.dir={tmp_path / 'refused'}",
     )
     assert refused.returncode != 0 and "rerank.fold_run_dir is retrieval.run_dir" in refused.stderr
+
+
+@pytest.mark.slow
+def test_recommend_and_evaluate_serve_the_trained_reranker(ml100k_runs):
+    retriever, reranker = ml100k_runs["R"], ml100k_runs["reranker"]
+    shown = run_module("recsys_lightning.recommend", f"run_dir={reranker}", f"retrieval.run_dir={retriever}", "user_id=1", "k=10")
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    heading, columns, *rows = shown.stdout.splitlines()
+    assert "LinearReranker re-ranking the top 100 of MatrixFactorization" in heading
+    assert columns.split() == ["rank", "retrieval_rank", "item_id", "title", "score", "source", "retrieval_score", "moved_by"]
+    assert len(rows) == 10 and "ease_z" in shown.stdout
+    evaluated = run_module("recsys_lightning.evaluate", f"run_dir={reranker}", f"retrieval.run_dir={retriever}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "all 20 metrics equal metrics.json" in evaluated.stdout and "test/two_stage/ndcg@10" in evaluated.stdout
+
+
+@pytest.mark.slow
+def test_a_served_reranker_answer_is_its_scores_ranks_and_lifts(ml100k_runs):
+    reranker = ml100k_runs["reranker"]
+    path = find_checkpoint(reranker, "best")
+    run = load_reranker(load_checkpoint(path), path, reranker)
+    assert run.candidates == 100 and run.ks == [10, 20]
+    retrieval = RecommendationService(load_trained(find_checkpoint(ml100k_runs["R"], "best")))
+    service = RerankerService(run, retrieval)
+    users = torch.arange(5)
+    answer, retrieval_ranks, lifts = service.explain(users, 10)
+    proposed = retrieval.recommend(users, 100)
+    # The retrieval rank points at the item in the retriever's list, whose score is the retrieval score.
+    assert torch.equal(proposed.items.gather(1, retrieval_ranks - 1), answer.items)
+    assert torch.equal(proposed.scores.gather(1, retrieval_ranks - 1), answer.retrieval_scores)
+    # Lifts add up to each item's score minus the user's average candidate's (every list holds 100 items here).
+    scores = run.model(run.features(users, proposed.items, proposed.scores))
+    assert torch.allclose(answer.scores, scores.gather(1, retrieval_ranks - 1))
+    assert torch.allclose(lifts.sum(-1), answer.scores - scores.mean(1, keepdim=True), atol=1e-5)
+    assert answer.scores.diff(dim=1).le(0).all()
+    # Served as the test loop ranks (train and valid hidden, every user ranked), the answers are the ranking
+    # evaluate measures: the test lists built as training built them, ordered by the ranker.
+    hidden = ("train", "valid")
+    tested = RerankerService(run, RecommendationService(retrieval.run, exclude=hidden, min_history=0), exclude=hidden, min_history=0)
+    (part,) = candidate_lists(retrieval.model, run.catalogue.seen_in(["test"]), run.catalogue.seen_in(hidden), run.features, 100, 1024)
+    assert torch.equal(tested.recommend(part.users, 10).items, ranked(run.model(part.features), part, 10))
+
+
+def _refusal(cfg) -> str:
+    with pytest.raises(ConfigError) as error:
+        serve(cfg, io.StringIO())
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+@pytest.mark.slow
+def test_serving_a_reranker_refuses_a_wrong_retriever_a_tampered_run_and_a_missing_one(ml100k_runs, tmp_path):
+    retriever, reranker = ml100k_runs["R"], ml100k_runs["reranker"]
+    ask = ("user_id=1", "k=10")
+    # The fold retriever holds other training pairs: its candidates are not the ones the ranker was trained on.
+    message = _refusal(compose_config("recommend", f"run_dir={reranker}", f"retrieval.run_dir={ml100k_runs['F']}", *ask))
+    assert message.startswith(f"retrieval.run_dir={ml100k_runs['F']} was trained on other data or another split")
+    assert _refusal(compose_config("recommend", f"run_dir={reranker}", *ask)).startswith(f"run_dir={reranker} is a re-ranker's run")
+    missing = tmp_path / "nowhere"
+    assert _refusal(compose_config("recommend", f"run_dir={reranker}", f"retrieval.run_dir={missing}", *ask)).startswith(
+        "retrieval.run_dir"
+    )
+    assert _refusal(compose_config("recommend", f"run_dir={missing}", f"retrieval.run_dir={retriever}", *ask)).startswith(
+        f"run_dir={missing}"
+    )
+    tampered = tmp_path / "tampered"
+    shutil.copytree(reranker, tampered)
+    config = tampered / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("candidates: 100", "candidates: 100000"))
+    message = _refusal(compose_config("recommend", f"run_dir={tampered}", f"retrieval.run_dir={retriever}", *ask))
+    assert message.startswith(f"{config}: retrieval.candidates is 100000, not an integer in [1, 1682]")
+    config.write_text(config.read_text().replace("candidates: 100000", "candidates: 100"))
+    path = find_checkpoint(tampered, "best")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["state_dict"]["model.weights.weight"] = torch.zeros(1, 100_000)  # weights for more features than recorded
+    torch.save(checkpoint, path)
+    message = _refusal(compose_config("recommend", f"run_dir={tampered}", f"retrieval.run_dir={retriever}", *ask))
+    assert message.startswith(f"{path}: model.weights.weight is (1, 100000), not a float tensor of shape (1, 9)")

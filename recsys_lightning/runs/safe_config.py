@@ -111,8 +111,8 @@ def checked_module_hyper_parameters(hyper_parameters: Any, source: str) -> dict[
     model = hyper_parameters.get("model")
     if isinstance(model, Mapping) and str(model.get("_target_", "")).startswith(RERANKER_PACKAGE):
         raise ConfigError(
-            f"{source}: a re-ranker's run (experiment=ml100k_reranker), which evaluate and recommend do not load yet; "
-            "its metrics.json holds both stages' figures"
+            f"{source}: a re-ranker's run (experiment=ml100k_reranker), which evaluate and recommend (user_id= or users=) load "
+            "only with retrieval.run_dir=<the retriever it was trained with>; pair scores and similar items do not load it"
         )
     unknown = sorted(str(key) for key in hyper_parameters if key not in MODULE_KEYS)
     if unknown:

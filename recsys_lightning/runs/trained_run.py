@@ -38,7 +38,12 @@ class TrainedRun:
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedRun:
     """The model and catalogue of a checkpoint; its recorded config is checked before anything is built."""
-    checkpoint = load_checkpoint(path, device)
+    return trained_from(load_checkpoint(path, device), path, device)
+
+
+def trained_from(checkpoint: dict[str, Any], path: str | Path, device: str | torch.device = "cpu") -> TrainedRun:
+    """`load_trained` of a checkpoint already read with `load_checkpoint` (recommend reads it once to tell a
+    re-ranker's run from a model's)."""
     catalogue = recorded_catalogue(checkpoint, path, "retrain the run to serve it")
     hyper_parameters = checked_module_hyper_parameters(checkpoint.get("hyper_parameters"), str(path))
     if (catalogue.num_users, catalogue.num_items) != (hyper_parameters["num_users"], hyper_parameters["num_items"]):
