@@ -18,6 +18,8 @@ class ChunkedInteractions:
     - `index_ids(distinct)`: one column's distinct raw ids as the chunks give them -> the ids `setup`
       indexes, position for position (a CSV's text becomes integers when every id is exact).
     - `items(item_ids)`: the item metadata (item_id, title), given every raw item id `index_ids` gave.
+    - `given_parts`: whether the source comes split (pre-split files): then every chunk has a `part` column
+      (0 train, 1 valid, 2 test) and the rows are used as given (`split_by_parts`), not split.
     """
 
     chunks: Callable[[], Iterator[pd.DataFrame]]
@@ -25,6 +27,7 @@ class ChunkedInteractions:
     ratings_missing: str | None
     index_ids: Callable[[np.ndarray], np.ndarray]
     items: Callable[[np.ndarray], pd.DataFrame]
+    given_parts: bool = False
 
 
 def frame_chunks(frame: pd.DataFrame, chunk_rows: int) -> Callable[[], Iterator[pd.DataFrame]]:
