@@ -205,9 +205,8 @@ PRE_SPLIT_SOURCES = {
 
 @pytest.mark.parametrize("split", ["ratio", "cold_items"])  # the files' parts are used whatever data.split says
 @pytest.mark.parametrize("source", PRE_SPLIT_SOURCES)
-def test_bounded_prepare_of_pre_split_files_writes_the_single_process_parts_exactly(source, split, tmp_path, monkeypatch):
+def test_bounded_prepare_of_pre_split_files_writes_the_single_process_parts_exactly(source, split, tmp_path):
     overrides = [*PRE_SPLIT_SOURCES[source](tmp_path), f"data.split={split}", "data.split_ratios=[0.98,0.01,0.01]"]
-    monkeypatch.setattr("recsys_lightning.prepare.write_prepared", lambda *args: pytest.fail("pre-split files loaded whole"))
     expected, found = prepared_both_ways(tmp_path, overrides, chunk_rows=97, parts=3)
     assert_same_folder(expected, found)
     codes = np.concatenate([pq.read_table(path).column("part").to_numpy() for path in found.glob("part-*.parquet")])
@@ -250,6 +249,44 @@ def test_pre_split_files_prepared_in_chunks_fail_as_setup_does(files, on_overlap
         instantiate(cfg.data).setup("fit")
     assert str(in_chunks.value) == str(whole.value)
     assert not (tmp_path / "out").exists()
+
+
+def k_core_source(tmp: Path) -> list[str]:
+    """Integer ids but for user `007`, whose one row k-core filtering drops: the ids left are integers both ways."""
+    path = write_csv(tmp / "interactions.csv", text_ids=False, timestamps=True, ratings=True, targets=True)
+    with open(path, "a") as handle:
+        handle.write("007,5,4,3,1\n")
+    return ["data=csv", f"data.path={path}"]
+
+
+K_CORE_SOURCES = {
+    "one file, text ids": lambda tmp: csv_source(tmp, text_ids=True, timestamps=True, ratings=True, targets=True),
+    "one file, an id only k-core drops is not an integer": k_core_source,
+    "pre-split files, min_rating": lambda tmp: pre_split_source(tmp, text_ids=True, timestamps=True, test=True, min_rating=2),
+}
+
+
+@pytest.mark.parametrize("thresholds", [(30, 8), (2, 20)])
+@pytest.mark.parametrize("source", K_CORE_SOURCES)
+def test_bounded_prepare_with_k_core_filtering_writes_the_single_process_split_exactly(source, thresholds, tmp_path):
+    min_user, min_item = thresholds
+    overrides = [*K_CORE_SOURCES[source](tmp_path), f"data.min_user_interactions={min_user}", f"data.min_item_interactions={min_item}"]
+    expected, found = prepared_both_ways(tmp_path, overrides, chunk_rows=97, parts=3)
+    assert_same_folder(expected, found)
+    unfiltered = instantiate(compose_config("prepare", *K_CORE_SOURCES[source](tmp_path), "output=unused").data)
+    unfiltered.setup("fit")
+    train_rows = sum(part["train"] for part in json.loads((found / "manifest.json").read_text())["parts"])
+    assert 0 < train_rows < len(unfiltered.split.train)  # k-core dropped some
+
+
+def test_k_core_filtering_that_removes_every_row_is_refused_in_chunks_as_setup_refuses_it(tmp_path):
+    overrides = [*csv_source(tmp_path, text_ids=True, timestamps=True, ratings=True, targets=False), "data.min_user_interactions=10000"]
+    cfg = compose_config("prepare", *overrides, f"output={tmp_path / 'out'}", "chunk_rows=97")
+    with pytest.raises(DataError, match="removed every interaction") as in_chunks:
+        prepare(cfg)
+    with pytest.raises(DataError) as whole:
+        instantiate(cfg.data).setup("fit")
+    assert str(in_chunks.value) == str(whole.value) and not (tmp_path / "out").exists()
 
 
 def test_a_source_that_changes_between_its_two_readings_is_refused(tmp_path):

@@ -25,6 +25,7 @@ from pandas.io.common import get_handle
 
 from recsys_lightning import progress
 from recsys_lightning.data.chunked import ChunkedInteractions
+from recsys_lightning.data.chunked_k_core import ChunkedKCore
 from recsys_lightning.data.csv_fields import FieldCheckedStream, separator_byte
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
 from recsys_lightning.data.features import FeatureColumns, refuse_unmatched
@@ -531,12 +532,10 @@ class CsvDataModule(InteractionDataModule):
         }
         return LoadedInteractions(frame, items, source=f"csv:{source}", ratings_missing=ratings_missing, **features)
 
-    def load_chunks(self, chunk_rows: int) -> ChunkedInteractions | None:
+    def load_chunks(self, chunk_rows: int) -> ChunkedInteractions:
         """The file, or the pre-split files one after the other (each row tagged with its file's part, as `load`
-        tags it), read `chunk_rows` rows at a time and checked as `load` checks them; None (load it whole) for
-        k-core filtering, which needs every row at once."""
-        if max(self.min_user_interactions, self.min_item_interactions) > 1:
-            return None
+        tags it), read `chunk_rows` rows at a time and checked as `load` checks them; k-core filtering, as `load`
+        applies it to the first file, is found in passes over that file (ChunkedKCore)."""
         if self.read_options["sep"] is not None:
             separator_byte(self.read_options["sep"])
         _check_distinct_columns(**{key: value for key, value in self.read_options.items() if key.endswith("_col")})
@@ -545,9 +544,21 @@ class CsvDataModule(InteractionDataModule):
         for path in given.values():
             read_interaction_chunks(path, **self.read_options, chunk_rows=1)  # each file and its header, checked now
 
+        first = next(iter(given))
+        core = None
+        if max(self.min_user_interactions, self.min_item_interactions) > 1:
+            core = ChunkedKCore(
+                lambda: read_interaction_chunks(given[first], **self.read_options, chunk_rows=chunk_rows),
+                self.min_user_interactions,
+                self.min_item_interactions,
+                given[first],
+                chunk_rows,
+            )
+
         def chunks() -> Iterator[pd.DataFrame]:
             for name, path in given.items():
-                for chunk in read_interaction_chunks(path, **self.read_options, chunk_rows=chunk_rows):
+                file_chunks = read_interaction_chunks(path, **self.read_options, chunk_rows=chunk_rows)
+                for chunk in core.filter(file_chunks) if core is not None and name == first else file_chunks:
                     yield chunk if name == "all" else chunk.assign(**{PART: np.int8(PART_CODES[name])})
 
         def items(item_ids: np.ndarray) -> pd.DataFrame:

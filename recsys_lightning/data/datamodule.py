@@ -99,9 +99,9 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
     def load(self) -> LoadedInteractions:
         """Read (or fetch) the raw interactions of this source."""
 
-    def load_chunks(self, chunk_rows: int) -> ChunkedInteractions | None:
-        """This source for `prepare`, `chunk_rows` rows at a time; None where only `load` can give it. Here every
-        row is loaded once and handed out in chunks: sources read in bounded memory override it."""
+    def load_chunks(self, chunk_rows: int) -> ChunkedInteractions:
+        """This source for `prepare`, `chunk_rows` rows at a time. Here every row is loaded once and handed out
+        in chunks: sources read in bounded memory override it."""
         loaded = self.load()
         return ChunkedInteractions(
             chunks=frame_chunks(loaded.interactions, chunk_rows),

@@ -6,12 +6,15 @@ whole users, about `chunk_rows` rows, more only where one user has more). The st
 
 1. read the source: every distinct raw user and item id, and each user's rows;
 2. read it again: each row, its ids as places in the sorted id lists, appended to its user block's file;
-3. per block: the latest row of each (user, item) (by timestamp, then source order, as `latest_per_pair`),
-   the positives that `min_rating` keeps, written sorted by (timestamp, source row): a run;
+3. per block: the latest row of each (user, item) (by timestamp, then source order, as `latest_per_pair`;
+   of each (user, item, file) for pre-split files), the positives that `min_rating` keeps, written sorted
+   by (timestamp, source row): a run; the explicit negatives of train set aside;
 4. `merge_ranks` of the runs: each positive's place in the single-process interactions (its `row`) and that
    place's draw of the split stream; the explicit negatives get their places the same way;
-5. per block: final indices (setup's sorted-id factorisation), the split (`split_users` or `item_parts`),
-   the rows sorted as `write_prepared` sorts them, written to the block's file;
+5. per block: final indices (setup's sorted-id factorisation), the split (`split_users` or `item_parts`;
+   for pre-split files the files' parts, less the held-out rows `given_part_codes` leaves out, knowing from
+   step 3 which users and items train has), the rows sorted as `write_prepared` sorts them, written to the
+   block's file;
 6. the parts, cut by `user_blocks` from the users' final row counts, each written from the blocks it spans.
 
 The folder holds the rows `write_prepared` writes after `setup`; a part file's row groups follow the blocks.
@@ -31,7 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from recsys_lightning.data.catalogue import item_titles
-from recsys_lightning.data.chunked import ChunkedInteractions
+from recsys_lightning.data.chunked import ChunkedInteractions, IdTally, id_places
 from recsys_lightning.data.datamodule import InteractionDataModule, check_negatives_exist, no_test_error, no_validation_error
 from recsys_lightning.data.interactions import ITEM, PART, RATING, TARGET, TIMESTAMP, USER
 from recsys_lightning.data.sparse import UserItemCSR
@@ -94,7 +97,7 @@ class _Preparation:
 
     def _read_ids(self) -> None:
         """Step 1: the sorted distinct raw ids (as the chunks give them, and as setup keeps them) and rows per user."""
-        users, items = _Tally(), _Tally()
+        users, items = IdTally(), IdTally()
         self.test_rows = 0  # rows of a given test file, repeated and negative ones too (its error counts them)
         for chunk in self.chunked.chunks():
             users.add(chunk[USER])
@@ -115,8 +118,8 @@ class _Preparation:
         source_row = 0
         for chunk in self.chunked.chunks():
             rows = np.empty(len(chunk), SOURCE_ROW)
-            rows["user"] = _places(self.user_keys, chunk[USER])
-            rows["item"] = _places(self.item_keys, chunk[ITEM])
+            rows["user"] = id_places(self.user_keys, chunk[USER])
+            rows["item"] = id_places(self.item_keys, chunk[ITEM])
             rows["rating"] = chunk[RATING].to_numpy(np.float32)
             rows["timestamp"] = chunk[TIMESTAMP].to_numpy(np.float64)
             rows["source_row"] = source_row + np.arange(len(chunk))
@@ -341,52 +344,11 @@ class _Preparation:
         return write_manifest(self.folder, facts, entries)
 
 
-class _Tally:
-    """The distinct values of an id column and each one's rows, a chunk at a time. Each chunk's distinct values
-    wait in a list, merged by one hashing pass once they outnumber those known: a merge per chunk would
-    rehash every known id each time (most of a read, with many small chunks)."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self.waiting = 0
-        self.known: tuple[np.ndarray, np.ndarray] | None = None
-
-    def add(self, column: pd.Series) -> None:
-        if isinstance(column.dtype, pd.CategoricalDtype):  # counted by code, once per category
-            counts = np.bincount(column.cat.codes.to_numpy(), minlength=len(column.cat.categories))
-            values, counts = np.asarray(column.cat.categories, dtype=object)[counts > 0], counts[counts > 0]
-        else:
-            values, counts = np.unique(column.to_numpy(), return_counts=True)
-        self.pending.append((values, counts))
-        self.waiting += len(values)
-        if self.known is None or self.waiting > len(self.known[0]):
-            self._merge()
-
-    def _merge(self) -> None:
-        parts = self.pending if self.known is None else [self.known, *self.pending]
-        codes, distinct = pd.factorize(np.concatenate([values for values, _ in parts]))
-        rows = np.bincount(codes, weights=np.concatenate([counts for _, counts in parts]), minlength=len(distinct))
-        self.known, self.pending, self.waiting = (np.asarray(distinct), rows.astype(np.int64)), [], 0
-
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """(distinct values, rows of each)."""
-        if self.pending:
-            self._merge()
-        return self.known
-
-
 def _sorted_ids(distinct: np.ndarray, index_ids) -> tuple[pd.Index, np.ndarray, np.ndarray]:
     """(the ids as chunks give them, the ids as setup keeps them, the order), both sorted as setup's factorisation sorts."""
     ids = np.asarray(index_ids(distinct))
     order = np.argsort(ids, kind="stable")
     return pd.Index(distinct[order], dtype=distinct.dtype), ids[order], order
-
-
-def _places(keys: pd.Index, column: pd.Series) -> np.ndarray:
-    """Each row's id as its place in `keys` (every id of the column is there)."""
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        return keys.get_indexer(column.cat.categories)[column.cat.codes.to_numpy()]
-    return keys.get_indexer(column.to_numpy())
 
 
 def _by_key(rows: np.ndarray) -> np.ndarray:
