@@ -4,9 +4,9 @@
 
 The data is split with the rules and seed training uses, so a prepared folder holds exactly the split
 `data=<source>` trains on. It is read `chunk_rows` rows at a time and split one block of users at a time
-(prepared/bounded.py), so memory follows the chunk and the id maps, not the rows; pre-split files and
-k-core filtering are loaded and split whole, by the DataModule itself. `data=prepared data.path=<folder>`
-then lets each DDP rank read only its parts.
+(prepared/bounded.py), so memory follows the chunk and the id maps, not the rows: pre-split files too (each
+row's file gives its part), and k-core filtering is found in passes over the rows (data/chunked_k_core.py).
+`data=prepared data.path=<folder>` then lets each DDP rank read only its parts.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError, RecsysError, exit_with_message
 from recsys_lightning.prepared.bounded import write_prepared_bounded
 from recsys_lightning.prepared.datamodule import PREPARED_TARGET
-from recsys_lightning.prepared.write import check_output_free, write_prepared
+from recsys_lightning.prepared.write import check_output_free
 from recsys_lightning.ranges import TEXT, Rule, constructor_rules, integer, shown
 from recsys_lightning.runs.atomic import check_writable_folder
 from recsys_lightning.threads import apply_thread_count
@@ -70,11 +70,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     check_prepare_config(cfg)
     datamodule: InteractionDataModule = build_datamodule(cfg.data)
     chunked = datamodule.load_chunks(cfg.chunk_rows)
-    if chunked is None:  # pre-split files, k-core filtering: loaded and split whole, as training does
-        datamodule.setup("fit")
-        manifest = write_prepared(datamodule, Path(cfg.output), cfg.parts)
-    else:
-        manifest = write_prepared_bounded(datamodule, chunked, Path(cfg.output), cfg.parts, cfg.chunk_rows)
+    manifest = write_prepared_bounded(datamodule, chunked, Path(cfg.output), cfg.parts, cfg.chunk_rows)
     log.info("prepared %s into %s (%d parts)", manifest["source"], cfg.output, len(manifest["parts"]))
     return manifest
 

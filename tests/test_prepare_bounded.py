@@ -162,12 +162,131 @@ def test_titles_of_an_items_file_are_written_as_setup_reads_them(tmp_path):
     assert titles[:2] == ["Title 0", ""] and "Title 17" in titles
 
 
-def test_pre_split_files_are_still_prepared_whole(tmp_path):
-    train = write_csv(tmp_path / "train.csv", text_ids=True, timestamps=True, ratings=True, targets=False)
-    valid = write_csv(tmp_path / "valid.csv", text_ids=True, timestamps=True, ratings=True, targets=False, seed=1)
+def write_split_file(path: Path, *, users: int, items: int, rows: int, text_ids: bool, timestamps: bool, targets: bool, seed: int) -> Path:
+    """`rows` rows of users 0..`users`-1 and items 0..`items`-1 (past train's: ids that train lacks), with repeated
+    pairs and equal timestamps; text ids include `007` and `7`."""
+    rng = np.random.default_rng(seed)
+    user, item = rng.integers(0, users, rows), rng.zipf(1.3, rows) % items
+    columns = {
+        "userId": [("007" if u == 0 else "7" if u == 1 else f"u{u}") if text_ids else str(u * 3) for u in user],
+        "itemId": [f"i{i:03d}" if text_ids else str(i) for i in item],
+        "rating": [str(r) for r in rng.integers(1, 6, rows)],
+    }
+    if timestamps:
+        columns["timestamp"] = [str(t) for t in rng.integers(0, 40, rows)]
+    if targets:
+        columns["target"] = [str(t) for t in (rng.random(rows) > 0.15).astype(int)]
+    lines = [",".join(values) for values in zip(*columns.values())]
+    path.write_text(",".join(columns) + "\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def pre_split_source(tmp: Path, *, text_ids: bool, timestamps: bool, test: bool, min_rating: int | None = None) -> list[str]:
+    """Train of 40 users and 60 items; valid and test of 46 users and 66 items, so some held-out rows have a
+    user or item absent from train; pairs repeat within each file and across files. Train and valid have
+    targets (valid's negatives must not reach training), test has none."""
+    options = {"text_ids": text_ids, "timestamps": timestamps}
+    train = write_split_file(tmp / "train.csv", users=40, items=60, rows=1500, targets=True, seed=0, **options)
+    valid = write_split_file(tmp / "valid.csv", users=46, items=66, rows=400, targets=True, seed=1, **options)
     overrides = ["data=csv", "data.path=null", f"data.train_path={train}", f"data.valid_path={valid}"]
-    expected, found = prepared_both_ways(tmp_path, overrides, chunk_rows=97, parts=2)
+    if test:
+        overrides.append(
+            f"data.test_path={write_split_file(tmp / 'test.csv', users=46, items=66, rows=400, targets=False, seed=2, **options)}"
+        )
+    return overrides + ([f"data.min_rating={min_rating}"] if min_rating is not None else [])
+
+
+PRE_SPLIT_SOURCES = {
+    "text ids, equal timestamps, a test file": lambda tmp: pre_split_source(tmp, text_ids=True, timestamps=True, test=True),
+    "integer ids, no timestamps, min_rating": lambda tmp: pre_split_source(tmp, text_ids=False, timestamps=False, test=False, min_rating=3),
+    "min_rating, a test file": lambda tmp: pre_split_source(tmp, text_ids=True, timestamps=True, test=True, min_rating=2),
+}
+
+
+@pytest.mark.parametrize("split", ["ratio", "cold_items"])  # the files' parts are used whatever data.split says
+@pytest.mark.parametrize("source", PRE_SPLIT_SOURCES)
+def test_bounded_prepare_of_pre_split_files_writes_the_single_process_parts_exactly(source, split, tmp_path):
+    overrides = [*PRE_SPLIT_SOURCES[source](tmp_path), f"data.split={split}", "data.split_ratios=[0.98,0.01,0.01]"]
+    expected, found = prepared_both_ways(tmp_path, overrides, chunk_rows=97, parts=3)
     assert_same_folder(expected, found)
+    codes = np.concatenate([pq.read_table(path).column("part").to_numpy() for path in found.glob("part-*.parquet")])
+    assert {0, 1} <= set(codes) and len(codes) < sum(1 for _ in open(tmp_path / "train.csv")) + 400  # held-out rows were left out
+
+
+def test_pre_split_parts_of_users_without_a_row_are_written_as_setup_writes_them(tmp_path):
+    overrides = PRE_SPLIT_SOURCES["text ids, equal timestamps, a test file"](tmp_path)
+    datamodule = instantiate(compose_config("prepare", *overrides, "output=unused").data)
+    datamodule.setup("fit")
+    parts = datamodule.num_users  # one user per part: a user whose every row is held out and left out has an empty part
+    expected, found = prepared_both_ways(tmp_path, overrides, chunk_rows=97, parts=parts)
+    assert_same_folder(expected, found)
+    assert min(pq.read_metadata(path).num_rows for path in found.glob("part-*.parquet")) == 0
+
+
+@pytest.mark.parametrize(
+    "files, on_overlap, message",
+    [
+        ({"test": "userId,itemId\nu1,i2\nu1,i2\n"}, "drop", "left: of 2 test rows, 1 dropped before splitting .* 1 also occur in valid;"),
+        ({"valid": "userId,itemId\nu9,i1\n"}, "drop", "no validation interaction is left; left out of valid: 1 with a user or item absent"),
+        ({}, "error", "valid 0 and test 1 .user, item. pairs also in train, test 1 also in valid .e.g. user 'u1', item 'i1'."),
+    ],
+)
+def test_pre_split_files_prepared_in_chunks_fail_as_setup_does(files, on_overlap, message, tmp_path):
+    contents = {"train": "userId,itemId\nu1,i1\nu2,i2\nu2,i1\n", "valid": "userId,itemId\nu1,i2\n", "test": "userId,itemId\nu1,i1\nu1,i2\n"}
+    contents.update(files)
+    for name, text in contents.items():
+        (tmp_path / f"{name}.csv").write_text(text)
+    overrides = [
+        "data=csv",
+        "data.path=null",
+        *(f"data.{name}_path={tmp_path / name}.csv" for name in contents),
+        f"data.on_overlap={on_overlap}",
+    ]
+    cfg = compose_config("prepare", *overrides, f"output={tmp_path / 'out'}", "chunk_rows=16")
+    with pytest.raises(DataError, match=message) as in_chunks:
+        prepare(cfg)
+    with pytest.raises(DataError) as whole:
+        instantiate(cfg.data).setup("fit")
+    assert str(in_chunks.value) == str(whole.value)
+    assert not (tmp_path / "out").exists()
+
+
+def k_core_source(tmp: Path) -> list[str]:
+    """Integer ids but for user `007`, whose one row k-core filtering drops: the ids left are integers both ways."""
+    path = write_csv(tmp / "interactions.csv", text_ids=False, timestamps=True, ratings=True, targets=True)
+    with open(path, "a") as handle:
+        handle.write("007,5,4,3,1\n")
+    return ["data=csv", f"data.path={path}"]
+
+
+K_CORE_SOURCES = {
+    "one file, text ids": lambda tmp: csv_source(tmp, text_ids=True, timestamps=True, ratings=True, targets=True),
+    "one file, an id only k-core drops is not an integer": k_core_source,
+    "pre-split files, min_rating": lambda tmp: pre_split_source(tmp, text_ids=True, timestamps=True, test=True, min_rating=2),
+}
+
+
+@pytest.mark.parametrize("thresholds", [(30, 8), (2, 20)])
+@pytest.mark.parametrize("source", K_CORE_SOURCES)
+def test_bounded_prepare_with_k_core_filtering_writes_the_single_process_split_exactly(source, thresholds, tmp_path):
+    min_user, min_item = thresholds
+    overrides = [*K_CORE_SOURCES[source](tmp_path), f"data.min_user_interactions={min_user}", f"data.min_item_interactions={min_item}"]
+    expected, found = prepared_both_ways(tmp_path, overrides, chunk_rows=97, parts=3)
+    assert_same_folder(expected, found)
+    unfiltered = instantiate(compose_config("prepare", *K_CORE_SOURCES[source](tmp_path), "output=unused").data)
+    unfiltered.setup("fit")
+    train_rows = sum(part["train"] for part in json.loads((found / "manifest.json").read_text())["parts"])
+    assert 0 < train_rows < len(unfiltered.split.train)  # k-core dropped some
+
+
+def test_k_core_filtering_that_removes_every_row_is_refused_in_chunks_as_setup_refuses_it(tmp_path):
+    overrides = [*csv_source(tmp_path, text_ids=True, timestamps=True, ratings=True, targets=False), "data.min_user_interactions=10000"]
+    cfg = compose_config("prepare", *overrides, f"output={tmp_path / 'out'}", "chunk_rows=97")
+    with pytest.raises(DataError, match="removed every interaction") as in_chunks:
+        prepare(cfg)
+    with pytest.raises(DataError) as whole:
+        instantiate(cfg.data).setup("fit")
+    assert str(in_chunks.value) == str(whole.value) and not (tmp_path / "out").exists()
 
 
 def test_a_source_that_changes_between_its_two_readings_is_refused(tmp_path):

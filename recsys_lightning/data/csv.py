@@ -25,6 +25,7 @@ from pandas.io.common import get_handle
 
 from recsys_lightning import progress
 from recsys_lightning.data.chunked import ChunkedInteractions
+from recsys_lightning.data.chunked_k_core import ChunkedKCore
 from recsys_lightning.data.csv_fields import FieldCheckedStream, separator_byte
 from recsys_lightning.data.datamodule import InteractionDataModule, LoadedInteractions
 from recsys_lightning.data.features import FeatureColumns, refuse_unmatched
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zip", ".zst"}
 OPTIONAL_DECOMPRESSORS = {".zst": "zstandard"}  # pandas needs these packages for these suffixes
 CHUNK_ROWS = 1 << 20  # rows parsed at once: bounds the memory the ids' text takes before it becomes codes
+PART_CODES = {"train": 0, "valid": 1, "test": 2}  # a pre-split file's part, as the PART column holds it
 CANONICAL_INT = r"0|-?[1-9][0-9]{0,18}"  # the only spellings str(int(s)) gives back unchanged
 # (first row number, rows, row -> line of the file) per chunk of a file read a chunk at a time
 IdChunks = Iterator[tuple[int, pd.DataFrame, Callable[[int], int]]]
@@ -530,16 +532,34 @@ class CsvDataModule(InteractionDataModule):
         }
         return LoadedInteractions(frame, items, source=f"csv:{source}", ratings_missing=ratings_missing, **features)
 
-    def load_chunks(self, chunk_rows: int) -> ChunkedInteractions | None:
-        """One file read `chunk_rows` rows at a time, checked as `load` checks it; None (load it whole) for
-        pre-split files or k-core filtering, which need every row at once."""
-        if "all" not in self.paths or max(self.min_user_interactions, self.min_item_interactions) > 1:
-            return None
+    def load_chunks(self, chunk_rows: int) -> ChunkedInteractions:
+        """The file, or the pre-split files one after the other (each row tagged with its file's part, as `load`
+        tags it), read `chunk_rows` rows at a time and checked as `load` checks them; k-core filtering, as `load`
+        applies it to the first file, is found in passes over that file (ChunkedKCore)."""
         if self.read_options["sep"] is not None:
             separator_byte(self.read_options["sep"])
         _check_distinct_columns(**{key: value for key, value in self.read_options.items() if key.endswith("_col")})
-        path = self.paths["all"]
-        read_interaction_chunks(path, **self.read_options, chunk_rows=1)  # the file and its header, checked now
+        given = {name: path for name, path in self.paths.items() if path}
+        _check_distinct_files(given)
+        for path in given.values():
+            read_interaction_chunks(path, **self.read_options, chunk_rows=1)  # each file and its header, checked now
+
+        first = next(iter(given))
+        core = None
+        if max(self.min_user_interactions, self.min_item_interactions) > 1:
+            core = ChunkedKCore(
+                lambda: read_interaction_chunks(given[first], **self.read_options, chunk_rows=chunk_rows),
+                self.min_user_interactions,
+                self.min_item_interactions,
+                given[first],
+                chunk_rows,
+            )
+
+        def chunks() -> Iterator[pd.DataFrame]:
+            for name, path in given.items():
+                file_chunks = read_interaction_chunks(path, **self.read_options, chunk_rows=chunk_rows)
+                for chunk in core.filter(file_chunks) if core is not None and name == first else file_chunks:
+                    yield chunk if name == "all" else chunk.assign(**{PART: np.int8(PART_CODES[name])})
 
         def items(item_ids: np.ndarray) -> pd.DataFrame:
             if not self.items_path:
@@ -556,11 +576,12 @@ class CsvDataModule(InteractionDataModule):
             return _with_interaction_ids(titles, known, self.items_path, self.read_options["item_col"])
 
         return ChunkedInteractions(
-            chunks=lambda: read_interaction_chunks(path, **self.read_options, chunk_rows=chunk_rows),
-            source=f"csv:all={path}",
-            ratings_missing=self._ratings_missing(Path(path)),
+            chunks=chunks,
+            source="csv:" + ", ".join(f"{name}={path}" for name, path in given.items()),
+            ratings_missing=next(filter(None, (self._ratings_missing(Path(path)) for path in given.values())), None),
             index_ids=lambda distinct: np.asarray(integer_ids_if_exact(pd.Series(pd.Categorical(distinct, categories=distinct)))),
             items=items,
+            given_parts="all" not in given,
         )
 
     def _ratings_missing(self, path: Path) -> str | None:
@@ -619,9 +640,8 @@ def _combine(parts: dict[str, pd.DataFrame]) -> pd.DataFrame:
     if len(parts) == 1:
         frame = next(iter(parts.values()))
         return frame.assign(**{column: frame[column].cat.remove_unused_categories() for column in (USER, ITEM)})
-    codes = {"train": 0, "valid": 1, "test": 2}
     frame = pd.concat(
-        [part.drop(columns=[USER, ITEM]).assign(**{PART: np.int8(codes[name])}) for name, part in parts.items()], ignore_index=True
+        [part.drop(columns=[USER, ITEM]).assign(**{PART: np.int8(PART_CODES[name])}) for name, part in parts.items()], ignore_index=True
     )
     for column in (USER, ITEM):
         frame[column] = union_categoricals([part[column].cat.remove_unused_categories() for part in parts.values()], sort_categories=True)

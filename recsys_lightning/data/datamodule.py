@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Annotated
 
@@ -101,18 +101,17 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
     def load(self) -> LoadedInteractions:
         """Read (or fetch) the raw interactions of this source."""
 
-    def load_chunks(self, chunk_rows: int) -> ChunkedInteractions | None:
-        """This source for `prepare`, `chunk_rows` rows at a time; None where only `load` can give it (pre-split
-        data). Here every row is loaded once and handed out in chunks: sources read in bounded memory override it."""
+    def load_chunks(self, chunk_rows: int) -> ChunkedInteractions:
+        """This source for `prepare`, `chunk_rows` rows at a time. Here every row is loaded once and handed out
+        in chunks: sources read in bounded memory override it."""
         loaded = self.load()
-        if PART in loaded.interactions:
-            return None
         return ChunkedInteractions(
             chunks=frame_chunks(loaded.interactions, chunk_rows),
             source=loaded.source,
             ratings_missing=loaded.ratings_missing,
             index_ids=lambda distinct: distinct,
             items=lambda item_ids: loaded.items,
+            given_parts=PART in loaded.interactions,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -149,17 +148,11 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
         if self.rerank_holdout:
             self.split = self._without_rerank_holdout(self.split)
         if len(self.split.valid) == 0:
-            raise DataError(
-                f"{self.source}: no validation interaction is left{self._left_out_note('valid')}; "
-                "validation needs new (user, item) pairs of users and items seen in train"
-            )
+            raise no_validation_error(self.source, self.split.left_out)
         rows = loaded.interactions  # before repeated rows are merged: the message counts what the test file held
         test_rows = int((rows[PART] == 2).sum()) if PART in rows else 0  # 2: test
         if test_rows and len(self.split.test) == 0:  # a given test file that tests nothing is a mistake, not "test 0"
-            raise DataError(
-                f"{self.source}: no test interaction is left: {self._why_no_test(test_rows)}; test needs new "
-                "(user, item) pairs of users and items seen in train: fix the test file or leave it out"
-            )
+            raise no_test_error(self.source, self.split.left_out, test_rows, int(np.count_nonzero(self.interactions.parts == 2)))
         if self.batch_size_setting == AUTO:
             self.batch_size = auto_batch_size(len(self.split.train))
             log.info("batch size %d (auto: %s training pairs)", self.batch_size, f"{len(self.split.train):,}")
@@ -325,28 +318,47 @@ class InteractionDataModule(pl.LightningDataModule, ABC):
             self.num_users,
             self.num_items,
             *given,
-            self._left_out_note("valid"),
-            self._left_out_note("test"),
+            left_out_note(self.split.left_out, "valid"),
+            left_out_note(self.split.left_out, "test"),
             sizes,
         )
 
-    def _why_no_test(self, test_rows: int) -> str:
-        """'all 720 test pairs also occur in train', or each reason counted when there are several."""
-        phrases = {"unseen": "have a user or item absent from train", "in train": "also occur in train", "in valid": "also occur in valid"}
-        counts = {reason: count for reason, count in self.split.left_out["test"].items() if count}
-        dropped = test_rows - int(np.count_nonzero(self.interactions.parts == 2))
-        if not dropped and len(counts) == 1:
-            ((reason, count),) = counts.items()
-            return f"all {count} test pairs {phrases[reason]}"
-        reasons = [f"{dropped} dropped before splitting (target 0, below data.min_rating, or repeated)"] if dropped else []
-        return f"of {test_rows} test rows, " + ", ".join(reasons + [f"{count} {phrases[reason]}" for reason, count in counts.items()])
 
-    def _left_out_note(self, part: str) -> str:
-        """'; left out of valid: 3 with a user or item absent from train, ...' or '' when nothing was."""
-        reasons = {"unseen": "with a user or item absent from train", "in train": "already in train", "in valid": "already in valid"}
-        counts = self.split.left_out.get(part, {})
-        listed = [f"{count} {reasons[reason]}" for reason, count in counts.items() if count]
-        return f"; left out of {part}: {', '.join(listed)}" if listed else ""
+def no_validation_error(source: str, left_out: Mapping[str, Mapping[str, int]]) -> DataError:
+    """The error of a split without a validation row; `left_out` as `Split.left_out`."""
+    return DataError(
+        f"{source}: no validation interaction is left{left_out_note(left_out, 'valid')}; "
+        "validation needs new (user, item) pairs of users and items seen in train"
+    )
+
+
+def no_test_error(source: str, left_out: Mapping[str, Mapping[str, int]], test_rows: int, test_given: int) -> DataError:
+    """The error of a given test file that tests nothing: of its `test_rows` rows, `test_given` were positives
+    left after repeated rows and min_rating, and `left_out["test"]` says why those were left out."""
+    return DataError(
+        f"{source}: no test interaction is left: {_why_no_test(left_out, test_rows, test_given)}; test needs new "
+        "(user, item) pairs of users and items seen in train: fix the test file or leave it out"
+    )
+
+
+def _why_no_test(left_out: Mapping[str, Mapping[str, int]], test_rows: int, test_given: int) -> str:
+    """'all 720 test pairs also occur in train', or each reason counted when there are several."""
+    phrases = {"unseen": "have a user or item absent from train", "in train": "also occur in train", "in valid": "also occur in valid"}
+    counts = {reason: count for reason, count in left_out["test"].items() if count}
+    dropped = test_rows - test_given
+    if not dropped and len(counts) == 1:
+        ((reason, count),) = counts.items()
+        return f"all {count} test pairs {phrases[reason]}"
+    reasons = [f"{dropped} dropped before splitting (target 0, below data.min_rating, or repeated)"] if dropped else []
+    return f"of {test_rows} test rows, " + ", ".join(reasons + [f"{count} {phrases[reason]}" for reason, count in counts.items()])
+
+
+def left_out_note(left_out: Mapping[str, Mapping[str, int]], part: str) -> str:
+    """'; left out of valid: 3 with a user or item absent from train, ...' or '' when nothing was."""
+    reasons = {"unseen": "with a user or item absent from train", "in train": "already in train", "in valid": "already in valid"}
+    counts = left_out.get(part, {})
+    listed = [f"{count} {reasons[reason]}" for reason, count in counts.items() if count]
+    return f"; left out of {part}: {', '.join(listed)}" if listed else ""
 
 
 def check_negatives_exist(train_positives: UserItemCSR, user_ids: np.ndarray) -> None:

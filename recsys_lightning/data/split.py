@@ -164,10 +164,8 @@ def check_overlap_action(on_overlap: str) -> str:
 
 def split_by_parts(interactions: Interactions, on_overlap: str = "drop") -> Split:
     """Use a given train/valid/test assignment as it is, leaving out held-out rows the model cannot be
-    fairly ranked on: a user or item absent from train (nothing to rank them with), a (user, item) pair
-    already in train, or a test pair already in valid (seen items are hidden from the ranking, so such a
-    pair could never be a hit). The valid copy of a pair in both valid and test stays; the test one goes.
-    With `on_overlap="error"` any such overlap is a DataError instead.
+    fairly ranked on (`given_part_codes`). With `on_overlap="error"` a held-out pair seen before is a
+    DataError instead.
     """
     check_overlap_action(on_overlap)
     parts, users, items = interactions.parts, interactions.users, interactions.items
@@ -176,46 +174,75 @@ def split_by_parts(interactions: Interactions, on_overlap: str = "drop") -> Spli
     seen_items = np.zeros(interactions.num_items, dtype=bool)
     seen_users[users[train]] = True
     seen_items[items[train]] = True
-    unseen = (parts > 0) & ~(seen_users[users] & seen_items[items])
-    pairs = users * np.int64(interactions.num_items) + items
+    codes, left_out, overlap = given_part_codes(
+        parts, users * np.int64(interactions.num_items) + items, seen_users[users] & seen_items[items]
+    )
+    example = None
+    if overlap.any():
+        rows = np.flatnonzero(overlap)
+        row = int(rows[np.argmin(parts[rows])])  # a valid example first, as a file would be read
+        example = (interactions.user_ids[users[row]], interactions.item_ids[items[row]])
+    report_left_out(left_out, example, on_overlap)
+    return Split(
+        train=np.flatnonzero(codes == 0),
+        valid=np.flatnonzero(codes == 1),
+        test=np.flatnonzero(codes == 2),
+        train_only_users=0,
+        left_out=left_out,
+    )
+
+
+def given_part_codes(parts: np.ndarray, pairs: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, dict[str, dict[str, int]], np.ndarray]:
+    """Each row's part as given (0 train, 1 valid, 2 test), or -1 for a held-out row left out: one with a user
+    or item absent from train (`seen` false: nothing to rank them with), a (user, item) pair already in train,
+    or a test pair already in valid (seen items are hidden from the ranking, so such a pair could never be a
+    hit); the valid copy of a pair in both valid and test stays. Also how many of each part were left out and
+    why, and which rows were left out for a pair seen before (the overlap).
+
+    `pairs` number each (user, item) pair; any rows holding whole users give each row the code all rows would
+    give it, given `seen` from the whole train part (prepare splits one block of users at a time).
+    """
+    train = parts == 0
+    unseen = (parts > 0) & ~seen
     in_train = (parts > 0) & ~unseen & np.isin(pairs, pairs[train])
     valid = (parts == 1) & ~unseen & ~in_train
     in_valid = (parts == 2) & ~unseen & ~in_train & np.isin(pairs, pairs[valid])
     test = (parts == 2) & ~unseen & ~in_train & ~in_valid
+    codes = np.full(len(parts), -1, dtype=np.int8)
+    codes[train], codes[valid], codes[test] = 0, 1, 2
     left_out = {
         name: {"unseen": int((unseen & (parts == code)).sum()), "in train": int((in_train & (parts == code)).sum())}
         for code, name in ((1, "valid"), (2, "test"))
     }
     left_out["test"]["in valid"] = int(in_valid.sum())
-    _report_overlap(interactions, left_out, in_train | in_valid, on_overlap)
-    if unseen.any():
+    return codes, left_out, in_train | in_valid
+
+
+def report_left_out(left_out: Mapping[str, Mapping[str, int]], example: tuple[object, object] | None, on_overlap: str) -> None:
+    """The warnings for held-out rows left out (`given_part_codes`' counts); with on_overlap=error, a held-out
+    pair seen before is one DataError naming `example`, the first such (user, item) raw ids."""
+    overlap = left_out["valid"]["in train"] + left_out["test"]["in train"] + left_out["test"]["in valid"]
+    if overlap:
+        counts = (
+            f"valid {left_out['valid']['in train']} and test {left_out['test']['in train']} (user, item) pairs also in train, "
+            f"test {left_out['test']['in valid']} also in valid"
+        )
+        if on_overlap == "error":
+            user, item = example
+            raise DataError(
+                f"{counts} (e.g. user {quote(user)}, item {quote(item)}); held-out pairs must be new: "
+                "remove them from the valid/test files, or set data.on_overlap=drop to leave them out of evaluation"
+            )
+        log.warning(
+            "%s: they are left out of evaluation (a seen item is never ranked, so they would count as misses); "
+            "data.on_overlap=error makes this an error",
+            counts,
+        )
+    unseen = left_out["valid"]["unseen"] + left_out["test"]["unseen"]
+    if unseen:
         log.warning(
             "%d valid/test rows have a user or item absent from train; they are left out of evaluation (valid %d, test %d)",
-            int(unseen.sum()),
+            unseen,
             left_out["valid"]["unseen"],
             left_out["test"]["unseen"],
         )
-    return Split(train=np.flatnonzero(train), valid=np.flatnonzero(valid), test=np.flatnonzero(test), train_only_users=0, left_out=left_out)
-
-
-def _report_overlap(interactions: Interactions, left_out: Mapping[str, Mapping[str, int]], overlap: np.ndarray, on_overlap: str) -> None:
-    """One warning (or, with on_overlap=error, one DataError with an example pair) for held-out pairs seen before."""
-    if not overlap.any():
-        return
-    counts = (
-        f"valid {left_out['valid']['in train']} and test {left_out['test']['in train']} (user, item) pairs also in train, "
-        f"test {left_out['test']['in valid']} also in valid"
-    )
-    if on_overlap == "error":
-        rows = np.flatnonzero(overlap)
-        row = int(rows[np.argmin(interactions.parts[rows])])  # a valid example first, as a file would be read
-        user, item = interactions.user_ids[interactions.users[row]], interactions.item_ids[interactions.items[row]]
-        raise DataError(
-            f"{counts} (e.g. user {quote(user)}, item {quote(item)}); held-out pairs must be new: "
-            "remove them from the valid/test files, or set data.on_overlap=drop to leave them out of evaluation"
-        )
-    log.warning(
-        "%s: they are left out of evaluation (a seen item is never ranked, so they would count as misses); "
-        "data.on_overlap=error makes this an error",
-        counts,
-    )

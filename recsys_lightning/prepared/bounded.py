@@ -6,12 +6,15 @@ whole users, about `chunk_rows` rows, more only where one user has more). The st
 
 1. read the source: every distinct raw user and item id, and each user's rows;
 2. read it again: each row, its ids as places in the sorted id lists, appended to its user block's file;
-3. per block: the latest row of each (user, item) (by timestamp, then source order, as `latest_per_pair`),
-   the positives that `min_rating` keeps, written sorted by (timestamp, source row): a run;
+3. per block: the latest row of each (user, item) (by timestamp, then source order, as `latest_per_pair`;
+   of each (user, item, file) for pre-split files), the positives that `min_rating` keeps, written sorted
+   by (timestamp, source row): a run; the explicit negatives of train set aside;
 4. `merge_ranks` of the runs: each positive's place in the single-process interactions (its `row`) and that
    place's draw of the split stream; the explicit negatives get their places the same way;
-5. per block: final indices (setup's sorted-id factorisation), the split (`split_users` or `item_parts`),
-   the rows sorted as `write_prepared` sorts them, written to the block's file;
+5. per block: final indices (setup's sorted-id factorisation), the split (`split_users` or `item_parts`;
+   for pre-split files the files' parts, less the held-out rows `given_part_codes` leaves out, knowing from
+   step 3 which users and items train has), the rows sorted as `write_prepared` sorts them, written to the
+   block's file;
 6. the parts, cut by `user_blocks` from the users' final row counts, each written from the blocks it spans.
 
 The folder holds the rows `write_prepared` writes after `setup`; a part file's row groups follow the blocks.
@@ -31,15 +34,15 @@ import pyarrow.parquet as pq
 import torch
 
 from recsys_lightning.data.catalogue import item_titles
-from recsys_lightning.data.chunked import ChunkedInteractions
-from recsys_lightning.data.datamodule import InteractionDataModule, check_negatives_exist
-from recsys_lightning.data.interactions import ITEM, RATING, TARGET, TIMESTAMP, USER
+from recsys_lightning.data.chunked import ChunkedInteractions, IdTally, id_places
+from recsys_lightning.data.datamodule import InteractionDataModule, check_negatives_exist, no_test_error, no_validation_error
+from recsys_lightning.data.interactions import ITEM, PART, RATING, TARGET, TIMESTAMP, USER
 from recsys_lightning.data.sparse import UserItemCSR
-from recsys_lightning.data.split import item_parts, split_users
+from recsys_lightning.data.split import given_part_codes, item_parts, report_left_out, split_users
 from recsys_lightning.errors import DataError
 from recsys_lightning.prepared.layout import PART_SCHEMA, part_name
 from recsys_lightning.prepared.merge import DRAWS, RANKS, merge_ranks
-from recsys_lightning.prepared.share import NEGATIVE, TRAIN, VALID, user_blocks
+from recsys_lightning.prepared.share import NEGATIVE, TEST, TRAIN, VALID, user_blocks
 from recsys_lightning.prepared.write import build_folder, check_output_free, check_parts, part_entry, write_items, write_manifest
 from recsys_lightning.seeds import stream_seed
 
@@ -54,6 +57,7 @@ SOURCE_ROW = np.dtype(
         ("timestamp", np.float64),
         ("source_row", np.int64),
         ("target", np.int8),
+        ("part", np.int8),  # pre-split files: the part its file gives it (TRAIN, VALID, TEST); else TRAIN
     ]
 )
 # A row of a part, as PART_SCHEMA has it.
@@ -93,10 +97,13 @@ class _Preparation:
 
     def _read_ids(self) -> None:
         """Step 1: the sorted distinct raw ids (as the chunks give them, and as setup keeps them) and rows per user."""
-        users, items = _Tally(), _Tally()
+        users, items = IdTally(), IdTally()
+        self.test_rows = 0  # rows of a given test file, repeated and negative ones too (its error counts them)
         for chunk in self.chunked.chunks():
             users.add(chunk[USER])
             items.add(chunk[ITEM])
+            if PART in chunk:
+                self.test_rows += int(np.count_nonzero(chunk[PART].to_numpy() == TEST))
         distinct_users, user_rows = users.result()
         self.user_keys, self.user_ids, order = _sorted_ids(distinct_users, self.chunked.index_ids)
         self.item_keys, self.item_ids, _ = _sorted_ids(items.result()[0], self.chunked.index_ids)
@@ -111,12 +118,13 @@ class _Preparation:
         source_row = 0
         for chunk in self.chunked.chunks():
             rows = np.empty(len(chunk), SOURCE_ROW)
-            rows["user"] = _places(self.user_keys, chunk[USER])
-            rows["item"] = _places(self.item_keys, chunk[ITEM])
+            rows["user"] = id_places(self.user_keys, chunk[USER])
+            rows["item"] = id_places(self.item_keys, chunk[ITEM])
             rows["rating"] = chunk[RATING].to_numpy(np.float32)
             rows["timestamp"] = chunk[TIMESTAMP].to_numpy(np.float64)
             rows["source_row"] = source_row + np.arange(len(chunk))
             rows["target"] = chunk[TARGET].to_numpy(np.int8) if TARGET in chunk else 1
+            rows["part"] = chunk[PART].to_numpy(np.int8) if PART in chunk else TRAIN
             source_row += len(chunk)
             if (rows["user"] < 0).any() or (rows["item"] < 0).any():
                 raise DataError(f"{self.chunked.source}: changed while prepare read it (an id its first reading lacked); run prepare again")
@@ -128,17 +136,23 @@ class _Preparation:
                     rows[(ends[block - 1] if block else 0) : ends[block]].tofile(handle)
 
     def _keep_latest(self) -> None:
-        """Step 3: per block, the latest row of each pair; the kept positives sorted by key as a run, the explicit
-        negatives set aside; which users and items have a kept positive."""
+        """Step 3: per block, the latest row of each pair (of each pair per part, for pre-split files); the kept
+        positives sorted by key as a run, the explicit negatives of train set aside; which users and items have
+        a kept positive, and which a kept positive of train."""
         min_rating = self.datamodule.min_rating
         self.user_kept = np.zeros(len(self.user_ids), bool)
         self.item_kept = np.zeros(len(self.item_ids), bool)
+        self.user_trained = np.zeros(len(self.user_ids), bool)
+        self.item_trained = np.zeros(len(self.item_ids), bool)
+        self.test_given = 0  # kept positives of a given test file
         dropped = repeated = positives = 0
         for block in range(self.blocks):
             rows = np.fromfile(self._file("rows", block), SOURCE_ROW)
             self._file("rows", block).unlink()
-            rows = rows[np.lexsort((rows["source_row"], rows["timestamp"], rows["item"], rows["user"]))]
-            same_pair = (rows["user"][1:] == rows["user"][:-1]) & (rows["item"][1:] == rows["item"][:-1])
+            rows = rows[np.lexsort((rows["source_row"], rows["timestamp"], rows["part"], rows["item"], rows["user"]))]
+            same_pair = (
+                (rows["user"][1:] == rows["user"][:-1]) & (rows["item"][1:] == rows["item"][:-1]) & (rows["part"][1:] == rows["part"][:-1])
+            )
             last = np.append(~same_pair, True)
             dropped += int(same_pair.sum())
             repeated += int((last[1:] & same_pair).sum())
@@ -150,8 +164,12 @@ class _Preparation:
                 kept = kept[kept["rating"] >= min_rating]
             self.user_kept[kept["user"]] = True
             self.item_kept[kept["item"]] = True
+            trained = kept[kept["part"] == TRAIN]
+            self.user_trained[trained["user"]] = True
+            self.item_trained[trained["item"]] = True
+            self.test_given += int(np.count_nonzero(kept["part"] == TEST))
             _by_key(kept).tofile(self._file("positives", block))
-            rows[negative].tofile(self._file("negatives", block))
+            rows[negative & (rows["part"] == TRAIN)].tofile(self._file("negatives", block))  # a held-out file's would leak into training
         if dropped:
             log.warning(
                 "dropped %d repeated (user, item) rows of %d pairs, keeping the latest of each (by timestamp, then file order)",
@@ -173,30 +191,41 @@ class _Preparation:
             known = self.user_kept[negatives["user"]] & self.item_kept[negatives["item"]]
             _by_key(negatives[known]).tofile(self._file("negatives", block))
         split = self.datamodule.split_kind
-        draws = None if split == "cold_items" else np.random.default_rng(stream_seed(self.datamodule.seed, "split"))
+        draws = (
+            None if split == "cold_items" or self.chunked.given_parts else np.random.default_rng(stream_seed(self.datamodule.seed, "split"))
+        )
         self.num_interactions = merge_ranks([self._file("positives", b) for b in range(self.blocks)], SOURCE_ROW, self.chunk_rows, draws)
         self.num_negatives = merge_ranks([self._file("negatives", b) for b in range(self.blocks)], SOURCE_ROW, self.chunk_rows)
 
     def _split_blocks(self) -> None:
-        """Step 5: per block, final indices, the split and the part rows, sorted by user and then by `row`."""
+        """Step 5: per block, final indices, the split (or the given parts) and the part rows, sorted by user and
+        then by `row`."""
         user_index = np.cumsum(self.user_kept) - 1
         item_index = np.cumsum(self.item_kept) - 1
         self.user_ids, self.item_ids = self.user_ids[self.user_kept], self.item_ids[self.item_kept]
         num_items = len(self.item_ids)
         kind, ratios = self.datamodule.split_kind, self.datamodule.split_ratios
-        items_part = item_parts(num_items, ratios, self.datamodule.seed) if kind == "cold_items" else None
+        given = self.chunked.given_parts  # then the files' parts are used, whatever data.split says
+        items_part = item_parts(num_items, ratios, self.datamodule.seed) if kind == "cold_items" and not given else None
         self.user_rows = np.zeros(len(self.user_ids), np.int64)
         self.train_counts = np.zeros(num_items, np.int64)
-        train_only = valid = 0
+        self.left_out: dict[str, dict[str, int]] = {}
+        self.overlap_example: tuple[tuple[int, int], int, int] | None = None
+        train_only = valid = test = 0
         full_user: DataError | None = None
         for block in range(self.blocks):
             positives = np.fromfile(self._file("positives", block), SOURCE_ROW)
             negatives = np.fromfile(self._file("negatives", block), SOURCE_ROW)
             if not len(positives):
                 continue
+            positive_rows = np.fromfile(f"{self._file('positives', block)}{RANKS}", np.int64)
             users, items = user_index[positives["user"]], item_index[positives["item"]]
-            first = int(users.min())
-            if items_part is None:
+            if given:
+                parts = self._given_parts(positives, positive_rows)
+                kept = parts >= 0  # held-out rows left out: in no part, though they keep their `row`
+                positives, positive_rows, parts, users, items = (column[kept] for column in (positives, positive_rows, parts, users, items))
+            elif items_part is None:
+                first = int(users.min())
                 draws = np.fromfile(f"{self._file('positives', block)}{DRAWS}", np.float64)
                 parts, block_train_only = split_users(
                     users - first, positives["timestamp"], draws, kind, ratios, int(users.max()) - first + 1
@@ -210,27 +239,57 @@ class _Preparation:
             rows["rating"] = np.concatenate([positives["rating"], np.zeros(len(negatives), np.float32)])
             rows["timestamp"] = np.concatenate([positives["timestamp"], np.full(len(negatives), np.nan)])
             rows["part"] = np.concatenate([parts, np.full(len(negatives), NEGATIVE, np.int8)])
-            positive_rows = np.fromfile(f"{self._file('positives', block)}{RANKS}", np.int64)
             negative_rows = self.num_interactions + np.fromfile(f"{self._file('negatives', block)}{RANKS}", np.int64)
             rows["row"] = np.concatenate([positive_rows, negative_rows])
+            if not len(rows):
+                continue
             rows = rows[np.lexsort((rows["row"], rows["user"]))]
             rows.tofile(self._file("parts", block))
-            last = int(rows["user"][-1]) + 1
+            first, last = int(rows["user"][0]), int(rows["user"][-1]) + 1
             self.user_rows[first:last] = np.bincount(rows["user"] - first, minlength=last - first)
             train = rows[rows["part"] == TRAIN]
             self.train_counts += np.bincount(train["item"], minlength=num_items)
             valid += int(np.count_nonzero(rows["part"] == VALID))
+            test += int(np.count_nonzero(rows["part"] == TEST))
             if full_user is None:
                 full_user = _full_user(train, first, last - first, num_items, self.user_ids[first:last])
         if train_only:
             log.warning("%d users have too few interactions for a %s split and are kept in train only", train_only, kind)
+        source = self.chunked.source
+        if given:
+            example = None
+            if self.overlap_example is not None:
+                _, user, item = self.overlap_example
+                example = (self.user_ids[user_index[user]], self.item_ids[item_index[item]])
+            try:
+                report_left_out(self.left_out, example, self.datamodule.on_overlap)
+            except DataError as error:
+                raise DataError(f"{source}: {error}") from error
         if not valid:
-            raise DataError(
-                f"{self.chunked.source}: no validation interaction is left; "
-                "validation needs new (user, item) pairs of users and items seen in train"
-            )
+            raise no_validation_error(source, self.left_out)
+        if self.test_rows and not test:
+            raise no_test_error(source, self.left_out, self.test_rows, self.test_given)
         if full_user is not None:
             raise full_user
+
+    def _given_parts(self, positives: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        """`given_part_codes` of one block's kept positives (whole users; train's users and items known from
+        step 3), its counts added to `left_out`; the first held-out pair seen before (least part, then `row`)
+        kept as `overlap_example` (part, row), user, item."""
+        seen = self.user_trained[positives["user"]] & self.item_trained[positives["item"]]
+        pairs = positives["user"] * np.int64(len(self.item_trained)) + positives["item"]
+        codes, left_out, overlap = given_part_codes(positives["part"], pairs, seen)
+        for part, counts in left_out.items():
+            total = self.left_out.setdefault(part, {})
+            for reason, count in counts.items():
+                total[reason] = total.get(reason, 0) + count
+        if overlap.any():
+            rows = np.flatnonzero(overlap)
+            first = rows[np.lexsort((ranks[rows], positives["part"][rows]))[0]]
+            key = (int(positives["part"][first]), int(ranks[first]))
+            if self.overlap_example is None or key < self.overlap_example[0]:
+                self.overlap_example = (key, int(positives["user"][first]), int(positives["item"][first]))
+        return codes
 
     def _write_parts(self) -> dict[str, Any]:
         """Step 6: items.parquet, the parts (each from the blocks its users span) and the manifest."""
@@ -239,30 +298,35 @@ class _Preparation:
         write_items(self.folder, self.item_ids, titles, self.train_counts)
         check_parts(self.parts, len(self.user_ids), self.chunked.source)
         boundaries = user_blocks(self.user_rows, self.parts)
-        entries, part, writer = [], 0, None
-        code_counts, valid_users = np.zeros(4, np.int64), 0
+        entries: list[dict[str, Any]] = []
+        writer, code_counts, valid_users = None, np.zeros(4, np.int64), 0
+
+        def finish_part() -> None:  # a part may hold no row (its users' rows all held out and left out)
+            nonlocal writer, code_counts, valid_users
+            part = len(entries)
+            (writer or pq.ParquetWriter(self.folder / part_name(part), PART_SCHEMA)).close()
+            first, last = int(boundaries[part]), int(boundaries[part + 1])
+            entries.append(part_entry(self.folder, part, self.user_ids[first:last], first, code_counts, valid_users))
+            writer, code_counts, valid_users = None, np.zeros(4, np.int64), 0
+
         for block in range(self.blocks):
             path = self._file("parts", block)
             if not path.exists():
                 continue
             rows = np.fromfile(path, PART_ROW)
             while len(rows):
-                end = int(np.searchsorted(rows["user"], boundaries[part + 1]))
+                end = int(np.searchsorted(rows["user"], boundaries[len(entries) + 1]))
                 piece, rows = rows[:end], rows[end:]
                 if len(piece):
                     if writer is None:
-                        writer = pq.ParquetWriter(self.folder / part_name(part), PART_SCHEMA)
+                        writer = pq.ParquetWriter(self.folder / part_name(len(entries)), PART_SCHEMA)
                     writer.write_table(pa.table({name: piece[name] for name in PART_ROW.names}, schema=PART_SCHEMA))
                     code_counts += np.bincount(piece["part"], minlength=4)
                     valid_users += len(np.unique(piece["user"][piece["part"] == VALID]))
                 if len(rows):  # the part ends inside this block
-                    writer.close()
-                    first, last = int(boundaries[part]), int(boundaries[part + 1])
-                    entries.append(part_entry(self.folder, part, self.user_ids[first:last], first, code_counts, valid_users))
-                    part, writer, code_counts, valid_users = part + 1, None, np.zeros(4, np.int64), 0
-        writer.close()
-        first, last = int(boundaries[part]), int(boundaries[part + 1])
-        entries.append(part_entry(self.folder, part, self.user_ids[first:last], first, code_counts, valid_users))
+                    finish_part()
+        while len(entries) < self.parts:
+            finish_part()
         facts = {
             "source": self.chunked.source,
             "seed": int(self.datamodule.seed),
@@ -280,52 +344,11 @@ class _Preparation:
         return write_manifest(self.folder, facts, entries)
 
 
-class _Tally:
-    """The distinct values of an id column and each one's rows, a chunk at a time. Each chunk's distinct values
-    wait in a list, merged by one hashing pass once they outnumber those known: a merge per chunk would
-    rehash every known id each time (most of a read, with many small chunks)."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self.waiting = 0
-        self.known: tuple[np.ndarray, np.ndarray] | None = None
-
-    def add(self, column: pd.Series) -> None:
-        if isinstance(column.dtype, pd.CategoricalDtype):  # counted by code, once per category
-            counts = np.bincount(column.cat.codes.to_numpy(), minlength=len(column.cat.categories))
-            values, counts = np.asarray(column.cat.categories, dtype=object)[counts > 0], counts[counts > 0]
-        else:
-            values, counts = np.unique(column.to_numpy(), return_counts=True)
-        self.pending.append((values, counts))
-        self.waiting += len(values)
-        if self.known is None or self.waiting > len(self.known[0]):
-            self._merge()
-
-    def _merge(self) -> None:
-        parts = self.pending if self.known is None else [self.known, *self.pending]
-        codes, distinct = pd.factorize(np.concatenate([values for values, _ in parts]))
-        rows = np.bincount(codes, weights=np.concatenate([counts for _, counts in parts]), minlength=len(distinct))
-        self.known, self.pending, self.waiting = (np.asarray(distinct), rows.astype(np.int64)), [], 0
-
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """(distinct values, rows of each)."""
-        if self.pending:
-            self._merge()
-        return self.known
-
-
 def _sorted_ids(distinct: np.ndarray, index_ids) -> tuple[pd.Index, np.ndarray, np.ndarray]:
     """(the ids as chunks give them, the ids as setup keeps them, the order), both sorted as setup's factorisation sorts."""
     ids = np.asarray(index_ids(distinct))
     order = np.argsort(ids, kind="stable")
     return pd.Index(distinct[order], dtype=distinct.dtype), ids[order], order
-
-
-def _places(keys: pd.Index, column: pd.Series) -> np.ndarray:
-    """Each row's id as its place in `keys` (every id of the column is there)."""
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        return keys.get_indexer(column.cat.categories)[column.cat.codes.to_numpy()]
-    return keys.get_indexer(column.to_numpy())
 
 
 def _by_key(rows: np.ndarray) -> np.ndarray:
