@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from torch import Tensor
 
 from recsys_lightning.build import build_datamodule
 from recsys_lightning.data.catalogue import Catalogue
@@ -50,6 +51,18 @@ class TrainedReranker:
     def model_name(self) -> str:
         return type(self.model).__name__
 
+    def scores(self, features: Tensor, present: Tensor) -> Tensor:
+        """The ranker's scores [U, N] of candidate `features` [U, N, F] (`present` [U, N]: not padding), refused
+        in one line where a present candidate's score is not finite: finite weights large enough overflow the
+        sum, and NaN or infinite scores would rank nothing (a top 0) or an arbitrary order, unsaid."""
+        scores = self.model(features)
+        if not torch.isfinite(scores[present]).all():
+            raise ConfigError(
+                f"{self.checkpoint_path}: its weights give NaN or infinite scores to candidates (weights too large for "
+                "float32 sums); the file was altered, serve another checkpoint of the run or retrain it"
+            )
+        return scores
+
 
 def is_reranker_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
     """Whether a checkpoint's recorded model is in the re-ranker package (checked further by `load_reranker`)."""
@@ -78,6 +91,18 @@ def load_reranker(checkpoint: Mapping[str, Any], path: Path, run_dir: Path) -> T
         raise ConfigError(
             f"{config_path}: retrieval.candidates is {quote(candidates)}, not an integer in [1, {catalogue.num_items}] "
             "(the run's items); the file was altered, restore it or retrain the run"
+        )
+    trained_on = checkpoint["hyper_parameters"].get("candidates")  # absent from checkpoints written before it was recorded
+    if trained_on is not None and trained_on != candidates:
+        raise ConfigError(
+            f"{config_path}: retrieval.candidates is {quote(candidates)}, the checkpoint {path.name} was trained on lists of "
+            f"{quote(trained_on)}; the file was altered, restore it or retrain the run"
+        )
+    recorded_features = _recorded(recorded, "model.features", config_path)
+    if recorded_features is not None and recorded_features != names:
+        raise ConfigError(
+            f"{config_path}: model.features is {quote(recorded_features)}, the checkpoint {path.name} holds weights for "
+            f"{quote(names)}; one of the two was altered, serve the run folder as training wrote it"
         )
     ease_l2 = _recorded(recorded, "rerank.ease_l2", config_path)
     if isinstance(ease_l2, bool) or not isinstance(ease_l2, (int, float)) or not (math.isfinite(ease_l2) and ease_l2 > 0):
@@ -132,8 +157,10 @@ def _weights(state_dict: Any, count: int, path: Path) -> tuple[torch.Tensor, tor
 
 
 def _recorded(recorded: Any, key: str, config_path: Path) -> Any:
+    """The value at `key`, resolved (a list or mapping as plain Python), or None where it is absent."""
     try:
-        return OmegaConf.select(recorded, key, default=None)
+        value = OmegaConf.select(recorded, key, default=None)
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     except Exception as error:  # an interpolation that cannot resolve
         raise ConfigError(f"{config_path}: cannot read {key} ({type(error).__name__}); the run folder is damaged") from error
 
