@@ -433,6 +433,9 @@ def test_serving_a_reranker_refuses_an_edited_candidate_count_or_feature_list_an
     config.write_text(original.replace("candidates: 100", "candidates: 1682"))
     message = _refusal(compose_config("recommend", f"run_dir={edited}", *ask))
     assert message.startswith(f"{config}: retrieval.candidates is 1682, the checkpoint") and "trained on lists of 100" in message
+    config.write_text(original.replace("ease_l2: 300.0", "ease_l2: 1.0e+30"))
+    message = _refusal(compose_config("recommend", f"run_dir={edited}", *ask))
+    assert message.startswith(f"{config}: rerank.ease_l2 is 1e+30, the checkpoint") and "trained with 300.0" in message
     config.write_text(original.replace("  - retriever_gap\n", ""))
     assert "model.features is ['retriever_z', 'log_rank'" in _refusal(compose_config("recommend", f"run_dir={edited}", *ask))
     config.write_text(original)

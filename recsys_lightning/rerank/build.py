@@ -109,7 +109,7 @@ def build_reranker(cfg: DictConfig) -> tuple[RerankDataModule, RerankerModule]:
         training, valid, test, batch_users, int(cfg.seed), data.source, ServingStages(retriever.model, n, serving)
     )
     module = RerankerModule(
-        plain(cfg.model), plain(cfg.optimizer), plain(cfg.get("scheduler")), list(cfg.eval.ks), data.num_items, catalogue, n
+        plain(cfg.model), plain(cfg.optimizer), plain(cfg.get("scheduler")), list(cfg.eval.ks), data.num_items, catalogue, n, ease_l2
     )
     return datamodule, module
 

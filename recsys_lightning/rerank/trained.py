@@ -55,6 +55,11 @@ class TrainedReranker:
         """The ranker's scores [U, N] of candidate `features` [U, N, F] (`present` [U, N]: not padding), refused
         in one line where a present candidate's score is not finite: finite weights large enough overflow the
         sum, and NaN or infinite scores would rank nothing (a top 0) or an arbitrary order, unsaid."""
+        if not torch.isfinite(features[present]).all():
+            raise ConfigError(
+                f"{self.checkpoint_path}: the candidates' features hold NaN or infinite values (EASE at the rerank.ease_l2 "
+                "of the run's .hydra/config.yaml, or side features); restore the run folder as training wrote it"
+            )
         scores = self.model(features)
         if not torch.isfinite(scores[present]).all():
             raise ConfigError(
@@ -107,6 +112,12 @@ def load_reranker(checkpoint: Mapping[str, Any], path: Path, run_dir: Path) -> T
     ease_l2 = _recorded(recorded, "rerank.ease_l2", config_path)
     if isinstance(ease_l2, bool) or not isinstance(ease_l2, (int, float)) or not (math.isfinite(ease_l2) and ease_l2 > 0):
         raise ConfigError(f"{config_path}: rerank.ease_l2 is {quote(ease_l2)}, not a finite number > 0; the file was altered")
+    trained_l2 = checkpoint["hyper_parameters"].get("ease_l2")  # absent from checkpoints written before it was recorded
+    if trained_l2 is not None and trained_l2 != ease_l2:
+        raise ConfigError(
+            f"{config_path}: rerank.ease_l2 is {quote(ease_l2)}, the checkpoint {path.name} was trained with {quote(trained_l2)}; "
+            "the file was altered, restore it or retrain the run"
+        )
     ks = checkpoint["hyper_parameters"].get("ks")
     in_range = isinstance(ks, (list, tuple)) and all(type(k) is int and 1 <= k <= candidates for k in ks)
     if not ks or not in_range:
@@ -116,7 +127,12 @@ def load_reranker(checkpoint: Mapping[str, Any], path: Path, run_dir: Path) -> T
         ranker.weights.weight.copy_(weight)
         ranker.weights.bias.copy_(bias)
     items = _item_side(names, catalogue, path, run_dir)
-    features = CandidateFeatures(names, catalogue.seen_in(["train"]), items, float(ease_l2))
+    try:
+        features = CandidateFeatures(names, catalogue.seen_in(["train"]), items, float(ease_l2))
+    except ConfigError as error:  # EASE's own message names model.l2, a key this run does not have
+        raise ConfigError(
+            f"{config_path}: rerank.ease_l2 is {quote(ease_l2)}, at which EASE cannot be fitted ({error}); the file was altered, restore it"
+        ) from error
     return TrainedReranker(ranker.eval(), catalogue, candidates, features, list(ks), path)
 
 
