@@ -208,7 +208,7 @@ def evaluate_reranker(
     two_stages = RankingMetrics(run.ks, sync_on_compute=False)
     with torch.no_grad():
         for part in lists:
-            two_stages.update_ranked(ranked(run.model(part.features), part, max(run.ks)), part.chunk, catalogue.num_items)
+            two_stages.update_ranked(ranked(run.scores(part.features, part.present), part, max(run.ks)), part.chunk, catalogue.num_items)
     prefix = "test" if split == "test" else "val"
     figures = {f"{prefix}/{STAGE}/{name}": float(value) for name, value in two_stages.compute().items()}
     return figures | {f"{prefix}/retriever/{name}": value for name, value in retriever_metrics(lists, run.ks, catalogue.num_items).items()}

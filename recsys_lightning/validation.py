@@ -123,7 +123,13 @@ def check_training_config(cfg: DictConfig) -> None:
 
 def check_reranker_preset(cfg: DictConfig) -> None:
     """A re-ranker trains on a retriever's candidate lists, whose keys (retrieval, rerank) and monitor
-    (val/two_stage/ndcg@10) a preset sets: chosen alone, `model=linear_reranker` is refused in one line."""
+    (val/two_stage/ndcg@10) a preset sets: chosen alone, `model=linear_reranker` is refused in one line, and
+    `+rerank.<key>` added to another model's run (read by nothing there) too."""
+    if not is_reranker(cfg) and cfg.get("rerank") is not None:
+        raise ConfigError(
+            f"rerank.{next(iter(cfg.rerank), '')}: only a re-ranker's run (experiment=ml100k_reranker) reads rerank keys; "
+            f"drop it to train model={_chosen_model(cfg)}"
+        )
     if is_reranker(cfg) and cfg.get("rerank") is None:
         raise ConfigError(
             f"model={_chosen_model(cfg)} trains on a retriever's candidates: use experiment=ml100k_reranker "

@@ -232,6 +232,11 @@ def test_a_fold_without_holdout_is_refused_naming_the_share(runs):
         (["retrieval.run_dir=r", "rerank.fold_run_dir=f", "retrieval.candidates=5"], r"^retrieval.candidates=5: must be an integer >= max"),
         (["retrieval.run_dir=r", "rerank.fold_run_dir=f", "rerank.ease_l2=0"], r"^rerank.ease_l2=0: must be a number > 0"),
         (["retrieval.run_dir={empty}", "rerank.fold_run_dir=f"], r"^retrieval.run_dir: .*: cannot find the 'best' checkpoint"),
+        (["retrieval.run_dir=r", "rerank.fold_run_dir=f", "+rerank.holdot=0.25"], r"^rerank.holdot: no such key of a re-ranker run"),
+        (
+            ["+retrieval.candidate=50", "rerank.fold_run_dir=f"],
+            r"^retrieval.candidate: no such key of a re-ranker run; it takes retrieval.run_dir, retrieval.candidates$",
+        ),
     ],
 )
 def test_reranker_config_refusals(overrides, message, tmp_path):
@@ -244,6 +249,11 @@ def test_reranker_config_refusals(overrides, message, tmp_path):
 def test_the_reranker_model_alone_is_refused_naming_its_preset():
     with pytest.raises(ConfigError, match=r"^model=LinearReranker trains on a retriever's candidates: use experiment=ml100k_reranker"):
         check_training_config(compose_config("config", "model=linear_reranker"))
+
+
+def test_a_rerank_key_added_to_another_models_run_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"^rerank.holdout: only a re-ranker's run .* drop it to train model=MatrixFactorization$"):
+        check_training_config(compose_config("config", "experiment=ml100k_mf", "+rerank.holdout=0.25"))
 
 
 def test_the_presets_own_keys_are_known_on_the_command_line_only_beside_it():
@@ -407,3 +417,33 @@ def test_serving_a_reranker_refuses_a_wrong_retriever_a_tampered_run_and_a_missi
     torch.save(checkpoint, path)
     message = _refusal(compose_config("recommend", f"run_dir={tampered}", f"retrieval.run_dir={retriever}", *ask))
     assert message.startswith(f"{path}: model.weights.weight is (1, 100000), not a float tensor of shape (1, 9)")
+
+
+@pytest.mark.slow
+def test_serving_a_reranker_refuses_an_edited_candidate_count_or_feature_list_and_overflowing_weights(ml100k_runs, tmp_path):
+    """The candidate count and feature list of .hydra/config.yaml must be the checkpoint's (the ranker's log_rank
+    and z-scores are relative to the list it was trained on); finite weights whose sums overflow are refused
+    rather than ranking nothing (a "top 0") or in an arbitrary order."""
+    retriever, reranker = ml100k_runs["R"], ml100k_runs["reranker"]
+    ask = (f"retrieval.run_dir={retriever}", "user_id=1", "k=10")
+    edited = tmp_path / "edited"
+    shutil.copytree(reranker, edited)
+    config = edited / ".hydra" / "config.yaml"
+    original = config.read_text()
+    config.write_text(original.replace("candidates: 100", "candidates: 1682"))
+    message = _refusal(compose_config("recommend", f"run_dir={edited}", *ask))
+    assert message.startswith(f"{config}: retrieval.candidates is 1682, the checkpoint") and "trained on lists of 100" in message
+    config.write_text(original.replace("ease_l2: 300.0", "ease_l2: 1.0e+30"))
+    message = _refusal(compose_config("recommend", f"run_dir={edited}", *ask))
+    assert message.startswith(f"{config}: rerank.ease_l2 is 1e+30, the checkpoint") and "trained with 300.0" in message
+    config.write_text(original.replace("  - retriever_gap\n", ""))
+    assert "model.features is ['retriever_z', 'log_rank'" in _refusal(compose_config("recommend", f"run_dir={edited}", *ask))
+    config.write_text(original)
+    path = find_checkpoint(edited, "best")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["state_dict"]["model.weights.weight"][0, :2] = torch.tensor([3e38, -3e38])
+    torch.save(checkpoint, path)
+    assert _refusal(compose_config("recommend", f"run_dir={edited}", *ask)).startswith(f"{path}: its weights give NaN or infinite scores")
+    evaluated = run_module("recsys_lightning.evaluate", f"run_dir={edited}", f"retrieval.run_dir={retriever}", "checkpoint=best")
+    assert evaluated.returncode != 0 and "its weights give NaN or infinite scores" in evaluated.stderr
+    assert "Traceback" not in evaluated.stderr

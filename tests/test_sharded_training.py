@@ -487,3 +487,21 @@ def test_bce_and_auc_over_a_row_wise_item_table_equal_those_over_a_replicated_on
         for rank in row_wise:
             assert rank[split].keys() == expected.keys()
             assert all(abs(rank[split][name] - value) < 1e-6 for name, value in expected.items()), (rank[split], expected)
+
+
+def test_a_table_folder_or_shard_file_that_is_a_symbolic_link_is_refused_in_one_line(tmp_path):
+    """The save id makes the folder a sibling of the .ckpt; a link there (or to a shard file) would read
+    tables from anywhere, unsaid: another run's of the same shape, or a file outside every run."""
+    data = planted_data()
+    checkpoint, hyper_parameters = _sharded_checkpoint(tmp_path / "elsewhere", _stored_tables(data, torch.zeros))
+    (tmp_path / "run").mkdir()
+    tables_folder(tmp_path / "run" / "epoch001.ckpt", SAVED).symlink_to(tables_folder(tmp_path / "elsewhere" / "epoch001.ckpt", SAVED))
+    with pytest.raises(ConfigError, match=rf"epoch001.tables-{SAVED}: a symbolic link") as refused:
+        with_held_tables(checkpoint, tmp_path / "run" / "epoch001.ckpt", hyper_parameters)
+    assert "\n" not in str(refused.value)
+    linked = tables_folder(tmp_path / "elsewhere" / "epoch001.ckpt", SAVED)
+    shard = next(linked.glob("*.distcp"))
+    shard.rename(tmp_path / "moved.distcp")
+    shard.symlink_to(tmp_path / "moved.distcp")
+    with pytest.raises(ConfigError, match=rf"{shard.name}: a symbolic link"):
+        with_held_tables(checkpoint, tmp_path / "elsewhere" / "epoch001.ckpt", hyper_parameters)

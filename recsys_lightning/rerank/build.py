@@ -26,8 +26,19 @@ from recsys_lightning.runs.other_runs import best_checkpoint_of
 log = logging.getLogger(__name__)
 
 
+# The keys of conf/experiment/ml100k_reranker.yaml's `retrieval` and `rerank` nodes: one added with `+`
+# (`+rerank.holdot=0.25`) would be read by nothing, the run trained at the preset's value unsaid.
+OWN_KEYS = {"retrieval": ("run_dir", "candidates"), "rerank": ("fold_run_dir", "holdout", "ease_l2", "batch_users")}
+
+
 def check_reranker_config(cfg: DictConfig) -> None:
     """The re-ranker's own keys, before any data is read: one line naming the key."""
+    for node, known in OWN_KEYS.items():
+        unknown = sorted(set(cfg.get(node) or {}) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"{node}.{unknown[0]}: no such key of a re-ranker run; it takes {', '.join(f'{node}.{key}' for key in known)}"
+            )
     for key in (RETRIEVER_KEY, FOLD_KEY):
         if not OmegaConf.select(cfg, key, default=None):  # unset, or ??? as the preset leaves it
             raise ConfigError(f"{key} is not set: {_commands()}")
@@ -98,7 +109,7 @@ def build_reranker(cfg: DictConfig) -> tuple[RerankDataModule, RerankerModule]:
         training, valid, test, batch_users, int(cfg.seed), data.source, ServingStages(retriever.model, n, serving)
     )
     module = RerankerModule(
-        plain(cfg.model), plain(cfg.optimizer), plain(cfg.get("scheduler")), list(cfg.eval.ks), data.num_items, catalogue
+        plain(cfg.model), plain(cfg.optimizer), plain(cfg.get("scheduler")), list(cfg.eval.ks), data.num_items, catalogue, n, ease_l2
     )
     return datamodule, module
 

@@ -30,8 +30,13 @@ class RerankerModule(pl.LightningModule):
         ks: list[int],
         num_items: int,
         catalogue: Catalogue | None = None,
+        candidates: int | None = None,
+        ease_l2: float | None = None,
     ) -> None:
-        """`catalogue`, the run's data, is saved with each checkpoint as every run's is (not a hyperparameter)."""
+        """`catalogue`, the run's data, is saved with each checkpoint as every run's is (not a hyperparameter).
+        `candidates`, the list length trained on (retrieval.candidates), is recorded so that serving can tell
+        it from an edited .hydra/config.yaml: the ranker's log_rank and z-scores are relative to it; `ease_l2`
+        (rerank.ease_l2) likewise, as the ease_z feature it weighs is EASE's at that l2."""
         super().__init__()
         self.save_hyperparameters(ignore=["catalogue"])
         self.model = instantiate(model)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from torch import Tensor
 
 from recsys_lightning.build import build_datamodule
 from recsys_lightning.data.catalogue import Catalogue
@@ -50,6 +51,23 @@ class TrainedReranker:
     def model_name(self) -> str:
         return type(self.model).__name__
 
+    def scores(self, features: Tensor, present: Tensor) -> Tensor:
+        """The ranker's scores [U, N] of candidate `features` [U, N, F] (`present` [U, N]: not padding), refused
+        in one line where a present candidate's score is not finite: finite weights large enough overflow the
+        sum, and NaN or infinite scores would rank nothing (a top 0) or an arbitrary order, unsaid."""
+        if not torch.isfinite(features[present]).all():
+            raise ConfigError(
+                f"{self.checkpoint_path}: the candidates' features hold NaN or infinite values (EASE at the rerank.ease_l2 "
+                "of the run's .hydra/config.yaml, or side features); restore the run folder as training wrote it"
+            )
+        scores = self.model(features)
+        if not torch.isfinite(scores[present]).all():
+            raise ConfigError(
+                f"{self.checkpoint_path}: its weights give NaN or infinite scores to candidates (weights too large for "
+                "float32 sums); the file was altered, serve another checkpoint of the run or retrain it"
+            )
+        return scores
+
 
 def is_reranker_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
     """Whether a checkpoint's recorded model is in the re-ranker package (checked further by `load_reranker`)."""
@@ -79,9 +97,27 @@ def load_reranker(checkpoint: Mapping[str, Any], path: Path, run_dir: Path) -> T
             f"{config_path}: retrieval.candidates is {quote(candidates)}, not an integer in [1, {catalogue.num_items}] "
             "(the run's items); the file was altered, restore it or retrain the run"
         )
+    trained_on = checkpoint["hyper_parameters"].get("candidates")  # absent from checkpoints written before it was recorded
+    if trained_on is not None and trained_on != candidates:
+        raise ConfigError(
+            f"{config_path}: retrieval.candidates is {quote(candidates)}, the checkpoint {path.name} was trained on lists of "
+            f"{quote(trained_on)}; the file was altered, restore it or retrain the run"
+        )
+    recorded_features = _recorded(recorded, "model.features", config_path)
+    if recorded_features is not None and recorded_features != names:
+        raise ConfigError(
+            f"{config_path}: model.features is {quote(recorded_features)}, the checkpoint {path.name} holds weights for "
+            f"{quote(names)}; one of the two was altered, serve the run folder as training wrote it"
+        )
     ease_l2 = _recorded(recorded, "rerank.ease_l2", config_path)
     if isinstance(ease_l2, bool) or not isinstance(ease_l2, (int, float)) or not (math.isfinite(ease_l2) and ease_l2 > 0):
         raise ConfigError(f"{config_path}: rerank.ease_l2 is {quote(ease_l2)}, not a finite number > 0; the file was altered")
+    trained_l2 = checkpoint["hyper_parameters"].get("ease_l2")  # absent from checkpoints written before it was recorded
+    if trained_l2 is not None and trained_l2 != ease_l2:
+        raise ConfigError(
+            f"{config_path}: rerank.ease_l2 is {quote(ease_l2)}, the checkpoint {path.name} was trained with {quote(trained_l2)}; "
+            "the file was altered, restore it or retrain the run"
+        )
     ks = checkpoint["hyper_parameters"].get("ks")
     in_range = isinstance(ks, (list, tuple)) and all(type(k) is int and 1 <= k <= candidates for k in ks)
     if not ks or not in_range:
@@ -91,7 +127,12 @@ def load_reranker(checkpoint: Mapping[str, Any], path: Path, run_dir: Path) -> T
         ranker.weights.weight.copy_(weight)
         ranker.weights.bias.copy_(bias)
     items = _item_side(names, catalogue, path, run_dir)
-    features = CandidateFeatures(names, catalogue.seen_in(["train"]), items, float(ease_l2))
+    try:
+        features = CandidateFeatures(names, catalogue.seen_in(["train"]), items, float(ease_l2))
+    except ConfigError as error:  # EASE's own message names model.l2, a key this run does not have
+        raise ConfigError(
+            f"{config_path}: rerank.ease_l2 is {quote(ease_l2)}, at which EASE cannot be fitted ({error}); the file was altered, restore it"
+        ) from error
     return TrainedReranker(ranker.eval(), catalogue, candidates, features, list(ks), path)
 
 
@@ -132,8 +173,10 @@ def _weights(state_dict: Any, count: int, path: Path) -> tuple[torch.Tensor, tor
 
 
 def _recorded(recorded: Any, key: str, config_path: Path) -> Any:
+    """The value at `key`, resolved (a list or mapping as plain Python), or None where it is absent."""
     try:
-        return OmegaConf.select(recorded, key, default=None)
+        value = OmegaConf.select(recorded, key, default=None)
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     except Exception as error:  # an interpolation that cannot resolve
         raise ConfigError(f"{config_path}: cannot read {key} ({type(error).__name__}); the run folder is damaged") from error
 

@@ -82,7 +82,7 @@ class RerankerService(TwoStageService):
             retrieval_scores = proposed.scores[personal]
             present = torch.isfinite(retrieval_scores)
             features = self.run.features(users[personal], proposed.items[personal], retrieval_scores)
-            scores[personal] = self.model(features).masked_fill(~present, -torch.inf)
+            scores[personal] = self.run.scores(features, present).masked_fill(~present, -torch.inf)
             lifts[personal] = feature_lifts(self.model.weights.weight[0], features, present)
         best_scores, positions = scores.topk(k, dim=1)
         answer = Recommendations(

@@ -170,6 +170,7 @@ def read_index(folder: Path, max_shapes: Mapping[str, Sequence[int]]) -> dict[st
     """`.metadata` read without running code and checked against `max_shapes` and the folder's files."""
     if not folder.is_dir():
         raise CheckpointRefused(f"{cut(str(folder), 200)}: no such checkpoint folder; point it at the folder a sharded run saved")
+    _check_no_links(folder)
     path = folder / METADATA
     if not path.is_file():
         raise CheckpointRefused(f"{path}: missing; the checkpoint is incomplete or not a sharded checkpoint, save it again")
@@ -293,6 +294,17 @@ def _checked_block(path: Path, what: str, first_row: int, rows: int, info: _Stor
     if type(offset) is not int or type(length) is not int or offset < 0 or length <= 0 or getattr(info, "transform_descriptors", None):
         raise _altered(path, f"{what} is stored at bytes {quote(offset, 40)}+{quote(length, 40)} of {file}")
     return Block(first_row, rows, file, offset, length)
+
+
+def _check_no_links(folder: Path) -> None:
+    """A save writes its folder and files in place: a symbolic link (the folder, or a file in it) would read
+    tables from wherever it points, another run's of the same shape or a file outside every run, unsaid."""
+    for path in (folder, *folder.iterdir()):
+        if path.is_symlink():
+            raise CheckpointRefused(
+                f"{cut(str(path), 200)}: a symbolic link (to {cut(str(path.readlink()), 120)}), not what a sharded save writes; "
+                "copy what it points to in its place, or save the checkpoint again"
+            )
 
 
 def _check_files(folder: Path, blocks: list[Block]) -> None:
