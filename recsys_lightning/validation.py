@@ -103,9 +103,9 @@ BUILT_GROUPS = ("data", "model", "loss", "sampler", "optimizer", "trainer")
 
 def check_training_config(cfg: DictConfig) -> None:
     """Everything `train` can check without data: the entry point calls it first."""
+    check_reranker_preset(cfg)  # before the keys: its data keys (item features) are no prepared folder's
     check_known_keys(cfg)
     check_preset_choices(cfg)
-    check_reranker_preset(cfg)
     check_rules(cfg, TRAINING_RULES)
     for key, node in _built_nodes(cfg, with_callbacks=True):
         check_rules(cfg, {f"{key}.{name}": rule for name, rule in constructor_rules(node._target_).items()})
@@ -129,6 +129,11 @@ def check_reranker_preset(cfg: DictConfig) -> None:
         raise ConfigError(
             f"rerank.{next(iter(cfg.rerank), '')}: only a re-ranker's run (experiment=ml100k_reranker) reads rerank keys; "
             f"drop it to train model={_chosen_model(cfg)}"
+        )
+    if is_reranker(cfg) and cfg.data.get("_target_") == PREPARED_TARGET:
+        raise ConfigError(
+            "data=prepared: a re-ranker builds every user's candidate lists in one process, from the data its retriever "
+            "was trained on in memory; use data=movielens|csv|synthetic (data=prepared trains retrievers across processes)"
         )
     if is_reranker(cfg) and cfg.get("rerank") is None:
         raise ConfigError(

@@ -256,6 +256,13 @@ def test_a_rerank_key_added_to_another_models_run_is_refused_in_one_line():
         check_training_config(compose_config("config", "experiment=ml100k_mf", "+rerank.holdout=0.25"))
 
 
+def test_a_reranker_on_a_prepared_folder_is_refused_saying_why_in_one_line():
+    """It was refused for the preset's data.item_features, a key data=prepared lacks: true, but not the reason."""
+    cfg = compose_config("config", "experiment=ml100k_reranker", "data=prepared", "data.path=/prepared")
+    with pytest.raises(ConfigError, match=r"^data=prepared: a re-ranker builds every user's candidate lists in one process"):
+        check_training_config(cfg)
+
+
 def test_the_presets_own_keys_are_known_on_the_command_line_only_beside_it():
     check_override_keys(["experiment=ml100k_reranker", "retrieval.run_dir=r", "rerank.holdout=0.25"], "config")
     with pytest.raises(ConfigError, match=r"^rerank.holdout=0.25: no config group or key 'rerank'"):
