@@ -48,6 +48,33 @@ class RunInterrupted(RecsysError):
         self.exit_code = 128 + int(signal_number)
 
 
+class CtrlC(KeyboardInterrupt):
+    """The KeyboardInterrupt Ctrl-C raises inside `ctrl_c_raises_subclass`, caught by every `except KeyboardInterrupt`.
+
+    Why a subclass: CPython marks a bare KeyboardInterrupt that passes out of code an extension runs
+    through PyRun_String as unhandled, even when it is caught later, and at exit kills the process with
+    SIGINT whatever `sys.exit` asked (returncode -2 instead of 130, seen in CI mid-export). It marks only
+    the exact class, so a subclass never is."""
+
+
+def _raise_ctrl_c(signal_number: int, frame: object) -> None:
+    raise CtrlC
+
+
+@contextmanager
+def ctrl_c_raises_subclass() -> Iterator[None]:
+    """Within the block, Ctrl-C raises CtrlC where Python's default handler raises KeyboardInterrupt.
+    A SIGINT the process ignores (a job started with nohup or `&`) stays ignored."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, _raise_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def exit_with_message(error: RecsysError) -> None:
     """One line on stderr and the error's exit code, unless HYDRA_FULL_ERROR=1 asks for the traceback."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -89,7 +116,8 @@ def interruptions_raise(message: str) -> Iterator[None]:
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        yield
+        with ctrl_c_raises_subclass():
+            yield
     except KeyboardInterrupt as error:
         raise RunInterrupted(message, signal.SIGINT) from error
     finally:
