@@ -53,9 +53,8 @@ def movielens_run(tmp_path_factory) -> Path:
     """One short MF/BPR run on real ML-100K through the training entry point, shared by the tests
     that read its outputs (metrics, checkpoints, serving, evaluation)."""
     output_dir = tmp_path_factory.mktemp("movielens_run")
-    result = run_module(
-        "recsys_lightning.train", "trainer.max_epochs=3", "callbacks.progress_bar.refresh_rate=0", f"paths.output_dir={output_dir}"
-    )
+    overrides = ("trainer.max_epochs=3", "callbacks.progress_bar.refresh_rate=0", f"paths.output_dir={output_dir}")
+    result = run_module("recsys_lightning.train", *overrides, fresh=True)  # a new interpreter, as a user starts it
     assert result.returncode == 0, result.stderr[-3000:]
     (output_dir / "stdout.txt").write_text(result.stdout)  # what the user saw, for the console tests
     (output_dir / "stderr.txt").write_text(result.stderr)

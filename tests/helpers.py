@@ -3,11 +3,16 @@ and the entry points run as a user runs them. Fixtures stay in conftest.py; this
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
+import json
 import os
+import select
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -181,13 +186,63 @@ def torchrun(world: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]
 
 
-def run_module(module: str, *overrides: str, fault_injection: bool = False) -> subprocess.CompletedProcess:
+def run_module(module: str, *overrides: str, fault_injection: bool = False, fresh: bool = False) -> subprocess.CompletedProcess:
     """`python -m <module> overrides...` from the project root, as a user runs it; with
-    `fault_injection` the callbacks of tests/fault_injection.py can be added from the command line."""
+    `fault_injection` the callbacks of tests/fault_injection.py can be added from the command line.
+
+    It runs in a child forked from a process that imported torch and Lightning once (tests/entry_zygote.py
+    says why), unless `fresh` or RECSYS_TESTS_FRESH=1 asks for a new interpreter."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
     if fault_injection:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", module, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    command = [sys.executable, "-m", module, *overrides]
+    if fresh or os.environ.get("RECSYS_TESTS_FRESH") == "1":
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    return _zygote().run(command, module, list(overrides), env)
+
+
+class _Zygote:
+    """The client side of tests/entry_zygote.py: one per pytest worker, started on first use."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="entry_zygote_"))
+        read_end, self.write_end = os.pipe()
+        self.replies = os.fdopen(read_end)
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "entry_zygote.py"), str(self.write_end)],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(self.write_end,), text=True,
+        )  # fmt: skip
+        os.close(self.write_end)
+        self.count = 0
+
+    def run(self, command: list[str], module: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+        self.count += 1
+        stdout, stderr = self.folder / f"{self.count}.out", self.folder / f"{self.count}.err"
+        request = {"module": module, "args": args, "env": env, "cwd": str(ROOT), "stdout": str(stdout), "stderr": str(stderr)}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        if not select.select([self.replies], [], [], 900)[0]:  # as subprocess.run's timeout
+            self.process.kill()
+            raise subprocess.TimeoutExpired(command, 900)
+        reply = self.replies.readline()
+        if not reply:
+            raise RuntimeError(f"tests/entry_zygote.py ended (exit code {self.process.poll()}); run with RECSYS_TESTS_FRESH=1 to compare")
+        result = subprocess.CompletedProcess(command, json.loads(reply)["returncode"], stdout.read_text(), stderr.read_text())
+        stdout.unlink()
+        stderr.unlink()
+        return result
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@functools.cache
+def _zygote() -> _Zygote:
+    zygote = _Zygote()
+    atexit.register(zygote.close)
+    return zygote
 
 
 def trained_run_folder(run_dir: Path, datamodule: InteractionDataModule, config: DictConfig) -> Path:
