@@ -17,27 +17,37 @@ imported by every rank) costs more than most checks.
   `few_items` / `few_items_replicated` the same over 12 items: K=10 outruns most users' unseen items.
 - `losses_hybrid` / `losses_ncf`: `losses` for HybridMF and NeuMF (MLP on from the first step), with their
   dense weights at the end.
-- `checkpoint_hybrid` / `checkpoint_ncf`: the model trained 10 SGD steps, saved, then tested from the file."""
+- `checkpoint_hybrid` / `checkpoint_ncf`: the model trained 10 SGD steps, saved, then tested from the file.
+- `feature_lookup`: a FeatureEmbedding's table (30 features, bias column) row-wise over the ranks, against the plain
+  module with the same rows: `rows`, `all`, an empty lookup, and one fused SGD step.
+- `losses_features` / `checkpoint_mf_features` / `checkpoint_hybrid_features`: `losses` and `checkpoint` with side
+  features on (`FeaturedSynthetic`: 277 user features, 156 item features)."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from recsys_lightning.build import build_module
+from recsys_lightning.data.datamodule import LoadedInteractions
+from recsys_lightning.data.features import FeatureColumns, index_features
 from recsys_lightning.data.synthetic import SyntheticDataModule
+from recsys_lightning.models.features import FeatureEmbedding
 from recsys_lightning.prepared.datamodule import PreparedDataModule
 from recsys_lightning.sharded import STRATEGY
 from recsys_lightning.sharded.strategy import ShardedTablesStrategy
-from recsys_lightning.sharded.tables import ShardedRowTables, TableSpec, initial_rows, local_rows
+from recsys_lightning.sharded.tables import ShardedRowTables, TableRows, TableSpec, initial_rows, local_rows
 
 from helpers import MemoryShares, module_config
 
@@ -67,6 +77,59 @@ def lookup(out: Path) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(record))
 
 
+# 40 entities' cells over 30 features: none, one, or several .
+FEATURE_CELLS = ["" if e % 9 == 4 else "|".join(f"t{(e * k) % 30}" for k in range(1, 2 + e % 4)) for e in range(40)]
+
+
+def feature_lookup(out: Path) -> None:
+    rank = dist.get_rank()
+    features = FeatureColumns("memory", pd.Series([str(e) for e in range(40)]), pd.DataFrame({"tags": FEATURE_CELLS}), "|", 2)
+    matrix = index_features(features, np.arange(40), "item").mean_matrix()
+    plain = FeatureEmbedding(40, matrix.shape[1], dim=6, init_std=0.1, bias=True)
+    plain.set_features(matrix, torch.arange(40) % 3 > 0)
+    spec = TableSpec("embedding", matrix.shape[1], 7, 0.1, zero_last_column=True)
+    tables = ShardedRowTables([spec], 5, torch.optim.SGD, {"lr": 0.5}, seed=0, device=torch.device("cpu"))
+    rows, first, total = tables.local_rows("embedding")
+    initial = {"zero_bias": bool((rows[:, -1] == 0).all()), "random": bool((rows[:, :-1].std() > 0.05).item())}
+    with torch.no_grad():
+        rows.copy_(plain.embedding[first : first + len(rows)])
+    held = FeatureEmbedding(40, matrix.shape[1], dim=6, init_std=0.1, bias=True)
+    held.set_features(matrix, torch.arange(40) % 3 > 0)
+    del held.embedding
+    held.embedding = TableRows(tables, "embedding")
+    index = torch.tensor([[3, 0, 39, 7, 7], [12, 11, 1, 0, 25], [2, 5, 8, 13, 21]])
+    with torch.no_grad():
+        differences = [(held.rows(index) - plain.rows(index)).abs().max().item(), (held.all() - plain.all()).abs().max().item()]
+        empty = list(held.rows(torch.arange(0) if rank % 2 else torch.tensor([4])).shape)
+    # One step of the same loss on every rank: the fused SGD step (gradients averaged over ranks) is plain SGD's.
+    weights = torch.linspace(-1, 1, 3 * 5 * 7).view(3, 5, 7)
+    (held.rows(index) * weights).sum().backward()
+    (plain.rows(index) * weights).sum().backward()
+    stepped = plain.embedding.detach() - 0.5 * plain.embedding.grad
+    rows, first, _ = tables.local_rows("embedding")
+    step = (rows - stepped[first : first + len(rows)]).abs().max().item() if len(rows) else 0.0
+    record = {"first": first, "count": len(rows), "total": total, "differences": differences, "empty": empty, "step": step, **initial}
+    record["moved"] = (stepped - plain.embedding.detach()).abs().max().item()
+    (out / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+class FeaturedSynthetic(SyntheticDataModule):
+    """Synthetic interactions with side features: each user a feature of its own (every thirteenth none: 277
+    features), each item tag i % 160 and group i % 7 (every eleventh none: 156 features). At row_wise_min_rows=250
+    the user feature table is row-wise and the item one replicated; at 150 both are row-wise."""
+
+    def load(self) -> LoadedInteractions:
+        loaded = super().load()
+        users, items = (np.unique(loaded.interactions[key]) for key in ("user_id", "item_id"))
+        user_cells = pd.DataFrame({"u": ["" if u % 13 == 5 else f"u{u}" for u in users]})
+        item_cells = pd.DataFrame({"t": ["" if i % 11 == 3 else f"t{i % 160}|g{i % 7}" for i in items]})
+        return replace(
+            loaded,
+            user_features=FeatureColumns("memory", pd.Series(users.astype(str)), user_cells, None, 2),
+            item_features=FeatureColumns("memory", pd.Series(items.astype(str)), item_cells, "|", 2),
+        )
+
+
 class StepLosses(pl.Callback):
     """The mean training loss of every step over all ranks' examples."""
 
@@ -83,13 +146,18 @@ class StepLosses(pl.Callback):
 NN_MODELS = {
     "hybrid": {"_target_": "recsys_lightning.models.HybridMF", "dim": 8, "hidden": [16, 8], "zero_init_mlp": False},
     "ncf": {"_target_": "recsys_lightning.models.NeuMF", "gmf_dim": 8, "mlp_dim": 8, "hidden": [16, 8], "zero_init_mlp": False},
+    "mf_features": {"_target_": "recsys_lightning.models.MatrixFactorization", "dim": 16, "features": True},
+    "hybrid_features": {"_target_": "recsys_lightning.models.HybridMF", "dim": 8, "hidden": [16, 8], "zero_init_mlp": False},
 }
 NN_TABLES = {"hybrid": ("user_factors", "item_factors"), "ncf": ("user_gmf", "item_gmf", "user_mlp", "item_mlp")}
+NN_MODELS["hybrid_features"]["features"] = True
+NN_TABLES |= {"mf_features": ("user_factors", "item_factors"), "hybrid_features": ("user_factors", "item_factors")}
 
 
 def losses(out: Path, sharded: bool = True, prepared: bool = False, model: str | None = None) -> None:
     world = int(os.environ["WORLD_SIZE"])
-    datamodule = SyntheticDataModule(num_users=300, num_items=200, num_interactions=6000, batch_size=GLOBAL_BATCH // world, seed=0)
+    kind = FeaturedSynthetic if model is not None and model.endswith("_features") else SyntheticDataModule
+    datamodule = kind(num_users=300, num_items=200, num_interactions=6000, batch_size=GLOBAL_BATCH // world, seed=0)
     datamodule.setup("fit")
     if prepared:  # each rank reads its share of users; data.batch_size is then the global batch
         datamodule = PreparedDataModule.from_source(MemoryShares(datamodule), batch_size=GLOBAL_BATCH, seed=0)
@@ -128,6 +196,13 @@ def losses(out: Path, sharded: bool = True, prepared: bool = False, model: str |
         rows, first, total = local_rows(module.model, name)
         spec = TableSpec(name, total, rows.shape[1], 0.1)
         moved[name] = [first, len(rows), total, (rows - initial_rows(cfg.seed, spec, first, first + len(rows))).abs().max().item()]
+    held = getattr(module.model, "sharded_tables", None)
+    for name, spec in ({} if held is None else held.specs).items():
+        if not name.endswith("_features_embedding"):  # the feature tables too
+            continue
+        rows, first, total = held.local_rows(name)
+        change = (rows - initial_rows(cfg.seed, spec, first, first + len(rows))).abs().max().item()
+        moved[name] = [first, len(rows), total, change]
     # The dense rest (none for mf): each parameter's values, and how far it moved.
     dense = {name: value.detach().flatten().tolist() for name, value in module.model.named_parameters()}
     dense_moved = {name: (value - initial_dense[name]).abs().max().item() for name, value in module.model.named_parameters()}
@@ -135,11 +210,11 @@ def losses(out: Path, sharded: bool = True, prepared: bool = False, model: str |
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-def ranking_data(num_items: int = 200) -> SyntheticDataModule:
+def ranking_data(num_items: int = 200, features: bool = False) -> SyntheticDataModule:
     """Small synthetic data whose evaluation ranks hold unequal numbers of chunks at W=2; with 12 items,
-    most users have fewer unseen items than K=10."""
+    most users have fewer unseen items than K=10. `features`: with side features (`FeaturedSynthetic`)."""
     interactions = 6000 if num_items > 12 else 1500
-    datamodule = SyntheticDataModule(
+    datamodule = (FeaturedSynthetic if features else SyntheticDataModule)(
         num_users=300, num_items=num_items, num_interactions=interactions, batch_size=64, eval_chunk_size=30, val_users=61
     )
     datamodule.setup("fit")
@@ -183,7 +258,7 @@ def checkpoint(out: Path, model: str) -> None:
     """`model` trained 10 SGD steps with every table row-wise, saved, then tested from the saved checkpoint by a
     fresh module and Trainer: the .ckpt (dense parameters) and its tables folder (each rank its rows) are read back."""
     world = int(os.environ["WORLD_SIZE"])
-    datamodule = ranking_data()
+    datamodule = ranking_data(features=model.endswith("_features"))
     sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.5}
     cfg = OmegaConf.merge(module_config(optimizer=sgd, eval={"ks": [5, 10]}), {"model": None}, {"model": NN_MODELS[model]})
     cfg = OmegaConf.merge(cfg, {"trainer": {"strategy": {"_target_": STRATEGY}}})
@@ -199,7 +274,7 @@ def checkpoint(out: Path, model: str) -> None:
     (tested,) = pl.Trainer(accelerator="cpu", devices=world, strategy=strategy(), **options).test(
         module, datamodule=datamodule, ckpt_path=path, verbose=False
     )
-    row_wise = [module.model.sharded_tables.row_wise(name) for name in NN_TABLES[model]]
+    row_wise = [module.model.sharded_tables.row_wise(name) for name in module.model.sharded_tables.specs]
     record = {"test": tested, "row_wise": row_wise, "checkpoint": str(path), "config": OmegaConf.to_container(cfg)}
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
@@ -221,6 +296,10 @@ if __name__ == "__main__":
         "losses_ncf": partial(losses, model="ncf"),
         "checkpoint_hybrid": partial(checkpoint, model="hybrid"),
         "checkpoint_ncf": partial(checkpoint, model="ncf"),
+        "feature_lookup": feature_lookup,
+        "losses_features": partial(losses, model="mf_features"),
+        "checkpoint_mf_features": partial(checkpoint, model="mf_features"),
+        "checkpoint_hybrid_features": partial(checkpoint, model="hybrid_features"),
     }
     dist.init_process_group("gloo")
     for name in sys.argv[1].split(","):

@@ -60,6 +60,22 @@ def test_every_scoring_path_agrees(bias, hybrid):
         torch.testing.assert_close(mf.query_vectors(users) @ mf.item_vectors().T, full)
 
 
+@pytest.mark.parametrize("bias, hybrid", [(True, False), (False, False), (False, True)], ids=["mf", "mf-no-bias", "hybrid"])
+def test_ranking_against_item_rows_in_blocks_adds_each_blocks_features(bias, hybrid):
+    """trainer=sharded ranks each rank's block of the item tables: with features on, the block's items add their
+    features' mean (and a cold one drops its id row), and the users' queries theirs; the blocks side by side are
+    `score_all` (hybrid's queries were its bare id rows before features were sharded)."""
+    mf = model(bias, hybrid=hybrid).eval()
+    users = torch.arange(NUM_USERS)
+    with torch.no_grad():
+        queries = mf.ranking_queries(users)
+        tables = {name: getattr(mf, name) for name in mf.item_table_names()}
+        items = torch.arange(NUM_ITEMS)
+        blocks = [slice(0, 3), slice(3, 4), slice(4, NUM_ITEMS)]
+        scored = [mf.score_item_rows(queries, mf.ranking_item_rows({n: t[b] for n, t in tables.items()}, items[b])) for b in blocks]
+        torch.testing.assert_close(torch.cat(scored, 1), mf.score_all(users))
+
+
 @pytest.mark.parametrize("hybrid", [False, True], ids=["mf", "hybrid"])
 def test_a_cold_items_score_depends_on_its_features_only(hybrid):
     mf = model(hybrid=hybrid)

@@ -121,6 +121,10 @@ def test_ranking_against_item_rows_given_apart_is_the_full_ranking_in_any_blocks
     queries = model.ranking_queries(USERS)
     blocks = [slice(0, 5), slice(5, 6), slice(6, NUM_ITEMS)]  # uneven, as TorchRec's last block is
     tables = {name: getattr(model, name) for name in names}
-    scored = [model.score_item_rows(queries, model.ranking_item_rows({name: t[block] for name, t in tables.items()})) for block in blocks]
+    items = torch.arange(NUM_ITEMS)
+    scored = [
+        model.score_item_rows(queries, model.ranking_item_rows({name: t[block] for name, t in tables.items()}, items[block]))
+        for block in blocks
+    ]
     assert all(getattr(model, name).shape[0] == NUM_ITEMS for name in names)
     assert_close(torch.cat(scored, 1), model.score_all(USERS))

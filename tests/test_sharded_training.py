@@ -26,7 +26,6 @@ from recsys_lightning.sharded.checkpoint import save_sharded
 from recsys_lightning.sharded.strategy import check_shardable, fused_optimizer
 
 from helpers import (
-    MODULE_CONFIG,
     ROOT,
     FrameDataModule,
     compose_config,
@@ -40,7 +39,7 @@ from helpers import (
 
 # Every check tests/sharded_ranks.py runs at each world size, all of one size in one launch (ranks_of).
 CHECKS = {
-    1: ["lookup", "plain", "losses", "losses_hybrid", "losses_ncf"],
+    1: ["lookup", "plain", "losses", "losses_hybrid", "losses_ncf", "losses_features"],
     2: [
         "lookup",
         "losses",
@@ -55,6 +54,10 @@ CHECKS = {
         "losses_ncf",
         "checkpoint_hybrid",
         "checkpoint_ncf",
+        "feature_lookup",
+        "losses_features",
+        "checkpoint_mf_features",
+        "checkpoint_hybrid_features",
     ],
     4: ["lookup"],
 }
@@ -137,21 +140,51 @@ def test_first_twenty_sgd_losses_of_mlp_scored_models_at_two_ranks_equal_one_ran
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["hybrid", "ncf"])
+def test_a_feature_table_at_two_ranks_looks_up_and_steps_as_a_plain_feature_embedding(ranks_of):
+    """A FeatureEmbedding's table (29 features, its last column the biases) row-wise over 2 ranks: it starts with
+    random columns and a zero bias column, and with the plain module's rows its entities' feature means (`rows`,
+    `all`) are the plain sparse product's within 1e-6, an empty lookup included; one fused SGD step of the same
+    loss on both ranks leaves each rank's rows where plain SGD leaves them."""
+    ranks = ranks_of("feature_lookup", 2)
+    assert [(rank["first"], rank["count"], rank["total"]) for rank in ranks] == [(0, 15, 29), (15, 14, 29)]
+    assert all(rank["zero_bias"] and rank["random"] for rank in ranks)
+    assert all(max(rank["differences"]) < 1e-6 and rank["step"] < 1e-6 and rank["moved"] > 0.1 for rank in ranks)
+    assert [rank["empty"] for rank in ranks] == [[1, 7], [0, 7]]
+
+
+@pytest.mark.slow
+def test_first_twenty_sgd_losses_with_side_features_at_two_ranks_equal_one_rank(ranks_of):
+    """MF with user and item features: the feature tables are TorchRec's too (277 user features row-wise, 156 item
+    features replicated at row_wise_min_rows=250), looked up feature by feature and summed per entity. The global
+    loss of each step at W=2 is W=1's, and the id and feature tables moved."""
+    (single,) = ranks_of("losses_features", 1)
+    pair = ranks_of("losses_features", 2)
+    assert len(single["losses"]) == 20
+    for rank in pair:
+        assert max(abs(a - b) for a, b in zip(single["losses"], rank["losses"])) < 1e-5
+    assert [rank["moved"]["user_features_embedding"][:3] for rank in pair] == [[0, 139, 277], [139, 138, 277]]
+    assert [rank["moved"]["item_features_embedding"][:3] for rank in pair] == [[0, 156, 156]] * 2
+    assert len(single["moved"]) == 4 and all(moved[3] > 1e-4 for rank in [single, *pair] for moved in rank["moved"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["hybrid", "ncf", "mf_features", "hybrid_features"])
 def test_an_mlp_scored_checkpoint_saved_at_two_ranks_tests_the_same_in_one_process(ranks_of, model):
-    """Hybrid and NeuMF trained at W=2 with every table row-wise, saved (the dense weights in the .ckpt, each
-    rank's rows beside it), and tested from that checkpoint by a fresh module at W=2 (user rows sent to the
-    item blocks' ranks, the MLP run there): the metrics of one process that reads the same checkpoint whole, as
-    evaluate does, within 1e-6; recommend's loader scores as that process does."""
+    """Hybrid and NeuMF (and MF and hybrid with side features, their feature tables TorchRec's) trained at W=2
+    with every table row-wise, saved (the dense weights and the feature matrices in the .ckpt, each rank's rows
+    beside it), and tested from that checkpoint by a fresh module at W=2 (user rows sent to the item blocks'
+    ranks, the MLP run there): the metrics of one process that reads the same checkpoint whole, as evaluate
+    does, within 1e-6; recommend's loader scores as that process does."""
     from sharded_ranks import ranking_data
 
     ranks = ranks_of(f"checkpoint_{model}", 2)
     assert all(rank["row_wise"] == [True] * len(rank["row_wise"]) for rank in ranks)
+    assert len(ranks[0]["row_wise"]) == {"hybrid": 2, "ncf": 4, "mf_features": 6, "hybrid_features": 4}[model]  # every table held
     path = Path(ranks[0]["checkpoint"])
     state = load_checkpoint(path)
     hyper_parameters = checked_module_hyper_parameters(state["hyper_parameters"], str(path))
     with_held_tables(state, path, hyper_parameters)
-    datamodule = ranking_data()
+    datamodule = ranking_data(features=model.endswith("_features"))
     module = RecommenderModule(**hyper_parameters, data=datamodule.training_data)
     module.load_state_dict(state["state_dict"])
     (tested,) = quiet_trainer().test(module, datamodule=datamodule, verbose=False)
@@ -197,13 +230,22 @@ def test_row_wise_adagrad_steps_the_dense_layers_with_adagrad_and_mf_keeps_it(mo
         optimizer.step()  # every parameter, bias vectors included, takes a step
 
 
-def test_hybrid_with_side_features_is_refused_in_one_line():
-    data = planted_data()
-    hybrid = {"_target_": "recsys_lightning.models.HybridMF", "dim": 8, "features": True, "num_item_features": 3}
-    parts = {name: dict(MODULE_CONFIG[name]) for name in ("loss", "sampler", "optimizer")}
-    module = RecommenderModule(num_users=data.num_users, num_items=data.num_items, model=hybrid, **parts)
-    with pytest.raises(ConfigError, match="^trainer=sharded does not train model.features=true .*; set model.features=false$"):
-        check_shardable(module)
+def test_a_sharded_model_with_side_features_holds_its_feature_matrices_whole_and_leaves_its_tables_on_meta():
+    """trainer=sharded model.features=true is built (no longer refused): the id and feature tables stay on the meta
+    device for TorchRec, while the feature matrices, data set from the datamodule, are real on every rank and not
+    taken for catalogue-sized dense parts."""
+    from sharded_ranks import FeaturedSynthetic
+
+    datamodule = FeaturedSynthetic(num_users=30, num_items=20, num_interactions=300, batch_size=16)
+    datamodule.setup("fit")
+    sharded = {"trainer": {"strategy": {"_target_": STRATEGY}, "accelerator": "cpu"}}
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    for model in ({"_target_": "recsys_lightning.models.MatrixFactorization", "dim": 8, "features": True},
+                  {"_target_": "recsys_lightning.models.HybridMF", "dim": 8, "hidden": [8], "features": True}):  # fmt: skip
+        built = build_module(OmegaConf.merge(module_config(optimizer=sgd, model=model), sharded), datamodule.training_data).model
+        assert all(table.is_meta for table in built.shardable_tables()) and len(built.shardable_tables()) > len(built.row_tables())
+        for side in (built.user_features, built.item_features):
+            assert not side.features.is_meta and side.features._nnz() > 0 and not side.trained.is_meta and side.trained.sum() > 0
 
 
 @pytest.mark.parametrize(

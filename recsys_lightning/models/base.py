@@ -42,6 +42,11 @@ class Recommender(nn.Module, ABC):
         """Parameters only ever read by row during training (embeddings, biases): the ones that get
         sparse gradients, so a sparse optimizer's cost per step follows the batch, not the catalogue."""
 
+    def shardable_tables(self) -> list[nn.Parameter]:
+        """The tables trainer=sharded hands to TorchRec: the row tables, and side feature embeddings where a
+        model has them (read by row too, though through a sparse product, so not among `row_tables`)."""
+        return self.row_tables()
+
     @abstractmethod
     def score_with_penalty(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
         """Training call: scores of `users` [B] against `items` [B] or [B, N] (shaped like `items`), and
@@ -99,15 +104,15 @@ class Recommender(nn.Module, ABC):
 
     # Ranking against item rows given apart from the model: trainer=sharded scores each rank's rows of the item
     # tables (a row block) without the rest of them. `score_item_rows(ranking_queries(users), ranking_item_rows(
-    # whole tables))` equals `score_all(users)` (side features aside: trainer=sharded refuses them); the models
-    # trainer=sharded trains implement them.
+    # whole tables, every item))` equals `score_all(users)`; the models trainer=sharded trains implement them.
 
     def item_table_names(self) -> list[str]:
         """The row tables read per item when ranking (`item_factors`, ...), which `ranking_item_rows` combines."""
         raise NotImplementedError(f"{type(self).__name__} does not rank against item rows given apart")
 
-    def ranking_item_rows(self, tables: Mapping[str, Tensor]) -> Tensor:
-        """[N, D] rows `score_item_rows` scores against, from the same N rows of each of `item_table_names` by name."""
+    def ranking_item_rows(self, tables: Mapping[str, Tensor], items: Tensor) -> Tensor:
+        """[N, D] rows `score_item_rows` scores against, from the same N rows of each of `item_table_names` by name,
+        those of `items` [N] (which side features, when on, add theirs to)."""
         raise NotImplementedError(f"{type(self).__name__} does not rank against item rows given apart")
 
     def ranking_queries(self, users: Tensor) -> Tensor:

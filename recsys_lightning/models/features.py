@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from recsys_lightning.models.base import HeldRows
 from recsys_lightning.models.sparse import empty_sparse, sparse_rows
 
 
@@ -20,11 +21,19 @@ class FeatureEmbedding(nn.Module):
     anything (it was never a positive, at most a sampled negative), so `id_vectors` zeroes it there:
     its score then depends on its features alone. Both are buffers, so a checkpoint serves without
     the data; the matrix is sparse, its entries travel with it.
+
+    Under trainer=sharded `embedding` is one more TorchRec table (a `HeldRows` handle: row-wise over the
+    ranks or replicated, as its size decides), while `features` and `trained` are data, not parameters:
+    every rank holds them whole, nnz x 20 bytes (two int64 indices and a float32 value per entry) plus
+    entities x 4 bytes a side, and no step sends them (the strategy keeps them out of DDP's broadcast).
     """
+
+    embedding: nn.Parameter | HeldRows
 
     def __init__(self, num_entities: int, num_features: int, dim: int, init_std: float, bias: bool, id_dropout: float = 0.0) -> None:
         super().__init__()
         self.id_dropout = id_dropout
+        self.bias = bias
         self.register_buffer("features", empty_sparse(num_entities, num_features))
         self.register_buffer("trained", torch.ones(num_entities, 1))
         # the last column is each feature's bias, so vectors and biases cost one sparse product
@@ -39,17 +48,30 @@ class FeatureEmbedding(nn.Module):
         if features.shape != self.features.shape:
             shape = tuple(self.features.shape)
             raise ValueError(f"features are {features.shape[0]} x {features.shape[1]}, the model was built for {shape}")
-        self.features = features.coalesce().to(self.trained.device)
-        self.trained.copy_(trained.reshape(-1, 1).float())
+        # A model built on the meta device (trainer=sharded: its tables are TorchRec's) gets real data all the same.
+        device = features.device if self.trained.is_meta else self.trained.device
+        self.features = features.coalesce().to(device)
+        self.trained = trained.reshape(-1, 1).float().to(device)
 
     def rows(self, index: Tensor) -> Tensor:
         """[*index.shape, dim (+1)] feature vectors of the entities `index`, gathering only their rows."""
-        picked = sparse_rows(self.features, index.reshape(-1).contiguous())
-        return torch.sparse.mm(picked, self.embedding).view(*index.shape, -1)
+        flat = index.reshape(-1).contiguous()
+        picked = sparse_rows(self.features, flat)
+        if isinstance(self.embedding, Tensor):
+            product = torch.sparse.mm(picked, self.embedding)
+            return product.view(*index.shape, product.shape[1])
+        # A held table: gather the rows of the features the entities hold (one lookup, a collective under
+        # trainer=sharded), weight each by 1 / the entity's feature count and sum them per entity.
+        entities, feature_ids = picked.indices()
+        weighted = self.embedding.gather(feature_ids) * picked.values().unsqueeze(1)
+        summed = weighted.new_zeros(len(flat), weighted.shape[1]).index_add_(0, entities, weighted)
+        return summed.view(*index.shape, summed.shape[1])
 
     def all(self) -> Tensor:
         """[entities, dim (+1)] feature vectors of every entity."""
-        return torch.sparse.mm(self.features, self.embedding)
+        if isinstance(self.embedding, Tensor):
+            return torch.sparse.mm(self.features, self.embedding)
+        return self.rows(torch.arange(self.features.shape[0], device=self.trained.device))
 
     def id_mask(self, index: Tensor) -> Tensor:
         """[*index.shape, 1]: 1 for entities with training interactions, 0 for cold ones.
@@ -78,6 +100,11 @@ class SideFeatures:
         num_user_features, num_item_features = sizes or (0, 0)
         self.user_features = FeatureEmbedding(num_users, num_user_features, **embedding) if num_user_features else None
         self.item_features = FeatureEmbedding(num_items, num_item_features, **embedding) if num_item_features else None
+
+    def shardable_tables(self) -> list[nn.Parameter]:
+        """The row tables, and each side's feature embedding: trainer=sharded holds them all in TorchRec."""
+        sides = (self.user_features, self.item_features)
+        return self.row_tables() + [side.embedding for side in sides if side is not None]
 
     def set_features(self, item_features: Tensor | None, user_features: Tensor | None, item_counts: Tensor, user_counts: Tensor) -> None:
         for side, features, counts in ((self.item_features, item_features, item_counts), (self.user_features, user_features, user_counts)):

@@ -63,7 +63,11 @@ class HybridMF(SideFeatures, Recommender):
         return self._score_matrix(user_vectors, self._vectors(items, self.item_factors, self.item_features))
 
     def _vectors(self, index: Tensor, factors: Tensor, features: FeatureEmbedding | None) -> Tensor:
-        vectors = self.rows(factors, index)
+        return self._with_features(index, self.rows(factors, index), features)
+
+    @staticmethod
+    def _with_features(index: Tensor, vectors: Tensor, features: FeatureEmbedding | None) -> Tensor:
+        """The id rows `vectors` of `index`, plus their features' mean when on (a cold entity's id row left out)."""
         return vectors if features is None else features.id_mask(index) * vectors + features.rows(index)
 
     def _score_matrix(self, user_vectors: Tensor, item_vectors: Tensor) -> Tensor:
@@ -72,11 +76,11 @@ class HybridMF(SideFeatures, Recommender):
     def item_table_names(self) -> list[str]:
         return ["item_factors"]
 
-    def ranking_item_rows(self, tables: Mapping[str, Tensor]) -> Tensor:
-        return tables["item_factors"]
+    def ranking_item_rows(self, tables: Mapping[str, Tensor], items: Tensor) -> Tensor:
+        return self._with_features(items, tables["item_factors"], self.item_features)
 
     def ranking_queries(self, users: Tensor) -> Tensor:
-        return self.rows(self.user_factors, users)
+        return self._vectors(users, self.user_factors, self.user_features)
 
     def score_item_rows(self, queries: Tensor, item_rows: Tensor) -> Tensor:
         return self._score_matrix(queries, item_rows)

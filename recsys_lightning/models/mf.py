@@ -62,8 +62,14 @@ class MatrixFactorization(SideFeatures, Recommender):
 
     def _side(self, index: Tensor, factors: Tensor, bias: Tensor | None, features: FeatureEmbedding | None) -> tuple[Tensor, Tensor | None]:
         """Vectors and biases of users or items `index`: their id rows, plus their features' mean when on."""
-        vectors = self.rows(factors, index)
         biases = None if bias is None else self.rows(bias, index)
+        return self._with_features(index, self.rows(factors, index), biases, features)
+
+    @staticmethod
+    def _with_features(
+        index: Tensor, vectors: Tensor, biases: Tensor | None, features: FeatureEmbedding | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The id rows of `index` (`vectors`, `biases`), plus their features' mean when on (a cold entity's id rows left out)."""
         if features is None:
             return vectors, biases
         trained, from_features = features.id_mask(index), features.rows(index)
@@ -112,11 +118,11 @@ class MatrixFactorization(SideFeatures, Recommender):
     def item_table_names(self) -> list[str]:
         return ["item_factors"] if self.item_bias is None else ["item_factors", "item_bias"]
 
-    def ranking_item_rows(self, tables: Mapping[str, Tensor]) -> Tensor:
+    def ranking_item_rows(self, tables: Mapping[str, Tensor], items: Tensor) -> Tensor:
         """[q_i, 1, b_i], as `item_vectors`: the biases ride in the product with `query_vectors`."""
-        if self.item_bias is None:
-            return tables["item_factors"]
-        factors, bias = tables["item_factors"], tables["item_bias"]
+        factors, bias = self._with_features(items, tables["item_factors"], tables.get("item_bias"), self.item_features)
+        if bias is None:
+            return factors
         return torch.cat([factors, torch.ones_like(bias), bias], 1)
 
     def ranking_queries(self, users: Tensor) -> Tensor:

@@ -92,7 +92,7 @@ class NeuMF(Recommender):
     def item_table_names(self) -> list[str]:
         return (["item_gmf"] if self.gmf else []) + (["item_mlp"] if self.mlp is not None else [])
 
-    def ranking_item_rows(self, tables: Mapping[str, Tensor]) -> Tensor:
+    def ranking_item_rows(self, tables: Mapping[str, Tensor], items: Tensor) -> Tensor:
         return torch.cat([tables[name] for name in self.item_table_names()], 1)
 
     def ranking_queries(self, users: Tensor) -> Tensor:

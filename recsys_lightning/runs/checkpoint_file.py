@@ -298,13 +298,13 @@ def with_held_tables(checkpoint: dict[str, Any], path: str | Path, hyper_paramet
     (built on the meta device), never by the files. A checkpoint with no such folder is left as it is."""
     from recsys_lightning.models.base import build_recommender
     from recsys_lightning.sharded.checkpoint import load_sharded_tables
-    from recsys_lightning.sharded.tables import WIDTH_MULTIPLE
+    from recsys_lightning.sharded.tables import WIDTH_MULTIPLE, table_key
 
     folder = tables_folder(path, save_id_of(checkpoint, path))
     with torch.device("meta"):
         model = build_recommender(hyper_parameters["model"], hyper_parameters["num_users"], hyper_parameters["num_items"])
     names = {id(parameter): name for name, parameter in model.named_parameters()}
-    shapes = {names[id(table)]: tuple(table.shape) for table in model.row_tables()}
+    shapes = {names[id(table)]: tuple(table.shape) for table in model.shardable_tables()}
     state_dict = checkpoint["state_dict"]
     if not folder.is_dir():
         # A sharded run's .ckpt without its tables: a warm start (partial by design) would take what is left, unsaid.
@@ -318,13 +318,12 @@ def with_held_tables(checkpoint: dict[str, Any], path: str | Path, hyper_paramet
     if twice is not None:
         raise ConfigError(f"{path}: holds model.{twice}, which {folder.name} beside it holds too; the files were altered")
     # FBGEMM stores a table's rows in a multiple of 4 columns (a bias 4 wide): the columns past `dim` are zeros.
-    stored = {
-        f"{name}.embeddings.{name}.weight": (rows, -(-dim // WIDTH_MULTIPLE) * WIDTH_MULTIPLE) for name, (rows, dim) in shapes.items()
-    }
+    keys = {name: f"{table_key(name)}.embeddings.{table_key(name)}.weight" for name in shapes}
+    stored = {keys[name]: (rows, -(-dim // WIDTH_MULTIPLE) * WIDTH_MULTIPLE) for name, (rows, dim) in shapes.items()}
     tables = load_sharded_tables(folder, stored)
     for name, (rows, dim) in shapes.items():
-        table = tables[f"{name}.embeddings.{name}.weight"]
-        if tuple(table.shape) != stored[f"{name}.embeddings.{name}.weight"]:
+        table = tables[keys[name]]
+        if tuple(table.shape) != stored[keys[name]]:
             raise ConfigError(
                 f"{folder}: its table {name} is {tuple(table.shape)}, the run's model has {rows} x {dim}; the files were altered"
             )

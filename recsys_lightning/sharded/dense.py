@@ -18,8 +18,9 @@ def build_dense_parts(model: Recommender, config: Mapping[str, Any], seed: int) 
     with one user and one item is built with, from `seed` alone: the dense parts' shapes never depend on the
     catalogue, and the copy costs no table. Every rank, at any W, starts from the same dense weights (DDP then
     keeps them equal), and the global RNG is left as it was. Called once trainer=sharded has accepted the model
-    (`strategy.check_sharded_run`): a model it refuses may have catalogue-sized parts besides its tables."""
-    row_tables = {id(table) for table in model.row_tables()}
+    (`strategy.check_sharded_run`): a model it refuses may have catalogue-sized parts besides its tables. The side
+    features' matrices are catalogue-sized but data, set for real before this (`FeatureEmbedding.set_features`)."""
+    row_tables = {id(table) for table in model.shardable_tables()}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(seed, "dense"))
         with torch.device("cpu"):

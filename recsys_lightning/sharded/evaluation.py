@@ -65,10 +65,12 @@ def held_ranking(
 
 def item_block(model: Recommender) -> Tensor:
     """This rank's rows of the item tables, combined as the model ranks them (`ranking_item_rows`: MF's
-    [q_i, 1, b_i], NeuMF's [q_i; q'_i]); the whole tables where they are replicated."""
+    [q_i, 1, b_i], NeuMF's [q_i; q'_i]); the whole tables where they are replicated. With side features the
+    block's items add their features' mean: a lookup of the feature table, a collective every rank makes here."""
     parts = {name: local_rows(model, name) for name in model.item_table_names()}
     first, count = next((first, len(rows)) for rows, first, _ in parts.values())
     for name, (rows, name_first, _) in parts.items():
         if (name_first, len(rows)) != (first, count):
             raise ValueError(f"{name} holds rows {name_first}+{len(rows)} on this rank, the other item tables {first}+{count}")
-    return model.ranking_item_rows({name: rows for name, (rows, _, _) in parts.items()})
+    items = torch.arange(first, first + count, device=model.sharded_tables.device)
+    return model.ranking_item_rows({name: rows for name, (rows, _, _) in parts.items()}, items)

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.losses import Candidates
+from recsys_lightning.models.features import FeatureEmbedding
 from recsys_lightning.models.hybrid import HybridMF
 from recsys_lightning.models.mf import MatrixFactorization
 from recsys_lightning.models.ncf import NeuMF
@@ -30,7 +31,7 @@ from recsys_lightning.module import RecommenderModule
 from recsys_lightning.ranges import Range
 from recsys_lightning.sharded import SAVE_KEY, folders_of, new_save_id, save_id_of, table_optimizer_folder, tables_folder
 from recsys_lightning.sharded.checkpoint import load_into, save_sharded
-from recsys_lightning.sharded.tables import ShardedRowTables, TableRows, TableSpec
+from recsys_lightning.sharded.tables import ShardedRowTables, TableRows, TableSpec, table_key
 
 # The optimizers FBGEMM fuses into backward, by the `optimizer._target_` that names them, and the devices
 # that have them (its CPU kernels have no Adam).
@@ -76,12 +77,14 @@ class ShardedTablesStrategy(DDPStrategy):
         self.setup_precision_plugin()
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
-        """DDP over the parameters TorchRec does not hold (none for mf): its tables reduce their own gradients."""
+        """DDP over the parameters TorchRec does not hold (none for mf): its tables reduce their own gradients.
+        The side features' matrices are data every rank set itself: DDP neither broadcasts nor checks them."""
         held = {id(parameter) for parameter in self.lightning_module.model.sharded_tables.parameters()}
         held_names = [name for name, parameter in model.named_parameters() if id(parameter) in held]
         if len(held_names) == len(list(model.parameters())):
             return model
-        model._ddp_params_and_buffers_to_ignore = held_names
+        sides = [owner for owner, side in model.named_modules() if isinstance(side, FeatureEmbedding)]
+        model._ddp_params_and_buffers_to_ignore = held_names + [f"{owner}.{name}" for owner in sides for name in ("features", "trained")]
         return DistributedDataParallel(model, device_ids=self.determine_ddp_device_ids(), **self._ddp_kwargs)
 
     def _register_ddp_hooks(self) -> None:
@@ -141,22 +144,27 @@ def fused_optimizer_state(tables: ShardedRowTables) -> dict[str, Any]:
 
 
 def hand_over_tables(module: RecommenderModule, row_wise_min_rows: int, device: torch.device) -> ShardedRowTables:
-    """Replace the model's row tables (built on the meta device, never allocated) by TorchRec's, each attribute
-    by a `TableRows` handle, and draw negatives by example so that they do not depend on the number of ranks."""
+    """Replace the model's row and feature tables (built on the meta device, never allocated) by TorchRec's, each
+    attribute by a `TableRows` handle, and draw negatives by example so that they do not depend on the number of ranks."""
     check_shardable(module)
     model = module.model
     names = {id(parameter): name for name, parameter in model.named_parameters()}
     init_std = float(module.hparams.model.get("init_std", 0.1))
+    # A feature table with biases keeps them in its last column; they start at zero, as the models' own do.
+    bias_last = {id(side.embedding) for side in model.modules() if isinstance(side, FeatureEmbedding) and side.bias}
+    held = model.shardable_tables()
     # A one-column table is a bias: it starts at zero, as the models' own do.
     specs = [
-        TableSpec(names[id(table)], table.shape[0], table.shape[1], 0.0 if table.shape[1] == 1 else init_std)
-        for table in model.row_tables()
+        TableSpec(table_key(names[id(table)]), *table.shape, 0.0 if table.shape[1] == 1 else init_std, id(table) in bias_last)
+        for table in held
     ]
     optimizer, kwargs = fused_optimizer(module.hparams.optimizer, device)
     tables = ShardedRowTables(specs, row_wise_min_rows, optimizer, kwargs, module.hparams.seed, device)
-    for spec in specs:
-        delattr(model, spec.name)
-        setattr(model, spec.name, TableRows(tables, spec.name))
+    for table, spec in zip(held, specs):
+        owner, _, attribute = names[id(table)].rpartition(".")
+        holder = model.get_submodule(owner)
+        delattr(holder, attribute)
+        setattr(holder, attribute, TableRows(tables, spec.name))
     # Not a submodule: the module's state dict (the .ckpt rank 0 writes) keeps the dense rest, and the tables,
     # each rank's rows, are saved and loaded by every rank beside it (`save_checkpoint`, `load_model_state_dict`).
     object.__setattr__(model, "sharded_tables", tables)
@@ -179,8 +187,6 @@ def check_shardable(module: RecommenderModule) -> None:
         raise ConfigError(
             f"trainer=sharded trains model=mf, hybrid or ncf; train {type(model).__name__} with trainer=ddp optimizer=sparse_adagrad"
         )
-    if getattr(model, "user_features", None) is not None or getattr(model, "item_features", None) is not None:
-        raise ConfigError("trainer=sharded does not train model.features=true (feature tables stay whole); set model.features=false")
     if loss.candidates is Candidates.CATALOGUE:
         raise ConfigError(
             "loss=full_softmax scores the whole item table every step, which trainer=sharded splits; use loss=softmax sampler=shared_pool"

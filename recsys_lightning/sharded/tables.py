@@ -45,16 +45,24 @@ INIT_BLOCK_ROWS = 8192
 
 @dataclass(frozen=True)
 class TableSpec:
-    """One row table: its attribute name on the model, shape, and initial rows (N(0, init_std), or zeros)."""
+    """One row table: its key (`table_key` of its parameter's name on the model), shape, and initial rows
+    (N(0, init_std), or zeros), the last column zero where it is a bias (a feature table's, `zero_last_column`)."""
 
     name: str
     num_rows: int
     dim: int
     init_std: float
+    zero_last_column: bool = False
 
     @property
     def stored_dim(self) -> int:
         return math.ceil(self.dim / WIDTH_MULTIPLE) * WIDTH_MULTIPLE
+
+
+def table_key(parameter_name: str) -> str:
+    """The TorchRec table name of the model parameter `parameter_name` (`item_features.embedding`:
+    `item_features_embedding`): a table name keys a module dict and a state dict, where dots nest."""
+    return parameter_name.replace(".", "_")
 
 
 def row_range(total_rows: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -73,6 +81,8 @@ def initial_rows(seed: int, spec: TableSpec, first: int, stop: int) -> Tensor:
         rows = min(INIT_BLOCK_ROWS, spec.num_rows - start)
         generator = torch.Generator().manual_seed(stream_seed(seed, f"table/{spec.name}", epoch=block))
         values = torch.randn(rows, spec.dim, generator=generator).mul_(spec.init_std)
+        if spec.zero_last_column:
+            values[:, -1] = 0
         parts.append(values[max(first - start, 0) : stop - start])
     if len(parts) == 1:
         return parts[0]
