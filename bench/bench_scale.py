@@ -14,7 +14,10 @@ same command runs the prepared path with `--overrides "data=prepared data.path=<
 - Memory: every rank's VmHWM (peak RSS) from /proc/<pid>/status, read every --poll seconds while it runs
   (the last value read per process: the peak never falls), minus the VmHWM of a process that imports
   recsys_lightning.train and sleeps, measured the same way: the data- and model-dependent peak of each rank.
-  `vs W=1/W` is the largest rank's figure over (W=1's / W): the issue asks for <= 1.15.
+  `vs W=1/W` is the largest rank's figure over (W=1's / W): the issue asks for <= 1.15. With
+  --reference-overrides each W also runs on tiny data, and a second table gives each rank's peak minus its
+  peak there: what the data adds, without the fixed cost of a rank (start-up heap, TorchRec and the other
+  modules a rank imports as it runs: docs/beyond_one_machine.md), which an import-only process does not have.
 - Pairs/s: rank 0's ProgressLog lines in train.log (pairs per second of its training steps since the epoch
   began; validation excluded) for the last epoch, times W: under DDP every rank runs the same number of
   steps of the same batch in lockstep (the gradient all-reduce), so W x rank 0's pace is the total.
@@ -41,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -79,6 +82,7 @@ class RunFigures:
     peaks: dict[int, int]  # rank -> data-dependent peak (bytes)
     pairs_per_second: float | None
     predicted: tuple[int, int] | None  # (larger phase, both phases)
+    reference_peaks: dict[int, int] | None = None  # rank -> peak of the same W on --reference-overrides' data
 
 
 def load_average() -> float:
@@ -203,10 +207,10 @@ def predicted_bytes(log: str, run_dir: Path, world: int) -> tuple[int, int] | No
     return today_rank_bytes(sizes, world)
 
 
-def run_world(world: int, args: argparse.Namespace, baseline: int) -> RunFigures:
+def run_world(world: int, args: argparse.Namespace, baseline: int, overrides: str) -> RunFigures:
     with tempfile.TemporaryDirectory(prefix=f"bench_scale_w{world}_") as folder:
         run_dir = Path(folder) / "run"
-        command = torchrun_command(world, shlex.split(args.overrides), args.epochs, args.global_batch, run_dir, args.trainer)
+        command = torchrun_command(world, shlex.split(overrides), args.epochs, args.global_batch, run_dir, args.trainer)
         load_before = load_average()
         with open(Path(folder) / "output.txt", "w") as output:
             process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **ONE_THREAD}, stdout=output, stderr=subprocess.STDOUT)
@@ -250,7 +254,21 @@ def markdown(runs: list[RunFigures], baseline: int) -> str:
         lines.append(
             f"| {run.world} | {run.load_before:.2f} | {run.load_during:.2f} | {per_rank} | {share} | {predicted} | {pace} | {speedup} |"
         )
+    if all(run.reference_peaks is not None for run in runs):
+        lines += ["", *data_dependent_table(runs)]
     return "\n".join(lines)
+
+
+def data_dependent_table(runs: list[RunFigures]) -> list[str]:
+    """Each rank's peak minus its peak in the same run on the reference data: what the data adds, with
+    what a rank costs at any size (its start-up heap, the modules it imports as it runs) taken out."""
+    added = {run.world: {rank: peak - run.reference_peaks[rank] for rank, peak in run.peaks.items()} for run in runs}
+    first = added.get(1)
+    lines = ["| W | peak - same run on the reference data, per rank (MiB) | largest vs W=1/W |", "|---|---|---|"]
+    for world, peaks in added.items():
+        share = f"{max(peaks.values()) / (max(first.values()) / world):.2f}" if first else "n/a"
+        lines.append(f"| {world} | {' / '.join(f'{peak / MIB:,.0f}' for peak in peaks.values())} | {share} |")
+    return lines
 
 
 def main() -> None:
@@ -263,11 +281,20 @@ def main() -> None:
     )
     parser.add_argument("--global-batch", type=int, default=None, help="pairs per step over all ranks (default: the data's batch_size)")
     parser.add_argument("--poll", type=float, default=0.05, help="seconds between reads of /proc")
+    parser.add_argument(
+        "--reference-overrides",
+        default=None,
+        help="the same overrides on data small enough to cost nothing (a tiny prepared folder): each W runs on it too, "
+        "and each rank's peak minus its peak there is printed as the data-dependent figure",
+    )
     args = parser.parse_args()
     baseline = import_only_peak(args.poll)
     runs = []
     for world in args.worlds:
-        runs.append(run_world(world, args, baseline))
+        run = run_world(world, args, baseline, args.overrides)
+        if args.reference_overrides is not None:
+            run = replace(run, reference_peaks=run_world(world, args, baseline, args.reference_overrides).peaks)
+        runs.append(run)
         print(f"W={world} done: load {runs[-1].load_before:.2f} before, {runs[-1].load_during:.2f} during", file=sys.stderr, flush=True)
     print(
         f"trainer={args.trainer}; overrides: {args.overrides}; epochs {args.epochs}; global batch {args.global_batch or 'the data default'}"
