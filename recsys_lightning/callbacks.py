@@ -121,8 +121,9 @@ class Throughput(pl.Callback):
 
 class EpochLog(pl.Callback):
     """One line per epoch in the run's log (train.log, and the console): epoch, train loss, the monitored
-    metric when the epoch validated, seconds. A run's progress stays readable in a file, where a progress
-    bar is off (TerminalProgressBar).
+    metric when the epoch validated, seconds, and how many of them validation took (ranking the whole
+    catalogue can cost more than the epoch's training; `data.val_users` and `data.eval_chunk_size` are
+    the knobs). A run's progress stays readable in a file, where a progress bar is off (TerminalProgressBar).
 
     A line is written when the next epoch starts (or fit ends): Lightning hands an epoch's loss and
     validation metrics to the trainer only after the callbacks' own epoch-end hooks have run.
@@ -135,10 +136,15 @@ class EpochLog(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._write(trainer)
         self._epoch, self._started, self._validated = trainer.current_epoch, time.perf_counter(), False
+        self._validation_seconds = 0.0
+
+    def on_validation_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._validation_started = time.perf_counter()
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and self._epoch is not None:
             self._validated = True
+            self._validation_seconds += time.perf_counter() - self._validation_started
 
     def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._write(trainer)
@@ -152,8 +158,10 @@ class EpochLog(pl.Callback):
             parts.append(f"train/loss {float(metrics['train/loss']):.4f}")
         if self._validated and self.monitor in metrics:
             parts.append(f"{self.monitor} {float(metrics[self.monitor]):.4f}")
-        parts.append(f"{time.perf_counter() - self._started:.1f} s")
-        log.info(", ".join(parts))
+        seconds = f"{time.perf_counter() - self._started:.1f} s"
+        if self._validated:
+            seconds += f" (validation {self._validation_seconds:.1f} s)"
+        log.info(", ".join([*parts, seconds]))
         self._epoch = None
 
 

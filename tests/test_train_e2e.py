@@ -50,7 +50,8 @@ def test_the_console_ends_with_a_table_and_shows_no_library_noise(movielens_run)
 
 def test_train_log_has_one_line_per_epoch(movielens_run):
     log = (movielens_run / "train.log").read_text()
-    epochs = re.findall(r"epoch (\d+), train/loss \d+\.\d{4}, val/ndcg@10 (\d\.\d{4}), \d+\.\d s$", log, flags=re.M)
+    line = r"epoch (\d+), train/loss \d+\.\d{4}, val/ndcg@10 (\d\.\d{4}), \d+\.\d s \(validation \d+\.\d s\)$"
+    epochs = re.findall(line, log, flags=re.M)
     assert [int(epoch) for epoch, _ in epochs] == [0, 1, 2]
     best = json.loads((movielens_run / "metrics.json").read_text())["best_epoch"]
     assert max(float(ndcg) for _, ndcg in epochs) == float(epochs[best][1])
