@@ -12,9 +12,13 @@ Lightning reads torchrun's environment (TorchElasticEnvironment) and starts no p
 same command runs the prepared path with `--overrides "data=prepared data.path=<folder> ..."`.
 
 - Memory: every rank's VmHWM (peak RSS) from /proc/<pid>/status, read every --poll seconds while it runs
-  (the last value read per process: the peak never falls), minus the VmHWM of a process that imports
-  recsys_lightning.train and sleeps, measured the same way: the data- and model-dependent peak of each rank.
-  `vs W=1/W` is the largest rank's figure over (W=1's / W): the issue asks for <= 1.15. With
+  (the last value read per process: the peak never falls), minus the VmHWM of an import-only process,
+  measured the same way: the data- and model-dependent peak of each rank. The import-only process imports
+  every module any rank imported (each rank runs through bench/rank_modules.py, which lists them at exit:
+  TorchRec, FBGEMM, torch.distributed's, TensorBoard's writer, beyond `import recsys_lightning.train`), so
+  what is subtracted is the code a rank ran. `vs W=1/W` is the largest rank's figure over (W=1's / W): the
+  issue asks for <= 1.15; the next column is the same ratio minus a process that imports recsys_lightning.train
+  alone (the figure this bench printed before 2026-12-07). With
   --reference-overrides each W also runs on tiny data, and a second table gives each rank's peak minus its
   peak there: what the data adds, without the fixed cost of a rank (start-up heap, TorchRec and the other
   modules a rank imports as it runs: docs/beyond_one_machine.md), which an import-only process does not have.
@@ -23,6 +27,8 @@ same command runs the prepared path with `--overrides "data=prepared data.path=<
   steps of the same batch in lockstep (the gradient all-reduce), so W x rank 0's pace is the total.
   Throughput's train/samples_per_second is not used: its epoch clock also runs through the validation,
   which Lightning runs before on_train_epoch_end.
+- Validation s: the last epoch's validation on rank 0, from its EpochLog line; the ranks rank in lockstep
+  (every table lookup is a collective under trainer=sharded). What `data.eval_chunk_size` trades memory for.
 - Load: /proc/loadavg's 1-minute figure just before each run, and the highest read during it (which
   counts the run's own W ranks). The runs are not niced: on a shared host, read the figures beside the load.
 - Predicted: bench/scale_memory.py's formula for today's path, from the users, items and interactions the
@@ -54,6 +60,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIB = 2**20
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 PACE = re.compile(r"epoch (\d+): step \d+ of \d+ \(global step \d+\), ([\d,]+) pairs/s")
+VALIDATION = re.compile(r"^.*epoch \d+, .*\(validation ([\d.]+) s\)$", re.M)
 SIZES = re.compile(r"(\d+) users, (\d+) items, (\d+) interactions")
 
 
@@ -79,8 +86,9 @@ class RunFigures:
     world: int
     load_before: float
     load_during: float
-    peaks: dict[int, int]  # rank -> data-dependent peak (bytes)
+    peaks: dict[int, int]  # rank -> VmHWM (bytes)
     pairs_per_second: float | None
+    validation_seconds: float | None  # the last epoch's validation, as rank 0's EpochLog line says
     predicted: tuple[int, int] | None  # (larger phase, both phases)
     reference_peaks: dict[int, int] | None = None  # rank -> peak of the same W on --reference-overrides' data
 
@@ -149,10 +157,24 @@ def watch(process: subprocess.Popen, poll: float, ranked: bool) -> Watch:
     return seen
 
 
-def import_only_peak(poll: float) -> int:
-    """VmHWM of a process that imports what train imports, then sleeps so the last read follows the imports."""
-    command = [sys.executable, "-c", "import time, recsys_lightning.train; time.sleep(1)"]
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **ONE_THREAD})
+IMPORT_ONLY = """
+import importlib, sys, time
+import recsys_lightning.train
+for name in sys.stdin.read().split():
+    try:
+        importlib.import_module(name)
+    except Exception:  # a module only its package may import, or one for another platform: not the rank's code
+        pass
+time.sleep(1)
+"""
+
+
+def import_only_peak(poll: float, modules: set[str]) -> int:
+    """VmHWM of a process that imports recsys_lightning.train and `modules`, then sleeps so the last read follows the imports."""
+    command = [sys.executable, "-c", IMPORT_ONLY]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **ONE_THREAD}, stdin=subprocess.PIPE, text=True)
+    process.stdin.write("\n".join(sorted(name for name in modules if not name.startswith("__"))))
+    process.stdin.close()
     seen = watch(process, poll, ranked=False)
     if process.returncode != 0 or not seen.peaks:
         raise SystemExit(f"the import-only process failed (exit {process.returncode})")
@@ -168,7 +190,7 @@ def torchrun_command(
         batch = [f"data.batch_size={global_batch if prepared else max(1, global_batch // world)}"]
     return [
         *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world)),
-        *("-m", "recsys_lightning.train", *overrides, *batch),
+        *(str(PROJECT_ROOT / "bench" / "rank_modules.py"), *overrides, *batch),
         *(f"trainer={trainer}", "trainer.accelerator=cpu", f"trainer.devices={world}", "runtime.threads=1"),
         *(f"trainer.max_epochs={epochs}", "projector.max_items=0", "callbacks.progress_bar.refresh_rate=0"),
         *("callbacks.progress_log.interval_seconds=0.5", f"hydra.run.dir={run_dir}"),
@@ -207,52 +229,65 @@ def predicted_bytes(log: str, run_dir: Path, world: int) -> tuple[int, int] | No
     return today_rank_bytes(sizes, world)
 
 
-def run_world(world: int, args: argparse.Namespace, baseline: int, overrides: str) -> RunFigures:
+def run_world(world: int, args: argparse.Namespace, overrides: str, modules: set[str]) -> RunFigures:
+    """Runs W ranks on `overrides`, adding the modules they imported to `modules`."""
     with tempfile.TemporaryDirectory(prefix=f"bench_scale_w{world}_") as folder:
         run_dir = Path(folder) / "run"
+        listed = Path(folder) / "modules"
+        listed.mkdir()
         command = torchrun_command(world, shlex.split(overrides), args.epochs, args.global_batch, run_dir, args.trainer)
         load_before = load_average()
+        environment = {**os.environ, **ONE_THREAD, "RANK_MODULES_DIR": str(listed)}
         with open(Path(folder) / "output.txt", "w") as output:
-            process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **ONE_THREAD}, stdout=output, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT)
             seen = watch(process, args.poll, ranked=True)
         printed = (Path(folder) / "output.txt").read_text()
         if process.returncode != 0:
             raise SystemExit(f"W={world} failed (exit {process.returncode}): {shlex.join(command)}\n{printed[-3000:]}")
         log = (run_dir / "train.log").read_text() if (run_dir / "train.log").is_file() else printed
-        peaks = {rank: peak - baseline for rank, peak in seen.rank_peaks().items()}
+        peaks = seen.rank_peaks()
         if len(peaks) != world:
             raise SystemExit(f"W={world}: saw {len(peaks)} rank processes; lower --poll")
+        for names in listed.iterdir():
+            modules.update(names.read_text().split())
         return RunFigures(
             world,
             load_before,
             max(seen.loads, default=load_before),
             peaks,
             pairs_per_second(log, world),
+            float(VALIDATION.findall(log)[-1]) if VALIDATION.search(log) else None,
             predicted_bytes(log, run_dir, world),
         )
 
 
-def markdown(runs: list[RunFigures], baseline: int) -> str:
+def markdown(runs: list[RunFigures], baseline: int, train_imports: int) -> str:
     first = runs[0] if runs and runs[0].world == 1 else None
     lines = [
-        f"import-only peak (subtracted): {baseline / MIB:,.0f} MiB",
+        f"import-only peak (subtracted): {baseline / MIB:,.0f} MiB importing every module a rank imported, "
+        f"{train_imports / MIB:,.0f} MiB importing recsys_lightning.train alone",
         "",
         "| W | load before | load during (max) | peak - imports per rank (MiB) | largest vs W=1/W "
-        "| predicted today, MiB (max - sum of phases) "
-        "| total pairs/s | vs W=1 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| the same minus recsys_lightning.train's imports | predicted today, MiB (max - sum of phases) "
+        "| total pairs/s | vs W=1 | validation s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         largest = max(run.peaks.values())
-        per_rank = " / ".join(f"{peak / MIB:,.0f}" for peak in run.peaks.values())
-        share = f"{largest / (max(first.peaks.values()) / run.world):.2f}" if first else "n/a"
+        per_rank = " / ".join(f"{(peak - baseline) / MIB:,.0f}" for peak in run.peaks.values())
+        share, share_before = "n/a", "n/a"
+        if first:
+            first_largest = max(first.peaks.values())
+            share = f"{(largest - baseline) / ((first_largest - baseline) / run.world):.2f}"
+            share_before = f"{(largest - train_imports) / ((first_largest - train_imports) / run.world):.2f}"
         predicted = f"{run.predicted[0] / MIB:,.0f} - {run.predicted[1] / MIB:,.0f}" if run.predicted is not None else "n/a"
         pace = f"{run.pairs_per_second:,.0f}" if run.pairs_per_second is not None else "n/a"
         speedup = (
             f"{run.pairs_per_second / first.pairs_per_second:.2f}" if first and run.pairs_per_second and first.pairs_per_second else "n/a"
         )
         lines.append(
-            f"| {run.world} | {run.load_before:.2f} | {run.load_during:.2f} | {per_rank} | {share} | {predicted} | {pace} | {speedup} |"
+            f"| {run.world} | {run.load_before:.2f} | {run.load_during:.2f} | {per_rank} | {share} | {share_before} "
+            f"| {predicted} | {pace} | {speedup} | {run.validation_seconds if run.validation_seconds is not None else 'n/a'} |"
         )
     if all(run.reference_peaks is not None for run in runs):
         lines += ["", *data_dependent_table(runs)]
@@ -288,18 +323,17 @@ def main() -> None:
         "and each rank's peak minus its peak there is printed as the data-dependent figure",
     )
     args = parser.parse_args()
-    baseline = import_only_peak(args.poll)
-    runs = []
+    runs, modules = [], set()
     for world in args.worlds:
-        run = run_world(world, args, baseline, args.overrides)
+        run = run_world(world, args, args.overrides, modules)
         if args.reference_overrides is not None:
-            run = replace(run, reference_peaks=run_world(world, args, baseline, args.reference_overrides).peaks)
+            run = replace(run, reference_peaks=run_world(world, args, args.reference_overrides, modules).peaks)
         runs.append(run)
         print(f"W={world} done: load {runs[-1].load_before:.2f} before, {runs[-1].load_during:.2f} during", file=sys.stderr, flush=True)
     print(
         f"trainer={args.trainer}; overrides: {args.overrides}; epochs {args.epochs}; global batch {args.global_batch or 'the data default'}"
     )
-    print(markdown(runs, baseline))
+    print(markdown(runs, import_only_peak(args.poll, modules), import_only_peak(args.poll, set())))
 
 
 if __name__ == "__main__":
