@@ -101,7 +101,7 @@ class PreparedDataModule(pl.LightningDataModule):
         self,
         path: Annotated[str, TEXT],
         batch_size: Annotated[int | str, AnyOf((Choice((AUTO,)), integer(1)))] = AUTO,
-        eval_chunk_size: Annotated[int, Range(1)] = 1024,
+        eval_chunk_size: Annotated[int, Range(1)] = 256,
         eval_max_scores: Annotated[int, Range(1)] = 2**27,
         val_users: Annotated[int | None, Range(1)] = None,
         seed: Annotated[int, integer(0, 2**32 - 1)] = 0,
