@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +25,14 @@ settings.load_profile("repeatable")
 
 # Session fixtures that train through an entry point: a test using one waits for that run, so it is slow too.
 ENTRY_POINT_RUNS = frozenset({"movielens_run", "finished_run", "finished_sweep"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite a script starts in the background (`pytest &`) inherits SIGINT ignored, and so would every
+    process it starts: the tests of what Ctrl-C does would see nothing happen. This process (each xdist
+    worker too) takes the default a terminal gives, which its children get back as they start."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
