@@ -102,6 +102,19 @@ def planted_data() -> TrainingData:
     return datamodule.training_data
 
 
+def made_then_interrupted(make):
+    """`make` (os.open, os.mkdir) that makes its file and is then interrupted, as when a Ctrl-C's handler runs
+    before the caller holds the name: the moment tempfile's mkstemp and mkdtemp left their file behind."""
+
+    def interrupted(*args, **kwargs):
+        made = make(*args, **kwargs)
+        if isinstance(made, int):
+            os.close(made)
+        raise KeyboardInterrupt
+
+    return interrupted
+
+
 def quiet_trainer(**options) -> pl.Trainer:
     """A CPU Trainer without logger, progress bar or model summary: what the in-process tests run."""
     return pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, **options)

@@ -28,7 +28,7 @@ from recsys_lightning.prepared.write import write_prepared
 from recsys_lightning.runs.atomic import WriteFailed
 from recsys_lightning.runs.checkpoint_file import catalogue_from_checkpoint
 
-from helpers import ROOT, compose_config, run_module
+from helpers import ROOT, compose_config, made_then_interrupted, run_module
 
 
 @pytest.fixture(scope="module")
@@ -296,6 +296,14 @@ def test_a_failed_write_leaves_no_folder(movielens, tmp_path, monkeypatch):
 
     monkeypatch.setattr(write, "_file_record", full_disk)
     refused(WriteFailed, lambda: write_prepared(movielens, tmp_path / "out", 2), "output=", "disk is full")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupt_as_the_hidden_folder_is_made_leaves_no_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(write.os, "mkdir", made_then_interrupted(write.os.mkdir))
+    with pytest.raises(KeyboardInterrupt):
+        write.build_folder(tmp_path / "out", lambda folder: {})
+    monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
 
 

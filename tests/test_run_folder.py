@@ -24,7 +24,7 @@ from recsys_lightning.runs.checkpoint_io import AtomicCheckpointIO
 from recsys_lightning.runs.run_folder import RunFolder
 from recsys_lightning.train import train as run_training
 
-from helpers import ROOT, SMALL_RUN, SMALL_SWEEP, run_module, training_config
+from helpers import ROOT, SMALL_RUN, SMALL_SWEEP, made_then_interrupted, run_module, training_config
 
 RUN = [*SMALL_RUN, "trainer.max_epochs=3"]  # as `finished_run` (conftest.py) was trained
 
@@ -123,6 +123,26 @@ def test_files_written_atomically_get_normal_permissions(finished_run):
     for path in [finished_run / "metrics.json", *(finished_run / "checkpoints").glob("*.ckpt")]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
     assert not [path for path in finished_run.rglob(".*.tmp")]
+
+
+@pytest.mark.parametrize("mode", ["w", "wb"])
+def test_an_interrupt_as_the_temporary_file_is_made_leaves_no_file(tmp_path, monkeypatch, mode):
+    monkeypatch.setattr(os, "open", made_then_interrupted(os.open))
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_file(tmp_path / "recs.csv", mode):
+            pass
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_temporary_name_someone_else_holds_is_refused_and_left_alone(tmp_path, monkeypatch):
+    taken = tmp_path / ".recs.csv.0000000000000000.tmp"
+    taken.write_text("theirs")
+    monkeypatch.setattr("recsys_lightning.runs.atomic.secrets.token_hex", lambda size: "0" * 2 * size)
+    with pytest.raises(FileExistsError):
+        with atomic_file(tmp_path / "recs.csv"):
+            pass
+    assert [path.name for path in tmp_path.iterdir()] == [taken.name] and taken.read_text() == "theirs"
 
 
 class FailsHalfwayThroughSaving:

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.prepared.layout import ITEMS, MANIFEST, PART_SCHEMA, SCHEMA_VERSION, id_array, part_name, sha256_of, users_name
 from recsys_lightning.prepared.share import NEGATIVE, TEST, TRAIN, VALID, user_blocks
-from recsys_lightning.runs.atomic import write_failure
+from recsys_lightning.runs.atomic import hidden_sibling, write_failure
 
 log = logging.getLogger(__name__)
 UNSPLIT = -1  # a row of the interactions no part holds: a pre-split held-out row left out of evaluation
@@ -55,16 +54,20 @@ def check_parts(parts: int, num_users: int, source: str) -> None:
 def build_folder(output: Path, fill: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
     """`fill(folder)` writes a prepared folder (and may keep its working files in it, removed before it
     returns) in a hidden sibling of `output`, renamed to `output` once complete; returns what `fill` does."""
+    temporary = hidden_sibling(output)  # named before it is made: an interrupt as it is made still removes it
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
+        os.mkdir(temporary, 0o700)
     except OSError as error:
         raise write_failure(output, error, "output") from error
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     try:
         manifest = fill(temporary)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(temporary, 0o777 & ~umask)  # a plain mkdir's permissions, not mkdtemp's 0700
+        os.chmod(temporary, 0o777 & ~umask)  # a plain mkdir's permissions, not the private 0700 it was made with
         check_output_free(output)  # made since the start: still never touched
         os.rename(temporary, output)
     except OSError as error:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -60,25 +61,44 @@ def check_writable_folder(path: str | Path, key: str = "", advice: str = "") -> 
         raise write_failure(path, error, key, advice) from error
 
 
+def hidden_sibling(path: Path) -> Path:
+    """A random hidden name beside `path` for the file or folder that becomes it, named before it is made.
+
+    tempfile's mkstemp and mkdtemp make the file and then return its name: a Ctrl-C or SIGTERM whose
+    handler runs in between raises before any caller holds the name, and the file stays behind. Named
+    first, it is made inside the block that removes it on any exception. 64 random bits: two names
+    that meet are as unlikely as tempfile's own, and the exclusive create refuses one that does.
+    """
+    return path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+
+
+def remove_unless_someone_elses(temporary: Path, error: BaseException) -> None:
+    """Remove `temporary` after `error`, unless the error is that a file of that name already existed."""
+    if not (isinstance(error, FileExistsError) and error.filename == str(temporary)):
+        with suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
 @contextmanager
 def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Yield a handle on a hidden temporary file beside `path`; on success it becomes `path`.
 
-    On any exception, KeyboardInterrupt and SystemExit included, the temporary file is removed.
-    The result gets the permissions a plain `open` would give (0666 less the umask), not mkstemp's 0600.
+    On any exception, KeyboardInterrupt and SystemExit included, the temporary file is removed, even
+    one raised as it is made (`hidden_sibling`). The result gets the permissions a plain `open` would
+    give (0666 less the umask), not a private temporary file's 0600.
     """
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = hidden_sibling(path)
     try:
+        descriptor = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(descriptor, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temporary)
+    except BaseException as error:
+        remove_unless_someone_elses(temporary, error)
         raise
 
 
