@@ -28,7 +28,7 @@ from recsys_lightning.serving.arguments import check_serving_config
 from recsys_lightning.serving.service import RecommendationService, TwoStageService
 from recsys_lightning.serving.vector_index import ItemVectorIndex, open_or_build
 
-from helpers import ROOT, compose_config
+from helpers import ROOT, compose_config, made_then_interrupted
 
 register_resolvers()
 FLAT_CODES_AT = 4 + 4 + 8 + 8 + 8 + 1 + 4  # fourcc, d, ntotal, two unused words, is_trained, metric: then the code length
@@ -191,10 +191,19 @@ def test_an_unwritable_output_is_one_line_through_the_entry_point(movielens_run,
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("tempfile.NamedTemporaryFile", refuse)  # as a read-only folder answers a user who is not root
+    monkeypatch.setattr("tempfile.TemporaryFile", refuse)  # as a read-only folder answers a user who is not root
     with pytest.raises(ConfigError, match="cannot create a file in folder .*readonly.* \\(Permission denied\\); pick a folder"):
         serve(compose_config("recommend", f"run_dir={movielens_run}", "users=all", f"output={blocked / 'recs.csv'}"), io.StringIO())
     assert list(blocked.iterdir()) == []
+
+
+def test_an_interrupt_as_the_output_folder_is_probed_leaves_nothing_there(movielens_run, monkeypatch, tmp_path):
+    config = compose_config("recommend", f"run_dir={movielens_run}", "users=all", f"output={tmp_path / 'recs.csv'}")
+    monkeypatch.setattr(os, "open", made_then_interrupted(os.open))
+    with pytest.raises(KeyboardInterrupt):
+        check_serving_config(config)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_output_over_a_file_that_is_not_an_export_is_refused_before_loading(tmp_path):

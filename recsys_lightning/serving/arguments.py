@@ -108,7 +108,7 @@ def _check_output_file(output: str) -> None:
             "refusing to overwrite it: remove it or pick another path"
         )
     try:  # the export is written beside its target and renamed: the folder must take a new file
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".probe"):
+        with tempfile.TemporaryFile(dir=target.parent):  # nameless (O_TMPFILE): an interrupt leaves nothing there
             pass
     except OSError as error:
         raise ConfigError(
