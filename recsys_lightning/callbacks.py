@@ -160,7 +160,8 @@ class EpochLog(pl.Callback):
             parts.append(f"{self.monitor} {float(metrics[self.monitor]):.4f}")
         seconds = f"{time.perf_counter() - self._started:.1f} s"
         if self._validated:
-            seconds += f" (validation {self._validation_seconds:.1f} s)"
+            shown = f"{self._validation_seconds:.1f}" if self._validation_seconds >= 0.1 else f"{self._validation_seconds:.2f}"
+            seconds += f" (validation {shown} s)"  # ML-100K validates in hundredths: not "0.0 s"
         log.info(", ".join([*parts, seconds]))
         self._epoch = None
 
