@@ -307,6 +307,15 @@ def test_an_interrupt_as_the_hidden_folder_is_made_leaves_no_folder(tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_hidden_folder_name_someone_else_holds_is_refused_and_left_alone(tmp_path, monkeypatch):
+    taken = tmp_path / ".out.0000000000000000.tmp"
+    taken.mkdir()
+    (taken / "theirs").write_text("theirs")
+    monkeypatch.setattr("recsys_lightning.runs.atomic.secrets.token_hex", lambda size: "0" * 2 * size)
+    refused(WriteFailed, lambda: write.build_folder(tmp_path / "out", lambda folder: {}), "output=", "File exists")
+    assert [path.name for path in tmp_path.iterdir()] == [taken.name] and (taken / "theirs").read_text() == "theirs"
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from recsys_lightning.data.datamodule import InteractionDataModule
 from recsys_lightning.errors import ConfigError
 from recsys_lightning.prepared.layout import ITEMS, MANIFEST, PART_SCHEMA, SCHEMA_VERSION, id_array, part_name, sha256_of, users_name
 from recsys_lightning.prepared.share import NEGATIVE, TEST, TRAIN, VALID, user_blocks
-from recsys_lightning.runs.atomic import hidden_sibling, write_failure
+from recsys_lightning.runs.atomic import hidden_sibling, remove_unless_someone_elses, write_failure
 
 log = logging.getLogger(__name__)
 UNSPLIT = -1  # a row of the interactions no part holds: a pre-split held-out row left out of evaluation
@@ -58,23 +57,16 @@ def build_folder(output: Path, fill: Callable[[Path], dict[str, Any]]) -> dict[s
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(temporary, 0o700)
-    except OSError as error:
-        raise write_failure(output, error, "output") from error
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    try:
         manifest = fill(temporary)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o777 & ~umask)  # a plain mkdir's permissions, not the private 0700 it was made with
         check_output_free(output)  # made since the start: still never touched
         os.rename(temporary, output)
-    except OSError as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise write_failure(output, error, "output") from error
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
+    except BaseException as error:
+        remove_unless_someone_elses(temporary, error)
+        if isinstance(error, OSError):
+            raise write_failure(output, error, "output") from error
         raise
     return manifest
 

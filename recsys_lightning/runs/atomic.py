@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -73,8 +74,13 @@ def hidden_sibling(path: Path) -> Path:
 
 
 def remove_unless_someone_elses(temporary: Path, error: BaseException) -> None:
-    """Remove `temporary` after `error`, unless the error is that a file of that name already existed."""
-    if not (isinstance(error, FileExistsError) and error.filename == str(temporary)):
+    """Remove the file or folder `temporary` after `error`, unless the error is that one of that name
+    already existed (then it is someone else's)."""
+    if isinstance(error, FileExistsError) and error.filename == str(temporary):
+        return
+    if temporary.is_dir() and not temporary.is_symlink():
+        shutil.rmtree(temporary, ignore_errors=True)
+    else:
         with suppress(FileNotFoundError):
             os.unlink(temporary)
 
